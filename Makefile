@@ -1,0 +1,52 @@
+# pecmail - top-level wrapper around CMake/CTest and pytest.
+#   make          install missing Debian packages, build
+#   make check    every test: unit (cmocka), fuzz smoke run (libFuzzer), integration (pytest)
+#   make bench    benchmarks (bench/), results in docs/performance.md
+#   make demo     the demo (see README.md)
+BUILD      ?= build
+FUZZ_BUILD ?= build-fuzz
+ASAN_BUILD ?= build-asan
+PYTHON     ?= /usr/bin/python3
+FUZZ_SECONDS ?= 5
+JOBS       ?= 2
+
+.PHONY: all deps build check unit fuzz-smoke integration asan bench demo clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/CMakeCache.txt: | deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+unit: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+fuzz-smoke: deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DPEC_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	tests/fuzz/run-smoke $(FUZZ_BUILD)/tests/fuzz $(FUZZ_SECONDS)
+
+integration: build
+	PEC_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration
+
+check: unit fuzz-smoke integration
+
+# The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CI runs it).
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DPEC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j$(JOBS)
+
+bench: build
+	bench/run-all $(abspath $(BUILD))
+
+demo: build
+	scripts/demo $(abspath $(BUILD))
+
+clean:
+	rm -rf $(BUILD) $(FUZZ_BUILD) $(ASAN_BUILD)

@@ -1,0 +1,183 @@
+/*
+ * pecctl.c - administration: users, queue, and (from src/pec) verification
+ * and the test PKI.  Argument parsing and dispatch only.
+ *
+ *   pecctl -c CONF user add ADDRESS [--password-stdin]
+ *   pecctl -c CONF user del ADDRESS
+ *   pecctl -c CONF user list
+ *   pecctl -c CONF queue
+ *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif] FILE.eml...
+ *   pecctl pki ...
+ */
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "store/store.h"
+
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Provided by src/cmd/pecctl_verify.c and pecctl_pki.c when built. */
+int pecctl_verify_main(int argc, char **argv) __attribute__((weak));
+int pecctl_pki_main(int argc, char **argv) __attribute__((weak));
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: pecctl [-c pecd.conf] COMMAND ...\n"
+            "  user add ADDRESS [--password-stdin]   create a mailbox user (prints a generated\n"
+            "                                         password unless --password-stdin)\n"
+            "  user del ADDRESS                      remove a user (the Maildir is kept)\n"
+            "  user list                             list users\n"
+            "  queue                                 list queued messages\n"
+            "  verify [--json] [--trust CAFILE] [--directory FILE.ldif] FILE.eml...\n"
+            "                                        check PEC messages\n"
+            "  pki ...                               test PKI (pecctl pki help)\n");
+}
+
+static struct config *load(const char *conf)
+{
+    char err[1024];
+    struct config *cfg = config_load(conf, err, sizeof err);
+    if (cfg == NULL)
+        fprintf(stderr, "pecctl: configuration error: %s\n", err);
+    return cfg;
+}
+
+static void print_user(const char *addr, void *arg)
+{
+    (void)arg;
+    printf("%s\n", addr);
+}
+
+static bool address_ok(const char *a)
+{
+    const char *at = strrchr(a, '@');
+    if (at == NULL || at == a || at[1] == '\0' || strlen(a) > 254)
+        return false;
+    for (const char *p = a; *p; p++)
+        if (*p == ':' || *p == '/' || (unsigned char)*p <= ' ' || *p == 127)
+            return false;
+    return a[0] != '.';
+}
+
+static int cmd_user(struct config *cfg, int argc, char **argv)
+{
+    char err[512];
+    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        struct users *u = users_load(cfg->passwd_file, err, sizeof err);
+        if (u == NULL) {
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        users_each(u, print_user, NULL);
+        users_free(u);
+        return 0;
+    }
+    if (argc >= 3 && strcmp(argv[1], "add") == 0) {
+        const char *addr = argv[2];
+        bool from_stdin = argc >= 4 && strcmp(argv[3], "--password-stdin") == 0;
+        if (!address_ok(addr)) {
+            fprintf(stderr, "pecctl: '%s' is not a valid mailbox address\n", addr);
+            return 1;
+        }
+        char pw[512];
+        if (from_stdin) {
+            if (fgets(pw, sizeof pw, stdin) == NULL) {
+                fprintf(stderr, "pecctl: no password on standard input\n");
+                return 1;
+            }
+            pw[strcspn(pw, "\r\n")] = '\0';
+            if (strlen(pw) < 8) {
+                fprintf(stderr, "pecctl: the password must have at least 8 characters\n");
+                return 1;
+            }
+        } else {
+            unsigned char rnd[12];
+            static const char alphabet[] = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+            if (RAND_bytes(rnd, sizeof rnd) != 1)
+                return 1;
+            for (size_t i = 0; i < sizeof rnd; i++)
+                pw[i] = alphabet[rnd[i] % (sizeof alphabet - 1)];
+            pw[sizeof rnd] = '\0';
+        }
+        char hash[256];
+        if (users_hash_password(pw, hash, sizeof hash) == -1) {
+            fprintf(stderr, "pecctl: cannot hash the password\n");
+            return 1;
+        }
+        if (users_file_add(cfg->passwd_file, addr, hash, err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        if (from_stdin)
+            printf("user %s added\n", addr);
+        else
+            printf("user %s added; password: %s\n", addr, pw);
+        explicit_bzero(pw, sizeof pw);
+        return 0;
+    }
+    if (argc >= 3 && strcmp(argv[1], "del") == 0) {
+        if (users_file_del(cfg->passwd_file, argv[2], err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        printf("user %s removed (the mailbox is kept)\n", argv[2]);
+        return 0;
+    }
+    usage(stderr);
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = "/etc/pecmail/pecd.conf";
+    int i = 1;
+    log_init("pecctl", LOG_LVL_WARN);
+    while (i < argc && argv[i][0] == '-') {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            conf = argv[i + 1];
+            i += 2;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+            printf("pecctl %s\n", PEC_VERSION);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0) {
+        int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main : pecctl_pki_main;
+        if (fn == NULL) {
+            fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
+            return 2;
+        }
+        return fn(argc - i, argv + i);
+    }
+    if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0) {
+        struct config *cfg = load(conf);
+        if (cfg == NULL)
+            return 1;
+        int r;
+        if (strcmp(cmd, "user") == 0)
+            r = cmd_user(cfg, argc - i, argv + i);
+        else
+            r = queue_list(cfg->queue_dir, stdout) == 0 ? 0 : 1;
+        config_free(cfg);
+        return r;
+    }
+    fprintf(stderr, "pecctl: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

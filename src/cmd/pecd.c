@@ -1,0 +1,375 @@
+/*
+ * pecd.c - the provider daemon: reads pecd.conf, wires the SMTP server to the
+ * queue and the mailboxes, and runs the event loop.  Argument parsing and
+ * wiring only; the logic lives in src/smtp, src/queue and src/store.
+ *
+ *   pecd -c pecd.conf        run in the foreground, log to stderr
+ *   pecd -t -c pecd.conf     check the configuration and exit
+ * SIGTERM/SIGINT drain and exit; SIGHUP reloads the users file and the TLS
+ * certificate.
+ */
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <limits.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+struct pecd {
+    struct config *cfg;
+    struct event_base *base;
+    struct smtp_server *smtp;
+    struct queue *queue;
+    struct users_db *users;
+    SSL_CTX *tls;
+    struct event *drain_timer;
+    time_t drain_started;
+};
+
+/* ---- SMTP hooks ----------------------------------------------------------- */
+
+static int hook_auth(void *arg, const char *user, const char *pass)
+{
+    struct pecd *d = arg;
+    return users_verify(users_db_get(d->users), user, pass) == 0 ? 0 : -1;
+}
+
+static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_path *path,
+                     char *addr_out, size_t addrlen, char *reply, size_t replylen)
+{
+    struct pecd *d = arg;
+    (void)txn;
+    /* RFC 5321 §4.5.1: <postmaster> (any case, no domain) and postmaster at
+     * each of our domains always reach the postmaster. */
+    if (path->domain == NULL ||
+        (strcasecmp(path->local, "postmaster") == 0 &&
+         config_is_local_domain(d->cfg, path->domain))) {
+        str_copy(addr_out, d->cfg->postmaster, addrlen);
+        return 0;
+    }
+    if (!config_is_local_domain(d->cfg, path->domain)) {
+        snprintf(reply, replylen, "550 5.7.1 <%s>: Relay access denied", path->addr);
+        return -1;
+    }
+    if (!users_exists(users_db_get(d->users), path->addr)) {
+        snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
+                 path->addr);
+        return -1;
+    }
+    users_normalise(path->addr, addr_out, addrlen);
+    return 0;
+}
+
+struct msg {
+    struct pecd *d;
+    struct spool_writer *w;
+    char qid[QUEUE_ID_LEN + 1];
+    void (*done)(void *, int);
+    void *cbarg;
+};
+
+static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, size_t qidlen)
+{
+    struct pecd *d = arg;
+    struct queue_env env = {0};
+    queue_new_id(env.qid);
+    env.arrival = time(NULL);
+    env.sender = (char *)txn->sender;
+    env.nrcpts = txn->nrcpts;
+    env.rcpts = calloc(txn->nrcpts, sizeof *env.rcpts);
+    for (size_t i = 0; i < txn->nrcpts; i++) {
+        env.rcpts[i].addr = txn->rcpts[i].addr;
+        env.rcpts[i].orig = txn->rcpts[i].orig;
+        env.rcpts[i].notify = txn->rcpts[i].notify;
+        env.rcpts[i].orcpt = txn->rcpts[i].orcpt;
+    }
+    env.body = (int)txn->body;
+    env.ret = (int)txn->ret;
+    env.smtputf8 = txn->smtputf8;
+    env.requiretls = txn->requiretls;
+    env.envid = (char *)txn->envid;
+    env.client_ip = (char *)txn->client_ip;
+    env.helo = (char *)txn->helo;
+    env.auth_user = (char *)txn->auth_user;
+    char tls[128];
+    if (txn->tls_version) {
+        snprintf(tls, sizeof tls, "%s %s", txn->tls_version, txn->tls_cipher);
+        env.tls = tls;
+    }
+    env.proto = (char *)txn->proto;
+    env.listener = (char *)txn->listener;
+    struct spool_writer *w = spool_writer_open(d->cfg->queue_dir, &env);
+    free(env.rcpts);
+    if (w == NULL)
+        return NULL;
+    struct msg *m = calloc(1, sizeof *m);
+    m->d = d;
+    m->w = w;
+    str_copy(m->qid, env.qid, sizeof m->qid);
+    str_copy(qid, env.qid, qidlen);
+    return m;
+}
+
+static int hook_msg_write(void *msg, const void *buf, size_t len)
+{
+    struct msg *m = msg;
+    return spool_writer_data(m->w, buf, len);
+}
+
+static void hook_msg_abort(void *msg)
+{
+    struct msg *m = msg;
+    spool_writer_abort(m->w);
+    free(m);
+}
+
+static void committed(void *arg, int result)
+{
+    struct msg *m = arg;
+    if (result == 0)
+        queue_enqueue(m->d->queue, m->qid);
+    m->done(m->cbarg, result);
+    free(m);
+}
+
+static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
+{
+    struct msg *m = msg;
+    m->done = done;
+    m->cbarg = cbarg;
+    if (spool_writer_finish(m->w) == -1) {
+        log_err("%s: spool write failed: %s", m->qid, strerror(errno));
+        spool_writer_abort(m->w);
+        done(cbarg, -1);
+        free(m);
+        return;
+    }
+    committer_submit(queue_committer(m->d->queue), m->w, committed, m);
+}
+
+/* ---- local delivery ------------------------------------------------------- */
+
+static enum deliver_result deliver_local(void *arg, const struct queue_env *env, size_t i,
+                                         const char *data, size_t len, bool recovered,
+                                         char *sync_dir, size_t sync_dir_len, char *err,
+                                         size_t errlen)
+{
+    struct pecd *d = arg;
+    const char *addr = env->rcpts[i].addr;
+    char local[256], dir[PATH_MAX];
+    const char *at = strrchr(addr, '@');
+    if (at == NULL || (size_t)(at - addr) >= sizeof local) {
+        snprintf(err, errlen, "not a mailbox address");
+        return DELIVER_PERMFAIL;
+    }
+    memcpy(local, addr, (size_t)(at - addr));
+    local[at - addr] = '\0';
+    if (config_mailbox_path(d->cfg, local, at + 1, dir, sizeof dir) == -1) {
+        snprintf(err, errlen, "no safe mailbox path for this address");
+        return DELIVER_PERMFAIL;
+    }
+    char header[1024], name[512];
+    int hl = snprintf(header, sizeof header, "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
+                      env->sender, addr);
+    if (hl < 0 || (size_t)hl >= sizeof header) {
+        snprintf(err, errlen, "address too long");
+        return DELIVER_PERMFAIL;
+    }
+    maildir_name(name, sizeof name, env->arrival, env->qid, i, (size_t)hl + len);
+    if (maildir_deliver(dir, name, header, (size_t)hl, data, len, recovered, sync_dir,
+                        sync_dir_len, err, errlen) == -1)
+        return DELIVER_TEMPFAIL;
+    return DELIVER_OK;
+}
+
+/* ---- signals and shutdown ------------------------------------------------- */
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)fd;
+    (void)what;
+    size_t n = smtp_server_sessions(d->smtp);
+    if (n == 0 || time(NULL) - d->drain_started >= 10) {
+        if (n > 0)
+            log_warn("%zu sessions still open after 10 s; closing them", n);
+        event_base_loopexit(d->base, NULL);
+    }
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)what;
+    if (d->drain_timer != NULL)
+        return;
+    log_info("signal %d: draining (no new connections; open sessions finish)", (int)sig);
+    smtp_server_drain(d->smtp);
+    d->drain_started = time(NULL);
+    d->drain_timer = event_new(d->base, -1, EV_PERSIST, drain_check, d);
+    struct timeval tv = {0, 100000};
+    event_add(d->drain_timer, &tv);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)sig;
+    (void)what;
+    log_info("SIGHUP: reloading the users file and the TLS certificate");
+    users_db_reload(d->users);
+    if (d->cfg->tls_cert != NULL) {
+        char err[512];
+        SSL_CTX *ctx = smtp_tls_server_ctx(d->cfg->tls_cert, d->cfg->tls_key,
+                                           d->cfg->tls_min_version, d->cfg->tls_ciphers, err,
+                                           sizeof err);
+        if (ctx == NULL) {
+            log_err("TLS not reloaded, keeping the previous certificate: %s", err);
+        } else {
+            smtp_server_set_tls(d->smtp, ctx);
+            /* sessions hold their own SSL references; the old context is
+             * freed when the last one ends */
+            SSL_CTX_free(d->tls);
+            d->tls = ctx;
+        }
+    }
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pecd [-t] [-d] -c pecd.conf\n"
+               "  -c FILE  configuration file (default /etc/pecmail/pecd.conf)\n"
+               "  -t       check the configuration and exit\n"
+               "  -d       debug logging\n"
+               "  -V       print the version\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = "/etc/pecmail/pecd.conf";
+    bool check = false, debug = false;
+    int c;
+    while ((c = getopt(argc, argv, "c:tdVh")) != -1) {
+        switch (c) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 't':
+            check = true;
+            break;
+        case 'd':
+            debug = true;
+            break;
+        case 'V':
+            printf("pecd %s\n", PEC_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    log_init("pecd", LOG_LVL_INFO);
+    char err[1024];
+    struct pecd d = {0};
+    d.cfg = config_load(conf, err, sizeof err);
+    if (d.cfg == NULL) {
+        log_err("configuration error: %s", err);
+        return 1;
+    }
+    enum log_level lvl = LOG_LVL_INFO;
+    if (d.cfg->log_level)
+        log_level_parse(d.cfg->log_level, &lvl);
+    log_set_level(debug ? LOG_LVL_DEBUG : lvl);
+
+    if (d.cfg->tls_cert != NULL) {
+        d.tls = smtp_tls_server_ctx(d.cfg->tls_cert, d.cfg->tls_key, d.cfg->tls_min_version,
+                                    d.cfg->tls_ciphers, err, sizeof err);
+        if (d.tls == NULL) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+    }
+    d.users = users_db_open(d.cfg->passwd_file, err, sizeof err);
+    if (d.users == NULL) {
+        log_err("configuration error: %s", err);
+        return 1;
+    }
+    if (check) {
+        printf("%s: configuration OK (%zu users)\n", conf, users_count(users_db_get(d.users)));
+        return 0;
+    }
+
+    /* room for max_connections sockets plus files */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < d.cfg->max_connections + 256) {
+        rl.rlim_cur = rl.rlim_max < d.cfg->max_connections + 256 ? rl.rlim_max
+                                                                  : d.cfg->max_connections + 256;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    d.base = event_base_new();
+    d.queue = queue_new(d.base, d.cfg, deliver_local, &d, err, sizeof err);
+    if (d.queue == NULL) {
+        log_err("queue: %s", err);
+        return 1;
+    }
+    struct smtp_hooks hooks = {
+        .arg = &d,
+        .auth = hook_auth,
+        .rcpt = hook_rcpt,
+        .msg_open = hook_msg_open,
+        .msg_write = hook_msg_write,
+        .msg_abort = hook_msg_abort,
+        .msg_commit = hook_msg_commit,
+    };
+    d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
+    for (size_t i = 0; i < d.cfg->nlisteners; i++) {
+        if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
+            log_err("%s", err);
+            return 1;
+        }
+    }
+    if (queue_recover(d.queue) == -1)
+        return 1;
+    struct event *sigs[4];
+    sigs[0] = evsignal_new(d.base, SIGTERM, on_term, &d);
+    sigs[1] = evsignal_new(d.base, SIGINT, on_term, &d);
+    sigs[2] = evsignal_new(d.base, SIGHUP, on_hup, &d);
+    for (int i = 0; i < 3; i++)
+        event_add(sigs[i], NULL);
+    log_info("pecd %s ready: domain %s, %zu users", PEC_VERSION, d.cfg->domain,
+             users_count(users_db_get(d.users)));
+
+    event_base_dispatch(d.base);
+
+    queue_free(d.queue);
+    smtp_server_free(d.smtp);
+    for (int i = 0; i < 3; i++)
+        event_free(sigs[i]);
+    if (d.drain_timer)
+        event_free(d.drain_timer);
+    event_base_free(d.base);
+    users_db_free(d.users);
+    SSL_CTX_free(d.tls);
+    config_free(d.cfg);
+    log_info("stopped");
+    return 0;
+}

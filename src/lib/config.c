@@ -1,0 +1,486 @@
+/*
+ * config.c - loads pecd.conf (see config.h and docs/configuration.md).
+ */
+#include "config.h"
+#include "lib.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct parse_ctx {
+    struct config *cfg;
+    char err[256];          /* reason of the first error */
+    bool failed;
+};
+
+static int fail(struct parse_ctx *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int fail(struct parse_ctx *ctx, const char *fmt, ...)
+{
+    if (!ctx->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+        va_end(ap);
+        ctx->failed = true;
+    }
+    return 0;   /* inih: 0 = error on this line */
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = strdup(v);
+}
+
+/* Splits a comma/space separated list into dst (each strdup'ed). */
+static int split_list(const char *v, char **dst, size_t max, size_t *n, bool lower)
+{
+    char *copy = strdup(v);
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+        if (*n >= max) {
+            free(copy);
+            return -1;
+        }
+        dst[*n] = strdup(tok);
+        if (lower)
+            str_lower(dst[*n]);
+        (*n)++;
+    }
+    free(copy);
+    return 0;
+}
+
+static struct config_listener *listener_get(struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (strcmp(cfg->listeners[i].name, name) == 0)
+            return &cfg->listeners[i];
+    if (cfg->nlisteners >= CONFIG_MAX_LISTENERS)
+        return NULL;
+    struct config_listener *l = &cfg->listeners[cfg->nlisteners++];
+    memset(l, 0, sizeof *l);
+    str_copy(l->name, name, sizeof l->name);
+    /* Defaults per role: providers talk TLS to each other (RFC 6109 §5.3);
+     * users submit over TLS with AUTH (RFC 8314). */
+    if (strcmp(name, "mx") == 0) {
+        l->tls = LTLS_STARTTLS;
+        l->require_tls = true;
+        l->auth = LAUTH_NO;
+    } else if (strcmp(name, "submission") == 0) {
+        l->tls = LTLS_STARTTLS;
+        l->require_tls = true;
+        l->auth = LAUTH_REQUIRED;
+    } else {
+        l->tls = LTLS_IMPLICIT;
+        l->require_tls = true;
+        l->auth = LAUTH_REQUIRED;
+    }
+    return l;
+}
+
+static int handle_u64(struct parse_ctx *ctx, const char *name, const char *value,
+                      uint64_t *dst, bool size, uint64_t min)
+{
+    uint64_t v;
+    int r = size ? parse_size(value, &v) : parse_duration(value, &v);
+    if (r == -1)
+        return fail(ctx, "%s: '%s' is not a %s", name, value,
+                    size ? "number or size (e.g. 100, 30M)" : "duration (e.g. 30s, 5m, 12h)");
+    if (v < min)
+        return fail(ctx, "%s: %s is below the minimum %llu", name, value,
+                    (unsigned long long)min);
+    *dst = v;
+    return 1;
+}
+
+static int handle_listener(struct parse_ctx *ctx, const char *section, const char *name,
+                           const char *value)
+{
+    struct config_listener *l = listener_get(ctx->cfg, section);
+    if (l == NULL)
+        return fail(ctx, "too many listeners");
+    if (strcmp(name, "listen") == 0) {
+        for (size_t i = 0; i < l->naddrs; i++)
+            free(l->addrs[i]);
+        l->naddrs = 0;
+        if (split_list(value, l->addrs, CONFIG_MAX_ADDRS, &l->naddrs, false) == -1)
+            return fail(ctx, "listen: at most %d addresses", CONFIG_MAX_ADDRS);
+        for (size_t i = 0; i < l->naddrs; i++)
+            if (strrchr(l->addrs[i], ':') == NULL)
+                return fail(ctx, "listen: '%s' is not HOST:PORT", l->addrs[i]);
+        return 1;
+    }
+    if (strcmp(name, "tls") == 0) {
+        if (str_ieq(value, "starttls"))
+            l->tls = LTLS_STARTTLS;
+        else if (str_ieq(value, "implicit"))
+            l->tls = LTLS_IMPLICIT;
+        else if (str_ieq(value, "none"))
+            l->tls = LTLS_NONE;
+        else
+            return fail(ctx, "tls: '%s' is not starttls, implicit or none", value);
+        return 1;
+    }
+    if (strcmp(name, "require_tls") == 0) {
+        if (parse_bool(value, &l->require_tls) == -1)
+            return fail(ctx, "require_tls: '%s' is not yes or no", value);
+        return 1;
+    }
+    if (strcmp(name, "auth") == 0) {
+        if (str_ieq(value, "no"))
+            l->auth = LAUTH_NO;
+        else if (str_ieq(value, "optional") || str_ieq(value, "yes"))
+            l->auth = LAUTH_OPTIONAL;
+        else if (str_ieq(value, "required"))
+            l->auth = LAUTH_REQUIRED;
+        else
+            return fail(ctx, "auth: '%s' is not no, optional or required", value);
+        return 1;
+    }
+    return fail(ctx, "unknown key '%s' in [%s]", name, section);
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_ctx *ctx = user;
+    struct config *cfg = ctx->cfg;
+
+    if (strcmp(section, "provider") == 0) {
+        if (strcmp(name, "domain") == 0) {
+            set_str(&cfg->domain, value);
+            str_lower(cfg->domain);
+        } else if (strcmp(name, "hostname") == 0)
+            set_str(&cfg->hostname, value);
+        else if (strcmp(name, "name") == 0)
+            set_str(&cfg->name, value);
+        else if (strcmp(name, "postmaster") == 0)
+            set_str(&cfg->postmaster, value);
+        else if (strcmp(name, "local_domains") == 0) {
+            /* slot 0 is reserved for the provider domain */
+            if (split_list(value, cfg->local_domains, CONFIG_MAX_DOMAINS,
+                           &cfg->nlocal_domains, true) == -1)
+                return fail(ctx, "local_domains: at most %d domains", CONFIG_MAX_DOMAINS - 1);
+        } else if (strcmp(name, "data_dir") == 0)
+            set_str(&cfg->data_dir, value);
+        else if (strcmp(name, "log_level") == 0) {
+            enum log_level lvl;
+            if (log_level_parse(value, &lvl) == -1)
+                return fail(ctx, "log_level: '%s' is not debug, info, warning or error", value);
+            set_str(&cfg->log_level, value);
+        } else
+            return fail(ctx, "unknown key '%s' in [provider]", name);
+        return 1;
+    }
+    if (strcmp(section, "tls") == 0) {
+        if (strcmp(name, "certificate") == 0)
+            set_str(&cfg->tls_cert, value);
+        else if (strcmp(name, "key") == 0)
+            set_str(&cfg->tls_key, value);
+        else if (strcmp(name, "ciphers") == 0)
+            set_str(&cfg->tls_ciphers, value);
+        else if (strcmp(name, "min_version") == 0) {
+            if (str_ieq(value, "TLSv1.2") || strcmp(value, "1.2") == 0)
+                cfg->tls_min_version = 12;
+            else if (str_ieq(value, "TLSv1.3") || strcmp(value, "1.3") == 0)
+                cfg->tls_min_version = 13;
+            else
+                return fail(ctx, "min_version: '%s' is not TLSv1.2 or TLSv1.3 "
+                                 "(older versions are not supported)", value);
+        } else
+            return fail(ctx, "unknown key '%s' in [tls]", name);
+        return 1;
+    }
+    if (strcmp(section, "mx") == 0 || strcmp(section, "submission") == 0 ||
+        strcmp(section, "submissions") == 0)
+        return handle_listener(ctx, section, name, value);
+    if (strcmp(section, "limits") == 0) {
+        static const struct {
+            const char *key;
+            size_t off;
+            bool size;
+            uint64_t min;
+        } keys[] = {
+            {"max_message_size", offsetof(struct config, max_message_size), true, 1024},
+            {"max_recipients", offsetof(struct config, max_recipients), true, 1},
+            {"max_line_length", offsetof(struct config, max_line_length), true, 80},
+            {"max_errors", offsetof(struct config, max_errors), true, 1},
+            {"max_connections", offsetof(struct config, max_connections), true, 1},
+            {"max_connections_per_ip", offsetof(struct config, max_connections_per_ip), true, 1},
+            {"timeout_command", offsetof(struct config, timeout_command), false, 1},
+            {"timeout_data", offsetof(struct config, timeout_data), false, 1},
+            {"timeout_tls", offsetof(struct config, timeout_tls), false, 1},
+        };
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            if (strcmp(name, keys[i].key) == 0)
+                return handle_u64(ctx, name, value,
+                                  (uint64_t *)((char *)cfg + keys[i].off), keys[i].size,
+                                  keys[i].min);
+        return fail(ctx, "unknown key '%s' in [limits]", name);
+    }
+    if (strcmp(section, "queue") == 0) {
+        if (strcmp(name, "directory") == 0) {
+            set_str(&cfg->queue_dir, value);
+            return 1;
+        }
+        if (strcmp(name, "delivery_workers") == 0) {
+            int r = handle_u64(ctx, name, value, &cfg->delivery_workers, true, 1);
+            if (r && cfg->delivery_workers > 64)
+                return fail(ctx, "delivery_workers: at most 64");
+            return r;
+        }
+        if (strcmp(name, "retry_min") == 0)
+            return handle_u64(ctx, name, value, &cfg->retry_min, false, 1);
+        if (strcmp(name, "retry_max") == 0)
+            return handle_u64(ctx, name, value, &cfg->retry_max, false, 1);
+        if (strcmp(name, "lifetime") == 0)
+            return handle_u64(ctx, name, value, &cfg->queue_lifetime, false, 1);
+        return fail(ctx, "unknown key '%s' in [queue]", name);
+    }
+    if (strcmp(section, "delivery") == 0) {
+        if (strcmp(name, "mailbox") == 0) {
+            if (strncmp(value, "maildir:", 8) != 0 || value[8] == '\0')
+                return fail(ctx, "mailbox: '%s' is not maildir:PATH (lmtp: comes later)",
+                            value);
+            set_str(&cfg->mailbox, value + 8);
+            return 1;
+        }
+        return fail(ctx, "unknown key '%s' in [delivery]", name);
+    }
+    if (strcmp(section, "users") == 0) {
+        if (strcmp(name, "passwd_file") == 0) {
+            set_str(&cfg->passwd_file, value);
+            return 1;
+        }
+        return fail(ctx, "unknown key '%s' in [users]", name);
+    }
+    return fail(ctx, "unknown section [%s]", section);
+}
+
+/* Makes *p absolute against base (if relative). */
+static void resolve(char **p, const char *base)
+{
+    if (*p == NULL || (*p)[0] == '/')
+        return;
+    char buf[PATH_MAX];
+    if (str_fmt(buf, sizeof buf, "%s/%s", base, *p) < 0)
+        return;
+    set_str(p, buf);
+}
+
+static void default_str(char **p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void default_str(char **p, const char *fmt, ...)
+{
+    if (*p != NULL)
+        return;
+    char buf[PATH_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    *p = strdup(buf);
+}
+
+struct config *config_load(const char *path, char *err, size_t errlen)
+{
+    struct config *cfg = calloc(1, sizeof *cfg);
+    struct parse_ctx ctx = {.cfg = cfg};
+    cfg->path = strdup(path);
+    char absdir[PATH_MAX];
+    {
+        char tmp[PATH_MAX];
+        str_copy(tmp, path, sizeof tmp);
+        char *slash = strrchr(tmp, '/');
+        const char *d = slash ? (slash == tmp ? "/" : (*slash = '\0', tmp)) : ".";
+        if (realpath(d, absdir) == NULL)
+            str_copy(absdir, d, sizeof absdir);
+    }
+    cfg->dir = strdup(absdir);
+    cfg->nlocal_domains = 1;    /* slot 0 is the provider domain */
+
+    cfg->max_message_size = 60ULL * 1024 * 1024;   /* DESIGN: twice the legal 30 MB */
+    cfg->max_recipients = 100;                      /* RFC 5321 §4.5.3.1.8 minimum */
+    cfg->max_line_length = 1000;                    /* RFC 5321 §4.5.3.1.6 */
+    cfg->max_errors = 10;
+    cfg->max_connections = 1000;
+    cfg->max_connections_per_ip = 50;
+    cfg->timeout_command = 300;                     /* RFC 5321 §4.5.3.2.7 */
+    cfg->timeout_data = 300;
+    cfg->timeout_tls = 60;
+    cfg->tls_min_version = 12;
+    cfg->delivery_workers = 2;
+    cfg->retry_min = 60;
+    cfg->retry_max = 3600;
+    cfg->queue_lifetime = 5 * 86400;
+
+    int line = ini_parse(path, handler, &ctx);
+    if (line == -1) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        goto bad;
+    }
+    if (line == -2) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto bad;
+    }
+    if (line > 0) {
+        snprintf(err, errlen, "%s:%d: %s", path, line,
+                 ctx.failed ? ctx.err : "syntax error (expected [section] or key = value)");
+        goto bad;
+    }
+
+    if (cfg->domain == NULL) {
+        snprintf(err, errlen, "%s: [provider] domain is required", path);
+        goto bad;
+    }
+    cfg->local_domains[0] = strdup(cfg->domain);
+    if (cfg->hostname == NULL) {
+        char host[256];
+        if (gethostname(host, sizeof host) == 0 && strchr(host, '.') != NULL)
+            cfg->hostname = strdup(host);
+        else
+            default_str(&cfg->hostname, "mx.%s", cfg->domain);
+    }
+    default_str(&cfg->name, "%s", cfg->domain);
+    default_str(&cfg->postmaster, "postmaster@%s", cfg->domain);
+    default_str(&cfg->data_dir, "%s", cfg->dir);
+    resolve(&cfg->data_dir, cfg->dir);
+    default_str(&cfg->queue_dir, "%s/queue", cfg->data_dir);
+    default_str(&cfg->mailbox, "%s/mail/%%d/%%n", cfg->data_dir);
+    default_str(&cfg->passwd_file, "%s/users", cfg->data_dir);
+    resolve(&cfg->queue_dir, cfg->dir);
+    resolve(&cfg->mailbox, cfg->dir);
+    resolve(&cfg->passwd_file, cfg->dir);
+    resolve(&cfg->tls_cert, cfg->dir);
+    resolve(&cfg->tls_key, cfg->dir);
+
+    if (cfg->retry_max < cfg->retry_min) {
+        snprintf(err, errlen, "%s: [queue] retry_max is below retry_min", path);
+        goto bad;
+    }
+    bool need_tls = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct config_listener *l = &cfg->listeners[i];
+        if (l->naddrs == 0) {
+            snprintf(err, errlen, "%s: [%s] needs listen = HOST:PORT", path, l->name);
+            goto bad;
+        }
+        if (l->tls == LTLS_NONE && l->require_tls) {
+            snprintf(err, errlen, "%s: [%s] require_tls = yes needs tls = starttls or implicit",
+                     path, l->name);
+            goto bad;
+        }
+        if (l->tls == LTLS_NONE && l->auth != LAUTH_NO) {
+            snprintf(err, errlen, "%s: [%s] AUTH is only offered over TLS: set tls or auth = no",
+                     path, l->name);
+            goto bad;
+        }
+        if (l->tls != LTLS_NONE)
+            need_tls = true;
+    }
+    if (cfg->nlisteners == 0) {
+        snprintf(err, errlen, "%s: no listener: add [mx] listen = HOST:PORT", path);
+        goto bad;
+    }
+    if (need_tls && (cfg->tls_cert == NULL || cfg->tls_key == NULL)) {
+        snprintf(err, errlen, "%s: [tls] certificate and key are required by the listeners",
+                 path);
+        goto bad;
+    }
+    return cfg;
+bad:
+    config_free(cfg);
+    return NULL;
+}
+
+void config_free(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    char **strs[] = {&cfg->path,      &cfg->dir,       &cfg->domain,    &cfg->hostname,
+                     &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
+                     &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
+                     &cfg->mailbox,   &cfg->passwd_file};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+        free(*strs[i]);
+    for (size_t i = 0; i < cfg->nlocal_domains; i++)
+        free(cfg->local_domains[i]);
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        for (size_t j = 0; j < cfg->listeners[i].naddrs; j++)
+            free(cfg->listeners[i].addrs[j]);
+    free(cfg);
+}
+
+bool config_is_local_domain(const struct config *cfg, const char *domain)
+{
+    for (size_t i = 0; i < cfg->nlocal_domains; i++)
+        if (cfg->local_domains[i] && str_ieq(cfg->local_domains[i], domain))
+            return true;
+    return false;
+}
+
+const struct config_listener *config_listener(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (strcmp(cfg->listeners[i].name, name) == 0)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+/* A path component taken from an address must not climb out of the tree. */
+static bool safe_component(const char *s)
+{
+    if (s[0] == '\0' || s[0] == '.')
+        return false;
+    for (; *s; s++)
+        if (*s == '/' || (unsigned char)*s < 0x20)
+            return false;
+    return true;
+}
+
+int config_mailbox_path(const struct config *cfg, const char *local, const char *domain,
+                        char *out, size_t outlen)
+{
+    if (!safe_component(local) || !safe_component(domain))
+        return -1;
+    char dom[256];
+    if (str_copy(dom, domain, sizeof dom) >= sizeof dom)
+        return -1;
+    str_lower(dom);
+    size_t o = 0;
+    for (const char *t = cfg->mailbox; *t; t++) {
+        const char *ins = NULL;
+        char one[2] = {*t, 0};
+        char full[1024];
+        if (*t == '%' && t[1] != '\0') {
+            t++;
+            if (*t == 'n')
+                ins = local;
+            else if (*t == 'd')
+                ins = dom;
+            else if (*t == 'u') {
+                if (str_fmt(full, sizeof full, "%s@%s", local, dom) < 0)
+                    return -1;
+                ins = full;
+            } else if (*t == '%')
+                ins = "%";
+            else
+                return -1;
+        } else
+            ins = one;
+        size_t n = strlen(ins);
+        if (o + n >= outlen)
+            return -1;
+        memcpy(out + o, ins, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return 0;
+}

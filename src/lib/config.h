@@ -1,0 +1,90 @@
+/*
+ * config.h - pecd.conf, the one INI file of a provider instance.
+ *
+ * config_load() reads it with inih, fills every default, resolves relative
+ * paths against the file's directory and checks every value.  A bad setting
+ * gives an error naming the file, the line and the reason; nothing starts.
+ * docs/configuration.md documents every key; keep the two in step.
+ */
+#ifndef PEC_CONFIG_H
+#define PEC_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_LISTENERS 8
+#define CONFIG_MAX_ADDRS 8
+#define CONFIG_MAX_DOMAINS 32
+
+enum listener_tls { LTLS_NONE, LTLS_STARTTLS, LTLS_IMPLICIT };
+enum listener_auth { LAUTH_NO, LAUTH_OPTIONAL, LAUTH_REQUIRED };
+
+struct config_listener {
+    char name[32];                  /* mx, submission, submissions */
+    char *addrs[CONFIG_MAX_ADDRS];  /* "host:port" */
+    size_t naddrs;
+    enum listener_tls tls;
+    bool require_tls;               /* refuse MAIL until STARTTLS */
+    enum listener_auth auth;
+};
+
+struct config {
+    char *path;                     /* the file read */
+    char *dir;                      /* its directory: base of relative paths */
+
+    /* [provider] */
+    char *domain;
+    char *hostname;
+    char *name;
+    char *postmaster;
+    char *local_domains[CONFIG_MAX_DOMAINS];
+    size_t nlocal_domains;          /* includes domain itself, lower case */
+    char *data_dir;
+    char *log_level;
+
+    /* [tls] */
+    char *tls_cert;
+    char *tls_key;
+    char *tls_ciphers;              /* TLS 1.2 cipher list; NULL = OpenSSL's */
+    int tls_min_version;            /* 12 or 13 */
+
+    /* [mx] [submission] [submissions] */
+    struct config_listener listeners[CONFIG_MAX_LISTENERS];
+    size_t nlisteners;
+
+    /* [limits] */
+    uint64_t max_message_size;
+    uint64_t max_recipients;
+    uint64_t max_line_length;       /* DATA text line, octets incl. CRLF */
+    uint64_t max_errors;
+    uint64_t max_connections;
+    uint64_t max_connections_per_ip;
+    uint64_t timeout_command;       /* seconds */
+    uint64_t timeout_data;
+    uint64_t timeout_tls;
+
+    /* [queue] */
+    char *queue_dir;
+    uint64_t delivery_workers;
+    uint64_t retry_min;
+    uint64_t retry_max;
+    uint64_t queue_lifetime;
+
+    /* [delivery] */
+    char *mailbox;                  /* template after "maildir:" */
+
+    /* [users] */
+    char *passwd_file;
+};
+
+/* Returns a config or NULL with the reason ("FILE:LINE: reason") in err. */
+struct config *config_load(const char *path, char *err, size_t errlen);
+void config_free(struct config *cfg);
+bool config_is_local_domain(const struct config *cfg, const char *domain);
+/* Path of the Maildir of address user@domain per the template (%u %n %d). */
+int config_mailbox_path(const struct config *cfg, const char *local, const char *domain,
+                        char *out, size_t outlen);
+const struct config_listener *config_listener(const struct config *cfg, const char *name);
+
+#endif

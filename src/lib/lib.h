@@ -1,0 +1,60 @@
+/*
+ * lib.h - small shared facilities: logging, checked string helpers, parsing of
+ * sizes and durations, durable file-system operations.
+ *
+ * Everything here is free of global state except the logger's level and
+ * program name.  Functions return 0 on success and -1 on failure; where a
+ * message is useful it is written into a caller-supplied buffer.
+ */
+#ifndef PEC_LIB_H
+#define PEC_LIB_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define PEC_VERSION "0.1.0"
+
+/* ---- logging (log.c) ---------------------------------------------------- */
+enum log_level { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERR };
+
+void log_init(const char *progname, enum log_level level);
+void log_set_level(enum log_level level);
+int log_level_parse(const char *s, enum log_level *out);
+void log_msg(enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
+
+/* ---- strings (util.c) --------------------------------------------------- */
+/* Copies like strlcpy: returns strlen(src); truncation when >= size. */
+size_t str_copy(char *dst, const char *src, size_t size);
+/* snprintf that returns -1 on truncation or error, else the length. */
+int str_fmt(char *dst, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+bool str_ieq(const char *a, const char *b);
+bool str_iprefix(const char *s, const char *prefix);
+char *str_trim(char *s);
+void str_lower(char *s);
+/* Parses "10", "10k", "10K", "30M", "1G" (binary multiples) into bytes. */
+int parse_size(const char *s, uint64_t *out);
+/* Parses "30", "30s", "5m", "12h", "2d" into seconds. */
+int parse_duration(const char *s, uint64_t *out);
+int parse_bool(const char *s, bool *out);
+/* Formats now (or t) as an RFC 5322 date-time in local time. */
+void rfc5322_date(char *buf, size_t size, time_t t);
+
+/* ---- file system (fs.c) ------------------------------------------------- */
+int fs_mkdirs(const char *path, mode_t mode);
+int fs_fsync_dir(const char *path);
+/* Writes data to path durably: temp file with O_EXCL, fsync, rename, fsync dir. */
+int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* Reads a whole (small) file; *out is malloc'ed and NUL-terminated. */
+int fs_read_file(const char *path, char **out, size_t *len, size_t max);
+int fs_write_all(int fd, const void *buf, size_t len);
+
+#endif

@@ -1,0 +1,126 @@
+/*
+ * util.c - checked string helpers and the parsers of configuration scalars
+ * (sizes, durations, booleans).
+ */
+#include "lib.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+size_t str_copy(char *dst, const char *src, size_t size)
+{
+    size_t n = strlen(src);
+    if (size > 0) {
+        size_t c = n < size - 1 ? n : size - 1;
+        memcpy(dst, src, c);
+        dst[c] = '\0';
+    }
+    return n;
+}
+
+int str_fmt(char *dst, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(dst, size, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= size)
+        return -1;
+    return n;
+}
+
+bool str_ieq(const char *a, const char *b) { return strcasecmp(a, b) == 0; }
+
+bool str_iprefix(const char *s, const char *prefix)
+{
+    return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+char *str_trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+void str_lower(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
+}
+
+static int parse_scaled(const char *s, uint64_t *out, const char *units,
+                        const uint64_t *mult)
+{
+    if (s == NULL || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    uint64_t m = 1;
+    if (*end != '\0') {
+        const char *u = strchr(units, *end);
+        if (u == NULL)
+            return -1;
+        m = mult[u - units];
+        end++;
+        /* accept "MB", "KB", "GB" as well as "M", "K", "G" */
+        if (*end == 'B' || *end == 'b')
+            end++;
+        if (*end != '\0')
+            return -1;
+    }
+    if (m != 0 && v > UINT64_MAX / m)
+        return -1;
+    *out = (uint64_t)v * m;
+    return 0;
+}
+
+int parse_size(const char *s, uint64_t *out)
+{
+    static const uint64_t mult[] = {1024, 1024, 1024 * 1024, 1024 * 1024,
+                                    1024ULL * 1024 * 1024, 1024ULL * 1024 * 1024};
+    return parse_scaled(s, out, "kKmMgG", mult);
+}
+
+int parse_duration(const char *s, uint64_t *out)
+{
+    static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
+    return parse_scaled(s, out, "smhdw", mult);
+}
+
+int parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (str_ieq(s, yes[i])) {
+            *out = true;
+            return 0;
+        }
+        if (str_ieq(s, no[i])) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void rfc5322_date(char *buf, size_t size, time_t t)
+{
+    struct tm tm;
+    localtime_r(&t, &tm);
+    /* C locale names are required by RFC 5322 §3.3; strftime's %a/%b follow
+     * LC_TIME, which we never set, so they are the C ones. */
+    strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm);
+}

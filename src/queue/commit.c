@@ -1,0 +1,189 @@
+/*
+ * commit.c - group commit of spool files.
+ *
+ * One thread makes spool files durable in batches: every file submitted
+ * while the previous batch was syncing goes into the next one.  Per batch:
+ * fsync of each file (or one syncfs(2) of the spool file system), the renames
+ * from incoming/ into queue/, and one fsync of queue/.  Concurrent sessions
+ * therefore share the directory fsync and the journal commit, so throughput
+ * does not fall to one disk flush per message.  Results go back to the event
+ * loop through an eventfd.
+ */
+#include "queue.h"
+#include "lib/lib.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define BATCH_MAX 512
+
+struct commit_req {
+    struct spool_writer *w;
+    commit_cb cb;
+    void *arg;
+    int result;
+};
+
+struct committer {
+    GAsyncQueue *in;
+    GAsyncQueue *done;
+    int efd;
+    struct event *ev;
+    GThread *thread;
+    int incoming_fd, queue_fd;
+    bool use_syncfs;
+    uint64_t batches;   /* written by the thread, read for statistics only */
+};
+
+static struct commit_req stop_req;
+
+static void run_batch(struct committer *c, struct commit_req **b, size_t n)
+{
+    int sync_err = 0;
+    if (c->use_syncfs) {
+        if (syncfs(c->queue_fd) == -1)
+            sync_err = errno;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            if (fdatasync(spool_writer_fd(b[i]->w)) == -1)
+                b[i]->result = -1;
+    }
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        const char *qid = spool_writer_qid(b[i]->w);
+        if (sync_err != 0 || b[i]->result != 0) {
+            b[i]->result = -1;
+            log_err("%s: fsync failed: %s", qid, strerror(sync_err ? sync_err : EIO));
+            unlinkat(c->incoming_fd, qid, 0);
+            continue;
+        }
+        if (renameat(c->incoming_fd, qid, c->queue_fd, qid) == -1) {
+            log_err("%s: rename into queue failed: %s", qid, strerror(errno));
+            b[i]->result = -1;
+            unlinkat(c->incoming_fd, qid, 0);
+            continue;
+        }
+        any = true;
+    }
+    if (any && fsync(c->queue_fd) == -1) {
+        /* The renames may not be durable: refuse them all (the client
+         * retries) and take the files back out of the queue. */
+        log_err("fsync of the queue directory failed: %s", strerror(errno));
+        for (size_t i = 0; i < n; i++) {
+            if (b[i]->result == 0) {
+                unlinkat(c->queue_fd, spool_writer_qid(b[i]->w), 0);
+                b[i]->result = -1;
+            }
+        }
+    }
+    c->batches++;
+}
+
+static gpointer commit_thread(gpointer arg)
+{
+    struct committer *c = arg;
+    struct commit_req *batch[BATCH_MAX];
+    for (;;) {
+        struct commit_req *r = g_async_queue_pop(c->in);
+        if (r == &stop_req)
+            break;
+        size_t n = 0;
+        batch[n++] = r;
+        bool stop = false;
+        while (n < BATCH_MAX && (r = g_async_queue_try_pop(c->in)) != NULL) {
+            if (r == &stop_req) {
+                stop = true;
+                break;
+            }
+            batch[n++] = r;
+        }
+        run_batch(c, batch, n);
+        for (size_t i = 0; i < n; i++)
+            g_async_queue_push(c->done, batch[i]);
+        uint64_t one = 1;
+        ssize_t w = write(c->efd, &one, sizeof one);
+        (void)w;
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct committer *c = arg;
+    (void)what;
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+    struct commit_req *req;
+    while ((req = g_async_queue_try_pop(c->done)) != NULL) {
+        spool_writer_free(req->w);
+        req->cb(req->arg, req->result);
+        free(req);
+    }
+}
+
+struct committer *committer_new(struct event_base *base, const char *queue_dir, bool use_syncfs)
+{
+    struct committer *c = calloc(1, sizeof *c);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/incoming", queue_dir);
+    c->incoming_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/queue", queue_dir);
+    c->queue_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->incoming_fd == -1 || c->queue_fd == -1 || c->efd == -1) {
+        log_err("committer: cannot open %s: %s", queue_dir, strerror(errno));
+        if (c->incoming_fd != -1)
+            close(c->incoming_fd);
+        if (c->queue_fd != -1)
+            close(c->queue_fd);
+        if (c->efd != -1)
+            close(c->efd);
+        free(c);
+        return NULL;
+    }
+    c->use_syncfs = use_syncfs;
+    c->in = g_async_queue_new();
+    c->done = g_async_queue_new();
+    c->ev = event_new(base, c->efd, EV_READ | EV_PERSIST, on_done, c);
+    event_add(c->ev, NULL);
+    c->thread = g_thread_new("commit", commit_thread, c);
+    return c;
+}
+
+void committer_submit(struct committer *c, struct spool_writer *w, commit_cb cb, void *arg)
+{
+    struct commit_req *r = calloc(1, sizeof *r);
+    r->w = w;
+    r->cb = cb;
+    r->arg = arg;
+    g_async_queue_push(c->in, r);
+}
+
+uint64_t committer_batches(const struct committer *c) { return c->batches; }
+
+void committer_free(struct committer *c)
+{
+    if (c == NULL)
+        return;
+    g_async_queue_push(c->in, &stop_req);
+    g_thread_join(c->thread);
+    /* deliver the last results */
+    on_done(c->efd, EV_READ, c);
+    event_free(c->ev);
+    close(c->efd);
+    close(c->incoming_fd);
+    close(c->queue_fd);
+    g_async_queue_unref(c->in);
+    g_async_queue_unref(c->done);
+    free(c);
+}

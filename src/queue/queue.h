@@ -1,0 +1,113 @@
+/*
+ * queue.h - the durable queue: spool files (spool.c), group commit
+ * (commit.c), and the scheduler with its delivery workers (queue.c).
+ *
+ * A message is acknowledged only after its spool file - typed,
+ * length-prefixed records closed by an END record - is fsync'ed and renamed
+ * into queue/.  Every later step (delivery, retry, removal) is idempotent and
+ * replayed from queue/ after a crash.
+ */
+#ifndef PEC_QUEUE_H
+#define PEC_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+struct config;
+struct event_base;
+
+#define QUEUE_ID_LEN 16
+
+/* ---- the envelope of a queued message ----------------------------------- */
+struct queue_rcpt {
+    char *addr;           /* mailbox to deliver to */
+    char *orig;           /* as given at RCPT */
+    unsigned notify;      /* RFC 3461 NOTIFY bits (smtp.h SMTP_NOTIFY_*) */
+    char *orcpt;          /* "type;address" or NULL */
+    int status;           /* QR_PENDING, QR_DONE, QR_FAILED */
+};
+enum { QR_PENDING, QR_DONE, QR_FAILED };
+
+struct queue_env {
+    char qid[QUEUE_ID_LEN + 1];
+    time_t arrival;
+    char *sender;         /* "" for the null path */
+    struct queue_rcpt *rcpts;
+    size_t nrcpts;
+    /* options (kept for DSN and REQUIRETLS handling downstream) */
+    int body;             /* 0 none, 1 7BIT, 2 8BITMIME */
+    int ret;              /* 0 none, 1 FULL, 2 HDRS */
+    bool smtputf8;
+    bool requiretls;
+    char *envid;
+    char *client_ip, *helo, *auth_user, *tls, *proto, *listener;
+    uint64_t size;        /* octets of message data */
+};
+void queue_env_free(struct queue_env *env);
+
+/* ---- spool files (spool.c) ---------------------------------------------- */
+enum spool_rec {
+    REC_VERSION = 'V', REC_ID = 'I', REC_TIME = 'T', REC_SENDER = 'S', REC_OPT = 'O',
+    REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
+};
+struct spool_writer;
+/* Creates incoming/<qid> and writes the envelope records. */
+struct spool_writer *spool_writer_open(const char *queue_dir, const struct queue_env *env);
+int spool_writer_data(struct spool_writer *w, const void *buf, size_t len);
+/* Writes END and flushes (no fsync: the committer does that). */
+int spool_writer_finish(struct spool_writer *w);
+int spool_writer_fd(const struct spool_writer *w);
+const char *spool_writer_qid(const struct spool_writer *w);
+void spool_writer_abort(struct spool_writer *w);
+void spool_writer_free(struct spool_writer *w);
+
+/* Reads a spool file; the envelope into *env and, when data is not NULL, the
+ * message (malloc'ed) into *data.  Fails (-1, reason in err) on a file
+ * without END, a bad record, or one over the limits. */
+int spool_read(const char *path, struct queue_env *env, char **data, size_t *datalen,
+               char *err, size_t errlen);
+/* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
+void queue_new_id(char out[QUEUE_ID_LEN + 1]);
+
+/* ---- group commit (commit.c) -------------------------------------------- */
+struct committer;
+typedef void (*commit_cb)(void *arg, int result);
+struct committer *committer_new(struct event_base *base, const char *queue_dir, bool use_syncfs);
+/* Takes ownership of w; makes it durable (fsync + rename into queue/ + fsync
+ * of the directory) together with whatever else is pending, then calls cb on
+ * the event loop. */
+void committer_submit(struct committer *c, struct spool_writer *w, commit_cb cb, void *arg);
+void committer_free(struct committer *c);
+uint64_t committer_batches(const struct committer *c);
+
+/* ---- the queue and its scheduler (queue.c) ------------------------------- */
+/* Result of delivering one recipient. */
+enum deliver_result { DELIVER_OK, DELIVER_TEMPFAIL, DELIVER_PERMFAIL };
+/* Delivers message data to rcpt; runs on a worker thread.  'recovered' says
+ * the message may already have been delivered by an earlier process.  When
+ * the delivery needs a directory fsync to be durable, the function names the
+ * directory in sync_dir; the worker syncs each such directory once per batch
+ * before it counts the deliveries as done (group commit again). */
+typedef enum deliver_result (*deliver_fn)(void *arg, const struct queue_env *env, size_t rcpt,
+                                          const char *data, size_t len, bool recovered,
+                                          char *sync_dir, size_t sync_dir_len,
+                                          char *err, size_t errlen);
+struct queue;
+struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
+                        void *deliver_arg, char *err, size_t errlen);
+/* Scans queue/ and schedules every unfinished message; purges incoming/. */
+int queue_recover(struct queue *q);
+struct committer *queue_committer(struct queue *q);
+/* Called after a commit: the message is now durable, schedule it. */
+void queue_enqueue(struct queue *q, const char *qid);
+/* Stops the workers after their current batch. */
+void queue_stop(struct queue *q);
+bool queue_idle(const struct queue *q);
+void queue_free(struct queue *q);
+
+/* For pecctl: lists queue/ on stdout. */
+int queue_list(const char *queue_dir, FILE *out);
+#endif

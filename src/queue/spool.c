@@ -1,0 +1,365 @@
+/*
+ * spool.c - spool files: typed, length-prefixed records (Postfix style).
+ *
+ *   record = type (1 octet) | length (4 octets, big-endian) | payload
+ *   file   = V I T S O* R+ D* E
+ *
+ * The END record carries the data length; a file without it is incomplete
+ * and is never delivered.  Files are written in incoming/ and renamed into
+ * queue/ by the committer only after fsync.
+ */
+#include "queue.h"
+#include "lib/lib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define SPOOL_MAX_RECORD (64u * 1024 * 1024)
+#define SPOOL_MAX_RCPTS 100000
+
+struct spool_writer {
+    FILE *fp;
+    int fd;
+    char qid[QUEUE_ID_LEN + 1];
+    char path[PATH_MAX];
+    uint64_t size;
+    bool failed;
+};
+
+void queue_new_id(char out[QUEUE_ID_LEN + 1])
+{
+    static atomic_uint counter;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    uint64_t us = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+    unsigned c = atomic_fetch_add(&counter, 1) + (unsigned)getpid() * 2654435761u;
+    snprintf(out, QUEUE_ID_LEN + 1, "%013llX%03X", (unsigned long long)(us & 0xFFFFFFFFFFFFFull),
+             c & 0xFFFu);
+}
+
+static int put_rec(struct spool_writer *w, int type, const void *p, size_t len)
+{
+    unsigned char h[5] = {(unsigned char)type, (unsigned char)(len >> 24),
+                          (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                          (unsigned char)len};
+    if (w->failed || fwrite(h, 1, 5, w->fp) != 5 || (len > 0 && fwrite(p, 1, len, w->fp) != len)) {
+        w->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+static int put_str(struct spool_writer *w, int type, const char *s)
+{
+    return put_rec(w, type, s, strlen(s));
+}
+
+static int put_opt(struct spool_writer *w, const char *key, const char *val)
+{
+    if (val == NULL)
+        return 0;
+    char buf[2048];
+    int n = snprintf(buf, sizeof buf, "%s=%s", key, val);
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return -1;
+    return put_rec(w, REC_OPT, buf, (size_t)n);
+}
+
+struct spool_writer *spool_writer_open(const char *queue_dir, const struct queue_env *env)
+{
+    struct spool_writer *w = calloc(1, sizeof *w);
+    str_copy(w->qid, env->qid, sizeof w->qid);
+    if (str_fmt(w->path, sizeof w->path, "%s/incoming/%s", queue_dir, env->qid) < 0)
+        goto fail;
+    w->fd = open(w->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (w->fd == -1)
+        goto fail;
+    w->fp = fdopen(w->fd, "w");
+    if (w->fp == NULL) {
+        close(w->fd);
+        unlink(w->path);
+        goto fail;
+    }
+    setvbuf(w->fp, NULL, _IOFBF, 65536);
+    char t[32];
+    snprintf(t, sizeof t, "%lld", (long long)env->arrival);
+    put_str(w, REC_VERSION, "1");
+    put_str(w, REC_ID, env->qid);
+    put_str(w, REC_TIME, t);
+    put_str(w, REC_SENDER, env->sender);
+    if (env->body)
+        put_opt(w, "body", env->body == 2 ? "8BITMIME" : "7BIT");
+    if (env->ret)
+        put_opt(w, "ret", env->ret == 2 ? "HDRS" : "FULL");
+    if (env->smtputf8)
+        put_opt(w, "smtputf8", "1");
+    if (env->requiretls)
+        put_opt(w, "requiretls", "1");
+    put_opt(w, "envid", env->envid && *env->envid ? env->envid : NULL);
+    put_opt(w, "client", env->client_ip);
+    put_opt(w, "helo", env->helo);
+    put_opt(w, "auth", env->auth_user);
+    put_opt(w, "tls", env->tls);
+    put_opt(w, "proto", env->proto);
+    put_opt(w, "listener", env->listener);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        const struct queue_rcpt *r = &env->rcpts[i];
+        char buf[2048];
+        int n = snprintf(buf, sizeof buf, "%s%c%s%c%u%c%s", r->addr, 0, r->orig ? r->orig : r->addr,
+                         0, r->notify, 0, r->orcpt ? r->orcpt : "");
+        if (n < 0 || (size_t)n >= sizeof buf) {
+            w->failed = true;
+            break;
+        }
+        put_rec(w, REC_RCPT, buf, (size_t)n);
+    }
+    if (w->failed) {
+        spool_writer_abort(w);
+        return NULL;
+    }
+    return w;
+fail:
+    log_err("cannot create spool file %s: %s", w->path, strerror(errno));
+    free(w);
+    return NULL;
+}
+
+int spool_writer_data(struct spool_writer *w, const void *buf, size_t len)
+{
+    if (put_rec(w, REC_DATA, buf, len) == -1)
+        return -1;
+    w->size += len;
+    return 0;
+}
+
+int spool_writer_finish(struct spool_writer *w)
+{
+    char n[32];
+    snprintf(n, sizeof n, "%llu", (unsigned long long)w->size);
+    if (put_str(w, REC_END, n) == -1 || fflush(w->fp) != 0) {
+        w->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+int spool_writer_fd(const struct spool_writer *w) { return w->fd; }
+const char *spool_writer_qid(const struct spool_writer *w) { return w->qid; }
+
+void spool_writer_abort(struct spool_writer *w)
+{
+    if (w == NULL)
+        return;
+    unlink(w->path);
+    spool_writer_free(w);
+}
+
+void spool_writer_free(struct spool_writer *w)
+{
+    if (w == NULL)
+        return;
+    if (w->fp)
+        fclose(w->fp);
+    free(w);
+}
+
+void queue_env_free(struct queue_env *env)
+{
+    if (env == NULL)
+        return;
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        free(env->rcpts[i].addr);
+        free(env->rcpts[i].orig);
+        free(env->rcpts[i].orcpt);
+    }
+    free(env->rcpts);
+    char **s[] = {&env->sender, &env->envid, &env->client_ip, &env->helo, &env->auth_user,
+                  &env->tls, &env->proto, &env->listener};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        free(*s[i]);
+    memset(env, 0, sizeof *env);
+}
+
+static char *dupn(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    memcpy(s, p, n);
+    s[n] = '\0';
+    return s;
+}
+
+static void set_opt(struct queue_env *env, const char *p, size_t n)
+{
+    char *kv = dupn(p, n);
+    char *eq = strchr(kv, '=');
+    if (eq == NULL) {
+        free(kv);
+        return;
+    }
+    *eq = '\0';
+    const char *v = eq + 1;
+    if (strcmp(kv, "body") == 0)
+        env->body = strcmp(v, "8BITMIME") == 0 ? 2 : 1;
+    else if (strcmp(kv, "ret") == 0)
+        env->ret = strcmp(v, "HDRS") == 0 ? 2 : 1;
+    else if (strcmp(kv, "smtputf8") == 0)
+        env->smtputf8 = true;
+    else if (strcmp(kv, "requiretls") == 0)
+        env->requiretls = true;
+    else {
+        char **dst = strcmp(kv, "envid") == 0      ? &env->envid
+                     : strcmp(kv, "client") == 0   ? &env->client_ip
+                     : strcmp(kv, "helo") == 0     ? &env->helo
+                     : strcmp(kv, "auth") == 0     ? &env->auth_user
+                     : strcmp(kv, "tls") == 0      ? &env->tls
+                     : strcmp(kv, "proto") == 0    ? &env->proto
+                     : strcmp(kv, "listener") == 0 ? &env->listener
+                                                   : NULL;
+        if (dst != NULL) {
+            free(*dst);
+            *dst = strdup(v);
+        }
+    }
+    free(kv);
+}
+
+int spool_read(const char *path, struct queue_env *env, char **data, size_t *datalen, char *err,
+               size_t errlen)
+{
+    memset(env, 0, sizeof *env);
+    char *buf;
+    size_t len;
+    if (fs_read_file(path, &buf, &len, (size_t)SPOOL_MAX_RECORD * 4) == -1) {
+        snprintf(err, errlen, "cannot read: %s", strerror(errno));
+        return -1;
+    }
+    size_t off = 0, cap = 0, dlen = 0;
+    char *d = NULL;
+    bool end = false, version = false;
+    const char *why = NULL;
+    while (off < len && !end) {
+        if (len - off < 5) {
+            why = "truncated record header";
+            break;
+        }
+        const unsigned char *h = (const unsigned char *)buf + off;
+        size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+        const char *p = buf + off + 5;
+        if (rl > len - off - 5) {
+            why = "truncated record";
+            break;
+        }
+        off += 5 + rl;
+        switch (h[0]) {
+        case REC_VERSION:
+            version = rl == 1 && p[0] == '1';
+            if (!version)
+                why = "unknown spool version";
+            break;
+        case REC_ID:
+            if (rl != QUEUE_ID_LEN) {
+                why = "bad queue id";
+                break;
+            }
+            memcpy(env->qid, p, rl);
+            env->qid[rl] = '\0';
+            break;
+        case REC_TIME: {
+            char *t = dupn(p, rl);
+            env->arrival = (time_t)strtoll(t, NULL, 10);
+            free(t);
+            break;
+        }
+        case REC_SENDER:
+            free(env->sender);
+            env->sender = dupn(p, rl);
+            break;
+        case REC_OPT:
+            set_opt(env, p, rl);
+            break;
+        case REC_RCPT: {
+            if (env->nrcpts >= SPOOL_MAX_RCPTS) {
+                why = "too many recipients";
+                break;
+            }
+            const char *f[4] = {p, NULL, NULL, NULL};
+            size_t fl[4];
+            size_t k = 0, start = 0;
+            for (size_t i = 0; i <= rl && k < 4; i++) {
+                if (i == rl || p[i] == '\0') {
+                    f[k] = p + start;
+                    fl[k] = i - start;
+                    k++;
+                    start = i + 1;
+                }
+            }
+            if (k != 4) {
+                why = "bad recipient record";
+                break;
+            }
+            env->rcpts = realloc(env->rcpts, (env->nrcpts + 1) * sizeof *env->rcpts);
+            struct queue_rcpt *r = &env->rcpts[env->nrcpts++];
+            r->addr = dupn(f[0], fl[0]);
+            r->orig = dupn(f[1], fl[1]);
+            char *nt = dupn(f[2], fl[2]);
+            r->notify = (unsigned)strtoul(nt, NULL, 10);
+            free(nt);
+            r->orcpt = fl[3] ? dupn(f[3], fl[3]) : NULL;
+            r->status = QR_PENDING;
+            break;
+        }
+        case REC_DATA:
+            if (data != NULL) {
+                if (dlen + rl + 1 > cap) {
+                    cap = (dlen + rl + 1) * 2;
+                    d = realloc(d, cap);
+                }
+                memcpy(d + dlen, p, rl);
+            }
+            dlen += rl;
+            break;
+        case REC_END: {
+            char *t = dupn(p, rl);
+            unsigned long long n = strtoull(t, NULL, 10);
+            free(t);
+            if (n != dlen)
+                why = "END length does not match the data";
+            end = true;
+            break;
+        }
+        default:
+            why = "unknown record type";
+            break;
+        }
+        if (why)
+            break;
+    }
+    free(buf);
+    if (why == NULL && !end)
+        why = "no END record (incomplete file)";
+    if (why == NULL && (!version || env->qid[0] == '\0' || env->sender == NULL || env->nrcpts == 0))
+        why = "missing envelope records";
+    if (why != NULL) {
+        snprintf(err, errlen, "%s", why);
+        free(d);
+        queue_env_free(env);
+        return -1;
+    }
+    env->size = dlen;
+    if (data != NULL) {
+        if (d == NULL)
+            d = malloc(1);
+        d[dlen] = '\0';
+        *data = d;
+        *datalen = dlen;
+    }
+    return 0;
+}

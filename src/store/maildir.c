@@ -1,0 +1,139 @@
+/*
+ * maildir.c - Maildir delivery, compatible with Dovecot: files are written
+ * in tmp/, synced, and linked into new/ under a unique name; Dovecot later
+ * renames them into cur/ keeping the base name and adding ":2,FLAGS".
+ *
+ * The name is derived from the queue id and the recipient's index, so a
+ * delivery repeated after a crash finds its earlier copy (link() fails with
+ * EEXIST in new/; cur/ is searched for recovered messages) and is not stored
+ * twice.  CRLF line ends are kept as received: PEC signatures cover them.
+ */
+#include "store.h"
+#include "lib/lib.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char host_part[256];
+
+static void init_host(void)
+{
+    if (host_part[0])
+        return;
+    char h[200];
+    if (gethostname(h, sizeof h) != 0)
+        str_copy(h, "localhost", sizeof h);
+    h[sizeof h - 1] = '\0';
+    /* Maildir: '/' and ':' in the host name are written as \057 and \072 */
+    size_t o = 0;
+    for (const char *p = h; *p && o + 5 < sizeof host_part; p++) {
+        if (*p == '/') {
+            memcpy(host_part + o, "\\057", 4);
+            o += 4;
+        } else if (*p == ':') {
+            memcpy(host_part + o, "\\072", 4);
+            o += 4;
+        } else {
+            host_part[o++] = *p;
+        }
+    }
+    host_part[o] = '\0';
+}
+
+void maildir_name(char *out, size_t outlen, time_t arrival, const char *qid, size_t n,
+                  size_t size)
+{
+    init_host();
+    snprintf(out, outlen, "%lld.Q%sR%zu.%s,S=%zu", (long long)arrival, qid, n, host_part, size);
+}
+
+static int ensure_maildir(const char *dir, char *err, size_t errlen)
+{
+    static const char *const subs[] = {"tmp", "new", "cur"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < 3; i++) {
+        if (str_fmt(p, sizeof p, "%s/%s", dir, subs[i]) < 0) {
+            snprintf(err, errlen, "mailbox path too long");
+            return -1;
+        }
+        struct stat st;
+        if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+            continue;
+        if (fs_mkdirs(p, 0700) == -1) {
+            snprintf(err, errlen, "cannot create %s: %s", p, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Is there a cur/ entry with base name 'name' (optionally ":2,…")? */
+static bool in_cur(const char *dir, const char *name)
+{
+    char p[PATH_MAX];
+    if (str_fmt(p, sizeof p, "%s/cur", dir) < 0)
+        return false;
+    DIR *d = opendir(p);
+    if (d == NULL)
+        return false;
+    size_t n = strlen(name);
+    bool found = false;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, name, n) == 0 && (de->d_name[n] == '\0' || de->d_name[n] == ':')) {
+            found = true;
+            break;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+int maildir_deliver(const char *dir, const char *name, const char *header, size_t hlen,
+                    const char *data, size_t len, bool recovered, char *sync_dir,
+                    size_t sync_dir_len, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX], dst[PATH_MAX];
+    sync_dir[0] = '\0';
+    if (ensure_maildir(dir, err, errlen) == -1)
+        return -1;
+    if (str_fmt(tmp, sizeof tmp, "%s/tmp/%s", dir, name) < 0 ||
+        str_fmt(dst, sizeof dst, "%s/new/%s", dir, name) < 0) {
+        snprintf(err, errlen, "mailbox path too long");
+        return -1;
+    }
+    if (recovered && in_cur(dir, name))
+        return 0;   /* delivered before the crash, already seen by the user */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd == -1) {
+        snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    if (fs_write_all(fd, header, hlen) == -1 || fs_write_all(fd, data, len) == -1 ||
+        fdatasync(fd) == -1) {
+        snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    if (close(fd) == -1) {
+        snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (link(tmp, dst) == -1 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot link %s: %s", dst, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    /* EEXIST: the same queue id and recipient were delivered already */
+    unlink(tmp);
+    snprintf(sync_dir, sync_dir_len, "%s/new", dir);
+    return 0;
+}

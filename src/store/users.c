@@ -1,0 +1,339 @@
+/*
+ * users.c - the users file, in Dovecot's passwd-file format, so Dovecot can
+ * authenticate IMAP from the very same file:
+ *
+ *   alice@example.it:{SHA512-CRYPT}$6$...:::::
+ *
+ * Only crypt(3) hashes are accepted (libxcrypt: yescrypt "$y$", SHA-512-crypt
+ * "$6$", SHA-256-crypt "$5$", bcrypt "$2b$"), with or without a {SCHEME}
+ * prefix; a plaintext password is a configuration error.  Addresses are
+ * keyed with the domain lower-cased and the local part as written.
+ */
+#include "store.h"
+#include "lib/lib.h"
+
+#include <crypt.h>
+#include <errno.h>
+#include <glib.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define USERS_MAX_FILE (64u * 1024 * 1024)
+
+struct users {
+    GHashTable *by_addr;     /* normalised address -> hash */
+    GPtrArray *order;        /* addresses in file order */
+};
+
+void users_normalise(const char *addr, char *out, size_t outlen)
+{
+    str_copy(out, addr, outlen);
+    char *at = strrchr(out, '@');
+    if (at != NULL)
+        str_lower(at + 1);
+}
+
+static const char *strip_scheme(const char *h, char *err, size_t errlen)
+{
+    if (h[0] != '{')
+        return h;
+    const char *end = strchr(h, '}');
+    if (end == NULL) {
+        snprintf(err, errlen, "unterminated {SCHEME}");
+        return NULL;
+    }
+    static const char *const ok[] = {"{CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}",
+                                     "{BLF-CRYPT}", "{MD5-CRYPT}"};
+    size_t n = (size_t)(end - h) + 1;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (strlen(ok[i]) == n && strncasecmp(h, ok[i], n) == 0)
+            return end + 1;
+    snprintf(err, errlen, "password scheme %.*s is not supported (use a crypt hash, "
+             "e.g. pecctl user add)", (int)n, h);
+    return NULL;
+}
+
+struct users *users_load(const char *path, char *err, size_t errlen)
+{
+    struct users *u = calloc(1, sizeof *u);
+    u->by_addr = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    u->order = g_ptr_array_new();
+    char *buf;
+    size_t len;
+    if (fs_read_file(path, &buf, &len, USERS_MAX_FILE) == -1) {
+        if (errno == ENOENT)
+            return u;
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        users_free(u);
+        return NULL;
+    }
+    char *save = NULL;
+    int lineno = 0;
+    char *p = buf;
+    while (p != NULL && *p != '\0') {
+        char *line = p;
+        char *nl = strchr(p, '\n');
+        if (nl) {
+            *nl = '\0';
+            p = nl + 1;
+        } else {
+            p = NULL;
+        }
+        lineno++;
+        size_t ll = strlen(line);
+        if (ll > 0 && line[ll - 1] == '\r')
+            line[--ll] = '\0';
+        char *t = str_trim(line);
+        if (*t == '\0' || *t == '#')
+            continue;
+        char *colon = strchr(t, ':');
+        char why[200] = "";
+        if (colon == NULL || colon == t) {
+            snprintf(why, sizeof why, "expected user@domain:{SCHEME}hash:::::");
+        } else {
+            *colon = '\0';
+            char *hash = colon + 1;
+            char *c2 = strchr(hash, ':');
+            if (c2)
+                *c2 = '\0';
+            const char *h = strip_scheme(hash, why, sizeof why);
+            if (h != NULL && (h[0] != '$' || strlen(h) < 10))
+                snprintf(why, sizeof why, "the password field is not a crypt hash");
+            else if (h != NULL) {
+                char key[512];
+                users_normalise(t, key, sizeof key);
+                if (strchr(key, '@') == NULL)
+                    snprintf(why, sizeof why, "user '%s' is not an address (user@domain)", t);
+                else if (g_hash_table_contains(u->by_addr, key))
+                    snprintf(why, sizeof why, "user '%s' appears twice", t);
+                else {
+                    char *k = g_strdup(key);
+                    g_hash_table_insert(u->by_addr, k, g_strdup(h));
+                    g_ptr_array_add(u->order, k);
+                }
+            }
+        }
+        if (why[0]) {
+            snprintf(err, errlen, "%s:%d: %s", path, lineno, why);
+            free(buf);
+            users_free(u);
+            return NULL;
+        }
+    }
+    (void)save;
+    free(buf);
+    return u;
+}
+
+void users_free(struct users *u)
+{
+    if (u == NULL)
+        return;
+    g_ptr_array_free(u->order, TRUE);
+    g_hash_table_destroy(u->by_addr);
+    free(u);
+}
+
+size_t users_count(const struct users *u) { return g_hash_table_size(u->by_addr); }
+
+bool users_exists(const struct users *u, const char *addr)
+{
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    return g_hash_table_contains(u->by_addr, key);
+}
+
+int users_verify(const struct users *u, const char *addr, const char *password)
+{
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    const char *hash = g_hash_table_lookup(u->by_addr, key);
+    /* an unknown user costs the same as a known one (no user enumeration) */
+    static const char dummy[] = "$6$pecmaildummysalt$";
+    struct crypt_data *cd = calloc(1, sizeof *cd);
+    const char *out = crypt_r(password, hash ? hash : dummy, cd);
+    int ok = -1;
+    if (hash != NULL && out != NULL && out[0] != '*') {
+        size_t a = strlen(out), b = strlen(hash);
+        unsigned diff = (unsigned)(a ^ b);
+        for (size_t i = 0; i < a && i < b; i++)
+            diff |= (unsigned)(out[i] ^ hash[i]);
+        ok = diff == 0 ? 0 : -1;
+    }
+    explicit_bzero(cd, sizeof *cd);
+    free(cd);
+    return ok;
+}
+
+int users_hash_password(const char *password, char *out, size_t outlen)
+{
+    char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+    if (crypt_gensalt_rn("$y$", 0, NULL, 0, salt, sizeof salt) == NULL)
+        return -1;
+    struct crypt_data *cd = calloc(1, sizeof *cd);
+    const char *h = crypt_r(password, salt, cd);
+    int r = (h == NULL || h[0] == '*' || str_copy(out, h, outlen) >= outlen) ? -1 : 0;
+    explicit_bzero(cd, sizeof *cd);
+    free(cd);
+    return r;
+}
+
+void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), void *arg)
+{
+    for (guint i = 0; i < u->order->len; i++)
+        fn(g_ptr_array_index(u->order, i), arg);
+}
+
+/* Rewrites the file without addr's line, and with newline appended if given. */
+static int rewrite(const char *path, const char *addr, const char *newline, bool must_exist,
+                   char *err, size_t errlen)
+{
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    char *buf = NULL;
+    size_t len = 0;
+    if (fs_read_file(path, &buf, &len, USERS_MAX_FILE) == -1) {
+        if (errno != ENOENT) {
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+        buf = strdup("");
+    }
+    GString *out = g_string_new(NULL);
+    bool found = false;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char copy[1024];
+        str_copy(copy, line, sizeof copy);
+        char *colon = strchr(copy, ':');
+        if (colon != NULL && copy[0] != '#') {
+            *colon = '\0';
+            char k[512];
+            users_normalise(str_trim(copy), k, sizeof k);
+            if (strcmp(k, key) == 0) {
+                found = true;
+                continue;
+            }
+        }
+        g_string_append(out, line);
+        g_string_append_c(out, '\n');
+    }
+    free(buf);
+    if (must_exist && !found) {
+        snprintf(err, errlen, "no such user: %s", addr);
+        g_string_free(out, TRUE);
+        return -1;
+    }
+    if (!must_exist && found) {
+        snprintf(err, errlen, "user %s exists already", addr);
+        g_string_free(out, TRUE);
+        return -1;
+    }
+    if (newline)
+        g_string_append(out, newline);
+    int r = fs_write_atomic(path, out->str, out->len, 0600);
+    if (r == -1)
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    g_string_free(out, TRUE);
+    return r;
+}
+
+int users_file_add(const char *path, const char *addr, const char *hash, char *err,
+                   size_t errlen)
+{
+    char key[512], line[1024];
+    users_normalise(addr, key, sizeof key);
+    if (str_fmt(line, sizeof line, "%s:{CRYPT}%s:::::\n", key, hash) < 0) {
+        snprintf(err, errlen, "address too long");
+        return -1;
+    }
+    return rewrite(path, addr, line, false, err, errlen);
+}
+
+int users_file_del(const char *path, const char *addr, char *err, size_t errlen)
+{
+    return rewrite(path, addr, NULL, true, err, errlen);
+}
+
+/* ---- self-reloading database ---------------------------------------------- */
+
+struct users_db {
+    char *path;
+    struct users *cur;
+    struct timespec mtime;
+    ino_t ino;
+    off_t size;
+    time_t checked;
+};
+
+static void stat_of(const char *path, struct timespec *mt, ino_t *ino, off_t *size)
+{
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        *mt = st.st_mtim;
+        *ino = st.st_ino;
+        *size = st.st_size;
+    } else {
+        memset(mt, 0, sizeof *mt);
+        *ino = 0;
+        *size = 0;
+    }
+}
+
+struct users_db *users_db_open(const char *path, char *err, size_t errlen)
+{
+    struct users_db *db = calloc(1, sizeof *db);
+    db->path = strdup(path);
+    stat_of(path, &db->mtime, &db->ino, &db->size);
+    db->cur = users_load(path, err, errlen);
+    if (db->cur == NULL) {
+        free(db->path);
+        free(db);
+        return NULL;
+    }
+    db->checked = time(NULL);
+    return db;
+}
+
+void users_db_reload(struct users_db *db)
+{
+    char err[512];
+    stat_of(db->path, &db->mtime, &db->ino, &db->size);
+    struct users *u = users_load(db->path, err, sizeof err);
+    if (u == NULL) {
+        log_err("users file not reloaded, keeping the previous one: %s", err);
+        return;
+    }
+    users_free(db->cur);
+    db->cur = u;
+    log_info("users file %s loaded: %zu users", db->path, users_count(u));
+}
+
+const struct users *users_db_get(struct users_db *db)
+{
+    time_t now = time(NULL);
+    if (now != db->checked) {
+        db->checked = now;
+        struct timespec mt;
+        ino_t ino;
+        off_t size;
+        stat_of(db->path, &mt, &ino, &size);
+        if (mt.tv_sec != db->mtime.tv_sec || mt.tv_nsec != db->mtime.tv_nsec || ino != db->ino ||
+            size != db->size)
+            users_db_reload(db);
+    }
+    return db->cur;
+}
+
+void users_db_free(struct users_db *db)
+{
+    if (db == NULL)
+        return;
+    users_free(db->cur);
+    free(db->path);
+    free(db);
+}

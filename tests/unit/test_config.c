@@ -1,0 +1,164 @@
+/*
+ * test_config.c - pecd.conf: defaults, relative paths, and errors that name
+ * the file, the line and the reason.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "lib/config.h"
+#include "lib/lib.h"
+
+static char path[512];
+
+static struct config *load_text(const char *text, char *err, size_t errlen)
+{
+    fs_mkdirs(TEST_TMPDIR, 0700);
+    snprintf(path, sizeof path, "%s/pecd.conf", TEST_TMPDIR);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    return config_load(path, err, errlen);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *cfg = load_text("[provider]\ndomain = Example.IT\n[mx]\nlisten = 127.0.0.1:2525\n"
+                                   "tls = none\nrequire_tls = no\n", err, sizeof err);
+    assert_non_null(cfg);
+    assert_string_equal(cfg->domain, "example.it");
+    assert_string_equal(cfg->postmaster, "postmaster@example.it");
+    assert_int_equal(cfg->max_message_size, 60ull * 1024 * 1024);
+    assert_int_equal(cfg->max_recipients, 100);
+    assert_int_equal(cfg->timeout_command, 300);
+    char expect[600];
+    snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
+    assert_string_equal(cfg->queue_dir, expect);
+    assert_true(config_is_local_domain(cfg, "EXAMPLE.it"));
+    assert_false(config_is_local_domain(cfg, "other.it"));
+    const struct config_listener *l = config_listener(cfg, "mx");
+    assert_non_null(l);
+    assert_int_equal(l->tls, LTLS_NONE);
+    char mb[600];
+    assert_int_equal(config_mailbox_path(cfg, "alice", "EXAMPLE.it", mb, sizeof mb), 0);
+    snprintf(expect, sizeof expect, "%s/mail/example.it/alice", TEST_TMPDIR);
+    assert_string_equal(mb, expect);
+    /* addresses never climb out of the mail tree */
+    assert_int_equal(config_mailbox_path(cfg, "../root", "example.it", mb, sizeof mb), -1);
+    assert_int_equal(config_mailbox_path(cfg, "a/b", "example.it", mb, sizeof mb), -1);
+    assert_int_equal(config_mailbox_path(cfg, "a", "..", mb, sizeof mb), -1);
+    config_free(cfg);
+}
+
+static void test_values(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *cfg = load_text(
+        "[provider]\ndomain = example.it\nlocal_domains = a.it, B.it\n"
+        "[tls]\ncertificate = c.pem\nkey = /abs/k.pem\n"
+        "[submission]\nlisten = 127.0.0.1:1587, [::1]:1587\n"
+        "[limits]\nmax_message_size = 30M\ntimeout_command = 2m\n"
+        "[timers_are_not_here]\nx = 1\n", err, sizeof err);
+    assert_null(cfg);
+    if (strstr(err, ":13: unknown section [timers_are_not_here]") == NULL)
+        fail_msg("%s", err);
+    cfg = load_text("[provider]\ndomain = example.it\nlocal_domains = a.it, B.it\n"
+                    "[tls]\ncertificate = c.pem\nkey = /abs/k.pem\n"
+                    "[submission]\nlisten = 127.0.0.1:1587, [::1]:1587\n"
+                    "[limits]\nmax_message_size = 30M\ntimeout_command = 2m\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_true(config_is_local_domain(cfg, "b.it"));
+    assert_int_equal(cfg->max_message_size, 30ull * 1024 * 1024);
+    assert_int_equal(cfg->timeout_command, 120);
+    assert_string_equal(cfg->tls_key, "/abs/k.pem");
+    char expect[600];
+    snprintf(expect, sizeof expect, "%s/c.pem", TEST_TMPDIR);
+    assert_string_equal(cfg->tls_cert, expect);
+    const struct config_listener *l = config_listener(cfg, "submission");
+    assert_int_equal(l->naddrs, 2);
+    assert_int_equal(l->auth, LAUTH_REQUIRED);
+    assert_true(l->require_tls);
+    config_free(cfg);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        const char *err;
+    } cases[] = {
+        {"[provider]\ndomain = x.it\n[limits]\nmax_recipients = lots\n",
+         ":4: max_recipients: 'lots' is not a number or size"},
+        {"[provider]\ndomain = x.it\nfoo = 1\n", ":3: unknown key 'foo' in [provider]"},
+        {"[provider]\ndomain = x.it\n[limits]\ntimeout_data = 5 minutes\n",
+         ":4: timeout_data: '5 minutes' is not a duration"},
+        {"[provider]\ndomain = x.it\n[mx]\ntls = maybe\n", ":4: tls: 'maybe' is not starttls"},
+        {"[provider]\ndomain = x.it\n[tls]\nmin_version = TLSv1.0\n", ":4: min_version"},
+        {"[provider]\ndomain = x.it\nthis line is not ini\n", ":3: syntax error"},
+        {"[mx]\nlisten = 127.0.0.1:25\n", "[provider] domain is required"},
+        {"[provider]\ndomain = x.it\n", "no listener"},
+        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\n",
+         "[tls] certificate and key are required"},
+        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1\n", ":4: listen: '127.0.0.1' is not HOST:PORT"},
+        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\n",
+         "require_tls = yes needs tls"},
+        {"[provider]\ndomain = x.it\n[submission]\nlisten = 127.0.0.1:25\ntls = none\nrequire_tls = no\n",
+         "AUTH is only offered over TLS"},
+        {"[provider]\ndomain = x.it\n[delivery]\nmailbox = mbox:/var/mail\n", ":4: mailbox:"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[512] = "";
+        struct config *cfg = load_text(cases[i].text, err, sizeof err);
+        if (cfg != NULL || strstr(err, cases[i].err) == NULL || strstr(err, path) == NULL)
+            fail_msg("case %zu: got '%s', expected '%s'", i, err, cases[i].err);
+    }
+    char err[512];
+    assert_null(config_load(TEST_TMPDIR "/missing.conf", err, sizeof err));
+    assert_non_null(strstr(err, "cannot open"));
+}
+
+static void test_scalars(void **state)
+{
+    (void)state;
+    uint64_t v;
+    assert_int_equal(parse_size("10", &v), 0);
+    assert_int_equal(v, 10);
+    assert_int_equal(parse_size("2K", &v), 0);
+    assert_int_equal(v, 2048);
+    assert_int_equal(parse_size("30MB", &v), 0);
+    assert_int_equal(v, 30ull << 20);
+    assert_int_equal(parse_size("-1", &v), -1);
+    assert_int_equal(parse_size("1X", &v), -1);
+    assert_int_equal(parse_size("99999999999999999999", &v), -1);
+    assert_int_equal(parse_duration("12h", &v), 0);
+    assert_int_equal(v, 43200);
+    assert_int_equal(parse_duration("2d", &v), 0);
+    assert_int_equal(v, 172800);
+    assert_int_equal(parse_duration("1y", &v), -1);
+    bool b;
+    assert_int_equal(parse_bool("Yes", &b), 0);
+    assert_true(b);
+    assert_int_equal(parse_bool("off", &b), 0);
+    assert_false(b);
+    assert_int_equal(parse_bool("maybe", &b), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults), cmocka_unit_test(test_values),
+        cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,124 @@
+/*
+ * test_spool.c - spool files: a round trip keeps every envelope field and
+ * the data byte for byte; a file cut anywhere before END is refused.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+static void make_env(struct queue_env *env)
+{
+    static struct queue_rcpt rcpts[2] = {
+        {.addr = "a@example.it", .orig = "A@example.it", .notify = 3, .orcpt = "rfc822;A@example.it"},
+        {.addr = "postmaster@example.it", .orig = "postmaster", .notify = 0, .orcpt = NULL},
+    };
+    memset(env, 0, sizeof *env);
+    queue_new_id(env->qid);
+    env->arrival = 1700000000;
+    env->sender = "s@sender.it";
+    env->rcpts = rcpts;
+    env->nrcpts = 2;
+    env->body = 2;
+    env->ret = 2;
+    env->requiretls = true;
+    env->envid = "ENV-1";
+    env->client_ip = "127.0.0.1";
+    env->helo = "client.test";
+    env->proto = "ESMTPS";
+}
+
+static void test_roundtrip(void **state)
+{
+    (void)state;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/incoming", TEST_TMPDIR);
+    assert_int_equal(fs_mkdirs(dir, 0700), 0);
+    struct queue_env env;
+    make_env(&env);
+    struct spool_writer *w = spool_writer_open(TEST_TMPDIR, &env);
+    assert_non_null(w);
+    const char data[] = "Subject: x\r\n\r\nbody\0with NUL\r\n";
+    assert_int_equal(spool_writer_data(w, data, sizeof data - 1), 0);
+    assert_int_equal(spool_writer_data(w, "more\r\n", 6), 0);
+    assert_int_equal(spool_writer_finish(w), 0);
+    spool_writer_free(w);
+
+    char path[600], err[256];
+    snprintf(path, sizeof path, "%s/incoming/%s", TEST_TMPDIR, env.qid);
+    struct queue_env got;
+    char *d;
+    size_t dlen;
+    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
+    assert_string_equal(got.qid, env.qid);
+    assert_int_equal(got.arrival, 1700000000);
+    assert_string_equal(got.sender, "s@sender.it");
+    assert_int_equal(got.nrcpts, 2);
+    assert_string_equal(got.rcpts[0].addr, "a@example.it");
+    assert_string_equal(got.rcpts[0].orig, "A@example.it");
+    assert_int_equal(got.rcpts[0].notify, 3);
+    assert_string_equal(got.rcpts[0].orcpt, "rfc822;A@example.it");
+    assert_null(got.rcpts[1].orcpt);
+    assert_int_equal(got.body, 2);
+    assert_int_equal(got.ret, 2);
+    assert_true(got.requiretls);
+    assert_false(got.smtputf8);
+    assert_string_equal(got.envid, "ENV-1");
+    assert_string_equal(got.proto, "ESMTPS");
+    assert_int_equal(dlen, sizeof data - 1 + 6);
+    assert_memory_equal(d, data, sizeof data - 1);
+    assert_int_equal(got.size, dlen);
+    free(d);
+    queue_env_free(&got);
+
+    /* every truncation is refused, never half-delivered */
+    char *whole;
+    size_t len;
+    assert_int_equal(fs_read_file(path, &whole, &len, 1 << 20), 0);
+    char cut[600];
+    snprintf(cut, sizeof cut, "%s/incoming/cut", TEST_TMPDIR);
+    for (size_t n = 0; n < len; n++) {
+        int fd = open(cut, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        assert_int_equal(fs_write_all(fd, whole, n), 0);
+        close(fd);
+        if (spool_read(cut, &got, &d, &dlen, err, sizeof err) != -1)
+            fail_msg("a file cut at %zu of %zu octets was accepted", n, len);
+    }
+    /* a flipped length octet is caught too */
+    whole[len - 3] ^= 1;
+    int fd = open(cut, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    fs_write_all(fd, whole, len);
+    close(fd);
+    assert_int_equal(spool_read(cut, &got, &d, &dlen, err, sizeof err), -1);
+    free(whole);
+    unlink(cut);
+    unlink(path);
+}
+
+static void test_ids(void **state)
+{
+    (void)state;
+    char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1];
+    queue_new_id(a);
+    for (int i = 0; i < 1000; i++) {
+        queue_new_id(b);
+        assert_int_equal(strlen(b), QUEUE_ID_LEN);
+        assert_string_not_equal(a, b);
+        assert_true(strspn(b, "0123456789ABCDEF") == QUEUE_ID_LEN);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_ids)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

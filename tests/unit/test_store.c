@@ -1,0 +1,144 @@
+/*
+ * test_store.c - users file (Dovecot passwd-file) and Maildir delivery with
+ * duplicate suppression.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "store/store.h"
+
+static int count_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static void test_users(void **state)
+{
+    (void)state;
+    fs_mkdirs(TEST_TMPDIR, 0700);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/users", TEST_TMPDIR);
+    unlink(path);
+    char hash[256];
+    assert_int_equal(users_hash_password("correct horse", hash, sizeof hash), 0);
+    assert_true(strncmp(hash, "$y$", 3) == 0);
+    assert_int_equal(users_file_add(path, "alice@Example.IT", hash, err, sizeof err), 0);
+    assert_int_equal(users_file_add(path, "alice@example.it", hash, err, sizeof err), -1);
+    /* an SHA-512-crypt hash made by another tool (Dovecot's doveadm pw -s SHA512-CRYPT) */
+    FILE *f = fopen(path, "a");
+    fprintf(f, "# comment\n\nbob@example.it:{SHA512-CRYPT}$6$saltsalt$"
+               "qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/"
+               ":1000:1000::/home/bob::\n");
+    fclose(f);
+    struct users *u = users_load(path, err, sizeof err);
+    assert_non_null(u);
+    assert_int_equal(users_count(u), 2);
+    assert_true(users_exists(u, "alice@example.it"));
+    assert_true(users_exists(u, "alice@EXAMPLE.it"));
+    assert_false(users_exists(u, "Alice@example.it"));   /* local part is exact */
+    assert_int_equal(users_verify(u, "alice@example.it", "correct horse"), 0);
+    assert_int_equal(users_verify(u, "alice@example.it", "wrong"), -1);
+    assert_int_equal(users_verify(u, "nobody@example.it", "correct horse"), -1);
+    assert_int_equal(users_verify(u, "bob@example.it", "password"), 0);
+    users_free(u);
+    assert_int_equal(users_file_del(path, "ALICE@example.it", err, sizeof err), -1);
+    assert_int_equal(users_file_del(path, "alice@example.IT", err, sizeof err), 0);
+    u = users_load(path, err, sizeof err);
+    assert_int_equal(users_count(u), 1);
+    users_free(u);
+
+    static const struct {
+        const char *line, *err;
+    } bad[] = {
+        {"carol@example.it:{PLAIN}secret:::::\n", ":1: password scheme {PLAIN} is not supported"},
+        {"carol@example.it:secret:::::\n", ":1: the password field is not a crypt hash"},
+        {"carol:{CRYPT}$6$saltsalt$xxxxxxxxxx:::::\n", ":1: user 'carol' is not an address"},
+        {"# ok\nnocolon\n", ":2: expected user@domain"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        f = fopen(path, "w");
+        fputs(bad[i].line, f);
+        fclose(f);
+        assert_null(users_load(path, err, sizeof err));
+        if (strstr(err, bad[i].err) == NULL)
+            fail_msg("case %zu: '%s'", i, err);
+    }
+    /* a missing file is an empty user list */
+    unlink(path);
+    u = users_load(path, err, sizeof err);
+    assert_non_null(u);
+    assert_int_equal(users_count(u), 0);
+    users_free(u);
+}
+
+static void test_maildir(void **state)
+{
+    (void)state;
+    char dir[512], name[256], sync_dir[512], err[256], p[600];
+    snprintf(dir, sizeof dir, "%s/mail/example.it/alice", TEST_TMPDIR);
+    const char hdr[] = "Return-Path: <s@x.it>\r\n";
+    const char data[] = "Subject: t\r\n\r\nbody\r\n";
+    maildir_name(name, sizeof name, 1700000000, "0123456789ABCDEF", 1,
+                 sizeof hdr - 1 + sizeof data - 1);
+    assert_non_null(strstr(name, "1700000000.Q0123456789ABCDEFR1."));
+    assert_non_null(strstr(name, ",S=43"));
+    assert_int_equal(maildir_deliver(dir, name, hdr, sizeof hdr - 1, data, sizeof data - 1, false,
+                                     sync_dir, sizeof sync_dir, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/new", dir);
+    assert_string_equal(sync_dir, p);
+    assert_int_equal(count_dir(p), 1);
+    /* the same delivery again (a crash before the queue file was removed) */
+    assert_int_equal(maildir_deliver(dir, name, hdr, sizeof hdr - 1, data, sizeof data - 1, true,
+                                     sync_dir, sizeof sync_dir, err, sizeof err), 0);
+    assert_int_equal(count_dir(p), 1);
+    snprintf(p, sizeof p, "%s/tmp", dir);
+    assert_int_equal(count_dir(p), 0);
+    /* the user's IMAP server moved it to cur/ with flags: still a duplicate */
+    char from[800], to[800];
+    snprintf(from, sizeof from, "%s/new/%s", dir, name);
+    snprintf(to, sizeof to, "%s/cur/%s:2,S", dir, name);
+    assert_int_equal(rename(from, to), 0);
+    assert_int_equal(maildir_deliver(dir, name, hdr, sizeof hdr - 1, data, sizeof data - 1, true,
+                                     sync_dir, sizeof sync_dir, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/new", dir);
+    assert_int_equal(count_dir(p), 0);
+    /* the content is stored byte for byte, CRLF kept */
+    char *got;
+    size_t len;
+    assert_int_equal(fs_read_file(to, &got, &len, 4096), 0);
+    assert_int_equal(len, sizeof hdr - 1 + sizeof data - 1);
+    assert_memory_equal(got + sizeof hdr - 1, data, sizeof data - 1);
+    free(got);
+    /* a mailbox path that is a file: a temporary error with a reason */
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s/file", TEST_TMPDIR);
+    FILE *f = fopen(bad, "w");
+    fclose(f);
+    assert_int_equal(maildir_deliver(bad, name, hdr, 1, data, 1, false, sync_dir, sizeof sync_dir,
+                                     err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot create"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_users), cmocka_unit_test(test_maildir)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

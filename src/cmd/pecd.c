@@ -109,7 +109,9 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     }
     env.proto = (char *)txn->proto;
     env.listener = (char *)txn->listener;
-    struct spool_writer *w = spool_writer_open(d->cfg->queue_dir, &env);
+    char name[64];
+    int fd = committer_take_file(queue_committer(d->queue), name, sizeof name);
+    struct spool_writer *w = spool_writer_open(d->cfg->queue_dir, fd, name, &env);
     free(env.rcpts);
     if (w == NULL)
         return NULL;
@@ -162,8 +164,8 @@ static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
 
 static enum deliver_result deliver_local(void *arg, const struct queue_env *env, size_t i,
                                          const char *data, size_t len, bool recovered,
-                                         char *sync_dir, size_t sync_dir_len, char *err,
-                                         size_t errlen)
+                                         bool sync_each, struct deliver_pending *pending,
+                                         char *err, size_t errlen)
 {
     struct pecd *d = arg;
     const char *addr = env->rcpts[i].addr;
@@ -187,9 +189,12 @@ static enum deliver_result deliver_local(void *arg, const struct queue_env *env,
         return DELIVER_PERMFAIL;
     }
     maildir_name(name, sizeof name, env->arrival, env->qid, i, (size_t)hl + len);
-    if (maildir_deliver(dir, name, header, (size_t)hl, data, len, recovered, sync_dir,
-                        sync_dir_len, err, errlen) == -1)
+    int r = maildir_prepare(dir, name, header, (size_t)hl, data, len, recovered, sync_each,
+                            pending->tmp, pending->dst, sizeof pending->tmp, err, errlen);
+    if (r == -1)
         return DELIVER_TEMPFAIL;
+    if (r == 1)
+        pending->tmp[0] = '\0';   /* a copy is there already */
     return DELIVER_OK;
 }
 

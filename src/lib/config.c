@@ -243,6 +243,15 @@ static int handler(void *user, const char *section, const char *name, const char
             return handle_u64(ctx, name, value, &cfg->retry_max, false, 1);
         if (strcmp(name, "lifetime") == 0)
             return handle_u64(ctx, name, value, &cfg->queue_lifetime, false, 1);
+        if (strcmp(name, "sync") == 0) {
+            if (str_ieq(value, "syncfs"))
+                cfg->sync_fs = true;
+            else if (str_ieq(value, "fsync"))
+                cfg->sync_fs = false;
+            else
+                return fail(ctx, "sync: '%s' is not syncfs or fsync", value);
+            return 1;
+        }
         return fail(ctx, "unknown key '%s' in [queue]", name);
     }
     if (strcmp(section, "delivery") == 0) {
@@ -320,6 +329,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->retry_min = 60;
     cfg->retry_max = 3600;
     cfg->queue_lifetime = 5 * 86400;
+    cfg->sync_fs = true;
 
     int line = ini_parse(path, handler, &ctx);
     if (line == -1) {

@@ -70,6 +70,7 @@ struct config {
     uint64_t retry_min;
     uint64_t retry_max;
     uint64_t queue_lifetime;
+    bool sync_fs;                   /* sync = syncfs (one flush per batch) or fsync */
 
     /* [delivery] */
     char *mailbox;                  /* template after "maildir:" */

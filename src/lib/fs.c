@@ -126,3 +126,15 @@ int fs_read_file(const char *path, char **out, size_t *len, size_t max)
         *len = got;
     return 0;
 }
+
+int fs_publish(const char *tmp, const char *dst)
+{
+    if (link(tmp, dst) == -1 && errno != EEXIST) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    unlink(tmp);
+    return 0;
+}

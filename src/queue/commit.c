@@ -8,6 +8,10 @@
  * therefore share the directory fsync and the journal commit, so throughput
  * does not fall to one disk flush per message.  Results go back to the event
  * loop through an eventfd.
+ *
+ * The same thread keeps a pool of empty files in incoming/: creating a file
+ * needs a journal handle, which waits while the journal commits, so the event
+ * loop takes ready files instead of creating them.
  */
 #include "queue.h"
 #include "lib/lib.h"
@@ -23,6 +27,12 @@
 #include <unistd.h>
 
 #define BATCH_MAX 512
+#define POOL_SIZE 64
+
+struct pool_file {
+    int fd;
+    char name[32];
+};
 
 struct commit_req {
     struct spool_writer *w;
@@ -40,6 +50,11 @@ struct committer {
     int incoming_fd, queue_fd;
     bool use_syncfs;
     uint64_t batches;   /* written by the thread, read for statistics only */
+    GMutex pool_lock;
+    struct pool_file pool[POOL_SIZE];
+    size_t npool;
+    uint64_t pool_seq;
+    char pool_prefix[16];
 };
 
 static struct commit_req stop_req;
@@ -61,13 +76,14 @@ static void run_batch(struct committer *c, struct commit_req **b, size_t n)
         if (sync_err != 0 || b[i]->result != 0) {
             b[i]->result = -1;
             log_err("%s: fsync failed: %s", qid, strerror(sync_err ? sync_err : EIO));
-            unlinkat(c->incoming_fd, qid, 0);
+            unlinkat(c->incoming_fd, spool_writer_name(b[i]->w), 0);
             continue;
         }
-        if (renameat(c->incoming_fd, qid, c->queue_fd, qid) == -1) {
+        const char *name = spool_writer_name(b[i]->w);
+        if (renameat(c->incoming_fd, name, c->queue_fd, qid) == -1) {
             log_err("%s: rename into queue failed: %s", qid, strerror(errno));
             b[i]->result = -1;
-            unlinkat(c->incoming_fd, qid, 0);
+            unlinkat(c->incoming_fd, name, 0);
             continue;
         }
         any = true;
@@ -86,12 +102,51 @@ static void run_batch(struct committer *c, struct commit_req **b, size_t n)
     c->batches++;
 }
 
+/* Tops the pool of empty incoming files up (commit thread only). */
+static void pool_refill(struct committer *c)
+{
+    for (;;) {
+        g_mutex_lock(&c->pool_lock);
+        size_t n = c->npool;
+        g_mutex_unlock(&c->pool_lock);
+        if (n >= POOL_SIZE)
+            return;
+        struct pool_file f;
+        snprintf(f.name, sizeof f.name, "%s.%llu", c->pool_prefix,
+                 (unsigned long long)c->pool_seq++);
+        f.fd = openat(c->incoming_fd, f.name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (f.fd == -1) {
+            log_warn("cannot create a spool file in incoming/: %s", strerror(errno));
+            return;
+        }
+        g_mutex_lock(&c->pool_lock);
+        c->pool[c->npool++] = f;
+        g_mutex_unlock(&c->pool_lock);
+    }
+}
+
+int committer_take_file(struct committer *c, char *name, size_t namelen)
+{
+    int fd = -1;
+    g_mutex_lock(&c->pool_lock);
+    if (c->npool > 0) {
+        struct pool_file *f = &c->pool[--c->npool];
+        fd = f->fd;
+        str_copy(name, f->name, namelen);
+    }
+    g_mutex_unlock(&c->pool_lock);
+    return fd;
+}
+
 static gpointer commit_thread(gpointer arg)
 {
     struct committer *c = arg;
     struct commit_req *batch[BATCH_MAX];
     for (;;) {
-        struct commit_req *r = g_async_queue_pop(c->in);
+        pool_refill(c);
+        struct commit_req *r = g_async_queue_timeout_pop(c->in, 200000);
+        if (r == NULL)
+            continue;
         if (r == &stop_req)
             break;
         size_t n = 0;
@@ -152,6 +207,8 @@ struct committer *committer_new(struct event_base *base, const char *queue_dir, 
         return NULL;
     }
     c->use_syncfs = use_syncfs;
+    g_mutex_init(&c->pool_lock);
+    snprintf(c->pool_prefix, sizeof c->pool_prefix, "p%X", (unsigned)g_random_int());
     c->in = g_async_queue_new();
     c->done = g_async_queue_new();
     c->ev = event_new(base, c->efd, EV_READ | EV_PERSIST, on_done, c);
@@ -179,6 +236,11 @@ void committer_free(struct committer *c)
     g_thread_join(c->thread);
     /* deliver the last results */
     on_done(c->efd, EV_READ, c);
+    for (size_t i = 0; i < c->npool; i++) {
+        close(c->pool[i].fd);
+        unlinkat(c->incoming_fd, c->pool[i].name, 0);
+    }
+    g_mutex_clear(&c->pool_lock);
     event_free(c->ev);
     close(c->efd);
     close(c->incoming_fd);

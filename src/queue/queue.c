@@ -61,6 +61,7 @@ struct queue {
     size_t nworkers;
     size_t busy;
     bool stopping;
+    size_t purged;      /* unacknowledged files dropped at start-up */
 };
 
 static struct qentry stop_entry;
@@ -72,7 +73,14 @@ static void path_of(const struct queue *q, const char *sub, const char *qid, cha
 
 /* ---- worker side ----------------------------------------------------------- */
 
-static void deliver_entry(struct queue *q, struct qentry *e, GHashTable *sync_dirs)
+/* A recipient's copy written but not yet published (see deliver_pending). */
+struct pending {
+    struct qentry *e;
+    size_t rcpt;
+    struct deliver_pending p;
+};
+
+static void deliver_entry(struct queue *q, struct qentry *e, GPtrArray *pendings)
 {
     char path[PATH_MAX], err[256];
     path_of(q, "queue", e->qid, path, sizeof path);
@@ -94,13 +102,14 @@ static void deliver_entry(struct queue *q, struct qentry *e, GHashTable *sync_di
     for (size_t i = 0; i < env.nrcpts && i < e->nrcpts; i++) {
         if (e->done[i])
             continue;
-        char sync_dir[PATH_MAX] = "";
+        struct pending *pd = malloc(sizeof *pd);
+        pd->e = e;
+        pd->rcpt = i;
+        pd->p.tmp[0] = '\0';
         enum deliver_result r = q->deliver(q->deliver_arg, &env, i, data, len, e->recovered,
-                                           sync_dir, sizeof sync_dir, err, sizeof err);
+                                           !q->cfg->sync_fs, &pd->p, err, sizeof err);
         if (r == DELIVER_OK) {
             e->done[i] = 1;
-            if (sync_dir[0])
-                g_hash_table_add(sync_dirs, g_strdup(sync_dir));
             log_info("%s: to=<%s> status=sent (delivered to mailbox)", e->qid, env.rcpts[i].addr);
         } else if (r == DELIVER_PERMFAIL) {
             e->done[i] = 2;
@@ -110,10 +119,80 @@ static void deliver_entry(struct queue *q, struct qentry *e, GHashTable *sync_di
             snprintf(e->err, sizeof e->err, "%s", err);
             log_warn("%s: to=<%s> status=deferred (%s)", e->qid, env.rcpts[i].addr, err);
         }
+        if (r == DELIVER_OK && pd->p.tmp[0] != '\0')
+            g_ptr_array_add(pendings, pd);
+        else
+            free(pd);
     }
-    e->finished = !e->tempfail;
     free(data);
     queue_env_free(&env);
+}
+
+static void pending_failed(struct pending *pd, const char *why)
+{
+    struct qentry *e = pd->e;
+    e->done[pd->rcpt] = 0;
+    e->tempfail = true;
+    snprintf(e->err, sizeof e->err, "%s", why);
+    log_err("%s: recipient %zu deferred: %s", e->qid, pd->rcpt, why);
+}
+
+/* Group commit of a batch's deliveries: make the written data durable (one
+ * syncfs per file system, or the delivery function's own fsyncs), publish
+ * every copy, then fsync each touched directory once. */
+static void publish_batch(struct queue *q, GPtrArray *pendings)
+{
+    if (pendings->len == 0)
+        return;
+    GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTable *devs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    for (guint i = 0; i < pendings->len; i++) {
+        struct pending *pd = g_ptr_array_index(pendings, i);
+        char *dir = g_path_get_dirname(pd->p.dst);
+        if (q->cfg->sync_fs) {
+            struct stat st;
+            if (stat(dir, &st) == 0 && !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
+                g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+                int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd == -1 || syncfs(fd) == -1) {
+                    log_err("syncfs %s: %s", dir, strerror(errno));
+                    /* nothing of this batch is known durable */
+                    for (guint j = 0; j < pendings->len; j++)
+                        pending_failed(g_ptr_array_index(pendings, j), "syncfs failed");
+                    if (fd != -1)
+                        close(fd);
+                    g_free(dir);
+                    goto out;
+                }
+                close(fd);
+            }
+        }
+        g_hash_table_add(dirs, dir);
+    }
+    for (guint i = 0; i < pendings->len; i++) {
+        struct pending *pd = g_ptr_array_index(pendings, i);
+        if (fs_publish(pd->p.tmp, pd->p.dst) == -1)
+            pending_failed(pd, strerror(errno));
+    }
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, dirs);
+    while (g_hash_table_iter_next(&it, &key, NULL)) {
+        if (fs_fsync_dir(key) == -1) {
+            log_err("fsync %s: %s", (char *)key, strerror(errno));
+            /* deliver again later; the copies already linked are duplicates
+             * then, and suppressed */
+            for (guint j = 0; j < pendings->len; j++) {
+                struct pending *pd = g_ptr_array_index(pendings, j);
+                pd->e->recovered = true;
+                pending_failed(pd, "mailbox directory fsync failed");
+            }
+            break;
+        }
+    }
+out:
+    g_hash_table_destroy(devs);
+    g_hash_table_destroy(dirs);
 }
 
 static gpointer worker_thread(gpointer arg)
@@ -134,31 +213,14 @@ static gpointer worker_thread(gpointer arg)
             }
             batch[n++] = e;
         }
-        GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        GPtrArray *pendings = g_ptr_array_new_with_free_func(free);
         for (size_t i = 0; i < n; i++)
-            deliver_entry(q, batch[i], dirs);
-        /* Make the batch's mailbox links durable before counting them. */
-        bool sync_ok = true;
-        GHashTableIter it;
-        gpointer key;
-        g_hash_table_iter_init(&it, dirs);
-        while (g_hash_table_iter_next(&it, &key, NULL)) {
-            if (fs_fsync_dir(key) == -1) {
-                log_err("fsync %s: %s", (char *)key, strerror(errno));
-                sync_ok = false;
-            }
-        }
-        g_hash_table_destroy(dirs);
+            deliver_entry(q, batch[i], pendings);
+        publish_batch(q, pendings);
+        g_ptr_array_free(pendings, TRUE);
         for (size_t i = 0; i < n; i++) {
             e = batch[i];
-            if (!sync_ok && e->finished) {
-                /* deliver again later; duplicates are suppressed */
-                e->finished = false;
-                e->tempfail = true;
-                e->recovered = true;
-                memset(e->done, 0, e->nrcpts);
-                snprintf(e->err, sizeof e->err, "mailbox directory fsync failed");
-            }
+            e->finished = !e->tempfail;
             if (e->finished) {
                 char path[PATH_MAX];
                 path_of(q, "queue", e->qid, path, sizeof path);
@@ -278,6 +340,27 @@ void queue_enqueue(struct queue *q, const char *qid)
         dispatch(e);
 }
 
+/* incoming/ holds only files never acknowledged (and the committer's empty
+ * pool files): drop them before the committer starts. */
+static size_t purge_incoming(const char *dir)
+{
+    char p[PATH_MAX];
+    size_t purged = 0;
+    snprintf(p, sizeof p, "%s/incoming", dir);
+    DIR *d = opendir(p);
+    if (d == NULL)
+        return 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+            purged++;
+    }
+    closedir(d);
+    return purged;
+}
+
 static int ensure_dirs(const char *dir, char *err, size_t errlen)
 {
     static const char *const subs[] = {"incoming", "queue", "hold"};
@@ -303,7 +386,8 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     q->deliver = deliver;
     q->deliver_arg = deliver_arg;
     str_copy(q->dir, cfg->queue_dir, sizeof q->dir);
-    q->committer = committer_new(base, q->dir, false);
+    q->purged = purge_incoming(q->dir);
+    q->committer = committer_new(base, q->dir, cfg->sync_fs);
     if (q->committer == NULL) {
         snprintf(err, errlen, "cannot start the committer for %s", q->dir);
         free(q);
@@ -324,25 +408,13 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
 
 struct committer *queue_committer(struct queue *q) { return q->committer; }
 
+
 int queue_recover(struct queue *q)
 {
     char p[PATH_MAX];
-    /* incoming/ holds only files never acknowledged: drop them */
-    snprintf(p, sizeof p, "%s/incoming", q->dir);
-    DIR *d = opendir(p);
-    size_t purged = 0, resumed = 0, bad = 0;
-    if (d != NULL) {
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL) {
-            if (de->d_name[0] == '.')
-                continue;
-            if (unlinkat(dirfd(d), de->d_name, 0) == 0)
-                purged++;
-        }
-        closedir(d);
-    }
+    size_t resumed = 0, bad = 0, purged = q->purged;
     snprintf(p, sizeof p, "%s/queue", q->dir);
-    d = opendir(p);
+    DIR *d = opendir(p);
     if (d == NULL) {
         log_err("cannot open %s: %s", p, strerror(errno));
         return -1;

@@ -54,13 +54,17 @@ enum spool_rec {
     REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
 };
 struct spool_writer;
-/* Creates incoming/<qid> and writes the envelope records. */
-struct spool_writer *spool_writer_open(const char *queue_dir, const struct queue_env *env);
+/* Starts the spool file of env in incoming/: on fd (an empty file named
+ * incoming/<name>, taken from the committer's pool), or, when fd is -1, on a
+ * file it creates as incoming/<qid>.  Writes the envelope records. */
+struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char *name,
+                                       const struct queue_env *env);
 int spool_writer_data(struct spool_writer *w, const void *buf, size_t len);
 /* Writes END and flushes (no fsync: the committer does that). */
 int spool_writer_finish(struct spool_writer *w);
 int spool_writer_fd(const struct spool_writer *w);
 const char *spool_writer_qid(const struct spool_writer *w);
+const char *spool_writer_name(const struct spool_writer *w);  /* in incoming/ */
 void spool_writer_abort(struct spool_writer *w);
 void spool_writer_free(struct spool_writer *w);
 
@@ -80,20 +84,31 @@ struct committer *committer_new(struct event_base *base, const char *queue_dir, 
  * of the directory) together with whatever else is pending, then calls cb on
  * the event loop. */
 void committer_submit(struct committer *c, struct spool_writer *w, commit_cb cb, void *arg);
+/* An empty file in incoming/, created ahead of time by the commit thread so
+ * that the event loop never waits on a file-system journal to create one.
+ * Returns the fd and its name, or -1 when the pool is empty. */
+int committer_take_file(struct committer *c, char *name, size_t namelen);
 void committer_free(struct committer *c);
 uint64_t committer_batches(const struct committer *c);
 
 /* ---- the queue and its scheduler (queue.c) ------------------------------- */
 /* Result of delivering one recipient. */
 enum deliver_result { DELIVER_OK, DELIVER_TEMPFAIL, DELIVER_PERMFAIL };
+/* A delivery written but not yet visible: the worker links tmp to dst once
+ * the data of the whole batch is durable (group commit), then syncs dst's
+ * directory.  tmp[0] == '\0' means nothing is left to do. */
+struct deliver_pending {
+    char tmp[4096];
+    char dst[4096];
+};
 /* Delivers message data to rcpt; runs on a worker thread.  'recovered' says
- * the message may already have been delivered by an earlier process.  When
- * the delivery needs a directory fsync to be durable, the function names the
- * directory in sync_dir; the worker syncs each such directory once per batch
- * before it counts the deliveries as done (group commit again). */
+ * the message may already have been delivered by an earlier process (the
+ * function must then suppress the duplicate).  'sync_each' asks it to make
+ * its own data durable (fsync mode); otherwise the worker syncs the file
+ * system once per batch (syncfs mode) before publishing. */
 typedef enum deliver_result (*deliver_fn)(void *arg, const struct queue_env *env, size_t rcpt,
                                           const char *data, size_t len, bool recovered,
-                                          char *sync_dir, size_t sync_dir_len,
+                                          bool sync_each, struct deliver_pending *pending,
                                           char *err, size_t errlen);
 struct queue;
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,

@@ -29,6 +29,7 @@ struct spool_writer {
     FILE *fp;
     int fd;
     char qid[QUEUE_ID_LEN + 1];
+    char name[64];
     char path[PATH_MAX];
     uint64_t size;
     bool failed;
@@ -73,13 +74,15 @@ static int put_opt(struct spool_writer *w, const char *key, const char *val)
     return put_rec(w, REC_OPT, buf, (size_t)n);
 }
 
-struct spool_writer *spool_writer_open(const char *queue_dir, const struct queue_env *env)
+struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char *name,
+                                       const struct queue_env *env)
 {
     struct spool_writer *w = calloc(1, sizeof *w);
     str_copy(w->qid, env->qid, sizeof w->qid);
-    if (str_fmt(w->path, sizeof w->path, "%s/incoming/%s", queue_dir, env->qid) < 0)
+    str_copy(w->name, fd == -1 ? env->qid : name, sizeof w->name);
+    if (str_fmt(w->path, sizeof w->path, "%s/incoming/%s", queue_dir, w->name) < 0)
         goto fail;
-    w->fd = open(w->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    w->fd = fd != -1 ? fd : open(w->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (w->fd == -1)
         goto fail;
     w->fp = fdopen(w->fd, "w");
@@ -153,6 +156,7 @@ int spool_writer_finish(struct spool_writer *w)
 
 int spool_writer_fd(const struct spool_writer *w) { return w->fd; }
 const char *spool_writer_qid(const struct spool_writer *w) { return w->qid; }
+const char *spool_writer_name(const struct spool_writer *w) { return w->name; }
 
 void spool_writer_abort(struct spool_writer *w)
 {

@@ -95,45 +95,39 @@ static bool in_cur(const char *dir, const char *name)
     return found;
 }
 
-int maildir_deliver(const char *dir, const char *name, const char *header, size_t hlen,
-                    const char *data, size_t len, bool recovered, char *sync_dir,
-                    size_t sync_dir_len, char *err, size_t errlen)
+int maildir_prepare(const char *dir, const char *name, const char *header, size_t hlen,
+                    const char *data, size_t len, bool recovered, bool sync, char *tmp_out,
+                    char *dst_out, size_t pathlen, char *err, size_t errlen)
 {
-    char tmp[PATH_MAX], dst[PATH_MAX];
-    sync_dir[0] = '\0';
     if (ensure_maildir(dir, err, errlen) == -1)
         return -1;
-    if (str_fmt(tmp, sizeof tmp, "%s/tmp/%s", dir, name) < 0 ||
-        str_fmt(dst, sizeof dst, "%s/new/%s", dir, name) < 0) {
+    if (str_fmt(tmp_out, pathlen, "%s/tmp/%s", dir, name) < 0 ||
+        str_fmt(dst_out, pathlen, "%s/new/%s", dir, name) < 0) {
         snprintf(err, errlen, "mailbox path too long");
         return -1;
     }
-    if (recovered && in_cur(dir, name))
-        return 0;   /* delivered before the crash, already seen by the user */
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (recovered) {
+        struct stat st;
+        if (stat(dst_out, &st) == 0 || in_cur(dir, name))
+            return 1;   /* delivered before the crash */
+    }
+    int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd == -1) {
-        snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "cannot create %s: %s", tmp_out, strerror(errno));
         return -1;
     }
     if (fs_write_all(fd, header, hlen) == -1 || fs_write_all(fd, data, len) == -1 ||
-        fdatasync(fd) == -1) {
-        snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        (sync && fdatasync(fd) == -1)) {
+        snprintf(err, errlen, "cannot write %s: %s", tmp_out, strerror(errno));
         close(fd);
-        unlink(tmp);
+        unlink(tmp_out);
         return -1;
     }
     if (close(fd) == -1) {
-        snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
-        unlink(tmp);
+        snprintf(err, errlen, "cannot write %s: %s", tmp_out, strerror(errno));
+        unlink(tmp_out);
         return -1;
     }
-    if (link(tmp, dst) == -1 && errno != EEXIST) {
-        snprintf(err, errlen, "cannot link %s: %s", dst, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    /* EEXIST: the same queue id and recipient were delivered already */
-    unlink(tmp);
-    snprintf(sync_dir, sync_dir_len, "%s/new", dir);
     return 0;
 }
+

@@ -11,14 +11,15 @@
 #include <time.h>
 
 /* ---- Maildir (maildir.c) -------------------------------------------------- */
-/* Delivers header + data into the Maildir at dir (created if missing) as
- * new/<name>: tmp/ -> write -> fdatasync -> link into new/.  A message whose
- * name already exists in new/ (or, when 'recovered', in cur/) is a duplicate
- * and counts as delivered.  The caller must fsync dir/new afterwards (we
- * return it in sync_dir so a batch shares that fsync).  0 ok, -1 error. */
-int maildir_deliver(const char *dir, const char *name, const char *header, size_t hlen,
-                    const char *data, size_t len, bool recovered, char *sync_dir,
-                    size_t sync_dir_len, char *err, size_t errlen);
+/* Writes header + data into tmp/ of the Maildir at dir (created if
+ * missing) and names, in tmp_out and dst_out, the link that publishes it as
+ * new/<name> once the data is durable (fdatasync here when sync is true).
+ * Returns 1 when this copy exists already ('recovered' also searches cur/,
+ * where an IMAP server moves seen mail): nothing to publish.  0 ready,
+ * -1 error (reason in err). */
+int maildir_prepare(const char *dir, const char *name, const char *header, size_t hlen,
+                    const char *data, size_t len, bool recovered, bool sync, char *tmp_out,
+                    char *dst_out, size_t pathlen, char *err, size_t errlen);
 /* The Dovecot-compatible unique name of recipient n of queue id qid:
  * "<arrival>.Q<qid>R<n>.<host>,S=<size>". */
 void maildir_name(char *out, size_t outlen, time_t arrival, const char *qid, size_t n,

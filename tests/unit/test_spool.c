@@ -45,7 +45,7 @@ static void test_roundtrip(void **state)
     assert_int_equal(fs_mkdirs(dir, 0700), 0);
     struct queue_env env;
     make_env(&env);
-    struct spool_writer *w = spool_writer_open(TEST_TMPDIR, &env);
+    struct spool_writer *w = spool_writer_open(TEST_TMPDIR, -1, NULL, &env);
     assert_non_null(w);
     const char data[] = "Subject: x\r\n\r\nbody\0with NUL\r\n";
     assert_int_equal(spool_writer_data(w, data, sizeof data - 1), 0);

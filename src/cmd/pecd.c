@@ -139,9 +139,10 @@ static void hook_msg_abort(void *msg)
 static void committed(void *arg, int result)
 {
     struct msg *m = arg;
+    /* answer (and log) first, then hand the message to delivery */
+    m->done(m->cbarg, result);
     if (result == 0)
         queue_enqueue(m->d->queue, m->qid);
-    m->done(m->cbarg, result);
     free(m);
 }
 

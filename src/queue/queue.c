@@ -509,10 +509,13 @@ static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
         struct tm tm;
         localtime_r(&env.arrival, &tm);
         strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-        fprintf(out, "%s%s %8llu %s  <%s>\n", env.qid, strcmp(sub, "hold") == 0 ? "!" : " ",
+        /* one line per message, so it can be grepped: id, size, arrival,
+         * sender, recipients */
+        fprintf(out, "%s%s %8llu %s  <%s>  ->", env.qid, strcmp(sub, "hold") == 0 ? "!" : " ",
                 (unsigned long long)env.size, when, env.sender);
         for (size_t r = 0; r < env.nrcpts; r++)
-            fprintf(out, "%45s<%s>\n", "", env.rcpts[r].addr);
+            fprintf(out, " <%s>", env.rcpts[r].addr);
+        fputc('\n', out);
         (*count)++;
         queue_env_free(&env);
     }

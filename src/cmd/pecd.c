@@ -13,6 +13,7 @@
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
+#include "provider/transport.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -32,6 +33,7 @@ struct pecd {
     struct smtp_server *smtp;
     struct queue *queue;
     struct users_db *users;
+    struct transport *transport;
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -49,7 +51,6 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
                      char *addr_out, size_t addrlen, char *reply, size_t replylen)
 {
     struct pecd *d = arg;
-    (void)txn;
     /* RFC 5321 §4.5.1: <postmaster> (any case, no domain) and postmaster at
      * each of our domains always reach the postmaster. */
     if (path->domain == NULL ||
@@ -59,8 +60,13 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
         return 0;
     }
     if (!config_is_local_domain(d->cfg, path->domain)) {
-        snprintf(reply, replylen, "550 5.7.1 <%s>: Relay access denied", path->addr);
-        return -1;
+        /* only authenticated users may relay */
+        if (txn->auth_user == NULL) {
+            snprintf(reply, replylen, "550 5.7.1 <%s>: Relay access denied", path->addr);
+            return -1;
+        }
+        str_copy(addr_out, path->addr, addrlen);
+        return 0;
     }
     if (!users_exists(users_db_get(d->users), path->addr)) {
         snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
@@ -159,44 +165,6 @@ static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
         return;
     }
     committer_submit(queue_committer(m->d->queue), m->w, committed, m);
-}
-
-/* ---- local delivery ------------------------------------------------------- */
-
-static enum deliver_result deliver_local(void *arg, const struct queue_env *env, size_t i,
-                                         const char *data, size_t len, bool recovered,
-                                         bool sync_each, struct deliver_pending *pending,
-                                         char *err, size_t errlen)
-{
-    struct pecd *d = arg;
-    const char *addr = env->rcpts[i].addr;
-    char local[256], dir[PATH_MAX];
-    const char *at = strrchr(addr, '@');
-    if (at == NULL || (size_t)(at - addr) >= sizeof local) {
-        snprintf(err, errlen, "not a mailbox address");
-        return DELIVER_PERMFAIL;
-    }
-    memcpy(local, addr, (size_t)(at - addr));
-    local[at - addr] = '\0';
-    if (config_mailbox_path(d->cfg, local, at + 1, dir, sizeof dir) == -1) {
-        snprintf(err, errlen, "no safe mailbox path for this address");
-        return DELIVER_PERMFAIL;
-    }
-    char header[1024], name[512];
-    int hl = snprintf(header, sizeof header, "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
-                      env->sender, addr);
-    if (hl < 0 || (size_t)hl >= sizeof header) {
-        snprintf(err, errlen, "address too long");
-        return DELIVER_PERMFAIL;
-    }
-    maildir_name(name, sizeof name, env->arrival, env->qid, i, (size_t)hl + len);
-    int r = maildir_prepare(dir, name, header, (size_t)hl, data, len, recovered, sync_each,
-                            pending->tmp, pending->dst, sizeof pending->tmp, err, errlen);
-    if (r == -1)
-        return DELIVER_TEMPFAIL;
-    if (r == 1)
-        pending->tmp[0] = '\0';   /* a copy is there already */
-    return DELIVER_OK;
 }
 
 /* ---- signals and shutdown ------------------------------------------------- */
@@ -332,7 +300,12 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     d.base = event_base_new();
-    d.queue = queue_new(d.base, d.cfg, deliver_local, &d, err, sizeof err);
+    d.transport = transport_new(d.cfg, err, sizeof err);
+    if (d.transport == NULL) {
+        log_err("configuration error: %s", err);
+        return 1;
+    }
+    d.queue = queue_new(d.base, d.cfg, transport_deliver, d.transport, err, sizeof err);
     if (d.queue == NULL) {
         log_err("queue: %s", err);
         return 1;
@@ -367,6 +340,7 @@ int main(int argc, char **argv)
     event_base_dispatch(d.base);
 
     queue_free(d.queue);
+    transport_free(d.transport);
     smtp_server_free(d.smtp);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);

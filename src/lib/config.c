@@ -149,6 +149,15 @@ static int handle_listener(struct parse_ctx *ctx, const char *section, const cha
     return fail(ctx, "unknown key '%s' in [%s]", name, section);
 }
 
+static bool valid_policy(const char *v)
+{
+    static const char *const p[] = {"none", "may", "encrypt", "verify", "dane"};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (str_ieq(v, p[i]))
+            return true;
+    return false;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
     struct parse_ctx *ctx = user;
@@ -243,6 +252,13 @@ static int handler(void *user, const char *section, const char *name, const char
             return handle_u64(ctx, name, value, &cfg->retry_max, false, 1);
         if (strcmp(name, "lifetime") == 0)
             return handle_u64(ctx, name, value, &cfg->queue_lifetime, false, 1);
+        if (strcmp(name, "delay_warning") == 0) {
+            if (strcmp(value, "0") == 0) {
+                cfg->delay_warning = 0;
+                return 1;
+            }
+            return handle_u64(ctx, name, value, &cfg->delay_warning, false, 1);
+        }
         if (strcmp(name, "sync") == 0) {
             if (str_ieq(value, "syncfs"))
                 cfg->sync_fs = true;
@@ -270,6 +286,45 @@ static int handler(void *user, const char *section, const char *name, const char
             return 1;
         }
         return fail(ctx, "unknown key '%s' in [users]", name);
+    }
+    if (strcmp(section, "outbound") == 0) {
+        if (strcmp(name, "helo") == 0)
+            set_str(&cfg->out_helo, value);
+        else if (strcmp(name, "tls") == 0) {
+            if (!valid_policy(value))
+                return fail(ctx, "tls: '%s' is not none, may, encrypt, verify or dane", value);
+            set_str(&cfg->out_tls, value);
+        } else if (strcmp(name, "ca_file") == 0)
+            set_str(&cfg->out_ca_file, value);
+        else if (strcmp(name, "timeout") == 0)
+            return handle_u64(ctx, name, value, &cfg->out_timeout, false, 1);
+        else if (strcmp(name, "max_per_destination") == 0)
+            return handle_u64(ctx, name, value, &cfg->out_max_per_destination, true, 1);
+        else if (strcmp(name, "dns_trust_anchor") == 0)
+            set_str(&cfg->dns_trust_anchor, value);
+        else
+            return fail(ctx, "unknown key '%s' in [outbound]", name);
+        return 1;
+    }
+    if (strcmp(section, "routes") == 0 || strcmp(section, "tls_policy") == 0) {
+        bool routes = strcmp(section, "routes") == 0;
+        struct config_kv *kv = routes ? cfg->routes : cfg->tls_policies;
+        size_t *n = routes ? &cfg->nroutes : &cfg->ntls_policies;
+        if (*n >= CONFIG_MAX_ROUTES)
+            return fail(ctx, "at most %d entries in [%s]", CONFIG_MAX_ROUTES, section);
+        if (routes) {
+            const char *colon = strrchr(value, ':');
+            if (colon == NULL || colon == value || colon[1] == '\0' ||
+                strspn(colon + 1, "0123456789") != strlen(colon + 1))
+                return fail(ctx, "%s: '%s' is not HOST:PORT", name, value);
+        } else if (!valid_policy(value)) {
+            return fail(ctx, "%s: '%s' is not none, may, encrypt, verify or dane", name, value);
+        }
+        kv[*n].key = strdup(name);
+        str_lower(kv[*n].key);
+        kv[*n].value = strdup(value);
+        (*n)++;
+        return 1;
     }
     return fail(ctx, "unknown section [%s]", section);
 }
@@ -329,6 +384,9 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->retry_min = 60;
     cfg->retry_max = 3600;
     cfg->queue_lifetime = 5 * 86400;
+    cfg->delay_warning = 4 * 3600;
+    cfg->out_timeout = 300;
+    cfg->out_max_per_destination = 10;
     cfg->sync_fs = true;
 
     int line = ini_parse(path, handler, &ctx);
@@ -359,6 +417,10 @@ struct config *config_load(const char *path, char *err, size_t errlen)
             default_str(&cfg->hostname, "mx.%s", cfg->domain);
     }
     default_str(&cfg->name, "%s", cfg->domain);
+    default_str(&cfg->out_helo, "%s", cfg->hostname);
+    default_str(&cfg->out_tls, "%s", "may");
+    resolve(&cfg->out_ca_file, cfg->dir);
+    resolve(&cfg->dns_trust_anchor, cfg->dir);
     default_str(&cfg->postmaster, "postmaster@%s", cfg->domain);
     default_str(&cfg->data_dir, "%s", cfg->dir);
     resolve(&cfg->data_dir, cfg->dir);
@@ -417,11 +479,20 @@ void config_free(struct config *cfg)
     char **strs[] = {&cfg->path,      &cfg->dir,       &cfg->domain,    &cfg->hostname,
                      &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
                      &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
-                     &cfg->mailbox,   &cfg->passwd_file};
+                     &cfg->mailbox,   &cfg->passwd_file, &cfg->out_helo, &cfg->out_tls,
+                     &cfg->out_ca_file, &cfg->dns_trust_anchor};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)
         free(cfg->local_domains[i]);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        free(cfg->routes[i].key);
+        free(cfg->routes[i].value);
+    }
+    for (size_t i = 0; i < cfg->ntls_policies; i++) {
+        free(cfg->tls_policies[i].key);
+        free(cfg->tls_policies[i].value);
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++)
         for (size_t j = 0; j < cfg->listeners[i].naddrs; j++)
             free(cfg->listeners[i].addrs[j]);
@@ -442,6 +513,27 @@ const struct config_listener *config_listener(const struct config *cfg, const ch
         if (strcmp(cfg->listeners[i].name, name) == 0)
             return &cfg->listeners[i];
     return NULL;
+}
+
+static const char *kv_lookup(const struct config_kv *kv, size_t n, const char *domain)
+{
+    for (size_t i = 0; i < n; i++)
+        if (str_ieq(kv[i].key, domain))
+            return kv[i].value;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(kv[i].key, "*") == 0)
+            return kv[i].value;
+    return NULL;
+}
+
+const char *config_route(const struct config *cfg, const char *domain)
+{
+    return kv_lookup(cfg->routes, cfg->nroutes, domain);
+}
+
+const char *config_tls_policy(const struct config *cfg, const char *domain)
+{
+    return kv_lookup(cfg->tls_policies, cfg->ntls_policies, domain);
 }
 
 /* A path component taken from an address must not climb out of the tree. */

@@ -16,6 +16,7 @@
 #define CONFIG_MAX_LISTENERS 8
 #define CONFIG_MAX_ADDRS 8
 #define CONFIG_MAX_DOMAINS 32
+#define CONFIG_MAX_ROUTES 64
 
 enum listener_tls { LTLS_NONE, LTLS_STARTTLS, LTLS_IMPLICIT };
 enum listener_auth { LAUTH_NO, LAUTH_OPTIONAL, LAUTH_REQUIRED };
@@ -70,6 +71,7 @@ struct config {
     uint64_t retry_min;
     uint64_t retry_max;
     uint64_t queue_lifetime;
+    uint64_t delay_warning;         /* DELAY notification after this (0 = never) */
     bool sync_fs;                   /* sync = syncfs (one flush per batch) or fsync */
 
     /* [delivery] */
@@ -77,6 +79,18 @@ struct config {
 
     /* [users] */
     char *passwd_file;
+
+    /* [outbound] */
+    char *out_helo;                 /* default: hostname */
+    char *out_tls;                  /* default policy name: none|may|encrypt|verify|dane */
+    char *out_ca_file;              /* trust anchors for verify */
+    uint64_t out_timeout;
+    uint64_t out_max_per_destination;
+    char *dns_trust_anchor;         /* DNSSEC root key file; unset = no validation */
+
+    /* [routes] and [tls_policy]: domain -> value */
+    struct config_kv { char *key; char *value; } routes[CONFIG_MAX_ROUTES], tls_policies[CONFIG_MAX_ROUTES];
+    size_t nroutes, ntls_policies;
 };
 
 /* Returns a config or NULL with the reason ("FILE:LINE: reason") in err. */
@@ -87,5 +101,8 @@ bool config_is_local_domain(const struct config *cfg, const char *domain);
 int config_mailbox_path(const struct config *cfg, const char *local, const char *domain,
                         char *out, size_t outlen);
 const struct config_listener *config_listener(const struct config *cfg, const char *name);
+/* [routes]/[tls_policy] value for domain (exact, case-insensitive), then "*"; NULL if none */
+const char *config_route(const struct config *cfg, const char *domain);
+const char *config_tls_policy(const struct config *cfg, const char *domain);
 
 #endif

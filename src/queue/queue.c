@@ -27,218 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define WORKER_BATCH 32
-
-struct qentry {
-    char qid[QUEUE_ID_LEN + 1];
-    struct queue *q;
-    struct event *timer;
-    unsigned attempts;
-    time_t arrival;
-    bool recovered;
-    bool busy;
-    unsigned char *done;     /* per recipient: delivered (1) or failed for good (2) */
-    size_t nrcpts;
-    /* worker results */
-    bool finished;
-    bool tempfail;
-    char err[256];
-};
-
-struct queue {
-    struct event_base *base;
-    const struct config *cfg;
-    deliver_fn deliver;
-    void *deliver_arg;
-    char dir[PATH_MAX];
-    struct committer *committer;
-    GHashTable *entries;
-    GAsyncQueue *work;
-    GAsyncQueue *results;
-    int efd;
-    struct event *ev;
-    GThread *workers[64];
-    size_t nworkers;
-    size_t busy;
-    bool stopping;
-    size_t purged;      /* unacknowledged files dropped at start-up */
-};
-
-static struct qentry stop_entry;
-
-static void path_of(const struct queue *q, const char *sub, const char *qid, char *out, size_t n)
-{
-    snprintf(out, n, "%s/%s/%s", q->dir, sub, qid);
-}
-
-/* ---- worker side ----------------------------------------------------------- */
-
-/* A recipient's copy written but not yet published (see deliver_pending). */
-struct pending {
-    struct qentry *e;
-    size_t rcpt;
-    struct deliver_pending p;
-};
-
-static void deliver_entry(struct queue *q, struct qentry *e, GPtrArray *pendings)
-{
-    char path[PATH_MAX], err[256];
-    path_of(q, "queue", e->qid, path, sizeof path);
-    struct queue_env env;
-    char *data;
-    size_t len;
-    e->finished = false;
-    e->tempfail = false;
-    e->err[0] = '\0';
-    if (spool_read(path, &env, &data, &len, err, sizeof err) == -1) {
-        snprintf(e->err, sizeof e->err, "unreadable spool file: %s", err);
-        e->tempfail = true;
-        return;
-    }
-    if (e->done == NULL) {
-        e->nrcpts = env.nrcpts;
-        e->done = calloc(env.nrcpts ? env.nrcpts : 1, 1);
-    }
-    for (size_t i = 0; i < env.nrcpts && i < e->nrcpts; i++) {
-        if (e->done[i])
-            continue;
-        struct pending *pd = malloc(sizeof *pd);
-        pd->e = e;
-        pd->rcpt = i;
-        pd->p.tmp[0] = '\0';
-        enum deliver_result r = q->deliver(q->deliver_arg, &env, i, data, len, e->recovered,
-                                           !q->cfg->sync_fs, &pd->p, err, sizeof err);
-        if (r == DELIVER_OK) {
-            e->done[i] = 1;
-            log_info("%s: to=<%s> status=sent (delivered to mailbox)", e->qid, env.rcpts[i].addr);
-        } else if (r == DELIVER_PERMFAIL) {
-            e->done[i] = 2;
-            log_err("%s: to=<%s> status=bounced (%s)", e->qid, env.rcpts[i].addr, err);
-        } else {
-            e->tempfail = true;
-            snprintf(e->err, sizeof e->err, "%s", err);
-            log_warn("%s: to=<%s> status=deferred (%s)", e->qid, env.rcpts[i].addr, err);
-        }
-        if (r == DELIVER_OK && pd->p.tmp[0] != '\0')
-            g_ptr_array_add(pendings, pd);
-        else
-            free(pd);
-    }
-    free(data);
-    queue_env_free(&env);
-}
-
-static void pending_failed(struct pending *pd, const char *why)
-{
-    struct qentry *e = pd->e;
-    e->done[pd->rcpt] = 0;
-    e->tempfail = true;
-    snprintf(e->err, sizeof e->err, "%s", why);
-    log_err("%s: recipient %zu deferred: %s", e->qid, pd->rcpt, why);
-}
-
-/* Group commit of a batch's deliveries: make the written data durable (one
- * syncfs per file system, or the delivery function's own fsyncs), publish
- * every copy, then fsync each touched directory once. */
-static void publish_batch(struct queue *q, GPtrArray *pendings)
-{
-    if (pendings->len == 0)
-        return;
-    GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    GHashTable *devs = g_hash_table_new(g_direct_hash, g_direct_equal);
-    for (guint i = 0; i < pendings->len; i++) {
-        struct pending *pd = g_ptr_array_index(pendings, i);
-        char *dir = g_path_get_dirname(pd->p.dst);
-        if (q->cfg->sync_fs) {
-            struct stat st;
-            if (stat(dir, &st) == 0 && !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
-                g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
-                int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                if (fd == -1 || syncfs(fd) == -1) {
-                    log_err("syncfs %s: %s", dir, strerror(errno));
-                    /* nothing of this batch is known durable */
-                    for (guint j = 0; j < pendings->len; j++)
-                        pending_failed(g_ptr_array_index(pendings, j), "syncfs failed");
-                    if (fd != -1)
-                        close(fd);
-                    g_free(dir);
-                    goto out;
-                }
-                close(fd);
-            }
-        }
-        g_hash_table_add(dirs, dir);
-    }
-    for (guint i = 0; i < pendings->len; i++) {
-        struct pending *pd = g_ptr_array_index(pendings, i);
-        if (fs_publish(pd->p.tmp, pd->p.dst) == -1)
-            pending_failed(pd, strerror(errno));
-    }
-    GHashTableIter it;
-    gpointer key;
-    g_hash_table_iter_init(&it, dirs);
-    while (g_hash_table_iter_next(&it, &key, NULL)) {
-        if (fs_fsync_dir(key) == -1) {
-            log_err("fsync %s: %s", (char *)key, strerror(errno));
-            /* deliver again later; the copies already linked are duplicates
-             * then, and suppressed */
-            for (guint j = 0; j < pendings->len; j++) {
-                struct pending *pd = g_ptr_array_index(pendings, j);
-                pd->e->recovered = true;
-                pending_failed(pd, "mailbox directory fsync failed");
-            }
-            break;
-        }
-    }
-out:
-    g_hash_table_destroy(devs);
-    g_hash_table_destroy(dirs);
-}
-
-static gpointer worker_thread(gpointer arg)
-{
-    struct queue *q = arg;
-    for (;;) {
-        struct qentry *batch[WORKER_BATCH];
-        size_t n = 0;
-        struct qentry *e = g_async_queue_pop(q->work);
-        if (e == &stop_entry)
-            break;
-        batch[n++] = e;
-        bool stop = false;
-        while (n < WORKER_BATCH && (e = g_async_queue_try_pop(q->work)) != NULL) {
-            if (e == &stop_entry) {
-                stop = true;
-                break;
-            }
-            batch[n++] = e;
-        }
-        GPtrArray *pendings = g_ptr_array_new_with_free_func(free);
-        for (size_t i = 0; i < n; i++)
-            deliver_entry(q, batch[i], pendings);
-        publish_batch(q, pendings);
-        g_ptr_array_free(pendings, TRUE);
-        for (size_t i = 0; i < n; i++) {
-            e = batch[i];
-            e->finished = !e->tempfail;
-            if (e->finished) {
-                char path[PATH_MAX];
-                path_of(q, "queue", e->qid, path, sizeof path);
-                if (unlink(path) == -1 && errno != ENOENT)
-                    log_err("%s: cannot remove spool file: %s", e->qid, strerror(errno));
-                else
-                    log_info("%s: removed", e->qid);
-            }
-            g_async_queue_push(q->results, e);
-        }
-        uint64_t one = 1;
-        ssize_t w = write(q->efd, &one, sizeof one);
-        (void)w;
-        if (stop)
-            break;
-    }
-    return NULL;
-}
+#include "queue_int.h"
 
 /* ---- event-loop side ------------------------------------------------------- */
 
@@ -246,6 +35,8 @@ static void entry_free(struct qentry *e)
 {
     if (e->timer)
         event_free(e->timer);
+    if (e->injected)
+        g_ptr_array_free(e->injected, TRUE);
     free(e->done);
     free(e);
 }
@@ -267,23 +58,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     dispatch(arg);
 }
 
-static void hold(struct queue *q, struct qentry *e, const char *why)
-{
-    char from[PATH_MAX], to[PATH_MAX];
-    path_of(q, "queue", e->qid, from, sizeof from);
-    path_of(q, "hold", e->qid, to, sizeof to);
-    if (rename(from, to) == -1)
-        log_err("%s: cannot move to hold/: %s", e->qid, strerror(errno));
-    else
-        log_err("%s: queue lifetime exceeded (%s); moved to hold/", e->qid, why);
-    g_hash_table_remove(q->entries, e->qid);
-}
-
 static void schedule_retry(struct queue *q, struct qentry *e)
 {
     time_t now = time(NULL);
     if ((uint64_t)(now - e->arrival) >= q->cfg->queue_lifetime) {
-        hold(q, e, e->err);
+        /* one last pass: what is pending fails and the sender is told */
+        log_warn("%s: queue lifetime exceeded (%s)", e->qid, e->err);
+        e->expire = true;
+        dispatch(e);
         return;
     }
     /* exponential back-off with +-20% jitter, so retries do not synchronise */
@@ -310,6 +92,12 @@ static void on_results(evutil_socket_t fd, short what, void *arg)
         e->busy = false;
         q->busy--;
         e->attempts++;
+        if (e->injected != NULL) {
+            for (guint i = 0; i < e->injected->len; i++)
+                queue_enqueue(q, g_ptr_array_index(e->injected, i));
+            g_ptr_array_free(e->injected, TRUE);
+            e->injected = NULL;
+        }
         if (e->finished) {
             g_hash_table_remove(q->entries, e->qid);
             continue;
@@ -402,7 +190,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     event_add(q->ev, NULL);
     q->nworkers = cfg->delivery_workers;
     for (size_t i = 0; i < q->nworkers; i++)
-        q->workers[i] = g_thread_new("deliver", worker_thread, q);
+        q->workers[i] = g_thread_new("deliver", queue_worker_thread, q);
     return q;
 }
 
@@ -460,7 +248,7 @@ void queue_stop(struct queue *q)
         q->busy--;
     }
     for (size_t i = 0; i < q->nworkers; i++)
-        g_async_queue_push(q->work, &stop_entry);
+        g_async_queue_push(q->work, &queue_stop_entry);
 }
 
 bool queue_idle(const struct queue *q) { return q->busy == 0; }

@@ -28,6 +28,7 @@ struct queue_rcpt {
     unsigned notify;      /* RFC 3461 NOTIFY bits (smtp.h SMTP_NOTIFY_*) */
     char *orcpt;          /* "type;address" or NULL */
     int status;           /* QR_PENDING, QR_DONE, QR_FAILED */
+    char *status_text;    /* the reply or reason that settled it */
 };
 enum { QR_PENDING, QR_DONE, QR_FAILED };
 
@@ -45,13 +46,16 @@ struct queue_env {
     char *envid;
     char *client_ip, *helo, *auth_user, *tls, *proto, *listener;
     uint64_t size;        /* octets of message data */
+    bool delay_warned;    /* a DELAY notification went out */
 };
+#define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
 void queue_env_free(struct queue_env *env);
 
 /* ---- spool files (spool.c) ---------------------------------------------- */
 enum spool_rec {
     REC_VERSION = 'V', REC_ID = 'I', REC_TIME = 'T', REC_SENDER = 'S', REC_OPT = 'O',
     REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
+    REC_STATUS = 'X',     /* after END: a recipient's final status (appended) */
 };
 struct spool_writer;
 /* Starts the spool file of env in incoming/: on fd (an empty file named
@@ -73,8 +77,26 @@ void spool_writer_free(struct spool_writer *w);
  * without END, a bad record, or one over the limits. */
 int spool_read(const char *path, struct queue_env *env, char **data, size_t *datalen,
                char *err, size_t errlen);
+/* Appends recipient rcpt's final status to a committed spool file and syncs
+ * it, so a partial failure retries only the recipients still pending. */
+int spool_append_status(const char *path, size_t rcpt, int status, const char *text);
 /* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
 void queue_new_id(char out[QUEUE_ID_LEN + 1]);
+
+/* ---- delivery status notifications (dsn.c) ------------------------------ */
+enum dsn_action { DSN_FAILED, DSN_DELAYED, DSN_DELIVERED, DSN_RELAYED };
+struct dsn_rcpt {
+    const char *addr;        /* final recipient */
+    const char *orcpt;       /* ORCPT as given ("rfc822;a@b") or NULL */
+    int smtp_code;           /* the remote reply's code, 0 if none */
+    const char *text;        /* "5.1.1 <a@b>: no such user" or our reason */
+    const char *remote_mta;  /* next hop, or NULL */
+};
+/* A complete RFC 3464 report for env, to be sent from <> to env->sender.
+ * g_free() the result. */
+char *dsn_build(const struct queue_env *env, const char *data, size_t len,
+                const struct dsn_rcpt *rcpts, size_t n, enum dsn_action action,
+                const char *reporting_mta, size_t *outlen);
 
 /* ---- group commit (commit.c) -------------------------------------------- */
 struct committer;
@@ -101,15 +123,23 @@ struct deliver_pending {
     char tmp[4096];
     char dst[4096];
 };
-/* Delivers message data to rcpt; runs on a worker thread.  'recovered' says
- * the message may already have been delivered by an earlier process (the
- * function must then suppress the duplicate).  'sync_each' asks it to make
- * its own data durable (fsync mode); otherwise the worker syncs the file
- * system once per batch (syncfs mode) before publishing. */
-typedef enum deliver_result (*deliver_fn)(void *arg, const struct queue_env *env, size_t rcpt,
-                                          const char *data, size_t len, bool recovered,
-                                          bool sync_each, struct deliver_pending *pending,
-                                          char *err, size_t errlen);
+/* One recipient of a delivery attempt: 'pending' in, the rest out. */
+struct deliver_rcpt {
+    bool pending;                 /* deliver this recipient now */
+    enum deliver_result result;
+    int smtp_code;                /* the next hop's reply code, 0 if none */
+    char text[512];               /* its reply ("5.1.1 …") or our reason */
+    char remote_mta[256];         /* next hop that answered, "" if local */
+    bool relayed;                 /* accepted by a next hop without DSN support */
+    struct deliver_pending pub;
+};
+/* Delivers the pending recipients of one message; runs on a worker thread
+ * and may group recipients by destination.  'recovered' says the message may
+ * already have been delivered by an earlier process (duplicates must be
+ * suppressed).  'sync_each' asks the function to make its own writes durable
+ * (fsync mode); otherwise the worker syncs once per batch (syncfs mode). */
+typedef void (*deliver_fn)(void *arg, const struct queue_env *env, const char *data, size_t len,
+                           bool recovered, bool sync_each, struct deliver_rcpt *rcpts);
 struct queue;
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen);
@@ -122,6 +152,11 @@ void queue_enqueue(struct queue *q, const char *qid);
 void queue_stop(struct queue *q);
 bool queue_idle(const struct queue *q);
 void queue_free(struct queue *q);
+
+/* Stores a new message (a notification) durably from any thread; the
+ * caller hands the returned id to queue_enqueue() on the event loop. */
+int queue_inject(const char *queue_dir, const struct queue_env *env, const char *data,
+                 size_t len, char qid[QUEUE_ID_LEN + 1]);
 
 /* For pecctl: lists queue/ on stdout. */
 int queue_list(const char *queue_dir, FILE *out);

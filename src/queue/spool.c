@@ -2,11 +2,12 @@
  * spool.c - spool files: typed, length-prefixed records (Postfix style).
  *
  *   record = type (1 octet) | length (4 octets, big-endian) | payload
- *   file   = V I T S O* R+ D* E
+ *   file   = V I T S O* R+ D* E X*
  *
  * The END record carries the data length; a file without it is incomplete
  * and is never delivered.  Files are written in incoming/ and renamed into
- * queue/ by the committer only after fsync.
+ * queue/ by the committer only after fsync.  Status records (X) are appended
+ * after END as recipients are settled; a torn last X record is ignored.
  */
 #include "queue.h"
 #include "lib/lib.h"
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SPOOL_MAX_RECORD (64u * 1024 * 1024)
@@ -183,6 +185,7 @@ void queue_env_free(struct queue_env *env)
         free(env->rcpts[i].addr);
         free(env->rcpts[i].orig);
         free(env->rcpts[i].orcpt);
+        free(env->rcpts[i].status_text);
     }
     free(env->rcpts);
     char **s[] = {&env->sender, &env->envid, &env->client_ip, &env->helo, &env->auth_user,
@@ -318,6 +321,7 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
             free(nt);
             r->orcpt = fl[3] ? dupn(f[3], fl[3]) : NULL;
             r->status = QR_PENDING;
+            r->status_text = NULL;
             break;
         }
         case REC_DATA:
@@ -346,6 +350,29 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
         if (why)
             break;
     }
+    /* status records appended after END; a torn last one is ignored */
+    while (why == NULL && end && len - off >= 5) {
+        const unsigned char *h = (const unsigned char *)buf + off;
+        size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+        if (h[0] != REC_STATUS || rl > len - off - 5)
+            break;
+        const char *p = buf + off + 5;
+        off += 5 + rl;
+        char *rec = dupn(p, rl);
+        char *st = memchr(rec, '\0', rl) ? rec + strlen(rec) + 1 : NULL;
+        if (st != NULL && st < rec + rl) {
+            size_t idx = strtoul(rec, NULL, 10);
+            char *text = st + strlen(st) + 1 <= rec + rl ? st + strlen(st) + 1 : NULL;
+            if (idx == env->nrcpts && atoi(st) == QR_WARNED)
+                env->delay_warned = true;
+            else if (idx < env->nrcpts) {
+                env->rcpts[idx].status = atoi(st);
+                free(env->rcpts[idx].status_text);
+                env->rcpts[idx].status_text = text ? strdup(text) : NULL;
+            }
+        }
+        free(rec);
+    }
     free(buf);
     if (why == NULL && !end)
         why = "no END record (incomplete file)";
@@ -365,5 +392,53 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
         *data = d;
         *datalen = dlen;
     }
+    return 0;
+}
+
+int spool_append_status(const char *path, size_t rcpt, int status, const char *text)
+{
+    char rec[1200];
+    int n = snprintf(rec + 5, sizeof rec - 5, "%zu%c%d%c%.1000s", rcpt, 0, status, 0,
+                     text ? text : "");
+    if (n < 0)
+        return -1;
+    size_t len = (size_t)n + 1;   /* with the final NUL */
+    rec[0] = REC_STATUS;
+    rec[1] = (char)(len >> 24);
+    rec[2] = (char)(len >> 16);
+    rec[3] = (char)(len >> 8);
+    rec[4] = (char)len;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    int r = fs_write_all(fd, rec, 5 + len) == -1 || fdatasync(fd) == -1 ? -1 : 0;
+    close(fd);
+    return r;
+}
+
+int queue_inject(const char *queue_dir, const struct queue_env *env, const char *data,
+                 size_t len, char qid[QUEUE_ID_LEN + 1])
+{
+    struct queue_env e = *env;
+    queue_new_id(e.qid);
+    e.arrival = time(NULL);
+    struct spool_writer *w = spool_writer_open(queue_dir, -1, NULL, &e);
+    if (w == NULL)
+        return -1;
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, "%s/incoming/%s", queue_dir, e.qid);
+    snprintf(to, sizeof to, "%s/queue/%s", queue_dir, e.qid);
+    if (spool_writer_data(w, data, len) == -1 || spool_writer_finish(w) == -1 ||
+        fdatasync(w->fd) == -1 || rename(from, to) == -1) {
+        spool_writer_abort(w);
+        return -1;
+    }
+    spool_writer_free(w);
+    snprintf(from, sizeof from, "%s/queue", queue_dir);
+    if (fs_fsync_dir(from) == -1) {
+        unlink(to);
+        return -1;
+    }
+    memcpy(qid, e.qid, QUEUE_ID_LEN + 1);
     return 0;
 }

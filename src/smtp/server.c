@@ -925,8 +925,9 @@ static void session_process(struct session *s)
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             return;
-        /* MAIL and RCPT may carry parameters beyond 512 octets */
-        size_t max = SMTP_PATH_LINE_MAX + 2;
+        /* MAIL and RCPT may carry parameters beyond 512 octets: 2048 with
+         * the CRLF (checked per command below) */
+        size_t max = SMTP_PATH_LINE_MAX;
         size_t look = len < max ? len : max;
         const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
         size_t linelen, consumed;

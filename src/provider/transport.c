@@ -1,0 +1,606 @@
+/*
+ * transport.c - the delivery function of the queue: for each pending
+ * recipient, local delivery into its Maildir, or relay by SMTP to the next
+ * hop of its domain, recipients grouped by domain into one transaction.
+ *
+ * Next hops: a static route ([routes] domain = host:port, used by tests and
+ * operators), else DNS MX via libunbound (implicit MX of RFC 5321 §5.1, null
+ * MX of RFC 7505).  TLS policy per destination ([tls_policy], default
+ * [outbound] tls).  REQUIRETLS (RFC 8689 §4.2) raises the policy to verify,
+ * needs a secure next-hop lookup (DNSSEC; a static route is configuration,
+ * and counts as secure) and a next hop that offers REQUIRETLS; otherwise the
+ * message bounces with 5.7.10 / 5.7.30.  "TLS-Required: No" (§3) relaxes the
+ * policy of a message that is not tagged REQUIRETLS.  Connections are reused
+ * for the next message to the same hop, and at most
+ * [outbound] max_per_destination deliveries run at once per domain.
+ */
+#include "transport.h"
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "smtp/client.h"
+#include "smtp/smtp.h"
+#include "store/store.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <glib.h>
+#include <limits.h>
+#include <netdb.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unbound.h>
+
+#define IDLE_SECONDS 5
+#define MAX_HOPS 16
+#define MAX_ADDRS 8
+
+struct idle_conn {
+    struct smtp_client *c;
+    time_t since;
+};
+
+struct transport {
+    const struct config *cfg;
+    SSL_CTX *client_ctx;
+    struct ub_ctx *ub;
+    bool dnssec;
+    GMutex lock;
+    GCond cond;
+    GHashTable *idle;       /* "host|addr|port|policy" -> GQueue of idle_conn */
+    GHashTable *active;     /* domain -> count of running deliveries */
+};
+
+struct hop {
+    char host[256];
+    char port[8];
+    char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+    size_t naddrs;
+};
+
+struct hops {
+    struct hop h[MAX_HOPS];
+    size_t n;
+    bool secure;            /* DNSSEC-validated, or a static route */
+    int fail_code;          /* 0 ok; 4xx/5xx when the lookup failed */
+    char fail[256];
+};
+
+struct transport *transport_new(const struct config *cfg, char *err, size_t errlen)
+{
+    struct transport *t = calloc(1, sizeof *t);
+    t->cfg = cfg;
+    t->client_ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(t->client_ctx, TLS1_2_VERSION);
+    if (cfg->out_ca_file != NULL) {
+        if (SSL_CTX_load_verify_locations(t->client_ctx, cfg->out_ca_file, NULL) != 1) {
+            snprintf(err, errlen, "[outbound] ca_file %s: cannot load", cfg->out_ca_file);
+            transport_free(t);
+            return NULL;
+        }
+    } else {
+        SSL_CTX_set_default_verify_paths(t->client_ctx);
+    }
+    t->ub = ub_ctx_create();
+    if (t->ub == NULL) {
+        snprintf(err, errlen, "cannot create the DNS resolver");
+        transport_free(t);
+        return NULL;
+    }
+    ub_ctx_resolvconf(t->ub, NULL);
+    ub_ctx_hosts(t->ub, NULL);
+    if (cfg->dns_trust_anchor != NULL) {
+        int r = ub_ctx_add_ta_file(t->ub, cfg->dns_trust_anchor);
+        if (r != 0) {
+            snprintf(err, errlen, "[outbound] dns_trust_anchor %s: %s", cfg->dns_trust_anchor,
+                     ub_strerror(r));
+            transport_free(t);
+            return NULL;
+        }
+        t->dnssec = true;
+    }
+    g_mutex_init(&t->lock);
+    g_cond_init(&t->cond);
+    t->idle = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    t->active = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    return t;
+}
+
+void transport_free(struct transport *t)
+{
+    if (t == NULL)
+        return;
+    if (t->idle != NULL) {
+        GHashTableIter it;
+        gpointer k, v;
+        g_hash_table_iter_init(&it, t->idle);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+            GQueue *q = v;
+            struct idle_conn *ic;
+            while ((ic = g_queue_pop_head(q)) != NULL) {
+                smtp_client_close(ic->c, true);
+                free(ic);
+            }
+            g_queue_free(q);
+        }
+        g_hash_table_destroy(t->idle);
+        g_hash_table_destroy(t->active);
+        g_mutex_clear(&t->lock);
+        g_cond_clear(&t->cond);
+    }
+    if (t->ub)
+        ub_ctx_delete(t->ub);
+    SSL_CTX_free(t->client_ctx);
+    free(t);
+}
+
+/* ---- next hops ------------------------------------------------------------- */
+
+static void add_addrs(struct hop *h)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res;
+    if (getaddrinfo(h->host, h->port, &hints, &res) != 0)
+        return;
+    for (struct addrinfo *a = res; a && h->naddrs < MAX_ADDRS; a = a->ai_next) {
+        void *p = a->ai_family == AF_INET ? (void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
+                                          : (void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+        char buf[INET6_ADDRSTRLEN];
+        if (inet_ntop(a->ai_family, p, buf, sizeof buf) == NULL)
+            continue;
+        bool dup = false;
+        for (size_t i = 0; i < h->naddrs; i++)
+            dup = dup || strcmp(h->addrs[i], buf) == 0;
+        if (!dup)
+            str_copy(h->addrs[h->naddrs++], buf, sizeof h->addrs[0]);
+    }
+    freeaddrinfo(res);
+}
+
+/* A/AAAA of name through unbound; *secure is cleared unless validated. */
+static void ub_addrs(struct transport *t, struct hop *h, bool *secure)
+{
+    static const int types[] = {28, 1};   /* AAAA, A */
+    for (size_t k = 0; k < 2; k++) {
+        struct ub_result *r = NULL;
+        if (ub_resolve(t->ub, h->host, types[k], 1, &r) != 0 || r == NULL) {
+            *secure = false;
+            continue;
+        }
+        if (!r->secure)
+            *secure = false;
+        for (int i = 0; r->havedata && r->data[i] && h->naddrs < MAX_ADDRS; i++) {
+            char buf[INET6_ADDRSTRLEN];
+            if (inet_ntop(types[k] == 28 ? AF_INET6 : AF_INET, r->data[i], buf, sizeof buf))
+                str_copy(h->addrs[h->naddrs++], buf, sizeof h->addrs[0]);
+        }
+        ub_resolve_free(r);
+    }
+}
+
+/* Decodes a DNS name in wire format (an MX target) into dotted text. */
+static int dname_text(const unsigned char *p, int len, char *out, size_t outlen)
+{
+    size_t o = 0;
+    int i = 0;
+    while (i < len && p[i] != 0) {
+        int l = p[i++];
+        if (l > 63 || i + l > len || o + (size_t)l + 2 > outlen)
+            return -1;
+        if (o > 0)
+            out[o++] = '.';
+        memcpy(out + o, p + i, (size_t)l);
+        o += (size_t)l;
+        i += l;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+struct mx {
+    int pref;
+    char host[256];
+};
+
+static int mx_cmp(const void *a, const void *b)
+{
+    return ((const struct mx *)a)->pref - ((const struct mx *)b)->pref;
+}
+
+static void resolve(struct transport *t, const char *domain, struct hops *hs)
+{
+    memset(hs, 0, sizeof *hs);
+    const char *route = config_route(t->cfg, domain);
+    if (route != NULL) {
+        /* a static route: configuration, so as trustworthy as DNSSEC */
+        struct hop *h = &hs->h[hs->n++];
+        char buf[300];
+        str_copy(buf, route, sizeof buf);
+        char *colon = strrchr(buf, ':');
+        *colon = '\0';
+        char *host = buf;
+        if (host[0] == '[') {
+            host++;
+            char *rb = strchr(host, ']');
+            if (rb)
+                *rb = '\0';
+        }
+        str_copy(h->host, host, sizeof h->host);
+        str_copy(h->port, colon + 1, sizeof h->port);
+        add_addrs(h);
+        hs->secure = true;
+        if (h->naddrs == 0) {
+            hs->fail_code = 451;
+            snprintf(hs->fail, sizeof hs->fail, "4.4.3 route %s: cannot resolve %s", route, h->host);
+        }
+        return;
+    }
+    struct ub_result *r = NULL;
+    int e = ub_resolve(t->ub, domain, 15 /* MX */, 1, &r);
+    if (e != 0 || r == NULL) {
+        hs->fail_code = 451;
+        snprintf(hs->fail, sizeof hs->fail, "4.4.3 DNS lookup of %s failed: %s", domain,
+                 ub_strerror(e));
+        return;
+    }
+    hs->secure = t->dnssec && r->secure;
+    if (r->bogus) {
+        hs->fail_code = 451;
+        snprintf(hs->fail, sizeof hs->fail, "4.4.3 DNSSEC validation of %s MX failed: %s",
+                 domain, r->why_bogus ? r->why_bogus : "bogus");
+        ub_resolve_free(r);
+        return;
+    }
+    if (r->nxdomain) {
+        hs->fail_code = 550;
+        snprintf(hs->fail, sizeof hs->fail, "5.1.2 domain %s does not exist", domain);
+        ub_resolve_free(r);
+        return;
+    }
+    struct mx mxs[MAX_HOPS];
+    size_t n = 0;
+    for (int i = 0; r->havedata && r->data[i] && n < MAX_HOPS; i++) {
+        if (r->len[i] < 3)
+            continue;
+        const unsigned char *p = (const unsigned char *)r->data[i];
+        mxs[n].pref = p[0] << 8 | p[1];
+        if (dname_text(p + 2, r->len[i] - 2, mxs[n].host, sizeof mxs[n].host) == -1)
+            continue;
+        n++;
+    }
+    ub_resolve_free(r);
+    /* RFC 7505: a single MX of "." with preference 0 says: no mail here */
+    if (n == 1 && mxs[0].host[0] == '\0') {
+        hs->fail_code = 550;
+        snprintf(hs->fail, sizeof hs->fail, "5.1.10 domain %s accepts no mail (null MX)", domain);
+        return;
+    }
+    if (n == 0) {
+        /* RFC 5321 §5.1: the implicit MX is the domain itself */
+        str_copy(mxs[0].host, domain, sizeof mxs[0].host);
+        mxs[0].pref = 0;
+        n = 1;
+    }
+    qsort(mxs, n, sizeof mxs[0], mx_cmp);
+    for (size_t i = 0; i < n; i++) {
+        if (mxs[i].host[0] == '\0')
+            continue;
+        struct hop *h = &hs->h[hs->n++];
+        str_copy(h->host, mxs[i].host, sizeof h->host);
+        str_copy(h->port, "25", sizeof h->port);
+        ub_addrs(t, h, &hs->secure);
+    }
+    if (hs->n == 0 || (hs->n > 0 && hs->h[0].naddrs == 0 && hs->n == 1)) {
+        hs->fail_code = 451;
+        snprintf(hs->fail, sizeof hs->fail, "4.4.3 no address for the mail servers of %s", domain);
+    }
+}
+
+/* ---- connection cache and per-destination limit --------------------------------- */
+
+static void conn_key(char *key, size_t n, const struct hop *h, const char *addr,
+                     enum tls_policy p)
+{
+    snprintf(key, n, "%s|%s|%s|%d", h->host, addr, h->port, (int)p);
+}
+
+static struct smtp_client *cache_take(struct transport *t, const char *key)
+{
+    struct smtp_client *c = NULL;
+    time_t now = time(NULL);
+    g_mutex_lock(&t->lock);
+    GQueue *q = g_hash_table_lookup(t->idle, key);
+    struct idle_conn *ic;
+    while (q != NULL && (ic = g_queue_pop_head(q)) != NULL) {
+        if (now - ic->since <= IDLE_SECONDS) {
+            c = ic->c;
+            free(ic);
+            break;
+        }
+        smtp_client_close(ic->c, true);
+        free(ic);
+    }
+    g_mutex_unlock(&t->lock);
+    return c;
+}
+
+static void cache_put(struct transport *t, const char *key, struct smtp_client *c)
+{
+    struct idle_conn *ic = malloc(sizeof *ic);
+    ic->c = c;
+    ic->since = time(NULL);
+    g_mutex_lock(&t->lock);
+    GQueue *q = g_hash_table_lookup(t->idle, key);
+    if (q == NULL) {
+        q = g_queue_new();
+        g_hash_table_insert(t->idle, g_strdup(key), q);
+    }
+    g_queue_push_tail(q, ic);
+    g_mutex_unlock(&t->lock);
+}
+
+static void slot_take(struct transport *t, const char *domain)
+{
+    g_mutex_lock(&t->lock);
+    for (;;) {
+        uintptr_t n = (uintptr_t)g_hash_table_lookup(t->active, domain);
+        if (n < t->cfg->out_max_per_destination) {
+            g_hash_table_insert(t->active, g_strdup(domain), (gpointer)(n + 1));
+            break;
+        }
+        g_cond_wait(&t->cond, &t->lock);
+    }
+    g_mutex_unlock(&t->lock);
+}
+
+static void slot_give(struct transport *t, const char *domain)
+{
+    g_mutex_lock(&t->lock);
+    uintptr_t n = (uintptr_t)g_hash_table_lookup(t->active, domain);
+    if (n <= 1)
+        g_hash_table_remove(t->active, domain);
+    else
+        g_hash_table_insert(t->active, g_strdup(domain), (gpointer)(n - 1));
+    g_cond_broadcast(&t->cond);
+    g_mutex_unlock(&t->lock);
+}
+
+/* ---- relay ----------------------------------------------------------------------- */
+
+/* RFC 8689 §3: "TLS-Required: No" in the message header. */
+static bool tls_required_no(const char *data, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        const char *eol = memchr(data + i, '\n', len - i);
+        size_t ll = eol ? (size_t)(eol - (data + i)) : len - i;
+        if (ll == 0 || (ll == 1 && data[i] == '\r'))
+            return false;   /* end of the header */
+        if (ll > 13 && strncasecmp(data + i, "TLS-Required:", 13) == 0) {
+            const char *v = data + i + 13;
+            const char *end = data + i + ll;
+            while (v < end && (*v == ' ' || *v == '\t'))
+                v++;
+            return end - v >= 2 && strncasecmp(v, "No", 2) == 0 &&
+                   (end - v == 2 || v[2] == '\r' || v[2] == ' ');
+        }
+        i += ll + 1;
+    }
+    return false;
+}
+
+static void set_all(struct deliver_rcpt *r, const size_t *idx, size_t n, int code,
+                    const char *text, const char *mta)
+{
+    for (size_t k = 0; k < n; k++) {
+        struct deliver_rcpt *x = &r[idx[k]];
+        x->result = code >= 500 ? DELIVER_PERMFAIL : DELIVER_TEMPFAIL;
+        x->smtp_code = code;
+        str_copy(x->text, text, sizeof x->text);
+        str_copy(x->remote_mta, mta ? mta : "", sizeof x->remote_mta);
+    }
+}
+
+static void relay_group(struct transport *t, const struct queue_env *env, const char *data,
+                        size_t len, const char *domain, const size_t *idx, size_t n,
+                        struct deliver_rcpt *r)
+{
+    const char *pname = config_tls_policy(t->cfg, domain);
+    enum tls_policy policy = TLSP_MAY;
+    tls_policy_parse(pname ? pname : t->cfg->out_tls, &policy);
+    bool bounce = env->sender[0] == '\0';
+    bool strict = env->requiretls && !bounce;
+    if (strict && policy < TLSP_VERIFY)
+        policy = TLSP_VERIFY;   /* RFC 8689 §4.2.1 step 4 */
+    else if (!env->requiretls && tls_required_no(data, len) && policy > TLSP_MAY)
+        policy = TLSP_MAY;      /* RFC 8689 §3: the sender waives the recipient's policy */
+    if (policy == TLSP_DANE) {
+        /* DANE needs TLSA over DNSSEC; until it is implemented, verify */
+        policy = TLSP_VERIFY;
+    }
+
+    struct hops hs;
+    resolve(t, domain, &hs);
+    if (hs.fail_code != 0) {
+        set_all(r, idx, n, hs.fail_code, hs.fail, NULL);
+        return;
+    }
+    if (strict && !hs.secure) {
+        set_all(r, idx, n, 550, "5.7.10 REQUIRETLS: the mail servers of the domain were not "
+                                "found securely (no DNSSEC)", NULL);
+        return;
+    }
+
+    struct smtp_client_rcpt *cr = calloc(n, sizeof *cr);
+    for (size_t k = 0; k < n; k++) {
+        const struct queue_rcpt *qr = &env->rcpts[idx[k]];
+        cr[k].addr = qr->addr;
+        cr[k].notify = qr->notify;
+        cr[k].orcpt = qr->orcpt;
+    }
+    struct smtp_client_msg m = {
+        .sender = env->sender, .size = len, .eightbit = env->body == 2,
+        .smtputf8 = env->smtputf8, .requiretls = env->requiretls, .ret = env->ret,
+        .envid = env->envid, .data = data, .len = len, .rcpts = cr, .nrcpts = n,
+    };
+    struct smtp_reply last = {.code = 451};
+    snprintf(last.text, sizeof last.text, "4.4.1 no next hop reachable for %s", domain);
+    char mta[300] = "";
+    bool done = false;
+    slot_take(t, domain);
+    for (size_t hi = 0; hi < hs.n && !done; hi++) {
+        struct hop *h = &hs.h[hi];
+        for (size_t ai = 0; ai < h->naddrs && !done; ai++) {
+            char key[600];
+            conn_key(key, sizeof key, h, h->addrs[ai], policy);
+            struct smtp_client_opts o = {
+                .helo = t->cfg->out_helo, .tls = policy, .tls_ctx = t->client_ctx,
+                .tls_name = h->host, .timeout = (unsigned)t->cfg->out_timeout,
+            };
+            struct smtp_reply fail;
+            struct smtp_client *c = cache_take(t, key);
+            if (c == NULL)
+                c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);
+            if (c == NULL && policy == TLSP_MAY && strstr(fail.text, "4.7.5") == fail.text) {
+                /* opportunistic TLS failed: plaintext is what "may" allows */
+                o.tls = TLSP_NONE;
+                c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);
+            }
+            snprintf(mta, sizeof mta, "%s [%s]", h->host, h->addrs[ai]);
+            if (c == NULL) {
+                last = fail;
+                if (strict && strncmp(fail.text, "4.7.", 4) == 0) {
+                    /* RFC 8689 §4.2.1: no verified TLS session - final for
+                     * this message once every host has failed the same way */
+                    last.code = 550;
+                    snprintf(last.text, sizeof last.text, "5.7.10 REQUIRETLS: %s", fail.text + 6);
+                }
+                continue;
+            }
+            for (size_t k = 0; k < n; k++)
+                memset(&cr[k].reply, 0, sizeof cr[k].reply);
+            if (smtp_client_send(c, &m, &fail) == -1) {
+                last = fail;
+                smtp_client_close(c, true);
+                /* RFC 8689 §4.2.1: try the next MX for REQUIRETLS failures;
+                 * other permanent failures are the message's */
+                if (fail.code >= 500 && strstr(fail.text, "5.7.30") != fail.text &&
+                    strstr(fail.text, "5.7.10") != fail.text) {
+                    done = true;
+                    set_all(r, idx, n, fail.code, fail.text, mta);
+                }
+                continue;
+            }
+            bool dsn = (smtp_client_extensions(c) & EXT_DSN) != 0;
+            for (size_t k = 0; k < n; k++) {
+                struct deliver_rcpt *x = &r[idx[k]];
+                int code = cr[k].reply.code;
+                x->smtp_code = code;
+                str_copy(x->remote_mta, mta, sizeof x->remote_mta);
+                snprintf(x->text, sizeof x->text, "%s", cr[k].reply.text);
+                if (code / 100 == 2) {
+                    x->result = DELIVER_OK;
+                    x->relayed = !dsn;
+                    snprintf(x->text, sizeof x->text, "relayed to %s: %d %s", mta, code,
+                             cr[k].reply.text);
+                } else {
+                    x->result = code >= 500 ? DELIVER_PERMFAIL : DELIVER_TEMPFAIL;
+                }
+            }
+            done = true;
+            if (smtp_client_reset(c))
+                cache_put(t, key, c);
+            else
+                smtp_client_close(c, false);
+        }
+    }
+    slot_give(t, domain);
+    if (!done) {
+        /* every hop failed: REQUIRETLS conditions are final, the rest is retried */
+        set_all(r, idx, n, last.code >= 500 ? 550 : 451, last.text, mta[0] ? mta : NULL);
+    }
+    free(cr);
+}
+
+/* ---- local ------------------------------------------------------------------------ */
+
+static void deliver_local(struct transport *t, const struct queue_env *env, size_t i,
+                          const char *data, size_t len, bool recovered, bool sync_each,
+                          struct deliver_rcpt *r)
+{
+    const char *addr = env->rcpts[i].addr;
+    char local[256], dir[PATH_MAX];
+    const char *at = strrchr(addr, '@');
+    if (at == NULL || (size_t)(at - addr) >= sizeof local) {
+        r->result = DELIVER_PERMFAIL;
+        snprintf(r->text, sizeof r->text, "5.1.3 not a mailbox address");
+        return;
+    }
+    memcpy(local, addr, (size_t)(at - addr));
+    local[at - addr] = '\0';
+    if (config_mailbox_path(t->cfg, local, at + 1, dir, sizeof dir) == -1) {
+        r->result = DELIVER_PERMFAIL;
+        snprintf(r->text, sizeof r->text, "5.1.3 no safe mailbox path for this address");
+        return;
+    }
+    char header[1024], name[512], err[256];
+    int hl = snprintf(header, sizeof header, "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
+                      env->sender, addr);
+    if (hl < 0 || (size_t)hl >= sizeof header) {
+        r->result = DELIVER_PERMFAIL;
+        snprintf(r->text, sizeof r->text, "5.1.3 address too long");
+        return;
+    }
+    maildir_name(name, sizeof name, env->arrival, env->qid, i, (size_t)hl + len);
+    int rc = maildir_prepare(dir, name, header, (size_t)hl, data, len, recovered, sync_each,
+                             r->pub.tmp, r->pub.dst, sizeof r->pub.tmp, err, sizeof err);
+    if (rc == -1) {
+        r->result = DELIVER_TEMPFAIL;
+        snprintf(r->text, sizeof r->text, "4.2.0 %s", err);
+        return;
+    }
+    if (rc == 1)
+        r->pub.tmp[0] = '\0';   /* a copy is there already */
+    r->result = DELIVER_OK;
+}
+
+void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
+                       bool recovered, bool sync_each, struct deliver_rcpt *r)
+{
+    struct transport *t = arg;
+    GHashTable *groups = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                               (GDestroyNotify)g_array_unref);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (!r[i].pending)
+            continue;
+        const char *at = strrchr(env->rcpts[i].addr, '@');
+        if (at != NULL && config_is_local_domain(t->cfg, at + 1)) {
+            deliver_local(t, env, i, data, len, recovered, sync_each, &r[i]);
+            continue;
+        }
+        if (at == NULL) {
+            r[i].result = DELIVER_PERMFAIL;
+            snprintf(r[i].text, sizeof r[i].text, "5.1.3 no domain in the address");
+            continue;
+        }
+        char *dom = g_ascii_strdown(at + 1, -1);
+        GArray *a = g_hash_table_lookup(groups, dom);
+        if (a == NULL) {
+            a = g_array_new(FALSE, FALSE, sizeof(size_t));
+            g_hash_table_insert(groups, dom, a);
+        } else {
+            g_free(dom);
+        }
+        g_array_append_val(a, i);
+    }
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, groups);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        GArray *a = v;
+        relay_group(t, env, data, len, k, (const size_t *)(void *)a->data, a->len, r);
+    }
+    g_hash_table_destroy(groups);
+}

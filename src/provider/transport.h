@@ -1,0 +1,19 @@
+/*
+ * transport.h - the queue's delivery function: local Maildir delivery or SMTP
+ * relay to the next hop, per recipient domain (transport.c).
+ */
+#ifndef PEC_PROVIDER_TRANSPORT_H
+#define PEC_PROVIDER_TRANSPORT_H
+
+#include "queue/queue.h"
+
+struct config;
+struct transport;
+
+struct transport *transport_new(const struct config *cfg, char *err, size_t errlen);
+void transport_free(struct transport *t);
+/* deliver_fn (queue.h); arg is the struct transport. */
+void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
+                       bool recovered, bool sync_each, struct deliver_rcpt *rcpts);
+
+#endif

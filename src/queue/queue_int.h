@@ -1,0 +1,65 @@
+/*
+ * queue_int.h - what queue.c (the scheduler, on the event loop) and
+ * worker.c (the delivery threads) share.  Not for other modules.
+ */
+#ifndef PEC_QUEUE_INT_H
+#define PEC_QUEUE_INT_H
+
+#include "queue.h"
+
+#include <glib.h>
+#include <limits.h>
+#include <stdio.h>
+
+#define WORKER_BATCH 32
+
+struct event;
+
+struct qentry {
+    char qid[QUEUE_ID_LEN + 1];
+    struct queue *q;
+    struct event *timer;
+    unsigned attempts;
+    time_t arrival;
+    bool recovered;
+    bool busy;
+    bool expire;             /* lifetime over: fail what is pending, notify, remove */
+    unsigned char *done;     /* per recipient: 0 pending, 1 delivered, 2 failed for good */
+    size_t nrcpts;
+    /* worker results, read by the event loop after the entry comes back */
+    bool finished;
+    bool tempfail;
+    char err[512];
+    GPtrArray *injected;     /* ids of notifications stored for this message */
+};
+
+struct queue {
+    struct event_base *base;
+    const struct config *cfg;
+    deliver_fn deliver;
+    void *deliver_arg;
+    char dir[PATH_MAX];
+    struct committer *committer;
+    GHashTable *entries;
+    GAsyncQueue *work;
+    GAsyncQueue *results;
+    int efd;
+    struct event *ev;
+    GThread *workers[64];
+    size_t nworkers;
+    size_t busy;
+    bool stopping;
+    size_t purged;      /* unacknowledged files dropped at start-up */
+};
+
+extern struct qentry queue_stop_entry;
+
+static inline void path_of(const struct queue *q, const char *sub, const char *qid, char *out,
+                           size_t n)
+{
+    snprintf(out, n, "%s/%s/%s", q->dir, sub, qid);
+}
+
+gpointer queue_worker_thread(gpointer arg);
+
+#endif

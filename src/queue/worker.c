@@ -1,0 +1,327 @@
+/*
+ * worker.c - delivery threads.  A worker takes a batch of due messages,
+ * hands each one's pending recipients to the delivery function (which may
+ * group them by destination), publishes local copies as one group commit,
+ * sends the notifications the senders asked for (RFC 3461), records each
+ * settled recipient in the spool file, and removes the file once nothing is
+ * pending.  Everything here is replayable after a crash.
+ */
+#include "queue_int.h"
+#include "smtp/smtp.h"   /* SMTP_NOTIFY_* bits */
+#include "lib/config.h"
+#include "lib/lib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct qentry queue_stop_entry;
+
+/* One message of a batch while the batch is processed. */
+struct work {
+    struct qentry *e;
+    bool loaded;
+    struct queue_env env;
+    char *data;
+    size_t len;
+    struct deliver_rcpt *r;
+};
+
+/* ---- local copies: one group commit per batch --------------------------- */
+
+static void unpublish(struct work *w, size_t i, const char *why)
+{
+    w->r[i].result = DELIVER_TEMPFAIL;
+    snprintf(w->r[i].text, sizeof w->r[i].text, "4.3.0 %s", why);
+    log_err("%s: to=<%s> deferred: %s", w->e->qid, w->env.rcpts[i].addr, why);
+}
+
+static void publish_batch(struct queue *q, struct work *ws, size_t n)
+{
+    GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTable *devs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    bool failed = false;
+    /* 1: the data of every copy durable (one syncfs per file system) */
+    for (size_t k = 0; k < n && !failed; k++) {
+        struct work *w = &ws[k];
+        for (size_t i = 0; w->loaded && i < w->env.nrcpts; i++) {
+            if (!w->r[i].pending || w->r[i].result != DELIVER_OK || !w->r[i].pub.tmp[0])
+                continue;
+            char *dir = g_path_get_dirname(w->r[i].pub.dst);
+            struct stat st;
+            if (q->cfg->sync_fs && stat(dir, &st) == 0 &&
+                !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
+                g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+                int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd == -1 || syncfs(fd) == -1) {
+                    log_err("syncfs %s: %s", dir, strerror(errno));
+                    failed = true;
+                }
+                if (fd != -1)
+                    close(fd);
+            }
+            g_hash_table_add(dirs, dir);
+        }
+    }
+    /* 2: link each copy into new/; 3: each new/ synced once */
+    for (size_t k = 0; k < n; k++) {
+        struct work *w = &ws[k];
+        for (size_t i = 0; w->loaded && i < w->env.nrcpts; i++) {
+            struct deliver_rcpt *r = &w->r[i];
+            if (!r->pending || r->result != DELIVER_OK || !r->pub.tmp[0])
+                continue;
+            if (failed) {
+                unlink(r->pub.tmp);
+                unpublish(w, i, "syncfs failed");
+            } else if (fs_publish(r->pub.tmp, r->pub.dst) == -1) {
+                unpublish(w, i, strerror(errno));
+            }
+        }
+    }
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, dirs);
+    while (!failed && g_hash_table_iter_next(&it, &key, NULL)) {
+        if (fs_fsync_dir(key) == -1) {
+            log_err("fsync %s: %s", (char *)key, strerror(errno));
+            /* deliver again later; the copies linked already are then
+             * recognised as duplicates */
+            for (size_t k = 0; k < n; k++) {
+                struct work *w = &ws[k];
+                for (size_t i = 0; w->loaded && i < w->env.nrcpts; i++) {
+                    if (w->r[i].pending && w->r[i].result == DELIVER_OK && w->r[i].pub.tmp[0]) {
+                        w->e->recovered = true;
+                        unpublish(w, i, "mailbox directory fsync failed");
+                    }
+                }
+            }
+            break;
+        }
+    }
+    g_hash_table_destroy(devs);
+    g_hash_table_destroy(dirs);
+}
+
+/* ---- notifications (RFC 3461 §4.1) --------------------------------------- */
+
+static bool wants(const struct queue_env *env, size_t i, enum dsn_action a)
+{
+    if (env->sender[0] == '\0')
+        return false;   /* never a notification about a notification */
+    unsigned nf = env->rcpts[i].notify;
+    if (nf & SMTP_NOTIFY_NEVER)
+        return false;
+    switch (a) {
+    case DSN_FAILED:
+        return nf == 0 || (nf & SMTP_NOTIFY_FAILURE);
+    case DSN_DELAYED:
+        return (nf & SMTP_NOTIFY_DELAY) != 0;
+    default:
+        return (nf & SMTP_NOTIFY_SUCCESS) != 0;
+    }
+}
+
+static void notify(struct queue *q, struct work *w, enum dsn_action action, const size_t *idx,
+                   size_t n)
+{
+    if (n == 0)
+        return;
+    struct dsn_rcpt *d = calloc(n, sizeof *d);
+    for (size_t k = 0; k < n; k++) {
+        size_t i = idx[k];
+        d[k].addr = w->env.rcpts[i].addr;
+        d[k].orcpt = w->env.rcpts[i].orcpt;
+        d[k].smtp_code = w->r[i].smtp_code;
+        d[k].text = w->r[i].text[0] ? w->r[i].text : NULL;
+        d[k].remote_mta = w->r[i].remote_mta[0] ? w->r[i].remote_mta : NULL;
+    }
+    size_t len;
+    char *msg = dsn_build(&w->env, w->data, w->len, d, n, action, q->cfg->hostname, &len);
+    free(d);
+    struct queue_rcpt rcpt = {.addr = w->env.sender, .orig = w->env.sender};
+    struct queue_env env = {
+        .sender = "",
+        .rcpts = &rcpt,
+        .nrcpts = 1,
+        /* RFC 8689 §5: the bounce of a REQUIRETLS message asks for REQUIRETLS too */
+        .requiretls = w->env.requiretls,
+        .proto = "local",
+        .listener = "dsn",
+    };
+    char qid[QUEUE_ID_LEN + 1];
+    if (queue_inject(q->dir, &env, msg, len, qid) == -1) {
+        log_err("%s: cannot store the %s notification for <%s>: %s", w->e->qid,
+                action == DSN_FAILED ? "non-delivery" : action == DSN_DELAYED ? "delay" : "success",
+                w->env.sender, strerror(errno));
+    } else {
+        log_info("%s: sender notification (%s): %s", w->e->qid,
+                 action == DSN_FAILED ? "non-delivery" : action == DSN_DELAYED ? "delay" : "success",
+                 qid);
+        if (w->e->injected == NULL)
+            w->e->injected = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(w->e->injected, g_strdup(qid));
+    }
+    g_free(msg);
+}
+
+/* ---- one message ---------------------------------------------------------- */
+
+static void load(struct queue *q, struct work *w)
+{
+    struct qentry *e = w->e;
+    char path[PATH_MAX], err[256];
+    path_of(q, "queue", e->qid, path, sizeof path);
+    e->finished = false;
+    e->tempfail = false;
+    e->err[0] = '\0';
+    if (spool_read(path, &w->env, &w->data, &w->len, err, sizeof err) == -1) {
+        snprintf(e->err, sizeof e->err, "unreadable spool file: %s", err);
+        log_err("%s: %s", e->qid, e->err);
+        e->tempfail = true;
+        return;
+    }
+    w->loaded = true;
+    if (e->done == NULL) {
+        e->nrcpts = w->env.nrcpts;
+        e->done = calloc(e->nrcpts ? e->nrcpts : 1, 1);
+        for (size_t i = 0; i < e->nrcpts; i++)
+            e->done[i] = w->env.rcpts[i].status == QR_DONE     ? 1
+                         : w->env.rcpts[i].status == QR_FAILED ? 2
+                                                               : 0;
+    }
+    w->r = calloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
+    bool any = false;
+    for (size_t i = 0; i < w->env.nrcpts && i < e->nrcpts; i++) {
+        if (e->done[i])
+            continue;
+        w->r[i].pending = true;
+        any = true;
+        if (e->expire) {
+            w->r[i].result = DELIVER_PERMFAIL;
+            snprintf(w->r[i].text, sizeof w->r[i].text,
+                     "5.4.7 delivery time expired after %llu days in the queue; last error: %s",
+                     (unsigned long long)(q->cfg->queue_lifetime / 86400),
+                     w->env.rcpts[i].status_text ? w->env.rcpts[i].status_text : "none");
+        }
+    }
+    if (any && !e->expire)
+        q->deliver(q->deliver_arg, &w->env, w->data, w->len, e->recovered, !q->cfg->sync_fs,
+                   w->r);
+}
+
+/* After the batch's publish: settle recipients, notify, record, remove. */
+static void settle(struct queue *q, struct work *w)
+{
+    struct qentry *e = w->e;
+    if (!w->loaded)
+        return;
+    char path[PATH_MAX];
+    path_of(q, "queue", e->qid, path, sizeof path);
+    size_t n = w->env.nrcpts;
+    size_t *failed = calloc(n + 1, sizeof *failed), nf = 0;
+    size_t *ok = calloc(n + 1, sizeof *ok), nok = 0;
+    size_t *late = calloc(n + 1, sizeof *late), nlate = 0;
+    bool *newly = calloc(n + 1, sizeof *newly);
+    bool relayed_only = true;
+    time_t now = time(NULL);
+    for (size_t i = 0; i < n && i < e->nrcpts; i++) {
+        struct deliver_rcpt *r = &w->r[i];
+        if (!r->pending)
+            continue;
+        const char *addr = w->env.rcpts[i].addr;
+        switch (r->result) {
+        case DELIVER_OK:
+            e->done[i] = 1;
+            newly[i] = true;
+            log_info("%s: to=<%s> status=sent (%s)", e->qid, addr,
+                     r->text[0] ? r->text : "delivered to mailbox");
+            if (wants(&w->env, i, DSN_DELIVERED)) {
+                ok[nok++] = i;
+                relayed_only = relayed_only && r->relayed;
+            }
+            break;
+        case DELIVER_PERMFAIL:
+            e->done[i] = 2;
+            newly[i] = true;
+            log_err("%s: to=<%s> status=bounced (%s)", e->qid, addr, r->text);
+            if (wants(&w->env, i, DSN_FAILED))
+                failed[nf++] = i;
+            break;
+        case DELIVER_TEMPFAIL:
+            e->tempfail = true;
+            snprintf(e->err, sizeof e->err, "%s", r->text);
+            log_warn("%s: to=<%s> status=deferred (%s)", e->qid, addr, r->text);
+            if (!w->env.delay_warned && q->cfg->delay_warning > 0 &&
+                (uint64_t)(now - w->env.arrival) >= q->cfg->delay_warning &&
+                wants(&w->env, i, DSN_DELAYED))
+                late[nlate++] = i;
+            break;
+        }
+    }
+    notify(q, w, DSN_FAILED, failed, nf);
+    notify(q, w, relayed_only ? DSN_RELAYED : DSN_DELIVERED, ok, nok);
+    notify(q, w, DSN_DELAYED, late, nlate);
+    e->finished = !e->tempfail;
+    if (e->finished) {
+        if (unlink(path) == -1 && errno != ENOENT)
+            log_err("%s: cannot remove spool file: %s", e->qid, strerror(errno));
+        else
+            log_info("%s: removed", e->qid);
+    } else {
+        /* keep what is settled, so a restart retries only the rest */
+        for (size_t i = 0; i < n; i++)
+            if (newly[i] && spool_append_status(path, i, e->done[i] == 1 ? QR_DONE : QR_FAILED,
+                                                w->r[i].text) == -1)
+                log_err("%s: cannot record the status of <%s>: %s", e->qid,
+                        w->env.rcpts[i].addr, strerror(errno));
+        if (nlate > 0)
+            spool_append_status(path, n, QR_WARNED, "delay notification sent");
+    }
+    free(failed);
+    free(ok);
+    free(late);
+    free(newly);
+}
+
+gpointer queue_worker_thread(gpointer arg)
+{
+    struct queue *q = arg;
+    for (;;) {
+        struct work ws[WORKER_BATCH];
+        size_t n = 0;
+        struct qentry *e = g_async_queue_pop(q->work);
+        if (e == &queue_stop_entry)
+            break;
+        memset(ws, 0, sizeof ws);
+        ws[n++].e = e;
+        bool stop = false;
+        while (n < WORKER_BATCH && (e = g_async_queue_try_pop(q->work)) != NULL) {
+            if (e == &queue_stop_entry) {
+                stop = true;
+                break;
+            }
+            ws[n++].e = e;
+        }
+        for (size_t i = 0; i < n; i++)
+            load(q, &ws[i]);
+        publish_batch(q, ws, n);
+        for (size_t i = 0; i < n; i++) {
+            settle(q, &ws[i]);
+            if (ws[i].loaded) {
+                free(ws[i].data);
+                free(ws[i].r);
+                queue_env_free(&ws[i].env);
+            }
+            g_async_queue_push(q->results, ws[i].e);
+        }
+        uint64_t one = 1;
+        ssize_t wr = write(q->efd, &one, sizeof one);
+        (void)wr;
+        if (stop)
+            break;
+    }
+    return NULL;
+}

@@ -1,0 +1,85 @@
+/*
+ * client.h - the SMTP/LMTP client (client.c): one connection to one next hop,
+ * driven step by step by a delivery thread with blocking I/O and a timeout on
+ * every read and write (RFC 5321 §4.5.3.2).  One transaction per call to
+ * smtp_client_send(); the connection can then be reused (RSET) for the next
+ * message to the same destination.
+ */
+#ifndef PEC_SMTP_CLIENT_H
+#define PEC_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* TLS policy of a destination (the names follow Postfix's smtp_tls_security_level). */
+enum tls_policy { TLSP_NONE, TLSP_MAY, TLSP_ENCRYPT, TLSP_VERIFY, TLSP_DANE };
+int tls_policy_parse(const char *s, enum tls_policy *out);
+const char *tls_policy_name(enum tls_policy p);
+
+/* What the server offered after (the last) EHLO. */
+enum {
+    EXT_PIPELINING = 1 << 0, EXT_SIZE = 1 << 1, EXT_8BITMIME = 1 << 2, EXT_SMTPUTF8 = 1 << 3,
+    EXT_DSN = 1 << 4, EXT_STARTTLS = 1 << 5, EXT_AUTH_PLAIN = 1 << 6, EXT_AUTH_LOGIN = 1 << 7,
+    EXT_REQUIRETLS = 1 << 8, EXT_CHUNKING = 1 << 9, EXT_ENHANCED = 1 << 10,
+};
+
+struct smtp_client_opts {
+    const char *helo;            /* our name */
+    bool lmtp;                   /* LHLO, one reply per recipient after DATA (RFC 2033) */
+    enum tls_policy tls;
+    SSL_CTX *tls_ctx;            /* client context; for VERIFY it holds the trust anchors */
+    const char *tls_name;        /* name the certificate must match (VERIFY) */
+    const char *auth_user;       /* AUTH PLAIN when set (only over TLS) */
+    const char *auth_pass;
+    unsigned timeout;            /* seconds per read or write */
+};
+
+/* A reply, or our own description of a local failure (code 4xx/5xx set). */
+struct smtp_reply {
+    int code;                    /* 250, 451, …; 0 = not set */
+    char text[512];              /* "5.1.1 <x>: no such user" (first line, no code) */
+};
+
+struct smtp_client_rcpt {
+    const char *addr;
+    unsigned notify;             /* SMTP_NOTIFY_* (smtp.h) */
+    const char *orcpt;           /* "rfc822;addr" or NULL */
+    struct smtp_reply reply;     /* filled: RCPT reply, or the DATA reply */
+};
+
+struct smtp_client_msg {
+    const char *sender;
+    uint64_t size;
+    bool eightbit;               /* BODY=8BITMIME */
+    bool smtputf8;
+    bool requiretls;             /* RFC 8689: sent only if offered, else refused */
+    int ret;                     /* 0, 1 FULL, 2 HDRS */
+    const char *envid;
+    const char *data;            /* the message, CRLF lines, not dot-stuffed */
+    size_t len;
+    struct smtp_client_rcpt *rcpts;
+    size_t nrcpts;
+};
+
+struct smtp_client;
+/* Connects to addr:port, reads the greeting, EHLO/LHLO, STARTTLS as the
+ * policy says, AUTH when configured.  NULL on failure with *fail set
+ * (code 4xx = try later, 5xx = permanent, e.g. a TLS policy failure). */
+struct smtp_client *smtp_client_open(const char *host, const char *addr, const char *port,
+                                     const struct smtp_client_opts *opts,
+                                     struct smtp_reply *fail);
+unsigned smtp_client_extensions(const struct smtp_client *c);
+bool smtp_client_tls_verified(const struct smtp_client *c);
+const char *smtp_client_tls_info(const struct smtp_client *c);   /* "TLSv1.3 CIPHER" or "" */
+/* One transaction.  Returns 0 when the transaction completed (each recipient's
+ * reply says whether it was accepted), -1 when the whole transaction failed
+ * (*fail says why; the connection must be closed). */
+int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct smtp_reply *fail);
+/* RSET for the next transaction; false if the connection is no longer usable. */
+bool smtp_client_reset(struct smtp_client *c);
+void smtp_client_close(struct smtp_client *c, bool quit);
+
+#endif

@@ -1,0 +1,130 @@
+"""A scriptable downstream SMTP server for the outbound tests, built on aiosmtpd.
+
+aiosmtpd refuses MAIL and RCPT parameters it does not know (REQUIRETLS, RET, ENVID,
+NOTIFY, ORCPT) and the null reverse-path, so MAIL and RCPT are re-implemented here to record
+whatever pecd sends; EHLO advertises what the test asks for (DSN, REQUIRETLS after TLS).
+"""
+import os
+import re
+import ssl
+import subprocess
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, syntax
+
+
+def make_ca_and_cert(d, name="localhost"):
+    """A test CA and a server certificate for `name` signed by it; returns (ca, cert, key)."""
+    ca_key, ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.crt")
+    key, csr, crt = os.path.join(d, "srv.key"), os.path.join(d, "srv.csr"), os.path.join(d, "srv.crt")
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=Test CA", "-keyout", ca_key, "-out", ca)
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", key, "-out", csr)
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-days", "2", "-extfile", ext, "-out", crt)
+    return ca, crt, key
+
+
+class Script:
+    """What the downstream server does; the test changes it while pecd retries."""
+
+    def __init__(self):
+        self.rcpt_replies = {}      # address -> list of replies, one per attempt ("250" = accept)
+        self.data_reply = "250 2.0.0 OK queued"
+        self.dsn = True
+        self.requiretls = False     # advertise REQUIRETLS (after STARTTLS only)
+        self.messages = []          # what arrived
+        self.lock = threading.Lock()
+
+    def rcpt_reply(self, addr):
+        with self.lock:
+            lst = self.rcpt_replies.get(addr.lower())
+            if not lst:
+                return "250 2.1.5 OK"
+            return lst.pop(0) if len(lst) > 1 else lst[0]
+
+
+class _Session(SMTP):
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg):
+        if await self.check_helo_needed():
+            return
+        m = re.match(r"(?i)FROM:\s*<([^>]*)>(.*)$", arg or "")
+        if not m:
+            return await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+        self.envelope.mail_from = m.group(1)
+        self.envelope.mail_options.extend(m.group(2).split())
+        await self.push("250 2.1.0 OK")
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg):
+        if self.envelope.mail_from is None:
+            return await self.push("503 5.5.1 need MAIL")
+        m = re.match(r"(?i)TO:\s*<([^>]*)>(.*)$", arg or "")
+        if not m:
+            return await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+        reply = self.event_handler.script.rcpt_reply(m.group(1))
+        if not reply.startswith("250"):
+            return await self.push(reply)
+        self.envelope.rcpt_tos.append(m.group(1))
+        self.envelope.rcpt_options.append(m.group(2).split())
+        await self.push(reply)
+
+
+class _Handler:
+    def __init__(self, script):
+        self.script = script
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        extra = ["250-ENHANCEDSTATUSCODES"]
+        if self.script.dsn:
+            extra.append("250-DSN")
+        if self.script.requiretls and server._tls_protocol:
+            extra.append("250-REQUIRETLS")
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.script.lock:
+            self.script.messages.append({
+                "mail_from": envelope.mail_from,
+                "mail_options": list(envelope.mail_options),
+                "rcpts": list(envelope.rcpt_tos),
+                "rcpt_options": list(envelope.rcpt_options),
+                "data": envelope.original_content,
+                "tls": server._tls_protocol is not None,
+            })
+        return self.script.data_reply
+
+
+class Downstream(Controller):
+    """Downstream(port, tls=(cert, key) or None); .script to steer, .stop() at the end."""
+
+    def __init__(self, port, tls=None):
+        self.script = Script()
+        self._tls = None
+        if tls:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
+        super().__init__(_Handler(self.script), hostname="127.0.0.1", port=port,
+                         server_hostname="mx.remote.test")
+
+    def factory(self):
+        return _Session(self.handler, hostname="mx.remote.test", tls_context=self._tls,
+                        enable_SMTPUTF8=True)
+
+    def wait_messages(self, n=1, timeout=15.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            with self.script.lock:
+                if len(self.script.messages) >= n:
+                    return list(self.script.messages)
+            time.sleep(0.05)
+        raise AssertionError(f"downstream got {len(self.script.messages)} messages, wanted {n}")

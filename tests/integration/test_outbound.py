@@ -1,0 +1,214 @@
+"""Outbound delivery (issue 5, first part): an authenticated user's mail to another domain is
+relayed over SMTP to the next hop of a static route, recipients grouped per transaction, with
+DSN parameters kept, per-recipient results, TLS policies and REQUIRETLS (RFC 8689), and
+RFC 3464 notifications back to the sender. The next hop is a scriptable aiosmtpd server."""
+import email
+import email.policy
+import os
+import time
+
+import pytest
+
+from downstream import Downstream, make_ca_and_cert
+from pecd_harness import free_port, message, password, unique_id
+
+ALICE = "alice@example.test"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_ca_and_cert(str(tmp_path))
+
+
+@pytest.fixture
+def downstream(request, pki):
+    ca, crt, key = pki
+    tls = getattr(request, "param", True)
+    d = Downstream(free_port(), tls=(crt, key) if tls else None)
+    d.start()
+    yield d
+    d.stop()
+
+
+def relay_instance(make_instance, downstream, pki, policy="may", extra=None):
+    conf = {
+        "routes": {"remote.test": f"localhost:{downstream.port}"},
+        "outbound": {"tls": policy, "ca_file": pki[0], "timeout": "10s"},
+    }
+    for k, v in (extra or {}).items():
+        conf.setdefault(k, {}).update(v)
+    return make_instance(conf=conf)
+
+
+def submit(inst, rcpts, msg, mail_params="", rcpt_params=None):
+    with inst.connect("submission") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+        assert c.mail_from(ALICE, mail_params) == "250 2.1.0 Sender OK"
+        for r in rcpts:
+            line = f"RCPT TO:<{r}>" + ((" " + rcpt_params[r]) if rcpt_params and r in rcpt_params else "")
+            assert c.cmd(line) == "250 2.1.5 Recipient OK", r
+        reply = c.data(msg)
+        assert reply.startswith("250 2.0.0 Ok: queued as"), reply
+        return reply.split()[-1]
+
+
+def wait_log(inst, text, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if text in inst.log(tail=2000):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"log never said {text!r}:\n{inst.log(tail=40)}")
+
+
+def reports(inst, addr):
+    """The notifications (multipart/report) in addr's Maildir, parsed."""
+    out = []
+    for m in inst.messages(addr):
+        msg = email.message_from_bytes(m.data, policy=email.policy.compat32)
+        if msg.get_content_type() == "multipart/report":
+            out.append(msg)
+    return out
+
+
+def wait_reports(inst, addr, n=1):
+    inst.wait_messages(addr, count=n)
+    r = reports(inst, addr)
+    assert len(r) >= n, [m.data[:300] for m in inst.messages(addr)]
+    return r
+
+
+def test_relay_groups_recipients_and_keeps_dsn_parameters(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki, policy="verify")
+    tid = unique_id("relay")
+    submit(inst, ["a@remote.test", "b@remote.test"], message(tid, sender=ALICE, to="a@remote.test"),
+           mail_params="RET=HDRS ENVID=env+2B1",
+           rcpt_params={"a@remote.test": "NOTIFY=FAILURE,DELAY ORCPT=rfc822;A@remote.test"})
+    got = downstream.wait_messages(1)
+    m = got[0]
+    assert m["mail_from"] == ALICE
+    assert sorted(m["rcpts"]) == ["a@remote.test", "b@remote.test"]   # one transaction
+    assert m["tls"], "policy verify: the relay used TLS"
+    opts = " ".join(m["mail_options"])
+    assert "RET=HDRS" in opts and "ENVID=env+2B1" in opts, opts
+    ropts = dict(zip(m["rcpts"], m["rcpt_options"]))
+    assert "NOTIFY=FAILURE,DELAY" in ropts["a@remote.test"]
+    assert "ORCPT=rfc822;A@remote.test" in ropts["a@remote.test"]
+    assert tid.encode() in m["data"]
+    assert b"Received: from client.test" in m["data"]
+    inst.wait_queue_empty()
+
+
+def test_unauthenticated_relay_is_refused(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki)
+    with inst.connect("mx") as c:
+        c.ehlo()
+        assert c.mail_from("x@client.test") == "250 2.1.0 Sender OK"
+        assert c.cmd("RCPT TO:<a@remote.test>") == "550 5.7.1 <a@remote.test>: Relay access denied"
+
+
+def test_per_recipient_results_bounce_and_retry(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki)
+    s = downstream.script
+    s.rcpt_replies["gone@remote.test"] = ["550 5.1.1 <gone@remote.test>: no such user"]
+    s.rcpt_replies["later@remote.test"] = ["451 4.3.0 try again later", "250 2.1.5 OK"]
+    tid = unique_id("partial")
+    submit(inst, ["ok@remote.test", "gone@remote.test", "later@remote.test"],
+           message(tid, sender=ALICE, to="ok@remote.test"))
+    got = downstream.wait_messages(2)
+    assert got[0]["rcpts"] == ["ok@remote.test"]
+    assert got[1]["rcpts"] == ["later@remote.test"], "only the deferred recipient is retried"
+    # the permanent failure is reported to alice, once, as an RFC 3464 report
+    (rep,) = wait_reports(inst, ALICE)
+    assert rep["From"].startswith("Mail Delivery System <MAILER-DAEMON@")
+    parts = rep.get_payload()
+    status = parts[1]
+    assert status.get_content_type() == "message/delivery-status"
+    text = status.as_string()
+    assert "Final-Recipient: rfc822; gone@remote.test" in text
+    assert "Action: failed" in text and "Status: 5.1.1" in text
+    assert "Diagnostic-Code: smtp; 550 5.1.1 <gone@remote.test>: no such user" in text
+    assert "ok@remote.test" not in text and "later@remote.test" not in text
+    assert parts[2].get_content_type() == "message/rfc822"     # RET=FULL is the default
+    inst.wait_queue_empty()
+    assert len(reports(inst, ALICE)) == 1
+    assert inst.messages(ALICE)[0].header("Return-Path") == "<>"
+
+
+@pytest.mark.parametrize("downstream", [False], indirect=True)
+def test_tls_required_but_not_offered_defers(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki, policy="encrypt")
+    submit(inst, ["a@remote.test"], message(unique_id("enc"), sender=ALICE, to="a@remote.test"))
+    wait_log(inst, "TLS is required (policy encrypt) but localhost does not offer STARTTLS")
+    assert downstream.script.messages == []
+    assert len(inst.queue_lines()) >= 1 and "a@remote.test" in inst.queue_lines()[0]
+
+
+@pytest.mark.parametrize("downstream", [False], indirect=True)
+def test_tls_required_no_header_relaxes_policy(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki, policy="encrypt")
+    msg = message(unique_id("tlsno"), sender=ALICE, to="a@remote.test")
+    msg = msg.replace(b"X-Test-Id:", b"TLS-Required: No\r\nX-Test-Id:", 1)
+    submit(inst, ["a@remote.test"], msg)
+    got = downstream.wait_messages(1)
+    assert not got[0]["tls"]
+
+
+def test_requiretls_needs_the_next_hop_to_offer_it(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki, policy="may")
+    tid = unique_id("rtls")
+    submit(inst, ["a@remote.test"], message(tid, sender=ALICE, to="a@remote.test"),
+           mail_params="REQUIRETLS")
+    (rep,) = wait_reports(inst, ALICE)
+    text = rep.get_payload()[1].as_string()
+    assert "Status: 5.7.30" in text, text
+    # RFC 8689 §5: the bounce returns the header only, whatever RET says
+    assert rep.get_payload()[2].get_content_type() == "text/rfc822-headers"
+    assert downstream.script.messages == []
+    inst.wait_queue_empty()
+
+
+def test_requiretls_relayed_when_offered_after_verified_tls(make_instance, downstream, pki):
+    downstream.script.requiretls = True
+    inst = relay_instance(make_instance, downstream, pki, policy="may")
+    submit(inst, ["a@remote.test"], message(unique_id("rtls-ok"), sender=ALICE, to="a@remote.test"),
+           mail_params="REQUIRETLS")
+    got = downstream.wait_messages(1)
+    assert got[0]["tls"]
+    assert "REQUIRETLS" in got[0]["mail_options"]
+
+
+def test_requiretls_with_untrusted_certificate_bounces(make_instance, downstream, pki, tmp_path):
+    downstream.script.requiretls = True
+    os.makedirs(tmp_path / "other")
+    other_ca = make_ca_and_cert(str(tmp_path / "other"))[0]    # not the downstream's CA
+    conf_pki = (other_ca, pki[1], pki[2])
+    inst = relay_instance(make_instance, downstream, conf_pki, policy="may")
+    submit(inst, ["a@remote.test"], message(unique_id("rtls-bad"), sender=ALICE, to="a@remote.test"),
+           mail_params="REQUIRETLS")
+    (rep,) = wait_reports(inst, ALICE)
+    assert "Status: 5.7.10" in rep.get_payload()[1].as_string()
+    assert downstream.script.messages == []
+
+
+def test_success_notification_when_asked(make_instance, downstream, pki):
+    inst = relay_instance(make_instance, downstream, pki)
+    submit(inst, ["a@remote.test"], message(unique_id("succ"), sender=ALICE, to="a@remote.test"),
+           rcpt_params={"a@remote.test": "NOTIFY=SUCCESS"})
+    downstream.wait_messages(1)
+    (rep,) = wait_reports(inst, ALICE)
+    assert "Action: delivered" in rep.get_payload()[1].as_string()   # the next hop does DSN
+
+
+def test_no_notification_for_never_or_null_sender(make_instance, downstream, pki):
+    s = downstream.script
+    s.rcpt_replies["gone@remote.test"] = ["550 5.1.1 no such user"]
+    inst = relay_instance(make_instance, downstream, pki)
+    submit(inst, ["gone@remote.test"], message(unique_id("never"), sender=ALICE, to="gone@remote.test"),
+           rcpt_params={"gone@remote.test": "NOTIFY=NEVER"})
+    inst.wait_queue_empty()
+    wait_log(inst, "status=bounced")
+    assert reports(inst, ALICE) == []

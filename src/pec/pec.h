@@ -1,0 +1,334 @@
+/*
+ * pec.h - the PEC domain (RFC 6109), in memory: certification data
+ * (daticert.xml), transport and anomaly envelopes, every receipt, S/MIME
+ * signing and verification, classification, and the formal checks of the
+ * access point.  No sockets and no disk: callers pass bytes in and get
+ * bytes out, so every rule is unit-testable.
+ *
+ * Conventions: functions return 0 on success and -1 on failure, with a
+ * reason written into a caller-supplied err buffer (err may be NULL).
+ * Strings are UTF-8.  Output buffers (pec_buf) are malloc'ed; release them
+ * with pec_buf_free().  Message bytes produced here use CRLF line ends.
+ *
+ * Where the English text of RFC 6109 and real providers disagree, real
+ * providers win (see DESIGN.md and PEC-SPEC-DIGEST.md §0).
+ */
+#ifndef PEC_PEC_H
+#define PEC_PEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* ---- vocabulary (RFC 6109 §8.1, App. A; daticert DTD) -------------------- */
+
+typedef enum pec_type {
+    PEC_TYPE_NONE = 0,                /* not a PEC message */
+    PEC_TYPE_POSTA_CERTIFICATA,       /* transport envelope, X-Trasporto: posta-certificata */
+    PEC_TYPE_ANOMALIA,                /* anomaly envelope,   X-Trasporto: errore */
+    PEC_TYPE_ACCETTAZIONE,            /* X-Ricevuta: ... (§3.1.4) */
+    PEC_TYPE_NON_ACCETTAZIONE,        /* §3.1.2, §3.1.3 (errore virus) */
+    PEC_TYPE_PRESA_IN_CARICO,         /* §3.2.1 */
+    PEC_TYPE_AVVENUTA_CONSEGNA,       /* §3.3.2 */
+    PEC_TYPE_ERRORE_CONSEGNA,         /* §3.3.3, §3.2.4 (errore virus) */
+    PEC_TYPE_PREAVVISO_ERRORE_CONSEGNA, /* §3.1.6, both timeout notices */
+    PEC_TYPE_RILEVAZIONE_VIRUS,       /* §3.2.3 */
+} pec_type;
+
+typedef enum pec_variant {
+    PEC_VARIANT_NONE = 0,
+    PEC_VARIANT_COMPLETA,
+    PEC_VARIANT_BREVE,
+    PEC_VARIANT_SINTETICA,
+} pec_variant;
+
+typedef enum pec_errore {
+    PEC_ERRORE_NESSUNO = 0,
+    PEC_ERRORE_NO_DEST,
+    PEC_ERRORE_NO_DOMINIO,
+    PEC_ERRORE_VIRUS,
+    PEC_ERRORE_ALTRO,
+} pec_errore;
+
+typedef enum pec_rcpt_kind {
+    PEC_RCPT_CERTIFICATO = 0,         /* domain in managedDomains (§2.2.1) */
+    PEC_RCPT_ESTERNO,
+} pec_rcpt_kind;
+
+/* Header value / daticert value; "errore" for the anomaly, "none" for NONE. */
+const char *pec_type_name(pec_type t);
+pec_type pec_type_parse(const char *s); /* NONE when unknown */
+const char *pec_variant_name(pec_variant v); /* NULL for NONE */
+pec_variant pec_variant_parse(const char *s);
+const char *pec_errore_name(pec_errore e);
+int pec_errore_parse(const char *s, pec_errore *out);
+
+typedef struct pec_buf {
+    unsigned char *data;
+    size_t len;
+} pec_buf;
+void pec_buf_free(pec_buf *b);
+
+/* ---- certification data: daticert.xml (§4.4) ------------------------------- */
+
+typedef struct pec_recipient {
+    char *addr;
+    pec_rcpt_kind kind;
+} pec_recipient;
+
+/*
+ * The fields of daticert.xml.  Parsed instances own their strings (free
+ * with pec_daticert_free); instances filled by a caller for building only
+ * borrow them.  Dates are kept as the text the DTD fixes.
+ */
+typedef struct pec_daticert {
+    pec_type tipo;
+    pec_errore errore;
+    /* intestazione: the original message's header data */
+    char *mittente;
+    pec_recipient *destinatari;
+    size_t n_destinatari;
+    char *risposte;
+    char *oggetto;                 /* NULL when absent */
+    /* dati */
+    char *gestore_emittente;
+    char zona[8];                  /* "+0100" */
+    char giorno[16];               /* "dd/mm/yyyy" */
+    char ora[16];                  /* "hh:mm:ss" */
+    char *identificativo;          /* PEC msgid, without < > */
+    char *msgid;                   /* client msgid, with < >, or NULL */
+    pec_variant ricevuta;          /* NONE when absent */
+    char *consegna;
+    char **ricezione;
+    size_t n_ricezione;
+    char *errore_esteso;
+    /* parse only: DTD deviations found while parsing leniently, or NULL */
+    char *warning;
+} pec_daticert;
+
+/* Fills zona/giorno/ora with the local legal time of t (§4.2, §4.4). */
+void pec_daticert_set_time(pec_daticert *d, time_t t);
+/* Serialises d as UTF-8 XML valid against the DTD. */
+int pec_daticert_build(const pec_daticert *d, pec_buf *out, char *err, size_t errsz);
+/* Parses leniently: well-formed XML with the fields present is accepted;
+ * DTD violations go to d->warning (interop d08).  -1 when not usable. */
+int pec_daticert_parse(const void *xml, size_t len, pec_daticert *d, char *err, size_t errsz);
+/* Validates against the RFC 6109 §4.4 DTD (held in memory). 0 = valid. */
+int pec_daticert_validate(const void *xml, size_t len, char *err, size_t errsz);
+void pec_daticert_free(pec_daticert *d);
+
+/* ---- signing: the narrow "sign these bytes" interface (§2.1, §5.1) -------- */
+
+/*
+ * A signer produces a detached CMS SignedData (DER) over exactly the bytes
+ * given, with SHA-256 and the signer's chain embedded.  The PEM
+ * implementation below holds the key in this process; an HSM (PKCS#11)
+ * implementation can provide the same two callbacks without touching callers.
+ */
+typedef struct pec_signer {
+    int (*sign)(void *ctx, const void *data, size_t len, pec_buf *der, char *err, size_t errsz);
+    void (*destroy)(void *ctx);
+    void *ctx;
+    char email[256];               /* SAN rfc822Name of the signing certificate */
+} pec_signer;
+
+/* key_pem: the private key; chain_pem: the signer certificate first, then
+ * intermediates.  The key is checked against the certificate. */
+pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *chain_pem,
+                               size_t chain_len, char *err, size_t errsz);
+void pec_signer_free(pec_signer *s);
+
+/* Wraps content (a MIME entity, canonical CRLF) into multipart/signed
+ * (RFC 5751 §3.4.3): headers + the signed entity + smime.p7s.  headers is a
+ * CRLF header block without MIME-Version/Content-Type, may be NULL. */
+int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size_t len,
+                   pec_buf *out, char *err, size_t errsz);
+
+/* ---- building envelopes and receipts (§3, §4.3) ---------------------------- */
+
+typedef struct pec_identity {
+    const char *domain;            /* mail domain: From posta-certificata@<domain> */
+    const char *name;              /* gestore-emittente, the providerName */
+    pec_signer *signer;
+} pec_identity;
+
+/*
+ * Everything one message needs.  Which fields matter depends on type:
+ *  - original: the original message bytes.  For POSTA_CERTIFICATA, the message
+ *    as submitted (its Message-ID is replaced by pec_id and
+ *    X-Riferimento-Message-ID added, §2.2.1); for ANOMALIA, the whole received
+ *    message; for AVVENUTA_CONSEGNA completa/breve, postacert.eml of the
+ *    envelope.  Also the source of Subject/To/Cc/Reply-To when the explicit
+ *    fields are NULL.
+ *  - sender: the original reverse-path (mittente); recipients: To+Cc with
+ *    their kind (destinatari).  notify_to: To of presa-in-carico and
+ *    rilevazione-virus (the sender provider's mailReceipt); other receipts go
+ *    to sender (§2.1, digest D5).
+ *  - pec_id: the PEC msgid (identificativo); orig_msgid: the client's
+ *    Message-ID with < >, or NULL; message_id: this message's own Message-ID
+ *    without < > (envelopes: NULL means pec_id; anomaly: NULL keeps the
+ *    received one).
+ */
+typedef struct pec_build_args {
+    pec_type type;
+    pec_errore errore;             /* non-accettazione/errore-consegna: VIRUS selects §3.1.3/§3.2.4 */
+    pec_variant variant;           /* envelope: requested (X-TipoRicevuta); consegna: produced */
+    const void *original;
+    size_t original_len;
+    const char *sender;
+    const pec_recipient *recipients;
+    size_t n_recipients;
+    const char *reply_to;          /* NULL: from original, else sender */
+    const char *subject;           /* NULL: from original */
+    time_t when;                   /* the event time, one per transaction (§4.1) */
+    const char *pec_id;
+    const char *orig_msgid;
+    const char *message_id;
+    const char *notify_to;
+    const char *consegna;          /* the recipient delivered to / attempted */
+    const char *const *ricezione;  /* presa-in-carico: recipients covered */
+    size_t n_ricezione;
+    const char *errore_esteso;     /* reason (non-acceptance, errors, anomaly, virus id) */
+} pec_build_args;
+
+/* Builds and signs a complete message (headers + multipart/signed), ready
+ * for SMTP (CRLF, no dot-stuffing). */
+int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, char *err,
+              size_t errsz);
+/* Builds the unsigned multipart/mixed body and the header block separately
+ * (used by pec_build; exposed for tests and for signing elsewhere). */
+int pec_build_unsigned(const pec_identity *id, const pec_build_args *a, pec_buf *headers,
+                       pec_buf *body, char *err, size_t errsz);
+
+/* Copy of an original with Message-ID replaced by <pec_id> and
+ * X-Riferimento-Message-ID added (§2.2.1); the body is kept byte for byte. */
+int pec_original_rewrite(const void *orig, size_t len, const char *pec_id, pec_buf *out,
+                         char *err, size_t errsz);
+/* The breve form of an original (§3.3.2.2): every named attachment replaced
+ * by a text/plain part "<name>.hash" holding 40 lowercase hex digits of the
+ * SHA-1 of its body as transmitted (encoded form, CRLF; DESIGN.md). */
+int pec_breve_transform(const void *orig, size_t len, pec_buf *out, char *err, size_t errsz);
+
+/* The original carried by an envelope (postacert.eml, §3.1.5), for the
+ * delivery point's completa/breve receipts. -1 when there is none. */
+int pec_envelope_original(const void *env, size_t len, pec_buf *out, char *err, size_t errsz);
+
+/* A PEC msgid in OpenPEC shape: opec<N>.<YYYYMMDDhhmmss>.<pid>.<n>.1.<n>@<domain>.
+ * seq distinguishes ids made in one second by one process. */
+int pec_make_msgid(char *buf, size_t size, const char *domain, time_t when, unsigned long seq);
+
+/* ---- classification and verification (§2.2.2, §3) ------------------------- */
+
+typedef struct pec_class {
+    pec_type type;
+    pec_variant variant;           /* envelope: X-TipoRicevuta (absent = completa);
+                                      avvenuta-consegna: daticert <ricevuta> */
+    pec_errore errore;             /* from daticert when readable */
+    bool virus;                    /* X-VerificaSicurezza: errore */
+    bool signed_entity;            /* a multipart/signed was found */
+    bool rewrapped;                /* found inside a message/rfc822 (e.g. a list) */
+} pec_class;
+
+/* Classifies by the headers RFC 6109 defines (X-Ricevuta first, then
+ * X-Trasporto), case-insensitively; never by Subject.  -1 = unreadable. */
+int pec_classify(const void *msg, size_t len, pec_class *out, char *err, size_t errsz);
+
+/* A reason for every distinct failure; the stable name is in pec_reason_name. */
+typedef enum pec_reason {
+    PEC_OK = 0,
+    PEC_R_UNREADABLE,              /* not a parsable message */
+    PEC_R_NOT_PEC,                 /* no X-Ricevuta / X-Trasporto */
+    PEC_R_NO_SIGNATURE,            /* no multipart/signed or no signature part */
+    PEC_R_BAD_SIGNATURE_FORMAT,    /* signature part unreadable (not CMS) */
+    PEC_R_CONTENT_CHANGED,         /* digest mismatch: bytes changed after signing */
+    PEC_R_BAD_SIGNATURE,           /* signature value wrong for the signer key */
+    PEC_R_CERT_EXPIRED,
+    PEC_R_CERT_NOT_YET_VALID,
+    PEC_R_UNTRUSTED,               /* no chain to the trust anchors */
+    PEC_R_REVOKED,                 /* listed in the CRL */
+    PEC_R_BAD_KEY_USAGE,           /* no digitalSignature / no emailProtection */
+    PEC_R_NOT_IN_DIRECTORY,        /* certificate hash not in providerCertificateHash */
+    PEC_R_SIGNER_MISMATCH,         /* From address differs from the certificate's */
+    PEC_R_DATICERT_MISSING,
+    PEC_R_DATICERT_INVALID,
+    PEC_R_INCONSISTENT,            /* daticert disagrees with the headers */
+    PEC_R_FORMAT,                  /* MIME layout not as §4.3 says */
+} pec_reason;
+const char *pec_reason_name(pec_reason r);
+
+/* Trust configuration, prepared once and shared by many verifications. */
+typedef struct pec_trust pec_trust;
+pec_trust *pec_trust_new(void);
+/* Adds trust anchors (PEM, one or more certificates).  With none, the
+ * topmost certificate embedded in each message serves as anchor (reported
+ * in pec_verdict.trust_embedded). */
+int pec_trust_add_ca_pem(pec_trust *t, const void *pem, size_t len, char *err, size_t errsz);
+/* Adds CRLs (PEM); revocation is then checked for the signer certificate. */
+int pec_trust_add_crl_pem(pec_trust *t, const void *pem, size_t len, char *err, size_t errsz);
+/* Providers' directory: the SHA-1 hex of known signing certificates
+ * (providerCertificateHash, §4.5.1; compared case-insensitively). */
+int pec_trust_add_cert_hash(pec_trust *t, const char *sha1hex);
+/* Reads every providerCertificateHash (and providerCertificate;binary) of an
+ * LDIF text (RFC 2849).  Returns the number of hashes added, or -1. */
+int pec_trust_load_ldif(pec_trust *t, const void *ldif, size_t len, char *err, size_t errsz);
+/* Verifies at this time instead of the signing time (tests; 0 = signing time). */
+void pec_trust_set_time(pec_trust *t, time_t at);
+void pec_trust_free(pec_trust *t);
+
+typedef struct pec_verdict {
+    pec_class cls;
+    bool valid;
+    pec_reason reason;
+    char detail[256];              /* human explanation of reason */
+    char signer_subject[256];
+    char signer_email[256];
+    char signer_sha1[41];          /* lowercase hex of the DER certificate */
+    char digest[16];               /* "sha256", "sha1", ... */
+    time_t signing_time;           /* 0 when absent */
+    bool trust_embedded;           /* anchored on the message's own chain */
+    bool directory_checked;
+    pec_daticert *daticert;        /* NULL when absent */
+} pec_verdict;
+
+/* Classifies and verifies msg over its exact bytes (only bare LF is taken
+ * to CRLF, the RFC 5751 §3.1.1 canonical form).  Returns 0 when a verdict
+ * was reached (valid or not), -1 when the bytes are not a message. */
+int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, char *err,
+               size_t errsz);
+void pec_verdict_free(pec_verdict *v);
+
+/* ---- formal checks of the access point (§3.1.1) ---------------------------- */
+
+typedef enum pec_check_rule {
+    PEC_CHECK_OK = 0,
+    PEC_CHECK_SYNTAX,              /* not an RFC 5322 message / no header-body break */
+    PEC_CHECK_FROM,                /* From: missing or not exactly one mailbox */
+    PEC_CHECK_TO,                  /* To: missing or without a valid address */
+    PEC_CHECK_REVERSE_PATH,        /* MAIL FROM differs from From: */
+    PEC_CHECK_FORWARD_PATH,        /* a RCPT TO not in To:/Cc: (a Bcc) */
+    PEC_CHECK_BCC,                 /* Bcc: with a value */
+    PEC_CHECK_SIZE,                /* size x recipients above the limit */
+} pec_check_rule;
+
+typedef struct pec_check_input {
+    const void *msg;
+    size_t len;
+    const char *reverse_path;
+    const char *const *forward_paths;
+    size_t n_forward;
+    uint64_t max_total;            /* size x recipients limit; 0 = 30 MB (§3.1.1) */
+} pec_check_input;
+
+typedef struct pec_check_result {
+    pec_check_rule rule;
+    char detail[256];              /* for the non-acceptance text */
+} pec_check_result;
+
+/* Returns 0 when every check passed, -1 with r->rule naming the first failure. */
+int pec_check_submission(const pec_check_input *in, pec_check_result *r);
+const char *pec_check_rule_name(pec_check_rule r);
+/* Address comparison of DESIGN.md: local part exact, domain case-insensitive. */
+bool pec_addr_equal(const char *a, const char *b);
+
+#endif

@@ -1,0 +1,20 @@
+/*
+ * pec_classify.h - internal interface between classification and
+ * verification (src/pec only).
+ */
+#ifndef PEC_CLASSIFY_H
+#define PEC_CLASSIFY_H
+
+#include "pec/pec_internal.h"
+
+/* The message carrying the PEC headers: top itself, or one found inside a
+ * message/rfc822 part (rewrapped).  NONE type when there is none. */
+GMimeMessage *pec_locate(GMimeMessage *top, pec_type *type, bool *virus, bool *rewrapped);
+/* The multipart/signed entity of m: its body, or the first one below it. */
+GMimeObject *pec_signed_entity(GMimeMessage *m, bool *nested);
+/* Classification of an already parsed message; d (when have_d) gives the
+ * variant of delivery receipts and the errore. */
+void pec_classify_msg(GMimeMessage *top, pec_class *c, pec_daticert *d, bool have_d,
+                      GMimeMessage **pecmsg);
+
+#endif

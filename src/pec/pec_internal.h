@@ -1,0 +1,34 @@
+/*
+ * pec_internal.h - helpers shared by the files of src/pec; not a public
+ * interface.
+ */
+#ifndef PEC_INTERNAL_H
+#define PEC_INTERNAL_H
+
+#include "mime/mime.h"
+#include "pec/pec.h"
+
+/* Writes a formatted message into err (when given) and returns -1. */
+int pec_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* strdup of s without leading and trailing white space; NULL on ENOMEM. */
+char *pec_strdup_trim(const char *s);
+/* Moves a mime_buf into a pec_buf (the mime_buf is left empty). */
+void pec_buf_take(pec_buf *dst, mime_buf *src);
+/* Lowercase hex of len bytes into out (2*len+1 bytes). */
+void pec_hex(const unsigned char *in, size_t len, char *out);
+
+/* The Message-ID value without its angle brackets, newly allocated. */
+char *pec_strip_brackets(const char *s);
+
+/* Human-readable texts (pec_text.c): plain (ISO-8859-1 representable
+ * UTF-8) and HTML of the same facts (§4.3.1). */
+int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_daticert *d,
+                    mime_buf *plain, mime_buf *html);
+
+/* The first rfc822Name of an X509's subjectAltName (pec_sign.c). */
+void pec_cert_email(const void *x509, char *out, size_t size);
+
+/* Finds the daticert.xml part below obj (decoded content appended to out). */
+int pec_find_daticert(GMimeObject *obj, mime_buf *out);
+
+#endif

@@ -1,0 +1,254 @@
+/*
+ * test_build.c - the header fields and layout of each message (RFC 6109 §3,
+ * digest §1 and §0): From, To, Reply-To, Message-ID, X-Riferimento-Message-ID,
+ * the copied fields of the envelopes, the original rewritten at the access
+ * point, the breve hashes, and the arguments each type requires.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <openssl/sha.h>
+
+#include "testutil.h"
+
+static bool has(const pec_buf *m, const char *s)
+{
+    return memmem(m->data, m->len, s, strlen(s)) != NULL;
+}
+
+/* The header block (up to the first empty line). */
+static char *headers_of(const pec_buf *m)
+{
+    const unsigned char *e = memmem(m->data, m->len, "\r\n\r\n", 4);
+    assert_non_null(e);
+    return strndup((const char *)m->data, (size_t)(e - m->data) + 2);
+}
+
+static void test_envelope_headers(void **state)
+{
+    (void)state;
+    pec_buf m;
+    assert_int_equal(tbuild(PEC_TYPE_POSTA_CERTIFICATA, PEC_VARIANT_BREVE, 0, &m), 0);
+    char *h = headers_of(&m);
+    assert_non_null(strstr(h, "From: \"Per conto di: mario.rossi@pec.a.example\" "
+                              "<posta-certificata@pec.a.example>\r\n"));
+    assert_non_null(strstr(h, "Reply-To: mario.rossi@pec.a.example\r\n"));
+    assert_non_null(strstr(h, "To: Anna Bianchi <anna.bianchi@pec.b.example>, "
+                              "luca@ordinaria.example\r\n"));
+    assert_non_null(strstr(h, "Cc: carla@pec.b.example\r\n"));
+    assert_non_null(strstr(h, "Received: from client.example ([192.0.2.1]) by "
+                              "mx.pec.a.example with ESMTPSA;\r\n\tMon, 16 Jun 2025"));
+    assert_non_null(strstr(h, "Return-Path: <mario.rossi@pec.a.example>\r\n"));
+    assert_non_null(strstr(h, "Date: Mon, 16 Jun 2025 10:15:00 +0200\r\n"));
+    assert_non_null(strstr(h, "X-Riferimento-Message-ID: <abc123@client.example>\r\n"));
+    assert_non_null(strstr(h, "X-TipoRicevuta: breve\r\n"));
+    assert_non_null(strstr(h, "Subject: POSTA CERTIFICATA: Contratto n. 42 =?UTF-8?"));
+    assert_null(strstr(h, "Sender:")); /* D13 */
+    /* the envelope's Message-ID is the PEC msgid, also inside postacert.eml */
+    char *mid = strstr(h, "Message-ID: <opec1.20250616101500.");
+    assert_non_null(mid);
+    char id[128];
+    assert_int_equal(sscanf(mid, "Message-ID: <%127[^>]>", id), 1);
+    free(h);
+    const unsigned char *pc = memmem(m.data, m.len, "name=\"postacert.eml\"", 20);
+    assert_non_null(pc);
+    char want[400];
+    snprintf(want, sizeof want, "\r\n\r\nMessage-ID: <%s>\r\nX-Riferimento-Message-ID: "
+                                "<abc123@client.example>\r\nReturn-Path:", id);
+    assert_true(has(&m, want));
+    /* the original body is untouched, trailing spaces included */
+    assert_true(has(&m, "Buongiorno, in allegato il contratto.   \r\n"));
+    assert_true(has(&m, "Content-Transfer-Encoding: 8bit\r\n")); /* 8-bit original */
+    pec_buf_free(&m);
+}
+
+static void test_receipt_headers(void **state)
+{
+    (void)state;
+    pec_buf m;
+    assert_int_equal(tbuild(PEC_TYPE_ACCETTAZIONE, 0, 0, &m), 0);
+    char *h = headers_of(&m);
+    assert_non_null(strstr(h, "From: posta-certificata@pec.a.example\r\n"));
+    assert_non_null(strstr(h, "To: mario.rossi@pec.a.example\r\n"));
+    assert_non_null(strstr(h, "Message-ID: <opec1.20250616101500.99.8.1.8@pec.a.example>\r\n"));
+    assert_non_null(strstr(h, "X-Ricevuta: accettazione\r\n"));
+    assert_null(strstr(h, "X-Trasporto"));
+    assert_null(strstr(h, "X-TipoRicevuta"));
+    free(h);
+    assert_true(has(&m, "posta certificata"));
+    assert_true(has(&m, "posta ordinaria"));
+    pec_buf_free(&m);
+    /* presa in carico goes to the sender provider's mailReceipt */
+    assert_int_equal(tbuild(PEC_TYPE_PRESA_IN_CARICO, 0, 0, &m), 0);
+    h = headers_of(&m);
+    assert_non_null(strstr(h, "To: ricevute@pec.a.example\r\n"));
+    free(h);
+    pec_buf_free(&m);
+    /* rilevazione virus: X-Mittente and the mailReceipt */
+    assert_int_equal(tbuild(PEC_TYPE_RILEVAZIONE_VIRUS, 0, PEC_ERRORE_VIRUS, &m), 0);
+    h = headers_of(&m);
+    assert_non_null(strstr(h, "X-Mittente: mario.rossi@pec.a.example\r\n"));
+    assert_non_null(strstr(h, "To: ricevute@pec.a.example\r\n"));
+    assert_null(strstr(h, "X-VerificaSicurezza")); /* not listed for §3.2.3 */
+    free(h);
+    pec_buf_free(&m);
+}
+
+static void test_anomaly(void **state)
+{
+    (void)state;
+    pec_buf m;
+    assert_int_equal(tbuild(PEC_TYPE_ANOMALIA, 0, 0, &m), 0);
+    char *h = headers_of(&m);
+    /* §3.2.2: the received Message-ID is kept */
+    assert_non_null(strstr(h, "Message-ID: <abc123@client.example>\r\n"));
+    assert_non_null(strstr(h, "X-Trasporto: errore\r\n"));
+    assert_non_null(strstr(h, "Subject: ANOMALIA MESSAGGIO: "));
+    free(h);
+    assert_false(has(&m, "daticert.xml"));
+    assert_false(has(&m, "text/html"));
+    assert_true(has(&m, "firma non valida"));
+    pec_buf_free(&m);
+}
+
+static void test_breve_hashes(void **state)
+{
+    (void)state;
+    size_t olen;
+    const char *o = torig(&olen);
+    pec_buf b;
+    assert_int_equal(pec_breve_transform(o, olen, &b, NULL, 0), 0);
+    /* SHA-1 of the base64 body as transmitted, without the delimiter's CRLF */
+    static const char body[] = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K";
+    unsigned char md[20];
+    SHA1((const unsigned char *)body, sizeof body - 1, md);
+    char hex[41];
+    for (int i = 0; i < 20; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    pec_buf tmp = b;
+    assert_true(has(&tmp, hex));
+    assert_true(has(&tmp, "filename=contratto.pdf.hash"));
+    assert_false(has(&tmp, body));
+    assert_true(has(&tmp, "Buongiorno, in allegato il contratto."));
+    assert_true(has(&tmp, "Message-ID: <abc123@client.example>"));
+    pec_buf_free(&b);
+    /* an S/MIME-encrypted original is left as is */
+    static const char enc[] = "From: a@b.example\r\nTo: c@d.example\r\nMIME-Version: 1.0\r\n"
+                              "Content-Type: application/pkcs7-mime; smime-type=enveloped-data;"
+                              " name=\"smime.p7m\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                              "MIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n";
+    assert_int_equal(pec_breve_transform(enc, sizeof enc - 1, &b, NULL, 0), 0);
+    tmp = b;
+    assert_true(has(&tmp, "MIAGCSqGSIb3DQEHA6CAMIACAQAx"));
+    pec_buf_free(&b);
+}
+
+static void test_rewrite(void **state)
+{
+    (void)state;
+    static const char o[] = "From: a@b.example\nMessage-ID:\n <x@y>\nX-Riferimento-Message-ID: <forged@z>\n"
+                            "Subject: s\n\nbody\n";
+    pec_buf r;
+    assert_int_equal(pec_original_rewrite(o, sizeof o - 1, "opec1.1@pec.a.example", &r, NULL, 0), 0);
+    static const char want[] = "Message-ID: <opec1.1@pec.a.example>\r\nX-Riferimento-Message-ID: "
+                               "<x@y>\r\nFrom: a@b.example\nSubject: s\n\nbody\n";
+    assert_int_equal(r.len, sizeof want - 1);
+    assert_memory_equal(r.data, want, r.len);
+    pec_buf_free(&r);
+    assert_int_equal(pec_original_rewrite("no header end", 13, "a@b", &r, NULL, 0), -1);
+}
+
+static void test_required_arguments(void **state)
+{
+    (void)state;
+    const struct tpki *k = tpki_get();
+    pec_signer *s = tsigner(&k->signer);
+    pec_recipient r = {"x@pec.b.example", PEC_RCPT_CERTIFICATO};
+    pec_build_args a = {.type = PEC_TYPE_AVVENUTA_CONSEGNA, .variant = PEC_VARIANT_SINTETICA,
+                        .sender = "m@pec.a.example", .recipients = &r, .n_recipients = 1,
+                        .when = 1750061700, .pec_id = "opec1.x@pec.a.example",
+                        .message_id = "opec1.y@pec.b.example"};
+    pec_buf m;
+    char err[256];
+    /* the signer's address must be the From of the domain (§2.1) */
+    pec_identity wrong = {.domain = "pec.b.example", .name = "B", .signer = s};
+    assert_int_equal(pec_build(&wrong, &a, &m, err, sizeof err), -1);
+    assert_non_null(strstr(err, "§2.1"));
+    pec_identity id = {.domain = "pec.a.example", .name = "A", .signer = s};
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), -1); /* no consegna */
+    a.consegna = "x@pec.b.example";
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), 0);
+    pec_buf_free(&m);
+    a.type = PEC_TYPE_PRESA_IN_CARICO; /* needs ricezione and notify_to */
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), -1);
+    a.type = PEC_TYPE_POSTA_CERTIFICATA; /* needs the original */
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), -1);
+    a.type = PEC_TYPE_ACCETTAZIONE;
+    a.subject = "evil\r\nBcc: x@y.example";
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), 0);
+    {
+        /* no header injection (the text body may wrap anywhere) */
+        char *h = headers_of(&m);
+        assert_null(strstr(h, "\r\nBcc:"));
+        assert_non_null(strstr(h, "Subject: ACCETTAZIONE: evil  Bcc: x@y.example\r\n"));
+        free(h);
+    }
+    pec_buf_free(&m);
+    a.sender = "bad address\r\nBcc: x@y";
+    assert_int_equal(pec_build(&id, &a, &m, err, sizeof err), -1);
+    pec_signer_free(s);
+    char buf[128];
+    assert_int_equal(pec_make_msgid(buf, sizeof buf, "pec.a.example", 1750061700, 12), 0);
+    assert_non_null(strstr(buf, "opec1.20250616101500."));
+    assert_non_null(strstr(buf, ".12.1.12@pec.a.example"));
+}
+
+/* The delivery point takes postacert.eml out of the envelope and makes a
+ * completa receipt from it: the client msgid survives the round trip. */
+static void test_envelope_original_to_receipt(void **state)
+{
+    (void)state;
+    pec_buf env, orig;
+    assert_int_equal(tbuild(PEC_TYPE_POSTA_CERTIFICATA, PEC_VARIANT_COMPLETA, 0, &env), 0);
+    assert_int_equal(pec_envelope_original(env.data, env.len, &orig, NULL, 0), 0);
+    assert_true(has(&orig, "X-Riferimento-Message-ID: <abc123@client.example>"));
+    assert_true(has(&orig, "Buongiorno, in allegato il contratto.   \r\n"));
+    const struct tpki *k = tpki_get();
+    pec_signer *s = tsigner(&k->signer);
+    pec_identity id = {.domain = "pec.a.example", .name = "A", .signer = s};
+    pec_recipient r = {"anna.bianchi@pec.b.example", PEC_RCPT_CERTIFICATO};
+    pec_build_args a = {.type = PEC_TYPE_AVVENUTA_CONSEGNA, .variant = PEC_VARIANT_BREVE,
+                        .original = orig.data, .original_len = orig.len,
+                        .sender = "mario.rossi@pec.a.example", .recipients = &r,
+                        .n_recipients = 1, .when = 1750061800, .pec_id = "opec1.x@pec.a.example",
+                        .message_id = "opec1.z@pec.a.example",
+                        .consegna = "anna.bianchi@pec.b.example"};
+    pec_buf m;
+    assert_int_equal(pec_build(&id, &a, &m, NULL, 0), 0);
+    assert_true(has(&m, "X-Riferimento-Message-ID: <abc123@client.example>\r\n"));
+    assert_true(has(&m, "contratto.pdf.hash"));
+    pec_buf_free(&m);
+    pec_signer_free(s);
+    pec_buf_free(&orig);
+    assert_int_equal(pec_envelope_original("a: b\r\n\r\nx", 10, &orig, NULL, 0), -1);
+    pec_buf_free(&env);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_envelope_headers),
+        cmocka_unit_test(test_receipt_headers),
+        cmocka_unit_test(test_anomaly),
+        cmocka_unit_test(test_breve_hashes),
+        cmocka_unit_test(test_rewrite),
+        cmocka_unit_test(test_required_arguments),
+        cmocka_unit_test(test_envelope_original_to_receipt),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

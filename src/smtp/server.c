@@ -108,6 +108,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg);
 /* ---- replies ------------------------------------------------------------- */
 
 static void send_reply(struct session *s, bool count, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void send_reply(struct session *s, bool count, const char *fmt, va_list ap)
 {
     char buf[1024];
     int n = vsnprintf(buf, sizeof buf - 2, fmt, ap);

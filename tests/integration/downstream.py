@@ -4,6 +4,8 @@ aiosmtpd refuses MAIL and RCPT parameters it does not know (REQUIRETLS, RET, ENV
 NOTIFY, ORCPT) and the null reverse-path, so MAIL and RCPT are re-implemented here to record
 whatever pecd sends; EHLO advertises what the test asks for (DSN, REQUIRETLS after TLS).
 """
+import email
+import email.policy
 import os
 import re
 import ssl
@@ -13,6 +15,10 @@ import time
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, syntax
+
+from pecd_harness import password
+
+ALICE = "alice@example.test"
 
 
 def make_ca_and_cert(d, name="localhost"):
@@ -128,3 +134,48 @@ class Downstream(Controller):
                     return list(self.script.messages)
             time.sleep(0.05)
         raise AssertionError(f"downstream got {len(self.script.messages)} messages, wanted {n}")
+
+
+# ---- helpers shared by the outbound tests
+
+def submit(inst, rcpts, msg, mail_params="", rcpt_params=None):
+    with inst.connect("submission") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+        assert c.mail_from(ALICE, mail_params) == "250 2.1.0 Sender OK"
+        for r in rcpts:
+            line = f"RCPT TO:<{r}>" + ((" " + rcpt_params[r]) if rcpt_params and r in rcpt_params else "")
+            assert c.cmd(line) == "250 2.1.5 Recipient OK", r
+        reply = c.data(msg)
+        assert reply.startswith("250 2.0.0 Ok: queued as"), reply
+        return reply.split()[-1]
+
+
+def wait_log(inst, text, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if text in inst.log(tail=2000):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"log never said {text!r}:\n{inst.log(tail=40)}")
+
+
+def reports(inst, addr):
+    """The notifications (multipart/report) in addr's Maildir, parsed."""
+    out = []
+    for m in inst.messages(addr):
+        msg = email.message_from_bytes(m.data, policy=email.policy.compat32)
+        if msg.get_content_type() == "multipart/report":
+            out.append(msg)
+    return out
+
+
+def wait_reports(inst, addr, n=1):
+    inst.wait_messages(addr, count=n)
+    r = reports(inst, addr)
+    assert len(r) >= n, [m.data[:300] for m in inst.messages(addr)]
+    return r
+
+

@@ -2,14 +2,11 @@
 relayed over SMTP to the next hop of a static route, recipients grouped per transaction, with
 DSN parameters kept, per-recipient results, TLS policies and REQUIRETLS (RFC 8689), and
 RFC 3464 notifications back to the sender. The next hop is a scriptable aiosmtpd server."""
-import email
-import email.policy
 import os
-import time
 
 import pytest
 
-from downstream import Downstream, make_ca_and_cert
+from downstream import Downstream, make_ca_and_cert, reports, submit, wait_log, wait_reports
 from pecd_harness import free_port, message, password, unique_id
 
 ALICE = "alice@example.test"
@@ -38,47 +35,6 @@ def relay_instance(make_instance, downstream, pki, policy="may", extra=None):
     for k, v in (extra or {}).items():
         conf.setdefault(k, {}).update(v)
     return make_instance(conf=conf)
-
-
-def submit(inst, rcpts, msg, mail_params="", rcpt_params=None):
-    with inst.connect("submission") as c:
-        c.ehlo()
-        c.starttls()
-        c.ehlo()
-        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
-        assert c.mail_from(ALICE, mail_params) == "250 2.1.0 Sender OK"
-        for r in rcpts:
-            line = f"RCPT TO:<{r}>" + ((" " + rcpt_params[r]) if rcpt_params and r in rcpt_params else "")
-            assert c.cmd(line) == "250 2.1.5 Recipient OK", r
-        reply = c.data(msg)
-        assert reply.startswith("250 2.0.0 Ok: queued as"), reply
-        return reply.split()[-1]
-
-
-def wait_log(inst, text, timeout=15.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if text in inst.log(tail=2000):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"log never said {text!r}:\n{inst.log(tail=40)}")
-
-
-def reports(inst, addr):
-    """The notifications (multipart/report) in addr's Maildir, parsed."""
-    out = []
-    for m in inst.messages(addr):
-        msg = email.message_from_bytes(m.data, policy=email.policy.compat32)
-        if msg.get_content_type() == "multipart/report":
-            out.append(msg)
-    return out
-
-
-def wait_reports(inst, addr, n=1):
-    inst.wait_messages(addr, count=n)
-    r = reports(inst, addr)
-    assert len(r) >= n, [m.data[:300] for m in inst.messages(addr)]
-    return r
 
 
 def test_relay_groups_recipients_and_keeps_dsn_parameters(make_instance, downstream, pki):

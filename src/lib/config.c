@@ -302,6 +302,14 @@ static int handler(void *user, const char *section, const char *name, const char
             return handle_u64(ctx, name, value, &cfg->out_max_per_destination, true, 1);
         else if (strcmp(name, "dns_trust_anchor") == 0)
             set_str(&cfg->dns_trust_anchor, value);
+        else if (strcmp(name, "dns_server") == 0)
+            set_str(&cfg->dns_server, value);
+        else if (strcmp(name, "mx_port") == 0) {
+            int r = handle_u64(ctx, name, value, &cfg->mx_port, true, 1);
+            if (r && cfg->mx_port > 65535)
+                return fail(ctx, "mx_port: at most 65535");
+            return r;
+        }
         else
             return fail(ctx, "unknown key '%s' in [outbound]", name);
         return 1;
@@ -387,6 +395,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->delay_warning = 4 * 3600;
     cfg->out_timeout = 300;
     cfg->out_max_per_destination = 10;
+    cfg->mx_port = 25;
     cfg->sync_fs = true;
 
     int line = ini_parse(path, handler, &ctx);
@@ -480,7 +489,7 @@ void config_free(struct config *cfg)
                      &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
                      &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
                      &cfg->mailbox,   &cfg->passwd_file, &cfg->out_helo, &cfg->out_tls,
-                     &cfg->out_ca_file, &cfg->dns_trust_anchor};
+                     &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)

@@ -86,7 +86,9 @@ struct config {
     char *out_ca_file;              /* trust anchors for verify */
     uint64_t out_timeout;
     uint64_t out_max_per_destination;
-    char *dns_trust_anchor;         /* DNSSEC root key file; unset = no validation */
+    char *dns_trust_anchor;         /* DNSSEC trust anchor file; unset = no validation */
+    char *dns_server;               /* forward DNS queries here ("IP[@PORT]"); unset = resolv.conf */
+    uint64_t mx_port;               /* port of MX hosts (25; other values are for tests) */
 
     /* [routes] and [tls_policy]: domain -> value */
     struct config_kv { char *key; char *value; } routes[CONFIG_MAX_ROUTES], tls_policies[CONFIG_MAX_ROUTES];

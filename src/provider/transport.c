@@ -74,6 +74,7 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
     t->cfg = cfg;
     t->client_ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(t->client_ctx, TLS1_2_VERSION);
+    SSL_CTX_dane_enable(t->client_ctx);
     if (cfg->out_ca_file != NULL) {
         if (SSL_CTX_load_verify_locations(t->client_ctx, cfg->out_ca_file, NULL) != 1) {
             snprintf(err, errlen, "[outbound] ca_file %s: cannot load", cfg->out_ca_file);
@@ -89,7 +90,16 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
         transport_free(t);
         return NULL;
     }
-    ub_ctx_resolvconf(t->ub, NULL);
+    if (cfg->dns_server != NULL) {
+        int r = ub_ctx_set_fwd(t->ub, cfg->dns_server);
+        if (r != 0) {
+            snprintf(err, errlen, "[outbound] dns_server %s: %s", cfg->dns_server, ub_strerror(r));
+            transport_free(t);
+            return NULL;
+        }
+    } else {
+        ub_ctx_resolvconf(t->ub, NULL);
+    }
     ub_ctx_hosts(t->ub, NULL);
     if (cfg->dns_trust_anchor != NULL) {
         int r = ub_ctx_add_ta_file(t->ub, cfg->dns_trust_anchor);
@@ -289,7 +299,7 @@ static void resolve(struct transport *t, const char *domain, struct hops *hs)
             continue;
         struct hop *h = &hs->h[hs->n++];
         str_copy(h->host, mxs[i].host, sizeof h->host);
-        str_copy(h->port, "25", sizeof h->port);
+        snprintf(h->port, sizeof h->port, "%u", (unsigned)t->cfg->mx_port);
         ub_addrs(t, h, &hs->secure);
     }
     if (hs->n == 0 || (hs->n > 0 && hs->h[0].naddrs == 0 && hs->n == 1)) {
@@ -367,6 +377,44 @@ static void slot_give(struct transport *t, const char *domain)
     g_mutex_unlock(&t->lock);
 }
 
+/* ---- DANE (RFC 7672) --------------------------------------------------------------- */
+
+enum tlsa_state { TLSA_NONE, TLSA_FOUND, TLSA_INSECURE, TLSA_FAILED };
+
+/* TLSA records of _PORT._tcp.HOST; usable only when DNSSEC-validated. */
+static enum tlsa_state tlsa_lookup(struct transport *t, const struct hop *h,
+                                   struct tlsa_rec *out, size_t max, size_t *n)
+{
+    char name[300];
+    *n = 0;
+    snprintf(name, sizeof name, "_%s._tcp.%s", h->port, h->host);
+    struct ub_result *r = NULL;
+    if (ub_resolve(t->ub, name, 52 /* TLSA */, 1, &r) != 0 || r == NULL)
+        return TLSA_FAILED;
+    enum tlsa_state st = TLSA_NONE;
+    if (r->bogus)
+        st = TLSA_FAILED;   /* RFC 7672 §2.2.1: a bogus answer defers delivery */
+    else if (!r->secure)
+        st = TLSA_INSECURE;
+    else {
+        for (int i = 0; r->havedata && r->data[i] && *n < max; i++) {
+            const unsigned char *p = (const unsigned char *)r->data[i];
+            int len = r->len[i];
+            if (len < 4 || (size_t)(len - 3) > sizeof out[0].data)
+                continue;
+            out[*n].usage = p[0];
+            out[*n].selector = p[1];
+            out[*n].mtype = p[2];
+            memcpy(out[*n].data, p + 3, (size_t)(len - 3));
+            out[*n].len = (size_t)(len - 3);
+            (*n)++;
+        }
+        st = *n > 0 ? TLSA_FOUND : TLSA_NONE;
+    }
+    ub_resolve_free(r);
+    return st;
+}
+
 /* ---- relay ----------------------------------------------------------------------- */
 
 /* RFC 8689 §3: "TLS-Required: No" in the message header. */
@@ -416,10 +464,6 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
         policy = TLSP_VERIFY;   /* RFC 8689 §4.2.1 step 4 */
     else if (!env->requiretls && tls_required_no(data, len) && policy > TLSP_MAY)
         policy = TLSP_MAY;      /* RFC 8689 §3: the sender waives the recipient's policy */
-    if (policy == TLSP_DANE) {
-        /* DANE needs TLSA over DNSSEC; until it is implemented, verify */
-        policy = TLSP_VERIFY;
-    }
 
     struct hops hs;
     resolve(t, domain, &hs);
@@ -453,17 +497,36 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
     for (size_t hi = 0; hi < hs.n && !done; hi++) {
         struct hop *h = &hs.h[hi];
         for (size_t ai = 0; ai < h->naddrs && !done; ai++) {
+            /* DANE (RFC 7672 §2.2): TLSA records of a securely found host
+             * authenticate it; without them the policy falls back to what
+             * the message needs (verify for REQUIRETLS) or to "may" */
+            enum tls_policy hp = policy;
+            struct tlsa_rec tlsa[8];
+            size_t ntlsa = 0;
+            if (policy == TLSP_DANE) {
+                enum tlsa_state ts = hs.secure ? tlsa_lookup(t, h, tlsa, 8, &ntlsa)
+                                               : TLSA_INSECURE;
+                if (ts == TLSA_FAILED) {
+                    last.code = 451;
+                    snprintf(last.text, sizeof last.text,
+                             "4.7.5 TLSA lookup for %s failed or is bogus", h->host);
+                    continue;
+                }
+                if (ts != TLSA_FOUND)
+                    hp = strict ? TLSP_VERIFY : TLSP_MAY;
+            }
             char key[600];
-            conn_key(key, sizeof key, h, h->addrs[ai], policy);
+            conn_key(key, sizeof key, h, h->addrs[ai], hp);
             struct smtp_client_opts o = {
-                .helo = t->cfg->out_helo, .tls = policy, .tls_ctx = t->client_ctx,
-                .tls_name = h->host, .timeout = (unsigned)t->cfg->out_timeout,
+                .helo = t->cfg->out_helo, .tls = hp, .tls_ctx = t->client_ctx,
+                .tls_name = h->host, .tlsa = tlsa, .ntlsa = ntlsa,
+                .timeout = (unsigned)t->cfg->out_timeout,
             };
             struct smtp_reply fail;
             struct smtp_client *c = cache_take(t, key);
             if (c == NULL)
                 c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);
-            if (c == NULL && policy == TLSP_MAY && strstr(fail.text, "4.7.5") == fail.text) {
+            if (c == NULL && hp == TLSP_MAY && strstr(fail.text, "4.7.5") == fail.text) {
                 /* opportunistic TLS failed: plaintext is what "may" allows */
                 o.tls = TLSP_NONE;
                 c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);

@@ -33,6 +33,7 @@ struct smtp_client {
     unsigned ext;
     uint64_t max_size;
     bool verified;
+    bool dane;
     bool broken;
     char tls_info[96];
     struct smtp_client_opts opts;
@@ -292,7 +293,26 @@ static int start_tls(struct smtp_client *c, struct smtp_reply *fail)
     SSL_set_fd(c->ssl, c->fd);
     if (c->opts.tls_name != NULL)
         SSL_set_tlsext_host_name(c->ssl, c->opts.tls_name);
-    if (c->opts.tls == TLSP_VERIFY) {
+    if (c->opts.tls == TLSP_DANE && c->opts.ntlsa > 0) {
+        /* RFC 7672: TLSA records found over DNSSEC authenticate the server;
+         * DANE-EE(3) binds the key, with no name check (§3.1.1) */
+        SSL_dane_enable(c->ssl, c->opts.tls_name ? c->opts.tls_name : c->host);
+        SSL_dane_set_flags(c->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+        int usable = 0;
+        for (size_t i = 0; i < c->opts.ntlsa; i++) {
+            const struct tlsa_rec *t = &c->opts.tlsa[i];
+            if (t->usage != 2 && t->usage != 3)
+                continue;   /* RFC 7672 §3.1.3: PKIX-TA/EE are not used for SMTP */
+            if (SSL_dane_tlsa_add(c->ssl, t->usage, t->selector, t->mtype, t->data, t->len) > 0)
+                usable++;
+        }
+        if (usable == 0) {
+            fail_set(fail, 451, "4.7.5 no usable TLSA record for %s", c->host);
+            c->broken = true;
+            return -1;
+        }
+        SSL_set_verify(c->ssl, SSL_VERIFY_NONE, NULL);
+    } else if (c->opts.tls >= TLSP_VERIFY) {
         /* RFC 6125: the reference identity is the next hop's name */
         SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         SSL_set1_host(c->ssl, c->opts.tls_name ? c->opts.tls_name : c->host);
@@ -315,12 +335,17 @@ static int start_tls(struct smtp_client *c, struct smtp_reply *fail)
     }
     long vr = SSL_get_verify_result(c->ssl);
     c->verified = vr == X509_V_OK && SSL_get0_peer_certificate(c->ssl) != NULL;
+    if (c->opts.tls == TLSP_DANE && c->opts.ntlsa > 0) {
+        c->dane = c->verified && SSL_get0_dane_authority(c->ssl, NULL, NULL) >= 0;
+        c->verified = c->dane;
+    }
     snprintf(c->tls_info, sizeof c->tls_info, "%s %s", SSL_get_version(c->ssl),
              SSL_get_cipher_name(c->ssl));
     if (c->opts.tls >= TLSP_VERIFY && !c->verified) {
         c->broken = true;
-        fail_set(fail, 451, "4.7.5 certificate of %s not verified: %s", c->host,
-                 X509_verify_cert_error_string(vr));
+        fail_set(fail, 451, "4.7.5 certificate of %s not verified%s: %s", c->host,
+                 c->opts.tls == TLSP_DANE ? " by its TLSA records" : "",
+                 vr == X509_V_OK ? "no match" : X509_verify_cert_error_string(vr));
         return -1;
     }
     return 0;
@@ -422,6 +447,7 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
 
 unsigned smtp_client_extensions(const struct smtp_client *c) { return c->ext; }
 bool smtp_client_tls_verified(const struct smtp_client *c) { return c->verified; }
+bool smtp_client_dane_verified(const struct smtp_client *c) { return c->dane; }
 const char *smtp_client_tls_info(const struct smtp_client *c) { return c->tls_info; }
 
 /* xtext-encodes s (RFC 3461 §4) */

@@ -26,12 +26,21 @@ enum {
     EXT_REQUIRETLS = 1 << 8, EXT_CHUNKING = 1 << 9, EXT_ENHANCED = 1 << 10,
 };
 
+/* A TLSA record (RFC 6698) found over DNSSEC, for DANE (RFC 7672). */
+struct tlsa_rec {
+    unsigned char usage, selector, mtype;
+    unsigned char data[64];
+    size_t len;
+};
+
 struct smtp_client_opts {
     const char *helo;            /* our name */
     bool lmtp;                   /* LHLO, one reply per recipient after DATA (RFC 2033) */
     enum tls_policy tls;
     SSL_CTX *tls_ctx;            /* client context; for VERIFY it holds the trust anchors */
     const char *tls_name;        /* name the certificate must match (VERIFY) */
+    const struct tlsa_rec *tlsa; /* DANE: the next hop's TLSA records */
+    size_t ntlsa;
     const char *auth_user;       /* AUTH PLAIN when set (only over TLS) */
     const char *auth_pass;
     unsigned timeout;            /* seconds per read or write */
@@ -73,6 +82,7 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
                                      struct smtp_reply *fail);
 unsigned smtp_client_extensions(const struct smtp_client *c);
 bool smtp_client_tls_verified(const struct smtp_client *c);
+bool smtp_client_dane_verified(const struct smtp_client *c);
 const char *smtp_client_tls_info(const struct smtp_client *c);   /* "TLSv1.3 CIPHER" or "" */
 /* One transaction.  Returns 0 when the transaction completed (each recipient's
  * reply says whether it was accepted), -1 when the whole transaction failed

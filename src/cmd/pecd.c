@@ -60,8 +60,9 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
         return 0;
     }
     if (!config_is_local_domain(d->cfg, path->domain)) {
-        /* only authenticated users may relay */
-        if (txn->auth_user == NULL) {
+        /* only authenticated users and relay_networks may relay */
+        const struct config_listener *l = config_listener(d->cfg, txn->listener);
+        if (txn->auth_user == NULL && (l == NULL || !config_relay_allowed(l, txn->client_ip))) {
             snprintf(reply, replylen, "550 5.7.1 <%s>: Relay access denied", path->addr);
             return -1;
         }

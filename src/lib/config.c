@@ -5,6 +5,7 @@
 #include "lib.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -146,7 +147,54 @@ static int handle_listener(struct parse_ctx *ctx, const char *section, const cha
             return fail(ctx, "auth: '%s' is not no, optional or required", value);
         return 1;
     }
+    if (strcmp(name, "relay_networks") == 0) {
+        char *copy = strdup(value), *save = NULL;
+        l->nnets = 0;
+        for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+            if (l->nnets >= sizeof l->nets / sizeof l->nets[0]) {
+                free(copy);
+                return fail(ctx, "relay_networks: at most 16 networks");
+            }
+            struct config_net *n = &l->nets[l->nnets];
+            char *slash = strchr(tok, '/');
+            if (slash)
+                *slash = '\0';
+            n->family = strchr(tok, ':') ? AF_INET6 : AF_INET;
+            unsigned max = n->family == AF_INET ? 32 : 128;
+            char *end = NULL;
+            n->bits = slash ? (unsigned)strtoul(slash + 1, &end, 10) : max;
+            if (inet_pton(n->family, tok, n->addr) != 1 || n->bits > max ||
+                (slash && (end == slash + 1 || *end != '\0'))) {
+                int r = fail(ctx, "relay_networks: '%s' is not an address or ADDRESS/BITS", tok);
+                free(copy);
+                return r;
+            }
+            l->nnets++;
+        }
+        free(copy);
+        return 1;
+    }
     return fail(ctx, "unknown key '%s' in [%s]", name, section);
+}
+
+bool config_relay_allowed(const struct config_listener *l, const char *ip)
+{
+    unsigned char a[16];
+    int fam = strchr(ip, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(fam, ip, a) != 1)
+        return false;
+    for (size_t i = 0; i < l->nnets; i++) {
+        const struct config_net *n = &l->nets[i];
+        if (n->family != fam)
+            continue;
+        unsigned full = n->bits / 8, rest = n->bits % 8;
+        if (memcmp(a, n->addr, full) != 0)
+            continue;
+        if (rest && ((a[full] ^ n->addr[full]) & (0xFF << (8 - rest))) != 0)
+            continue;
+        return true;
+    }
+    return false;
 }
 
 static bool valid_policy(const char *v)
@@ -314,6 +362,64 @@ static int handler(void *user, const char *section, const char *name, const char
             return fail(ctx, "unknown key '%s' in [outbound]", name);
         return 1;
     }
+    if (strcmp(section, "pec") == 0) {
+        static const struct {
+            const char *key;
+            size_t off;
+        } paths[] = {
+            {"signing_key", offsetof(struct config, pec_signing_key)},
+            {"signing_certificate", offsetof(struct config, pec_signing_cert)},
+            {"trust", offsetof(struct config, pec_trust)},
+            {"crl", offsetof(struct config, pec_crl)},
+            {"service_address", offsetof(struct config, pec_service_address)},
+        };
+        for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+            if (strcmp(name, paths[i].key) == 0) {
+                set_str((char **)((char *)cfg + paths[i].off), value);
+                return 1;
+            }
+        }
+        if (strcmp(name, "enabled") == 0) {
+            if (parse_bool(value, &cfg->pec) == -1)
+                return fail(ctx, "enabled: '%s' is not yes or no", value);
+            return 1;
+        }
+        if (strcmp(name, "directory") == 0) {
+            set_str(&cfg->pec_directory, strncmp(value, "file:", 5) == 0 ? value + 5 : value);
+            return 1;
+        }
+        if (strcmp(name, "max_total_size") == 0)
+            return handle_u64(ctx, name, value, &cfg->pec_max_total, true, 1024);
+        if (strcmp(name, "accept_ordinary_mail") == 0) {
+            if (parse_bool(value, &cfg->pec_accept_ordinary) == -1)
+                return fail(ctx, "accept_ordinary_mail: '%s' is not yes or no", value);
+            return 1;
+        }
+        if (strcmp(name, "tls_policy") == 0) {
+            if (!valid_policy(value))
+                return fail(ctx, "tls_policy: '%s' is not none, may, encrypt, verify or dane",
+                            value);
+            set_str(&cfg->pec_tls_policy, value);
+            return 1;
+        }
+        return fail(ctx, "unknown key '%s' in [pec]", name);
+    }
+    if (strcmp(section, "timers") == 0) {
+        if (strcmp(name, "preavviso") == 0)
+            return handle_u64(ctx, name, value, &cfg->timer_preavviso, false, 1);
+        if (strcmp(name, "mancata_consegna") == 0)
+            return handle_u64(ctx, name, value, &cfg->timer_mancata_consegna, false, 1);
+        return fail(ctx, "unknown key '%s' in [timers]", name);
+    }
+    if (strcmp(section, "evidence") == 0) {
+        if (strcmp(name, "path") == 0) {
+            set_str(&cfg->evidence_path, strncmp(value, "sqlite:", 7) == 0 ? value + 7 : value);
+            return 1;
+        }
+        if (strcmp(name, "retention") == 0)
+            return handle_u64(ctx, name, value, &cfg->evidence_retention, false, 86400);
+        return fail(ctx, "unknown key '%s' in [evidence]", name);
+    }
     if (strcmp(section, "routes") == 0 || strcmp(section, "tls_policy") == 0) {
         bool routes = strcmp(section, "routes") == 0;
         struct config_kv *kv = routes ? cfg->routes : cfg->tls_policies;
@@ -396,6 +502,11 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->out_timeout = 300;
     cfg->out_max_per_destination = 10;
     cfg->mx_port = 25;
+    cfg->pec_max_total = 30ULL * 1024 * 1024;      /* RFC 6109 §3.1.1 */
+    cfg->pec_accept_ordinary = true;
+    cfg->timer_preavviso = 12 * 3600;               /* §3.1.6 */
+    cfg->timer_mancata_consegna = 24 * 3600;
+    cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
     cfg->sync_fs = true;
 
     int line = ini_parse(path, handler, &ctx);
@@ -429,6 +540,15 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     default_str(&cfg->out_helo, "%s", cfg->hostname);
     default_str(&cfg->out_tls, "%s", "may");
     resolve(&cfg->out_ca_file, cfg->dir);
+    default_str(&cfg->pec_service_address, "posta-certificata@%s", cfg->domain);
+    default_str(&cfg->pec_tls_policy, "%s", "verify");
+    default_str(&cfg->evidence_path, "%s/evidence.db", cfg->data_dir);
+    resolve(&cfg->pec_signing_key, cfg->dir);
+    resolve(&cfg->pec_signing_cert, cfg->dir);
+    resolve(&cfg->pec_trust, cfg->dir);
+    resolve(&cfg->pec_crl, cfg->dir);
+    resolve(&cfg->pec_directory, cfg->dir);
+    resolve(&cfg->evidence_path, cfg->dir);
     resolve(&cfg->dns_trust_anchor, cfg->dir);
     default_str(&cfg->postmaster, "postmaster@%s", cfg->domain);
     default_str(&cfg->data_dir, "%s", cfg->dir);
@@ -444,6 +564,12 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 
     if (cfg->retry_max < cfg->retry_min) {
         snprintf(err, errlen, "%s: [queue] retry_max is below retry_min", path);
+        goto bad;
+    }
+    if (cfg->pec && (cfg->pec_signing_key == NULL || cfg->pec_signing_cert == NULL ||
+                     cfg->pec_trust == NULL || cfg->pec_directory == NULL)) {
+        snprintf(err, errlen, "%s: [pec] enabled needs signing_key, signing_certificate, trust "
+                 "and directory", path);
         goto bad;
     }
     bool need_tls = false;
@@ -489,7 +615,10 @@ void config_free(struct config *cfg)
                      &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
                      &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
                      &cfg->mailbox,   &cfg->passwd_file, &cfg->out_helo, &cfg->out_tls,
-                     &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server};
+                     &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server,
+                     &cfg->pec_signing_key, &cfg->pec_signing_cert, &cfg->pec_trust,
+                     &cfg->pec_crl, &cfg->pec_directory, &cfg->pec_service_address,
+                     &cfg->pec_tls_policy, &cfg->evidence_path};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)

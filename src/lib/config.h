@@ -28,6 +28,10 @@ struct config_listener {
     enum listener_tls tls;
     bool require_tls;               /* refuse MAIL until STARTTLS */
     enum listener_auth auth;
+    /* relay_networks: clients that may relay without AUTH (like Postfix's
+     * mynetworks); empty by default */
+    struct config_net { unsigned char addr[16]; int family; unsigned bits; } nets[16];
+    size_t nnets;
 };
 
 struct config {
@@ -90,6 +94,26 @@ struct config {
     char *dns_server;               /* forward DNS queries here ("IP[@PORT]"); unset = resolv.conf */
     uint64_t mx_port;               /* port of MX hosts (25; other values are for tests) */
 
+    /* [pec]: the provider roles (RFC 6109) */
+    bool pec;                       /* enabled */
+    char *pec_signing_key;
+    char *pec_signing_cert;         /* the signer certificate, then its chain */
+    char *pec_trust;                /* CA bundle for incoming signatures */
+    char *pec_crl;                  /* optional CRL file (PEM) */
+    char *pec_directory;            /* providers' directory (LDIF file) */
+    char *pec_service_address;      /* posta-certificata@<domain> */
+    uint64_t pec_max_total;         /* size x recipients limit (30 MB, §3.1.1) */
+    bool pec_accept_ordinary;       /* ordinary mail for a PEC mailbox: anomaly (yes) or 550 */
+    char *pec_tls_policy;           /* TLS policy towards other providers (verify) */
+
+    /* [timers] (§3.1.6) */
+    uint64_t timer_preavviso;       /* 12h */
+    uint64_t timer_mancata_consegna;/* 24h; the second notice, not before 22h */
+
+    /* [evidence] */
+    char *evidence_path;            /* SQLite file of the evidence log */
+    uint64_t evidence_retention;    /* seconds; 30 months */
+
     /* [routes] and [tls_policy]: domain -> value */
     struct config_kv { char *key; char *value; } routes[CONFIG_MAX_ROUTES], tls_policies[CONFIG_MAX_ROUTES];
     size_t nroutes, ntls_policies;
@@ -105,6 +129,8 @@ int config_mailbox_path(const struct config *cfg, const char *local, const char 
 const struct config_listener *config_listener(const struct config *cfg, const char *name);
 /* [routes]/[tls_policy] value for domain (exact, case-insensitive), then "*"; NULL if none */
 const char *config_route(const struct config *cfg, const char *domain);
+/* Is the textual client address ip inside one of l's relay_networks? */
+bool config_relay_allowed(const struct config_listener *l, const char *ip);
 const char *config_tls_policy(const struct config *cfg, const char *domain);
 
 #endif

@@ -86,9 +86,33 @@ static void test_values(void **state)
     assert_string_equal(cfg->tls_cert, expect);
     const struct config_listener *l = config_listener(cfg, "submission");
     assert_int_equal(l->naddrs, 2);
+    assert_false(config_relay_allowed(l, "127.0.0.1"));
     assert_int_equal(l->auth, LAUTH_REQUIRED);
     assert_true(l->require_tls);
     config_free(cfg);
+}
+
+static void test_relay_networks(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *cfg = load_text("[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\n"
+                                   "tls = none\nrequire_tls = no\n"
+                                   "relay_networks = 127.0.0.0/8, 10.1.2.0/23, ::1\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    const struct config_listener *l = config_listener(cfg, "mx");
+    assert_true(config_relay_allowed(l, "127.0.0.1"));
+    assert_true(config_relay_allowed(l, "127.255.0.9"));
+    assert_true(config_relay_allowed(l, "10.1.3.200"));
+    assert_false(config_relay_allowed(l, "10.1.4.1"));
+    assert_true(config_relay_allowed(l, "::1"));
+    assert_false(config_relay_allowed(l, "::2"));
+    assert_false(config_relay_allowed(l, "192.0.2.1"));
+    config_free(cfg);
+    assert_null(load_text("[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\n"
+                          "relay_networks = 10.0.0.0/33\n", err, sizeof err));
+    assert_non_null(strstr(err, ":5: relay_networks: '10.0.0.0' is not"));
 }
 
 static void test_errors(void **state)
@@ -157,7 +181,7 @@ static void test_scalars(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults), cmocka_unit_test(test_values),
+        cmocka_unit_test(test_defaults), cmocka_unit_test(test_values), cmocka_unit_test(test_relay_networks),
         cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,6 +23,9 @@
 /* Provided by src/cmd/pecctl_verify.c and pecctl_pki.c when built. */
 int pecctl_verify_main(int argc, char **argv) __attribute__((weak));
 int pecctl_pki_main(int argc, char **argv) __attribute__((weak));
+int pecctl_init_main(int argc, char **argv) __attribute__((weak));
+int pecctl_log_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
+int pecctl_trace_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 
 static void usage(FILE *f)
 {
@@ -35,7 +38,12 @@ static void usage(FILE *f)
             "  queue                                 list queued messages\n"
             "  verify [--json] [--trust CAFILE] [--directory FILE.ldif] FILE.eml...\n"
             "                                        check PEC messages\n"
-            "  pki ...                               test PKI (pecctl pki help)\n");
+            "  pki ...                               test PKI (pecctl pki help)\n"
+            "  init DIR --domain DOMAIN [--name NAME] [--smtp PORT] [--submission PORT]\n"
+            "       [--ca CADIR] [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...\n"
+            "                                        create a ready-to-run provider instance\n"
+            "  log verify                            check the evidence log (hash chain, seals)\n"
+            "  trace MESSAGE-ID                      the life of a PEC message\n");
 }
 
 static struct config *load(const char *conf)
@@ -157,20 +165,32 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[i];
-    if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0) {
-        int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main : pecctl_pki_main;
+    if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0 || strcmp(cmd, "init") == 0) {
+        int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main
+                                  : strcmp(cmd, "pki") == 0  ? pecctl_pki_main
+                                                             : pecctl_init_main;
         if (fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
             return 2;
         }
         return fn(argc - i, argv + i);
     }
-    if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0) {
+    if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
+        strcmp(cmd, "trace") == 0) {
+        int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
+                                                   : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
+                                                                               : NULL;
+        if ((strcmp(cmd, "log") == 0 || strcmp(cmd, "trace") == 0) && fn == NULL) {
+            fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
+            return 2;
+        }
         struct config *cfg = load(conf);
         if (cfg == NULL)
             return 1;
         int r;
-        if (strcmp(cmd, "user") == 0)
+        if (fn != NULL)
+            r = fn(cfg, argc - i, argv + i);
+        else if (strcmp(cmd, "user") == 0)
             r = cmd_user(cfg, argc - i, argv + i);
         else
             r = queue_list(cfg->queue_dir, stdout) == 0 ? 0 : 1;

@@ -14,6 +14,7 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 #include "provider/transport.h"
+#include "provider/roles.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -34,6 +36,7 @@ struct pecd {
     struct queue *queue;
     struct users_db *users;
     struct transport *transport;
+    struct roles *roles;
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -45,6 +48,19 @@ static int hook_auth(void *arg, const char *user, const char *pass)
 {
     struct pecd *d = arg;
     return users_verify(users_db_get(d->users), user, pass) == 0 ? 0 : -1;
+}
+
+/* A PEC user may send only as their own address (issue 6; §3.1.1 then
+ * checks From against it). */
+static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t replylen)
+{
+    struct pecd *d = arg;
+    if (d->cfg->pec && txn->auth_user != NULL && strcasecmp(txn->sender, txn->auth_user) != 0) {
+        snprintf(reply, replylen, "553 5.7.1 <%s>: Sender address not owned by user %s",
+                 txn->sender, txn->auth_user);
+        return -1;
+    }
+    return 0;
 }
 
 static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_path *path,
@@ -69,7 +85,9 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
         str_copy(addr_out, path->addr, addrlen);
         return 0;
     }
-    if (!users_exists(users_db_get(d->users), path->addr)) {
+    /* a PEC provider takes every address of its domains: an unknown one
+     * gets a non-delivery receipt from the delivery point (§3.3.3) */
+    if (!d->cfg->pec && !users_exists(users_db_get(d->users), path->addr)) {
         snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
                  path->addr);
         return -1;
@@ -116,6 +134,18 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     }
     env.proto = (char *)txn->proto;
     env.listener = (char *)txn->listener;
+    if (d->cfg->pec) {
+        /* which PEC role takes the message (roles.c) */
+        bool all_local = true;
+        for (size_t i = 0; i < txn->nrcpts; i++) {
+            const char *at = strrchr(txn->rcpts[i].addr, '@');
+            all_local = all_local && at && config_is_local_domain(d->cfg, at + 1);
+        }
+        if (txn->auth_user != NULL && strcmp(txn->listener, "mx") != 0)
+            env.stage = "submission";
+        else if (txn->auth_user == NULL && all_local)
+            env.stage = "incoming";
+    }
     char name[64];
     int fd = committer_take_file(queue_committer(d->queue), name, sizeof name);
     struct spool_writer *w = spool_writer_open(d->cfg->queue_dir, fd, name, &env);
@@ -311,9 +341,18 @@ int main(int argc, char **argv)
         log_err("queue: %s", err);
         return 1;
     }
+    if (d.cfg->pec) {
+        d.roles = roles_new(d.cfg, d.transport, d.users, err, sizeof err);
+        if (d.roles == NULL) {
+            log_err("configuration error: %s", err);
+            return 1;
+        }
+        queue_set_processor(d.queue, roles_process, d.roles);
+    }
     struct smtp_hooks hooks = {
         .arg = &d,
         .auth = hook_auth,
+        .mail = hook_mail,
         .rcpt = hook_rcpt,
         .msg_open = hook_msg_open,
         .msg_write = hook_msg_write,
@@ -341,6 +380,7 @@ int main(int argc, char **argv)
     event_base_dispatch(d.base);
 
     queue_free(d.queue);
+    roles_free(d.roles);
     transport_free(d.transport);
     smtp_server_free(d.smtp);
     for (int i = 0; i < 3; i++)

@@ -298,6 +298,27 @@ int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, 
                size_t errsz);
 void pec_verdict_free(pec_verdict *v);
 
+/* ---- the providers' directory (§4.5), read from LDIF (pec_directory.c) ---- */
+
+typedef struct pec_provider {
+    char *name;                    /* providerName */
+    char *receipt;                 /* mailReceipt: where presa-in-carico and virus notices go */
+    char **domains;                /* managedDomains, lower case */
+    size_t n_domains;
+    char **hashes;                 /* providerCertificateHash (and of providerCertificate), lower case */
+    size_t n_hashes;
+} pec_provider;
+typedef struct pec_directory pec_directory;
+pec_directory *pec_directory_parse(const void *ldif, size_t len, char *err, size_t errsz);
+size_t pec_directory_count(const pec_directory *d);
+const pec_provider *pec_directory_provider(const pec_directory *d, size_t i);
+/* NULL: the domain is not PEC ("esterno", §2.2.1) */
+const pec_provider *pec_directory_by_domain(const pec_directory *d, const char *domain);
+const pec_provider *pec_directory_by_hash(const pec_directory *d, const char *sha1hex);
+/* Adds every provider's certificate hash to t; returns how many. */
+int pec_directory_add_to_trust(const pec_directory *d, pec_trust *t);
+void pec_directory_free(pec_directory *d);
+
 /* ---- formal checks of the access point (§3.1.1) ---------------------------- */
 
 typedef enum pec_check_rule {

@@ -667,3 +667,27 @@ void transport_deliver(void *arg, const struct queue_env *env, const char *data,
     }
     g_hash_table_destroy(groups);
 }
+
+int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
+                          const char *data, size_t len, bool recovered, char *err,
+                          size_t errlen)
+{
+    struct deliver_rcpt r = {.pending = true};
+    deliver_local(t, env, i, data, len, recovered, true, &r);
+    if (r.result != DELIVER_OK) {
+        snprintf(err, errlen, "%s", r.text);
+        return -1;
+    }
+    if (r.pub.tmp[0] == '\0')
+        return 0;   /* stored before */
+    if (fs_publish(r.pub.tmp, r.pub.dst) == -1) {
+        snprintf(err, errlen, "cannot store %s: %s", r.pub.dst, strerror(errno));
+        return -1;
+    }
+    char *dir = g_path_get_dirname(r.pub.dst);
+    int rc = fs_fsync_dir(dir);
+    if (rc == -1)
+        snprintf(err, errlen, "fsync %s: %s", dir, strerror(errno));
+    g_free(dir);
+    return rc;
+}

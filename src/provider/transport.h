@@ -12,6 +12,12 @@ struct transport;
 
 struct transport *transport_new(const struct config *cfg, char *err, size_t errlen);
 void transport_free(struct transport *t);
+/* Stores data in the Maildir of recipient i of env now, durably (for the PEC
+ * delivery point, whose receipt may only follow a stored envelope).  A copy
+ * stored before a crash counts ('recovered').  0 ok, -1 error (err). */
+int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
+                          const char *data, size_t len, bool recovered, char *err,
+                          size_t errlen);
 /* deliver_fn (queue.h); arg is the struct transport. */
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *rcpts);

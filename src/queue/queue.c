@@ -151,8 +151,8 @@ static size_t purge_incoming(const char *dir)
 
 static int ensure_dirs(const char *dir, char *err, size_t errlen)
 {
-    static const char *const subs[] = {"incoming", "queue", "hold"};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const subs[] = {"incoming", "queue", "hold", "staged"};
+    for (size_t i = 0; i < 4; i++) {
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s/%s", dir, subs[i]);
         if (fs_mkdirs(p, 0700) == -1) {
@@ -195,6 +195,12 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
 }
 
 struct committer *queue_committer(struct queue *q) { return q->committer; }
+
+void queue_set_processor(struct queue *q, process_fn fn, void *arg)
+{
+    q->process = fn;
+    q->process_arg = arg;
+}
 
 
 int queue_recover(struct queue *q)

@@ -47,6 +47,8 @@ struct queue_env {
     char *client_ip, *helo, *auth_user, *tls, *proto, *listener;
     uint64_t size;        /* octets of message data */
     bool delay_warned;    /* a DELAY notification went out */
+    char *stage;          /* processing role (e.g. PEC "submission", "incoming"), or NULL */
+    bool processed;       /* the role ran and its outputs are committed (REC_PROCESSED) */
 };
 #define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
 void queue_env_free(struct queue_env *env);
@@ -56,6 +58,7 @@ enum spool_rec {
     REC_VERSION = 'V', REC_ID = 'I', REC_TIME = 'T', REC_SENDER = 'S', REC_OPT = 'O',
     REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
     REC_STATUS = 'X',     /* after END: a recipient's final status (appended) */
+    REC_PROCESSED = 'P',  /* after END: the stage's outputs are committed (appended) */
 };
 struct spool_writer;
 /* Starts the spool file of env in incoming/: on fd (an empty file named
@@ -80,6 +83,12 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
 /* Appends recipient rcpt's final status to a committed spool file and syncs
  * it, so a partial failure retries only the recipients still pending. */
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text);
+/* Writes a complete spool file (env, data, END) as <queue_dir>/<sub>/<name>
+ * and syncs it (not the directory). */
+int spool_write_file(const char *queue_dir, const char *sub, const char *name,
+                     const struct queue_env *env, const char *data, size_t len);
+/* Appends the PROCESSED record (with the number of outputs) and syncs it. */
+int spool_append_processed(const char *path, size_t noutputs);
 /* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
 void queue_new_id(char out[QUEUE_ID_LEN + 1]);
 
@@ -140,7 +149,31 @@ struct deliver_rcpt {
  * (fsync mode); otherwise the worker syncs once per batch (syncfs mode). */
 typedef void (*deliver_fn)(void *arg, const struct queue_env *env, const char *data, size_t len,
                            bool recovered, bool sync_each, struct deliver_rcpt *rcpts);
+/* Messages with a stage are not delivered but processed: the function turns
+ * one message into new ones (receipts, envelopes...), which the queue commits
+ * exactly once: outputs are written to staged/, then a PROCESSED record is
+ * appended to the source (the commit point), then the outputs move into
+ * queue/ and the source goes.  A crash before the commit point discards the
+ * outputs and the stage runs again ('recovered'); after it, recovery finishes
+ * the move.  Returns 0, or -1 to retry later (reason in err). */
+struct queue_output {
+    struct queue_env env;   /* owned: strings malloc'ed; qid assigned by the queue */
+    char *data;             /* owned */
+    size_t len;
+};
+struct queue_outputs {
+    struct queue_output *v;
+    size_t n, cap;
+};
+/* Adds a copy of env's envelope fields (sender, recipients, options) and data. */
+void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, const void *data,
+                       size_t len);
+void queue_outputs_free(struct queue_outputs *o);
+typedef int (*process_fn)(void *arg, const struct queue_env *env, const char *data, size_t len,
+                          bool recovered, struct queue_outputs *out, char *err, size_t errlen);
+
 struct queue;
+void queue_set_processor(struct queue *q, process_fn fn, void *arg);
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */

@@ -38,6 +38,8 @@ struct queue {
     const struct config *cfg;
     deliver_fn deliver;
     void *deliver_arg;
+    process_fn process;
+    void *process_arg;
     char dir[PATH_MAX];
     struct committer *committer;
     GHashTable *entries;

@@ -115,6 +115,7 @@ struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char
     put_opt(w, "tls", env->tls);
     put_opt(w, "proto", env->proto);
     put_opt(w, "listener", env->listener);
+    put_opt(w, "stage", env->stage);
     for (size_t i = 0; i < env->nrcpts; i++) {
         const struct queue_rcpt *r = &env->rcpts[i];
         char buf[2048];
@@ -189,7 +190,7 @@ void queue_env_free(struct queue_env *env)
     }
     free(env->rcpts);
     char **s[] = {&env->sender, &env->envid, &env->client_ip, &env->helo, &env->auth_user,
-                  &env->tls, &env->proto, &env->listener};
+                  &env->tls, &env->proto, &env->listener, &env->stage};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         free(*s[i]);
     memset(env, 0, sizeof *env);
@@ -229,6 +230,7 @@ static void set_opt(struct queue_env *env, const char *p, size_t n)
                      : strcmp(kv, "tls") == 0      ? &env->tls
                      : strcmp(kv, "proto") == 0    ? &env->proto
                      : strcmp(kv, "listener") == 0 ? &env->listener
+                     : strcmp(kv, "stage") == 0    ? &env->stage
                                                    : NULL;
         if (dst != NULL) {
             free(*dst);
@@ -354,8 +356,13 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
     while (why == NULL && end && len - off >= 5) {
         const unsigned char *h = (const unsigned char *)buf + off;
         size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
-        if (h[0] != REC_STATUS || rl > len - off - 5)
+        if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED) || rl > len - off - 5)
             break;
+        if (h[0] == REC_PROCESSED) {
+            env->processed = true;
+            off += 5 + rl;
+            continue;
+        }
         const char *p = buf + off + 5;
         off += 5 + rl;
         char *rec = dupn(p, rl);
@@ -395,6 +402,26 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
     return 0;
 }
 
+static int append_record(const char *path, const char *rec, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    int r = fs_write_all(fd, rec, len) == -1 || fdatasync(fd) == -1 ? -1 : 0;
+    close(fd);
+    return r;
+}
+
+int spool_append_processed(const char *path, size_t noutputs)
+{
+    char rec[64];
+    int n = snprintf(rec + 5, sizeof rec - 5, "%zu", noutputs);
+    rec[0] = REC_PROCESSED;
+    rec[1] = rec[2] = rec[3] = 0;
+    rec[4] = (char)n;
+    return append_record(path, rec, 5 + (size_t)n);
+}
+
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text)
 {
     char rec[1200];
@@ -408,12 +435,74 @@ int spool_append_status(const char *path, size_t rcpt, int status, const char *t
     rec[2] = (char)(len >> 16);
     rec[3] = (char)(len >> 8);
     rec[4] = (char)len;
-    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    return append_record(path, rec, 5 + len);
+}
+
+int spool_write_file(const char *queue_dir, const char *sub, const char *name,
+                     const struct queue_env *env, const char *data, size_t len)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s/%s", queue_dir, sub, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd == -1)
         return -1;
-    int r = fs_write_all(fd, rec, 5 + len) == -1 || fdatasync(fd) == -1 ? -1 : 0;
-    close(fd);
-    return r;
+    struct spool_writer *w = spool_writer_open(queue_dir, fd, name, env);
+    if (w == NULL) {
+        unlink(path);
+        return -1;
+    }
+    str_copy(w->path, path, sizeof w->path);
+    if (spool_writer_data(w, data, len) == -1 || spool_writer_finish(w) == -1 ||
+        fdatasync(w->fd) == -1) {
+        spool_writer_abort(w);
+        return -1;
+    }
+    spool_writer_free(w);
+    return 0;
+}
+
+void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, const void *data,
+                       size_t len)
+{
+    if (o->n == o->cap) {
+        o->cap = o->cap ? o->cap * 2 : 4;
+        o->v = realloc(o->v, o->cap * sizeof *o->v);
+    }
+    struct queue_output *x = &o->v[o->n++];
+    memset(x, 0, sizeof *x);
+    struct queue_env *e = &x->env;
+    e->sender = strdup(env->sender ? env->sender : "");
+    e->nrcpts = env->nrcpts;
+    e->rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *e->rcpts);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        e->rcpts[i].addr = strdup(env->rcpts[i].addr);
+        e->rcpts[i].orig = strdup(env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr);
+        e->rcpts[i].notify = env->rcpts[i].notify;
+        e->rcpts[i].orcpt = env->rcpts[i].orcpt ? strdup(env->rcpts[i].orcpt) : NULL;
+    }
+    e->body = env->body;
+    e->ret = env->ret;
+    e->smtputf8 = env->smtputf8;
+    e->requiretls = env->requiretls;
+    char **src[] = {env->envid ? (char **)&env->envid : NULL, (char **)&env->stage,
+                    (char **)&env->listener, (char **)&env->proto};
+    char **dst[] = {&e->envid, &e->stage, &e->listener, &e->proto};
+    for (size_t i = 0; i < 4; i++)
+        if (src[i] && *src[i])
+            *dst[i] = strdup(*src[i]);
+    x->data = malloc(len + 1);
+    memcpy(x->data, data, len);
+    x->len = len;
+}
+
+void queue_outputs_free(struct queue_outputs *o)
+{
+    for (size_t i = 0; i < o->n; i++) {
+        queue_env_free(&o->v[i].env);
+        free(o->v[i].data);
+    }
+    free(o->v);
+    memset(o, 0, sizeof *o);
 }
 
 int queue_inject(const char *queue_dir, const struct queue_env *env, const char *data,

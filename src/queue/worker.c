@@ -11,6 +11,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ struct qentry queue_stop_entry;
 struct work {
     struct qentry *e;
     bool loaded;
+    bool staged;             /* handled by the stage processor, not delivered */
     struct queue_env env;
     char *data;
     size_t len;
@@ -167,6 +169,116 @@ static void notify(struct queue *q, struct work *w, enum dsn_action action, cons
     g_free(msg);
 }
 
+/* ---- stages: one message in, new messages out, exactly once -------------------- */
+
+/* Moves the committed outputs of source qid from staged/ into queue/. */
+static int finish_outputs(struct queue *q, struct qentry *e)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/staged", q->dir);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return -1;
+    size_t plen = strlen(e->qid);
+    int rc = 0;
+    bool moved = false;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, e->qid, plen) != 0 || de->d_name[plen] != '.')
+            continue;
+        const char *newqid = strrchr(de->d_name, '.') + 1;
+        char from[PATH_MAX], to[PATH_MAX];
+        snprintf(from, sizeof from, "%s/%s", dir, de->d_name);
+        path_of(q, "queue", newqid, to, sizeof to);
+        if (rename(from, to) == -1) {
+            log_err("%s: cannot move output %s into the queue: %s", e->qid, newqid, strerror(errno));
+            rc = -1;
+            continue;
+        }
+        moved = true;
+        if (e->injected == NULL)
+            e->injected = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(e->injected, g_strdup(newqid));
+    }
+    closedir(d);
+    char qdir[PATH_MAX];
+    snprintf(qdir, sizeof qdir, "%s/queue", q->dir);
+    if (moved && fs_fsync_dir(qdir) == -1)
+        rc = -1;
+    return rc;
+}
+
+static void drop_staged(struct queue *q, const char *qid)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/staged", q->dir);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    size_t plen = strlen(qid);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, qid, plen) == 0 && de->d_name[plen] == '.')
+            unlinkat(dirfd(d), de->d_name, 0);
+    closedir(d);
+}
+
+static void run_stage(struct queue *q, struct work *w)
+{
+    struct qentry *e = w->e;
+    char path[PATH_MAX];
+    path_of(q, "queue", e->qid, path, sizeof path);
+    w->staged = true;
+    if (!w->env.processed) {
+        /* outputs of an interrupted earlier run were never committed */
+        drop_staged(q, e->qid);
+        struct queue_outputs out = {0};
+        char err[512] = "";
+        if (q->process(q->process_arg, &w->env, w->data, w->len, e->recovered, &out, err,
+                       sizeof err) == -1) {
+            e->tempfail = true;
+            snprintf(e->err, sizeof e->err, "%s", err);
+            log_warn("%s: %s stage deferred: %s", e->qid, w->env.stage, err);
+            queue_outputs_free(&out);
+            return;
+        }
+        time_t now = time(NULL);
+        bool ok = true;
+        for (size_t i = 0; i < out.n && ok; i++) {
+            struct queue_env *oe = &out.v[i].env;
+            queue_new_id(oe->qid);
+            oe->arrival = now;
+            char name[80];
+            snprintf(name, sizeof name, "%s.%zu.%s", e->qid, i, oe->qid);
+            ok = spool_write_file(q->dir, "staged", name, oe, out.v[i].data, out.v[i].len) == 0;
+        }
+        char sdir[PATH_MAX];
+        snprintf(sdir, sizeof sdir, "%s/staged", q->dir);
+        if (!ok || (out.n > 0 && fs_fsync_dir(sdir) == -1) ||
+            spool_append_processed(path, out.n) == -1) {
+            log_err("%s: cannot store the outputs of the %s stage: %s", e->qid, w->env.stage,
+                    strerror(errno));
+            drop_staged(q, e->qid);
+            e->tempfail = true;
+            snprintf(e->err, sizeof e->err, "cannot store outputs");
+            queue_outputs_free(&out);
+            return;
+        }
+        log_info("%s: %s stage done, %zu new message%s", e->qid, w->env.stage, out.n,
+                 out.n == 1 ? "" : "s");
+        queue_outputs_free(&out);
+    }
+    /* committed: move the outputs in and the source out */
+    if (finish_outputs(q, e) == -1) {
+        e->tempfail = true;
+        snprintf(e->err, sizeof e->err, "cannot move outputs into the queue");
+        return;
+    }
+    if (unlink(path) == -1 && errno != ENOENT)
+        log_err("%s: cannot remove spool file: %s", e->qid, strerror(errno));
+    e->finished = true;
+}
+
 /* ---- one message ---------------------------------------------------------- */
 
 static void load(struct queue *q, struct work *w)
@@ -184,6 +296,11 @@ static void load(struct queue *q, struct work *w)
         return;
     }
     w->loaded = true;
+    if (w->env.stage != NULL && q->process != NULL) {
+        w->r = calloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
+        run_stage(q, w);
+        return;
+    }
     if (e->done == NULL) {
         e->nrcpts = w->env.nrcpts;
         e->done = calloc(e->nrcpts ? e->nrcpts : 1, 1);
@@ -216,7 +333,7 @@ static void load(struct queue *q, struct work *w)
 static void settle(struct queue *q, struct work *w)
 {
     struct qentry *e = w->e;
-    if (!w->loaded)
+    if (!w->loaded || w->staged)
         return;
     char path[PATH_MAX];
     path_of(q, "queue", e->qid, path, sizeof path);

@@ -51,7 +51,9 @@ void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), 
  * second); keeps the previous copy when the new one is broken. */
 struct users_db;
 struct users_db *users_db_open(const char *path, char *err, size_t errlen);
-const struct users *users_db_get(struct users_db *db);
+const struct users *users_db_get(struct users_db *db);   /* event loop only */
+/* Thread-safe lookups (delivery threads). */
+bool users_db_exists(struct users_db *db, const char *addr);
 void users_db_reload(struct users_db *db);
 void users_db_free(struct users_db *db);
 

@@ -262,6 +262,7 @@ int users_file_del(const char *path, const char *addr, char *err, size_t errlen)
 /* ---- self-reloading database ---------------------------------------------- */
 
 struct users_db {
+    GMutex lock;              /* cur may be replaced while a thread reads it */
     char *path;
     struct users *cur;
     struct timespec mtime;
@@ -296,6 +297,7 @@ struct users_db *users_db_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     db->checked = time(NULL);
+    g_mutex_init(&db->lock);
     return db;
 }
 
@@ -308,8 +310,10 @@ void users_db_reload(struct users_db *db)
         log_err("users file not reloaded, keeping the previous one: %s", err);
         return;
     }
+    g_mutex_lock(&db->lock);
     users_free(db->cur);
     db->cur = u;
+    g_mutex_unlock(&db->lock);
     log_info("users file %s loaded: %zu users", db->path, users_count(u));
 }
 
@@ -329,10 +333,19 @@ const struct users *users_db_get(struct users_db *db)
     return db->cur;
 }
 
+bool users_db_exists(struct users_db *db, const char *addr)
+{
+    g_mutex_lock(&db->lock);
+    bool r = users_exists(db->cur, addr);
+    g_mutex_unlock(&db->lock);
+    return r;
+}
+
 void users_db_free(struct users_db *db)
 {
     if (db == NULL)
         return;
+    g_mutex_clear(&db->lock);
     users_free(db->cur);
     free(db->path);
     free(db);

@@ -1,0 +1,487 @@
+/*
+ * roles.c - the three roles of a PEC provider (RFC 6109 §2.2, §3) as the
+ * queue's stage processor: a message that entered through submission runs
+ * the access point, one that arrived on the mx listener the incoming point
+ * and the delivery point.  Each turns one queued message into new ones
+ * (receipts, envelopes, copies for mailboxes); the queue commits them exactly
+ * once (queue.h, process_fn).  Building and checking messages is src/pec's.
+ *
+ *  submission --> access point: formal checks (§3.1.1) -> non-acceptance, or
+ *                 acceptance + one transport envelope (stage "incoming" for
+ *                 our own recipients, relayed for the others)
+ *  mx ---------> incoming point: verify (§2.2.2) -> envelope: presa in carico
+ *                 to the sender provider + delivery point: store, then
+ *                 avvenuta-consegna (completa/breve/sintetica) or
+ *                 errore-consegna; receipt: to the mailbox; anything else:
+ *                 anomaly envelope (§3.2.2)
+ */
+#include "roles.h"
+#include "transport.h"
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "pec/pec.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+struct roles {
+    const struct config *cfg;
+    struct transport *transport;
+    struct users_db *users;
+    pec_signer *signer;
+    pec_identity id;
+    pec_trust *trust;
+    pec_directory *dir;
+    atomic_ulong seq;
+};
+
+static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
+{
+    char *buf;
+    if (fs_read_file(path, &buf, len, 16 * 1024 * 1024) == -1) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    return buf;
+}
+
+struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
+                        char *err, size_t errlen)
+{
+    struct roles *r = calloc(1, sizeof *r);
+    r->cfg = cfg;
+    r->transport = t;
+    r->users = users;
+    size_t klen, clen, tlen, dlen;
+    char *key = read_all(cfg->pec_signing_key, &klen, err, errlen);
+    char *chain = key ? read_all(cfg->pec_signing_cert, &clen, err, errlen) : NULL;
+    char *trust = chain ? read_all(cfg->pec_trust, &tlen, err, errlen) : NULL;
+    char *ldif = trust ? read_all(cfg->pec_directory, &dlen, err, errlen) : NULL;
+    char e2[256] = "";
+    if (ldif != NULL) {
+        r->signer = pec_signer_new_pem(key, klen, chain, clen, e2, sizeof e2);
+        if (r->signer == NULL)
+            snprintf(err, errlen, "[pec] signing key/certificate: %s", e2);
+    }
+    if (r->signer != NULL) {
+        r->trust = pec_trust_new();
+        if (pec_trust_add_ca_pem(r->trust, trust, tlen, e2, sizeof e2) == -1) {
+            snprintf(err, errlen, "[pec] trust %s: %s", cfg->pec_trust, e2);
+        } else if ((r->dir = pec_directory_parse(ldif, dlen, e2, sizeof e2)) == NULL) {
+            snprintf(err, errlen, "[pec] directory %s: %s", cfg->pec_directory, e2);
+        } else {
+            pec_directory_add_to_trust(r->dir, r->trust);
+            if (cfg->pec_crl != NULL) {
+                size_t crllen;
+                char *crl = read_all(cfg->pec_crl, &crllen, err, errlen);
+                if (crl == NULL || pec_trust_add_crl_pem(r->trust, crl, crllen, e2, sizeof e2) == -1) {
+                    if (crl != NULL)
+                        snprintf(err, errlen, "[pec] crl %s: %s", cfg->pec_crl, e2);
+                    pec_directory_free(r->dir);
+                    r->dir = NULL;
+                }
+                free(crl);
+            }
+        }
+    }
+    if (key)
+        explicit_bzero(key, klen);
+    free(key);
+    free(chain);
+    free(trust);
+    free(ldif);
+    if (r->dir == NULL) {
+        roles_free(r);
+        return NULL;
+    }
+    r->id.domain = cfg->domain;
+    r->id.name = cfg->name;
+    r->id.signer = r->signer;
+    if (pec_directory_by_domain(r->dir, cfg->domain) == NULL)
+        log_warn("[pec] our domain %s is not in the providers' directory %s", cfg->domain,
+                 cfg->pec_directory);
+    log_info("PEC provider %s: %zu providers in the directory", cfg->name,
+             pec_directory_count(r->dir));
+    return r;
+}
+
+void roles_free(struct roles *r)
+{
+    if (r == NULL)
+        return;
+    pec_signer_free(r->signer);
+    pec_trust_free(r->trust);
+    pec_directory_free(r->dir);
+    free(r);
+}
+
+bool roles_is_pec_domain(const struct roles *r, const char *domain)
+{
+    return pec_directory_by_domain(r->dir, domain) != NULL;
+}
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+/* The value of header name in msg (first occurrence, unfolded, trimmed). */
+static bool header_value(const char *msg, size_t len, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    size_t i = 0;
+    while (i < len) {
+        const char *eol = memchr(msg + i, '\n', len - i);
+        size_t ll = eol ? (size_t)(eol - (msg + i)) : len - i;
+        if (ll == 0 || (ll == 1 && msg[i] == '\r'))
+            return false;
+        if (ll > nl && strncasecmp(msg + i, name, nl) == 0 && msg[i + nl] == ':') {
+            GString *v = g_string_new_len(msg + i + nl + 1, (gssize)(ll - nl - 1));
+            /* folded continuation lines */
+            size_t j = i + ll + 1;
+            while (j < len && (msg[j] == ' ' || msg[j] == '\t')) {
+                const char *e2 = memchr(msg + j, '\n', len - j);
+                size_t l2 = e2 ? (size_t)(e2 - (msg + j)) : len - j;
+                g_string_append_len(v, msg + j, (gssize)l2);
+                j += l2 + 1;
+            }
+            for (gsize k = 0; k < v->len; k++)
+                if (v->str[k] == '\r' || v->str[k] == '\n' || v->str[k] == '\t')
+                    v->str[k] = ' ';
+            str_copy(out, g_strstrip(v->str), outlen);
+            g_string_free(v, TRUE);
+            return true;
+        }
+        i += ll + 1;
+    }
+    return false;
+}
+
+static const char *domain_of(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at ? at + 1 : "";
+}
+
+static void make_id(struct roles *r, char *buf, size_t size, time_t when)
+{
+    unsigned long n = atomic_fetch_add(&r->seq, 1);
+    pec_make_msgid(buf, size, r->cfg->domain, when, n);
+}
+
+/* A system message from posta-certificata@<domain> to one address. */
+static void add_output(struct queue_outputs *out, const char *from, const char *const *to,
+                       size_t nto, const char *stage, const pec_buf *msg)
+{
+    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
+    for (size_t i = 0; i < nto; i++) {
+        rc[i].addr = (char *)to[i];
+        rc[i].orig = (char *)to[i];
+    }
+    struct queue_env e = {.sender = (char *)from, .rcpts = rc, .nrcpts = nto,
+                          .stage = (char *)stage, .listener = "pec", .proto = "local"};
+    queue_outputs_add(out, &e, msg->data, msg->len);
+    free(rc);
+}
+
+static int build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
+{
+    char e2[256];
+    if (pec_build(&r->id, a, m, e2, sizeof e2) == -1) {
+        snprintf(err, errlen, "cannot build %s: %s", pec_type_name(a->type), e2);
+        return -1;
+    }
+    return 0;
+}
+
+/* Our users get system messages straight into the mailbox (no stage);
+ * others' are relayed. */
+static void send_to(struct roles *r, struct queue_outputs *out, const char *to, const pec_buf *m)
+{
+    const char *rcpt[1] = {to};
+    add_output(out, r->cfg->pec_service_address, rcpt, 1, NULL, m);
+}
+
+/* ---- access point (§3.1) ------------------------------------------------------- */
+
+static int access_point(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, struct queue_outputs *out, char *err, size_t errlen)
+{
+    time_t now = time(NULL);
+    const char **fwd = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
+    pec_recipient *rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rcpts);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        fwd[i] = env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr;
+        rcpts[i].addr = (char *)fwd[i];
+        rcpts[i].kind = roles_is_pec_domain(r, domain_of(fwd[i])) ? PEC_RCPT_CERTIFICATO
+                                                                   : PEC_RCPT_ESTERNO;
+    }
+    char pec_id[256];
+    make_id(r, pec_id, sizeof pec_id, now);
+    pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
+                          .forward_paths = fwd, .n_forward = env->nrcpts,
+                          .max_total = r->cfg->pec_max_total};
+    pec_check_result cr;
+    pec_build_args a = {.original = data, .original_len = len, .sender = env->sender,
+                        .recipients = rcpts, .n_recipients = env->nrcpts, .when = now,
+                        .pec_id = pec_id};
+    pec_buf m = {0};
+    int rc = -1;
+    if (pec_check_submission(&in, &cr) == -1) {
+        /* §3.1.2: nothing is sent on; the sender learns why */
+        a.type = PEC_TYPE_NON_ACCETTAZIONE;
+        a.errore = PEC_ERRORE_ALTRO;
+        a.errore_esteso = cr.detail;
+        log_info("%s: not accepted (%s): %s", env->qid, pec_check_rule_name(cr.rule), cr.detail);
+        if (build(r, &a, &m, err, errlen) == 0) {
+            send_to(r, out, env->sender, &m);
+            rc = 0;
+        }
+        goto done;
+    }
+    char tipo[32];
+    a.variant = PEC_VARIANT_COMPLETA;
+    if (header_value(data, len, "X-TipoRicevuta", tipo, sizeof tipo)) {
+        pec_variant v = pec_variant_parse(tipo);
+        if (v != PEC_VARIANT_NONE)
+            a.variant = v;
+    }
+    /* §3.1.4: the acceptance receipt, then §3.1.5: the transport envelope */
+    a.type = PEC_TYPE_ACCETTAZIONE;
+    if (build(r, &a, &m, err, errlen) == -1)
+        goto done;
+    send_to(r, out, env->sender, &m);
+    pec_buf_free(&m);
+    a.type = PEC_TYPE_POSTA_CERTIFICATA;
+    if (build(r, &a, &m, err, errlen) == -1) {
+        queue_outputs_free(out);
+        goto done;
+    }
+    /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
+     * recipients; ours go through our incoming point (§3.4) */
+    const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
+    size_t nl = 0, nr = 0;
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (config_is_local_domain(r->cfg, domain_of(env->rcpts[i].addr)))
+            local[nl++] = env->rcpts[i].addr;
+        else
+            remote[nr++] = env->rcpts[i].addr;
+    }
+    if (nl > 0) {
+        struct queue_rcpt *qr = calloc(nl, sizeof *qr);
+        for (size_t i = 0; i < nl; i++)
+            qr[i].addr = qr[i].orig = (char *)local[i];
+        struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
+                              .stage = "incoming", .listener = "pec", .proto = "local"};
+        queue_outputs_add(out, &e, m.data, m.len);
+        free(qr);
+    }
+    if (nr > 0)
+        add_output(out, env->sender, remote, nr, NULL, &m);
+    free(local);
+    free(remote);
+    log_info("%s: accepted as PEC %s for %zu recipient%s", env->qid, pec_id, env->nrcpts,
+             env->nrcpts == 1 ? "" : "s");
+    rc = 0;
+done:
+    pec_buf_free(&m);
+    free(fwd);
+    free(rcpts);
+    return rc;
+}
+
+/* ---- incoming point and delivery point (§3.2, §3.3) -------------------------------- */
+
+/* Which receipt variant recipient rcpt gets (digest (c)): Cc recipients get
+ * sintetica; To (or ambiguous) the requested one. */
+static pec_variant variant_for(const char *data, size_t len, const char *rcpt, pec_variant asked)
+{
+    char to[4096] = "", cc[4096] = "";
+    header_value(data, len, "To", to, sizeof to);
+    header_value(data, len, "Cc", cc, sizeof cc);
+    bool in_to = strcasestr(to, rcpt) != NULL, in_cc = strcasestr(cc, rcpt) != NULL;
+    if (in_cc && !in_to)
+        return PEC_VARIANT_SINTETICA;
+    return asked == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : asked;
+}
+
+static int delivery_point(struct roles *r, const struct queue_env *env, const char *data,
+                          size_t len, bool recovered, const pec_verdict *v,
+                          struct queue_outputs *out, char *err, size_t errlen)
+{
+    const pec_daticert *d = v->daticert;
+    pec_buf orig = {0};
+    char e2[256];
+    bool have_orig = pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
+    int rc = 0;
+    for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
+        const char *addr = env->rcpts[i].addr;
+        time_t now = time(NULL);
+        char mid[256];
+        make_id(r, mid, sizeof mid, now);
+        pec_build_args a = {.sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0,
+                            .when = now, .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .consegna = addr, .subject = d ? d->oggetto : NULL};
+        pec_buf m = {0}, breve = {0};
+        bool exists = users_db_exists(r->users, addr);
+        if (!exists) {
+            /* §3.3.3: the envelope was correct, the mailbox is not there */
+            a.type = PEC_TYPE_ERRORE_CONSEGNA;
+            a.errore = PEC_ERRORE_NO_DEST;
+            char why[300];
+            snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", r->cfg->name);
+            a.errore_esteso = why;
+            log_info("%s: PEC %s to <%s>: no such mailbox", env->qid, a.pec_id, addr);
+            rc = build(r, &a, &m, err, errlen);
+        } else {
+            char e3[300];
+            if (transport_store_local(r->transport, env, i, data, len, recovered, e3,
+                                      sizeof e3) == -1) {
+                snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr, e3);
+                rc = -1;
+                break;
+            }
+            /* §3.3.2: the receipt follows the stored envelope */
+            a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
+            a.variant = variant_for(have_orig ? (const char *)orig.data : data,
+                                    have_orig ? orig.len : len, addr,
+                                    d ? d->ricevuta : PEC_VARIANT_COMPLETA);
+            if (a.variant == PEC_VARIANT_BREVE && have_orig &&
+                pec_breve_transform(orig.data, orig.len, &breve, e2, sizeof e2) == 0) {
+                a.original = breve.data;
+                a.original_len = breve.len;
+            } else if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {
+                if (!have_orig)
+                    a.variant = PEC_VARIANT_SINTETICA;
+                a.original = orig.data;
+                a.original_len = orig.len;
+            }
+            log_info("%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
+                     pec_variant_name(a.variant));
+            rc = build(r, &a, &m, err, errlen);
+        }
+        if (rc == 0)
+            send_to(r, out, env->sender, &m);
+        pec_buf_free(&m);
+        pec_buf_free(&breve);
+    }
+    pec_buf_free(&orig);
+    return rc;
+}
+
+/* §3.2.2: whatever is not a correct PEC message reaches the mailbox inside a
+ * signed anomaly envelope, SMTP paths unchanged. */
+static int anomaly(struct roles *r, const struct queue_env *env, const char *data, size_t len,
+                   const char *why, struct queue_outputs *out, char *err, size_t errlen)
+{
+    time_t now = time(NULL);
+    char pec_id[256];
+    make_id(r, pec_id, sizeof pec_id, now);
+    pec_recipient *rc = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        rc[i].addr = env->rcpts[i].addr;
+        rc[i].kind = PEC_RCPT_CERTIFICATO;
+    }
+    pec_build_args a = {.type = PEC_TYPE_ANOMALIA, .original = data, .original_len = len,
+                        .sender = env->sender[0] ? env->sender : "MAILER-DAEMON",
+                        .recipients = rc, .n_recipients = env->nrcpts, .when = now,
+                        .pec_id = pec_id, .errore_esteso = why};
+    pec_buf m = {0};
+    int res = build(r, &a, &m, err, errlen);
+    free(rc);
+    /* only to mailboxes that exist (an anomaly for nobody is not stored) */
+    struct queue_rcpt *keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
+    size_t nk = 0;
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (users_db_exists(r->users, env->rcpts[i].addr))
+            keep[nk++] = env->rcpts[i];
+        else
+            log_warn("%s: anomaly for unknown mailbox <%s> dropped", env->qid, env->rcpts[i].addr);
+    }
+    if (res == 0 && nk > 0) {
+        struct queue_env e = *env;
+        e.stage = NULL;
+        e.rcpts = keep;
+        e.nrcpts = nk;
+        queue_outputs_add(out, &e, m.data, m.len);
+        log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
+                 env->nrcpts == 1 ? "" : "s", why);
+    }
+    free(keep);
+    pec_buf_free(&m);
+    return res;
+}
+
+static int incoming_point(struct roles *r, const struct queue_env *env, const char *data,
+                          size_t len, bool recovered, struct queue_outputs *out, char *err,
+                          size_t errlen)
+{
+    pec_verdict v;
+    char e2[256];
+    memset(&v, 0, sizeof v);
+    if (pec_verify(r->trust, data, len, &v, e2, sizeof e2) == -1)
+        return anomaly(r, env, data, len, "messaggio non leggibile", out, err, errlen);
+    int rc;
+    if (!v.valid) {
+        char why[400];
+        snprintf(why, sizeof why, "%s: %s", pec_reason_name(v.reason), v.detail);
+        rc = anomaly(r, env, data, len, why, out, err, errlen);
+    } else if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
+        /* §3.2.1: presa in carico to the sender provider, for all our
+         * recipients of this transaction */
+        const pec_provider *p = pec_directory_by_hash(r->dir, v.signer_sha1);
+        const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            ric[i] = env->rcpts[i].addr;
+        time_t now = time(NULL);
+        char mid[256];
+        make_id(r, mid, sizeof mid, now);
+        const pec_daticert *d = v.daticert;
+        pec_build_args a = {.type = PEC_TYPE_PRESA_IN_CARICO,
+                            .sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0, .when = now,
+                            .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .notify_to = p && p->receipt ? p->receipt : NULL,
+                            .ricezione = ric, .n_ricezione = env->nrcpts,
+                            .subject = d ? d->oggetto : NULL};
+        pec_buf m = {0};
+        rc = a.notify_to ? build(r, &a, &m, err, errlen) : 0;
+        if (rc == 0 && a.notify_to)
+            send_to(r, out, a.notify_to, &m);
+        pec_buf_free(&m);
+        free(ric);
+        if (rc == 0)
+            rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
+    } else {
+        /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
+        struct queue_env e = *env;
+        e.stage = NULL;
+        queue_outputs_add(out, &e, data, len);
+        log_info("%s: PEC %s for %zu local recipient%s", env->qid, pec_type_name(v.cls.type),
+                 env->nrcpts, env->nrcpts == 1 ? "" : "s");
+        rc = 0;
+    }
+    pec_verdict_free(&v);
+    return rc;
+}
+
+int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
+                  bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+{
+    struct roles *r = arg;
+    if (strcmp(env->stage, "submission") == 0)
+        return access_point(r, env, data, len, out, err, errlen);
+    if (strcmp(env->stage, "incoming") == 0)
+        return incoming_point(r, env, data, len, recovered, out, err, errlen);
+    snprintf(err, errlen, "unknown stage '%s'", env->stage);
+    return -1;
+}

@@ -15,6 +15,7 @@
 #include "store/store.h"
 #include "provider/transport.h"
 #include "provider/roles.h"
+#include "store/tracking.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -37,6 +38,8 @@ struct pecd {
     struct users_db *users;
     struct transport *transport;
     struct roles *roles;
+    struct tracking *tracking;
+    struct event *timer_ev;
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -198,6 +201,41 @@ static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
     committer_submit(queue_committer(m->d->queue), m->w, committed, m);
 }
 
+/* ---- PEC timeout notices (§3.1.6) ------------------------------------------ */
+
+static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)fd;
+    (void)what;
+    struct tracking_due *due;
+    size_t n = tracking_due(d->tracking, time(NULL), d->cfg->timer_preavviso,
+                            d->cfg->timer_mancata_consegna, &due);
+    for (size_t i = 0; i < n; i++) {
+        struct queue_env env;
+        struct queue_rcpt rcpt;
+        char *data, err[256], qid[QUEUE_ID_LEN + 1];
+        size_t len;
+        if (roles_timeout_notice(d->roles, &due[i], &env, &rcpt, &data, &len, err, sizeof err) == -1) {
+            log_err("timeout notice for %s <%s>: %s", due[i].pec_id, due[i].rcpt, err);
+            continue;
+        }
+        /* stored first, then marked: a crash in between repeats a notice
+         * rather than losing it */
+        if (queue_inject(d->cfg->queue_dir, &env, data, len, qid) == 0) {
+            tracking_mark(d->tracking, due[i].pec_id, due[i].rcpt, due[i].which);
+            queue_enqueue(d->queue, qid);
+            log_info("%s: %s timeout notice for PEC %s to <%s> (recipient <%s>)", qid,
+                     due[i].which == 1 ? "first" : "second", due[i].pec_id, due[i].sender,
+                     due[i].rcpt);
+        } else {
+            log_err("cannot store the timeout notice for %s: %s", due[i].pec_id, strerror(errno));
+        }
+        free(data);
+    }
+    tracking_due_free(due, n);
+}
+
 /* ---- signals and shutdown ------------------------------------------------- */
 
 static void drain_check(evutil_socket_t fd, short what, void *arg)
@@ -342,12 +380,24 @@ int main(int argc, char **argv)
         return 1;
     }
     if (d.cfg->pec) {
-        d.roles = roles_new(d.cfg, d.transport, d.users, err, sizeof err);
+        char tpath[PATH_MAX];
+        snprintf(tpath, sizeof tpath, "%s/tracking.db", d.cfg->data_dir);
+        d.tracking = tracking_open(tpath, err, sizeof err);
+        if (d.tracking == NULL) {
+            log_err("%s", err);
+            return 1;
+        }
+        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
         if (d.roles == NULL) {
             log_err("configuration error: %s", err);
             return 1;
         }
         queue_set_processor(d.queue, roles_process, d.roles);
+        /* check a few times per shortest timer, at most every 30 s */
+        uint64_t every = d.cfg->timer_preavviso / 8;
+        every = every < 1 ? 1 : every > 30 ? 30 : every;
+        d.timer_ev = event_new(d.base, -1, EV_PERSIST, on_pec_timer, &d);
+        event_add(d.timer_ev, &(struct timeval){.tv_sec = (time_t)every});
     }
     struct smtp_hooks hooks = {
         .arg = &d,
@@ -379,8 +429,11 @@ int main(int argc, char **argv)
 
     event_base_dispatch(d.base);
 
+    if (d.timer_ev)
+        event_free(d.timer_ev);
     queue_free(d.queue);
     roles_free(d.roles);
+    tracking_close(d.tracking);
     transport_free(d.transport);
     smtp_server_free(d.smtp);
     for (int i = 0; i < 3; i++)

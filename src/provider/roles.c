@@ -21,6 +21,7 @@
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "store/store.h"
+#include "store/tracking.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -35,6 +36,7 @@ struct roles {
     const struct config *cfg;
     struct transport *transport;
     struct users_db *users;
+    struct tracking *tracking;
     pec_signer *signer;
     pec_identity id;
     pec_trust *trust;
@@ -53,10 +55,11 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
 }
 
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
-                        char *err, size_t errlen)
+                        struct tracking *tracking, char *err, size_t errlen)
 {
     struct roles *r = calloc(1, sizeof *r);
     r->cfg = cfg;
+    r->tracking = tracking;
     r->transport = t;
     r->users = users;
     size_t klen, clen, tlen, dlen;
@@ -220,8 +223,13 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         rcpts[i].kind = roles_is_pec_domain(r, domain_of(fwd[i])) ? PEC_RCPT_CERTIFICATO
                                                                    : PEC_RCPT_ESTERNO;
     }
-    char pec_id[256];
-    make_id(r, pec_id, sizeof pec_id, now);
+    /* the PEC msgid comes from the queue id, so a stage run again after a
+     * crash gives the same message the same identity */
+    char pec_id[256], stamp[32];
+    struct tm tm;
+    localtime_r(&env->arrival, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
+    snprintf(pec_id, sizeof pec_id, "opec1.%s.%s@%s", stamp, env->qid, r->cfg->domain);
     pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
                           .forward_paths = fwd, .n_forward = env->nrcpts,
                           .max_total = r->cfg->pec_max_total};
@@ -284,6 +292,27 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         add_output(out, env->sender, remote, nr, NULL, &m);
     free(local);
     free(remote);
+    /* §3.1.6: receipts are expected from certificato recipients only */
+    if (r->tracking != NULL) {
+        const char **cert = calloc(env->nrcpts, sizeof *cert);
+        size_t nc = 0;
+        GString *all = g_string_new(NULL);
+        for (size_t i = 0; i < env->nrcpts; i++) {
+            g_string_append_printf(all, "%s%s", i ? ", " : "", rcpts[i].addr);
+            if (rcpts[i].kind == PEC_RCPT_CERTIFICATO)
+                cert[nc++] = rcpts[i].addr;
+        }
+        char subj[1024] = "";
+        header_value(data, len, "Subject", subj, sizeof subj);
+        int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
+        g_string_free(all, TRUE);
+        free(cert);
+        if (tr == -1) {
+            snprintf(err, errlen, "cannot record the receipts expected for %s", pec_id);
+            queue_outputs_free(out);
+            goto done;
+        }
+    }
     log_info("%s: accepted as PEC %s for %zu recipient%s", env->qid, pec_id, env->nrcpts,
              env->nrcpts == 1 ? "" : "s");
     rc = 0;
@@ -462,6 +491,22 @@ static int incoming_point(struct roles *r, const struct queue_env *env, const ch
         if (rc == 0)
             rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
     } else {
+        /* a receipt for a message we sent: the tracking learns of it */
+        const pec_daticert *d = v.daticert;
+        if (r->tracking != NULL && d != NULL && d->identificativo != NULL) {
+            pec_type ty = v.cls.type;
+            if (ty == PEC_TYPE_PRESA_IN_CARICO) {
+                for (size_t i = 0; i < d->n_ricezione; i++)
+                    if (tracking_receipt(r->tracking, d->identificativo, d->ricezione[i], 'P') == 1)
+                        log_info("%s: presa in carico for %s <%s> was not expected (late or "
+                                 "duplicate)", env->qid, d->identificativo, d->ricezione[i]);
+            } else if ((ty == PEC_TYPE_AVVENUTA_CONSEGNA || ty == PEC_TYPE_ERRORE_CONSEGNA) &&
+                       d->consegna != NULL) {
+                if (tracking_receipt(r->tracking, d->identificativo, d->consegna, 'C') == 1)
+                    log_info("%s: %s for %s <%s> was not expected (late or duplicate)",
+                             env->qid, pec_type_name(ty), d->identificativo, d->consegna);
+            }
+        }
         /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
         struct queue_env e = *env;
         e.stage = NULL;
@@ -472,6 +517,40 @@ static int incoming_point(struct roles *r, const struct queue_env *env, const ch
     }
     pec_verdict_free(&v);
     return rc;
+}
+
+int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct queue_env *env,
+                         struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
+                         size_t errlen)
+{
+    time_t now = time(NULL);
+    char mid[256];
+    make_id(r, mid, sizeof mid, now);
+    pec_recipient rc = {.addr = due->rcpt, .kind = PEC_RCPT_CERTIFICATO};
+    /* §3.1.6 (digest (h)): the two notices share header and XML, not text */
+    const char *why = due->which == 1
+        ? "non è stato consegnato nelle prime 12 ore. Il messaggio potrebbe non avere esito "
+          "positivo; un ulteriore avviso seguirà nelle successive 12 ore."
+        : "non è stato consegnato entro 24 ore dall'invio. La transazione si considera "
+          "conclusa con esito negativo.";
+    pec_build_args a = {.type = PEC_TYPE_PREAVVISO_ERRORE_CONSEGNA, .errore = PEC_ERRORE_ALTRO,
+                        .sender = due->sender, .recipients = &rc, .n_recipients = 1,
+                        .when = now, .pec_id = due->pec_id, .message_id = mid,
+                        .consegna = due->rcpt, .subject = due->subject, .errore_esteso = why};
+    pec_buf m = {0};
+    if (build(r, &a, &m, err, errlen) == -1)
+        return -1;
+    memset(env, 0, sizeof *env);
+    memset(rcpt, 0, sizeof *rcpt);
+    rcpt->addr = rcpt->orig = due->sender;
+    env->sender = (char *)r->cfg->pec_service_address;
+    env->rcpts = rcpt;
+    env->nrcpts = 1;
+    env->listener = "pec";
+    env->proto = "local";
+    *data = (char *)m.data;
+    *len = m.len;
+    return 0;
 }
 
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,

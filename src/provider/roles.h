@@ -13,8 +13,16 @@ struct roles;
 
 /* Loads the signing key, trust anchors, CRL and providers' directory named
  * in [pec]; NULL with a reason naming the file on error. */
+struct tracking;
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
-                        char *err, size_t errlen);
+                        struct tracking *tracking, char *err, size_t errlen);
+/* Builds the timeout notice (§3.1.6) for one tracked recipient: 'which' 1 is
+ * the 12 h notice, 2 the 24 h one.  Fills env (its recipient in *rcpt) and
+ * *data (malloc'ed), or returns -1. */
+struct tracking_due;
+int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct queue_env *env,
+                         struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
+                         size_t errlen);
 void roles_free(struct roles *r);
 bool roles_is_pec_domain(const struct roles *r, const char *domain);
 /* process_fn (queue.h); arg is the struct roles.  Stages: "submission"

@@ -1,0 +1,180 @@
+/*
+ * tracking.c - the sending provider's record of the receipts it expects
+ * (RFC 6109 §3.1.6): for every certificato recipient of a transport envelope,
+ * whether the recipient provider's presa in carico and the delivery receipt
+ * (or non-delivery) came back, and which timeout notices went out.  SQLite,
+ * one connection behind a mutex (delivery threads and the event loop use it).
+ * Keyed by (PEC msgid, recipient), so replays after a crash add nothing.
+ */
+#include "tracking.h"
+#include "lib/lib.h"
+
+#include <glib.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tracking {
+    sqlite3 *db;
+    GMutex lock;
+};
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS expect ("
+    "  pec_id TEXT NOT NULL, rcpt TEXT NOT NULL, sender TEXT NOT NULL,"
+    "  subject TEXT, recipients TEXT, sent INTEGER NOT NULL,"
+    "  presa INTEGER NOT NULL DEFAULT 0,"      /* presa in carico received */
+    "  notice INTEGER NOT NULL DEFAULT 0,"     /* timeout notices sent: 0, 1 (12 h), 2 (24 h) */
+    "  PRIMARY KEY (pec_id, rcpt));"
+    "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);";
+
+struct tracking *tracking_open(const char *path, char *err, size_t errlen)
+{
+    struct tracking *t = calloc(1, sizeof *t);
+    char *msg = NULL;
+    if (sqlite3_open_v2(path, &t->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                          SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK ||
+        sqlite3_exec(t->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "tracking database %s: %s", path,
+                 msg ? msg : sqlite3_errmsg(t->db));
+        sqlite3_free(msg);
+        sqlite3_close(t->db);
+        free(t);
+        return NULL;
+    }
+    sqlite3_busy_timeout(t->db, 5000);
+    g_mutex_init(&t->lock);
+    return t;
+}
+
+void tracking_close(struct tracking *t)
+{
+    if (t == NULL)
+        return;
+    sqlite3_close(t->db);
+    g_mutex_clear(&t->lock);
+    free(t);
+}
+
+int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
+                    const char *subject, const char *recipients, const char *const *rcpts,
+                    size_t n, time_t sent)
+{
+    g_mutex_lock(&t->lock);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_exec(t->db, "BEGIN", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(t->db,
+                                "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, "
+                                "recipients, sent) VALUES (?, ?, ?, ?, ?, ?)",
+                                -1, &st, NULL);
+    for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+        sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rcpts[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, subject, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, recipients, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)sent);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
+    else
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        log_err("tracking: cannot record %s: %s", pec_id, sqlite3_errmsg(t->db));
+    g_mutex_unlock(&t->lock);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind)
+{
+    g_mutex_lock(&t->lock);
+    sqlite3_stmt *st = NULL;
+    /* a delivery receipt (or non-delivery) ends the tracking of the
+     * recipient; a presa in carico only marks it */
+    const char *sql = kind == 'P' ? "UPDATE expect SET presa = 1 WHERE pec_id = ? AND rcpt = ? "
+                                    "COLLATE NOCASE AND presa = 0"
+                                  : "DELETE FROM expect WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE";
+    int changed = -1;
+    if (sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_DONE)
+            changed = sqlite3_changes(t->db);
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&t->lock);
+    return changed < 0 ? -1 : changed > 0 ? 0 : 1;
+}
+
+size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
+                    struct tracking_due **out)
+{
+    /* §3.1.6: first notice after t12 with neither presa nor delivery; the
+     * second in the last part of t24 (not before 22/24 of it) without delivery */
+    time_t first = now - (time_t)t12;
+    time_t second = now - (time_t)(t24 - t24 / 24);
+    g_mutex_lock(&t->lock);
+    sqlite3_stmt *st = NULL;
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(struct tracking_due));
+    if (sqlite3_prepare_v2(t->db,
+                           "SELECT pec_id, rcpt, sender, subject, recipients, sent, presa, notice "
+                           "FROM expect WHERE (notice = 0 AND presa = 0 AND sent <= ?) "
+                           "OR (notice < 2 AND sent <= ?) ORDER BY sent LIMIT 1000",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)first);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)second);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            struct tracking_due d = {0};
+            d.pec_id = g_strdup((const char *)sqlite3_column_text(st, 0));
+            d.rcpt = g_strdup((const char *)sqlite3_column_text(st, 1));
+            d.sender = g_strdup((const char *)sqlite3_column_text(st, 2));
+            d.subject = g_strdup((const char *)sqlite3_column_text(st, 3));
+            d.recipients = g_strdup((const char *)sqlite3_column_text(st, 4));
+            d.sent = (time_t)sqlite3_column_int64(st, 5);
+            d.which = d.sent <= second ? 2 : 1;
+            g_array_append_val(a, d);
+        }
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&t->lock);
+    size_t n = a->len;
+    *out = (struct tracking_due *)(void *)g_array_free(a, FALSE);
+    return n;
+}
+
+int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which)
+{
+    g_mutex_lock(&t->lock);
+    sqlite3_stmt *st = NULL;
+    /* after the second notice the tracking of this recipient ends */
+    const char *sql = which >= 2 ? "DELETE FROM expect WHERE pec_id = ? AND rcpt = ?"
+                                 : "UPDATE expect SET notice = 1 WHERE pec_id = ? AND rcpt = ?";
+    int rc = -1;
+    if (sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&t->lock);
+    return rc;
+}
+
+void tracking_due_free(struct tracking_due *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        g_free(d[i].pec_id);
+        g_free(d[i].rcpt);
+        g_free(d[i].sender);
+        g_free(d[i].subject);
+        g_free(d[i].recipients);
+    }
+    g_free(d);
+}

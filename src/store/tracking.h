@@ -1,0 +1,34 @@
+/*
+ * tracking.h - receipts expected by the sending provider and the timeout
+ * notices of RFC 6109 §3.1.6 (tracking.c).
+ */
+#ifndef PEC_STORE_TRACKING_H
+#define PEC_STORE_TRACKING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct tracking;
+struct tracking_due {
+    char *pec_id, *rcpt, *sender, *subject, *recipients;
+    time_t sent;
+    int which;          /* 1: the 12 h notice, 2: the 24 h notice */
+};
+
+struct tracking *tracking_open(const char *path, char *err, size_t errlen);
+void tracking_close(struct tracking *t);
+/* Expect receipts for each certificato recipient of envelope pec_id. */
+int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
+                    const char *subject, const char *recipients, const char *const *rcpts,
+                    size_t n, time_t sent);
+/* A receipt came back: kind 'P' presa in carico, 'C' delivery or non-delivery.
+ * 0 matched, 1 not expected (late or duplicate), -1 error. */
+int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind);
+/* Notices due at now (t12, t24 in seconds); free with tracking_due_free. */
+size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
+                    struct tracking_due **out);
+int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which);
+void tracking_due_free(struct tracking_due *d, size_t n);
+
+#endif

@@ -1,0 +1,187 @@
+"""Two PEC providers exchanging certified mail on loopback (issue 6): every receipt and
+envelope appears in the right mailbox, signed (openssl cms -verify) and verifiable with
+pecctl verify; non-acceptance; unknown recipient; variants; anomaly; timeout notices."""
+import os
+
+import pytest
+
+from downstream import Downstream
+from pec_providers import Provider, openssl_verify, pecctl, ricevuta, trasporto, verify
+from pecd_harness import free_port
+
+
+def message(frm, to, subject="Prova PEC", cc=None, extra="", attach=False, bcc=None):
+    head = f"From: <{frm}>\r\nTo: {', '.join('<%s>' % t for t in to)}\r\n"
+    if cc:
+        head += f"Cc: {', '.join('<%s>' % c for c in cc)}\r\n"
+    if bcc:
+        head += f"Bcc: <{bcc}>\r\n"
+    head += f"Subject: {subject}\r\nMessage-ID: <{abs(hash((frm, subject, extra)))}@client.test>\r\n{extra}"
+    if not attach:
+        return (head + "\r\nBuongiorno,\r\nprova.\r\n").encode()
+    return (head + "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            "--b1\r\nContent-Type: text/plain\r\n\r\nIn allegato.\r\n"
+            "--b1\r\nContent-Type: application/pdf; name=\"doc.pdf\"\r\n"
+            "Content-Disposition: attachment; filename=\"doc.pdf\"\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\nUERGREFUQQ==\r\n--b1--\r\n").encode()
+
+
+@pytest.fixture
+def world(tmp_path):
+    ca = str(tmp_path / "ca")
+    pecctl("pki", "ca", ca, "--name", "Test PEC CA")
+    directory = str(tmp_path / "directory.ldif")
+    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory)
+    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory)
+    with open(directory, "w") as f:
+        f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
+        f.write(a.directory_entry() + b.directory_entry())
+    ext = Downstream(free_port())      # an ordinary (non-PEC) mail server
+    ext.start()
+    a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},
+                   extra={"tls_policy": {"plain.test": "may"}})
+    b.write_config({"pec.a.test": a.ports["mx"]})
+    for p in (a, b):
+        p.add_user("mario")
+        p.add_user("anna")
+    a.start()
+    b.start()
+    yield a, b, ext, ca, directory
+    for p in (a, b):
+        p.stop()
+    ext.stop()
+
+
+def assert_signed(p, path, raw, ca, directory, kind):
+    v, rc = verify(path, ca, directory)
+    assert rc == 0 and v["valid"], (kind, v)
+    assert v["type"] == kind, v
+    code, err = openssl_verify(raw, ca)
+    assert code == 0, f"openssl cms -verify failed for {kind}: {err}"
+    return v
+
+
+def test_pec_between_two_providers_and_an_external_address(world):
+    a, b, ext, ca, directory = world
+    msg = message("mario@pec.a.test", ["anna@pec.b.test", "anna@pec.a.test", "x@plain.test"],
+                  attach=True)
+    a.submit("mario", ["anna@pec.b.test", "anna@pec.a.test", "x@plain.test"], msg)
+    # acceptance to the sender, listing every recipient with its kind
+    (acc,) = a.wait_mail("mario", ricevuta("accettazione"))
+    v = assert_signed(a, *acc[:2], ca, directory, "accettazione")
+    kinds = {d["indirizzo"]: d["tipo"] for d in v["daticert"]["destinatari"]}
+    assert kinds == {"anna@pec.b.test": "certificato", "anna@pec.a.test": "certificato",
+                     "x@plain.test": "esterno"}, kinds
+    # the envelope in both recipients' mailboxes
+    (env_b,) = b.wait_mail("anna", trasporto("posta-certificata"))
+    assert_signed(b, *env_b[:2], ca, directory, "posta-certificata")
+    assert env_b[2]["Subject"].startswith("POSTA CERTIFICATA: ")
+    (env_a,) = a.wait_mail("anna", trasporto("posta-certificata"))
+    assert_signed(a, *env_a[:2], ca, directory, "posta-certificata")
+    # the external address gets the envelope as ordinary mail
+    got = ext.wait_messages(1)
+    assert got[0]["rcpts"] == ["x@plain.test"] and b"X-Trasporto: posta-certificata" in got[0]["data"]
+    # presa in carico from B to A's service mailbox (and A's own, §3.4)
+    pics = a.wait_mail("posta-certificata", ricevuta("presa-in-carico"), count=2)
+    for p in pics:
+        assert_signed(a, *p[:2], ca, directory, "presa-in-carico")
+    # one delivery receipt per certificato recipient, completa with the original
+    recs = a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
+    for r in recs:
+        v = assert_signed(a, *r[:2], ca, directory, "avvenuta-consegna")
+        assert v["variant"] == "completa"
+        assert b"postacert.eml" in r[1]
+    a_log = a.log(400)
+    assert "status=sent (relayed to localhost" in a_log
+
+
+def test_non_acceptance(world):
+    a, b, ext, ca, directory = world
+    # a Bcc: a forward path not in To/Cc (§3.1.1)
+    a.submit("mario", ["anna@pec.b.test", "anna@pec.a.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="bcc"))
+    (n,) = a.wait_mail("mario", ricevuta("non-accettazione"))
+    v = assert_signed(a, *n[:2], ca, directory, "non-accettazione")
+    assert n[2]["Subject"].startswith("AVVISO DI NON ACCETTAZIONE: ")
+    assert b"postacert.eml" not in n[1]
+    # From: differs from MAIL FROM
+    a.submit("mario", ["anna@pec.b.test"], message("anna@pec.a.test", ["anna@pec.b.test"], subject="from"))
+    a.wait_mail("mario", ricevuta("non-accettazione"), count=2)
+    # nothing left the provider
+    assert b.mails("anna") == []
+
+
+def test_unknown_recipient_gets_errore_consegna(world):
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["nessuno@pec.b.test"], message("mario@pec.a.test", ["nessuno@pec.b.test"]))
+    (e,) = a.wait_mail("mario", ricevuta("errore-consegna"))
+    v = assert_signed(a, *e[:2], ca, directory, "errore-consegna")
+    assert v["daticert"]["errore"] == "no-dest", v
+
+
+@pytest.mark.parametrize("tipo", ["breve", "sintetica"])
+def test_receipt_variants(world, tipo):
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], extra=f"X-TipoRicevuta: {tipo}\r\n",
+                     attach=True))
+    (r,) = a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    v = assert_signed(a, *r[:2], ca, directory, "avvenuta-consegna")
+    assert v["variant"] == tipo
+    if tipo == "breve":
+        assert b"doc.pdf.hash" in r[1]
+    else:
+        assert b"postacert.eml" not in r[1]
+
+
+def test_cc_recipient_gets_sintetica(world):
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["anna@pec.b.test", "mario@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], cc=["mario@pec.b.test"]))
+    recs = a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
+    variants = sorted(verify(r[0], ca, directory)[0]["variant"] for r in recs)
+    assert variants == ["completa", "sintetica"]
+
+
+def test_ordinary_mail_becomes_an_anomaly(world):
+    a, b, ext, ca, directory = world
+    import smtplib
+    ctx = __import__("ssl")._create_unverified_context()
+    with smtplib.SMTP("127.0.0.1", b.ports["mx"]) as s:
+        s.starttls(context=ctx)
+        s.sendmail("someone@plain.test", ["anna@pec.b.test"],
+                   b"From: <someone@plain.test>\r\nTo: <anna@pec.b.test>\r\nSubject: ciao\r\n\r\nhello\r\n")
+    (x,) = b.wait_mail("anna", trasporto("errore"))
+    assert x[2]["Subject"].startswith("ANOMALIA MESSAGGIO: ")
+    code, err = openssl_verify(x[1], ca)
+    assert code == 0, err
+
+
+def test_tampered_envelope_becomes_an_anomaly(world):
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["anna@pec.a.test"], message("mario@pec.a.test", ["anna@pec.a.test"]))
+    (env,) = a.wait_mail("anna", trasporto("posta-certificata"))
+    raw = env[1].split(b"\r\n", 2)[2]     # without Return-Path and Delivered-To
+    raw = raw.replace(b"Buongiorno", b"Buonasera", 1)
+    import smtplib, ssl
+    with smtplib.SMTP("127.0.0.1", b.ports["mx"]) as s:
+        s.starttls(context=ssl._create_unverified_context())
+        s.sendmail("mario@pec.a.test", ["anna@pec.b.test"], raw)
+    (x,) = b.wait_mail("anna", trasporto("errore"))
+    assert b"content-changed" in x[1] or b"content changed" in x[1].lower(), x[1][:2000]
+
+
+def test_timeout_notices_when_the_peer_is_down(world):
+    a, b, ext, ca, directory = world
+    b.stop()
+    a.stop()
+    a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},
+                   extra={"timers": {"preavviso": "3s", "mancata_consegna": "6s"},
+                          "tls_policy": {"plain.test": "may"}})
+    a.start()
+    a.submit("mario", ["anna@pec.b.test"], message("mario@pec.a.test", ["anna@pec.b.test"]))
+    notices = a.wait_mail("mario", ricevuta("preavviso-errore-consegna"), count=2, timeout=30)
+    for n in notices:
+        assert_signed(a, *n[:2], ca, directory, "preavviso-errore-consegna")
+        assert n[2]["Subject"].startswith("AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: ")
+    assert b"12 ore" in notices[0][1] and b"24 ore" in notices[1][1]

@@ -448,9 +448,66 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     return res;
 }
 
-static int incoming_point(struct roles *r, const struct queue_env *env, const char *data,
+static int incoming_verified(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, struct queue_outputs *out, char *err,
+                             size_t errlen);
+
+/* The Message-ID of msg without < >, or "" */
+static void message_id(const char *data, size_t len, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (header_value(data, len, "Message-ID", out, outlen)) {
+        char *p = out;
+        if (*p == '<')
+            memmove(p, p + 1, strlen(p));
+        char *gt = strchr(p, '>');
+        if (gt)
+            *gt = '\0';
+    }
+}
+
+static int incoming_point(struct roles *r, const struct queue_env *env_in, const char *data,
                           size_t len, bool recovered, struct queue_outputs *out, char *err,
                           size_t errlen)
+{
+    /* a copy the sender transferred again (it never saw our 250) is taken in
+     * once per recipient: deduplicated by Message-ID, which is unique for
+     * every PEC message (§2.2.1) */
+    struct queue_env envc = *env_in;
+    const struct queue_env *env = &envc;
+    struct queue_rcpt *fresh = calloc(env_in->nrcpts ? env_in->nrcpts : 1, sizeof *fresh);
+    char mid[512];
+    message_id(data, len, mid, sizeof mid);
+    envc.rcpts = fresh;
+    envc.nrcpts = 0;
+    for (size_t i = 0; i < env_in->nrcpts; i++) {
+        int s = mid[0] && r->tracking
+                    ? tracking_seen(r->tracking, mid, env_in->rcpts[i].addr, env_in->qid)
+                    : 0;
+        if (s == -1) {
+            free(fresh);
+            snprintf(err, errlen, "tracking database unavailable");
+            return -1;
+        }
+        if (s == 1) {
+            log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env_in->qid, mid,
+                     env_in->rcpts[i].addr);
+            continue;
+        }
+        fresh[envc.nrcpts++] = env_in->rcpts[i];
+    }
+    if (envc.nrcpts == 0) {
+        free(fresh);
+        return 0;
+    }
+    int res = incoming_verified(r, env, data, len, recovered, out, err, errlen);
+    free(fresh);
+    return res;
+}
+
+static int incoming_verified(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, struct queue_outputs *out, char *err,
+                             size_t errlen)
 {
     pec_verdict v;
     char e2[256];

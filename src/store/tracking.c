@@ -29,7 +29,12 @@ static const char schema[] =
     "  presa INTEGER NOT NULL DEFAULT 0,"      /* presa in carico received */
     "  notice INTEGER NOT NULL DEFAULT 0,"     /* timeout notices sent: 0, 1 (12 h), 2 (24 h) */
     "  PRIMARY KEY (pec_id, rcpt));"
-    "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);";
+    "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);"
+    /* messages taken in by the incoming point, so that a copy the sending
+     * side retries (it never saw our 250) is not delivered twice */
+    "CREATE TABLE IF NOT EXISTS seen ("
+    "  msgid TEXT NOT NULL, rcpt TEXT NOT NULL, qid TEXT NOT NULL, at INTEGER NOT NULL,"
+    "  PRIMARY KEY (msgid, rcpt));";
 
 struct tracking *tracking_open(const char *path, char *err, size_t errlen)
 {
@@ -177,4 +182,37 @@ void tracking_due_free(struct tracking_due *d, size_t n)
         g_free(d[i].recipients);
     }
     g_free(d);
+}
+
+int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid)
+{
+    g_mutex_lock(&t->lock);
+    int rc = -1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(t->db, "INSERT OR IGNORE INTO seen (msgid, rcpt, qid, at) "
+                                  "VALUES (?, lower(?), ?, strftime('%s','now'))",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, qid, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_DONE)
+            rc = sqlite3_changes(t->db) > 0 ? 0 : 2;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == 2) {
+        /* there before: the same queue file again (a stage replayed after a
+         * crash) is not a duplicate */
+        rc = -1;
+        if (sqlite3_prepare_v2(t->db, "SELECT qid FROM seen WHERE msgid = ? AND rcpt = lower(?)",
+                               -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                rc = strcmp((const char *)sqlite3_column_text(st, 0), qid) == 0 ? 0 : 1;
+        }
+        sqlite3_finalize(st);
+    }
+    g_mutex_unlock(&t->lock);
+    return rc;
 }

@@ -30,5 +30,8 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
                     struct tracking_due **out);
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which);
 void tracking_due_free(struct tracking_due *d, size_t n);
+/* Records that message msgid for rcpt arrived as queue file qid: 0 first time
+ * (or the same qid again), 1 a duplicate from another transfer, -1 error. */
+int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid);
 
 #endif

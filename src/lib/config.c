@@ -542,7 +542,6 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->out_ca_file, cfg->dir);
     default_str(&cfg->pec_service_address, "posta-certificata@%s", cfg->domain);
     default_str(&cfg->pec_tls_policy, "%s", "verify");
-    default_str(&cfg->evidence_path, "%s/evidence.db", cfg->data_dir);
     resolve(&cfg->pec_signing_key, cfg->dir);
     resolve(&cfg->pec_signing_cert, cfg->dir);
     resolve(&cfg->pec_trust, cfg->dir);
@@ -554,6 +553,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     default_str(&cfg->data_dir, "%s", cfg->dir);
     resolve(&cfg->data_dir, cfg->dir);
     default_str(&cfg->queue_dir, "%s/queue", cfg->data_dir);
+    default_str(&cfg->evidence_path, "%s/evidence.db", cfg->data_dir);
     default_str(&cfg->mailbox, "%s/mail/%%d/%%n", cfg->data_dir);
     default_str(&cfg->passwd_file, "%s/users", cfg->data_dir);
     resolve(&cfg->queue_dir, cfg->dir);

@@ -16,6 +16,7 @@
 #include "provider/transport.h"
 #include "provider/roles.h"
 #include "store/tracking.h"
+#include "store/evidence.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -39,7 +40,9 @@ struct pecd {
     struct transport *transport;
     struct roles *roles;
     struct tracking *tracking;
+    struct evidence *evidence;
     struct event *timer_ev;
+    time_t last_seal, last_purge;
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -234,6 +237,20 @@ static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
         free(data);
     }
     tracking_due_free(due, n);
+    /* the evidence log: seal finished days, and keep 30 months (§2.3) */
+    time_t now = time(NULL);
+    if (now - d->last_seal >= 300) {
+        char err[256];
+        d->last_seal = now;
+        if (evidence_seal(d->evidence, now, err, sizeof err) == -1)
+            log_err("evidence log: cannot seal: %s", err);
+    }
+    if (now - d->last_purge >= 86400) {
+        char err[256];
+        d->last_purge = now;
+        if (evidence_purge(d->evidence, now - (time_t)d->cfg->evidence_retention, err, sizeof err) == -1)
+            log_err("evidence log: cannot purge: %s", err);
+    }
 }
 
 /* ---- signals and shutdown ------------------------------------------------- */
@@ -392,6 +409,13 @@ int main(int argc, char **argv)
             log_err("configuration error: %s", err);
             return 1;
         }
+        d.evidence = evidence_open(d.cfg->evidence_path, err, sizeof err);
+        if (d.evidence == NULL) {
+            log_err("evidence log: %s", err);
+            return 1;
+        }
+        roles_set_evidence(d.roles, d.evidence);
+        d.last_seal = d.last_purge = 0;
         queue_set_processor(d.queue, roles_process, d.roles);
         /* check a few times per shortest timer, at most every 30 s */
         uint64_t every = d.cfg->timer_preavviso / 8;
@@ -432,6 +456,12 @@ int main(int argc, char **argv)
     if (d.timer_ev)
         event_free(d.timer_ev);
     queue_free(d.queue);
+    if (d.evidence != NULL) {
+        char e2[256];
+        if (evidence_seal(d.evidence, time(NULL), e2, sizeof e2) == -1)
+            log_err("evidence log: cannot seal: %s", e2);
+        evidence_close(d.evidence);
+    }
     roles_free(d.roles);
     tracking_close(d.tracking);
     transport_free(d.transport);

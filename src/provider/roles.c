@@ -22,6 +22,7 @@
 #include "pec/pec.h"
 #include "store/store.h"
 #include "store/tracking.h"
+#include "store/evidence.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -37,6 +38,7 @@ struct roles {
     struct transport *transport;
     struct users_db *users;
     struct tracking *tracking;
+    struct evidence *ev;
     pec_signer *signer;
     pec_identity id;
     pec_trust *trust;
@@ -123,6 +125,54 @@ void roles_free(struct roles *r)
     pec_trust_free(r->trust);
     pec_directory_free(r->dir);
     free(r);
+}
+
+/* The evidence log's signer: src/pec's "sign these bytes" interface. */
+static int ev_sign(void *ctx, const void *d, size_t n, unsigned char **der, size_t *len, char *err,
+                   size_t errlen)
+{
+    pec_signer *s = ctx;
+    pec_buf b = {0};
+    if (s->sign(s->ctx, d, n, &b, err, errlen) != 0)
+        return -1;
+    *der = b.data;
+    *len = b.len;
+    return 0;
+}
+
+void roles_set_evidence(struct roles *r, struct evidence *ev)
+{
+    r->ev = ev;
+    if (ev != NULL)
+        evidence_set_signer(ev, ev_sign, r->signer);
+}
+
+/* One event of the evidence log (§2.3).  Keyed by queue id, type and
+ * recipient, so a stage run again after a crash does not log twice. */
+static int event(struct roles *r, const char *type, const char *qid, const char *pec_id,
+                 const char *orig_msgid, const char *message_id, const char *sender,
+                 const char *rcpts, const char *subject, const char *outcome, const char *key)
+{
+    if (r->ev == NULL)
+        return 0;
+    char dk[600], e[256];
+    snprintf(dk, sizeof dk, "%s:%s:%s", qid, type, key ? key : "");
+    char om[512] = "";
+    if (orig_msgid) {
+        str_copy(om, orig_msgid[0] == '<' ? orig_msgid + 1 : orig_msgid, sizeof om);
+        char *gt = strchr(om, '>');
+        if (gt)
+            *gt = '\0';
+    }
+    struct evidence_event ee = {.type = type, .pec_id = pec_id, .orig_msgid = om[0] ? om : NULL,
+                                .message_id = message_id, .sender = sender, .recipients = rcpts,
+                                .subject = subject, .outcome = outcome, .queue_id = qid,
+                                .dedupe_key = dk, .when = time(NULL)};
+    if (evidence_append(r->ev, &ee, e, sizeof e) == -1) {
+        log_err("%s: evidence log: %s", qid, e);
+        return -1;
+    }
+    return 0;
 }
 
 bool roles_is_pec_domain(const struct roles *r, const char *domain)
@@ -245,9 +295,15 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         a.errore = PEC_ERRORE_ALTRO;
         a.errore_esteso = cr.detail;
         log_info("%s: not accepted (%s): %s", env->qid, pec_check_rule_name(cr.rule), cr.detail);
-        if (build(r, &a, &m, err, errlen) == 0) {
+        char subj0[1024] = "";
+        header_value(data, len, "Subject", subj0, sizeof subj0);
+        if (build(r, &a, &m, err, errlen) == 0 &&
+            event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL, subj0,
+                  cr.detail, NULL) == 0) {
             send_to(r, out, env->sender, &m);
             rc = 0;
+        } else if (err[0] == '\0') {
+            snprintf(err, errlen, "evidence log unavailable");
         }
         goto done;
     }
@@ -305,6 +361,14 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         char subj[1024] = "";
         header_value(data, len, "Subject", subj, sizeof subj);
         int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
+        char omid[512] = "";
+        header_value(data, len, "Message-ID", omid, sizeof omid);
+        if (tr == 0 &&
+            (event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str, subj,
+                   "ok", NULL) == -1 ||
+             event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender, all->str,
+                   subj, "inviata", NULL) == -1))
+            tr = -1;
         g_string_free(all, TRUE);
         free(cert);
         if (tr == -1) {
@@ -369,6 +433,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             a.errore_esteso = why;
             log_info("%s: PEC %s to <%s>: no such mailbox", env->qid, a.pec_id, addr);
             rc = build(r, &a, &m, err, errlen);
+            if (rc == 0)
+                rc = event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                           addr, a.subject, why, addr);
         } else {
             char e3[300];
             if (transport_store_local(r->transport, env, i, data, len, recovered, e3,
@@ -395,6 +462,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             log_info("%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
                      pec_variant_name(a.variant));
             rc = build(r, &a, &m, err, errlen);
+            if (rc == 0)
+                rc = event(r, "avvenuta-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
+                           a.sender, addr, a.subject, pec_variant_name(a.variant), addr);
         }
         if (rc == 0)
             send_to(r, out, env->sender, &m);
@@ -442,6 +512,15 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
         queue_outputs_add(out, &e, m.data, m.len);
         log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
                  env->nrcpts == 1 ? "" : "s", why);
+        char omid[512] = "", subj[1024] = "";
+        header_value(data, len, "Message-ID", omid, sizeof omid);
+        header_value(data, len, "Subject", subj, sizeof subj);
+        GString *to = g_string_new(NULL);
+        for (size_t i = 0; i < nk; i++)
+            g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i].addr);
+        res = event(r, "anomalia", env->qid, pec_id, omid, pec_id, env->sender, to->str, subj,
+                    why, NULL);
+        g_string_free(to, TRUE);
     }
     free(keep);
     pec_buf_free(&m);
@@ -492,6 +571,8 @@ static int incoming_point(struct roles *r, const struct queue_env *env_in, const
         if (s == 1) {
             log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env_in->qid, mid,
                      env_in->rcpts[i].addr);
+            event(r, "duplicato", env_in->qid, NULL, NULL, mid, env_in->sender,
+                  env_in->rcpts[i].addr, NULL, "dropped", env_in->rcpts[i].addr);
             continue;
         }
         fresh[envc.nrcpts++] = env_in->rcpts[i];
@@ -541,6 +622,14 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
                             .subject = d ? d->oggetto : NULL};
         pec_buf m = {0};
         rc = a.notify_to ? build(r, &a, &m, err, errlen) : 0;
+        if (rc == 0) {
+            GString *to = g_string_new(NULL);
+            for (size_t i = 0; i < env->nrcpts; i++)
+                g_string_append_printf(to, "%s%s", i ? ", " : "", ric[i]);
+            rc = event(r, "presa-in-carico", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                       to->str, a.subject, a.notify_to ? a.notify_to : "provider unknown", NULL);
+            g_string_free(to, TRUE);
+        }
         if (rc == 0 && a.notify_to)
             send_to(r, out, a.notify_to, &m);
         pec_buf_free(&m);
@@ -565,6 +654,21 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
             }
         }
         /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
+        char type[64], mid2[512];
+        snprintf(type, sizeof type, "ricevuta:%s", pec_type_name(v.cls.type));
+        message_id(data, len, mid2, sizeof mid2);
+        GString *to = g_string_new(NULL);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
+        if (event(r, type, env->qid, d ? d->identificativo : NULL, d ? d->msgid : NULL, mid2,
+                  env->sender, to->str, d ? d->oggetto : NULL,
+                  d && d->consegna ? d->consegna : "ricevuta", NULL) == -1) {
+            g_string_free(to, TRUE);
+            pec_verdict_free(&v);
+            snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
+        g_string_free(to, TRUE);
         struct queue_env e = *env;
         e.stage = NULL;
         queue_outputs_add(out, &e, data, len);
@@ -580,6 +684,8 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
                          struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
                          size_t errlen)
 {
+    char key[600];
+    snprintf(key, sizeof key, "%s:%d", due->rcpt, due->which);
     time_t now = time(NULL);
     char mid[256];
     make_id(r, mid, sizeof mid, now);
@@ -597,6 +703,8 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     pec_buf m = {0};
     if (build(r, &a, &m, err, errlen) == -1)
         return -1;
+    event(r, "preavviso-errore-consegna", due->pec_id, due->pec_id, NULL, mid, due->sender,
+          due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
     memset(env, 0, sizeof *env);
     memset(rcpt, 0, sizeof *rcpt);
     rcpt->addr = rcpt->orig = due->sender;

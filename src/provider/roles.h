@@ -24,6 +24,9 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
                          struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
                          size_t errlen);
 void roles_free(struct roles *r);
+/* Events go to this evidence log (its day seals signed with our key). */
+struct evidence;
+void roles_set_evidence(struct roles *r, struct evidence *ev);
 bool roles_is_pec_domain(const struct roles *r, const char *domain);
 /* process_fn (queue.h); arg is the struct roles.  Stages: "submission"
  * (access point), "incoming" (incoming + delivery point). */

@@ -114,5 +114,9 @@ def test_kill_9_during_200_pec_messages(pair):
     # a message that was never acknowledged may have gone through, but once at most
     nothing_twice = [c for c in (acc, cons, env, pic) if any(n > 1 for n in c.values())]
     assert not nothing_twice
+    # the evidence log of both providers is intact after all the kills
+    for p in (a, b):
+        r = pecctl("-c", p.conf, "log", "verify", check=False)
+        assert r.returncode == 0, f"{p.domain}: log verify: {r.stdout}{r.stderr}"
     # no timeout notice: every delivery receipt came back
     assert subjects(a, "mario", "X-Ricevuta", "preavviso-errore-consegna") == collections.Counter()

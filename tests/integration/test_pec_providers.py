@@ -185,3 +185,24 @@ def test_timeout_notices_when_the_peer_is_down(world):
         assert_signed(a, *n[:2], ca, directory, "preavviso-errore-consegna")
         assert n[2]["Subject"].startswith("AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: ")
     assert b"12 ore" in notices[0][1] and b"24 ore" in notices[1][1]
+
+
+def test_evidence_log_and_trace(world):
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="traccia"))
+    (r,) = a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    # the client's Message-ID finds the whole life of the message at each provider
+    orig = "<%s@client.test>" % abs(hash(("mario@pec.a.test", "traccia", "")))
+    ta = pecctl("-c", a.conf, "trace", orig).stdout
+    for ev in ("accettazione", "busta-trasporto", "ricevuta:presa-in-carico",
+               "ricevuta:avvenuta-consegna"):
+        assert ev in ta, ta
+    tb = pecctl("-c", b.conf, "trace", orig).stdout
+    assert "presa-in-carico" in tb and "avvenuta-consegna" in tb, tb
+    # and the PEC msgid too
+    pec_id = r[2]["X-Riferimento-Message-ID"] and verify(r[0], ca, directory)[0]["daticert"]["identificativo"]
+    assert "accettazione" in pecctl("-c", a.conf, "trace", pec_id).stdout
+    for p in (a, b):
+        res = pecctl("-c", p.conf, "log", "verify", check=False)
+        assert res.returncode == 0, res.stdout + res.stderr

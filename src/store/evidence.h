@@ -1,0 +1,122 @@
+/*
+ * evidence.h - the evidence log of RFC 6109 §2.3: every PEC event (message
+ * identifiers, dates, sender, recipients, subject, event type, outcome) in an
+ * append-only SQLite table kept 30 months.  Tamper-evident: each record
+ * carries SHA-256(previous hash || canonical record), and the last hash of
+ * every finished (UTC) day is signed with the provider key (CMS).  Format,
+ * verification and retention: docs/evidence.md.
+ *
+ * Thread-safety: one struct evidence may be used from several threads at
+ * once; concurrent appends are committed together (group commit).
+ * evidence_verify() and evidence_trace() open the file read-only and may run
+ * while pecd writes.
+ */
+#ifndef PEC_EVIDENCE_H
+#define PEC_EVIDENCE_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <time.h>
+
+struct evidence;
+
+struct evidence_event {
+    const char *type;        /* stable event name, e.g. "accettazione", "non-accettazione",
+                                "busta-trasporto", "presa-in-carico", "ricezione-busta",
+                                "anomalia", "avvenuta-consegna", "errore-consegna",
+                                "preavviso-errore-consegna", "rilevazione-virus",
+                                "ricevuta-ricevuta"; free text, indexed; required */
+    const char *pec_id;      /* the PEC msgid (identificativo, without <>) or NULL */
+    const char *orig_msgid;  /* the client's Message-ID (without <>) or NULL */
+    const char *message_id;  /* Message-ID of the message produced or handled, or NULL */
+    const char *sender;
+    const char *recipients;  /* comma-separated */
+    const char *subject;
+    const char *outcome;     /* "ok" or a reason */
+    const char *queue_id;    /* pecd queue id or NULL */
+    const char *dedupe_key;  /* not NULL: an event with the same key is stored only once */
+    time_t when;             /* the transaction's instant (§4.1); 0 = now */
+};
+
+/*
+ * Signer: a detached CMS SignedData (DER) over data, made with the provider
+ * key.  *der is malloc'ed (evidence frees it with free()).  src/pec's
+ * pec_signer returns a pec_buf instead; the provider adapts it in 5 lines:
+ *
+ *   static int ev_sign(void *ctx, const void *d, size_t n, unsigned char **der,
+ *                      size_t *len, char *err, size_t errlen) {
+ *       pec_signer *s = ctx; pec_buf b = {0};
+ *       if (s->sign(s->ctx, d, n, &b, err, errlen) != 0) return -1;
+ *       *der = b.data; *len = b.len; return 0;
+ *   }
+ */
+typedef int (*evidence_sign_fn)(void *ctx, const void *data, size_t len, unsigned char **der,
+                                size_t *derlen, char *err, size_t errlen);
+
+/* Opens (creating the file, its directory and the schema if needed). */
+struct evidence *evidence_open(const char *path, char *err, size_t errlen);
+void evidence_set_signer(struct evidence *ev, evidence_sign_fn fn, void *ctx);
+/* The clock used for the record's logging time and day (default time(NULL));
+ * for tests and simulations. */
+void evidence_set_clock(struct evidence *ev, time_t (*now)(void *ctx), void *ctx);
+
+/* Appends one event; durable (committed with synchronous=FULL) before it
+ * returns.  Callable from several threads at once: concurrent calls share one
+ * transaction.  A replay with a dedupe_key already stored is a no-op that
+ * returns 0.  -1 on error (reason in err). */
+int evidence_append(struct evidence *ev, const struct evidence_event *e, char *err,
+                    size_t errlen);
+
+/* Signs the head of every finished UTC day (day < the day of now) that has
+ * records and no seal yet.  Needs a signer.  Returns the number of days
+ * sealed, -1 on error. */
+int evidence_seal(struct evidence *ev, time_t now, char *err, size_t errlen);
+
+/* Retention: removes the records of whole sealed days that ended at or
+ * before older_than (oldest first).  Seals are kept (they hold no personal
+ * data) and the anchor row names the last removed record, so verification
+ * still starts from a signed point.  Returns the number of days removed, -1
+ * on error. */
+int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t errlen);
+
+void evidence_close(struct evidence *ev);
+
+/*
+ * Verification (pecctl log verify).  cert_pem_file: the provider signing
+ * certificate(s) (PEM; the signer must be one of the certificates in the
+ * file, so a renewed key is accepted by listing the old certificate too).
+ * NULL: the seals' signatures are checked against the certificate they
+ * embed and the signer is only printed.  Writes a report to out (may be
+ * NULL).  Returns 0 intact, -1 tampered (the first broken record or day
+ * described in err and on out), -2 when the log cannot be read.
+ */
+int evidence_verify(const char *path, const char *cert_pem_file, FILE *out, char *err,
+                    size_t errlen);
+
+struct evidence_verify_opts {
+    const char *cert_pem_file;
+    /* > 0: records of days ending after this instant must still be present
+     * (a purge beyond the retention period is reported as tampering) */
+    time_t keep_after;
+    time_t now;              /* 0 = time(NULL); days before its day should be sealed */
+};
+int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, FILE *out,
+                       char *err, size_t errlen);
+
+/* The life of a PEC message: every event whose pec_id, orig_msgid or
+ * message_id is id (with or without <>), then every event of the same PEC
+ * transactions, grouped per transaction in log order.  0 found, 1 none,
+ * -1 error (reason on out). */
+int evidence_trace(const char *path, const char *id, FILE *out);
+
+/* SHA-256 chain step over one record, exposed for tests and tools:
+ * hash = SHA-256(prev || "pecmail-evidence-1" || F(seq) F(day) F(logged_at)
+ * F(event_time) F(type) F(pec_id) F(orig_msgid) F(message_id) F(sender)
+ * F(recipients) F(subject) F(outcome) F(queue_id) F(dedupe_key)),
+ * F(NULL) = FF FF FF FF, F(s) = 4-byte big-endian length || bytes; numbers as
+ * decimal ASCII.  fields[] is in that order from type on (10 entries). */
+void evidence_record_hash(const unsigned char prev[32], long long seq, const char *day,
+                          long long logged_at, long long event_time,
+                          const char *const fields[10], unsigned char out[32]);
+
+#endif

@@ -415,6 +415,7 @@ int main(int argc, char **argv)
             return 1;
         }
         roles_set_evidence(d.roles, d.evidence);
+        transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;
         queue_set_processor(d.queue, roles_process, d.roles);
         /* check a few times per shortest timer, at most every 30 s */

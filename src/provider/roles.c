@@ -180,6 +180,11 @@ bool roles_is_pec_domain(const struct roles *r, const char *domain)
     return pec_directory_by_domain(r->dir, domain) != NULL;
 }
 
+bool roles_is_pec_domain_cb(void *arg, const char *domain)
+{
+    return roles_is_pec_domain(arg, domain);
+}
+
 /* ---- helpers ------------------------------------------------------------------ */
 
 /* The value of header name in msg (first occurrence, unfolded, trimmed). */

@@ -28,6 +28,8 @@ void roles_free(struct roles *r);
 struct evidence;
 void roles_set_evidence(struct roles *r, struct evidence *ev);
 bool roles_is_pec_domain(const struct roles *r, const char *domain);
+/* The same, with the signature transport_set_pec_domains() wants. */
+bool roles_is_pec_domain_cb(void *arg, const char *domain);
 /* process_fn (queue.h); arg is the struct roles.  Stages: "submission"
  * (access point), "incoming" (incoming + delivery point). */
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,

@@ -51,7 +51,16 @@ struct transport {
     GCond cond;
     GHashTable *idle;       /* "host|addr|port|policy" -> GQueue of idle_conn */
     GHashTable *active;     /* domain -> count of running deliveries */
+    bool (*is_pec)(void *arg, const char *domain);
+    void *is_pec_arg;
 };
+
+void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
+                               void *arg)
+{
+    t->is_pec = is_pec;
+    t->is_pec_arg = arg;
+}
 
 struct hop {
     char host[256];
@@ -458,6 +467,13 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
     const char *pname = config_tls_policy(t->cfg, domain);
     enum tls_policy policy = TLSP_MAY;
     tls_policy_parse(pname ? pname : t->cfg->out_tls, &policy);
+    /* provider-to-provider PEC traffic: at least [pec] tls_policy (RFC 6109 §5.3) */
+    if (t->is_pec != NULL && t->is_pec(t->is_pec_arg, domain)) {
+        enum tls_policy floor = TLSP_VERIFY;
+        tls_policy_parse(t->cfg->pec_tls_policy, &floor);
+        if (policy < floor)
+            policy = floor;
+    }
     bool bounce = env->sender[0] == '\0';
     bool strict = env->requiretls && !bounce;
     if (strict && policy < TLSP_VERIFY)

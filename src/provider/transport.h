@@ -12,6 +12,10 @@ struct transport;
 
 struct transport *transport_new(const struct config *cfg, char *err, size_t errlen);
 void transport_free(struct transport *t);
+/* Domains of PEC providers get at least [pec] tls_policy (verify): the
+ * callback answers whether a domain is one (the providers' directory). */
+void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
+                               void *arg);
 /* Stores data in the Maildir of recipient i of env now, durably (for the PEC
  * delivery point, whose receipt may only follow a stored envelope).  A copy
  * stored before a crash counts ('recovered').  0 ok, -1 error (err). */

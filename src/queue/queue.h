@@ -83,12 +83,12 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
 /* Appends recipient rcpt's final status to a committed spool file and syncs
  * it, so a partial failure retries only the recipients still pending. */
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text);
-/* Writes a complete spool file (env, data, END) as <queue_dir>/<sub>/<name>
- * and syncs it (not the directory). */
+/* Writes a complete spool file (env, data, END) as <queue_dir>/<sub>/<name>,
+ * synced when sync (never the directory). */
 int spool_write_file(const char *queue_dir, const char *sub, const char *name,
-                     const struct queue_env *env, const char *data, size_t len);
-/* Appends the PROCESSED record (with the number of outputs) and syncs it. */
-int spool_append_processed(const char *path, size_t noutputs);
+                     const struct queue_env *env, const char *data, size_t len, bool sync);
+/* Appends the PROCESSED record (with the number of outputs), synced when sync. */
+int spool_append_processed(const char *path, size_t noutputs, bool sync);
 /* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
 void queue_new_id(char out[QUEUE_ID_LEN + 1]);
 

@@ -402,24 +402,24 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
     return 0;
 }
 
-static int append_record(const char *path, const char *rec, size_t len)
+static int append_record(const char *path, const char *rec, size_t len, bool sync)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd == -1)
         return -1;
-    int r = fs_write_all(fd, rec, len) == -1 || fdatasync(fd) == -1 ? -1 : 0;
+    int r = fs_write_all(fd, rec, len) == -1 || (sync && fdatasync(fd) == -1) ? -1 : 0;
     close(fd);
     return r;
 }
 
-int spool_append_processed(const char *path, size_t noutputs)
+int spool_append_processed(const char *path, size_t noutputs, bool sync)
 {
     char rec[64];
     int n = snprintf(rec + 5, sizeof rec - 5, "%zu", noutputs);
     rec[0] = REC_PROCESSED;
     rec[1] = rec[2] = rec[3] = 0;
     rec[4] = (char)n;
-    return append_record(path, rec, 5 + (size_t)n);
+    return append_record(path, rec, 5 + (size_t)n, sync);
 }
 
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text)
@@ -435,11 +435,11 @@ int spool_append_status(const char *path, size_t rcpt, int status, const char *t
     rec[2] = (char)(len >> 16);
     rec[3] = (char)(len >> 8);
     rec[4] = (char)len;
-    return append_record(path, rec, 5 + len);
+    return append_record(path, rec, 5 + len, true);
 }
 
 int spool_write_file(const char *queue_dir, const char *sub, const char *name,
-                     const struct queue_env *env, const char *data, size_t len)
+                     const struct queue_env *env, const char *data, size_t len, bool sync)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s/%s", queue_dir, sub, name);
@@ -453,7 +453,7 @@ int spool_write_file(const char *queue_dir, const char *sub, const char *name,
     }
     str_copy(w->path, path, sizeof w->path);
     if (spool_writer_data(w, data, len) == -1 || spool_writer_finish(w) == -1 ||
-        fdatasync(w->fd) == -1) {
+        (sync && fdatasync(w->fd) == -1)) {
         spool_writer_abort(w);
         return -1;
     }

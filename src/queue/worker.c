@@ -26,6 +26,9 @@ struct work {
     struct qentry *e;
     bool loaded;
     bool staged;             /* handled by the stage processor, not delivered */
+    bool stage_written;      /* its outputs are in staged/, not yet committed */
+    bool stage_done;         /* outputs moved into queue/ */
+    size_t nout;
     struct queue_env env;
     char *data;
     size_t len;
@@ -171,7 +174,8 @@ static void notify(struct queue *q, struct work *w, enum dsn_action action, cons
 
 /* ---- stages: one message in, new messages out, exactly once -------------------- */
 
-/* Moves the committed outputs of source qid from staged/ into queue/. */
+/* Moves the committed outputs of source qid from staged/ into queue/ (the
+ * caller syncs queue/). */
 static int finish_outputs(struct queue *q, struct qentry *e)
 {
     char dir[PATH_MAX];
@@ -181,7 +185,6 @@ static int finish_outputs(struct queue *q, struct qentry *e)
         return -1;
     size_t plen = strlen(e->qid);
     int rc = 0;
-    bool moved = false;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         if (strncmp(de->d_name, e->qid, plen) != 0 || de->d_name[plen] != '.')
@@ -195,16 +198,11 @@ static int finish_outputs(struct queue *q, struct qentry *e)
             rc = -1;
             continue;
         }
-        moved = true;
         if (e->injected == NULL)
             e->injected = g_ptr_array_new_with_free_func(g_free);
         g_ptr_array_add(e->injected, g_strdup(newqid));
     }
     closedir(d);
-    char qdir[PATH_MAX];
-    snprintf(qdir, sizeof qdir, "%s/queue", q->dir);
-    if (moved && fs_fsync_dir(qdir) == -1)
-        rc = -1;
     return rc;
 }
 
@@ -223,60 +221,139 @@ static void drop_staged(struct queue *q, const char *qid)
     closedir(d);
 }
 
+static void stage_failed(struct queue *q, struct work *w, const char *why)
+{
+    struct qentry *e = w->e;
+    drop_staged(q, e->qid);
+    e->tempfail = true;
+    w->stage_written = false;
+    snprintf(e->err, sizeof e->err, "%s", why);
+    log_err("%s: %s stage deferred: %s", e->qid, w->env.stage, why);
+}
+
+/* Runs the stage processor and writes its outputs to staged/ (made durable
+ * with the rest of the batch by commit_stages). */
 static void run_stage(struct queue *q, struct work *w)
 {
     struct qentry *e = w->e;
-    char path[PATH_MAX];
-    path_of(q, "queue", e->qid, path, sizeof path);
     w->staged = true;
-    if (!w->env.processed) {
-        /* outputs of an interrupted earlier run were never committed */
-        drop_staged(q, e->qid);
-        struct queue_outputs out = {0};
-        char err[512] = "";
-        if (q->process(q->process_arg, &w->env, w->data, w->len, e->recovered, &out, err,
-                       sizeof err) == -1) {
-            e->tempfail = true;
-            snprintf(e->err, sizeof e->err, "%s", err);
-            log_warn("%s: %s stage deferred: %s", e->qid, w->env.stage, err);
-            queue_outputs_free(&out);
-            return;
-        }
-        time_t now = time(NULL);
-        bool ok = true;
-        for (size_t i = 0; i < out.n && ok; i++) {
-            struct queue_env *oe = &out.v[i].env;
-            queue_new_id(oe->qid);
-            oe->arrival = now;
-            char name[80];
-            snprintf(name, sizeof name, "%s.%zu.%s", e->qid, i, oe->qid);
-            ok = spool_write_file(q->dir, "staged", name, oe, out.v[i].data, out.v[i].len) == 0;
-        }
-        char sdir[PATH_MAX];
-        snprintf(sdir, sizeof sdir, "%s/staged", q->dir);
-        if (!ok || (out.n > 0 && fs_fsync_dir(sdir) == -1) ||
-            spool_append_processed(path, out.n) == -1) {
-            log_err("%s: cannot store the outputs of the %s stage: %s", e->qid, w->env.stage,
-                    strerror(errno));
-            drop_staged(q, e->qid);
-            e->tempfail = true;
-            snprintf(e->err, sizeof e->err, "cannot store outputs");
-            queue_outputs_free(&out);
-            return;
-        }
-        log_info("%s: %s stage done, %zu new message%s", e->qid, w->env.stage, out.n,
-                 out.n == 1 ? "" : "s");
-        queue_outputs_free(&out);
-    }
-    /* committed: move the outputs in and the source out */
-    if (finish_outputs(q, e) == -1) {
+    if (w->env.processed)
+        return;   /* committed before a crash: commit_stages finishes it */
+    /* outputs of an interrupted earlier run were never committed */
+    drop_staged(q, e->qid);
+    struct queue_outputs out = {0};
+    char err[512] = "";
+    if (q->process(q->process_arg, &w->env, w->data, w->len, e->recovered, &out, err,
+                   sizeof err) == -1) {
         e->tempfail = true;
-        snprintf(e->err, sizeof e->err, "cannot move outputs into the queue");
+        snprintf(e->err, sizeof e->err, "%s", err);
+        log_warn("%s: %s stage deferred: %s", e->qid, w->env.stage, err);
+        queue_outputs_free(&out);
         return;
     }
-    if (unlink(path) == -1 && errno != ENOENT)
-        log_err("%s: cannot remove spool file: %s", e->qid, strerror(errno));
-    e->finished = true;
+    time_t now = time(NULL);
+    for (size_t i = 0; i < out.n; i++) {
+        struct queue_env *oe = &out.v[i].env;
+        queue_new_id(oe->qid);
+        oe->arrival = now;
+        char name[80];
+        snprintf(name, sizeof name, "%s.%zu.%s", e->qid, i, oe->qid);
+        if (spool_write_file(q->dir, "staged", name, oe, out.v[i].data, out.v[i].len,
+                             !q->cfg->sync_fs) == -1) {
+            stage_failed(q, w, "cannot write the stage's outputs");
+            queue_outputs_free(&out);
+            return;
+        }
+    }
+    w->stage_written = true;
+    w->nout = out.n;
+    log_info("%s: %s stage done, %zu new message%s", e->qid, w->env.stage, out.n,
+             out.n == 1 ? "" : "s");
+    queue_outputs_free(&out);
+}
+
+static int sync_dir_fs(const char *dir, bool fs)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    int r = fs ? syncfs(fd) : fsync(fd);
+    close(fd);
+    return r;
+}
+
+/* Group commit of the batch's stages: outputs durable (one syncfs), the
+ * PROCESSED records appended and made durable (the commit point, one more
+ * syncfs), the outputs moved into queue/ and queue/ synced once, the sources
+ * removed.  In fsync mode every file was synced as it was written. */
+static void commit_stages(struct queue *q, struct work *ws, size_t n)
+{
+    char sdir[PATH_MAX], qdir[PATH_MAX];
+    snprintf(sdir, sizeof sdir, "%s/staged", q->dir);
+    snprintf(qdir, sizeof qdir, "%s/queue", q->dir);
+    bool any_written = false, any = false;
+    for (size_t k = 0; k < n; k++) {
+        any_written = any_written || ws[k].stage_written;
+        any = any || (ws[k].staged && !ws[k].e->tempfail);
+    }
+    if (!any)
+        return;
+    if (any_written && ((q->cfg->sync_fs && sync_dir_fs(sdir, true) == -1) ||
+                        sync_dir_fs(sdir, false) == -1)) {
+        for (size_t k = 0; k < n; k++)
+            if (ws[k].stage_written)
+                stage_failed(q, &ws[k], "cannot sync the stage's outputs");
+    }
+    bool appended = false;
+    for (size_t k = 0; k < n; k++) {
+        struct work *w = &ws[k];
+        if (!w->stage_written)
+            continue;
+        char path[PATH_MAX];
+        path_of(q, "queue", w->e->qid, path, sizeof path);
+        if (spool_append_processed(path, w->nout, !q->cfg->sync_fs) == -1)
+            stage_failed(q, w, "cannot record the stage's commit");
+        else
+            appended = true;
+    }
+    if (appended && q->cfg->sync_fs && sync_dir_fs(qdir, true) == -1) {
+        /* the commit points may not be durable: run those stages again */
+        for (size_t k = 0; k < n; k++)
+            if (ws[k].stage_written)
+                stage_failed(q, &ws[k], "cannot sync the stage's commit");
+    }
+    bool moved = false;
+    for (size_t k = 0; k < n; k++) {
+        struct work *w = &ws[k];
+        if (!w->staged || w->e->tempfail)
+            continue;
+        if (finish_outputs(q, w->e) == -1) {
+            w->e->tempfail = true;
+            snprintf(w->e->err, sizeof w->e->err, "cannot move outputs into the queue");
+            continue;
+        }
+        moved = true;
+        w->stage_done = true;
+    }
+    if (moved && sync_dir_fs(qdir, false) == -1) {
+        /* the sources stay (with their commit point): recovery moves again */
+        for (size_t k = 0; k < n; k++)
+            if (ws[k].stage_done) {
+                ws[k].stage_done = false;
+                ws[k].e->tempfail = true;
+            }
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        struct work *w = &ws[k];
+        if (!w->stage_done)
+            continue;
+        char path[PATH_MAX];
+        path_of(q, "queue", w->e->qid, path, sizeof path);
+        if (unlink(path) == -1 && errno != ENOENT)
+            log_err("%s: cannot remove spool file: %s", w->e->qid, strerror(errno));
+        w->e->finished = true;
+    }
 }
 
 /* ---- one message ---------------------------------------------------------- */
@@ -424,6 +501,7 @@ gpointer queue_worker_thread(gpointer arg)
         }
         for (size_t i = 0; i < n; i++)
             load(q, &ws[i]);
+        commit_stages(q, ws, n);
         publish_batch(q, ws, n);
         for (size_t i = 0; i < n; i++) {
             settle(q, &ws[i]);

@@ -31,6 +31,9 @@ struct pem_signer {
     EVP_PKEY *key;
     X509 *cert;
     STACK_OF(X509) *chain; /* intermediates, may be empty */
+    /* the SMIMECapabilities attribute (RFC 5751 §2.5.2, as real providers
+     * send it), built once instead of for every signature */
+    STACK_OF(X509_ALGOR) *smimecap;
 };
 
 static int ossl_err(char *err, size_t errsz, const char *what)
@@ -58,7 +61,10 @@ static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char 
     unsigned flags = CMS_DETACHED | CMS_BINARY | CMS_PARTIAL;
     CMS_ContentInfo *cms = CMS_sign(NULL, NULL, ps->chain, NULL, flags);
     int rc = -1;
-    if (!cms || !CMS_add1_signer(cms, ps->cert, ps->key, EVP_sha256(), flags & ~CMS_PARTIAL) ||
+    CMS_SignerInfo *si = cms ? CMS_add1_signer(cms, ps->cert, ps->key, EVP_sha256(),
+                                               (flags & ~CMS_PARTIAL) | CMS_NOSMIMECAP)
+                             : NULL;
+    if (!si || (ps->smimecap && CMS_add_smimecap(si, ps->smimecap) != 1) ||
         !CMS_final(cms, in, NULL, flags)) {
         ossl_err(err, errsz, "CMS signing failed");
         goto out;
@@ -92,6 +98,7 @@ static void pem_destroy(void *ctx)
     EVP_PKEY_free(ps->key);
     X509_free(ps->cert);
     sk_X509_pop_free(ps->chain, X509_free);
+    sk_X509_ALGOR_pop_free(ps->smimecap, X509_ALGOR_free);
     free(ps);
 }
 
@@ -155,6 +162,10 @@ pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *
     BIO_free(kb);
     BIO_free(cb);
     cert_email(ps->cert, s->email, sizeof s->email);
+    if (CMS_add_standard_smimecap(&ps->smimecap) != 1) {
+        sk_X509_ALGOR_pop_free(ps->smimecap, X509_ALGOR_free);
+        ps->smimecap = NULL;   /* signatures then go without the attribute */
+    }
     s->sign = pem_sign;
     s->destroy = pem_destroy;
     s->ctx = ps;

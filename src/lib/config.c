@@ -427,10 +427,11 @@ static int handler(void *user, const char *section, const char *name, const char
         if (*n >= CONFIG_MAX_ROUTES)
             return fail(ctx, "at most %d entries in [%s]", CONFIG_MAX_ROUTES, section);
         if (routes) {
-            const char *colon = strrchr(value, ':');
-            if (colon == NULL || colon == value || colon[1] == '\0' ||
+            const char *hp = strncmp(value, "lmtp:", 5) == 0 ? value + 5 : value;
+            const char *colon = strrchr(hp, ':');
+            if (colon == NULL || colon == hp || colon[1] == '\0' ||
                 strspn(colon + 1, "0123456789") != strlen(colon + 1))
-                return fail(ctx, "%s: '%s' is not HOST:PORT", name, value);
+                return fail(ctx, "%s: '%s' is not [lmtp:]HOST:PORT", name, value);
         } else if (!valid_policy(value)) {
             return fail(ctx, "%s: '%s' is not none, may, encrypt, verify or dane", name, value);
         }

@@ -72,6 +72,7 @@ struct hop {
 struct hops {
     struct hop h[MAX_HOPS];
     size_t n;
+    bool lmtp;              /* a route "lmtp:HOST:PORT" (RFC 2033, e.g. Dovecot) */
     bool secure;            /* DNSSEC-validated, or a static route */
     int fail_code;          /* 0 ok; 4xx/5xx when the lookup failed */
     char fail[256];
@@ -236,6 +237,10 @@ static void resolve(struct transport *t, const char *domain, struct hops *hs)
         /* a static route: configuration, so as trustworthy as DNSSEC */
         struct hop *h = &hs->h[hs->n++];
         char buf[300];
+        if (strncmp(route, "lmtp:", 5) == 0) {
+            hs->lmtp = true;
+            route += 5;
+        }
         str_copy(buf, route, sizeof buf);
         char *colon = strrchr(buf, ':');
         *colon = '\0';
@@ -320,9 +325,9 @@ static void resolve(struct transport *t, const char *domain, struct hops *hs)
 /* ---- connection cache and per-destination limit --------------------------------- */
 
 static void conn_key(char *key, size_t n, const struct hop *h, const char *addr,
-                     enum tls_policy p)
+                     enum tls_policy p, bool lmtp)
 {
-    snprintf(key, n, "%s|%s|%s|%d", h->host, addr, h->port, (int)p);
+    snprintf(key, n, "%s|%s|%s|%d|%d", h->host, addr, h->port, (int)p, (int)lmtp);
 }
 
 static struct smtp_client *cache_take(struct transport *t, const char *key)
@@ -532,10 +537,10 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
                     hp = strict ? TLSP_VERIFY : TLSP_MAY;
             }
             char key[600];
-            conn_key(key, sizeof key, h, h->addrs[ai], hp);
+            conn_key(key, sizeof key, h, h->addrs[ai], hp, hs.lmtp);
             struct smtp_client_opts o = {
                 .helo = t->cfg->out_helo, .tls = hp, .tls_ctx = t->client_ctx,
-                .tls_name = h->host, .tlsa = tlsa, .ntlsa = ntlsa,
+                .tls_name = h->host, .tlsa = tlsa, .ntlsa = ntlsa, .lmtp = hs.lmtp,
                 .timeout = (unsigned)t->cfg->out_timeout,
             };
             struct smtp_reply fail;

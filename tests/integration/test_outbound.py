@@ -168,3 +168,40 @@ def test_no_notification_for_never_or_null_sender(make_instance, downstream, pki
     inst.wait_queue_empty()
     wait_log(inst, "status=bounced")
     assert reports(inst, ALICE) == []
+
+
+def test_lmtp_route_gives_one_reply_per_recipient(make_instance):
+    """A route "lmtp:HOST:PORT" speaks LMTP (RFC 2033): LHLO, and after the data one reply
+    per recipient, so one recipient can fail while the other is delivered."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.lmtp import LMTP
+    from downstream import reports, wait_reports
+
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append((list(envelope.rcpt_tos), envelope.original_content))
+            return "\r\n".join("550 5.2.2 mailbox full" if r.startswith("full") else "250 2.0.0 stored"
+                               for r in envelope.rcpt_tos)
+
+    class LmtpController(Controller):
+        def factory(self):
+            return LMTP(self.handler, hostname="lmtp.remote.test")
+
+    port = free_port()
+    ctl = LmtpController(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        inst = make_instance(conf={"routes": {"store.test": f"lmtp:127.0.0.1:{port}"},
+                                   "tls_policy": {"store.test": "none"}})
+        submit(inst, ["ok@store.test", "full@store.test"],
+               message(unique_id("lmtp"), sender=ALICE, to="ok@store.test"))
+        (rep,) = wait_reports(inst, ALICE)
+        text = rep.get_payload()[1].as_string()
+        assert "Final-Recipient: rfc822; full@store.test" in text and "Status: 5.2.2" in text
+        assert "ok@store.test" not in text
+        assert got and sorted(got[0][0]) == ["full@store.test", "ok@store.test"]
+        inst.wait_queue_empty()
+    finally:
+        ctl.stop()

@@ -206,3 +206,41 @@ def test_evidence_log_and_trace(world):
     for p in (a, b):
         res = pecctl("-c", p.conf, "log", "verify", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_too_big_is_not_accepted(world):
+    a, b, ext, ca, directory = world
+    a.stop()
+    a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},
+                   extra={"pec": {"max_total_size": "4K"}, "tls_policy": {"plain.test": "may"}})
+    a.start()
+    big = message("mario@pec.a.test", ["anna@pec.b.test", "mario@pec.b.test"], subject="grande",
+                  extra="".join(f"X-Pad{i}: {'x' * 70}\r\n" for i in range(35)))
+    a.submit("mario", ["anna@pec.b.test", "mario@pec.b.test"], big)   # 2 x ~2.7 KB > 4 KB
+    (n,) = a.wait_mail("mario", ricevuta("non-accettazione"))
+    assert_signed(a, *n[:2], ca, directory, "non-accettazione")
+    assert b.mails("anna") == []
+
+
+def test_signer_not_in_the_directory_gives_an_anomaly(world, tmp_path):
+    a, b, ext, ca, directory = world
+    # provider C has a certificate from the same CA but no entry in the directory
+    cdir = str(tmp_path / "c")
+    pecctl("pki", "issue", "--ca", ca, "--domain", "pec.c.test", "--out", cdir, "--name", "C")
+    out = str(tmp_path / "env.eml")
+    import subprocess
+    from pecd_harness import BUILD
+    sample = os.path.join(BUILD, "src", "pec", "pec_sample")
+    if not os.path.exists(sample):
+        pytest.skip("pec_sample is not built")
+    subprocess.run([sample, "--key", os.path.join(cdir, "signing.key"), "--chain",
+                    os.path.join(cdir, "signing.pem"), "--domain", "pec.c.test", "--type",
+                    "posta-certificata", "--out", out], check=True)
+    import smtplib, ssl
+    with smtplib.SMTP("127.0.0.1", b.ports["mx"]) as s:
+        s.starttls(context=ssl._create_unverified_context())
+        s.sendmail("x@pec.c.test", ["anna@pec.b.test"], open(out, "rb").read())
+    (x,) = b.wait_mail("anna", trasporto("errore"))
+    assert b"not-in-directory" in x[1] or b"directory" in x[1], x[1][:3000]
+    # no presa in carico for a provider we do not know
+    assert "presa-in-carico" not in b.log(100).split("anomaly envelope")[-1]

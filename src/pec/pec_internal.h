@@ -10,6 +10,8 @@
 
 /* Writes a formatted message into err (when given) and returns -1. */
 int pec_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* pec_err with "what: <OpenSSL's first queued error>"; clears OpenSSL's queue. */
+int pec_ossl_err(char *err, size_t errsz, const char *what);
 /* strdup of s without leading and trailing white space; NULL on ENOMEM. */
 char *pec_strdup_trim(const char *s);
 /* Moves a mime_buf into a pec_buf (the mime_buf is left empty). */

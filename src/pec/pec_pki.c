@@ -20,16 +20,6 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-static int ossl_fail(char *err, size_t errsz, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[160] = "";
-    if (e)
-        ERR_error_string_n(e, buf, sizeof buf);
-    ERR_clear_error();
-    return pec_err(err, errsz, "%s%s%s", what, e ? ": " : "", buf);
-}
-
 static int bio_to_buf(BIO *b, pec_buf *out)
 {
     char *p = NULL;
@@ -107,7 +97,7 @@ int pec_pki_make_ca(const char *name, long days, int bits, pec_pki_pair *out, ch
     X509 *x = X509_new();
     int rc = -1;
     if (!key || !x) {
-        ossl_fail(err, errsz, "CA key generation failed");
+        pec_ossl_err(err, errsz, "CA key generation failed");
         goto out;
     }
     X509_set_version(x, 2);
@@ -124,7 +114,7 @@ int pec_pki_make_ca(const char *name, long days, int bits, pec_pki_pair *out, ch
         add_ext(x, x, NID_subject_key_identifier, "hash") ||
         add_ext(x, x, NID_authority_key_identifier, "keyid:always") ||
         !X509_sign(x, key, EVP_sha256())) {
-        ossl_fail(err, errsz, "CA certificate creation failed");
+        pec_ossl_err(err, errsz, "CA certificate creation failed");
         goto out;
     }
     rc = pair_out(key, x, out);
@@ -150,7 +140,7 @@ static int load_ca(const pec_pki_pair *ca, EVP_PKEY **key, X509 **cert, char *er
     X509_free(*cert);
     *key = NULL;
     *cert = NULL;
-    return ossl_fail(err, errsz, "cannot load the CA key and certificate");
+    return pec_ossl_err(err, errsz, "cannot load the CA key and certificate");
 }
 
 int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *out, char *err,
@@ -167,7 +157,7 @@ int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *
     key = new_key(req->bits);
     x = X509_new();
     if (!key || !x) {
-        ossl_fail(err, errsz, "key generation failed");
+        pec_ossl_err(err, errsz, "key generation failed");
         goto out;
     }
     X509_set_version(x, 2);
@@ -208,7 +198,7 @@ int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *
     bad |= add_ext(x, cacert, NID_authority_key_identifier, "keyid:always");
     bad |= add_ext(x, cacert, NID_subject_alt_name, san);
     if (bad || !X509_sign(x, cakey, EVP_sha256())) {
-        ossl_fail(err, errsz, "certificate creation failed");
+        pec_ossl_err(err, errsz, "certificate creation failed");
         goto out;
     }
     rc = pair_out(key, x, out);
@@ -259,7 +249,7 @@ int pec_pki_make_crl(const pec_pki_pair *ca, const unsigned long *serials, size_
     BIO_free(b);
 out:
     if (rc < 0)
-        ossl_fail(err, errsz, "CRL creation failed");
+        pec_ossl_err(err, errsz, "CRL creation failed");
     ASN1_TIME_free(now);
     ASN1_TIME_free(next);
     X509_CRL_free(crl);
@@ -275,7 +265,7 @@ int pec_pki_cert_info(const void *cert_pem, size_t len, unsigned long *serial, c
     X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
     if (!x)
-        return ossl_fail(err, errsz, "not a PEM certificate");
+        return pec_ossl_err(err, errsz, "not a PEM certificate");
     uint64_t s = 0;
     if (serial) {
         ASN1_INTEGER_get_uint64(&s, X509_get0_serialNumber(x));
@@ -285,7 +275,7 @@ int pec_pki_cert_info(const void *cert_pem, size_t len, unsigned long *serial, c
     int n = i2d_X509(x, &der);
     X509_free(x);
     if (n <= 0)
-        return ossl_fail(err, errsz, "cannot encode the certificate");
+        return pec_ossl_err(err, errsz, "cannot encode the certificate");
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1(der, (size_t)n, md);
     OPENSSL_free(der);

@@ -36,16 +36,6 @@ struct pem_signer {
     STACK_OF(X509_ALGOR) *smimecap;
 };
 
-static int ossl_err(char *err, size_t errsz, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[160] = "";
-    if (e)
-        ERR_error_string_n(e, buf, sizeof buf);
-    ERR_clear_error();
-    return pec_err(err, errsz, "%s%s%s", what, e ? ": " : "", buf);
-}
-
 static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char *err,
                     size_t errsz)
 {
@@ -66,13 +56,13 @@ static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char 
                              : NULL;
     if (!si || (ps->smimecap && CMS_add_smimecap(si, ps->smimecap) != 1) ||
         !CMS_final(cms, in, NULL, flags)) {
-        ossl_err(err, errsz, "CMS signing failed");
+        pec_ossl_err(err, errsz, "CMS signing failed");
         goto out;
     }
     unsigned char *buf = NULL;
     int n = i2d_CMS_ContentInfo(cms, &buf);
     if (n <= 0) {
-        ossl_err(err, errsz, "CMS encoding failed");
+        pec_ossl_err(err, errsz, "CMS encoding failed");
         goto out;
     }
     der->data = malloc((size_t)n);
@@ -144,11 +134,11 @@ pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *
     ps->cert = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
     ps->chain = sk_X509_new_null();
     if (!ps->key) {
-        ossl_err(err, errsz, "cannot read the private key (PEM)");
+        pec_ossl_err(err, errsz, "cannot read the private key (PEM)");
         goto fail;
     }
     if (!ps->cert) {
-        ossl_err(err, errsz, "cannot read the signing certificate (PEM)");
+        pec_ossl_err(err, errsz, "cannot read the signing certificate (PEM)");
         goto fail;
     }
     X509 *x;
@@ -156,7 +146,7 @@ pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *
         sk_X509_push(ps->chain, x);
     ERR_clear_error(); /* the end of the PEM stream */
     if (X509_check_private_key(ps->cert, ps->key) != 1) {
-        ossl_err(err, errsz, "the private key does not match the certificate");
+        pec_ossl_err(err, errsz, "the private key does not match the certificate");
         goto fail;
     }
     BIO_free(kb);

@@ -5,6 +5,7 @@
  * Interface: pec.h (names, pec_make_msgid, pec_addr_equal, pec_buf_free)
  * and pec_internal.h.
  */
+#include <openssl/err.h>
 #include "pec/pec_internal.h"
 
 #include <ctype.h>
@@ -202,4 +203,14 @@ bool pec_addr_equal(const char *a, const char *b)
         return strcmp(a, b) == 0;
     size_t la = (size_t)(at_a - a), lb = (size_t)(at_b - b);
     return la == lb && memcmp(a, b, la) == 0 && strcasecmp(at_a, at_b) == 0;
+}
+
+int pec_ossl_err(char *err, size_t errsz, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    char buf[160] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    return pec_err(err, errsz, "%s%s%s", what, e ? ": " : "", buf);
 }

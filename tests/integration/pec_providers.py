@@ -164,3 +164,17 @@ def openssl_verify(raw, ca):
     r = subprocess.run(["openssl", "cms", "-verify", "-CAfile", os.path.join(ca, "ca.pem"),
                         "-purpose", "any", "-out", "/dev/null"], input=body, capture_output=True)
     return r.returncode, r.stderr.decode(errors="replace")
+
+
+def make_providers(tmp_path):
+    """Provider A (pec.a.test) and B (pec.b.test) with one test CA and one directory;
+    returns (a, b, ca, directory), not configured or started yet."""
+    ca = str(tmp_path / "ca")
+    pecctl("pki", "ca", ca, "--name", "Test PEC CA")
+    directory = str(tmp_path / "directory.ldif")
+    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory)
+    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory)
+    with open(directory, "w") as f:
+        f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
+        f.write(a.directory_entry() + b.directory_entry())
+    return a, b, ca, directory

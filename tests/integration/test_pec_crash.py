@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pec_providers import Provider, pecctl
+from pec_providers import make_providers, pecctl
 from test_pec_providers import message
 
 N = 200
@@ -18,14 +18,7 @@ N = 200
 
 @pytest.fixture
 def pair(tmp_path):
-    ca = str(tmp_path / "ca")
-    pecctl("pki", "ca", ca, "--name", "Test PEC CA")
-    directory = str(tmp_path / "directory.ldif")
-    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory)
-    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory)
-    with open(directory, "w") as f:
-        f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
-        f.write(a.directory_entry() + b.directory_entry())
+    a, b, ca, directory = make_providers(tmp_path)
     a.write_config({"pec.b.test": b.ports["mx"]})
     b.write_config({"pec.a.test": a.ports["mx"]})
     a.add_user("mario")

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from downstream import Downstream
-from pec_providers import Provider, openssl_verify, pecctl, ricevuta, trasporto, verify
+from pec_providers import make_providers, openssl_verify, pecctl, ricevuta, trasporto, verify
 from pecd_harness import free_port
 
 
@@ -28,14 +28,7 @@ def message(frm, to, subject="Prova PEC", cc=None, extra="", attach=False, bcc=N
 
 @pytest.fixture
 def world(tmp_path):
-    ca = str(tmp_path / "ca")
-    pecctl("pki", "ca", ca, "--name", "Test PEC CA")
-    directory = str(tmp_path / "directory.ldif")
-    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory)
-    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory)
-    with open(directory, "w") as f:
-        f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
-        f.write(a.directory_entry() + b.directory_entry())
+    a, b, ca, directory = make_providers(tmp_path)
     ext = Downstream(free_port())      # an ordinary (non-PEC) mail server
     ext.start()
     a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},

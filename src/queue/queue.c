@@ -78,6 +78,11 @@ static void schedule_retry(struct queue *q, struct qentry *e)
     uint64_t ms = (uint64_t)((double)d * 1000.0 * jitter);
     struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     event_add(e->timer, &tv);
+    /* remembered in the spool file, so a restart keeps the schedule */
+    char path[PATH_MAX];
+    path_of(q, "queue", e->qid, path, sizeof path);
+    if (spool_append_retry(path, e->attempts, now + (time_t)((ms + 999) / 1000)) == -1)
+        log_warn("%s: cannot record the retry time: %s", e->qid, strerror(errno));
 }
 
 static void on_results(evutil_socket_t fd, short what, void *arg)
@@ -230,9 +235,19 @@ int queue_recover(struct queue *q)
             continue;
         }
         struct qentry *e = entry_add(q, env.qid, env.arrival, true);
+        unsigned attempts = env.attempts;
+        time_t next = env.next_try;
         queue_env_free(&env);
         if (e != NULL) {
-            dispatch(e);
+            /* a deferred message keeps its back-off across the restart */
+            e->attempts = attempts;
+            time_t now = time(NULL);
+            if (next > now) {
+                struct timeval tv = {.tv_sec = next - now};
+                event_add(e->timer, &tv);
+            } else {
+                dispatch(e);
+            }
             resumed++;
         }
     }

@@ -49,6 +49,8 @@ struct queue_env {
     bool delay_warned;    /* a DELAY notification went out */
     char *stage;          /* processing role (e.g. PEC "submission", "incoming"), or NULL */
     bool processed;       /* the role ran and its outputs are committed (REC_PROCESSED) */
+    unsigned attempts;    /* delivery attempts so far (REC_RETRY) */
+    time_t next_try;      /* when the next one is due, 0 = now (REC_RETRY) */
 };
 #define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
 void queue_env_free(struct queue_env *env);
@@ -59,6 +61,7 @@ enum spool_rec {
     REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
     REC_STATUS = 'X',     /* after END: a recipient's final status (appended) */
     REC_PROCESSED = 'P',  /* after END: the stage's outputs are committed (appended) */
+    REC_RETRY = 'Y',      /* after END: attempts and next retry time (appended, not synced) */
 };
 struct spool_writer;
 /* Starts the spool file of env in incoming/: on fd (an empty file named
@@ -89,6 +92,8 @@ int spool_write_file(const char *queue_dir, const char *sub, const char *name,
                      const struct queue_env *env, const char *data, size_t len, bool sync);
 /* Appends the PROCESSED record (with the number of outputs), synced when sync. */
 int spool_append_processed(const char *path, size_t noutputs, bool sync);
+/* Appends the retry schedule (not synced: losing it only retries sooner). */
+int spool_append_retry(const char *path, unsigned attempts, time_t next);
 /* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
 void queue_new_id(char out[QUEUE_ID_LEN + 1]);
 

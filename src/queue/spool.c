@@ -356,8 +356,21 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
     while (why == NULL && end && len - off >= 5) {
         const unsigned char *h = (const unsigned char *)buf + off;
         size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
-        if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED) || rl > len - off - 5)
+        if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED && h[0] != REC_RETRY) ||
+            rl > len - off - 5)
             break;
+        if (h[0] == REC_RETRY) {
+            char *t = dupn(buf + off + 5, rl);
+            unsigned a = 0;
+            long long nx = 0;
+            if (sscanf(t, "%u %lld", &a, &nx) == 2) {
+                env->attempts = a;
+                env->next_try = (time_t)nx;
+            }
+            free(t);
+            off += 5 + rl;
+            continue;
+        }
         if (h[0] == REC_PROCESSED) {
             env->processed = true;
             off += 5 + rl;
@@ -420,6 +433,16 @@ int spool_append_processed(const char *path, size_t noutputs, bool sync)
     rec[1] = rec[2] = rec[3] = 0;
     rec[4] = (char)n;
     return append_record(path, rec, 5 + (size_t)n, sync);
+}
+
+int spool_append_retry(const char *path, unsigned attempts, time_t next)
+{
+    char rec[64];
+    int n = snprintf(rec + 5, sizeof rec - 5, "%u %lld", attempts, (long long)next);
+    rec[0] = REC_RETRY;
+    rec[1] = rec[2] = rec[3] = 0;
+    rec[4] = (char)n;
+    return append_record(path, rec, 5 + (size_t)n, false);
 }
 
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text)

@@ -3,6 +3,7 @@ relayed over SMTP to the next hop of a static route, recipients grouped per tran
 DSN parameters kept, per-recipient results, TLS policies and REQUIRETLS (RFC 8689), and
 RFC 3464 notifications back to the sender. The next hop is a scriptable aiosmtpd server."""
 import os
+import time
 
 import pytest
 
@@ -205,3 +206,69 @@ def test_lmtp_route_gives_one_reply_per_recipient(make_instance):
         inst.wait_queue_empty()
     finally:
         ctl.stop()
+
+
+def test_queue_lifetime_bounces_with_5_4_7(make_instance):
+    """A recipient still deferred when [queue] lifetime is over fails, and the sender is told."""
+    port = free_port()       # nothing listens there: every attempt is a temporary failure
+    inst = make_instance(conf={"routes": {"remote.test": f"127.0.0.1:{port}"},
+                               "outbound": {"tls": "may", "timeout": "5s"},
+                               "queue": {"retry_min": "1s", "retry_max": "1s", "lifetime": "3s"}})
+    submit(inst, ["a@remote.test"], message(unique_id("expire"), sender=ALICE, to="a@remote.test"))
+    (rep,) = wait_reports(inst, ALICE)
+    text = rep.get_payload()[1].as_string()
+    assert "Status: 5.4.7" in text and "Action: failed" in text, text
+    assert "delivery time expired" in text
+    inst.wait_queue_empty()
+
+
+def test_no_notification_about_a_notification(make_instance, downstream, pki):
+    """A message from the null reverse-path that fails for good is not bounced (no loops)."""
+    downstream.script.rcpt_replies["gone@remote.test"] = ["550 5.1.1 no such user"]
+    inst = relay_instance(make_instance, downstream, pki,
+                          extra={"mx": {"relay_networks": "127.0.0.0/8"}})
+    with inst.connect("mx") as c:
+        c.ehlo()
+        assert c.mail_from("") == "250 2.1.0 Sender OK"
+        assert c.cmd("RCPT TO:<gone@remote.test>") == "250 2.1.5 Recipient OK"
+        assert c.data(message(unique_id("null"), to="gone@remote.test")).startswith("250 ")
+    wait_log(inst, "status=bounced")
+    inst.wait_queue_empty()
+    assert "sender notification" not in inst.log(tail=2000)
+
+
+def test_requiretls_bounce_is_relayed_without_requiretls_where_not_offered(make_instance, downstream, pki):
+    """RFC 8689 §5: the notification about a REQUIRETLS message carries REQUIRETLS where the
+    next hop offers it, and is not held back where it does not; it returns headers only."""
+    downstream.script.rcpt_replies["gone@remote.test"] = ["550 5.1.1 no such user"]
+    inst = relay_instance(make_instance, downstream, pki, policy="may",
+                          extra={"mx": {"relay_networks": "127.0.0.0/8"}})
+    downstream.script.requiretls = True
+    # a REQUIRETLS message from a remote sender; its recipient fails at the next hop
+    with inst.connect("mx") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.mail_from("sender@remote.test", "REQUIRETLS") == "250 2.1.0 Sender OK"
+        assert c.cmd("RCPT TO:<gone@remote.test>") == "250 2.1.5 Recipient OK"
+        assert c.data(message(unique_id("rbounce"), sender="sender@remote.test",
+                              to="gone@remote.test")).startswith("250 ")
+    got = downstream.wait_messages(1)          # the bounce, relayed to the sender's domain
+    bounce = got[0]
+    assert bounce["mail_from"] == "" and bounce["rcpts"] == ["sender@remote.test"]
+    assert "REQUIRETLS" in bounce["mail_options"]
+    assert b"text/rfc822-headers" in bounce["data"]
+    # the same next hop without REQUIRETLS: the bounce still goes (after the idle
+    # connection pecd keeps for reuse, 5 s, has been closed: a new EHLO)
+    downstream.script.requiretls = False
+    time.sleep(6)
+    with inst.connect("mx") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.mail_from("sender@remote.test", "REQUIRETLS") == "250 2.1.0 Sender OK"
+        assert c.cmd("RCPT TO:<gone@remote.test>") == "250 2.1.5 Recipient OK"
+        assert c.data(message(unique_id("rbounce2"), sender="sender@remote.test",
+                              to="gone@remote.test")).startswith("250 ")
+    got = downstream.wait_messages(2)
+    assert got[1]["mail_from"] == "" and "REQUIRETLS" not in got[1]["mail_options"]

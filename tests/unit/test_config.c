@@ -39,6 +39,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->max_message_size, 60ull * 1024 * 1024);
     assert_int_equal(cfg->max_recipients, 100);
     assert_int_equal(cfg->timeout_command, 300);
+    assert_int_equal(cfg->delivery_workers, 2);      /* 8 with [pec] enabled */
     char expect[600];
     snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
     assert_string_equal(cfg->queue_dir, expect);

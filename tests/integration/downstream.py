@@ -4,6 +4,7 @@ aiosmtpd refuses MAIL and RCPT parameters it does not know (REQUIRETLS, RET, ENV
 NOTIFY, ORCPT) and the null reverse-path, so MAIL and RCPT are re-implemented here to record
 whatever pecd sends; EHLO advertises what the test asks for (DSN, REQUIRETLS after TLS).
 """
+import asyncio
 import email
 import email.policy
 import os
@@ -48,6 +49,9 @@ class Script:
         self.requiretls = False     # advertise REQUIRETLS (after STARTTLS only)
         self.messages = []          # what arrived
         self.lock = threading.Lock()
+        self.data_delay = 0.0       # seconds each DATA takes (to observe concurrency)
+        self.active = 0             # DATA commands being handled now, and the most seen
+        self.max_active = 0
 
     def rcpt_reply(self, addr):
         with self.lock:
@@ -98,6 +102,13 @@ class _Handler:
         return responses[:-1] + extra + responses[-1:]
 
     async def handle_DATA(self, server, session, envelope):
+        if self.script.data_delay:
+            with self.script.lock:
+                self.script.active += 1
+                self.script.max_active = max(self.script.max_active, self.script.active)
+            await asyncio.sleep(self.script.data_delay)
+            with self.script.lock:
+                self.script.active -= 1
         with self.script.lock:
             self.script.messages.append({
                 "mail_from": envelope.mail_from,
@@ -106,6 +117,7 @@ class _Handler:
                 "rcpt_options": list(envelope.rcpt_options),
                 "data": envelope.original_content,
                 "tls": server._tls_protocol is not None,
+                "peer": session.peer,
             })
         return self.script.data_reply
 

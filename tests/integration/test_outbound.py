@@ -272,3 +272,34 @@ def test_requiretls_bounce_is_relayed_without_requiretls_where_not_offered(make_
                               to="gone@remote.test")).startswith("250 ")
     got = downstream.wait_messages(2)
     assert got[1]["mail_from"] == "" and "REQUIRETLS" not in got[1]["mail_options"]
+
+
+def test_connection_reused_for_the_next_message(make_instance, downstream, pki):
+    """Several messages to one destination in a row travel over one SMTP connection."""
+    inst = relay_instance(make_instance, downstream, pki)
+    for i in range(3):
+        submit(inst, [f"r{i}@remote.test"], message(unique_id("reuse"), sender=ALICE,
+                                                    to=f"r{i}@remote.test"))
+        downstream.wait_messages(i + 1)
+    peers = {m["peer"] for m in downstream.script.messages}
+    assert len(peers) == 1, peers
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_per_destination_concurrency_limit(make_instance, downstream, pki, limit):
+    """[outbound] max_per_destination bounds the deliveries running at once to one domain."""
+    downstream.script.data_delay = 0.4
+    inst = relay_instance(make_instance, downstream, pki,
+                          extra={"outbound": {"max_per_destination": str(limit)},
+                                 "queue": {"delivery_workers": "4"}})
+    import threading
+    ts = [threading.Thread(target=submit, args=(inst, [f"c{i}@remote.test"],
+                                                 message(unique_id("conc"), sender=ALICE,
+                                                         to=f"c{i}@remote.test")))
+          for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    downstream.wait_messages(6, timeout=30)
+    assert downstream.script.max_active == limit, downstream.script.max_active

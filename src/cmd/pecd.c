@@ -69,6 +69,34 @@ static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t 
     return 0;
 }
 
+/* [pec] accept_ordinary_mail = no: mail arriving for our PEC mailboxes that
+ * is not PEC (no X-Trasporto or X-Ricevuta header, RFC 6109 §2.2.2 case 4)
+ * is refused after the data instead of reaching the mailbox in an anomaly
+ * envelope. */
+static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
+                          char *reply, size_t replylen)
+{
+    struct pecd *d = arg;
+    if (!d->cfg->pec || d->cfg->pec_accept_ordinary || txn->auth_user != NULL)
+        return 0;
+    bool pec = false;
+    size_t i = 0;
+    while (i < len && !pec) {
+        const char *eol = memchr(head + i, '\n', len - i);
+        size_t ll = eol ? (size_t)(eol - (head + i)) : len - i;
+        if (ll == 0 || (ll == 1 && head[i] == '\r'))
+            break;   /* end of the header */
+        pec = (ll > 12 && strncasecmp(head + i, "X-Trasporto:", 12) == 0) ||
+              (ll > 11 && strncasecmp(head + i, "X-Ricevuta:", 11) == 0);
+        i += ll + 1;
+    }
+    if (pec)
+        return 0;
+    snprintf(reply, replylen, "550 5.7.1 Only certified mail (PEC) is accepted for these "
+                              "mailboxes");
+    return -1;
+}
+
 static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_path *path,
                      char *addr_out, size_t addrlen, char *reply, size_t replylen)
 {
@@ -433,6 +461,7 @@ int main(int argc, char **argv)
         .msg_write = hook_msg_write,
         .msg_abort = hook_msg_abort,
         .msg_commit = hook_msg_commit,
+        .msg_check = hook_msg_check,
     };
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {

@@ -94,6 +94,8 @@ struct session {
     void *msg;
     char qid[32];
     char *outbuf;               /* DATA scratch: un-stuffed octets */
+    char *head;                 /* the first SMTP_HEAD_MAX octets, for msg_check */
+    size_t headlen;
     bool dead;                  /* connection gone while a commit was pending */
     struct event *close_timer;  /* polls the output while closing */
     unsigned close_ticks;
@@ -167,6 +169,7 @@ static void txn_reset(struct session *s)
     free(s->txn.rcpts);
     memset(&s->txn, 0, sizeof s->txn);
     s->in_mail = false;
+    s->headlen = 0;
     s->bdat_used = false;
     s->data_failed = false;
     s->qid[0] = '\0';
@@ -593,9 +596,28 @@ static void commit_done(void *arg, int result)
 }
 
 /* The end of DATA or of the last BDAT chunk: refuse or make durable. */
+/* Keeps the start of the message for the msg_check hook; always true. */
+static bool keep_head(struct session *s, const char *p, size_t n)
+{
+    if (s->head == NULL)
+        s->head = malloc(SMTP_HEAD_MAX);
+    size_t room = SMTP_HEAD_MAX - s->headlen;
+    size_t take = n < room ? n : room;
+    memcpy(s->head + s->headlen, p, take);
+    s->headlen += take;
+    return true;
+}
+
 static void msg_finish(struct session *s)
 {
     const char *verdict = smtp_data_verdict(&s->data);
+    char check[512];
+    size_t headlen = s->headlen;
+    s->headlen = 0;
+    if (verdict == NULL && !s->data_failed && s->srv->hooks.msg_check != NULL &&
+        s->srv->hooks.msg_check(s->srv->hooks.arg, &s->txn, s->head ? s->head : "", headlen,
+                                check, sizeof check) != 0)
+        verdict = check;
     if (s->data_failed) {
         txn_reset(s);
         s->state = ST_CMD;
@@ -604,7 +626,7 @@ static void msg_finish(struct session *s)
     }
     if (verdict != NULL) {
         log_info("%s: refused from=<%s> client=%s: %s", s->qid, s->txn.sender, s->ip,
-                 verdict + 10);
+                 strlen(verdict) > 10 ? verdict + 10 : verdict);
         reply(s, "%s", verdict);
         txn_reset(s);
         if (s->state != ST_CLOSING) {
@@ -873,6 +895,7 @@ static bool feed_data(struct session *s, struct evbuffer *in)
             outlen = 0;
         }
         if (outlen > 0 && s->msg != NULL && !s->data_failed &&
+            (s->srv->hooks.msg_check == NULL || keep_head(s, s->outbuf, outlen)) &&
             s->srv->hooks.msg_write(s->msg, s->outbuf, outlen) == -1) {
             log_err("%s: spool write failed: %s", s->qid, strerror(errno));
             s->data_failed = true;
@@ -1108,6 +1131,7 @@ static void session_free(struct session *s)
         event_free(s->close_timer);
     bufferevent_free(s->bev);
     free(s->outbuf);
+    free(s->head);
     free(s);
 }
 

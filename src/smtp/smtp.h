@@ -170,7 +170,13 @@ struct smtp_hooks {
     /* Makes the message durable, then calls done(cbarg, 0) (or -1) from the
      * event loop.  Only then may the server answer 250. */
     void (*msg_commit)(void *msg, void (*done)(void *cbarg, int result), void *cbarg);
+    /* Optional: looks at the header section of a complete message (up to
+     * SMTP_HEAD_MAX octets) before it is stored; 0 accepts, else *reply
+     * holds the refusal. */
+    int (*msg_check)(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
+                     char *reply, size_t replylen);
 };
+#define SMTP_HEAD_MAX 16384
 
 struct smtp_server;
 SSL_CTX *smtp_tls_server_ctx(const char *cert, const char *key, int min_version,

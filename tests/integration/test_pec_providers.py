@@ -237,3 +237,22 @@ def test_signer_not_in_the_directory_gives_an_anomaly(world, tmp_path):
     assert b"not-in-directory" in x[1] or b"directory" in x[1], x[1][:3000]
     # no presa in carico for a provider we do not know
     assert "presa-in-carico" not in b.log(100).split("anomaly envelope")[-1]
+
+
+def test_ordinary_mail_refused_when_not_accepted(world):
+    a, b, ext, ca, directory = world
+    b.stop()
+    b.write_config({"pec.a.test": a.ports["mx"]}, extra={"pec": {"accept_ordinary_mail": "no"}})
+    b.start()
+    import smtplib, ssl
+    with smtplib.SMTP("127.0.0.1", b.ports["mx"]) as s:
+        s.starttls(context=ssl._create_unverified_context())
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("someone@plain.test", ["anna@pec.b.test"],
+                       b"From: <someone@plain.test>\r\nTo: <anna@pec.b.test>\r\nSubject: ciao\r\n\r\nhi\r\n")
+        assert e.value.smtp_code == 550 and b"5.7.1" in e.value.smtp_error
+    # certified mail still arrives
+    a.submit("mario", ["anna@pec.b.test"], message("mario@pec.a.test", ["anna@pec.b.test"]))
+    b.wait_mail("anna", trasporto("posta-certificata"))
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    assert b.mails("anna") and all(trasporto("posta-certificata")(m) for _, _, m in b.mails("anna"))

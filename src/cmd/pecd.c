@@ -79,17 +79,9 @@ static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *hea
     struct pecd *d = arg;
     if (!d->cfg->pec || d->cfg->pec_accept_ordinary || txn->auth_user != NULL)
         return 0;
-    bool pec = false;
-    size_t i = 0;
-    while (i < len && !pec) {
-        const char *eol = memchr(head + i, '\n', len - i);
-        size_t ll = eol ? (size_t)(eol - (head + i)) : len - i;
-        if (ll == 0 || (ll == 1 && head[i] == '\r'))
-            break;   /* end of the header */
-        pec = (ll > 12 && strncasecmp(head + i, "X-Trasporto:", 12) == 0) ||
-              (ll > 11 && strncasecmp(head + i, "X-Ricevuta:", 11) == 0);
-        i += ll + 1;
-    }
+    char v[64];
+    bool pec = mail_header_value(head, len, "X-Trasporto", v, sizeof v) ||
+               mail_header_value(head, len, "X-Ricevuta", v, sizeof v);
     if (pec)
         return 0;
     snprintf(reply, replylen, "550 5.7.1 Only certified mail (PEC) is accepted for these "

@@ -45,6 +45,9 @@ int parse_size(const char *s, uint64_t *out);
 /* Parses "30", "30s", "5m", "12h", "2d" into seconds. */
 int parse_duration(const char *s, uint64_t *out);
 int parse_bool(const char *s, bool *out);
+/* The value of header field name in the header section of msg (the first
+ * occurrence, case-insensitive, unfolded, trimmed); false when absent. */
+bool mail_header_value(const char *msg, size_t len, const char *name, char *out, size_t outlen);
 /* Formats now (or t) as an RFC 5322 date-time in local time. */
 void rfc5322_date(char *buf, size_t size, time_t t);
 

@@ -5,6 +5,7 @@
 #include "lib.h"
 
 #include <ctype.h>
+#include <glib.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,4 +124,36 @@ void rfc5322_date(char *buf, size_t size, time_t t)
     /* C locale names are required by RFC 5322 §3.3; strftime's %a/%b follow
      * LC_TIME, which we never set, so they are the C ones. */
     strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm);
+}
+
+/* The value of header name in msg (first occurrence, unfolded, trimmed). */
+bool mail_header_value(const char *msg, size_t len, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    size_t i = 0;
+    while (i < len) {
+        const char *eol = memchr(msg + i, '\n', len - i);
+        size_t ll = eol ? (size_t)(eol - (msg + i)) : len - i;
+        if (ll == 0 || (ll == 1 && msg[i] == '\r'))
+            return false;
+        if (ll > nl && strncasecmp(msg + i, name, nl) == 0 && msg[i + nl] == ':') {
+            GString *v = g_string_new_len(msg + i + nl + 1, (gssize)(ll - nl - 1));
+            /* folded continuation lines */
+            size_t j = i + ll + 1;
+            while (j < len && (msg[j] == ' ' || msg[j] == '\t')) {
+                const char *e2 = memchr(msg + j, '\n', len - j);
+                size_t l2 = e2 ? (size_t)(e2 - (msg + j)) : len - j;
+                g_string_append_len(v, msg + j, (gssize)l2);
+                j += l2 + 1;
+            }
+            for (gsize k = 0; k < v->len; k++)
+                if (v->str[k] == '\r' || v->str[k] == '\n' || v->str[k] == '\t')
+                    v->str[k] = ' ';
+            str_copy(out, g_strstrip(v->str), outlen);
+            g_string_free(v, TRUE);
+            return true;
+        }
+        i += ll + 1;
+    }
+    return false;
 }

@@ -187,38 +187,6 @@ bool roles_is_pec_domain_cb(void *arg, const char *domain)
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-/* The value of header name in msg (first occurrence, unfolded, trimmed). */
-static bool header_value(const char *msg, size_t len, const char *name, char *out, size_t outlen)
-{
-    size_t nl = strlen(name);
-    size_t i = 0;
-    while (i < len) {
-        const char *eol = memchr(msg + i, '\n', len - i);
-        size_t ll = eol ? (size_t)(eol - (msg + i)) : len - i;
-        if (ll == 0 || (ll == 1 && msg[i] == '\r'))
-            return false;
-        if (ll > nl && strncasecmp(msg + i, name, nl) == 0 && msg[i + nl] == ':') {
-            GString *v = g_string_new_len(msg + i + nl + 1, (gssize)(ll - nl - 1));
-            /* folded continuation lines */
-            size_t j = i + ll + 1;
-            while (j < len && (msg[j] == ' ' || msg[j] == '\t')) {
-                const char *e2 = memchr(msg + j, '\n', len - j);
-                size_t l2 = e2 ? (size_t)(e2 - (msg + j)) : len - j;
-                g_string_append_len(v, msg + j, (gssize)l2);
-                j += l2 + 1;
-            }
-            for (gsize k = 0; k < v->len; k++)
-                if (v->str[k] == '\r' || v->str[k] == '\n' || v->str[k] == '\t')
-                    v->str[k] = ' ';
-            str_copy(out, g_strstrip(v->str), outlen);
-            g_string_free(v, TRUE);
-            return true;
-        }
-        i += ll + 1;
-    }
-    return false;
-}
-
 static const char *domain_of(const char *addr)
 {
     const char *at = strrchr(addr, '@');
@@ -301,7 +269,7 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         a.errore_esteso = cr.detail;
         log_info("%s: not accepted (%s): %s", env->qid, pec_check_rule_name(cr.rule), cr.detail);
         char subj0[1024] = "";
-        header_value(data, len, "Subject", subj0, sizeof subj0);
+        mail_header_value(data, len, "Subject", subj0, sizeof subj0);
         if (build(r, &a, &m, err, errlen) == 0 &&
             event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL, subj0,
                   cr.detail, NULL) == 0) {
@@ -314,7 +282,7 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
     }
     char tipo[32];
     a.variant = PEC_VARIANT_COMPLETA;
-    if (header_value(data, len, "X-TipoRicevuta", tipo, sizeof tipo)) {
+    if (mail_header_value(data, len, "X-TipoRicevuta", tipo, sizeof tipo)) {
         pec_variant v = pec_variant_parse(tipo);
         if (v != PEC_VARIANT_NONE)
             a.variant = v;
@@ -364,10 +332,10 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
                 cert[nc++] = rcpts[i].addr;
         }
         char subj[1024] = "";
-        header_value(data, len, "Subject", subj, sizeof subj);
+        mail_header_value(data, len, "Subject", subj, sizeof subj);
         int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
         char omid[512] = "";
-        header_value(data, len, "Message-ID", omid, sizeof omid);
+        mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&
             (event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str, subj,
                    "ok", NULL) == -1 ||
@@ -399,8 +367,8 @@ done:
 static pec_variant variant_for(const char *data, size_t len, const char *rcpt, pec_variant asked)
 {
     char to[4096] = "", cc[4096] = "";
-    header_value(data, len, "To", to, sizeof to);
-    header_value(data, len, "Cc", cc, sizeof cc);
+    mail_header_value(data, len, "To", to, sizeof to);
+    mail_header_value(data, len, "Cc", cc, sizeof cc);
     bool in_to = strcasestr(to, rcpt) != NULL, in_cc = strcasestr(cc, rcpt) != NULL;
     if (in_cc && !in_to)
         return PEC_VARIANT_SINTETICA;
@@ -518,8 +486,8 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
         log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
                  env->nrcpts == 1 ? "" : "s", why);
         char omid[512] = "", subj[1024] = "";
-        header_value(data, len, "Message-ID", omid, sizeof omid);
-        header_value(data, len, "Subject", subj, sizeof subj);
+        mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+        mail_header_value(data, len, "Subject", subj, sizeof subj);
         GString *to = g_string_new(NULL);
         for (size_t i = 0; i < nk; i++)
             g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i].addr);
@@ -540,7 +508,7 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
 static void message_id(const char *data, size_t len, char *out, size_t outlen)
 {
     out[0] = '\0';
-    if (header_value(data, len, "Message-ID", out, outlen)) {
+    if (mail_header_value(data, len, "Message-ID", out, outlen)) {
         char *p = out;
         if (*p == '<')
             memmove(p, p + 1, strlen(p));

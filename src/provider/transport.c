@@ -434,23 +434,9 @@ static enum tlsa_state tlsa_lookup(struct transport *t, const struct hop *h,
 /* RFC 8689 §3: "TLS-Required: No" in the message header. */
 static bool tls_required_no(const char *data, size_t len)
 {
-    size_t i = 0;
-    while (i < len) {
-        const char *eol = memchr(data + i, '\n', len - i);
-        size_t ll = eol ? (size_t)(eol - (data + i)) : len - i;
-        if (ll == 0 || (ll == 1 && data[i] == '\r'))
-            return false;   /* end of the header */
-        if (ll > 13 && strncasecmp(data + i, "TLS-Required:", 13) == 0) {
-            const char *v = data + i + 13;
-            const char *end = data + i + ll;
-            while (v < end && (*v == ' ' || *v == '\t'))
-                v++;
-            return end - v >= 2 && strncasecmp(v, "No", 2) == 0 &&
-                   (end - v == 2 || v[2] == '\r' || v[2] == ' ');
-        }
-        i += ll + 1;
-    }
-    return false;
+    char v[64];
+    return mail_header_value(data, len, "TLS-Required", v, sizeof v) &&
+           strncasecmp(v, "No", 2) == 0 && (v[2] == '\0' || v[2] == ' ');
 }
 
 static void set_all(struct deliver_rcpt *r, const size_t *idx, size_t n, int code,

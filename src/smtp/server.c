@@ -904,9 +904,7 @@ static bool feed_data(struct session *s, struct evbuffer *in)
         if (s->state == ST_BDAT)
             s->bdat_left -= used;
         if (s->state == ST_DATA && smtp_data_done(&s->data)) {
-            if (s->data_failed && s->msg == NULL)
-                ;
-            else if (s->data_failed)
+            if (s->data_failed && s->msg != NULL)
                 reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
             msg_finish(s);
             return true;

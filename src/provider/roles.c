@@ -224,18 +224,45 @@ static int build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size
     return 0;
 }
 
-/* Our users get system messages straight into the mailbox (no stage);
- * others' are relayed. */
-static void send_to(struct roles *r, struct queue_outputs *out, const char *to, const pec_buf *m)
+/* Copies of data for our own mailboxes to[], stored by the stage itself and
+ * published at its commit point (no queue file, no second pass).  Named
+ * after the source message, so a stage run again after a crash finds them. */
+static int store_copies(struct roles *r, const struct queue_env *src, bool recovered,
+                        const char *sender, const char *const *to, size_t nto, const void *data,
+                        size_t len, struct queue_outputs *out, char *err, size_t errlen)
+{
+    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
+    for (size_t i = 0; i < nto; i++)
+        rc[i].addr = rc[i].orig = (char *)to[i];
+    struct queue_env e = {.arrival = src->arrival, .sender = (char *)sender, .rcpts = rc,
+                          .nrcpts = nto, .name_base = (unsigned)(out->npubs + 1) << 16};
+    memcpy(e.qid, src->qid, sizeof e.qid);
+    int res = 0;
+    for (size_t i = 0; i < nto && res == 0; i++)
+        res = transport_store_local(r->transport, &e, i, data, len, recovered, out, err, errlen);
+    free(rc);
+    return res;
+}
+
+/* A system message from our service address: our users get it straight into
+ * the mailbox, others' are relayed. */
+static int send_to(struct roles *r, const struct queue_env *src, bool recovered,
+                   struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
+                   size_t errlen)
 {
     const char *rcpt[1] = {to};
+    if (config_is_local_domain(r->cfg, domain_of(to)))
+        return store_copies(r, src, recovered, r->cfg->pec_service_address, rcpt, 1, m->data,
+                            m->len, out, err, errlen);
     add_output(out, r->cfg->pec_service_address, rcpt, 1, NULL, m);
+    return 0;
 }
 
 /* ---- access point (§3.1) ------------------------------------------------------- */
 
 static int access_point(struct roles *r, const struct queue_env *env, const char *data,
-                        size_t len, struct queue_outputs *out, char *err, size_t errlen)
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen)
 {
     time_t now = time(NULL);
     const char **fwd = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
@@ -273,8 +300,7 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         if (build(r, &a, &m, err, errlen) == 0 &&
             event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL, subj0,
                   cr.detail, NULL) == 0) {
-            send_to(r, out, env->sender, &m);
-            rc = 0;
+            rc = send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         } else if (err[0] == '\0') {
             snprintf(err, errlen, "evidence log unavailable");
         }
@@ -291,7 +317,8 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
     a.type = PEC_TYPE_ACCETTAZIONE;
     if (build(r, &a, &m, err, errlen) == -1)
         goto done;
-    send_to(r, out, env->sender, &m);
+    if (send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
+        goto done;
     pec_buf_free(&m);
     a.type = PEC_TYPE_POSTA_CERTIFICATA;
     if (build(r, &a, &m, err, errlen) == -1) {
@@ -411,7 +438,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                            addr, a.subject, why, addr);
         } else {
             char e3[300];
-            if (transport_store_local(r->transport, env, i, data, len, recovered, e3,
+            if (transport_store_local(r->transport, env, i, data, len, recovered, out, e3,
                                       sizeof e3) == -1) {
                 snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr, e3);
                 rc = -1;
@@ -440,7 +467,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                            a.sender, addr, a.subject, pec_variant_name(a.variant), addr);
         }
         if (rc == 0)
-            send_to(r, out, env->sender, &m);
+            rc = send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         pec_buf_free(&m);
         pec_buf_free(&breve);
     }
@@ -451,7 +478,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
 /* §3.2.2: whatever is not a correct PEC message reaches the mailbox inside a
  * signed anomaly envelope, SMTP paths unchanged. */
 static int anomaly(struct roles *r, const struct queue_env *env, const char *data, size_t len,
-                   const char *why, struct queue_outputs *out, char *err, size_t errlen)
+                   bool recovered, const char *why, struct queue_outputs *out, char *err, size_t errlen)
 {
     time_t now = time(NULL);
     char pec_id[256];
@@ -469,20 +496,18 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     int res = build(r, &a, &m, err, errlen);
     free(rc);
     /* only to mailboxes that exist (an anomaly for nobody is not stored) */
-    struct queue_rcpt *keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
+    const char **keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
     size_t nk = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (users_db_exists(r->users, env->rcpts[i].addr))
-            keep[nk++] = env->rcpts[i];
+            keep[nk++] = env->rcpts[i].addr;
         else
             log_warn("%s: anomaly for unknown mailbox <%s> dropped", env->qid, env->rcpts[i].addr);
     }
+    if (res == 0 && nk > 0)
+        res = store_copies(r, env, recovered, env->sender, keep, nk, m.data, m.len, out, err,
+                           errlen);
     if (res == 0 && nk > 0) {
-        struct queue_env e = *env;
-        e.stage = NULL;
-        e.rcpts = keep;
-        e.nrcpts = nk;
-        queue_outputs_add(out, &e, m.data, m.len);
         log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
                  env->nrcpts == 1 ? "" : "s", why);
         char omid[512] = "", subj[1024] = "";
@@ -490,7 +515,7 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
         mail_header_value(data, len, "Subject", subj, sizeof subj);
         GString *to = g_string_new(NULL);
         for (size_t i = 0; i < nk; i++)
-            g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i].addr);
+            g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i]);
         res = event(r, "anomalia", env->qid, pec_id, omid, pec_id, env->sender, to->str, subj,
                     why, NULL);
         g_string_free(to, TRUE);
@@ -567,12 +592,12 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
     char e2[256];
     memset(&v, 0, sizeof v);
     if (pec_verify(r->trust, data, len, &v, e2, sizeof e2) == -1)
-        return anomaly(r, env, data, len, "messaggio non leggibile", out, err, errlen);
+        return anomaly(r, env, data, len, recovered, "messaggio non leggibile", out, err, errlen);
     int rc;
     if (!v.valid) {
         char why[400];
         snprintf(why, sizeof why, "%s: %s", pec_reason_name(v.reason), v.detail);
-        rc = anomaly(r, env, data, len, why, out, err, errlen);
+        rc = anomaly(r, env, data, len, recovered, why, out, err, errlen);
     } else if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
         /* §3.2.1: presa in carico to the sender provider, for all our
          * recipients of this transaction */
@@ -604,7 +629,7 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
             g_string_free(to, TRUE);
         }
         if (rc == 0 && a.notify_to)
-            send_to(r, out, a.notify_to, &m);
+            rc = send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
         pec_buf_free(&m);
         free(ric);
         if (rc == 0)
@@ -642,9 +667,16 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
             return -1;
         }
         g_string_free(to, TRUE);
-        struct queue_env e = *env;
-        e.stage = NULL;
-        queue_outputs_add(out, &e, data, len);
+        const char **addrs = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *addrs);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            addrs[i] = env->rcpts[i].addr;
+        rc = store_copies(r, env, recovered, env->sender, addrs, env->nrcpts, data, len, out,
+                          err, errlen);
+        free(addrs);
+        if (rc == -1) {
+            pec_verdict_free(&v);
+            return -1;
+        }
         log_info("%s: PEC %s for %zu local recipient%s", env->qid, pec_type_name(v.cls.type),
                  env->nrcpts, env->nrcpts == 1 ? "" : "s");
         rc = 0;
@@ -696,7 +728,7 @@ int roles_process(void *arg, const struct queue_env *env, const char *data, size
 {
     struct roles *r = arg;
     if (strcmp(env->stage, "submission") == 0)
-        return access_point(r, env, data, len, out, err, errlen);
+        return access_point(r, env, data, len, recovered, out, err, errlen);
     if (strcmp(env->stage, "incoming") == 0)
         return incoming_point(r, env, data, len, recovered, out, err, errlen);
     snprintf(err, errlen, "unknown stage '%s'", env->stage);

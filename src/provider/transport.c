@@ -623,7 +623,7 @@ static void deliver_local(struct transport *t, const struct queue_env *env, size
         snprintf(r->text, sizeof r->text, "5.1.3 address too long");
         return;
     }
-    maildir_name(name, sizeof name, env->arrival, env->qid, i, (size_t)hl + len);
+    maildir_name(name, sizeof name, env->arrival, env->qid, env->name_base + i, (size_t)hl + len);
     int rc = maildir_prepare(dir, name, header, (size_t)hl, data, len, recovered, sync_each,
                              r->pub.tmp, r->pub.dst, sizeof r->pub.tmp, err, sizeof err);
     if (rc == -1) {
@@ -676,25 +676,15 @@ void transport_deliver(void *arg, const struct queue_env *env, const char *data,
 }
 
 int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
-                          const char *data, size_t len, bool recovered, char *err,
-                          size_t errlen)
+                          const char *data, size_t len, bool recovered, struct queue_outputs *out,
+                          char *err, size_t errlen)
 {
     struct deliver_rcpt r = {.pending = true};
-    deliver_local(t, env, i, data, len, recovered, true, &r);
+    deliver_local(t, env, i, data, len, recovered, !t->cfg->sync_fs, &r);
     if (r.result != DELIVER_OK) {
         snprintf(err, errlen, "%s", r.text);
         return -1;
     }
-    if (r.pub.tmp[0] == '\0')
-        return 0;   /* stored before */
-    if (fs_publish(r.pub.tmp, r.pub.dst) == -1) {
-        snprintf(err, errlen, "cannot store %s: %s", r.pub.dst, strerror(errno));
-        return -1;
-    }
-    char *dir = g_path_get_dirname(r.pub.dst);
-    int rc = fs_fsync_dir(dir);
-    if (rc == -1)
-        snprintf(err, errlen, "fsync %s: %s", dir, strerror(errno));
-    g_free(dir);
-    return rc;
+    queue_outputs_add_pub(out, &r.pub);   /* tmp[0] == '\0': stored before */
+    return 0;
 }

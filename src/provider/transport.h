@@ -16,12 +16,14 @@ void transport_free(struct transport *t);
  * callback answers whether a domain is one (the providers' directory). */
 void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
                                void *arg);
-/* Stores data in the Maildir of recipient i of env now, durably (for the PEC
- * delivery point, whose receipt may only follow a stored envelope).  A copy
- * stored before a crash counts ('recovered').  0 ok, -1 error (err). */
+/* Writes data for the Maildir of recipient i of env (named after env's queue
+ * id and name_base + i) and adds the copy to out: the queue publishes it with
+ * the stage's other outputs, at the same commit point, so a receipt that
+ * follows a stored envelope is sent exactly when the envelope is stored.  A
+ * copy stored before a crash counts ('recovered').  0 ok, -1 error (err). */
 int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
-                          const char *data, size_t len, bool recovered, char *err,
-                          size_t errlen);
+                          const char *data, size_t len, bool recovered, struct queue_outputs *out,
+                          char *err, size_t errlen);
 /* deliver_fn (queue.h); arg is the struct transport. */
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *rcpts);

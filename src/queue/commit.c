@@ -55,6 +55,7 @@ struct committer {
     size_t npool;
     uint64_t pool_seq;
     char pool_prefix[16];
+    char qdir[4096];
 };
 
 static struct commit_req stop_req;
@@ -114,7 +115,11 @@ static void pool_refill(struct committer *c)
         struct pool_file f;
         snprintf(f.name, sizeof f.name, "%s.%llu", c->pool_prefix,
                  (unsigned long long)c->pool_seq++);
-        f.fd = openat(c->incoming_fd, f.name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/incoming/%s", c->qdir, f.name);
+        f.fd = recycle_take(c->qdir, path);
+        if (f.fd == -1)
+            f.fd = openat(c->incoming_fd, f.name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (f.fd == -1) {
             log_warn("cannot create a spool file in incoming/: %s", strerror(errno));
             return;
@@ -207,6 +212,7 @@ struct committer *committer_new(struct event_base *base, const char *queue_dir, 
         return NULL;
     }
     c->use_syncfs = use_syncfs;
+    snprintf(c->qdir, sizeof c->qdir, "%s", queue_dir);
     g_mutex_init(&c->pool_lock);
     snprintf(c->pool_prefix, sizeof c->pool_prefix, "p%X", (unsigned)g_random_int());
     c->in = g_async_queue_new();

@@ -147,7 +147,9 @@ static size_t purge_incoming(const char *dir)
     while ((de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.')
             continue;
-        if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+        char f[PATH_MAX + 256];
+        snprintf(f, sizeof f, "%s/%s", p, de->d_name);
+        if (recycle_put(dir, f) == 0)
             purged++;
     }
     closedir(d);
@@ -179,6 +181,8 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     q->deliver = deliver;
     q->deliver_arg = deliver_arg;
     str_copy(q->dir, cfg->queue_dir, sizeof q->dir);
+    if (recycle_open(q->dir) == -1)
+        log_warn("%s/free: %s (spool files are deleted, not reused)", q->dir, strerror(errno));
     q->purged = purge_incoming(q->dir);
     q->committer = committer_new(base, q->dir, cfg->sync_fs);
     if (q->committer == NULL) {

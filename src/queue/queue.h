@@ -51,6 +51,8 @@ struct queue_env {
     bool processed;       /* the role ran and its outputs are committed (REC_PROCESSED) */
     unsigned attempts;    /* delivery attempts so far (REC_RETRY) */
     time_t next_try;      /* when the next one is due, 0 = now (REC_RETRY) */
+    unsigned name_base;   /* not stored: added to the recipient index in mailbox file
+                             names (copies a stage stores for one source message) */
 };
 #define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
 void queue_env_free(struct queue_env *env);
@@ -93,6 +95,11 @@ int spool_write_file(const char *queue_dir, const char *sub, const char *name,
 /* Appends the PROCESSED record (with the number of outputs), synced when sync. */
 int spool_append_processed(const char *path, size_t noutputs, bool sync);
 /* Appends the retry schedule (not synced: losing it only retries sooner). */
+/* Spool files are reused rather than deleted and created (recycle.c). */
+int recycle_open(const char *queue_dir);            /* QUEUE/free/, its list */
+int recycle_take(const char *queue_dir, const char *path);   /* fd at path, or -1 */
+int recycle_put(const char *queue_dir, const char *path);    /* instead of unlink */
+size_t recycle_count(const char *queue_dir);
 int spool_append_retry(const char *path, unsigned attempts, time_t next);
 /* A new queue id: 16 upper-case hex digits, time-ordered, unique. */
 void queue_new_id(char out[QUEUE_ID_LEN + 1]);
@@ -169,10 +176,16 @@ struct queue_output {
 struct queue_outputs {
     struct queue_output *v;
     size_t n, cap;
+    /* copies the stage wrote into mailboxes (tmp/): published by the queue
+     * with the outputs, at the same commit point; an entry with tmp[0] ==
+     * '\0' was stored before (found again after a crash) */
+    struct deliver_pending *pubs;
+    size_t npubs, pubcap;
 };
 /* Adds a copy of env's envelope fields (sender, recipients, options) and data. */
 void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, const void *data,
                        size_t len);
+void queue_outputs_add_pub(struct queue_outputs *o, const struct deliver_pending *p);
 void queue_outputs_free(struct queue_outputs *o);
 typedef int (*process_fn)(void *arg, const struct queue_env *env, const char *data, size_t len,
                           bool recovered, struct queue_outputs *out, char *err, size_t errlen);

@@ -33,7 +33,9 @@ struct spool_writer {
     char qid[QUEUE_ID_LEN + 1];
     char name[64];
     char path[PATH_MAX];
+    char qdir[PATH_MAX];
     uint64_t size;
+    uint64_t written;        /* octets written: a reused file is cut here */
     bool failed;
 };
 
@@ -57,6 +59,7 @@ static int put_rec(struct spool_writer *w, int type, const void *p, size_t len)
         w->failed = true;
         return -1;
     }
+    w->written += 5 + len;
     return 0;
 }
 
@@ -82,8 +85,11 @@ struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char
     struct spool_writer *w = calloc(1, sizeof *w);
     str_copy(w->qid, env->qid, sizeof w->qid);
     str_copy(w->name, fd == -1 ? env->qid : name, sizeof w->name);
+    str_copy(w->qdir, queue_dir, sizeof w->qdir);
     if (str_fmt(w->path, sizeof w->path, "%s/incoming/%s", queue_dir, w->name) < 0)
         goto fail;
+    if (fd == -1)
+        fd = recycle_take(queue_dir, w->path);
     w->fd = fd != -1 ? fd : open(w->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (w->fd == -1)
         goto fail;
@@ -150,7 +156,8 @@ int spool_writer_finish(struct spool_writer *w)
 {
     char n[32];
     snprintf(n, sizeof n, "%llu", (unsigned long long)w->size);
-    if (put_str(w, REC_END, n) == -1 || fflush(w->fp) != 0) {
+    if (put_str(w, REC_END, n) == -1 || fflush(w->fp) != 0 ||
+        ftruncate(w->fd, (off_t)w->written) == -1) {
         w->failed = true;
         return -1;
     }
@@ -165,7 +172,9 @@ void spool_writer_abort(struct spool_writer *w)
 {
     if (w == NULL)
         return;
-    unlink(w->path);
+    if (w->fp != NULL)
+        fflush(w->fp);
+    recycle_put(w->qdir, w->path);
     spool_writer_free(w);
 }
 
@@ -466,7 +475,9 @@ int spool_write_file(const char *queue_dir, const char *sub, const char *name,
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s/%s", queue_dir, sub, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = recycle_take(queue_dir, path);
+    if (fd == -1)
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd == -1)
         return -1;
     struct spool_writer *w = spool_writer_open(queue_dir, fd, name, env);
@@ -518,6 +529,15 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
     x->len = len;
 }
 
+void queue_outputs_add_pub(struct queue_outputs *o, const struct deliver_pending *p)
+{
+    if (o->npubs == o->pubcap) {
+        o->pubcap = o->pubcap ? o->pubcap * 2 : 4;
+        o->pubs = realloc(o->pubs, o->pubcap * sizeof *o->pubs);
+    }
+    o->pubs[o->npubs++] = *p;
+}
+
 void queue_outputs_free(struct queue_outputs *o)
 {
     for (size_t i = 0; i < o->n; i++) {
@@ -525,6 +545,7 @@ void queue_outputs_free(struct queue_outputs *o)
         free(o->v[i].data);
     }
     free(o->v);
+    free(o->pubs);
     memset(o, 0, sizeof *o);
 }
 

@@ -33,6 +33,8 @@ struct work {
     char *data;
     size_t len;
     struct deliver_rcpt *r;
+    struct deliver_pending *pubs;   /* mailbox copies of a stage, published at its commit */
+    size_t npubs;
 };
 
 /* ---- local copies: one group commit per batch --------------------------- */
@@ -44,6 +46,28 @@ static void unpublish(struct work *w, size_t i, const char *why)
     log_err("%s: to=<%s> deferred: %s", w->e->qid, w->env.rcpts[i].addr, why);
 }
 
+/* Notes dst's directory in dirs and, in syncfs mode, syncs its file system
+ * the first time one of its directories is seen.  false on a failed sync. */
+static bool note_copy(struct queue *q, const char *dst, GHashTable *dirs, GHashTable *devs)
+{
+    char *dir = g_path_get_dirname(dst);
+    struct stat st;
+    bool ok = true;
+    if (q->cfg->sync_fs && stat(dir, &st) == 0 &&
+        !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
+        g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd == -1 || syncfs(fd) == -1) {
+            log_err("syncfs %s: %s", dir, strerror(errno));
+            ok = false;
+        }
+        if (fd != -1)
+            close(fd);
+    }
+    g_hash_table_add(dirs, dir);   /* a set: an equal key is replaced and freed */
+    return ok;
+}
+
 static void publish_batch(struct queue *q, struct work *ws, size_t n)
 {
     GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -52,23 +76,10 @@ static void publish_batch(struct queue *q, struct work *ws, size_t n)
     /* 1: the data of every copy durable (one syncfs per file system) */
     for (size_t k = 0; k < n && !failed; k++) {
         struct work *w = &ws[k];
-        for (size_t i = 0; w->loaded && i < w->env.nrcpts; i++) {
+        for (size_t i = 0; w->loaded && i < w->env.nrcpts && !failed; i++) {
             if (!w->r[i].pending || w->r[i].result != DELIVER_OK || !w->r[i].pub.tmp[0])
                 continue;
-            char *dir = g_path_get_dirname(w->r[i].pub.dst);
-            struct stat st;
-            if (q->cfg->sync_fs && stat(dir, &st) == 0 &&
-                !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
-                g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
-                int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                if (fd == -1 || syncfs(fd) == -1) {
-                    log_err("syncfs %s: %s", dir, strerror(errno));
-                    failed = true;
-                }
-                if (fd != -1)
-                    close(fd);
-            }
-            g_hash_table_add(dirs, dir);
+            failed = !note_copy(q, w->r[i].pub.dst, dirs, devs);
         }
     }
     /* 2: link each copy into new/; 3: each new/ synced once */
@@ -216,15 +227,31 @@ static void drop_staged(struct queue *q, const char *qid)
     size_t plen = strlen(qid);
     struct dirent *de;
     while ((de = readdir(d)) != NULL)
-        if (strncmp(de->d_name, qid, plen) == 0 && de->d_name[plen] == '.')
-            unlinkat(dirfd(d), de->d_name, 0);
+        if (strncmp(de->d_name, qid, plen) == 0 && de->d_name[plen] == '.') {
+            char path[PATH_MAX + 256];
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            recycle_put(q->dir, path);
+        }
     closedir(d);
+}
+
+/* Removes mailbox copies that were written but not published. */
+static void discard_copies(struct deliver_pending *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i].tmp[0])
+            unlink(p[i].tmp);
 }
 
 static void stage_failed(struct queue *q, struct work *w, const char *why)
 {
     struct qentry *e = w->e;
     drop_staged(q, e->qid);
+    discard_copies(w->pubs, w->npubs);
+    free(w->pubs);
+    w->pubs = NULL;
+    w->npubs = 0;
+    e->recovered = true;   /* copies published before the failure are found again */
     e->tempfail = true;
     w->stage_written = false;
     snprintf(e->err, sizeof e->err, "%s", why);
@@ -248,9 +275,14 @@ static void run_stage(struct queue *q, struct work *w)
         e->tempfail = true;
         snprintf(e->err, sizeof e->err, "%s", err);
         log_warn("%s: %s stage deferred: %s", e->qid, w->env.stage, err);
+        discard_copies(out.pubs, out.npubs);
         queue_outputs_free(&out);
         return;
     }
+    w->pubs = out.pubs;
+    w->npubs = out.npubs;
+    out.pubs = NULL;
+    out.npubs = 0;
     time_t now = time(NULL);
     for (size_t i = 0; i < out.n; i++) {
         struct queue_env *oe = &out.v[i].env;
@@ -267,8 +299,8 @@ static void run_stage(struct queue *q, struct work *w)
     }
     w->stage_written = true;
     w->nout = out.n;
-    log_info("%s: %s stage done, %zu new message%s", e->qid, w->env.stage, out.n,
-             out.n == 1 ? "" : "s");
+    log_info("%s: %s stage done, %zu new message%s, %zu stored", e->qid, w->env.stage, out.n,
+             out.n == 1 ? "" : "s", w->npubs);
     queue_outputs_free(&out);
 }
 
@@ -280,6 +312,48 @@ static int sync_dir_fs(const char *dir, bool fs)
     int r = fs ? syncfs(fd) : fsync(fd);
     close(fd);
     return r;
+}
+
+/* The mailbox copies of the batch's stages: data durable (one syncfs per file
+ * system, or fsync'ed as written), linked into new/, new/ synced; a stage
+ * whose copies cannot all be published runs again (duplicates suppressed). */
+static void publish_stage_copies(struct queue *q, struct work *ws, size_t n)
+{
+    GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTable *devs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    struct stat st;
+    if (q->cfg->sync_fs && stat(q->dir, &st) == 0)   /* synced with staged/ just now */
+        g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+    for (size_t k = 0; k < n; k++) {
+        struct work *w = &ws[k];
+        bool ok = true;
+        for (size_t i = 0; w->stage_written && i < w->npubs && ok; i++)
+            if (w->pubs[i].tmp[0])
+                ok = note_copy(q, w->pubs[i].dst, dirs, devs);
+        for (size_t i = 0; w->stage_written && i < w->npubs && ok; i++) {
+            if (w->pubs[i].tmp[0] && fs_publish(w->pubs[i].tmp, w->pubs[i].dst) == -1) {
+                log_err("%s: cannot publish %s: %s", w->e->qid, w->pubs[i].dst, strerror(errno));
+                ok = false;
+            }
+            w->pubs[i].tmp[0] = '\0';
+        }
+        if (!ok)
+            stage_failed(q, w, "cannot store into the mailbox");
+    }
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, dirs);
+    while (g_hash_table_iter_next(&it, &key, NULL)) {
+        if (fs_fsync_dir(key) == -1) {
+            log_err("fsync %s: %s", (char *)key, strerror(errno));
+            for (size_t k = 0; k < n; k++)
+                if (ws[k].stage_written && ws[k].npubs > 0)
+                    stage_failed(q, &ws[k], "mailbox directory fsync failed");
+            break;
+        }
+    }
+    g_hash_table_destroy(devs);
+    g_hash_table_destroy(dirs);
 }
 
 /* Group commit of the batch's stages: outputs durable (one syncfs), the
@@ -304,6 +378,7 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
             if (ws[k].stage_written)
                 stage_failed(q, &ws[k], "cannot sync the stage's outputs");
     }
+    publish_stage_copies(q, ws, n);
     bool appended = false;
     for (size_t k = 0; k < n; k++) {
         struct work *w = &ws[k];
@@ -350,7 +425,7 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
             continue;
         char path[PATH_MAX];
         path_of(q, "queue", w->e->qid, path, sizeof path);
-        if (unlink(path) == -1 && errno != ENOENT)
+        if (recycle_put(q->dir, path) == -1 && errno != ENOENT)
             log_err("%s: cannot remove spool file: %s", w->e->qid, strerror(errno));
         w->e->finished = true;
     }
@@ -460,7 +535,7 @@ static void settle(struct queue *q, struct work *w)
     notify(q, w, DSN_DELAYED, late, nlate);
     e->finished = !e->tempfail;
     if (e->finished) {
-        if (unlink(path) == -1 && errno != ENOENT)
+        if (recycle_put(q->dir, path) == -1 && errno != ENOENT)
             log_err("%s: cannot remove spool file: %s", e->qid, strerror(errno));
         else
             log_info("%s: removed", e->qid);
@@ -508,6 +583,7 @@ gpointer queue_worker_thread(gpointer arg)
             if (ws[i].loaded) {
                 free(ws[i].data);
                 free(ws[i].r);
+                free(ws[i].pubs);
                 queue_env_free(&ws[i].env);
             }
             g_async_queue_push(q->results, ws[i].e);

@@ -1,6 +1,7 @@
 /*
  * test_spool.c - spool files: a round trip keeps every envelope field and
- * the data byte for byte; a file cut anywhere before END is refused.
+ * the data byte for byte; a file cut anywhere before END is refused; a
+ * recycled file is reused with nothing of its previous message left.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -104,6 +106,67 @@ static void test_roundtrip(void **state)
     unlink(path);
 }
 
+/* A long message's file, recycled and reused for a short one, holds only the
+ * short one: the writer cuts what it did not overwrite. */
+static void test_recycle(void **state)
+{
+    (void)state;
+    char top[512], dir[600];
+    snprintf(top, sizeof top, "%s/recycle", TEST_TMPDIR);
+    snprintf(dir, sizeof dir, "%s/incoming", top);
+    assert_int_equal(fs_mkdirs(dir, 0700), 0);
+    assert_int_equal(recycle_open(top), 0);
+    assert_int_equal(recycle_count(top), 0);
+
+    struct queue_env env;
+    make_env(&env);
+    struct spool_writer *w = spool_writer_open(top, -1, NULL, &env);
+    assert_non_null(w);
+    char big[20000];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(spool_writer_data(w, big, sizeof big), 0);
+    assert_int_equal(spool_writer_finish(w), 0);
+    spool_writer_free(w);
+    char path[700];
+    snprintf(path, sizeof path, "%s/incoming/%s", top, env.qid);
+    assert_int_equal(recycle_put(top, path), 0);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(recycle_count(top), 1);
+
+    make_env(&env);
+    w = spool_writer_open(top, -1, NULL, &env);
+    assert_non_null(w);
+    assert_int_equal(recycle_count(top), 0);   /* the free file was taken */
+    assert_int_equal(spool_writer_data(w, "short\r\n", 7), 0);
+    assert_int_equal(spool_writer_finish(w), 0);
+    spool_writer_free(w);
+    snprintf(path, sizeof path, "%s/incoming/%s", top, env.qid);
+    struct queue_env got;
+    char *d, err[256];
+    size_t dlen;
+    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
+    assert_int_equal(dlen, 7);
+    assert_memory_equal(d, "short\r\n", 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size < 1000);
+    free(d);
+    queue_env_free(&got);
+
+    /* spool_write_file reuses too; free/ is read back when the queue opens again */
+    assert_int_equal(recycle_put(top, path), 0);
+    assert_int_equal(recycle_open(top), 0);
+    assert_int_equal(recycle_count(top), 1);
+    assert_int_equal(spool_write_file(top, "incoming", "out.1", &env, "x\r\n", 3, true), 0);
+    assert_int_equal(recycle_count(top), 0);
+    snprintf(path, sizeof path, "%s/incoming/out.1", top);
+    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
+    assert_int_equal(dlen, 3);
+    free(d);
+    queue_env_free(&got);
+    unlink(path);
+}
+
 static void test_ids(void **state)
 {
     (void)state;
@@ -119,6 +182,7 @@ static void test_ids(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_ids)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_ids),
+                                       cmocka_unit_test(test_recycle)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

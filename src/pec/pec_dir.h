@@ -20,7 +20,8 @@
 
 #include <stdatomic.h>
 
-/* Borrowed strings: they must outlive what is built from them. */
+/* Borrowed strings (but cache_dir, copied): they must outlive what is
+ * built from them. */
 struct pec_dir_conf {
     const char *source;            /* PATH, file:PATH, ldap://HOST:PORT/BASE, ldaps://... */
     const char *bind_dn;           /* LDAP simple bind; NULL = anonymous */
@@ -37,6 +38,14 @@ struct pec_dir_conf {
 };
 
 #define PEC_CRL_MAX (16u << 20)
+
+/* Fills c from the [pec] keys of cfg (lib/config.h).  cache (at least
+ * 4096 bytes) receives DATA_DIR/directory; *password the content of
+ * directory_password_file when set (free it).  -1 with err when that file
+ * cannot be read. */
+struct config;
+int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
+                      char **password, char *err, size_t errsz);
 
 /* The directory's text (LDIF) from c->source. */
 int pec_dir_fetch(const struct pec_dir_conf *c, pec_buf *ldif, char *err, size_t errsz);

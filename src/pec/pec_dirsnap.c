@@ -30,7 +30,8 @@ struct pec_dirmgr {
     pthread_t thread;
     bool running, stop, requested;
     pec_dirsnap *cur;
-    char cache[PATH_MAX];
+    char cache[PATH_MAX];          /* CACHE_DIR/directory.ldif */
+    char cache_dir[PATH_MAX];      /* m->c.cache_dir points here */
 };
 
 static void snap_free(pec_dirsnap *s)
@@ -151,6 +152,10 @@ struct pec_dirmgr *pec_dirmgr_new(const struct pec_dir_conf *c, char *err, size_
     curl_global_init(CURL_GLOBAL_DEFAULT);   /* once, before any thread uses libcurl */
     struct pec_dirmgr *m = calloc(1, sizeof *m);
     m->c = *c;
+    if (c->cache_dir) {
+        str_copy(m->cache_dir, c->cache_dir, sizeof m->cache_dir);
+        m->c.cache_dir = m->cache_dir;
+    }
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->cv, NULL);
     if (c->cache_dir) {

@@ -9,6 +9,7 @@
  * PEC_LDIF_MAX_ENTRIES entries and PEC_LDIF_MAX bytes, no referrals.
  */
 #include "pec/pec_dir.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 #include "pec_internal.h"
 
@@ -57,7 +58,12 @@ static int ldap_target(const struct pec_dir_conf *c, LDAPURLDesc *u, struct ldap
         return pec_err(err, errsz, "%s: URL too long", c->source);
     t->base = u->lud_dn && u->lud_dn[0] ? u->lud_dn : "o=postacert";
     t->filter = u->lud_filter ? u->lud_filter : "(objectClass=*)";
-    t->scope = u->lud_scope == LDAP_SCOPE_DEFAULT ? LDAP_SCOPE_SUBTREE : u->lud_scope;
+    /* RFC 4516 makes "base" the default scope; a directory wants the subtree
+     * unless the URL names a scope (ldap://h/base?attrs?SCOPE) */
+    const char *q = strchr(c->source, '?');
+    const char *q2 = q ? strchr(q + 1, '?') : NULL;
+    bool scoped = q2 && q2[1] != '\0' && q2[1] != '?';
+    t->scope = scoped && u->lud_scope != LDAP_SCOPE_DEFAULT ? u->lud_scope : LDAP_SCOPE_SUBTREE;
     t->starttls = c->starttls;
     for (char **e = u->lud_exts; e && *e; e++) {
         const char *x = **e == '!' ? *e + 1 : *e;
@@ -174,4 +180,27 @@ int pec_dir_fetch(const struct pec_dir_conf *c, pec_buf *ldif, char *err, size_t
     if (pec_dir_is_ldap(c->source))
         return ldap_fetch(c, ldif, err, errsz);
     return file_fetch(c->source, ldif, err, errsz);
+}
+
+int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
+                      char **password, char *err, size_t errsz)
+{
+    *password = NULL;
+    if (cfg->pec_dir_password_file != NULL) {
+        size_t n;
+        if (fs_read_file(cfg->pec_dir_password_file, password, &n, 4096) == -1)
+            return pec_err(err, errsz, "[pec] directory_password_file %s: %s",
+                           cfg->pec_dir_password_file, strerror(errno));
+        (*password)[strcspn(*password, "\r\n")] = '\0';
+    }
+    snprintf(cache, 4096, "%s/directory", cfg->data_dir);
+    *c = (struct pec_dir_conf){
+        .source = cfg->pec_directory, .bind_dn = cfg->pec_dir_bind_dn,
+        .password = *password ? *password : cfg->pec_dir_password,
+        .starttls = cfg->pec_dir_starttls, .ca_file = cfg->pec_dir_ca_file,
+        .timeout = (unsigned)cfg->pec_dir_timeout, .trust_file = cfg->pec_trust,
+        .crl_file = cfg->pec_crl, .crl_urls = (const char *const *)cfg->pec_crl_urls,
+        .n_crl_urls = cfg->pec_n_crl_urls, .cache_dir = cache,
+        .refresh = (unsigned)cfg->pec_dir_refresh};
+    return 0;
 }

@@ -61,22 +61,10 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
  * now, then refreshed by pecdir's thread (period and SIGHUP). */
 static int load_directory(struct roles *r, const struct config *cfg, char *err, size_t errlen)
 {
-    if (cfg->pec_dir_password_file != NULL) {
-        size_t n;
-        if ((r->dir_password = read_all(cfg->pec_dir_password_file, &n, err, errlen)) == NULL)
-            return -1;
-        r->dir_password[strcspn(r->dir_password, "\r\n")] = '\0';
-    }
     char cache[4096];
-    snprintf(cache, sizeof cache, "%s/directory", cfg->data_dir);
-    struct pec_dir_conf dc = {
-        .source = cfg->pec_directory, .bind_dn = cfg->pec_dir_bind_dn,
-        .password = r->dir_password ? r->dir_password : cfg->pec_dir_password,
-        .starttls = cfg->pec_dir_starttls, .ca_file = cfg->pec_dir_ca_file,
-        .timeout = (unsigned)cfg->pec_dir_timeout, .trust_file = cfg->pec_trust,
-        .crl_file = cfg->pec_crl, .crl_urls = (const char *const *)cfg->pec_crl_urls,
-        .n_crl_urls = cfg->pec_n_crl_urls, .cache_dir = cache,
-        .refresh = (unsigned)cfg->pec_dir_refresh};
+    struct pec_dir_conf dc;
+    if (pec_dir_conf_init(&dc, cfg, cache, &r->dir_password, err, errlen) == -1)
+        return -1;
     char e2[1024];
     r->dirs = pec_dirmgr_new(&dc, e2, sizeof e2);
     if (r->dirs == NULL) {

@@ -26,6 +26,7 @@ int pecctl_pki_main(int argc, char **argv) __attribute__((weak));
 int pecctl_init_main(int argc, char **argv) __attribute__((weak));
 int pecctl_log_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_trace_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
+int pecctl_directory_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 
 static void usage(FILE *f)
 {
@@ -43,7 +44,8 @@ static void usage(FILE *f)
             "       [--ca CADIR] [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...\n"
             "                                        create a ready-to-run provider instance\n"
             "  log verify                            check the evidence log (hash chain, seals)\n"
-            "  trace MESSAGE-ID                      the life of a PEC message\n");
+            "  trace MESSAGE-ID                      the life of a PEC message\n"
+            "  directory list|import FILE.ldif|export  the providers' directory\n");
 }
 
 static struct config *load(const char *conf)
@@ -176,11 +178,13 @@ int main(int argc, char **argv)
         return fn(argc - i, argv + i);
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
-        strcmp(cmd, "trace") == 0) {
+        strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
-                                                                               : NULL;
-        if ((strcmp(cmd, "log") == 0 || strcmp(cmd, "trace") == 0) && fn == NULL) {
+                                                   : strcmp(cmd, "directory") == 0
+                                                       ? pecctl_directory_main
+                                                       : NULL;
+        if (strcmp(cmd, "user") != 0 && strcmp(cmd, "queue") != 0 && fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
             return 2;
         }

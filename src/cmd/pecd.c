@@ -5,8 +5,8 @@
  *
  *   pecd -c pecd.conf        run in the foreground, log to stderr
  *   pecd -t -c pecd.conf     check the configuration and exit
- * SIGTERM/SIGINT drain and exit; SIGHUP reloads the users file and the TLS
- * certificate.
+ * SIGTERM/SIGINT drain and exit; SIGHUP reloads the users file, the TLS
+ * certificate and (in a thread) the providers' directory and its CRLs.
  */
 #include "lib/config.h"
 #include "lib/lib.h"
@@ -309,6 +309,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     (void)what;
     log_info("SIGHUP: reloading the users file and the TLS certificate");
     users_db_reload(d->users);
+    if (d->roles != NULL)
+        roles_reload_directory(d->roles);
     if (d->cfg->tls_cert != NULL) {
         char err[512];
         SSL_CTX *ctx = smtp_tls_server_ctx(d->cfg->tls_cert, d->cfg->tls_key,

@@ -103,6 +103,62 @@ static int handle_u64(struct parse_ctx *ctx, const char *name, const char *value
     return 1;
 }
 
+/* [pec] directory* and crl_urls (issue 7; docs/directory.md). */
+static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const char *value)
+{
+    struct config *cfg = ctx->cfg;
+    if (strcmp(name, "directory") == 0) {
+        bool ldap = strncmp(value, "ldap://", 7) == 0 || strncmp(value, "ldaps://", 8) == 0;
+        const char *host = ldap ? strstr(value, "://") + 3 : NULL;
+        if (ldap && (host[0] == '\0' || host[0] == '/'))
+            return fail(ctx, "directory: '%s' names no LDAP host (ldap://HOST:PORT/BASE)", value);
+        if (!ldap && strstr(value, "://") != NULL)
+            return fail(ctx, "directory: '%s' is not PATH, file:PATH, ldap:// or ldaps://",
+                        value);
+        set_str(&cfg->pec_directory, strncmp(value, "file:", 5) == 0 ? value + 5 : value);
+        return 1;
+    }
+    if (strcmp(name, "directory_bind_dn") == 0)
+        set_str(&cfg->pec_dir_bind_dn, value);
+    else if (strcmp(name, "directory_password") == 0)
+        set_str(&cfg->pec_dir_password, value);
+    else if (strcmp(name, "directory_password_file") == 0)
+        set_str(&cfg->pec_dir_password_file, value);
+    else if (strcmp(name, "directory_ca_file") == 0)
+        set_str(&cfg->pec_dir_ca_file, value);
+    else if (strcmp(name, "directory_starttls") == 0) {
+        if (parse_bool(value, &cfg->pec_dir_starttls) == -1)
+            return fail(ctx, "directory_starttls: '%s' is not yes or no", value);
+    } else if (strcmp(name, "directory_refresh") == 0) {
+        if (strcmp(value, "0") == 0) {
+            cfg->pec_dir_refresh = 0;
+            return 1;
+        }
+        return handle_u64(ctx, name, value, &cfg->pec_dir_refresh, false, 1);
+    } else if (strcmp(name, "directory_timeout") == 0) {
+        int r = handle_u64(ctx, name, value, &cfg->pec_dir_timeout, false, 1);
+        if (r == 1 && cfg->pec_dir_timeout > 600)
+            return fail(ctx, "directory_timeout: at most 10m");
+        return r;
+    } else if (strcmp(name, "crl_urls") == 0) {
+        for (size_t i = 0; i < cfg->pec_n_crl_urls; i++)
+            free(cfg->pec_crl_urls[i]);
+        cfg->pec_n_crl_urls = 0;
+        if (split_list(value, cfg->pec_crl_urls, CONFIG_MAX_CRL_URLS, &cfg->pec_n_crl_urls,
+                       false) == -1)
+            return fail(ctx, "crl_urls: more than %d URLs", CONFIG_MAX_CRL_URLS);
+        for (size_t i = 0; i < cfg->pec_n_crl_urls; i++) {
+            const char *u = cfg->pec_crl_urls[i];
+            if (strncmp(u, "file:", 5) != 0 && strncmp(u, "http://", 7) != 0 &&
+                strncmp(u, "https://", 8) != 0)
+                return fail(ctx, "crl_urls: '%s' is not a file:, http:// or https:// URL", u);
+        }
+    } else {
+        return fail(ctx, "unknown key '%s' in [pec]", name);
+    }
+    return 1;
+}
+
 static int handle_listener(struct parse_ctx *ctx, const char *section, const char *name,
                            const char *value)
 {
@@ -384,10 +440,8 @@ static int handler(void *user, const char *section, const char *name, const char
                 return fail(ctx, "enabled: '%s' is not yes or no", value);
             return 1;
         }
-        if (strcmp(name, "directory") == 0) {
-            set_str(&cfg->pec_directory, strncmp(value, "file:", 5) == 0 ? value + 5 : value);
-            return 1;
-        }
+        if (strncmp(name, "directory", 9) == 0 || strncmp(name, "crl_", 4) == 0)
+            return handle_pec_directory(ctx, name, value);
         if (strcmp(name, "max_total_size") == 0)
             return handle_u64(ctx, name, value, &cfg->pec_max_total, true, 1024);
         if (strcmp(name, "accept_ordinary_mail") == 0) {
@@ -505,6 +559,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->mx_port = 25;
     cfg->pec_max_total = 30ULL * 1024 * 1024;      /* RFC 6109 §3.1.1 */
     cfg->pec_accept_ordinary = true;
+    cfg->pec_dir_refresh = 3600;                    /* RFC 6109 §4.5 asks for daily */
+    cfg->pec_dir_timeout = 30;
     cfg->timer_preavviso = 12 * 3600;               /* §3.1.6 */
     cfg->timer_mancata_consegna = 24 * 3600;
     cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
@@ -547,7 +603,10 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->pec_signing_cert, cfg->dir);
     resolve(&cfg->pec_trust, cfg->dir);
     resolve(&cfg->pec_crl, cfg->dir);
-    resolve(&cfg->pec_directory, cfg->dir);
+    if (cfg->pec_directory && strstr(cfg->pec_directory, "://") == NULL)
+        resolve(&cfg->pec_directory, cfg->dir);
+    resolve(&cfg->pec_dir_password_file, cfg->dir);
+    resolve(&cfg->pec_dir_ca_file, cfg->dir);
     resolve(&cfg->evidence_path, cfg->dir);
     resolve(&cfg->dns_trust_anchor, cfg->dir);
     default_str(&cfg->postmaster, "postmaster@%s", cfg->domain);
@@ -576,6 +635,16 @@ struct config *config_load(const char *path, char *err, size_t errlen)
                      cfg->pec_trust == NULL || cfg->pec_directory == NULL)) {
         snprintf(err, errlen, "%s: [pec] enabled needs signing_key, signing_certificate, trust "
                  "and directory", path);
+        goto bad;
+    }
+    if (cfg->pec_dir_password && cfg->pec_dir_password_file) {
+        snprintf(err, errlen, "%s: [pec] directory_password and directory_password_file "
+                 "exclude each other", path);
+        goto bad;
+    }
+    if (cfg->pec_dir_starttls && cfg->pec_directory &&
+        strncmp(cfg->pec_directory, "ldaps://", 8) == 0) {
+        snprintf(err, errlen, "%s: [pec] directory_starttls does not go with ldaps://", path);
         goto bad;
     }
     bool need_tls = false;
@@ -624,11 +693,15 @@ void config_free(struct config *cfg)
                      &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server,
                      &cfg->pec_signing_key, &cfg->pec_signing_cert, &cfg->pec_trust,
                      &cfg->pec_crl, &cfg->pec_directory, &cfg->pec_service_address,
-                     &cfg->pec_tls_policy, &cfg->evidence_path};
+                     &cfg->pec_tls_policy, &cfg->evidence_path, &cfg->pec_dir_bind_dn,
+                     &cfg->pec_dir_password, &cfg->pec_dir_password_file,
+                     &cfg->pec_dir_ca_file};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)
         free(cfg->local_domains[i]);
+    for (size_t i = 0; i < cfg->pec_n_crl_urls; i++)
+        free(cfg->pec_crl_urls[i]);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         free(cfg->routes[i].key);
         free(cfg->routes[i].value);

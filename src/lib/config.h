@@ -17,6 +17,7 @@
 #define CONFIG_MAX_ADDRS 8
 #define CONFIG_MAX_DOMAINS 32
 #define CONFIG_MAX_ROUTES 64
+#define CONFIG_MAX_CRL_URLS 16
 
 enum listener_tls { LTLS_NONE, LTLS_STARTTLS, LTLS_IMPLICIT };
 enum listener_auth { LAUTH_NO, LAUTH_OPTIONAL, LAUTH_REQUIRED };
@@ -100,7 +101,16 @@ struct config {
     char *pec_signing_cert;         /* the signer certificate, then its chain */
     char *pec_trust;                /* CA bundle for incoming signatures */
     char *pec_crl;                  /* optional CRL file (PEM) */
-    char *pec_directory;            /* providers' directory (LDIF file) */
+    char *pec_directory;            /* providers' directory: LDIF path or ldap[s]://host:port/base */
+    char *pec_dir_bind_dn;          /* LDAP simple bind DN; NULL = anonymous */
+    char *pec_dir_password;         /* its password (or read from pec_dir_password_file) */
+    char *pec_dir_password_file;
+    bool pec_dir_starttls;          /* StartTLS on ldap:// */
+    char *pec_dir_ca_file;          /* CA of the LDAP server; NULL = the system's */
+    uint64_t pec_dir_refresh;       /* seconds between refreshes (1h); 0 = SIGHUP only */
+    uint64_t pec_dir_timeout;       /* LDAP and CRL download timeout, seconds (30) */
+    char *pec_crl_urls[CONFIG_MAX_CRL_URLS]; /* extra CRLs: file:, http:, https: */
+    size_t pec_n_crl_urls;
     char *pec_service_address;      /* posta-certificata@<domain> */
     uint64_t pec_max_total;         /* size x recipients limit (30 MB, §3.1.1) */
     bool pec_accept_ordinary;       /* ordinary mail for a PEC mailbox: anomaly (yes) or 550 */

@@ -266,6 +266,11 @@ pec_trust *pec_trust_new(void);
 int pec_trust_add_ca_pem(pec_trust *t, const void *pem, size_t len, char *err, size_t errsz);
 /* Adds CRLs (PEM); revocation is then checked for the signer certificate. */
 int pec_trust_add_crl_pem(pec_trust *t, const void *pem, size_t len, char *err, size_t errsz);
+/* Adds one or more CRLs given as PEM or one DER CRL (as served at a CRL
+ * distribution point, RFC 5280 §4.2.1.13).  -1 when none is readable. */
+int pec_trust_add_crl(pec_trust *t, const void *data, size_t len, char *err, size_t errsz);
+/* How many CRLs t holds. */
+size_t pec_trust_crl_count(const pec_trust *t);
 /* Providers' directory: the SHA-1 hex of known signing certificates
  * (providerCertificateHash, §4.5.1; compared case-insensitively). */
 int pec_trust_add_cert_hash(pec_trust *t, const char *sha1hex);
@@ -298,26 +303,76 @@ int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, 
                size_t errsz);
 void pec_verdict_free(pec_verdict *v);
 
-/* ---- the providers' directory (§4.5), read from LDIF (pec_directory.c) ---- */
+/* ---- the providers' directory (§4.5): model, LDIF (pec_directory.c, pec_ldif.c) -- */
 
+/*
+ * One record of the directory whose objectClass is "provider" (or that has a
+ * providerName): the attributes of RFC 6109 §4.5.1-§4.5.9.  A secondary
+ * environment (providerUnit, §4.5.7) is a record of its own.  Domains and
+ * hashes are lower case (searches are case-insensitive, digest D6).
+ */
 typedef struct pec_provider {
-    char *name;                    /* providerName */
+    char *name;                    /* providerName (MUST, single) */
     char *receipt;                 /* mailReceipt: where presa-in-carico and virus notices go */
     char **domains;                /* managedDomains, lower case */
     size_t n_domains;
-    char **hashes;                 /* providerCertificateHash (and of providerCertificate), lower case */
+    char **hashes;                 /* providerCertificateHash and the SHA-1 of each
+                                      providerCertificate, lower case, no duplicates */
     size_t n_hashes;
+    /* issue 7: the rest of the schema */
+    char *dn;                      /* the record's DN */
+    char *unit;                    /* providerUnit; NULL on the main record */
+    char *ldif_url;                /* LDIFLocationURL, NULL when absent */
+    char **descriptions;           /* description (multi-valued) */
+    size_t n_descriptions;
+    pec_buf *certs;                /* providerCertificate;binary values (DER) */
+    size_t n_certs;
+    char **crl_urls;               /* CRL distribution points of certs (http:, https:, file:) */
+    size_t n_crl_urls;
+    int line;                      /* first line of the record in the LDIF read */
 } pec_provider;
 typedef struct pec_directory pec_directory;
+
+/*
+ * Reads an LDIF text (RFC 2849: "version: 1", comments, folded lines, "::"
+ * base64 values; no change records, no ":<" URL values) and checks every
+ * provider record against the schema: one providerName and one mailReceipt
+ * (an addr-spec of dot-atoms), managedDomains in dot-atom form, hashes of 40
+ * hex digits, certificates that parse as DER X.509, and no domain claimed by
+ * two providers.  Any failure gives NULL and "LDIF line N: reason" in err
+ * (line of the offending value): a broken copy never replaces a good one.
+ * Limits: PEC_LDIF_MAX bytes, PEC_LDIF_MAX_ENTRIES records.
+ */
+#define PEC_LDIF_MAX (64u << 20)
+#define PEC_LDIF_MAX_ENTRIES 100000u
 pec_directory *pec_directory_parse(const void *ldif, size_t len, char *err, size_t errsz);
 size_t pec_directory_count(const pec_directory *d);
 const pec_provider *pec_directory_provider(const pec_directory *d, size_t i);
 /* NULL: the domain is not PEC ("esterno", §2.2.1) */
 const pec_provider *pec_directory_by_domain(const pec_directory *d, const char *domain);
 const pec_provider *pec_directory_by_hash(const pec_directory *d, const char *sha1hex);
+/* mailReceipt of the provider of a signer certificate (by its SHA-1), or NULL. */
+const char *pec_directory_receipt_for_hash(const pec_directory *d, const char *sha1hex);
+/* LDIFLocationURL of the root record (o=postacert), NULL when absent. */
+const char *pec_directory_root_url(const pec_directory *d);
+/* Number of records of every kind (root, providers, units, others). */
+size_t pec_directory_entries(const pec_directory *d);
 /* Adds every provider's certificate hash to t; returns how many. */
 int pec_directory_add_to_trust(const pec_directory *d, pec_trust *t);
+/* Every CRL distribution point named by the providers' certificates, once
+ * each, into a NULL-terminated array (free with pec_strv_free). */
+char **pec_directory_crl_urls(const pec_directory *d);
+void pec_strv_free(char **v);
+/* Writes every record back as LDIF (RFC 2849, "version: 1", values that
+ * are not SAFE-STRING in base64, lines folded at 76 columns): a text that
+ * pec_directory_parse reads into the same directory. */
+int pec_directory_to_ldif(const pec_directory *d, pec_buf *out, char *err, size_t errsz);
 void pec_directory_free(pec_directory *d);
+
+/* LDIF writer for other producers of a directory (the LDAP reader):
+ * appends "attr: value" or "attr:: base64" (folded) to out; attr NULL
+ * appends the blank line that ends a record.  -1 on ENOMEM. */
+int pec_ldif_put(pec_buf *out, const char *attr, const void *val, size_t len);
 
 /* ---- formal checks of the access point (§3.1.1) ---------------------------- */
 

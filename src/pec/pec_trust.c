@@ -13,6 +13,7 @@
 #include "pec/pec_trust.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -202,4 +203,25 @@ int pec_trust_load_ldif(pec_trust *t, const void *ldif, size_t len, char *err, s
     if (first_bad)
         return pec_err(err, errsz, "LDIF: bad certificate value near line %d", first_bad);
     return added;
+}
+
+int pec_trust_add_crl(pec_trust *t, const void *data, size_t len, char *err, size_t errsz)
+{
+    if (len > INT_MAX)
+        return pec_err(err, errsz, "CRL too large");
+    if (len >= 10 && memmem(data, len, "-----BEGIN", 10) != NULL)
+        return pec_trust_add_crl_pem(t, data, len, err, errsz);
+    const unsigned char *q = data;
+    X509_CRL *c = d2i_X509_CRL(NULL, &q, (long)len);
+    if (c == NULL) {
+        ERR_clear_error();
+        return pec_err(err, errsz, "neither a PEM nor a DER CRL");
+    }
+    sk_X509_CRL_push(t->crls, c);
+    return 0;
+}
+
+size_t pec_trust_crl_count(const pec_trust *t)
+{
+    return (size_t)sk_X509_CRL_num(t->crls);
 }

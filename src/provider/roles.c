@@ -20,6 +20,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
+#include "pec/pec_dir.h"
 #include "store/store.h"
 #include "store/tracking.h"
 #include "store/evidence.h"
@@ -41,8 +42,8 @@ struct roles {
     struct evidence *ev;
     pec_signer *signer;
     pec_identity id;
-    pec_trust *trust;
-    pec_directory *dir;
+    struct pec_dirmgr *dirs;       /* directory + trust: a snapshot per use */
+    char *dir_password;            /* [pec] directory_password(_file) */
     atomic_ulong seq;
 };
 
@@ -56,6 +57,34 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
     return buf;
 }
 
+/* The providers' directory and the trust built from it (issue 7): loaded
+ * now, then refreshed by pecdir's thread (period and SIGHUP). */
+static int load_directory(struct roles *r, const struct config *cfg, char *err, size_t errlen)
+{
+    char cache[4096];
+    struct pec_dir_conf dc;
+    if (pec_dir_conf_init(&dc, cfg, cache, &r->dir_password, err, errlen) == -1)
+        return -1;
+    char e2[1024];
+    r->dirs = pec_dirmgr_new(&dc, e2, sizeof e2);
+    if (r->dirs == NULL) {
+        snprintf(err, errlen, "[pec] directory %s: %s", cfg->pec_directory, e2);
+        return -1;
+    }
+    const pec_dirsnap *s = pec_dirmgr_acquire(r->dirs);
+    if (pec_directory_by_domain(s->dir, cfg->domain) == NULL)
+        log_warn("[pec] our domain %s is not in the providers' directory %s", cfg->domain,
+                 cfg->pec_directory);
+    log_info("PEC provider %s: %zu providers in the directory", cfg->name,
+             pec_directory_count(s->dir));
+    pec_dirsnap_release(s);
+    if (pec_dirmgr_start(r->dirs) == -1) {
+        snprintf(err, errlen, "[pec] directory: cannot start the refresh thread");
+        return -1;
+    }
+    return 0;
+}
+
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
                         struct tracking *tracking, char *err, size_t errlen)
 {
@@ -64,66 +93,43 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
     r->tracking = tracking;
     r->transport = t;
     r->users = users;
-    size_t klen, clen, tlen, dlen;
+    size_t klen, clen;
     char *key = read_all(cfg->pec_signing_key, &klen, err, errlen);
     char *chain = key ? read_all(cfg->pec_signing_cert, &clen, err, errlen) : NULL;
-    char *trust = chain ? read_all(cfg->pec_trust, &tlen, err, errlen) : NULL;
-    char *ldif = trust ? read_all(cfg->pec_directory, &dlen, err, errlen) : NULL;
     char e2[256] = "";
-    if (ldif != NULL) {
+    if (chain != NULL) {
         r->signer = pec_signer_new_pem(key, klen, chain, clen, e2, sizeof e2);
         if (r->signer == NULL)
             snprintf(err, errlen, "[pec] signing key/certificate: %s", e2);
-    }
-    if (r->signer != NULL) {
-        r->trust = pec_trust_new();
-        if (pec_trust_add_ca_pem(r->trust, trust, tlen, e2, sizeof e2) == -1) {
-            snprintf(err, errlen, "[pec] trust %s: %s", cfg->pec_trust, e2);
-        } else if ((r->dir = pec_directory_parse(ldif, dlen, e2, sizeof e2)) == NULL) {
-            snprintf(err, errlen, "[pec] directory %s: %s", cfg->pec_directory, e2);
-        } else {
-            pec_directory_add_to_trust(r->dir, r->trust);
-            if (cfg->pec_crl != NULL) {
-                size_t crllen;
-                char *crl = read_all(cfg->pec_crl, &crllen, err, errlen);
-                if (crl == NULL || pec_trust_add_crl_pem(r->trust, crl, crllen, e2, sizeof e2) == -1) {
-                    if (crl != NULL)
-                        snprintf(err, errlen, "[pec] crl %s: %s", cfg->pec_crl, e2);
-                    pec_directory_free(r->dir);
-                    r->dir = NULL;
-                }
-                free(crl);
-            }
-        }
     }
     if (key)
         explicit_bzero(key, klen);
     free(key);
     free(chain);
-    free(trust);
-    free(ldif);
-    if (r->dir == NULL) {
+    if (r->signer == NULL || load_directory(r, cfg, err, errlen) == -1) {
         roles_free(r);
         return NULL;
     }
     r->id.domain = cfg->domain;
     r->id.name = cfg->name;
     r->id.signer = r->signer;
-    if (pec_directory_by_domain(r->dir, cfg->domain) == NULL)
-        log_warn("[pec] our domain %s is not in the providers' directory %s", cfg->domain,
-                 cfg->pec_directory);
-    log_info("PEC provider %s: %zu providers in the directory", cfg->name,
-             pec_directory_count(r->dir));
     return r;
+}
+
+void roles_reload_directory(struct roles *r)
+{
+    pec_dirmgr_request(r->dirs);
 }
 
 void roles_free(struct roles *r)
 {
     if (r == NULL)
         return;
+    pec_dirmgr_free(r->dirs);
     pec_signer_free(r->signer);
-    pec_trust_free(r->trust);
-    pec_directory_free(r->dir);
+    if (r->dir_password)
+        explicit_bzero(r->dir_password, strlen(r->dir_password));
+    free(r->dir_password);
     free(r);
 }
 
@@ -177,7 +183,10 @@ static int event(struct roles *r, const char *type, const char *qid, const char 
 
 bool roles_is_pec_domain(const struct roles *r, const char *domain)
 {
-    return pec_directory_by_domain(r->dir, domain) != NULL;
+    const pec_dirsnap *s = pec_dirmgr_acquire(r->dirs);
+    bool pec = pec_directory_by_domain(s->dir, domain) != NULL;
+    pec_dirsnap_release(s);
+    return pec;
 }
 
 bool roles_is_pec_domain_cb(void *arg, const char *domain)
@@ -584,14 +593,30 @@ static int incoming_point(struct roles *r, const struct queue_env *env_in, const
     return res;
 }
 
+static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
+                            const struct queue_env *env, const char *data, size_t len,
+                            bool recovered, struct queue_outputs *out, char *err, size_t errlen);
+
+/* One directory snapshot for the whole verification: a refresh in between
+ * cannot mix two copies. */
 static int incoming_verified(struct roles *r, const struct queue_env *env, const char *data,
                              size_t len, bool recovered, struct queue_outputs *out, char *err,
                              size_t errlen)
 {
+    const pec_dirsnap *snap = pec_dirmgr_acquire(r->dirs);
+    int rc = incoming_checked(r, snap, env, data, len, recovered, out, err, errlen);
+    pec_dirsnap_release(snap);
+    return rc;
+}
+
+static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
+                            const struct queue_env *env, const char *data, size_t len,
+                            bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+{
     pec_verdict v;
     char e2[256];
     memset(&v, 0, sizeof v);
-    if (pec_verify(r->trust, data, len, &v, e2, sizeof e2) == -1)
+    if (pec_verify(snap->trust, data, len, &v, e2, sizeof e2) == -1)
         return anomaly(r, env, data, len, recovered, "messaggio non leggibile", out, err, errlen);
     int rc;
     if (!v.valid) {
@@ -601,7 +626,7 @@ static int incoming_verified(struct roles *r, const struct queue_env *env, const
     } else if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
         /* §3.2.1: presa in carico to the sender provider, for all our
          * recipients of this transaction */
-        const pec_provider *p = pec_directory_by_hash(r->dir, v.signer_sha1);
+        const pec_provider *p = pec_directory_by_hash(snap->dir, v.signer_sha1);
         const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
         for (size_t i = 0; i < env->nrcpts; i++)
             ric[i] = env->rcpts[i].addr;

@@ -24,6 +24,9 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
                          struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
                          size_t errlen);
 void roles_free(struct roles *r);
+/* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
+ * done by a thread, the copy in use stays until a good one replaces it. */
+void roles_reload_directory(struct roles *r);
 /* Events go to this evidence log (its day seals signed with our key). */
 struct evidence;
 void roles_set_evidence(struct roles *r, struct evidence *ev);

@@ -54,17 +54,17 @@ struct pecd {
 static int hook_auth(void *arg, const char *user, const char *pass)
 {
     struct pecd *d = arg;
-    return users_db_verify(d->users, user, pass);
+    return users_db_verify(d->users, user, pass, NULL);
 }
 
 /* AUTH runs on the auth worker's threads: a crypt hash or a slow Dovecot
  * never stalls the other sessions (the session waits alone). */
-static void hook_auth_start(void *arg, const char *user, const char *pass,
+static void hook_auth_start(void *arg, const char *user, const char *pass, const char *ip,
                             void (*done)(void *cbarg, int result), void *cbarg)
 {
     struct pecd *d = arg;
     users_db_get(d->users);   /* reloads a changed users file, on the event loop */
-    auth_worker_submit(d->auth, user, pass, done, cbarg);
+    auth_worker_submit(d->auth, user, pass, ip, done, cbarg);
 }
 
 /* Plain delivery asks Dovecot's userdb from its threads (transport.c). */

@@ -175,6 +175,8 @@ void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, c
             snprintf(x->text, sizeof x->text, "delivered via LMTP %s: %d %s", mta,
                      cr[k].reply.code, cr[k].reply.text);
         }
+        log_info("%s: <%s> %s%s", env->qid, env->rcpts[todo[k]].addr,
+                 x->result == DELIVER_OK ? "" : "LMTP refused: ", x->text);
     }
     if (c != NULL)
         smtp_client_close(c, true);

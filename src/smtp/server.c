@@ -736,7 +736,7 @@ static void auth_finish(struct session *s, const char *user, const char *pass)
         str_copy(s->auth_pending, user, sizeof s->auth_pending);
     s->state = ST_AUTH_WAIT;
     bufferevent_disable(s->bev, EV_READ);
-    s->srv->hooks.auth_start(s->srv->hooks.arg, user, pass, auth_done, s);
+    s->srv->hooks.auth_start(s->srv->hooks.arg, user, pass, s->ip, auth_done, s);
 }
 
 static void auth_plain(struct session *s, const char *b64)

@@ -161,7 +161,7 @@ struct smtp_hooks {
     /* Optional, used instead of auth when set: starts the check and calls
      * done(cbarg, result) later from the event loop (result as for auth).
      * The session reads nothing until then. */
-    void (*auth_start)(void *arg, const char *user, const char *pass,
+    void (*auth_start)(void *arg, const char *user, const char *pass, const char *client_ip,
                        void (*done)(void *cbarg, int result), void *cbarg);
     /* MAIL: 0 ok, else *reply holds the full refusal */
     int (*mail)(void *arg, const struct smtp_txn *txn, char *reply, size_t replylen);

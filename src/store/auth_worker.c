@@ -24,6 +24,7 @@
 
 struct auth_req {
     char *user, *pass;
+    char ip[64];
     void (*done)(void *, int);
     void *cbarg;
     int result;
@@ -57,7 +58,7 @@ static gpointer thread_main(gpointer arg)
         struct auth_req *r = g_async_queue_pop(w->in);
         if (r == &stop_req)
             return NULL;
-        r->result = users_db_verify(w->db, r->user, r->pass);
+        r->result = users_db_verify(w->db, r->user, r->pass, r->ip[0] ? r->ip : NULL);
         explicit_bzero(r->pass, strlen(r->pass));
         g_async_queue_push(w->out, r);
         uint64_t one = 1;
@@ -101,9 +102,12 @@ struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db
 }
 
 void auth_worker_submit(struct auth_worker *w, const char *user, const char *pass,
-                        void (*done)(void *cbarg, int result), void *cbarg)
+                        const char *client_ip, void (*done)(void *cbarg, int result),
+                        void *cbarg)
 {
     struct auth_req *r = calloc(1, sizeof *r);
+    if (client_ip != NULL)
+        str_copy(r->ip, client_ip, sizeof r->ip);
     r->user = strdup(user);
     r->pass = strdup(pass);
     r->done = done;

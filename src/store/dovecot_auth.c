@@ -302,8 +302,16 @@ static bool clean_user(const char *user)
     return true;
 }
 
-int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, unsigned timeout_ms,
-                          char *err, size_t errlen)
+/* An address for rip=: digits, hex, '.' and ':' only (it goes on the wire). */
+static bool clean_ip(const char *ip)
+{
+    if (ip == NULL || ip[0] == '\0' || strlen(ip) > 45)
+        return false;
+    return strspn(ip, "0123456789abcdefABCDEF.:") == strlen(ip);
+}
+
+int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char *client_ip,
+                          unsigned timeout_ms, char *err, size_t errlen)
 {
     size_t ul = strlen(user), pl = strlen(pass);
     if (!clean_user(user) || pl == 0 || pl > 1024) {
@@ -325,8 +333,12 @@ int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, unsigned t
     explicit_bzero(plain, sizeof plain);
     char hello[64], req[2400];
     int hl = snprintf(hello, sizeof hello, "VERSION\t1\t2\nCPID\t%ld\n", (long)getpid());
-    int rl = snprintf(req, sizeof req, "AUTH\t%u\tPLAIN\tservice=smtp\tsecured\tnologin\t"
-                                       "resp=%s\n", REQ_ID, b64);
+    /* rip: Dovecot's failure penalty then applies to that client only */
+    char rip[64] = "";
+    if (clean_ip(client_ip))
+        snprintf(rip, sizeof rip, "\trip=%s", client_ip);
+    int rl = snprintf(req, sizeof req, "AUTH\t%u\tPLAIN\tservice=smtp\tsecured\tnologin%s\t"
+                                       "resp=%s\n", REQ_ID, rip, b64);
     explicit_bzero(b64, sizeof b64);
     struct dovecot_parse *p = malloc(sizeof *p);
     dovecot_parse_init(p, DOVECOT_MODE_AUTH);
@@ -397,12 +409,12 @@ static int connect_unix(const char *path, unsigned timeout_ms, char *err, size_t
 }
 
 int dovecot_auth_plain(const char *socket_path, const char *user, const char *pass,
-                       unsigned timeout_ms, char *err, size_t errlen)
+                       const char *client_ip, unsigned timeout_ms, char *err, size_t errlen)
 {
     int fd = connect_unix(socket_path, timeout_ms, err, errlen);
     if (fd == -1)
         return DOVECOT_TEMP;
-    int r = dovecot_auth_plain_fd(fd, user, pass, timeout_ms, err, errlen);
+    int r = dovecot_auth_plain_fd(fd, user, pass, client_ip, timeout_ms, err, errlen);
     close(fd);
     return r;
 }

@@ -64,7 +64,9 @@ void users_db_use_dovecot(struct users_db *db, const char *auth_client, const ch
 bool users_db_is_dovecot(const struct users_db *db);
 /* 0 ok, -1 wrong credentials, -2 temporary failure.  May block (Dovecot, or
  * a slow crypt hash): call it from a worker thread, not the event loop. */
-int users_db_verify(struct users_db *db, const char *user, const char *pass);
+/* client_ip (or NULL) lets Dovecot keep its failure penalty per client. */
+int users_db_verify(struct users_db *db, const char *user, const char *pass,
+                    const char *client_ip);
 /* 1 the mailbox exists, 0 it does not, -1 cannot tell now (Dovecot
  * unreachable: try later), -2 no source can tell (users = dovecot: without
  * userdb; the final delivery, e.g. Dovecot LMTP, decides).  May block. */
@@ -97,9 +99,9 @@ int dovecot_parse_feed(struct dovecot_parse *p, const char *data, size_t len);
 /* AUTH PLAIN through the auth-client socket: DOVECOT_OK, _FAIL (wrong
  * credentials) or _TEMP (err says why).  Blocking, bounded by timeout_ms. */
 int dovecot_auth_plain(const char *socket_path, const char *user, const char *pass,
-                       unsigned timeout_ms, char *err, size_t errlen);
-int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, unsigned timeout_ms,
-                          char *err, size_t errlen);
+                       const char *client_ip, unsigned timeout_ms, char *err, size_t errlen);
+int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char *client_ip,
+                          unsigned timeout_ms, char *err, size_t errlen);
 /* USER lookup through the auth-userdb socket: DOVECOT_OK found, _FAIL not
  * found, _TEMP error. */
 int dovecot_userdb_lookup(const char *socket_path, const char *user, unsigned timeout_ms,
@@ -114,7 +116,8 @@ struct auth_worker;
 struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db,
                                     unsigned nthreads);
 void auth_worker_submit(struct auth_worker *w, const char *user, const char *pass,
-                        void (*done)(void *cbarg, int result), void *cbarg);
+                        const char *client_ip, void (*done)(void *cbarg, int result),
+                        void *cbarg);
 void auth_worker_free(struct auth_worker *w);
 
 #endif

@@ -370,12 +370,13 @@ void users_db_use_dovecot(struct users_db *db, const char *auth_client, const ch
 
 bool users_db_is_dovecot(const struct users_db *db) { return db->dovecot_auth != NULL; }
 
-int users_db_verify(struct users_db *db, const char *user, const char *pass)
+int users_db_verify(struct users_db *db, const char *user, const char *pass,
+                    const char *client_ip)
 {
     if (db->dovecot_auth != NULL) {
         char err[256] = "";
-        int r = dovecot_auth_plain(db->dovecot_auth, user, pass, db->dovecot_timeout, err,
-                                   sizeof err);
+        int r = dovecot_auth_plain(db->dovecot_auth, user, pass, client_ip,
+                                   db->dovecot_timeout, err, sizeof err);
         if (r == DOVECOT_TEMP)
             log_warn("authentication of %s through Dovecot: %s", user, err);
         return r == DOVECOT_OK ? 0 : r == DOVECOT_TEMP ? -2 : -1;

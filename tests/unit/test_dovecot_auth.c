@@ -141,7 +141,7 @@ static int run_auth(struct fake *f, const char *user, const char *pass, unsigned
     pthread_create(&th, NULL, fake_server, f);
     char err[256] = "";
     int r = userdb ? dovecot_userdb_lookup_fd(sv[0], user, ms, err, sizeof err)
-                   : dovecot_auth_plain_fd(sv[0], user, pass, ms, err, sizeof err);
+                   : dovecot_auth_plain_fd(sv[0], user, pass, "192.0.2.7", ms, err, sizeof err);
     close(sv[0]);   /* unblocks a silent fake server's read */
     pthread_join(th, NULL);
     close(sv[1]);
@@ -156,7 +156,7 @@ static void test_client_ok(void **state)
     assert_non_null(strstr(f.got, "VERSION\t1\t2\nCPID\t"));
     /* base64("\0alice@a.test\0secret") */
     assert_non_null(strstr(f.got, "AUTH\t1\tPLAIN\tservice=smtp\tsecured\tnologin\t"
-                                  "resp=AGFsaWNlQGEudGVzdABzZWNyZXQ=\n"));
+                                  "rip=192.0.2.7\tresp=AGFsaWNlQGEudGVzdABzZWNyZXQ=\n"));
 }
 
 static void test_client_fail_and_temp(void **state)
@@ -203,7 +203,7 @@ static void test_no_server(void **state)
 {
     (void)state;
     char err[256];
-    assert_int_equal(dovecot_auth_plain("/nonexistent/auth-client", "a@b", "x", 500, err,
+    assert_int_equal(dovecot_auth_plain("/nonexistent/auth-client", "a@b", "x", NULL, 500, err,
                                         sizeof err),
                      DOVECOT_TEMP);
     assert_non_null(strstr(err, "cannot connect"));

@@ -243,9 +243,16 @@ static int rewrite(const char *path, const char *addr, const char *newline, bool
     }
     if (newline)
         g_string_append(out, newline);
-    int r = fs_write_atomic(path, out->str, out->len, 0600);
+    /* keep the owner, group and mode an operator gave the file (Dovecot's
+     * auth process may read it through its group, docs/dovecot.md) */
+    struct stat st;
+    bool had = stat(path, &st) == 0;
+    int r = fs_write_atomic(path, out->str, out->len, had ? (st.st_mode & 0660) : 0600);
     if (r == -1)
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    else if (had && ((st.st_uid != geteuid() || st.st_gid != getegid()) &&
+                     chown(path, st.st_uid, st.st_gid) == -1))
+        log_warn("%s: cannot restore its owner: %s", path, strerror(errno));
     g_string_free(out, TRUE);
     return r;
 }

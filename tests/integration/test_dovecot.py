@@ -158,6 +158,17 @@ def test_smtp_auth_through_dovecot(world):
     assert smtp_login(a, "mario@pec.a.test", "mario-password")[0] == 235
     code, text = smtp_login(a, "mario@pec.a.test", "wrong")
     assert code == 535 and text.startswith("5.7.8"), (code, text)
+    # a login Dovecot delays (failure delay and penalty) stalls no other session
+    import threading
+    slow = threading.Thread(target=smtp_login, args=(a, "anna@pec.a.test", "wrong"))
+    slow.start()
+    time.sleep(0.3)
+    t0 = time.time()
+    with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=10) as s:
+        assert s.ehlo()[0] == 250
+    assert time.time() - t0 < 0.5, time.time() - t0
+    assert slow.is_alive(), "the failed login should still be waiting for Dovecot"
+    slow.join(30)
     # the userdb socket answers the existence checks of A's local deliveries
     exchange(world)
     dv.stop()

@@ -37,6 +37,7 @@ struct pecd {
     struct smtp_server *smtp;
     struct queue *queue;
     struct users_db *users;
+    struct auth_worker *auth;
     struct transport *transport;
     struct roles *roles;
     struct tracking *tracking;
@@ -53,7 +54,23 @@ struct pecd {
 static int hook_auth(void *arg, const char *user, const char *pass)
 {
     struct pecd *d = arg;
-    return users_verify(users_db_get(d->users), user, pass) == 0 ? 0 : -1;
+    return users_db_verify(d->users, user, pass, NULL);
+}
+
+/* AUTH runs on the auth worker's threads: a crypt hash or a slow Dovecot
+ * never stalls the other sessions (the session waits alone). */
+static void hook_auth_start(void *arg, const char *user, const char *pass, const char *ip,
+                            void (*done)(void *cbarg, int result), void *cbarg)
+{
+    struct pecd *d = arg;
+    users_db_get(d->users);   /* reloads a changed users file, on the event loop */
+    auth_worker_submit(d->auth, user, pass, ip, done, cbarg);
+}
+
+/* Plain delivery asks Dovecot's userdb from its threads (transport.c). */
+static int users_lookup_cb(void *arg, const char *addr)
+{
+    return users_db_lookup(arg, addr);
 }
 
 /* A PEC user may send only as their own address (issue 6; §3.1.1 then
@@ -112,8 +129,11 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
         return 0;
     }
     /* a PEC provider takes every address of its domains: an unknown one
-     * gets a non-delivery receipt from the delivery point (§3.3.3) */
-    if (!d->cfg->pec && !users_exists(users_db_get(d->users), path->addr)) {
+     * gets a non-delivery receipt from the delivery point (§3.3.3).  Users
+     * from Dovecot are not asked here (that would block the event loop):
+     * delivery asks the userdb, or the LMTP server refuses. */
+    if (!d->cfg->pec && !users_db_is_dovecot(d->users) &&
+        !users_exists(users_db_get(d->users), path->addr)) {
         snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
                  path->addr);
         return -1;
@@ -394,8 +414,16 @@ int main(int argc, char **argv)
         log_err("configuration error: %s", err);
         return 1;
     }
+    if (d.cfg->dovecot_auth != NULL)
+        users_db_use_dovecot(d.users, d.cfg->dovecot_auth, d.cfg->dovecot_userdb,
+                             (unsigned)d.cfg->users_timeout * 1000);
     if (check) {
-        printf("%s: configuration OK (%zu users)\n", conf, users_count(users_db_get(d.users)));
+        if (d.cfg->dovecot_auth != NULL)
+            printf("%s: configuration OK (users from Dovecot at %s)\n", conf,
+                   d.cfg->dovecot_auth);
+        else
+            printf("%s: configuration OK (%zu users)\n", conf,
+                   users_count(users_db_get(d.users)));
         return 0;
     }
 
@@ -411,6 +439,13 @@ int main(int argc, char **argv)
     d.transport = transport_new(d.cfg, err, sizeof err);
     if (d.transport == NULL) {
         log_err("configuration error: %s", err);
+        return 1;
+    }
+    if (d.cfg->dovecot_userdb != NULL)
+        transport_set_users(d.transport, users_lookup_cb, d.users);
+    d.auth = auth_worker_new(d.base, d.users, 4);
+    if (d.auth == NULL) {
+        log_err("cannot start the authentication threads");
         return 1;
     }
     d.queue = queue_new(d.base, d.cfg, transport_deliver, d.transport, err, sizeof err);
@@ -449,6 +484,7 @@ int main(int argc, char **argv)
     struct smtp_hooks hooks = {
         .arg = &d,
         .auth = hook_auth,
+        .auth_start = hook_auth_start,
         .mail = hook_mail,
         .rcpt = hook_rcpt,
         .msg_open = hook_msg_open,
@@ -472,8 +508,15 @@ int main(int argc, char **argv)
     sigs[2] = evsignal_new(d.base, SIGHUP, on_hup, &d);
     for (int i = 0; i < 3; i++)
         event_add(sigs[i], NULL);
-    log_info("pecd %s ready: domain %s, %zu users", PEC_VERSION, d.cfg->domain,
-             users_count(users_db_get(d.users)));
+    if (d.cfg->dovecot_auth != NULL)
+        log_info("pecd %s ready: domain %s, users from Dovecot (%s)", PEC_VERSION,
+                 d.cfg->domain, d.cfg->dovecot_auth);
+    else
+        log_info("pecd %s ready: domain %s, %zu users", PEC_VERSION, d.cfg->domain,
+                 users_count(users_db_get(d.users)));
+    if (d.cfg->lmtp_host != NULL)
+        log_info("local delivery through LMTP at %s%s%s", d.cfg->lmtp_host,
+                 d.cfg->lmtp_port[0] ? ":" : "", d.cfg->lmtp_port);
 
     event_base_dispatch(d.base);
 
@@ -490,6 +533,7 @@ int main(int argc, char **argv)
     tracking_close(d.tracking);
     transport_free(d.transport);
     smtp_server_free(d.smtp);
+    auth_worker_free(d.auth);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     if (d.drain_timer)

@@ -159,6 +159,51 @@ static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const c
     return 1;
 }
 
+/* [delivery] mailbox = maildir:TEMPLATE | lmtp:HOST:PORT | lmtp:[IPv6]:PORT |
+ * lmtp:unix:/PATH */
+static int handle_mailbox(struct parse_ctx *ctx, const char *value)
+{
+    struct config *cfg = ctx->cfg;
+    free(cfg->lmtp_host);
+    free(cfg->lmtp_port);
+    cfg->lmtp_host = cfg->lmtp_port = NULL;
+    if (strncmp(value, "maildir:", 8) == 0 && value[8] != '\0') {
+        set_str(&cfg->mailbox, value + 8);
+        return 1;
+    }
+    if (strncmp(value, "lmtp:unix:", 10) == 0) {
+        if (value[10] == '\0' || strlen(value + 10) >= 108)
+            return fail(ctx, "mailbox: '%s': the socket path is empty or too long", value);
+        cfg->lmtp_host = strdup(value + 10);
+        cfg->lmtp_port = strdup("");
+        return 1;
+    }
+    if (strncmp(value, "lmtp:", 5) != 0)
+        return fail(ctx, "mailbox: '%s' is not maildir:PATH, lmtp:HOST:PORT or "
+                         "lmtp:unix:PATH", value);
+    char buf[300];
+    if (str_copy(buf, value + 5, sizeof buf) >= sizeof buf)
+        return fail(ctx, "mailbox: '%s' is too long", value);
+    char *colon = strrchr(buf, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (colon == NULL || colon == buf || end == colon + 1 || *end != '\0' || port < 1 ||
+        port > 65535)
+        return fail(ctx, "mailbox: '%s' needs lmtp:HOST:PORT (port 1-65535)", value);
+    *colon = '\0';
+    char *host = buf;
+    size_t hl = strlen(host);
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        host++;
+    }
+    if (strchr(host, '[') || strchr(host, ']') || strchr(host, '/'))
+        return fail(ctx, "mailbox: '%s': bad host", value);
+    cfg->lmtp_host = strdup(host);
+    cfg->lmtp_port = strdup(colon + 1);
+    return 1;
+}
+
 static int handle_listener(struct parse_ctx *ctx, const char *section, const char *name,
                            const char *value)
 {
@@ -375,19 +420,36 @@ static int handler(void *user, const char *section, const char *name, const char
         return fail(ctx, "unknown key '%s' in [queue]", name);
     }
     if (strcmp(section, "delivery") == 0) {
-        if (strcmp(name, "mailbox") == 0) {
-            if (strncmp(value, "maildir:", 8) != 0 || value[8] == '\0')
-                return fail(ctx, "mailbox: '%s' is not maildir:PATH (lmtp: comes later)",
-                            value);
-            set_str(&cfg->mailbox, value + 8);
-            return 1;
-        }
+        if (strcmp(name, "mailbox") == 0)
+            return handle_mailbox(ctx, value);
         return fail(ctx, "unknown key '%s' in [delivery]", name);
     }
     if (strcmp(section, "users") == 0) {
         if (strcmp(name, "passwd_file") == 0) {
             set_str(&cfg->passwd_file, value);
             return 1;
+        }
+        if (strcmp(name, "users") == 0) {
+            free(cfg->dovecot_auth);
+            cfg->dovecot_auth = NULL;
+            if (strcmp(value, "passwd-file") == 0)
+                return 1;
+            if (strncmp(value, "dovecot:", 8) != 0 || value[8] == '\0')
+                return fail(ctx, "users: '%s' is not passwd-file or dovecot:PATH", value);
+            set_str(&cfg->dovecot_auth, value + 8);
+            return 1;
+        }
+        if (strcmp(name, "userdb") == 0) {
+            if (value[0] == '\0')
+                return fail(ctx, "userdb: a socket path is required");
+            set_str(&cfg->dovecot_userdb, value);
+            return 1;
+        }
+        if (strcmp(name, "timeout") == 0) {
+            int r = handle_u64(ctx, name, value, &cfg->users_timeout, false, 1);
+            if (r && cfg->users_timeout > 300)
+                return fail(ctx, "timeout: between 1s and 300s");
+            return r;
         }
         return fail(ctx, "unknown key '%s' in [users]", name);
     }
@@ -565,6 +627,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->timer_mancata_consegna = 24 * 3600;
     cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
     cfg->sync_fs = true;
+    cfg->users_timeout = 10;
 
     int line = ini_parse(path, handler, &ctx);
     if (line == -1) {
@@ -619,6 +682,10 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->queue_dir, cfg->dir);
     resolve(&cfg->mailbox, cfg->dir);
     resolve(&cfg->passwd_file, cfg->dir);
+    resolve(&cfg->dovecot_auth, cfg->dir);
+    resolve(&cfg->dovecot_userdb, cfg->dir);
+    if (cfg->lmtp_host != NULL && cfg->lmtp_port[0] == '\0')
+        resolve(&cfg->lmtp_host, cfg->dir);
     resolve(&cfg->tls_cert, cfg->dir);
     resolve(&cfg->tls_key, cfg->dir);
 
@@ -645,6 +712,17 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (cfg->pec_dir_starttls && cfg->pec_directory &&
         strncmp(cfg->pec_directory, "ldaps://", 8) == 0) {
         snprintf(err, errlen, "%s: [pec] directory_starttls does not go with ldaps://", path);
+        goto bad;
+    }
+    if (cfg->dovecot_userdb != NULL && cfg->dovecot_auth == NULL) {
+        snprintf(err, errlen, "%s: [users] userdb needs users = dovecot:PATH", path);
+        goto bad;
+    }
+    if (cfg->dovecot_auth != NULL && cfg->dovecot_userdb == NULL && cfg->lmtp_host == NULL) {
+        /* nothing would know which mailboxes exist: Maildir delivery would
+         * create one for any address */
+        snprintf(err, errlen, "%s: [users] users = dovecot: with Maildir delivery needs userdb "
+                 "= PATH (Dovecot's auth-userdb socket), or [delivery] mailbox = lmtp:", path);
         goto bad;
     }
     bool need_tls = false;
@@ -689,7 +767,8 @@ void config_free(struct config *cfg)
     char **strs[] = {&cfg->path,      &cfg->dir,       &cfg->domain,    &cfg->hostname,
                      &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
                      &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
-                     &cfg->mailbox,   &cfg->passwd_file, &cfg->out_helo, &cfg->out_tls,
+                     &cfg->mailbox,   &cfg->passwd_file, &cfg->lmtp_host, &cfg->lmtp_port,
+                     &cfg->dovecot_auth, &cfg->dovecot_userdb, &cfg->out_helo, &cfg->out_tls,
                      &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server,
                      &cfg->pec_signing_key, &cfg->pec_signing_cert, &cfg->pec_trust,
                      &cfg->pec_crl, &cfg->pec_directory, &cfg->pec_service_address,

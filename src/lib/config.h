@@ -81,9 +81,14 @@ struct config {
 
     /* [delivery] */
     char *mailbox;                  /* template after "maildir:" */
+    char *lmtp_host;                /* mailbox = lmtp:HOST:PORT or lmtp:unix:PATH; NULL = Maildir */
+    char *lmtp_port;                /* "24"...; "" for a unix socket (lmtp_host is its path) */
 
     /* [users] */
     char *passwd_file;
+    char *dovecot_auth;             /* users = dovecot:PATH (auth-client socket); NULL = passwd-file */
+    char *dovecot_userdb;           /* userdb = PATH (auth-userdb socket), optional */
+    uint64_t users_timeout;         /* seconds per Dovecot request */
 
     /* [outbound] */
     char *out_helo;                 /* default: hostname */

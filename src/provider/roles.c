@@ -420,6 +420,20 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     char e2[256];
     bool have_orig = pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
     int rc = 0;
+    /* store first, for every recipient with a mailbox (one LMTP transaction
+     * with [delivery] mailbox = lmtp:); then one receipt per recipient */
+    struct deliver_rcpt *st = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
+    for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
+        int ex = users_db_lookup(r->users, env->rcpts[i].addr);
+        st[i].pending = ex != 0;   /* -2: the LMTP server decides */
+        if (ex == -1) {
+            snprintf(err, errlen, "cannot tell whether <%s> exists: users source unavailable",
+                     env->rcpts[i].addr);
+            rc = -1;
+        }
+    }
+    if (rc == 0)
+        transport_store_local_all(r->transport, env, data, len, recovered, st, out);
     for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
         const char *addr = env->rcpts[i].addr;
         time_t now = time(NULL);
@@ -432,13 +446,16 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
                             .consegna = addr, .subject = d ? d->oggetto : NULL};
         pec_buf m = {0}, breve = {0};
-        bool exists = users_db_exists(r->users, addr);
-        if (!exists) {
-            /* §3.3.3: the envelope was correct, the mailbox is not there */
+        if (!st[i].pending || st[i].result == DELIVER_PERMFAIL) {
+            /* §3.3.3: the envelope was correct, the mailbox is not there
+             * (or the LMTP server refused it for good) */
             a.type = PEC_TYPE_ERRORE_CONSEGNA;
             a.errore = PEC_ERRORE_NO_DEST;
             char why[300];
-            snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", r->cfg->name);
+            if (st[i].pending)
+                snprintf(why, sizeof why, "%.200s - %s", st[i].text, r->cfg->name);
+            else
+                snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", r->cfg->name);
             a.errore_esteso = why;
             log_info("%s: PEC %s to <%s>: no such mailbox", env->qid, a.pec_id, addr);
             rc = build(r, &a, &m, err, errlen);
@@ -446,10 +463,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                 rc = event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
                            addr, a.subject, why, addr);
         } else {
-            char e3[300];
-            if (transport_store_local(r->transport, env, i, data, len, recovered, out, e3,
-                                      sizeof e3) == -1) {
-                snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr, e3);
+            if (st[i].result != DELIVER_OK) {
+                snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr,
+                         st[i].text);
                 rc = -1;
                 break;
             }
@@ -481,6 +497,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
         pec_buf_free(&breve);
     }
     pec_buf_free(&orig);
+    free(st);
     return rc;
 }
 

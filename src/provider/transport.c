@@ -53,7 +53,16 @@ struct transport {
     GHashTable *active;     /* domain -> count of running deliveries */
     bool (*is_pec)(void *arg, const char *domain);
     void *is_pec_arg;
+    int (*user_lookup)(void *arg, const char *addr);
+    void *user_lookup_arg;
 };
+
+void transport_set_users(struct transport *t, int (*lookup)(void *arg, const char *addr),
+                         void *arg)
+{
+    t->user_lookup = lookup;
+    t->user_lookup_arg = arg;
+}
 
 void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
                                void *arg)
@@ -636,18 +645,45 @@ static void deliver_local(struct transport *t, const struct queue_env *env, size
     r->result = DELIVER_OK;
 }
 
+/* Plain delivery with users from Dovecot's userdb: RCPT could not ask it
+ * (the event loop does not block), so delivery does.  False when r is set. */
+static bool local_user_known(struct transport *t, const char *addr, struct deliver_rcpt *r)
+{
+    if (t->user_lookup == NULL)
+        return true;
+    int ex = t->user_lookup(t->user_lookup_arg, addr);
+    if (ex == 0) {
+        r->result = DELIVER_PERMFAIL;
+        r->smtp_code = 550;
+        snprintf(r->text, sizeof r->text, "5.1.1 <%s>: no such user", addr);
+        return false;
+    }
+    if (ex == -1) {
+        r->result = DELIVER_TEMPFAIL;
+        snprintf(r->text, sizeof r->text, "4.3.0 <%s>: the users source is unavailable", addr);
+        return false;
+    }
+    return true;   /* exists, or the LMTP server decides */
+}
+
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *r)
 {
     struct transport *t = arg;
     GHashTable *groups = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                                (GDestroyNotify)g_array_unref);
+    GArray *lmtp = g_array_new(FALSE, FALSE, sizeof(size_t));
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (!r[i].pending)
             continue;
         const char *at = strrchr(env->rcpts[i].addr, '@');
         if (at != NULL && config_is_local_domain(t->cfg, at + 1)) {
-            deliver_local(t, env, i, data, len, recovered, sync_each, &r[i]);
+            if (!local_user_known(t, env->rcpts[i].addr, &r[i]))
+                continue;
+            if (t->cfg->lmtp_host != NULL)
+                g_array_append_val(lmtp, i);
+            else
+                deliver_local(t, env, i, data, len, recovered, sync_each, &r[i]);
             continue;
         }
         if (at == NULL) {
@@ -673,6 +709,38 @@ void transport_deliver(void *arg, const struct queue_env *env, const char *data,
         relay_group(t, env, data, len, k, (const size_t *)(void *)a->data, a->len, r);
     }
     g_hash_table_destroy(groups);
+    if (lmtp->len > 0)
+        local_lmtp_deliver(t->cfg, env, data, len, (const size_t *)(void *)lmtp->data,
+                           lmtp->len, r);
+    g_array_unref(lmtp);
+}
+
+void transport_store_local_all(struct transport *t, const struct queue_env *env,
+                               const char *data, size_t len, bool recovered,
+                               struct deliver_rcpt *r, struct queue_outputs *out)
+{
+    if (t->cfg->lmtp_host != NULL) {
+        size_t *idx = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *idx);
+        size_t n = 0;
+        for (size_t i = 0; i < env->nrcpts; i++)
+            if (r[i].pending)
+                idx[n++] = i;
+        if (n > 0)
+            local_lmtp_deliver(t->cfg, env, data, len, idx, n, r);
+        free(idx);
+        return;
+    }
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (!r[i].pending)
+            continue;
+        char err[300];
+        if (transport_store_local(t, env, i, data, len, recovered, out, err, sizeof err) == 0) {
+            r[i].result = DELIVER_OK;
+        } else {
+            r[i].result = DELIVER_TEMPFAIL;
+            str_copy(r[i].text, err, sizeof r[i].text);
+        }
+    }
 }
 
 int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
@@ -680,6 +748,22 @@ int transport_store_local(struct transport *t, const struct queue_env *env, size
                           char *err, size_t errlen)
 {
     struct deliver_rcpt r = {.pending = true};
+    if (t->cfg->lmtp_host != NULL) {
+        /* through LMTP: stored (and marked done) when the server says 250 */
+        struct deliver_rcpt *rs = calloc(env->nrcpts, sizeof *rs);
+        rs[i].pending = true;
+        local_lmtp_deliver(t->cfg, env, data, len, &i, 1, rs);
+        int res = rs[i].result == DELIVER_OK ? 0 : -1;
+        if (res == -1)
+            snprintf(err, errlen, "%s", rs[i].text);
+        free(rs);
+        /* an empty entry all the same: the names (and LMTP markers) of the
+         * stage's next copies depend on how many came before */
+        static const struct deliver_pending none;
+        if (res == 0)
+            queue_outputs_add_pub(out, &none);
+        return res;
+    }
     deliver_local(t, env, i, data, len, recovered, !t->cfg->sync_fs, &r);
     if (r.result != DELIVER_OK) {
         snprintf(err, errlen, "%s", r.text);

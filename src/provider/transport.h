@@ -24,6 +24,21 @@ void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, co
 int transport_store_local(struct transport *t, const struct queue_env *env, size_t i,
                           const char *data, size_t len, bool recovered, struct queue_outputs *out,
                           char *err, size_t errlen);
+/* Stores data for every recipient i of env with r[i].pending, in one LMTP
+ * transaction ([delivery] mailbox = lmtp:, durable when this returns) or into
+ * each Maildir (copies added to out, as transport_store_local); r[i].result
+ * says what happened (PERMFAIL: the LMTP server refused the mailbox).  For the
+ * PEC delivery point. */
+void transport_store_local_all(struct transport *t, const struct queue_env *env,
+                               const char *data, size_t len, bool recovered,
+                               struct deliver_rcpt *r, struct queue_outputs *out);
+/* Mailbox existence for plain (non-PEC) local delivery with users from
+ * Dovecot's userdb: 1/0/-1/-2 as users_db_lookup(). */
+void transport_set_users(struct transport *t, int (*lookup)(void *arg, const char *addr),
+                         void *arg);
+/* local_lmtp.c: recipients idx[0..n) of env through LMTP, one transaction. */
+void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, const char *data,
+                        size_t len, const size_t *idx, size_t n, struct deliver_rcpt *r);
 /* deliver_fn (queue.h); arg is the struct transport. */
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *rcpts);

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 struct smtp_client {
@@ -359,9 +360,16 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *res;
+    struct addrinfo *res = NULL;
     memset(fail, 0, sizeof *fail);
-    if (getaddrinfo(addr, port, &hints, &res) != 0) {
+    /* an absolute path is a local socket (LMTP to Dovecot, RFC 2033 §5) */
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    bool local = addr[0] == '/';
+    if (local && str_copy(sun.sun_path, addr, sizeof sun.sun_path) >= sizeof sun.sun_path) {
+        fail_set(fail, 451, "4.4.3 socket path too long: %s", addr);
+        return NULL;
+    }
+    if (!local && getaddrinfo(addr, port, &hints, &res) != 0) {
         fail_set(fail, 451, "4.4.3 bad next-hop address %s:%s", addr, port);
         return NULL;
     }
@@ -370,9 +378,13 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
     if (c->opts.timeout == 0)
         c->opts.timeout = 300;
     str_copy(c->host, host, sizeof c->host);
-    c->fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int rc = c->fd == -1 ? -1 : connect(c->fd, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
+    c->fd = socket(local ? AF_UNIX : res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                   0);
+    int rc = c->fd == -1 ? -1
+             : local     ? connect(c->fd, (struct sockaddr *)&sun, sizeof sun)
+                         : connect(c->fd, res->ai_addr, res->ai_addrlen);
+    if (res != NULL)
+        freeaddrinfo(res);
     if (rc == -1 && errno == EINPROGRESS) {
         int soerr = 0;
         socklen_t sl = sizeof soerr;

@@ -43,6 +43,7 @@ enum sstate {
     ST_BDAT,          /* reading a BDAT chunk */
     ST_AUTH,          /* waiting for a SASL response line */
     ST_COMMIT,        /* message handed to the queue; waiting for durability */
+    ST_AUTH_WAIT,     /* credentials handed to the auth hook; waiting for its answer */
     ST_TLS,           /* TLS handshake in progress */
     ST_CLOSING,       /* flushing the last reply, then free */
 };
@@ -81,6 +82,7 @@ struct session {
     bool bdat_used, data_failed;
     char auth_user[SMTP_PATH_MAX + 1];
     char auth_login_user[SMTP_PATH_MAX + 1];
+    char auth_pending[SMTP_PATH_MAX + 1];  /* user being checked (ST_AUTH_WAIT) */
     enum auth_step auth_step;
     char tls_version[32];
     char tls_cipher[64];
@@ -96,12 +98,17 @@ struct session {
     char *outbuf;               /* DATA scratch: un-stuffed octets */
     char *head;                 /* the first SMTP_HEAD_MAX octets, for msg_check */
     size_t headlen;
-    bool dead;                  /* connection gone while a commit was pending */
+    bool dead;                  /* connection gone while a commit or AUTH was pending */
     struct event *close_timer;  /* polls the output while closing */
     unsigned close_ticks;
 };
 
 static void session_process(struct session *s);
+/* A hook is working for this session: it must not be freed before the answer. */
+static bool session_waiting(const struct session *s)
+{
+    return s->state == ST_COMMIT || s->state == ST_AUTH_WAIT;
+}
 static void session_close(struct session *s);
 static void session_free(struct session *s);
 static void on_read(struct bufferevent *bev, void *arg);
@@ -683,9 +690,8 @@ static void cmd_starttls(struct session *s, const char *args)
 
 /* ---- AUTH (RFC 4954) ---------------------------------------------------- */
 
-static void auth_finish(struct session *s, const char *user, const char *pass)
+static void auth_result(struct session *s, const char *user, int r)
 {
-    int r = s->srv->hooks.auth(s->srv->hooks.arg, user, pass);
     s->auth_step = AUTH_NONE;
     if (r == 0) {
         s->authed = true;
@@ -698,6 +704,39 @@ static void auth_finish(struct session *s, const char *user, const char *pass)
         log_warn("session %s: authentication failed for %s", s->ip, user);
         reply(s, "535 5.7.8 Authentication credentials invalid");
     }
+}
+
+/* The answer of an asynchronous auth hook, on the event loop. */
+static void auth_done(void *arg, int r)
+{
+    struct session *s = arg;
+    if (s->dead) {
+        s->state = ST_CLOSING;
+        session_free(s);
+        return;
+    }
+    s->state = ST_CMD;
+    auth_result(s, s->auth_pending, r);
+    if (s->state == ST_CLOSING)
+        return;
+    command_timeouts(s);
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
+static void auth_finish(struct session *s, const char *user, const char *pass)
+{
+    if (s->srv->hooks.auth_start == NULL) {
+        auth_result(s, user, s->srv->hooks.auth(s->srv->hooks.arg, user, pass));
+        return;
+    }
+    /* a password check may be slow (Dovecot, crypt): the session waits,
+     * reading nothing, while the others go on */
+    if (user != s->auth_pending)
+        str_copy(s->auth_pending, user, sizeof s->auth_pending);
+    s->state = ST_AUTH_WAIT;
+    bufferevent_disable(s->bev, EV_READ);
+    s->srv->hooks.auth_start(s->srv->hooks.arg, user, pass, s->ip, auth_done, s);
 }
 
 static void auth_plain(struct session *s, const char *b64)
@@ -1075,8 +1114,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
-        if (s->state == ST_COMMIT) {
-            s->dead = true;    /* freed when the commit completes */
+        if (session_waiting(s)) {
+            s->dead = true;    /* freed when the commit or AUTH completes */
             return;
         }
         if (s->state == ST_CLOSING || s->state == ST_TLS) {
@@ -1098,8 +1137,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
                 log_info("session %s: TLS error: %s", s->ip, buf);
             }
         }
-        if (s->state == ST_COMMIT) {
-            s->dead = true;   /* freed when the commit completes */
+        if (session_waiting(s)) {
+            s->dead = true;   /* freed when the commit or AUTH completes */
             bufferevent_disable(s->bev, EV_READ | EV_WRITE);
             return;
         }
@@ -1110,7 +1149,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void session_free(struct session *s)
 {
     struct smtp_server *srv = s->srv;
-    if (s->state == ST_COMMIT && !s->dead) {
+    if (session_waiting(s) && !s->dead) {
         s->dead = true;
         return;
     }

@@ -1,6 +1,7 @@
 /*
  * store.h - where mail and users live: Maildir delivery (maildir.c) and the
- * users file in Dovecot's passwd-file format (users.c).
+ * users file in Dovecot's passwd-file format (users.c), or Dovecot's own
+ * authentication server (dovecot_auth.c).
  */
 #ifndef PEC_STORE_H
 #define PEC_STORE_H
@@ -56,5 +57,67 @@ const struct users *users_db_get(struct users_db *db);   /* event loop only */
 bool users_db_exists(struct users_db *db, const char *addr);
 void users_db_reload(struct users_db *db);
 void users_db_free(struct users_db *db);
+/* [users] users = dovecot:AUTH_CLIENT: passwords are checked by Dovecot's
+ * auth server, existence by its userdb socket when userdb is set. */
+void users_db_use_dovecot(struct users_db *db, const char *auth_client, const char *userdb,
+                          unsigned timeout_ms);
+bool users_db_is_dovecot(const struct users_db *db);
+/* 0 ok, -1 wrong credentials, -2 temporary failure.  May block (Dovecot, or
+ * a slow crypt hash): call it from a worker thread, not the event loop. */
+/* client_ip (or NULL) lets Dovecot keep its failure penalty per client. */
+int users_db_verify(struct users_db *db, const char *user, const char *pass,
+                    const char *client_ip);
+/* 1 the mailbox exists, 0 it does not, -1 cannot tell now (Dovecot
+ * unreachable: try later), -2 no source can tell (users = dovecot: without
+ * userdb; the final delivery, e.g. Dovecot LMTP, decides).  May block. */
+int users_db_lookup(struct users_db *db, const char *addr);
+
+/* ---- Dovecot auth client (dovecot_auth.c) ------------------------------------ */
+enum { DOVECOT_OK = 0, DOVECOT_FAIL = -1, DOVECOT_TEMP = -2 };
+#define DOVECOT_LINE_MAX 8192        /* one reply line */
+#define DOVECOT_LINES_MAX 256        /* lines in one conversation */
+#define DOVECOT_REPLY_MAX (256u * 1024)
+enum dovecot_mode { DOVECOT_MODE_AUTH, DOVECOT_MODE_USERDB };
+enum dovecot_state { DOVECOT_ST_HANDSHAKE, DOVECOT_ST_REPLY, DOVECOT_ST_DONE, DOVECOT_ST_ERROR };
+/* The reply parser: fed the server's octets, it says when the handshake is
+ * complete (state REPLY: send the request now) and what the answer was. */
+struct dovecot_parse {
+    enum dovecot_mode mode;
+    enum dovecot_state state;
+    bool got_version, has_plain;
+    unsigned lines;
+    int result;                      /* DOVECOT_* once DONE */
+    char err[160];
+    char buf[DOVECOT_LINE_MAX];
+    size_t buflen;
+};
+void dovecot_parse_init(struct dovecot_parse *p, enum dovecot_mode mode);
+/* One line without its LF.  0 more wanted, 1 done (p->result), -1 protocol error (p->err). */
+int dovecot_parse_line(struct dovecot_parse *p, const char *line, size_t len);
+/* Octets as they arrive; same results. */
+int dovecot_parse_feed(struct dovecot_parse *p, const char *data, size_t len);
+/* AUTH PLAIN through the auth-client socket: DOVECOT_OK, _FAIL (wrong
+ * credentials) or _TEMP (err says why).  Blocking, bounded by timeout_ms. */
+int dovecot_auth_plain(const char *socket_path, const char *user, const char *pass,
+                       const char *client_ip, unsigned timeout_ms, char *err, size_t errlen);
+int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char *client_ip,
+                          unsigned timeout_ms, char *err, size_t errlen);
+/* USER lookup through the auth-userdb socket: DOVECOT_OK found, _FAIL not
+ * found, _TEMP error. */
+int dovecot_userdb_lookup(const char *socket_path, const char *user, unsigned timeout_ms,
+                          char *err, size_t errlen);
+int dovecot_userdb_lookup_fd(int fd, const char *user, unsigned timeout_ms, char *err,
+                             size_t errlen);
+
+/* ---- authentication off the event loop (auth_worker.c) ----------------------- */
+struct event_base;
+struct auth_worker;
+/* nthreads threads call users_db_verify(); results come back on base. */
+struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db,
+                                    unsigned nthreads);
+void auth_worker_submit(struct auth_worker *w, const char *user, const char *pass,
+                        const char *client_ip, void (*done)(void *cbarg, int result),
+                        void *cbarg);
+void auth_worker_free(struct auth_worker *w);
 
 #endif

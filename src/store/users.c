@@ -8,6 +8,9 @@
  * "$6$", SHA-256-crypt "$5$", bcrypt "$2b$"), with or without a {SCHEME}
  * prefix; a plaintext password is a configuration error.  Addresses are
  * keyed with the domain lower-cased and the local part as written.
+ *
+ * users_db wraps the file (reloaded when it changes) or, with [users] users =
+ * dovecot:PATH, Dovecot's auth server (dovecot_auth.c) behind one interface.
  */
 #include "store.h"
 #include "lib/lib.h"
@@ -147,11 +150,9 @@ bool users_exists(const struct users *u, const char *addr)
     return g_hash_table_contains(u->by_addr, key);
 }
 
-int users_verify(const struct users *u, const char *addr, const char *password)
+/* crypt(3) of password against hash (NULL: an unknown user). */
+static int verify_hash(const char *hash, const char *password)
 {
-    char key[512];
-    users_normalise(addr, key, sizeof key);
-    const char *hash = g_hash_table_lookup(u->by_addr, key);
     /* an unknown user costs the same as a known one (no user enumeration) */
     static const char dummy[] = "$6$pecmaildummysalt$";
     struct crypt_data *cd = calloc(1, sizeof *cd);
@@ -167,6 +168,13 @@ int users_verify(const struct users *u, const char *addr, const char *password)
     explicit_bzero(cd, sizeof *cd);
     free(cd);
     return ok;
+}
+
+int users_verify(const struct users *u, const char *addr, const char *password)
+{
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    return verify_hash(g_hash_table_lookup(u->by_addr, key), password);
 }
 
 int users_hash_password(const char *password, char *out, size_t outlen)
@@ -235,9 +243,16 @@ static int rewrite(const char *path, const char *addr, const char *newline, bool
     }
     if (newline)
         g_string_append(out, newline);
-    int r = fs_write_atomic(path, out->str, out->len, 0600);
+    /* keep the owner, group and mode an operator gave the file (Dovecot's
+     * auth process may read it through its group, docs/dovecot.md) */
+    struct stat st;
+    bool had = stat(path, &st) == 0;
+    int r = fs_write_atomic(path, out->str, out->len, had ? (st.st_mode & 0660) : 0600);
     if (r == -1)
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    else if (had && ((st.st_uid != geteuid() || st.st_gid != getegid()) &&
+                     chown(path, st.st_uid, st.st_gid) == -1))
+        log_warn("%s: cannot restore its owner: %s", path, strerror(errno));
     g_string_free(out, TRUE);
     return r;
 }
@@ -263,6 +278,9 @@ int users_file_del(const char *path, const char *addr, char *err, size_t errlen)
 
 struct users_db {
     GMutex lock;              /* cur may be replaced while a thread reads it */
+    char *dovecot_auth;       /* [users] users = dovecot:PATH, else NULL */
+    char *dovecot_userdb;     /* [users] userdb, or NULL */
+    unsigned dovecot_timeout; /* ms */
     char *path;
     struct users *cur;
     struct timespec mtime;
@@ -333,7 +351,7 @@ const struct users *users_db_get(struct users_db *db)
     return db->cur;
 }
 
-bool users_db_exists(struct users_db *db, const char *addr)
+static bool file_exists(struct users_db *db, const char *addr)
 {
     g_mutex_lock(&db->lock);
     bool r = users_exists(db->cur, addr);
@@ -341,10 +359,68 @@ bool users_db_exists(struct users_db *db, const char *addr)
     return r;
 }
 
+/* With Dovecot, "cannot tell" counts as existing: the delivery decides. */
+bool users_db_exists(struct users_db *db, const char *addr)
+{
+    return db->dovecot_auth == NULL ? file_exists(db, addr) : users_db_lookup(db, addr) != 0;
+}
+
+void users_db_use_dovecot(struct users_db *db, const char *auth_client, const char *userdb,
+                          unsigned timeout_ms)
+{
+    free(db->dovecot_auth);
+    free(db->dovecot_userdb);
+    db->dovecot_auth = auth_client ? strdup(auth_client) : NULL;
+    db->dovecot_userdb = userdb ? strdup(userdb) : NULL;
+    db->dovecot_timeout = timeout_ms;
+}
+
+bool users_db_is_dovecot(const struct users_db *db) { return db->dovecot_auth != NULL; }
+
+int users_db_verify(struct users_db *db, const char *user, const char *pass,
+                    const char *client_ip)
+{
+    if (db->dovecot_auth != NULL) {
+        char err[256] = "";
+        int r = dovecot_auth_plain(db->dovecot_auth, user, pass, client_ip,
+                                   db->dovecot_timeout, err, sizeof err);
+        if (r == DOVECOT_TEMP)
+            log_warn("authentication of %s through Dovecot: %s", user, err);
+        return r == DOVECOT_OK ? 0 : r == DOVECOT_TEMP ? -2 : -1;
+    }
+    /* copy the hash under the lock: crypt runs outside it */
+    char key[512];
+    users_normalise(user, key, sizeof key);
+    g_mutex_lock(&db->lock);
+    const char *h = g_hash_table_lookup(db->cur->by_addr, key);
+    char *hash = h ? g_strdup(h) : NULL;
+    g_mutex_unlock(&db->lock);
+    int r = verify_hash(hash, pass);
+    g_free(hash);
+    return r;
+}
+
+int users_db_lookup(struct users_db *db, const char *addr)
+{
+    if (db->dovecot_auth == NULL)
+        return file_exists(db, addr) ? 1 : 0;
+    if (db->dovecot_userdb == NULL)
+        return -2;
+    char err[256] = "";
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    int r = dovecot_userdb_lookup(db->dovecot_userdb, key, db->dovecot_timeout, err, sizeof err);
+    if (r == DOVECOT_TEMP)
+        log_warn("userdb lookup of %s through Dovecot: %s", key, err);
+    return r == DOVECOT_OK ? 1 : r == DOVECOT_FAIL ? 0 : -1;
+}
+
 void users_db_free(struct users_db *db)
 {
     if (db == NULL)
         return;
+    free(db->dovecot_auth);
+    free(db->dovecot_userdb);
     g_mutex_clear(&db->lock);
     users_free(db->cur);
     free(db->path);

@@ -31,6 +31,7 @@ struct conv {
     size_t replbody;          /* octets of body replacement so far */
     size_t modcap;
     int code;                 /* the last REPLYCODE of this step */
+    bool in_message;          /* MAIL reached: a cut-short message is aborted */
     char reply[512];
 };
 
@@ -360,7 +361,7 @@ static enum step await(struct conv *c, char stage)
             return fail(c, "%s", why);
         if (cmd == MR_REPLBODY && c->replbody + len > c->msglen * 2 + MILTER_MAX_PACKET) {
             free(data);
-            return fail(c, "%s", "body replacement over twice the message size + 1 MiB");
+            return fail(c, "%s", "body replacement over the limit (twice the message + 1 MiB)");
         }
         if (cmd != MR_REPLBODY && len > MILTER_MAX_PACKET) {
             free(data);
@@ -580,6 +581,7 @@ static enum step do_message(struct conv *c, const char *msg, size_t len)
     if (!(p & MP_NOHELO) && c->f->helo &&
         (s = do_string(c, MC_HELO, c->f->helo, false, 0, MP_NR_HELO)) != ST_CONTINUE)
         return s;
+    c->in_message = true;
     if (!(p & MP_NOMAIL) && (s = do_string(c, MC_MAIL, c->f->sender ? c->f->sender : "", true,
                                            0, MP_NR_MAIL)) != ST_CONTINUE)
         return s;
@@ -665,18 +667,15 @@ int milter_run_fd(const struct milter_spec *spec, int fd, const struct milter_fa
         .eom_ms = spec->eom_timeout_ms ? spec->eom_timeout_ms : MILTER_DEF_EOM_MS,
     };
     enum step s = negotiate(&c);
-    bool mail_sent = false;
-    if (s == ST_CONTINUE) {
-        mail_sent = true;
+    if (s == ST_CONTINUE)
         s = do_message(&c, msg ? msg : "", len);
-    }
     finish(&c, s);
     if (s != ST_FAIL) {
         /* close politely; a message cut short is aborted first.  Errors here
          * change nothing: the verdict is in. */
         char why[160];
         struct mbuf b;
-        if (mail_sent && (s == ST_REJECT || s == ST_TEMPFAIL || s == ST_DISCARD)) {
+        if (c.in_message && (s == ST_REJECT || s == ST_TEMPFAIL || s == ST_DISCARD)) {
             mbuf_init(&b, MC_ABORT);
             milter_send(fd, &b, c.io_ms, why, sizeof why);
             mbuf_free(&b);

@@ -304,11 +304,13 @@ int milter_recv(int fd, unsigned timeout_ms, size_t max, char *cmd, char **data,
     int64_t deadline = now_ms() + timeout_ms;
     *data = NULL;
     *len = 0;
-    if (read_full(fd, hdr, 5, deadline, err, errlen) < 0)
+    if (read_full(fd, hdr, 4, deadline, err, errlen) < 0)
         return -1;
     uint32_t n = milter_get_u32(hdr);
     if (n == 0)
         return str_fmt(err, errlen, "empty packet"), -1;
+    if (read_full(fd, hdr + 4, 1, deadline, err, errlen) < 0)
+        return -1;
     if (n - 1 > max)
         return str_fmt(err, errlen, "packet of %u octets (reply '%c') over the limit of %zu",
                        n, hdr[4] > 32 && hdr[4] < 127 ? hdr[4] : '?', max), -1;

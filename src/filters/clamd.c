@@ -78,14 +78,12 @@ void clamd_parse_reply(const char *buf, size_t len, struct clamd_verdict *v)
             set_detail(v, buf, len);
             return;
         }
-        for (size_t k = 0; k < n; k++) {
-            char c = buf[8 + k];
-            if (c < 0x21 || c > 0x7e) {   /* signature names are printable, no spaces */
+        for (size_t k = 0; k < n; k++)
+            if (buf[8 + k] < 0x21 || buf[8 + k] > 0x7e) {   /* printable, no spaces */
                 set_detail(v, buf, len);
                 return;
             }
-            v->name[k] = c;
-        }
+        memcpy(v->name, buf + 8, n);
         v->name[n] = '\0';
         v->status = CLAMD_INFECTED;
         return;

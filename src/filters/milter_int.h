@@ -101,8 +101,8 @@
 #define MILTER_DEF_IO_MS 10000u
 #define MILTER_DEF_EOM_MS 60000u
 
-/* A growing packet being built (command octet first; the length is added
- * when it is sent). */
+/* A growing packet being built: four octets for the length (filled in when
+ * it is sent), the command octet, the data. */
 struct mbuf {
     char *p;
     size_t len, cap;

@@ -285,15 +285,16 @@ static int read_full(int fd, char *p, size_t n, int64_t deadline, char *err, siz
 {
     while (n > 0) {
         ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
-#ifdef TCP_QUICKACK
-        /* acknowledge at once: a filter that writes its modifications and
-         * its verdict in separate small packets (libmilter does) would else
-         * wait for our delayed ACK under Nagle, 40 ms each time.  Fails
-         * harmlessly on unix sockets. */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-#endif
         if (r > 0) {
+#ifdef TCP_QUICKACK
+            /* acknowledge at once: a filter that writes its modifications
+             * and its verdict in separate small packets (libmilter does)
+             * would else wait for our delayed ACK under Nagle, 40 ms each
+             * time.  Fails harmlessly on unix sockets. */
+            int one = 1, saved = errno;
+            setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+            errno = saved;
+#endif
             p += r;
             n -= (size_t)r;
             continue;

@@ -284,17 +284,17 @@ int milter_send(int fd, const struct mbuf *b, unsigned timeout_ms, char *err, si
 static int read_full(int fd, char *p, size_t n, int64_t deadline, char *err, size_t errlen)
 {
     while (n > 0) {
+#ifdef TCP_QUICKACK
+        /* acknowledge at once: a filter that writes its modifications and
+         * its verdict in separate small packets (libmilter does) would else
+         * wait for our delayed ACK under Nagle, 40 ms each time.  (The flag
+         * does not stick, hence each time; fails harmlessly on unix sockets,
+         * and before recv, which sets errno itself.) */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+#endif
         ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
         if (r > 0) {
-#ifdef TCP_QUICKACK
-            /* acknowledge at once: a filter that writes its modifications
-             * and its verdict in separate small packets (libmilter does)
-             * would else wait for our delayed ACK under Nagle, 40 ms each
-             * time.  Fails harmlessly on unix sockets. */
-            int one = 1, saved = errno;
-            setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-            errno = saved;
-#endif
             p += r;
             n -= (size_t)r;
             continue;

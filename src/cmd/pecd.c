@@ -17,6 +17,8 @@
 #include "provider/roles.h"
 #include "store/tracking.h"
 #include "store/evidence.h"
+#include "store/quarantine.h"
+#include "filters/callout.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -42,6 +44,7 @@ struct pecd {
     struct roles *roles;
     struct tracking *tracking;
     struct evidence *evidence;
+    struct callout_stage *callouts;
     struct event *timer_ev;
     time_t last_seal, last_purge;
     SSL_CTX *tls;
@@ -148,6 +151,9 @@ struct msg {
     char qid[QUEUE_ID_LEN + 1];
     void (*done)(void *, int);
     void *cbarg;
+    bool finished;              /* END written (before the callouts) */
+    smtp_filter_done fdone;
+    void *fcbarg;
 };
 
 static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, size_t qidlen)
@@ -234,7 +240,7 @@ static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
     struct msg *m = msg;
     m->done = done;
     m->cbarg = cbarg;
-    if (spool_writer_finish(m->w) == -1) {
+    if (!m->finished && spool_writer_finish(m->w) == -1) {
         log_err("%s: spool write failed: %s", m->qid, strerror(errno));
         spool_writer_abort(m->w);
         done(cbarg, -1);
@@ -242,6 +248,34 @@ static void hook_msg_commit(void *msg, void (*done)(void *, int), void *cbarg)
         return;
     }
     committer_submit(queue_committer(m->d->queue), m->w, committed, m);
+}
+
+/* The callout stage (src/filters/stage.c): antivirus and milters run on the
+ * finished spool file before it is committed. */
+static void filtered(void *arg, enum callout_verdict v, const char *reply)
+{
+    struct msg *m = arg;
+    m->fdone(m->fcbarg,
+             v == CALLOUT_ACCEPT   ? SMTP_FILTER_ACCEPT
+             : v == CALLOUT_REFUSE ? SMTP_FILTER_REFUSE
+                                   : SMTP_FILTER_DISCARD,
+             reply);
+}
+
+static void hook_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_done done,
+                            void *cbarg)
+{
+    struct msg *m = msg;
+    (void)txn;
+    if (spool_writer_finish(m->w) == -1) {
+        log_err("%s: spool write failed: %s", m->qid, strerror(errno));
+        done(cbarg, SMTP_FILTER_REFUSE, "451 4.3.0 Queue file write error, try again later");
+        return;
+    }
+    m->finished = true;
+    m->fdone = done;
+    m->fcbarg = cbarg;
+    callout_stage_submit(m->d->callouts, spool_writer_name(m->w), filtered, m);
 }
 
 /* ---- PEC timeout notices (§3.1.6) ------------------------------------------ */
@@ -290,6 +324,14 @@ static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
         d->last_purge = now;
         if (evidence_purge(d->evidence, now - (time_t)d->cfg->evidence_retention, err, sizeof err) == -1)
             log_err("evidence log: cannot purge: %s", err);
+        /* infected messages: 30 months too (RFC 6109 §3.2.3) */
+        int days = quarantine_purge(d->cfg->av_quarantine,
+                                    now - (time_t)d->cfg->av_quarantine_retention, err,
+                                    sizeof err);
+        if (days == -1)
+            log_err("quarantine: cannot purge: %s", err);
+        else if (days > 0)
+            log_info("quarantine: %d days past retention removed", days);
     }
 }
 
@@ -493,6 +535,12 @@ int main(int argc, char **argv)
         .msg_commit = hook_msg_commit,
         .msg_check = hook_msg_check,
     };
+    d.callouts = callout_stage_new(d.base, d.cfg, d.evidence);
+    if (callout_stage_active(d.callouts))
+        hooks.msg_filter = hook_msg_filter;
+    if (d.cfg->pec && !d.cfg->av_enabled)
+        log_warn("no antivirus: RFC 6109 §3.2.3 requires PEC providers to scan every message "
+                 "([antivirus] clamd)");
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {
         if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
@@ -529,6 +577,7 @@ int main(int argc, char **argv)
             log_err("evidence log: cannot seal: %s", e2);
         evidence_close(d.evidence);
     }
+    callout_stage_free(d.callouts);
     roles_free(d.roles);
     tracking_close(d.tracking);
     transport_free(d.transport);

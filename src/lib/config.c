@@ -557,6 +557,12 @@ static int handler(void *user, const char *section, const char *name, const char
         (*n)++;
         return 1;
     }
+    char cerr[256];
+    int r = config_callout_key(cfg, section, name, value, cerr, sizeof cerr);
+    if (r == 0)
+        return fail(ctx, "%s", cerr);
+    if (r == 1)
+        return 1;
     return fail(ctx, "unknown section [%s]", section);
 }
 
@@ -628,6 +634,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
     cfg->sync_fs = true;
     cfg->users_timeout = 10;
+    config_callout_defaults(cfg);
 
     int line = ini_parse(path, handler, &ctx);
     if (line == -1) {
@@ -754,6 +761,11 @@ struct config *config_load(const char *path, char *err, size_t errlen)
                  path);
         goto bad;
     }
+    char cerr[256];
+    if (config_callout_finish(cfg, cerr, sizeof cerr) == -1) {
+        snprintf(err, errlen, "%s: %s", path, cerr);
+        goto bad;
+    }
     return cfg;
 bad:
     config_free(cfg);
@@ -792,6 +804,7 @@ void config_free(struct config *cfg)
     for (size_t i = 0; i < cfg->nlisteners; i++)
         for (size_t j = 0; j < cfg->listeners[i].naddrs; j++)
             free(cfg->listeners[i].addrs[j]);
+    config_callout_free(cfg);
     free(cfg);
 }
 

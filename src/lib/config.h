@@ -18,6 +18,8 @@
 #define CONFIG_MAX_DOMAINS 32
 #define CONFIG_MAX_ROUTES 64
 #define CONFIG_MAX_CRL_URLS 16
+#define CONFIG_MAX_MILTERS 16
+#define CONFIG_MAX_CALLOUT_POLICIES 256
 
 enum listener_tls { LTLS_NONE, LTLS_STARTTLS, LTLS_IMPLICIT };
 enum listener_auth { LAUTH_NO, LAUTH_OPTIONAL, LAUTH_REQUIRED };
@@ -132,7 +134,34 @@ struct config {
     /* [routes] and [tls_policy]: domain -> value */
     struct config_kv { char *key; char *value; } routes[CONFIG_MAX_ROUTES], tls_policies[CONFIG_MAX_ROUTES];
     size_t nroutes, ntls_policies;
+
+    /* [antivirus] (config_callout.c; docs/antivirus.md) */
+    bool av_enabled;                /* yes when clamd is set, unless enabled = no */
+    char *av_clamd;                 /* "unix:/path" or "tcp:HOST:PORT"; NULL = no scanner */
+    uint64_t av_timeout;            /* seconds, per scan */
+    uint64_t av_pool_size;          /* persistent clamd connections */
+    bool av_fail_open;              /* scanner down: accept unscanned (warned) */
+    char *av_quarantine;            /* infected messages, kept av_quarantine_retention */
+    uint64_t av_quarantine_retention;   /* seconds; 30 months */
+
+    /* [milter.NAME] (docs/milter.md) */
+    struct config_milter {
+        char *name;                 /* NAME: in logs, trace headers and [callouts] lists */
+        char *socket;               /* unix:/path, inet:PORT@HOST, inet:HOST:PORT */
+        unsigned phase;             /* CONFIG_PHASE_* bits */
+        int dflt;                   /* CONFIG_FAIL_*: when the filter cannot be reached */
+        uint64_t timeout;           /* seconds, each read/write and the end of message */
+    } milters[CONFIG_MAX_MILTERS];
+    size_t nmilters;
+
+    /* [callouts] (docs/opes.md): consent per domain and per user (RFC 3238 §2.1) */
+    char *callouts_default;         /* list of callout names; "antivirus" */
+    struct config_kv callout_policies[CONFIG_MAX_CALLOUT_POLICIES];   /* address|domain -> list */
+    size_t ncallout_policies;
+    uint64_t callout_workers;       /* threads running callouts */
 };
+enum { CONFIG_PHASE_INCOMING = 1, CONFIG_PHASE_OUTGOING = 2 };
+enum { CONFIG_FAIL_TEMPFAIL, CONFIG_FAIL_ACCEPT, CONFIG_FAIL_REJECT };
 
 /* Returns a config or NULL with the reason ("FILE:LINE: reason") in err. */
 struct config *config_load(const char *path, char *err, size_t errlen);
@@ -147,5 +176,17 @@ const char *config_route(const struct config *cfg, const char *domain);
 /* Is the textual client address ip inside one of l's relay_networks? */
 bool config_relay_allowed(const struct config_listener *l, const char *ip);
 const char *config_tls_policy(const struct config *cfg, const char *domain);
+
+/* config_callout.c: [antivirus], [milter.NAME], [callouts].  key() returns 1
+ * (taken), 0 (error, reason in err) or -1 (not one of its sections). */
+void config_callout_defaults(struct config *cfg);
+int config_callout_key(struct config *cfg, const char *section, const char *name,
+                       const char *value, char *err, size_t errlen);
+int config_callout_finish(struct config *cfg, char *err, size_t errlen);
+void config_callout_free(struct config *cfg);
+/* The callout list ("antivirus, dkim") that applies to address: its own
+ * line, else its domain's, else the default. */
+const char *config_callouts_for(const struct config *cfg, const char *address);
+const struct config_milter *config_milter(const struct config *cfg, const char *name);
 
 #endif

@@ -267,6 +267,129 @@ static int send_to(struct roles *r, const struct queue_env *src, bool recovered,
     return 0;
 }
 
+/* ---- callouts and viruses (RFC 6109 §3.1.3, §3.2.3, §3.2.4; src/filters) ------- */
+
+/* The callouts that acted on a message (its REC_CALLOUT trace), in the
+ * evidence log so `pecctl trace` shows them (RFC 3238 §2.3). */
+static int callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
+                         const char *omid)
+{
+    if (env->callouts == NULL || env->callouts[0] == '\0')
+        return 0;
+    return event(r, "callout", env->qid, pec_id, omid, NULL, env->sender, NULL, NULL,
+                 env->callouts, NULL);
+}
+
+/* Access point: the stage found a virus (and quarantined the message):
+ * a non-acceptance for virus to the sender, nothing sent on (§3.1.3). */
+static int access_virus(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, bool recovered, pec_build_args *a, struct queue_outputs *out,
+                        char *err, size_t errlen)
+{
+    char why[300], subj[1024] = "", omid[512] = "";
+    snprintf(why, sizeof why, "virus %s", env->virus);
+    mail_header_value(data, len, "Subject", subj, sizeof subj);
+    mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+    a->type = PEC_TYPE_NON_ACCETTAZIONE;
+    a->errore = PEC_ERRORE_VIRUS;
+    a->errore_esteso = env->virus;
+    pec_buf m = {0};
+    int rc = build(r, a, &m, err, errlen);
+    if (rc == 0)
+        rc = event(r, "non-accettazione", env->qid, a->pec_id, omid, NULL, env->sender, NULL,
+                   subj, why, NULL);
+    if (rc == 0)
+        rc = callout_event(r, env, a->pec_id, omid);
+    if (rc == 0)
+        rc = send_to(r, env, recovered, out, env->sender, &m, err, errlen);
+    if (rc == 0) {
+        log_info("%s: not accepted: %s (PEC %s)", env->qid, why, a->pec_id);
+    } else if (err[0] == '\0') {
+        snprintf(err, errlen, "evidence log unavailable");
+    }
+    pec_buf_free(&m);
+    return rc;
+}
+
+/* Incoming point: an envelope with a virus is not delivered; one virus
+ * detection notice per recipient to the sender provider's mailReceipt
+ * (§3.2.3).  The stage has quarantined it. */
+static int incoming_virus(struct roles *r, const struct queue_env *env, bool recovered,
+                          const pec_verdict *v, const pec_provider *p, struct queue_outputs *out,
+                          char *err, size_t errlen)
+{
+    const pec_daticert *d = v->daticert;
+    char why[300];
+    snprintf(why, sizeof why, "virus %s", env->virus);
+    if (callout_event(r, env, d && d->identificativo ? d->identificativo : NULL,
+                      d ? d->msgid : NULL) == -1) {
+        snprintf(err, errlen, "evidence log unavailable");
+        return -1;
+    }
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        time_t now = time(NULL);
+        char mid[256];
+        make_id(r, mid, sizeof mid, now);
+        const char *rcpt = env->rcpts[i].addr;
+        pec_build_args a = {.type = PEC_TYPE_RILEVAZIONE_VIRUS, .errore = PEC_ERRORE_VIRUS,
+                            .sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0, .when = now,
+                            .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .notify_to = p && p->receipt ? p->receipt : NULL, .consegna = rcpt,
+                            .subject = d ? d->oggetto : NULL, .errore_esteso = env->virus};
+        pec_buf m = {0};
+        int rc = a.notify_to ? build(r, &a, &m, err, errlen) : 0;
+        if (rc == 0)
+            rc = event(r, "rilevazione-virus", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                       rcpt, a.subject, why, rcpt);
+        if (rc == 0 && a.notify_to)
+            rc = send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
+        pec_buf_free(&m);
+        if (rc == -1) {
+            if (err[0] == '\0')
+                snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
+        log_info("%s: PEC %s for <%s> not delivered: %s; notice to %s", env->qid, a.pec_id,
+                 rcpt, why, a.notify_to ? a.notify_to : "(sender provider unknown)");
+    }
+    return 0;
+}
+
+/* Sender provider: a virus detection notice for our envelope becomes a
+ * non-delivery for virus to our user (§3.2.4), and settles the recipient. */
+static int virus_notice_received(struct roles *r, const struct queue_env *env, bool recovered,
+                                 const pec_daticert *d, struct queue_outputs *out, char *err,
+                                 size_t errlen)
+{
+    if (d == NULL || d->mittente == NULL || d->consegna == NULL || d->identificativo == NULL)
+        return 0;
+    time_t now = time(NULL);
+    char mid[256];
+    make_id(r, mid, sizeof mid, now);
+    pec_build_args a = {.type = PEC_TYPE_ERRORE_CONSEGNA, .errore = PEC_ERRORE_VIRUS,
+                        .sender = d->mittente, .recipients = d->destinatari,
+                        .n_recipients = d->n_destinatari, .when = now,
+                        .pec_id = d->identificativo, .orig_msgid = d->msgid, .message_id = mid,
+                        .consegna = d->consegna, .subject = d->oggetto,
+                        .errore_esteso = d->errore_esteso ? d->errore_esteso : "virus"};
+    pec_buf m = {0};
+    int rc = build(r, &a, &m, err, errlen);
+    if (rc == 0)
+        rc = event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                   d->consegna, a.subject, "virus", d->consegna);
+    if (rc == 0)
+        rc = send_to(r, env, recovered, out, d->mittente, &m, err, errlen);
+    if (rc == 0) {
+        log_info("%s: virus detected at <%s> for PEC %s: non-delivery to <%s>", env->qid,
+                 d->consegna, a.pec_id, d->mittente);
+    }
+    pec_buf_free(&m);
+    return rc;
+}
+
 /* ---- access point (§3.1) ------------------------------------------------------- */
 
 static int access_point(struct roles *r, const struct queue_env *env, const char *data,
@@ -298,6 +421,10 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
                         .pec_id = pec_id};
     pec_buf m = {0};
     int rc = -1;
+    if (env->virus != NULL) {
+        rc = access_virus(r, env, data, len, recovered, &a, out, err, errlen);
+        goto done;
+    }
     if (pec_check_submission(&in, &cr) == -1) {
         /* §3.1.2: nothing is sent on; the sender learns why */
         a.type = PEC_TYPE_NON_ACCETTAZIONE;
@@ -374,7 +501,7 @@ static int access_point(struct roles *r, const struct queue_env *env, const char
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&
             (event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str, subj,
-                   "ok", NULL) == -1 ||
+                   "ok", NULL) == -1 || callout_event(r, env, pec_id, omid) == -1 ||
              event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender, all->str,
                    subj, "inviata", NULL) == -1))
             tr = -1;
@@ -644,6 +771,11 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
         /* §3.2.1: presa in carico to the sender provider, for all our
          * recipients of this transaction */
         const pec_provider *p = pec_directory_by_hash(snap->dir, v.signer_sha1);
+        if (env->virus != NULL) {
+            rc = incoming_virus(r, env, recovered, &v, p, out, err, errlen);
+            pec_verdict_free(&v);
+            return rc;
+        }
         const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
         for (size_t i = 0; i < env->nrcpts; i++)
             ric[i] = env->rcpts[i].addr;
@@ -691,7 +823,14 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
                 if (tracking_receipt(r->tracking, d->identificativo, d->consegna, 'C') == 1)
                     log_info("%s: %s for %s <%s> was not expected (late or duplicate)",
                              env->qid, pec_type_name(ty), d->identificativo, d->consegna);
+            } else if (ty == PEC_TYPE_RILEVAZIONE_VIRUS && d->consegna != NULL) {
+                tracking_receipt(r->tracking, d->identificativo, d->consegna, 'C');
             }
+        }
+        if (v.cls.type == PEC_TYPE_RILEVAZIONE_VIRUS &&
+            virus_notice_received(r, env, recovered, d, out, err, errlen) == -1) {
+            pec_verdict_free(&v);
+            return -1;
         }
         /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
         char type[64], mid2[512];

@@ -33,6 +33,8 @@
 #include <strings.h>
 #include <unbound.h>
 
+#include "filters/callout.h"
+
 #define IDLE_SECONDS 5
 #define MAX_HOPS 16
 #define MAX_ADDRS 8
@@ -55,6 +57,7 @@ struct transport {
     void *is_pec_arg;
     int (*user_lookup)(void *arg, const char *addr);
     void *user_lookup_arg;
+    struct callouts *callouts;  /* the outgoing milters (DKIM signing), or NULL */
 };
 
 void transport_set_users(struct transport *t, int (*lookup)(void *arg, const char *addr),
@@ -130,6 +133,11 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
         }
         t->dnssec = true;
     }
+    t->callouts = callouts_new(cfg);
+    if (!callouts_any(t->callouts, CONFIG_PHASE_OUTGOING)) {
+        callouts_free(t->callouts);
+        t->callouts = NULL;
+    }
     g_mutex_init(&t->lock);
     g_cond_init(&t->cond);
     t->idle = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -141,6 +149,7 @@ void transport_free(struct transport *t)
 {
     if (t == NULL)
         return;
+    callouts_free(t->callouts);
     if (t->idle != NULL) {
         GHashTableIter it;
         gpointer k, v;
@@ -666,6 +675,33 @@ static bool local_user_known(struct transport *t, const char *addr, struct deliv
     return true;   /* exists, or the LMTP server decides */
 }
 
+/* The outgoing milters on what we relay (our envelopes and receipts, our
+ * users' mail): header additions only, e.g. DKIM-Signature (callout.h).
+ * 0 with *out (NULL: unchanged), or the reply code of a refusal (reply). */
+static int outgoing_callouts(struct transport *t, const struct queue_env *env, const char *data,
+                             size_t len, const struct deliver_rcpt *r, char **out,
+                             size_t *outlen, char *reply, size_t replylen)
+{
+    if (t->callouts == NULL)
+        return 0;
+    const char **rc = calloc(env->nrcpts + 1, sizeof *rc);
+    size_t n = 0;
+    for (size_t i = 0; i < env->nrcpts; i++)
+        if (r[i].pending)
+            rc[n++] = env->rcpts[i].addr;
+    struct callout_msg m = {.qid = env->qid, .listener = env->listener,
+                            .client_ip = env->client_ip, .helo = env->helo, .tls = env->tls,
+                            .auth_user = env->auth_user, .sender = env->sender, .rcpts = rc,
+                            .nrcpts = n, .pec = true};
+    int res = callouts_outgoing(t->callouts, &m, data, len, out, outlen, reply, replylen);
+    free(rc);
+    if (res == 0)
+        return 0;
+    int code = atoi(reply);
+    return code >= 400 && code < 600 && strlen(reply) > 4 ? code
+           : (snprintf(reply, replylen, "451 4.7.1 outgoing content filter failed"), 451);
+}
+
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *r)
 {
@@ -703,11 +739,21 @@ void transport_deliver(void *arg, const struct queue_env *env, const char *data,
     }
     GHashTableIter it;
     gpointer k, v;
+    char *out = NULL, reply[512];
+    size_t outlen = len;
+    int code = g_hash_table_size(groups) > 0 ? outgoing_callouts(t, env, data, len, r, &out,
+                                                                 &outlen, reply, sizeof reply)
+                                             : 0;
     g_hash_table_iter_init(&it, groups);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         GArray *a = v;
-        relay_group(t, env, data, len, k, (const size_t *)(void *)a->data, a->len, r);
+        if (code != 0)
+            set_all(r, (const size_t *)(void *)a->data, a->len, code, reply + 4, NULL);
+        else
+            relay_group(t, env, out ? out : data, outlen, k, (const size_t *)(void *)a->data,
+                        a->len, r);
     }
+    free(out);
     g_hash_table_destroy(groups);
     if (lmtp->len > 0)
         local_lmtp_deliver(t->cfg, env, data, len, (const size_t *)(void *)lmtp->data,

@@ -53,6 +53,9 @@ struct queue_env {
     time_t next_try;      /* when the next one is due, 0 = now (REC_RETRY) */
     unsigned name_base;   /* not stored: added to the recipient index in mailbox file
                              names (copies a stage stores for one source message) */
+    /* the callout stage's results (REC_CALLOUT; src/filters) */
+    char *virus;          /* the virus found in a PEC message that was accepted, or NULL */
+    char *callouts;       /* the callouts that acted ("antivirus=clean, dkim=accept"), or NULL */
 };
 #define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
 void queue_env_free(struct queue_env *env);
@@ -61,6 +64,7 @@ void queue_env_free(struct queue_env *env);
 enum spool_rec {
     REC_VERSION = 'V', REC_ID = 'I', REC_TIME = 'T', REC_SENDER = 'S', REC_OPT = 'O',
     REC_RCPT = 'R', REC_DATA = 'D', REC_END = 'E',
+    REC_CALLOUT = 'C',    /* before DATA: "virus=NAME" or "trace=TEXT" (callout stage) */
     REC_STATUS = 'X',     /* after END: a recipient's final status (appended) */
     REC_PROCESSED = 'P',  /* after END: the stage's outputs are committed (appended) */
     REC_RETRY = 'Y',      /* after END: attempts and next retry time (appended, not synced) */

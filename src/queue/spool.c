@@ -2,7 +2,7 @@
  * spool.c - spool files: typed, length-prefixed records (Postfix style).
  *
  *   record = type (1 octet) | length (4 octets, big-endian) | payload
- *   file   = V I T S O* R+ D* E X*
+ *   file   = V I T S O* R+ C* D* E X*
  *
  * The END record carries the data length; a file without it is incomplete
  * and is never delivered.  Files are written in incoming/ and renamed into
@@ -133,6 +133,16 @@ struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char
         }
         put_rec(w, REC_RCPT, buf, (size_t)n);
     }
+    /* the callout stage's results (src/filters/stage.c) */
+    const char *co[2][2] = {{"virus", env->virus}, {"trace", env->callouts}};
+    for (size_t i = 0; i < 2 && !w->failed; i++) {
+        if (co[i][1] == NULL)
+            continue;
+        char buf[2048];
+        int n = snprintf(buf, sizeof buf, "%s=%s", co[i][0], co[i][1]);
+        if (n > 0 && (size_t)n < sizeof buf)
+            put_rec(w, REC_CALLOUT, buf, (size_t)n);
+    }
     if (w->failed) {
         spool_writer_abort(w);
         return NULL;
@@ -199,7 +209,8 @@ void queue_env_free(struct queue_env *env)
     }
     free(env->rcpts);
     char **s[] = {&env->sender, &env->envid, &env->client_ip, &env->helo, &env->auth_user,
-                  &env->tls, &env->proto, &env->listener, &env->stage};
+                  &env->tls, &env->proto, &env->listener, &env->stage, &env->virus,
+                  &env->callouts};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         free(*s[i]);
     memset(env, 0, sizeof *env);
@@ -303,6 +314,18 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
         case REC_OPT:
             set_opt(env, p, rl);
             break;
+        case REC_CALLOUT: {
+            char *kv = dupn(p, rl);
+            char **dst = strncmp(kv, "virus=", 6) == 0   ? &env->virus
+                         : strncmp(kv, "trace=", 6) == 0 ? &env->callouts
+                                                         : NULL;
+            if (dst != NULL) {
+                free(*dst);
+                *dst = strdup(kv + 6);
+            }
+            free(kv);
+            break;
+        }
         case REC_RCPT: {
             if (env->nrcpts >= SPOOL_MAX_RCPTS) {
                 why = "too many recipients";

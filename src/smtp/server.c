@@ -42,7 +42,7 @@ enum sstate {
     ST_DATA,          /* reading DATA text */
     ST_BDAT,          /* reading a BDAT chunk */
     ST_AUTH,          /* waiting for a SASL response line */
-    ST_COMMIT,        /* message handed to the queue; waiting for durability */
+    ST_COMMIT,        /* message handed to the callouts or the queue; waiting */
     ST_AUTH_WAIT,     /* credentials handed to the auth hook; waiting for its answer */
     ST_TLS,           /* TLS handshake in progress */
     ST_CLOSING,       /* flushing the last reply, then free */
@@ -602,6 +602,34 @@ static void commit_done(void *arg, int result)
     session_process(s);
 }
 
+/* The callouts' verdict: commit, or answer and drop the message. */
+static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char *text)
+{
+    struct session *s = arg;
+    if (s->dead) {
+        session_free(s);    /* aborts the message: the client never got a 250 */
+        return;
+    }
+    if (verdict == SMTP_FILTER_ACCEPT) {
+        s->srv->hooks.msg_commit(s->msg, commit_done, s);
+        return;
+    }
+    log_info("%s: %s from=<%s> client=%s: %s", s->qid,
+             verdict == SMTP_FILTER_DISCARD ? "discarded" : "refused", s->txn.sender, s->ip,
+             text);
+    if (verdict == SMTP_FILTER_DISCARD)
+        reply(s, "%s", text);
+    else
+        reply_nocount(s, "%s", text);
+    txn_reset(s);
+    if (s->state == ST_CLOSING)
+        return;
+    s->state = ST_CMD;
+    command_timeouts(s);
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
 /* The end of DATA or of the last BDAT chunk: refuse or make durable. */
 /* Keeps the start of the message for the msg_check hook; always true. */
 static bool keep_head(struct session *s, const char *p, size_t n)
@@ -644,8 +672,12 @@ static void msg_finish(struct session *s)
     }
     s->state = ST_COMMIT;
     bufferevent_disable(s->bev, EV_READ);
-    void *m = s->msg;
-    s->srv->hooks.msg_commit(m, commit_done, s);
+    if (s->srv->hooks.msg_filter != NULL) {
+        session_facts(s);
+        s->srv->hooks.msg_filter(s->msg, &s->txn, filter_done, s);
+        return;
+    }
+    s->srv->hooks.msg_commit(s->msg, commit_done, s);
 }
 
 static void cmd_starttls(struct session *s, const char *args)

@@ -154,6 +154,10 @@ struct smtp_txn {
     const char *proto;     /* ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS, … */
 };
 
+enum smtp_filter_verdict { SMTP_FILTER_ACCEPT, SMTP_FILTER_REFUSE, SMTP_FILTER_DISCARD };
+typedef void (*smtp_filter_done)(void *cbarg, enum smtp_filter_verdict verdict,
+                                 const char *reply);
+
 struct smtp_hooks {
     void *arg;
     /* AUTH: 0 ok, -1 wrong credentials, -2 temporary failure */
@@ -180,6 +184,14 @@ struct smtp_hooks {
      * holds the refusal. */
     int (*msg_check)(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
                      char *reply, size_t replylen);
+    /* Optional: the callout stage (content filters), run on a complete
+     * message after msg_check and before msg_commit.  It must not block: it
+     * calls done(cbarg, verdict, reply) later, on the event loop.  ACCEPT:
+     * the server goes on to msg_commit; REFUSE: reply (4xx or 5xx) is
+     * answered and the message aborted; DISCARD: the message is aborted and
+     * reply (a 250) answered.  The server knows nothing of what ran. */
+    void (*msg_filter)(void *msg, const struct smtp_txn *txn, smtp_filter_done done,
+                       void *cbarg);
 };
 #define SMTP_HEAD_MAX 16384
 

@@ -9,6 +9,7 @@
  * PEC_LDIF_MAX_ENTRIES entries and PEC_LDIF_MAX bytes, no referrals.
  */
 #include "pec/pec_dir.h"
+#include "pec/pec_dirtls.h"
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "pec_internal.h"
@@ -45,6 +46,9 @@ struct ldap_target {
     const char *filter;
     int scope;
     bool starttls;
+    bool tls;                      /* ldaps:// or StartTLS */
+    const char *host;
+    int port;
 };
 
 static int ldap_target(const struct pec_dir_conf *c, LDAPURLDesc *u, struct ldap_target *t,
@@ -72,6 +76,9 @@ static int ldap_target(const struct pec_dir_conf *c, LDAPURLDesc *u, struct ldap
     }
     if (t->starttls && strcasecmp(u->lud_scheme, "ldaps") == 0)
         return pec_err(err, errsz, "%s: StartTLS and ldaps:// exclude each other", c->source);
+    t->tls = t->starttls || strcasecmp(u->lud_scheme, "ldaps") == 0;
+    t->host = u->lud_host;
+    t->port = u->lud_port;
     return 0;
 }
 
@@ -85,6 +92,19 @@ static int ldap_fail(LDAP *ld, int rc, const char *what, const struct pec_dir_co
             diag && *diag ? " - " : "", diag && *diag ? diag : "");
     ldap_memfree(diag);
     return -1;
+}
+
+/* A TLS connection failed: libldap (GnuTLS) often says no more than
+ * "Can't contact LDAP server"; pec_dirtls_probe names the cause. */
+static int ldap_tls_fail(LDAP *ld, int rc, const char *what, const struct pec_dir_conf *c,
+                         const struct ldap_target *t, char *err, size_t errsz)
+{
+    char why[512];
+    if ((rc == LDAP_SERVER_DOWN || rc == LDAP_CONNECT_ERROR) && t->tls &&
+        pec_dirtls_probe(t->host, t->port, t->starttls, c->ca_file, c->timeout, why,
+                         sizeof why) == -1)
+        return pec_err(err, errsz, "%s: %s: TLS: %s", c->source, what, why);
+    return ldap_fail(ld, rc, what, c, err, errsz);
 }
 
 static int ldap_open(const struct pec_dir_conf *c, const struct ldap_target *t, LDAP **ldp,
@@ -106,12 +126,16 @@ static int ldap_open(const struct pec_dir_conf *c, const struct ldap_target *t, 
         ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, c->ca_file);
     ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &off);
     if (t->starttls && (rc = ldap_start_tls_s(ld, NULL, NULL)) != LDAP_SUCCESS)
-        return ldap_fail(ld, rc, "StartTLS", c, err, errsz);
+        return ldap_tls_fail(ld, rc, "StartTLS", c, t, err, errsz);
     struct berval cred = {.bv_val = (char *)(c->password ? c->password : ""),
                           .bv_len = c->password ? strlen(c->password) : 0};
     rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
-    if (rc != LDAP_SUCCESS)
-        return ldap_fail(ld, rc, c->bind_dn ? "bind" : "anonymous bind", c, err, errsz);
+    if (rc != LDAP_SUCCESS) {
+        char what[300];
+        if (c->bind_dn == NULL || str_fmt(what, sizeof what, "bind as %s", c->bind_dn) < 0)
+            str_copy(what, c->bind_dn ? "bind" : "anonymous bind", sizeof what);
+        return ldap_tls_fail(ld, rc, what, c, t, err, errsz);
+    }
     return 0;
 }
 

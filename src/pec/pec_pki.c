@@ -6,6 +6,7 @@
 #include "pec/pec_pki.h"
 #include "pec/pec_internal.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,12 @@ static int pair_out(EVP_PKEY *key, X509 *x, pec_pki_pair *out)
     BIO_free(kb);
     BIO_free(cb);
     return rc;
+}
+
+static bool is_ip_literal(const char *s)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
 }
 
 static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
@@ -184,8 +191,12 @@ int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *
         bad |= add_ext(x, cacert, NID_ext_key_usage, "emailProtection");
     } else {
         size_t o = (size_t)snprintf(san, sizeof san, "DNS:%s", req->domain);
+        /* an IP literal becomes an iPAddress name (RFC 5280 §4.2.1.6): a
+         * test server reached as ldaps://127.0.0.1/ is checked against it */
         for (size_t i = 0; i < req->n_dns && o < sizeof san; i++)
-            o += (size_t)snprintf(san + o, sizeof san - o, ",DNS:%s", req->dns_names[i]);
+            o += (size_t)snprintf(san + o, sizeof san - o, ",%s:%s",
+                                  is_ip_literal(req->dns_names[i]) ? "IP" : "DNS",
+                                  req->dns_names[i]);
         if (o >= sizeof san) {
             pec_err(err, errsz, "too many DNS names");
             goto out;

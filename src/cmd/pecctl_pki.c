@@ -8,7 +8,9 @@
  *                    [--tls-host HOST]...
  *       OUT/signing.key (0600), OUT/signing.pem (certificate then CA),
  *       OUT/tls.key (0600), OUT/tls.pem; prints the providerCertificateHash.
- *   pecctl pki revoke --ca DIR CERT.pem     adds its serial to DIR/revoked, remakes DIR/crl.pem
+ *   pecctl pki revoke --ca DIR [--reason NAME] CERT.pem
+ *       adds its serial, the time and the reason (RFC 5280 §5.3.1 name, e.g.
+ *       keyCompromise) to DIR/revoked, remakes DIR/crl.pem
  *   pecctl pki crl --ca DIR                 remakes DIR/crl.pem
  *   pecctl pki hash CERT.pem                prints the SHA-1 hex (RFC 6109 §4.5.1)
  *
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "lib/lib.h"
 #include "pec/pec_pki.h"
@@ -32,7 +35,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: pecctl pki ca DIR [--name NAME] [--days N]\n"
                "       pecctl pki issue --ca DIR --domain DOMAIN --out DIR [--name ORG]\n"
                "                        [--days N] [--tls-host HOST]...\n"
-               "       pecctl pki revoke --ca DIR CERT.pem\n"
+               "       pecctl pki revoke --ca DIR [--reason keyCompromise|...] CERT.pem\n"
                "       pecctl pki crl --ca DIR\n"
                "       pecctl pki hash CERT.pem\n");
 }
@@ -208,25 +211,45 @@ out:
     return rc;
 }
 
+/* CADIR/revoked: one line per revoked certificate, "SERIAL UNIXTIME REASON"
+ * (older files have the serial alone: revoked "now", no reason). */
+#define MAX_REVOKED 4096
+
+static size_t read_revoked(const char *cadir, pec_pki_revoked *out)
+{
+    char p[4096];
+    char *list = NULL;
+    size_t len = 0, n = 0;
+    if (path_in(p, sizeof p, cadir, "revoked") < 0 || fs_read_file(p, &list, &len, 1 << 20) < 0)
+        return 0;
+    char *save = NULL;
+    for (char *line = strtok_r(list, "\r\n", &save); line && n < MAX_REVOKED;
+         line = strtok_r(NULL, "\r\n", &save)) {
+        char why[32] = "";
+        unsigned long serial;
+        long long when = 0;
+        if (sscanf(line, "%lu %lld %31s", &serial, &when, why) < 1)
+            continue;
+        out[n++] = (pec_pki_revoked){.serial = serial, .when = (time_t)when,
+                                     .reason = why[0] ? pec_crl_reason_code(why) : -1};
+    }
+    free(list);
+    return n;
+}
+
 static int remake_crl(const char *cadir)
 {
     pec_pki_pair ca;
     if (read_pair(cadir, "ca.key", "ca.pem", &ca) < 0)
         return 1;
-    char p[4096];
-    char *list = NULL;
-    size_t len = 0;
-    unsigned long serials[4096];
-    size_t n = 0;
-    if (path_in(p, sizeof p, cadir, "revoked") == 0 && fs_read_file(p, &list, &len, 1 << 20) == 0) {
-        for (char *s = strtok(list, " \r\n"); s && n < 4096; s = strtok(NULL, " \r\n"))
-            serials[n++] = strtoul(s, NULL, 10);
-    }
-    free(list);
+    pec_pki_revoked *revoked = calloc(MAX_REVOKED, sizeof *revoked);
+    size_t n = revoked ? read_revoked(cadir, revoked) : 0;
     pec_buf crl;
     char err[256];
     int rc = 1;
-    if (pec_pki_make_crl(&ca, serials, n, 30, &crl, err, sizeof err) < 0) {
+    if (revoked == NULL) {
+        fprintf(stderr, "pecctl pki: out of memory\n");
+    } else if (pec_pki_make_crl(&ca, revoked, n, 30, &crl, err, sizeof err) < 0) {
         fprintf(stderr, "pecctl pki: %s\n", err);
     } else {
         rc = write_file(cadir, "crl.pem", crl.data, crl.len, 0644) ? 1 : 0;
@@ -234,46 +257,67 @@ static int remake_crl(const char *cadir)
             printf("CRL: %s/crl.pem (%zu revoked)\n", cadir, n);
         pec_buf_free(&crl);
     }
+    free(revoked);
     pec_pki_pair_free(&ca);
     return rc;
 }
 
+/* Appends CERT's serial, the time and the reason to CADIR/revoked. */
+static int add_revoked(const char *cadir, const char *cert, int reason)
+{
+    char *pem = NULL, err[256], p[4096], line[96];
+    size_t len = 0;
+    unsigned long serial;
+    char sha1[41];
+    if (fs_read_file(cert, &pem, &len, 1 << 20) < 0 ||
+        pec_pki_cert_info(pem, len, &serial, sha1, err, sizeof err) < 0) {
+        fprintf(stderr, "pecctl pki: cannot read a certificate from %s\n", cert);
+        free(pem);
+        return 1;
+    }
+    free(pem);
+    if (path_in(p, sizeof p, cadir, "revoked") < 0)
+        return 1;
+    FILE *f = fopen(p, "a");
+    str_fmt(line, sizeof line, "%lu %lld%s%s\n", serial, (long long)time(NULL),
+            reason >= 0 ? " " : "", reason >= 0 ? pec_crl_reason_name(reason) : "");
+    if (!f || fputs(line, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "pecctl pki: cannot update %s\n", p);
+        return 1;
+    }
+    printf("revoked serial %lu (%s)%s%s\n", serial, sha1, reason >= 0 ? ": " : "",
+           reason >= 0 ? pec_crl_reason_name(reason) : "");
+    return 0;
+}
+
 static int cmd_crl(int argc, char **argv, bool revoke)
 {
-    static const struct option opts[] = {{"ca", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"ca", required_argument, NULL, 'c'},
+                                         {"reason", required_argument, NULL, 'r'},
+                                         {NULL, 0, NULL, 0}};
     const char *cadir = NULL;
-    int c;
+    int c, reason = -1;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-        if (c == 'c')
+    while ((c = getopt_long(argc, argv, "c:r:", opts, NULL)) != -1) {
+        if (c == 'c') {
             cadir = optarg;
-        else
+        } else if (c == 'r' && revoke) {
+            reason = pec_crl_reason_code(optarg);
+            if (reason < 0) {
+                fprintf(stderr, "pecctl pki: --reason %s: not an RFC 5280 reason (keyCompromise, "
+                                "cACompromise, affiliationChanged, superseded, "
+                                "cessationOfOperation, certificateHold, privilegeWithdrawn, "
+                                "aACompromise, unspecified)\n", optarg);
+                return 2;
+            }
+        } else {
             return usage(stderr), 2;
+        }
     }
     if (!cadir || optind != argc - (revoke ? 1 : 0))
         return usage(stderr), 2;
-    if (revoke) {
-        char *pem = NULL, err[256], p[4096], line[32];
-        size_t len = 0;
-        unsigned long serial;
-        char sha1[41];
-        if (fs_read_file(argv[optind], &pem, &len, 1 << 20) < 0 ||
-            pec_pki_cert_info(pem, len, &serial, sha1, err, sizeof err) < 0) {
-            fprintf(stderr, "pecctl pki: cannot read a certificate from %s\n", argv[optind]);
-            free(pem);
-            return 1;
-        }
-        free(pem);
-        if (path_in(p, sizeof p, cadir, "revoked") < 0)
-            return 1;
-        FILE *f = fopen(p, "a");
-        str_fmt(line, sizeof line, "%lu\n", serial);
-        if (!f || fputs(line, f) < 0 || fclose(f) != 0) {
-            fprintf(stderr, "pecctl pki: cannot update %s\n", p);
-            return 1;
-        }
-        printf("revoked serial %lu (%s)\n", serial, sha1);
-    }
+    if (revoke && add_revoked(cadir, argv[optind], reason) != 0)
+        return 1;
     return remake_crl(cadir);
 }
 

@@ -271,6 +271,10 @@ int pec_trust_add_crl_pem(pec_trust *t, const void *pem, size_t len, char *err, 
 int pec_trust_add_crl(pec_trust *t, const void *data, size_t len, char *err, size_t errsz);
 /* How many CRLs t holds. */
 size_t pec_trust_crl_count(const pec_trust *t);
+/* RFC 5280 §5.3.1 CRLReason: the name of a code ("keyCompromise"), NULL when
+ * unknown; and the code of a name (case-insensitive), -1 when unknown. */
+const char *pec_crl_reason_name(int code);
+int pec_crl_reason_code(const char *name);
 /* Providers' directory: the SHA-1 hex of known signing certificates
  * (providerCertificateHash, §4.5.1; compared case-insensitively). */
 int pec_trust_add_cert_hash(pec_trust *t, const char *sha1hex);

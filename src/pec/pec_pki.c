@@ -223,7 +223,28 @@ out:
     return rc;
 }
 
-int pec_pki_make_crl(const pec_pki_pair *ca, const unsigned long *serials, size_t n, long days,
+/* One revoked entry with its date and, when given, its reasonCode extension. */
+static int crl_entry(X509_CRL *crl, const pec_pki_revoked *e, const ASN1_TIME *now)
+{
+    X509_REVOKED *r = X509_REVOKED_new();
+    ASN1_INTEGER *s = ASN1_INTEGER_new();
+    ASN1_TIME *when = e->when ? ASN1_TIME_set(NULL, e->when) : NULL;
+    ASN1_ENUMERATED *why = e->reason >= 0 ? ASN1_ENUMERATED_new() : NULL;
+    int ok = r && s && (when || !e->when) && (why || e->reason < 0) &&
+             ASN1_INTEGER_set_uint64(s, e->serial) && X509_REVOKED_set_serialNumber(r, s) &&
+             X509_REVOKED_set_revocationDate(r, when ? when : (ASN1_TIME *)now) &&
+             (why == NULL || (ASN1_ENUMERATED_set(why, e->reason) &&
+                              X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, why, 0, 0))) &&
+             X509_CRL_add0_revoked(crl, r);
+    ASN1_INTEGER_free(s);
+    ASN1_TIME_free(when);
+    ASN1_ENUMERATED_free(why);
+    if (!ok)
+        X509_REVOKED_free(r);
+    return ok ? 0 : -1;
+}
+
+int pec_pki_make_crl(const pec_pki_pair *ca, const pec_pki_revoked *revoked, size_t n, long days,
                      pec_buf *crl_pem, char *err, size_t errsz)
 {
     crl_pem->data = NULL;
@@ -242,15 +263,9 @@ int pec_pki_make_crl(const pec_pki_pair *ca, const unsigned long *serials, size_
     X509_CRL_set_issuer_name(crl, X509_get_subject_name(cacert));
     X509_CRL_set1_lastUpdate(crl, now);
     X509_CRL_set1_nextUpdate(crl, next);
-    for (size_t i = 0; i < n; i++) {
-        X509_REVOKED *r = X509_REVOKED_new();
-        ASN1_INTEGER *s = ASN1_INTEGER_new();
-        ASN1_INTEGER_set_uint64(s, serials[i]);
-        X509_REVOKED_set_serialNumber(r, s);
-        X509_REVOKED_set_revocationDate(r, now);
-        ASN1_INTEGER_free(s);
-        X509_CRL_add0_revoked(crl, r);
-    }
+    for (size_t i = 0; i < n; i++)
+        if (crl_entry(crl, &revoked[i], now) < 0)
+            goto out;
     X509_CRL_sort(crl);
     if (!X509_CRL_sign(crl, cakey, EVP_sha256()))
         goto out;

@@ -39,8 +39,15 @@ int pec_pki_make_ca(const char *name, long days, int bits, pec_pki_pair *out, ch
 /* A certificate for req issued by ca. */
 int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *out, char *err,
                   size_t errsz);
-/* A CRL signed by ca listing the given serials (decimal), valid for days. */
-int pec_pki_make_crl(const pec_pki_pair *ca, const unsigned long *serials, size_t n, long days,
+/* One entry of a CRL (RFC 5280 §5.3.1 for the reason code). */
+typedef struct pec_pki_revoked {
+    unsigned long serial;
+    time_t when;                   /* revocationDate; 0 = now - 60 s */
+    int reason;                    /* CRL_REASON_*: 0..10 but 7; -1 = no reasonCode */
+} pec_pki_revoked;
+
+/* A CRL signed by ca listing the given entries, valid for days. */
+int pec_pki_make_crl(const pec_pki_pair *ca, const pec_pki_revoked *revoked, size_t n, long days,
                      pec_buf *crl_pem, char *err, size_t errsz);
 /* Serial number and SHA-1 (providerCertificateHash, §4.5.1) of a PEM certificate. */
 int pec_pki_cert_info(const void *cert_pem, size_t len, unsigned long *serial, char sha1hex[41],

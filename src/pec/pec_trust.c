@@ -225,3 +225,24 @@ size_t pec_trust_crl_count(const pec_trust *t)
 {
     return (size_t)sk_X509_CRL_num(t->crls);
 }
+
+/* RFC 5280 §5.3.1; code 7 is not used */
+static const char *const crl_reasons[] = {
+    "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+    "cessationOfOperation", "certificateHold", NULL, "removeFromCRL", "privilegeWithdrawn",
+    "aACompromise"};
+
+const char *pec_crl_reason_name(int code)
+{
+    if (code < 0 || code >= (int)(sizeof crl_reasons / sizeof crl_reasons[0]))
+        return NULL;
+    return crl_reasons[code];
+}
+
+int pec_crl_reason_code(const char *name)
+{
+    for (int i = 0; i < (int)(sizeof crl_reasons / sizeof crl_reasons[0]); i++)
+        if (crl_reasons[i] && strcasecmp(crl_reasons[i], name) == 0)
+            return i;
+    return -1;
+}

@@ -168,6 +168,45 @@ static int verify_cb(int ok, X509_STORE_CTX *ctx)
     }
 }
 
+/* "was revoked on DATE (reason)" for the certificate the path validation
+ * found revoked, from its entry in the loaded CRLs (RFC 5280 §5.3.1). */
+static void revoked_detail(const pec_trust *t, X509 *bad, X509 *signer, pec_verdict *v)
+{
+    X509_REVOKED *rev = NULL;
+    for (int i = 0; bad && rev == NULL && i < sk_X509_CRL_num(t->crls); i++) {
+        X509_CRL *crl = sk_X509_CRL_value(t->crls, i);
+        if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_issuer_name(bad)) != 0 ||
+            X509_CRL_get0_by_cert(crl, &rev, bad) != 1)
+            rev = NULL;
+    }
+    char who[160] = "the signer certificate";
+    if (bad && bad != signer) {
+        char *dn = X509_NAME_oneline(X509_get_subject_name(bad), NULL, 0);
+        snprintf(who, sizeof who, "the certificate %s in the signer's chain", dn ? dn : "?");
+        OPENSSL_free(dn);
+    }
+    if (rev == NULL) {
+        fail(v, PEC_R_REVOKED, "%s is revoked (CRL)", who);
+        return;
+    }
+    char date[32] = "an unknown date";
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_REVOKED_get0_revocationDate(rev), &tm) == 1)
+        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int crit = 0;
+    ASN1_ENUMERATED *e = X509_REVOKED_get_ext_d2i(rev, NID_crl_reason, &crit, NULL);
+    long code = e ? ASN1_ENUMERATED_get(e) : -1;
+    ASN1_ENUMERATED_free(e);
+    const char *name = pec_crl_reason_name((int)code);
+    char reason[48] = "no reason given";
+    if (name)
+        snprintf(reason, sizeof reason, "%s", name);
+    else if (code >= 0)
+        snprintf(reason, sizeof reason, "reason code %ld", code);
+    ERR_clear_error();
+    fail(v, PEC_R_REVOKED, "%s was revoked on %s (%s)", who, date, reason);
+}
+
 static int check_chain(const pec_trust *t, X509 *signer, STACK_OF(X509) *certs, time_t when,
                        pec_verdict *v)
 {
@@ -218,7 +257,7 @@ static int check_chain(const pec_trust *t, X509 *signer, STACK_OF(X509) *certs, 
              when_s);
         break;
     case X509_V_ERR_CERT_REVOKED:
-        fail(v, PEC_R_REVOKED, "the signer certificate is revoked (CRL)");
+        revoked_detail(t, X509_STORE_CTX_get_current_cert(ctx), signer, v);
         break;
     case X509_V_ERR_INVALID_PURPOSE:
     case X509_V_ERR_KEYUSAGE_NO_DIGITAL_SIGNATURE:

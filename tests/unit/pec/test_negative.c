@@ -165,6 +165,16 @@ static void test_wrong_signer_expired_revoked(void **state)
     /* revoked in the CRL */
     assert_int_equal(tbuild_with(&k->revoked, "pec.a.example", PEC_TYPE_ACCETTAZIONE, 0, 0, &m), 0);
     assert_int_equal(verdict(t, m.data, m.len, &valid), PEC_R_REVOKED);
+    pec_verdict rv;
+    assert_int_equal(pec_verify(t, m.data, m.len, &rv, NULL, 0), 0);
+    if (strstr(rv.detail, "the signer certificate was revoked on 2024-03-01T10:00:00Z "
+                          "(keyCompromise)") == NULL)
+        fail_msg("revocation detail: %s", rv.detail);
+    pec_verdict_free(&rv);
+    assert_int_equal(pec_crl_reason_code("KEYCOMPROMISE"), 1);
+    assert_int_equal(pec_crl_reason_code("7"), -1);
+    assert_null(pec_crl_reason_name(7));
+    assert_string_equal(pec_crl_reason_name(10), "aACompromise");
     pec_trust *nocrl = ttrust(false, false);
     assert_int_equal(verdict(nocrl, m.data, m.len, &valid), PEC_OK); /* without the CRL */
     pec_trust_free(nocrl);

@@ -41,8 +41,9 @@ const struct tpki *tpki_get(void)
     must(pec_pki_issue(&pki.ca, &v, &pki.revoked, err, sizeof err), "revoked", err);
     pec_pki_req t = {.kind = PEC_PKI_TLS, .domain = "mx.pec.a.example", .org = "Gestore A"};
     must(pec_pki_issue(&pki.ca, &t, &pki.tls, err, sizeof err), "tls", err);
-    unsigned long serial = 4242;
-    must(pec_pki_make_crl(&pki.ca, &serial, 1, 30, &pki.crl, err, sizeof err), "crl", err);
+    /* 2024-03-01T10:00:00Z, keyCompromise (the verdict names both) */
+    pec_pki_revoked rv = {.serial = 4242, .when = 1709287200, .reason = 1};
+    must(pec_pki_make_crl(&pki.ca, &rv, 1, 30, &pki.crl, err, sizeof err), "crl", err);
     must(pec_pki_cert_info(pki.signer.cert_pem.data, pki.signer.cert_pem.len, NULL,
                            pki.signer_sha1, err, sizeof err), "info", err);
     pki_made = true;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 struct parse_ctx {
@@ -108,7 +109,7 @@ static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const c
 {
     struct config *cfg = ctx->cfg;
     if (strcmp(name, "directory") == 0) {
-        bool ldap = strncmp(value, "ldap://", 7) == 0 || strncmp(value, "ldaps://", 8) == 0;
+        bool ldap = strncasecmp(value, "ldap://", 7) == 0 || strncasecmp(value, "ldaps://", 8) == 0;
         const char *host = ldap ? strstr(value, "://") + 3 : NULL;
         if (ldap && (host[0] == '\0' || host[0] == '/'))
             return fail(ctx, "directory: '%s' names no LDAP host (ldap://HOST:PORT/BASE)", value);
@@ -130,7 +131,8 @@ static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const c
         if (parse_bool(value, &cfg->pec_dir_starttls) == -1)
             return fail(ctx, "directory_starttls: '%s' is not yes or no", value);
     } else if (strcmp(name, "directory_refresh") == 0) {
-        if (strcmp(value, "0") == 0) {
+        uint64_t v;
+        if (parse_duration(value, &v) == 0 && v == 0) { /* "0", "0s": on SIGHUP only */
             cfg->pec_dir_refresh = 0;
             return 1;
         }
@@ -717,7 +719,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         goto bad;
     }
     if (cfg->pec_dir_starttls && cfg->pec_directory &&
-        strncmp(cfg->pec_directory, "ldaps://", 8) == 0) {
+        strncasecmp(cfg->pec_directory, "ldaps://", 8) == 0) {
         snprintf(err, errlen, "%s: [pec] directory_starttls does not go with ldaps://", path);
         goto bad;
     }

@@ -179,11 +179,110 @@ static void test_scalars(void **state)
     assert_int_equal(parse_bool("maybe", &b), -1);
 }
 
+/* [pec] directory* and crl_urls (issue 7): the values each key takes. */
+#define PEC_BASE "[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\n" \
+                 "require_tls = no\n[pec]\n"
+
+static void test_pec_directory_keys(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *cfg = load_text(PEC_BASE "directory = dir.ldif\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    char expect[600];
+    snprintf(expect, sizeof expect, "%s/dir.ldif", TEST_TMPDIR);
+    assert_string_equal(cfg->pec_directory, expect);   /* relative to the file */
+    assert_int_equal(cfg->pec_dir_refresh, 3600);        /* defaults */
+    assert_int_equal(cfg->pec_dir_timeout, 30);
+    assert_false(cfg->pec_dir_starttls);
+    assert_null(cfg->pec_dir_bind_dn);
+    assert_null(cfg->pec_dir_ca_file);
+    assert_int_equal(cfg->pec_n_crl_urls, 0);
+    config_free(cfg);
+    cfg = load_text(PEC_BASE "directory = file:/etc/pecmail/directory.ldif\n"
+                             "directory_refresh = 0s\n", err, sizeof err);
+    assert_non_null(cfg);
+    assert_string_equal(cfg->pec_directory, "/etc/pecmail/directory.ldif");
+    assert_int_equal(cfg->pec_dir_refresh, 0);
+    config_free(cfg);
+    cfg = load_text(PEC_BASE "directory = ldap://ldap.example:389/o=postacert\n"
+                             "directory_starttls = yes\ndirectory_ca_file = ldap-ca.pem\n"
+                             "directory_bind_dn = cn=pecd,o=postacert\n"
+                             "directory_password_file = /etc/pecmail/ldap.secret\n"
+                             "directory_refresh = 10m\ndirectory_timeout = 10m\n"
+                             "crl_urls = http://crl.example/ca.crl, file:/x.crl https://c/d\n",
+                    err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->pec_directory, "ldap://ldap.example:389/o=postacert");
+    assert_true(cfg->pec_dir_starttls);
+    snprintf(expect, sizeof expect, "%s/ldap-ca.pem", TEST_TMPDIR);
+    assert_string_equal(cfg->pec_dir_ca_file, expect);
+    assert_string_equal(cfg->pec_dir_bind_dn, "cn=pecd,o=postacert");
+    assert_string_equal(cfg->pec_dir_password_file, "/etc/pecmail/ldap.secret");
+    assert_int_equal(cfg->pec_dir_refresh, 600);
+    assert_int_equal(cfg->pec_dir_timeout, 600);
+    assert_int_equal(cfg->pec_n_crl_urls, 3);
+    assert_string_equal(cfg->pec_crl_urls[1], "file:/x.crl");
+    assert_string_equal(cfg->pec_crl_urls[2], "https://c/d");
+    config_free(cfg);
+    cfg = load_text(PEC_BASE "directory = LDAPS://[::1]:636/o=postacert\n"
+                             "directory_password = s3cret\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->pec_dir_password, "s3cret");
+    config_free(cfg);
+}
+
+static void test_pec_directory_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        const char *err;
+    } cases[] = {
+        {PEC_BASE "directory = ldap:///o=postacert\n",
+         ":8: directory: 'ldap:///o=postacert' names no LDAP host (ldap://HOST:PORT/BASE)"},
+        {PEC_BASE "directory = ldaps://\n", ":8: directory: 'ldaps://' names no LDAP host"},
+        {PEC_BASE "directory = http://dir.example/d.ldif\n",
+         ":8: directory: 'http://dir.example/d.ldif' is not PATH, file:PATH, ldap:// or ldaps://"},
+        {PEC_BASE "directory_starttls = sometimes\n",
+         ":8: directory_starttls: 'sometimes' is not yes or no"},
+        {PEC_BASE "directory_refresh = hourly\n",
+         ":8: directory_refresh: 'hourly' is not a duration (e.g. 30s, 5m, 12h)"},
+        {PEC_BASE "directory_timeout = 0\n", ":8: directory_timeout: 0 is below the minimum 1"},
+        {PEC_BASE "directory_timeout = 11m\n", ":8: directory_timeout: at most 10m"},
+        {PEC_BASE "directory_timeout = 5 s\n", ":8: directory_timeout: '5 s' is not a duration"},
+        {PEC_BASE "crl_urls = ftp://crl.example/ca.crl\n",
+         ":8: crl_urls: 'ftp://crl.example/ca.crl' is not a file:, http:// or https:// URL"},
+        {PEC_BASE "crl_urls = file:/a http://b ldap://c\n", ":8: crl_urls: 'ldap://c' is not"},
+        {PEC_BASE "crl_urls = f:1 f:2 f:3 f:4 f:5 f:6 f:7 f:8 f:9 f:10 f:11 f:12 f:13 f:14 f:15 "
+                  "f:16 f:17\n",
+         ":8: crl_urls: more than 16 URLs"},
+        {PEC_BASE "directory_server = x\n", ":8: unknown key 'directory_server' in [pec]"},
+        {PEC_BASE "crl_url = http://x/\n", ":8: unknown key 'crl_url' in [pec]"},
+        /* checks on the whole file name it, not a line */
+        {PEC_BASE "directory = ldap://h/o=p\ndirectory_password = a\n"
+                  "directory_password_file = b\n",
+         ": [pec] directory_password and directory_password_file exclude each other"},
+        {PEC_BASE "directory = ldaps://h/o=p\ndirectory_starttls = yes\n",
+         ": [pec] directory_starttls does not go with ldaps://"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[512] = "";
+        struct config *cfg = load_text(cases[i].text, err, sizeof err);
+        if (cfg != NULL || strstr(err, cases[i].err) == NULL || strncmp(err, path, strlen(path)))
+            fail_msg("case %zu: got '%s', expected '%s'", i, err, cases[i].err);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults), cmocka_unit_test(test_values), cmocka_unit_test(test_relay_networks),
         cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_pec_directory_keys), cmocka_unit_test(test_pec_directory_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,11 @@
 /*
  * pecctl_verify.c - `pecctl verify [--json] [--trust CAFILE]... [--crl FILE]...
- * [--directory FILE.ldif] [--at UNIXTIME] FILE.eml...`: classifies each
+ * [--directory FILE.ldif|ldap://...] [--directory-ca CAFILE] [--at UNIXTIME]
+ * FILE.eml...`: classifies each
  * message, checks its signature (src/pec pec_verify), prints the signer and
- * the daticert fields.  Exit 0 = every file valid, 1 = some invalid, 2 = some
+ * the daticert fields.  An LDAP directory (ldap://HOST:PORT/BASE, ldaps://,
+ * StartTLS as "ldap://HOST/BASE????starttls") is read anonymously with
+ * pecdir's reader, its server checked against --directory-ca.  Exit 0 = every file valid, 1 = some invalid, 2 = some
  * file could not be read.  --json prints one JSON object per file per line
  * (schema in docs/pec.md).
  *
@@ -19,6 +22,23 @@
 
 #include "lib/lib.h"
 #include "pec/pec.h"
+#include "pec/pec_dir.h"
+
+/* The providers' directory from an LDAP server: its certificate hashes. */
+static int load_ldap(pec_trust *t, const char *url, const char *ca_file)
+{
+    struct pec_dir_conf c = {.source = url, .ca_file = ca_file, .timeout = 30};
+    pec_buf ldif;
+    char err[512] = "";
+    int rc = pec_dir_fetch(&c, &ldif, err, sizeof err);
+    if (rc == 0) {
+        rc = pec_trust_load_ldif(t, ldif.data, ldif.len, err, sizeof err) < 0 ? -1 : 0;
+        pec_buf_free(&ldif);
+    }
+    if (rc < 0)
+        fprintf(stderr, "pecctl verify: %s\n", err);
+    return rc;
+}
 
 int pecctl_verify_main(int argc, char **argv);
 
@@ -27,7 +47,8 @@ int pecctl_verify_main(int argc, char **argv);
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pecctl verify [--json] [--trust CAFILE]... [--crl CRLFILE]...\n"
-               "                     [--directory FILE.ldif] [--at UNIXTIME] FILE.eml...\n"
+               "                     [--directory FILE.ldif|ldap://HOST:PORT/BASE]\n"
+               "                     [--directory-ca CAFILE] [--at UNIXTIME] FILE.eml...\n"
                "  without --trust the chain embedded in each message is the anchor\n"
                "  exit: 0 valid, 1 invalid, 2 unreadable\n");
 }
@@ -260,6 +281,7 @@ int pecctl_verify_main(int argc, char **argv)
         {"json", no_argument, NULL, 'j'},     {"trust", required_argument, NULL, 't'},
         {"crl", required_argument, NULL, 'c'}, {"directory", required_argument, NULL, 'd'},
         {"at", required_argument, NULL, 'a'}, {"help", no_argument, NULL, 'h'},
+        {"directory-ca", required_argument, NULL, 'C'},
         {NULL, 0, NULL, 0},
     };
     bool json = false;
@@ -268,7 +290,8 @@ int pecctl_verify_main(int argc, char **argv)
         return 2;
     optind = 1;
     int c, status = 0;
-    while ((c = getopt_long(argc, argv, "jt:c:d:a:h", opts, NULL)) != -1) {
+    const char *ldap_url = NULL, *ldap_ca = NULL;
+    while ((c = getopt_long(argc, argv, "jt:c:d:a:hC:", opts, NULL)) != -1) {
         switch (c) {
         case 'j':
             json = true;
@@ -279,13 +302,13 @@ int pecctl_verify_main(int argc, char **argv)
                 status = 2;
             break;
         case 'd':
-            if (strncmp(optarg, "ldap://", 7) == 0 || strncmp(optarg, "ldaps://", 8) == 0) {
-                fprintf(stderr, "pecctl verify: LDAP directories are not supported yet; "
-                                "export an LDIF file\n");
+            if (pec_dir_is_ldap(optarg))
+                ldap_url = optarg; /* read once every option is known */
+            else if (load_into(t, optarg, 'd') < 0)
                 status = 2;
-            } else if (load_into(t, optarg, 'd') < 0) {
-                status = 2;
-            }
+            break;
+        case 'C':
+            ldap_ca = optarg;
             break;
         case 'a':
             pec_trust_set_time(t, (time_t)strtoll(optarg, NULL, 10));
@@ -300,6 +323,8 @@ int pecctl_verify_main(int argc, char **argv)
             return 2;
         }
     }
+    if (!status && ldap_url && optind < argc && load_ldap(t, ldap_url, ldap_ca) < 0)
+        status = 2;
     if (status || optind >= argc) {
         if (!status)
             usage(stderr);

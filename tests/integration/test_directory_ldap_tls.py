@@ -6,14 +6,16 @@ second port.  A reads `ldaps://127.0.0.1:P2/o=postacert`, B `ldap://127.0.0.1:P1
 Scenarios: mail flows over both TLS directories; slapd restarted with a certificate from
 another (self-signed) CA fails the refresh with a TLS error that names the cause, and the
 previous copy stays in use; the server's password changed makes A's bind fail clearly (the
-previous copy stays in use) and `pecctl directory list` says the same."""
+previous copy stays in use) and `pecctl directory list` says the same; `pecctl verify
+--directory ldaps://...` and `ldap://...????starttls` check a delivered envelope against the
+server."""
 import os
 import shutil
 
 import pytest
 
 from ldap_fixture import ADMIN, PASSWORD, ROOT, SLAPD, Slapd, entry, exchange, reload
-from pec_providers import make_providers, pecctl
+from pec_providers import make_providers, pecctl, trasporto
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SLAPD) or not shutil.which("ldapadd"),
                                 reason="slapd and ldap-utils are needed")
@@ -93,3 +95,26 @@ def test_wrong_password_keeps_the_previous_copy(tls_world):
     exchange(a, b, "after a failed bind")
     r = pecctl("-c", a.conf, "directory", "list", check=False)
     assert r.returncode == 1 and "Invalid credentials" in r.stderr, r.stderr
+
+
+def test_pecctl_verify_reads_the_directory_over_tls(tls_world, tmp_path):
+    a, b, ca, slapd, cert = tls_world
+    exchange(a, b, "to verify")
+    (env,) = b.wait_mail("anna", trasporto("posta-certificata"))
+    ca_pem = os.path.join(ca, "ca.pem")
+    for url in (f"{slapd.ldaps_url}/o=postacert", f"{slapd.url}/o=postacert????starttls"):
+        r = pecctl("verify", "--trust", ca_pem, "--directory", url, "--directory-ca", ca_pem,
+                   env[0], check=False)
+        assert r.returncode == 0 and "checked in the directory" in r.stdout, r.stdout + r.stderr
+    # a provider missing from the server: the signer is not in the directory
+    slapd.ldap("ldapdelete", "-ZZ", f"providerName={a.name},o=postacert")
+    r = pecctl("verify", "--json", "--trust", ca_pem, "--directory",
+               f"{slapd.ldaps_url}/o=postacert", "--directory-ca", ca_pem, env[0], check=False)
+    assert r.returncode == 1 and "not-in-directory" in r.stdout, r.stdout + r.stderr
+    # the server's certificate is not from the CA given
+    other = str(tmp_path / "other-ca")
+    pecctl("pki", "ca", other, "--name", "Another CA")
+    r = pecctl("verify", "--trust", ca_pem, "--directory", f"{slapd.ldaps_url}/o=postacert",
+               "--directory-ca", os.path.join(other, "ca.pem"), env[0], check=False)
+    assert r.returncode == 2 and "TLS: the server certificate is not accepted" in r.stderr, \
+        r.stderr

@@ -6,7 +6,7 @@
  *   pecctl -c CONF user del ADDRESS
  *   pecctl -c CONF user list
  *   pecctl -c CONF queue
- *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif] FILE.eml...
+ *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...
  *   pecctl pki ...
  */
 #include "lib/config.h"
@@ -37,7 +37,7 @@ static void usage(FILE *f)
             "  user del ADDRESS                      remove a user (the Maildir is kept)\n"
             "  user list                             list users\n"
             "  queue                                 list queued messages\n"
-            "  verify [--json] [--trust CAFILE] [--directory FILE.ldif] FILE.eml...\n"
+            "  verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...\n"
             "                                        check PEC messages\n"
             "  pki ...                               test PKI (pecctl pki help)\n"
             "  init DIR --domain DOMAIN [--name NAME] [--smtp PORT] [--submission PORT]\n"

@@ -2,12 +2,16 @@
 forbidden MIME types refused during the SMTP dialogue, and rerouting / address rewriting
 (milter ADD_RCPT, DEL_RCPT, CHGFROM) honoured on ordinary mail — the delivered copies,
 Return-Path and the relayed envelope change, the trace and the log say so — and refused
-on PEC mail (logged, traced, the signed message delivered intact to its recipients only)."""
+on PEC mail (logged, traced, the signed message delivered intact to its recipients only).
+A PEC message refused or tempfailed by a callout during the dialogue is in the evidence
+log ("callout-refused"), so `pecctl trace MESSAGE-ID` shows it."""
+import smtplib
+
 import pytest
 
 from downstream import ALICE, Downstream, make_ca_and_cert, submit
 from milter_fixtures import TestFilter
-from pec_providers import make_providers, trasporto
+from pec_providers import make_providers, pecctl, trasporto
 from pecd_harness import free_port, message, queued_qid, unique_id
 from test_pec_providers import assert_signed
 
@@ -144,7 +148,7 @@ def test_relayed_envelope_follows_the_filter(make_instance, tf, tmp_path):
 
 # ---- PEC: envelope changes refused --------------------------------------------------
 
-def test_pec_envelope_changes_refused(tmp_path, tf):
+def pec_pair(tmp_path, tf):
     a, b, ca, directory = make_providers(tmp_path)
     a.write_config({"pec.b.test": b.ports["mx"]},
                    extra={"milter.test": {"socket": tf.socket, "phase": "incoming"},
@@ -156,6 +160,11 @@ def test_pec_envelope_changes_refused(tmp_path, tf):
         p.add_user("bruno")
     a.start()
     b.start()
+    return a, b, ca, directory
+
+
+def test_pec_envelope_changes_refused(tmp_path, tf):
+    a, b, ca, directory = pec_pair(tmp_path, tf)
     try:
         msg = (b"From: <mario@pec.a.test>\r\nTo: <anna@pec.b.test>\r\nSubject: instradamento\r\n"
                b"Message-ID: <env-refused@client.test>\r\n"
@@ -172,6 +181,29 @@ def test_pec_envelope_changes_refused(tmp_path, tf):
         a.wait_mail("mario", lambda m: (m.get("X-Ricevuta") or "") == "accettazione")
         assert b.mails("bruno") == []
         assert a.mails("anna") == []
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("how,code", [("reject", 550), ("tempfail", 451),
+                                      ("reply:554 5.7.0 Not here", 554)])
+def test_pec_refusal_in_the_evidence_log(tmp_path, tf, how, code):
+    a, b, ca, directory = pec_pair(tmp_path, tf)
+    try:
+        mid = f"refused-{code}@client.test"
+        msg = (f"From: <mario@pec.a.test>\r\nTo: <anna@pec.b.test>\r\nSubject: rifiutato\r\n"
+               f"Message-ID: <{mid}>\r\nX-Test-Milter: {how}\r\n\r\nTesto.\r\n").encode()
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            a.submit("mario", ["anna@pec.b.test"], msg)
+        assert e.value.smtp_code == code
+        t = pecctl("-c", a.conf, "trace", mid, check=False)
+        assert t.returncode == 0, t.stdout + t.stderr
+        assert "callout-refused" in t.stdout, t.stdout
+        assert "mario@pec.a.test" in t.stdout and "anna@pec.b.test" in t.stdout, t.stdout
+        assert f"test={'reject' if code != 451 else 'tempfail'}" in t.stdout, t.stdout
+        assert str(code) in t.stdout, t.stdout
+        assert b.mails("anna") == []
     finally:
         a.stop()
         b.stop()

@@ -207,3 +207,26 @@ def test_pec_refusal_in_the_evidence_log(tmp_path, tf, how, code):
     finally:
         a.stop()
         b.stop()
+
+
+# ---- the quarantine purge runs on ordinary (non-PEC) instances too -------------------
+
+def test_quarantine_purged_on_a_non_pec_instance(make_instance, tf):
+    import os
+    import time
+    conf = filter_conf(tf)
+    conf["antivirus"] = {"quarantine_retention": "10d"}
+    inst = make_instance(conf, start=False)
+    q = os.path.join(inst.dir, "quarantine")
+    old, today = "2001-01-01", time.strftime("%Y-%m-%d", time.gmtime())
+    for day in (old, today):
+        os.makedirs(os.path.join(q, day))
+        with open(os.path.join(q, day, "OLDQID.eml"), "w") as f:
+            f.write("x")
+    inst.start()
+    tid = unique_id("quar")
+    queued_qid(send(inst, tid, ["quarantine"]))
+    inst.wait_queue_empty()
+    assert not os.path.exists(os.path.join(q, old))
+    assert os.path.exists(os.path.join(q, today, "OLDQID.eml"))
+    assert "quarantine: 1 days past retention removed" in inst.log(200)

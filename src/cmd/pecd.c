@@ -180,6 +180,7 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     env.client_ip = (char *)txn->client_ip;
     env.helo = (char *)txn->helo;
     env.auth_user = (char *)txn->auth_user;
+    env.auth_mech = (char *)txn->auth_mech;
     char tls[128];
     if (txn->tls_version) {
         snprintf(tls, sizeof tls, "%s %s", txn->tls_version, txn->tls_cipher);

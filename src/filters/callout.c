@@ -201,8 +201,7 @@ static void facts_of(const struct callouts *c, const struct callout_msg *m,
     f->rcpts = m->rcpts;
     f->nrcpts = m->nrcpts;
     f->daemon_name = m->listener;
-    if (m->auth_user != NULL)
-        f->auth_type = "PLAIN";
+    f->auth_type = m->auth_user != NULL ? m->auth_type : NULL;
 }
 
 static void push(char ***v, size_t *n, const char *s)

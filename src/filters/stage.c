@@ -200,6 +200,7 @@ static void run_job(struct job *j)
         rc[i] = env.rcpts[i].addr;
     struct callout_msg m = {.qid = env.qid, .listener = env.listener, .client_ip = env.client_ip,
                             .helo = env.helo, .tls = env.tls, .auth_user = env.auth_user,
+                            .auth_type = env.auth_mech,
                             .sender = env.sender, .rcpts = rc, .nrcpts = env.nrcpts,
                             .pec = pec_flow(cfg, &env, data, len)};
     struct callout_result res;

@@ -230,3 +230,29 @@ def test_quarantine_purged_on_a_non_pec_instance(make_instance, tf):
     assert not os.path.exists(os.path.join(q, old))
     assert os.path.exists(os.path.join(q, today, "OLDQID.eml"))
     assert "quarantine: 1 days past retention removed" in inst.log(200)
+
+
+# ---- {auth_type}: the SASL mechanism the client used ---------------------------------
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_auth_type_macro_is_the_sasl_mechanism(inst, tf, mech):
+    import base64
+    from pecd_harness import password
+    tid = unique_id("auth" + mech)
+    with inst.connect("submission") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        if mech == "PLAIN":
+            assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+        else:
+            b64 = lambda s: base64.b64encode(s.encode()).decode()
+            assert c.cmd("AUTH LOGIN " + b64(ALICE)).startswith("334 ")
+            assert c.cmd(b64(password(ALICE))).startswith("235")
+        assert c.mail_from(ALICE).startswith("250")
+        assert c.cmd(f"RCPT TO:<{BOB}>").startswith("250")
+        queued_qid(c.data(message(tid, sender=ALICE, to=BOB)))
+    inst.wait_messages(BOB, marker=tid)
+    rec = [r for r in tf.records() if any(v == tid for k, v in r["headers"])][-1]
+    assert rec["macros"].get("{auth_type}") == mech
+    assert rec["macros"].get("{auth_authen}") == ALICE

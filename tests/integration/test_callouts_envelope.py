@@ -12,7 +12,7 @@ import pytest
 from downstream import ALICE, Downstream, make_ca_and_cert, submit
 from milter_fixtures import TestFilter
 from pec_providers import make_providers, pecctl, trasporto
-from pecd_harness import free_port, message, queued_qid, unique_id
+from pecd_harness import free_port, message, password, queued_qid, unique_id
 from test_pec_providers import assert_signed
 
 BOB = "bob@example.test"
@@ -124,26 +124,48 @@ def test_chgfrom_changes_the_envelope_sender(inst):
     assert f"{qid}: milter test: change sender to <bounces@client.test>" in inst.log(80)
 
 
-def test_relayed_envelope_follows_the_filter(make_instance, tf, tmp_path):
+@pytest.fixture
+def relay(make_instance, tf, tmp_path):
     ca, crt, key = make_ca_and_cert(str(tmp_path))
     d = Downstream(free_port(), tls=(crt, key))
     d.start()
-    try:
-        conf = filter_conf(tf)
-        conf["routes"] = {"remote.test": f"localhost:{d.port}"}
-        conf["outbound"] = {"tls": "may", "ca_file": ca, "timeout": "10s"}
-        inst = make_instance(conf)
-        tid = unique_id("relay")
-        msg = message(tid, sender=ALICE, to="a@remote.test").replace(
-            b"\r\n\r\n", b"\r\nX-Test-Milter: addrcpt:b@remote.test\r\n"
-            b"X-Test-Milter: chgfrom:list-bounces@example.test\r\n\r\n", 1)
-        submit(inst, ["a@remote.test"], msg)
-        [m] = d.wait_messages(1)
-        assert m["mail_from"] == "list-bounces@example.test"
-        assert sorted(m["rcpts"]) == ["a@remote.test", "b@remote.test"]
-        assert b"test=accept+envelope" in m["data"]
-    finally:
-        d.stop()
+    conf = filter_conf(tf)
+    conf["routes"] = {"remote.test": f"localhost:{d.port}"}
+    conf["outbound"] = {"tls": "may", "ca_file": ca, "timeout": "10s"}
+    yield make_instance(conf), d
+    d.stop()
+
+
+def test_relayed_envelope_follows_the_filter(relay):
+    inst, d = relay
+    tid = unique_id("relay")
+    msg = message(tid, sender=ALICE, to="a@remote.test").replace(
+        b"\r\n\r\n", b"\r\nX-Test-Milter: addrcpt:b@remote.test\r\n"
+        b"X-Test-Milter: chgfrom:list-bounces@example.test\r\n\r\n", 1)
+    submit(inst, ["a@remote.test"], msg)
+    [m] = d.wait_messages(1)
+    assert m["mail_from"] == "list-bounces@example.test"
+    assert sorted(m["rcpts"]) == ["a@remote.test", "b@remote.test"]
+    assert b"test=accept+envelope" in m["data"]
+
+
+def test_access_control_at_rcpt(relay):
+    """The filter refuses a recipient at RCPT: that one is removed; all refused: 550."""
+    inst, d = relay
+    tid = unique_id("rcpt")
+    submit(inst, ["a@remote.test", "reject-me@remote.test"],
+           message(tid, sender=ALICE, to="a@remote.test"))
+    [m] = d.wait_messages(1)
+    assert m["rcpts"] == ["a@remote.test"]
+    with inst.connect("submission") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+        assert c.mail_from(ALICE).startswith("250")
+        assert c.cmd("RCPT TO:<reject-me@remote.test>").startswith("250")
+        r = c.data(message(unique_id("rcptall"), sender=ALICE, to="reject-me@remote.test"))
+    assert r.startswith("550 5.1.1 no such user here"), r
 
 
 # ---- PEC: envelope changes refused --------------------------------------------------
@@ -237,7 +259,6 @@ def test_quarantine_purged_on_a_non_pec_instance(make_instance, tf):
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_auth_type_macro_is_the_sasl_mechanism(inst, tf, mech):
     import base64
-    from pecd_harness import password
     tid = unique_id("auth" + mech)
     with inst.connect("submission") as c:
         c.ehlo()

@@ -47,6 +47,7 @@ struct pecd {
     struct callout_stage *callouts;
     struct event *timer_ev;
     time_t last_seal, last_purge;
+    struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -179,6 +180,7 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     env.client_ip = (char *)txn->client_ip;
     env.helo = (char *)txn->helo;
     env.auth_user = (char *)txn->auth_user;
+    env.auth_mech = (char *)txn->auth_mech;
     char tls[128];
     if (txn->tls_version) {
         snprintf(tls, sizeof tls, "%s %s", txn->tls_version, txn->tls_cipher);
@@ -324,15 +326,32 @@ static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
         d->last_purge = now;
         if (evidence_purge(d->evidence, now - (time_t)d->cfg->evidence_retention, err, sizeof err) == -1)
             log_err("evidence log: cannot purge: %s", err);
-        /* infected messages: 30 months too (RFC 6109 §3.2.3) */
-        int days = quarantine_purge(d->cfg->av_quarantine,
-                                    now - (time_t)d->cfg->av_quarantine_retention, err,
-                                    sizeof err);
-        if (days == -1)
-            log_err("quarantine: cannot purge: %s", err);
-        else if (days > 0)
-            log_info("quarantine: %d days past retention removed", days);
     }
+}
+
+/* ---- housekeeping, on every instance ------------------------------------------ */
+
+/* The quarantine store is kept for its retention (infected messages: 30
+ * months, RFC 6109 §3.2.3) and purged by whole days, PEC or not: ordinary
+ * mail is quarantined too (filters, viruses). */
+static void purge_quarantine(const struct config *cfg)
+{
+    char err[256];
+    int days = quarantine_purge(cfg->av_quarantine,
+                                time(NULL) - (time_t)cfg->av_quarantine_retention, err,
+                                sizeof err);
+    if (days == -1)
+        log_err("quarantine: cannot purge: %s", err);
+    else if (days > 0)
+        log_info("quarantine: %d days past retention removed", days);
+}
+
+static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)fd;
+    (void)what;
+    purge_quarantine(d->cfg);
 }
 
 /* ---- signals and shutdown ------------------------------------------------- */
@@ -550,6 +569,9 @@ int main(int argc, char **argv)
     }
     if (queue_recover(d.queue) == -1)
         return 1;
+    purge_quarantine(d.cfg);
+    d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
+    event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
     struct event *sigs[4];
     sigs[0] = evsignal_new(d.base, SIGTERM, on_term, &d);
     sigs[1] = evsignal_new(d.base, SIGINT, on_term, &d);
@@ -570,6 +592,8 @@ int main(int argc, char **argv)
 
     if (d.timer_ev)
         event_free(d.timer_ev);
+    if (d.housekeeping_ev)
+        event_free(d.housekeeping_ev);
     queue_free(d.queue);
     if (d.evidence != NULL) {
         char e2[256];

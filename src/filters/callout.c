@@ -201,8 +201,7 @@ static void facts_of(const struct callouts *c, const struct callout_msg *m,
     f->rcpts = m->rcpts;
     f->nrcpts = m->nrcpts;
     f->daemon_name = m->listener;
-    if (m->auth_user != NULL)
-        f->auth_type = "PLAIN";
+    f->auth_type = m->auth_user != NULL ? m->auth_type : NULL;
 }
 
 static void push(char ***v, size_t *n, const char *s)
@@ -211,10 +210,14 @@ static void push(char ***v, size_t *n, const char *s)
     (*v)[(*n)++] = strdup(s);
 }
 
-/* Envelope changes and refused recipients: honoured on ordinary mail only. */
-static void envelope_mods(const struct callout_msg *m, const char *name,
-                          const struct milter_result *mr, struct callout_result *res)
+/* Envelope changes and refused recipients: honoured on ordinary mail only.
+ * 0 none asked, 1 taken, -1 refused (PEC). */
+static int envelope_mods(const struct callout_msg *m, const char *name,
+                         const struct milter_result *mr, struct callout_result *res)
 {
+    static const char *const what[] = {[MILTER_MOD_ADD_RCPT] = "add recipient",
+                                       [MILTER_MOD_DEL_RCPT] = "remove recipient",
+                                       [MILTER_MOD_CHANGE_FROM] = "change sender to"};
     size_t n = 0;
     for (size_t i = 0; i < mr->nmods; i++) {
         const struct milter_mod *d = &mr->mods[i];
@@ -224,6 +227,7 @@ static void envelope_mods(const struct callout_msg *m, const char *name,
         n++;
         if (m->pec || d->value == NULL)
             continue;
+        log_info("%s: milter %s: %s <%s>", m->qid, name, what[d->kind], d->value);
         if (d->kind == MILTER_MOD_ADD_RCPT)
             push(&res->add_rcpts, &res->nadd, d->value);
         else if (d->kind == MILTER_MOD_DEL_RCPT)
@@ -236,35 +240,51 @@ static void envelope_mods(const struct callout_msg *m, const char *name,
     for (size_t i = 0; i < mr->nrefused; i++)
         if (!m->pec && mr->refused[i].rcpt < m->nrcpts)
             push(&res->del_rcpts, &res->ndel, m->rcpts[mr->refused[i].rcpt]);
-    if (m->pec && (n > 0 || mr->nrefused > 0))
-        log_warn("%s: milter %s: envelope changes on PEC mail refused (%zu ignored)", m->qid,
-                 name, n + mr->nrefused);
+    if (n == 0 && mr->nrefused == 0)
+        return 0;
+    if (!m->pec)
+        return 1;
+    log_warn("%s: milter %s: envelope changes on PEC mail refused (%zu ignored)", m->qid, name,
+             n + mr->nrefused);
+    return -1;
 }
 
-/* Applies one filter's content changes to *cur. */
-static void content_mods(const struct callout_msg *m, const char *name,
-                         const struct milter_result *mr, char **cur, size_t *curlen,
-                         const char *orig, struct callout_result *res)
+/* Applies one filter's content changes to *cur: 0 none asked, 1 applied,
+ * -1 refused (the message is kept as it was). */
+static int content_mods(const struct callout_msg *m, const char *name,
+                        const struct milter_result *mr, char **cur, size_t *curlen,
+                        const char *orig)
 {
     size_t content = 0;
     for (size_t i = 0; i < mr->nmods; i++)
         content += mr->mods[i].kind <= MILTER_MOD_REPLACE_BODY;
-    if (content == 0) {
-        trace_add(res, "%s=%s", name, milter_action_name(mr->action));
-        return;
-    }
+    if (content == 0)
+        return 0;
     char *out, err[256];
     size_t outlen;
     const char *base = *cur ? *cur : orig;
     if (milter_apply(mr, base, *curlen, m->pec, &out, &outlen, err, sizeof err) == -1) {
         log_warn("%s: milter %s: change refused, message kept intact: %s", m->qid, name, err);
-        trace_add(res, "%s=change-refused", name);
-        return;
+        return -1;
     }
     free(*cur);
     *cur = out;
     *curlen = outlen;
-    trace_add(res, "%s=%s+changed", name, milter_action_name(mr->action));
+    return 1;
+}
+
+/* An accepting filter's modifications, and its trace entry:
+ * NAME=accept[+changed][+envelope], change-refused, +envelope-refused. */
+static void modifications(const struct callout_msg *m, const char *name,
+                          const struct milter_result *mr, char **cur, size_t *curlen,
+                          const char *orig, struct callout_result *res)
+{
+    int content = content_mods(m, name, mr, cur, curlen, orig);
+    int envelope = envelope_mods(m, name, mr, res);
+    trace_add(res, "%s=%s%s%s", name,
+              content == -1 ? "change-refused" : milter_action_name(mr->action),
+              content == 1 ? "+changed" : "",
+              envelope == 1 ? "+envelope" : envelope == -1 ? "+envelope-refused" : "");
 }
 
 static void default_action(const struct config_milter *cm, const struct callout_msg *m,
@@ -330,8 +350,7 @@ static bool one_milter(struct callouts *c, size_t i, const struct callout_msg *m
         go_on = false;
         break;
     default:
-        content_mods(m, cm->name, &mr, cur, curlen, orig, res);
-        envelope_mods(m, cm->name, &mr, res);
+        modifications(m, cm->name, &mr, cur, curlen, orig, res);
         break;
     }
     milter_result_free(&mr);

@@ -33,6 +33,7 @@ struct callout_msg {
     const char *helo;
     const char *tls;             /* "TLSv1.3 CIPHER" or NULL */
     const char *auth_user;
+    const char *auth_type;       /* SASL mechanism ("PLAIN", "LOGIN"), or NULL */
     const char *sender;
     const char *const *rcpts;
     size_t nrcpts;

@@ -9,7 +9,11 @@
  * callout records (REC_CALLOUT: trace, and the virus of a PEC message) so
  * the roles know; the committer's fsync then covers the new content.
  * Infected PEC messages and messages a filter quarantines are copied to the
- * quarantine store (synced) before the client gets its 250.  Results come
+ * quarantine store (synced) before the client gets its 250.  On a PEC
+ * provider a message a callout refused or tempfailed during the dialogue
+ * gets a "callout-refused" event in the evidence log (sender, recipients,
+ * the callouts and the reply), so `pecctl trace MESSAGE-ID` shows why it
+ * was never accepted (RFC 3238 §2.3).  Results come
  * back to the event loop through an eventfd; the SMTP session then commits
  * or answers.  Every scan and filter has its own timeout, so a job ends.
  */
@@ -17,6 +21,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "store/evidence.h"
 #include "store/quarantine.h"
 
 #include <errno.h>
@@ -42,6 +47,7 @@ struct job {
 struct callout_stage {
     struct event_base *base;
     const struct config *cfg;
+    struct evidence *evidence;       /* PEC: refusals go to the evidence log; or NULL */
     struct callouts *callouts;
     GThreadPool *pool;
     GAsyncQueue *results;
@@ -144,6 +150,37 @@ static void rewrite(struct job *j, const char *path, struct queue_env *env, cons
     free(n);
 }
 
+/* The evidence of a refusal during the SMTP dialogue (PEC providers). */
+static void refusal_event(struct job *j, const struct queue_env *env, const char *data,
+                          size_t len, const struct callout_result *res)
+{
+    if (j->s->evidence == NULL)
+        return;
+    char omid[512] = "", subj[1024] = "", rcpts[2048] = "", outcome[1200], err[256];
+    mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+    mail_header_value(data, len, "Subject", subj, sizeof subj);
+    size_t off = 0;
+    for (size_t i = 0; i < env->nrcpts && off < sizeof rcpts; i++) {
+        int n = snprintf(rcpts + off, sizeof rcpts - off, "%s%s", i ? "," : "",
+                         env->rcpts[i].addr);
+        if (n < 0 || (size_t)n >= sizeof rcpts - off)
+            break;   /* the list is cut at a whole address */
+        off += (size_t)n;
+    }
+    snprintf(outcome, sizeof outcome, "%s (callouts: %s)", res->reply, res->trace);
+    /* the client's Message-ID without <> (how evidence stores and traces it) */
+    char *id = omid[0] == '<' ? omid + 1 : omid;
+    id[strcspn(id, ">")] = '\0';
+    char key[128];
+    snprintf(key, sizeof key, "%s:callout-refused", env->qid);
+    struct evidence_event e = {.type = "callout-refused", .orig_msgid = id[0] ? id : NULL,
+                               .sender = env->sender, .recipients = rcpts,
+                               .subject = subj[0] ? subj : NULL, .outcome = outcome,
+                               .queue_id = env->qid, .dedupe_key = key};
+    if (evidence_append(j->s->evidence, &e, err, sizeof err) == -1)
+        log_err("%s: evidence log: %s", env->qid, err);
+}
+
 static void run_job(struct job *j)
 {
     const struct config *cfg = j->s->cfg;
@@ -163,6 +200,7 @@ static void run_job(struct job *j)
         rc[i] = env.rcpts[i].addr;
     struct callout_msg m = {.qid = env.qid, .listener = env.listener, .client_ip = env.client_ip,
                             .helo = env.helo, .tls = env.tls, .auth_user = env.auth_user,
+                            .auth_type = env.auth_mech,
                             .sender = env.sender, .rcpts = rc, .nrcpts = env.nrcpts,
                             .pec = pec_flow(cfg, &env, data, len)};
     struct callout_result res;
@@ -174,6 +212,7 @@ static void run_job(struct job *j)
     switch (res.verdict) {
     case CALLOUT_REFUSE:
         str_copy(j->reply, res.reply, sizeof j->reply);
+        refusal_event(j, &env, data, len, &res);
         break;
     case CALLOUT_DISCARD:
         break;
@@ -226,10 +265,10 @@ static void on_results(evutil_socket_t fd, short what, void *arg)
 struct callout_stage *callout_stage_new(struct event_base *base, const struct config *cfg,
                                         struct evidence *ev)
 {
-    (void)ev;
     struct callout_stage *s = calloc(1, sizeof *s);
     s->base = base;
     s->cfg = cfg;
+    s->evidence = cfg->pec ? ev : NULL;
     s->callouts = callouts_new(cfg);
     if (!callouts_any(s->callouts, CONFIG_PHASE_INCOMING))
         return s;   /* inactive: pecd does not install the hook */

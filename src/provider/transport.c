@@ -691,7 +691,8 @@ static int outgoing_callouts(struct transport *t, const struct queue_env *env, c
             rc[n++] = env->rcpts[i].addr;
     struct callout_msg m = {.qid = env->qid, .listener = env->listener,
                             .client_ip = env->client_ip, .helo = env->helo, .tls = env->tls,
-                            .auth_user = env->auth_user, .sender = env->sender, .rcpts = rc,
+                            .auth_user = env->auth_user, .auth_type = env->auth_mech,
+                            .sender = env->sender, .rcpts = rc,
                             .nrcpts = n, .pec = true};
     int res = callouts_outgoing(t->callouts, &m, data, len, out, outlen, reply, replylen);
     free(rc);

@@ -45,6 +45,7 @@ struct queue_env {
     bool requiretls;
     char *envid;
     char *client_ip, *helo, *auth_user, *tls, *proto, *listener;
+    char *auth_mech;      /* SASL mechanism of the session ("PLAIN", "LOGIN"), or NULL */
     uint64_t size;        /* octets of message data */
     bool delay_warned;    /* a DELAY notification went out */
     char *stage;          /* processing role (e.g. PEC "submission", "incoming"), or NULL */

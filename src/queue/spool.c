@@ -118,6 +118,7 @@ struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char
     put_opt(w, "client", env->client_ip);
     put_opt(w, "helo", env->helo);
     put_opt(w, "auth", env->auth_user);
+    put_opt(w, "authmech", env->auth_mech);
     put_opt(w, "tls", env->tls);
     put_opt(w, "proto", env->proto);
     put_opt(w, "listener", env->listener);
@@ -209,7 +210,7 @@ void queue_env_free(struct queue_env *env)
     }
     free(env->rcpts);
     char **s[] = {&env->sender, &env->envid, &env->client_ip, &env->helo, &env->auth_user,
-                  &env->tls, &env->proto, &env->listener, &env->stage, &env->virus,
+                  &env->auth_mech, &env->tls, &env->proto, &env->listener, &env->stage, &env->virus,
                   &env->callouts};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         free(*s[i]);
@@ -247,6 +248,7 @@ static void set_opt(struct queue_env *env, const char *p, size_t n)
                      : strcmp(kv, "client") == 0   ? &env->client_ip
                      : strcmp(kv, "helo") == 0     ? &env->helo
                      : strcmp(kv, "auth") == 0     ? &env->auth_user
+                     : strcmp(kv, "authmech") == 0 ? &env->auth_mech
                      : strcmp(kv, "tls") == 0      ? &env->tls
                      : strcmp(kv, "proto") == 0    ? &env->proto
                      : strcmp(kv, "listener") == 0 ? &env->listener

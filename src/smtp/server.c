@@ -81,6 +81,7 @@ struct session {
     bool in_mail;               /* MAIL accepted */
     bool bdat_used, data_failed;
     char auth_user[SMTP_PATH_MAX + 1];
+    char auth_mech[16];         /* the mechanism of the AUTH command in progress or done */
     char auth_login_user[SMTP_PATH_MAX + 1];
     char auth_pending[SMTP_PATH_MAX + 1];  /* user being checked (ST_AUTH_WAIT) */
     enum auth_step auth_step;
@@ -191,6 +192,7 @@ static void session_facts(struct session *s)
     s->txn.client_ip = s->ip;
     s->txn.helo = s->helo;
     s->txn.auth_user = s->authed ? s->auth_user : NULL;
+    s->txn.auth_mech = s->authed ? s->auth_mech : NULL;
     s->txn.tls_version = s->tls ? s->tls_version : NULL;
     s->txn.tls_cipher = s->tls ? s->tls_cipher : NULL;
     s->txn.proto = s->proto;
@@ -855,6 +857,7 @@ static void cmd_auth(struct session *s, const char *args)
     while (*ir == ' ')
         ir++;
     if (strcasecmp(mech, "PLAIN") == 0) {
+        str_copy(s->auth_mech, "PLAIN", sizeof s->auth_mech);
         if (*ir == '\0') {
             s->auth_step = AUTH_PLAIN_WAIT;
             s->state = ST_AUTH;
@@ -864,6 +867,7 @@ static void cmd_auth(struct session *s, const char *args)
         /* "=" is an empty initial response (RFC 4954 §4) */
         auth_plain(s, strcmp(ir, "=") == 0 ? "" : ir);
     } else if (strcasecmp(mech, "LOGIN") == 0) {
+        str_copy(s->auth_mech, "LOGIN", sizeof s->auth_mech);
         s->state = ST_AUTH;
         if (*ir != '\0') {
             s->auth_step = AUTH_LOGIN_USER;

@@ -149,6 +149,7 @@ struct smtp_txn {
     const char *client_ip;
     const char *helo;
     const char *auth_user; /* NULL unless authenticated */
+    const char *auth_mech; /* the SASL mechanism used ("PLAIN", "LOGIN"), NULL unless authenticated */
     const char *tls_version;   /* NULL on cleartext */
     const char *tls_cipher;
     const char *proto;     /* ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS, … */

@@ -6,6 +6,7 @@
 #include "quarantine.h"
 #include "lib/lib.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -20,6 +21,17 @@ static void day_of(time_t t, char *out, size_t n)
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(out, n, "%Y-%m-%d", &tm);
+}
+
+/* "YYYY-MM-DD": a day directory of the store (anything else is never purged) */
+static bool day_dir_name(const char *s)
+{
+    if (strlen(s) != 10)
+        return false;
+    for (int i = 0; i < 10; i++)
+        if (i == 4 || i == 7 ? s[i] != '-' : !isdigit((unsigned char)s[i]))
+            return false;
+    return true;
 }
 
 static bool safe_name(const char *s)
@@ -100,8 +112,7 @@ int quarantine_purge(const char *dir, time_t older_than, char *err, size_t errle
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (strlen(e->d_name) != 10 || e->d_name[4] != '-' || e->d_name[7] != '-' ||
-            strcmp(e->d_name, limit) >= 0)
+        if (!day_dir_name(e->d_name) || strcmp(e->d_name, limit) >= 0)
             continue;
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);

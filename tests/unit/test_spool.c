@@ -37,6 +37,8 @@ static void make_env(struct queue_env *env)
     env->client_ip = "127.0.0.1";
     env->helo = "client.test";
     env->proto = "ESMTPS";
+    env->auth_user = "s@sender.it";
+    env->auth_mech = "LOGIN";
 }
 
 static void test_roundtrip(void **state)
@@ -76,6 +78,8 @@ static void test_roundtrip(void **state)
     assert_false(got.smtputf8);
     assert_string_equal(got.envid, "ENV-1");
     assert_string_equal(got.proto, "ESMTPS");
+    assert_string_equal(got.auth_user, "s@sender.it");
+    assert_string_equal(got.auth_mech, "LOGIN");
     assert_int_equal(dlen, sizeof data - 1 + 6);
     assert_memory_equal(d, data, sizeof data - 1);
     assert_int_equal(got.size, dlen);

@@ -5,14 +5,22 @@
 
 The behaviour is chosen per message by the header field X-Test-Milter:
 reject | tempfail | discard | addheader | chgheader | replbody | quarantine |
-reply:CODE X.Y.Z text ; otherwise the message is accepted.  A recipient whose
-local part starts with "reject-" (or "tempfail-") is refused at RCPT.
+reply:CODE X.Y.Z text ; otherwise the message is accepted.  Envelope changes,
+one per X-Test-Milter field (several fields combine): addrcpt:ADDR,
+delrcpt:ADDR, chgfrom:ADDR.  A recipient whose local part starts with
+"reject-" (or "tempfail-") is refused at RCPT.
+
+Forbidden MIME types: a message with a part of type application/x-msdownload
+(by Content-Type, or a .exe file name) is refused with 554 5.7.1, whatever
+X-Test-Milter says (the body is kept up to 10 MB for this check).
 
 Each message appends a record to RECORD.json (a JSON list, rewritten
 atomically): the connect arguments, HELO, sender, recipients, headers, body
 size, the macros seen, and the action taken.  --noreply asks the MTA for
 no replies to connect, helo and headers (SMFIP_NR_*), to exercise them.
 """
+import email
+import email.policy
 import json
 import os
 import sys
@@ -25,6 +33,21 @@ MACROS = ["j", "{daemon_name}", "_", "{client_addr}", "{client_port}", "{client_
           "{rcpt_host}"]
 
 RECORD = None
+FORBIDDEN_TYPES = {"application/x-msdownload"}
+BODY_MAX = 10 * 1024 * 1024
+
+
+def forbidden_part(raw):
+    """The first forbidden MIME type in the message raw (bytes), or None."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    for part in msg.walk():
+        ctype = part.get_content_type().lower()
+        name = (part.get_filename() or "").lower()
+        if ctype in FORBIDDEN_TYPES:
+            return ctype
+        if name.endswith(".exe"):
+            return "application/x-msdownload"
+    return None
 
 
 def save(rec):
@@ -42,6 +65,7 @@ def save(rec):
 class TestFilter(Milter.Base):
     def __init__(self):
         self.rec = {"macros": {}, "rcpts": [], "headers": [], "body_len": 0}
+        self.body_parts = []
 
     def see(self):
         for m in MACROS:
@@ -81,16 +105,45 @@ class TestFilter(Milter.Base):
         return Milter.CONTINUE
 
     def body(self, chunk):
+        if self.rec["body_len"] + len(chunk) <= BODY_MAX:
+            self.body_parts.append(chunk)
         self.rec["body_len"] += len(chunk)
         return Milter.CONTINUE
 
+    def envelope(self, hows):
+        """addrcpt:/delrcpt:/chgfrom: fields; the changes made, for the record."""
+        done = []
+        for how in hows:
+            kind, _, addr = how.partition(":")
+            addr = addr.strip()
+            if kind == "addrcpt":
+                self.addrcpt("<%s>" % addr)
+            elif kind == "delrcpt":
+                self.delrcpt("<%s>" % addr)
+            elif kind == "chgfrom":
+                self.chgfrom("<%s>" % addr)
+            else:
+                continue
+            done.append(how)
+        return done
+
     def eom(self):
         self.see()
-        how = ""
+        how, hows = "", []
         for name, value in self.rec["headers"]:
             if name.lower() == "x-test-milter":
                 how = value.strip()
+                hows.append(how)
+        head = "".join("%s: %s\r\n" % (n, v) for n, v in self.rec["headers"])
+        bad = forbidden_part(head.encode("utf-8", "surrogateescape") + b"\r\n" +
+                             b"".join(self.body_parts))
         verdict, action = Milter.ACCEPT, "accept"
+        if bad is not None:
+            self.setreply("554", "5.7.1", "forbidden attachment type %s" % bad)
+            self.rec["action"] = "mime-reject"
+            save(self.rec)
+            return Milter.REJECT
+        self.rec["envelope"] = self.envelope(hows)
         if how == "reject":
             verdict, action = Milter.REJECT, "reject"
         elif how == "tempfail":

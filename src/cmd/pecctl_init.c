@@ -319,7 +319,8 @@ int pecctl_init_main(int argc, char **argv)
     }
 
     pec_pki_pair ca, sig = {{0}, {0}}, tls = {{0}, {0}};
-    char *der_b64 = NULL, *conf = NULL;
+    pec_buf der = {0};
+    char *conf = NULL;
     size_t conflen = 0;
     int rc = 1;
     bool ca_created;
@@ -359,7 +360,7 @@ int pecctl_init_main(int argc, char **argv)
     for (char *h = sha1; *h; h++)       /* as RFC 6109 §4.5.10 prints it */
         if (*h >= 'a' && *h <= 'f')
             *h = (char)(*h - 'a' + 'A');
-    if ((der_b64 = init_cert_der_base64(&sig.cert_pem)) == NULL) {
+    if (init_cert_der(&sig.cert_pem, &der) < 0) {
         init_crypto_fail("cannot encode the signing certificate", "out of memory");
         goto out;
     }
@@ -388,7 +389,7 @@ int pecctl_init_main(int argc, char **argv)
         users_created = true;
     }
     int replaced = 0;
-    if (init_directory_update(directory, &o, sha1, der_b64, &replaced) < 0)
+    if (init_directory_update(directory, &o, sha1, &der, &replaced) < 0)
         goto out;
     if (init_write_file(confp, conf, conflen, 0644) < 0)
         goto out;
@@ -417,7 +418,7 @@ out:
     pec_pki_pair_free(&ca);
     pec_pki_pair_free(&sig);
     pec_pki_pair_free(&tls);
-    free(der_b64);
+    pec_buf_free(&der);
     free(conf);
     return rc;
 }

@@ -27,7 +27,6 @@
 #include "pecctl_init_int.h"
 
 #define CONF_MAX_LINE 196       /* inih: INI_MAX_LINE 200 minus CR, LF and NUL */
-#define LDIF_COLUMNS 76         /* RFC 2849: fold longer lines */
 #define LDIF_MAX (64u << 20)
 
 /* ---- files ---------------------------------------------------------------- */
@@ -131,51 +130,6 @@ struct ldif_rec {
     bool ours;                  /* same DN, providerName or a managedDomains value */
     char *dn, *provider;        /* for the message when replacing */
 };
-
-/* RFC 2849 SAFE-STRING: may be written after "attr: ". */
-static bool ldif_safe(const char *v)
-{
-    if (v[0] == ' ' || v[0] == ':' || v[0] == '<')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p >= 0x80)
-            return false;
-    size_t n = strlen(v);
-    return n == 0 || v[n - 1] != ' ';   /* a trailing space would be lost by readers */
-}
-
-/* Writes one logical line, folded at 76 columns (RFC 2849: continuation
- * lines begin with one space).  Write errors show at fclose(). */
-static void ldif_fold(FILE *f, const char *line)
-{
-    size_t len = strlen(line), col = LDIF_COLUMNS;
-    fwrite(line, 1, len < col ? len : col, f);
-    for (size_t i = col; i < len; i += col - 1) {
-        fputs("\n ", f);
-        fwrite(line + i, 1, len - i < col - 1 ? len - i : col - 1, f);
-    }
-    fputc('\n', f);
-}
-
-/* Writes "attr: value", or "attr:: base64" when value is not SAFE-STRING;
- * -1 if out of memory. */
-static int ldif_puts(FILE *f, const char *attr, const char *value)
-{
-    char *enc = NULL, *line = NULL;
-    bool b64 = !ldif_safe(value);
-    if (b64) {
-        size_t n = strlen(value);
-        if ((enc = malloc((n + 2) / 3 * 4 + 1)) == NULL)
-            return -1;
-        EVP_EncodeBlock((unsigned char *)enc, (const unsigned char *)value, (int)n);
-    }
-    int rc = asprintf(&line, "%s:%s %s", attr, b64 ? ":" : "", b64 ? enc : value);
-    if (rc >= 0)
-        ldif_fold(f, line);
-    free(line);
-    free(enc);
-    return rc < 0 ? -1 : 0;
-}
 
 /* RFC 4514 §2.4 escaping of an attribute value inside a DN. */
 static void dn_escape(const char *v, char *out, size_t size)
@@ -357,25 +311,35 @@ fail:
     return -1;
 }
 
-/* This provider's entry (RFC 6109 §4.5.9: the MUST attributes of "provider"). */
+/* This provider's entry (RFC 6109 §4.5.9: the MUST attributes of "provider").
+ * Written by pec_ldif_put, the writer of `pecctl directory export`. */
 static int ldif_entry(FILE *f, const char *dn, const struct init_opts *o, const char *sha1,
-                      const char *der_b64)
+                      const pec_buf *der)
 {
     char mail[300];
     str_fmt(mail, sizeof mail, "posta-certificata@%s", o->domain);
-    if (ldif_puts(f, "dn", dn) || ldif_puts(f, "objectclass", "top") ||
-        ldif_puts(f, "objectclass", "provider") || ldif_puts(f, "providerName", o->name) ||
-        ldif_puts(f, "providerCertificateHash", sha1))
-        return -1;
-    char *line = NULL;         /* §4.5.2: DER, hence ";binary" and base64 */
-    if (asprintf(&line, "providerCertificate;binary:: %s", der_b64) < 0)
-        return -1;
-    ldif_fold(f, line);
-    free(line);
-    return ldif_puts(f, "mailReceipt", mail) || ldif_puts(f, "managedDomains", o->domain) ||
-                   ldif_puts(f, "description", "pecmail provider")
-               ? -1
-               : 0;
+    const char *text[][2] = {{"dn", dn},
+                             {"objectclass", "top"},
+                             {"objectclass", "provider"},
+                             {"providerName", o->name},
+                             {"providerCertificateHash", sha1}};
+    pec_buf b = {0};
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof text / sizeof text[0]; i++)
+        rc = pec_ldif_put(&b, text[i][0], text[i][1], strlen(text[i][1]));
+    /* §4.5.2: DER, hence ";binary"; not SAFE-STRING, so base64 */
+    if (rc == 0)
+        rc = pec_ldif_put(&b, "providerCertificate;binary", der->data, der->len);
+    if (rc == 0)
+        rc = pec_ldif_put(&b, "mailReceipt", mail, strlen(mail));
+    if (rc == 0)
+        rc = pec_ldif_put(&b, "managedDomains", o->domain, strlen(o->domain));
+    if (rc == 0)
+        rc = pec_ldif_put(&b, "description", "pecmail provider", strlen("pecmail provider"));
+    if (rc == 0)
+        fwrite(b.data, 1, b.len, f); /* write errors show at fclose() */
+    pec_buf_free(&b);
+    return rc;
 }
 
 static const char ROOT_ENTRY[] = "dn: o=postacert\n"
@@ -388,7 +352,7 @@ static const char ROOT_ENTRY[] = "dn: o=postacert\n"
 /* Adds or replaces this provider's entry in the LDIF file at path.
  * *replaced counts the entries dropped. */
 int init_directory_update(const char *path, const struct init_opts *o, const char *sha1,
-                          const char *der_b64, int *replaced)
+                          const pec_buf *der, int *replaced)
 {
     char lockp[PATH_MAX];
     if (str_fmt(lockp, sizeof lockp, "%s.lock", path) < 0) {
@@ -453,7 +417,7 @@ int init_directory_update(const char *path, const struct init_opts *o, const cha
             if (placed)
                 continue;
             fputs(first ? "" : "\n", f);
-            bad |= ldif_entry(f, dn, o, sha1, der_b64) < 0;
+            bad |= ldif_entry(f, dn, o, sha1, der) < 0;
             first = false;
             placed = true;
             continue;
@@ -464,7 +428,7 @@ int init_directory_update(const char *path, const struct init_opts *o, const cha
     }
     if (!placed) {
         fputs(first ? "" : "\n", f);
-        bad |= ldif_entry(f, dn, o, sha1, der_b64) < 0;
+        bad |= ldif_entry(f, dn, o, sha1, der) < 0;
     }
     if (fclose(f) != 0 || bad) {
         f = NULL;

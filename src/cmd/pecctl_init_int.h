@@ -53,7 +53,7 @@ int init_absolute_path(const char *path, char *out, size_t size);
 /* Adds or replaces this provider's entry in the LDIF file at path.
  * *replaced counts the entries dropped. */
 int init_directory_update(const char *path, const struct init_opts *o, const char *sha1,
-                          const char *der_b64, int *replaced);
+                          const pec_buf *der, int *replaced);
 /* pecd.conf for o in *out (malloc'ed); directory: the LDIF file's path */
 int init_conf_build(const struct init_opts *o, const char *directory, char **out, size_t *len);
 /* -1 (and a message naming path) if a line is longer than inih reads */
@@ -64,7 +64,7 @@ int init_conf_check_lines(const char *conf, const char *path);
 int init_ca_load_or_make(const char *cadir, pec_pki_pair *ca, bool *created);
 /* Adds IP address ip to the subjectAltName of leaf, signed again by ca. */
 int init_add_ip_san(pec_pki_pair *leaf, const pec_pki_pair *ca, const char *ip);
-/* The DER of a PEM certificate, base64 without line breaks (malloc'ed). */
-char *init_cert_der_base64(const pec_buf *pem);
+/* The DER of a PEM certificate in *der (malloc'ed). */
+int init_cert_der(const pec_buf *pem, pec_buf *der);
 
 #endif

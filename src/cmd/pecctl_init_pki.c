@@ -157,19 +157,19 @@ out:
     return rc;
 }
 
-/* The DER of a PEM certificate, base64 without line breaks (malloc'ed). */
-char *init_cert_der_base64(const pec_buf *pem)
+/* The DER of a PEM certificate in *der (malloc'ed, for pec_buf_free). */
+int init_cert_der(const pec_buf *pem, pec_buf *der)
 {
     BIO *b = BIO_new_mem_buf(pem->data, (int)pem->len);
     X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-    unsigned char *der = NULL;
-    int n = x ? i2d_X509(x, &der) : -1;
-    char *out = NULL;
-    if (n > 0 && (out = malloc((size_t)(n + 2) / 3 * 4 + 1)) != NULL)
-        EVP_EncodeBlock((unsigned char *)out, der, n);
-    OPENSSL_free(der);
+    int n = x ? i2d_X509(x, NULL) : -1;
+    unsigned char *p = n > 0 ? malloc((size_t)n) : NULL;
+    der->data = p;
+    der->len = p != NULL && i2d_X509(x, &p) == n ? (size_t)n : 0;
+    if (der->data != NULL && der->len == 0)
+        pec_buf_free(der);
     X509_free(x);
     BIO_free(b);
     ERR_clear_error();
-    return out;
+    return der->data != NULL ? 0 : -1;
 }

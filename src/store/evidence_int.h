@@ -1,0 +1,63 @@
+/*
+ * evidence_int.h - what the files of the evidence log share; not for other
+ * modules (their interface is evidence.h).
+ *
+ *   evidence.c         schema, open/close, chain step, append (group commit),
+ *                      the helpers below
+ *   evidence_seal.c    day seals (CMS) and retention (purge)
+ *   evidence_verify.c  verification and trace, read-only
+ */
+#ifndef PEC_EVIDENCE_INT_H
+#define PEC_EVIDENCE_INT_H
+
+#include "store/evidence.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#define EVIDENCE_FORMAT "1"
+#define NFIELDS 10
+
+struct pending;     /* an append waiting for the group commit (evidence.c) */
+
+struct evidence {
+    sqlite3 *db;
+    pthread_mutex_t db_lock;     /* use of db: one committer, seal or purge at a time */
+    pthread_mutex_t q_lock;      /* the queue and 'committing' */
+    pthread_cond_t q_cond;
+    struct pending *head, **tail;
+    bool committing;
+    evidence_sign_fn sign;
+    void *sign_ctx;
+    time_t (*now)(void *);
+    void *now_ctx;
+    sqlite3_stmt *st_insert, *st_dedupe, *st_head, *st_anchor, *st_lastseal;
+};
+
+static inline const char *col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+/* Writes the message into err (when given); returns -1. */
+int ev_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* ev_fail with "evidence log: what: <SQLite's message>". */
+int ev_sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what);
+/* sqlite3_exec without callback; -1 with the reason in err. */
+int ev_exec(sqlite3 *db, const char *sql, char *err, size_t errlen);
+/* "YYYY-MM-DD" of t in UTC */
+void ev_utc_day(time_t t, char out[16]);
+/* 00:00 UTC of day, or -1 */
+time_t ev_day_start(const char *day);
+/* The evidence_set_clock() clock, or time(NULL). */
+time_t ev_clock_now(struct evidence *ev);
+
+/* The text a day seal signs (docs/evidence.md); -1 if it does not fit. */
+int ev_seal_text(char *out, size_t outlen, const char *day, long long count, long long first,
+                 long long last, const unsigned char hash[32]);
+
+#endif

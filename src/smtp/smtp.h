@@ -1,6 +1,7 @@
 /*
  * smtp.h - the SMTP protocol engine: parsers (pure, table-tested, fuzzed) and
- * the server session (server.c) on libevent bufferevents with OpenSSL.
+ * the server session (server.c, server_cmd.c, server_data.c, server_auth.c)
+ * on libevent bufferevents with OpenSSL.
  *
  * The server knows nothing of queues, users or PEC: it calls the hooks in
  * struct smtp_hooks (check a recipient, check credentials, open/commit a

@@ -1,0 +1,297 @@
+/*
+ * server_data.c - the message of an SMTP session: DATA (RFC 5321 §4.1.1.4)
+ * and BDAT (RFC 3030), the spool file and our Received: header, the
+ * streaming of the text into it, then at its end the msg_check hook, the
+ * msg_filter callouts and the commit, each answered on the session.
+ */
+#include "server_int.h"
+#include "lib/lib.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define DATA_CHUNK 65536
+
+/* Writes our Received: header (RFC 5321 §4.4; RFC 3848 protocol names). */
+static int write_received(struct session *s)
+{
+    char date[64], buf[1024];
+    rfc5322_date(date, sizeof date, time(NULL));
+    session_facts(s);
+    int n = snprintf(buf, sizeof buf, "Received: from %s ([%s])\r\n\tby %s (pecmail) with %s id %s",
+                     s->helo, s->ip, s->srv->cfg->hostname, s->proto, s->qid);
+    if (s->tls)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\t(using %s with cipher %s)",
+                      s->tls_version, s->tls_cipher);
+    if (s->txn.nrcpts == 1)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, "\r\n\tfor <%s>", s->txn.rcpts[0].orig);
+    n += snprintf(buf + n, sizeof buf - (size_t)n, ";\r\n\t%s\r\n", date);
+    if (n <= 0 || (size_t)n >= sizeof buf)
+        return -1;
+    return s->srv->hooks.msg_write(s->msg, buf, (size_t)n);
+}
+
+/* Opens the spool file for DATA or the first BDAT chunk. */
+static bool msg_begin(struct session *s, bool raw)
+{
+    session_facts(s);
+    s->msg = s->srv->hooks.msg_open(s->srv->hooks.arg, &s->txn, s->qid, sizeof s->qid);
+    if (s->msg == NULL || write_received(s) == -1) {
+        if (s->msg) {
+            s->srv->hooks.msg_abort(s->msg);
+            s->msg = NULL;
+        }
+        return false;
+    }
+    smtp_data_init(&s->data, raw, s->srv->cfg->max_message_size, s->srv->cfg->max_line_length);
+    if (s->outbuf == NULL)
+        s->outbuf = malloc(DATA_CHUNK + 1);   /* + a held-back CR */
+    return true;
+}
+
+void sess_cmd_data(struct session *s, const char *args)
+{
+    if (*args != '\0') {
+        sess_reply(s, "501 5.5.4 Syntax: DATA");
+        return;
+    }
+    if (s->bdat_used) {
+        sess_reply(s, "503 5.5.1 DATA not permitted after BDAT");
+        return;
+    }
+    if (!s->in_mail || s->txn.nrcpts == 0) {
+        sess_reply(s, "503 5.5.1 Need RCPT command first");
+        return;
+    }
+    if (!msg_begin(s, false)) {
+        sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
+        sess_txn_reset(s);
+        return;
+    }
+    s->data_failed = false;
+    s->state = ST_DATA;
+    bufferevent_set_timeouts(s->bev,
+                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data},
+                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data});
+    sess_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+void sess_cmd_bdat(struct session *s, const char *args)
+{
+    /* BDAT size [LAST] (RFC 3030 §2) */
+    char *end;
+    if (!g_ascii_isdigit(*args)) {
+        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+        return;
+    }
+    errno = 0;
+    unsigned long long n = strtoull(args, &end, 10);
+    bool last = false;
+    if (errno != 0) {
+        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+        return;
+    }
+    if (*end == ' ') {
+        while (*end == ' ')
+            end++;
+        if (strcasecmp(end, "LAST") != 0) {
+            sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+            return;
+        }
+        last = true;
+    } else if (*end != '\0') {
+        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+        return;
+    }
+    s->bdat_left = n;
+    s->bdat_last = last;
+    if (!s->in_mail || s->txn.nrcpts == 0) {
+        /* the chunk must still be read to stay in step with the client */
+        s->data_failed = true;
+        sess_reply(s, "503 5.5.1 Need RCPT command first");
+        s->state = ST_BDAT;
+        return;
+    }
+    if (!s->bdat_used) {
+        s->bdat_used = true;
+        s->data_failed = false;
+        if (!msg_begin(s, true)) {
+            s->data_failed = true;
+            sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
+        }
+    }
+    s->state = ST_BDAT;
+    bufferevent_set_timeouts(s->bev,
+                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data},
+                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data});
+}
+
+static void commit_done(void *arg, int result)
+{
+    struct session *s = arg;
+    s->msg = NULL;
+    if (s->dead) {
+        session_free(s);
+        return;
+    }
+    if (result == 0) {
+        log_info("%s: accepted from=<%s> nrcpt=%zu size=%llu client=%s proto=%s%s%s", s->qid,
+                 s->txn.sender, s->txn.nrcpts, (unsigned long long)s->data.size, s->ip,
+                 s->proto, s->authed ? " user=" : "", s->authed ? s->auth_user : "");
+        sess_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+    } else {
+        sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
+    }
+    sess_txn_reset(s);
+    if (s->state == ST_CLOSING)
+        return;
+    s->state = ST_CMD;
+    sess_command_timeouts(s);
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
+/* The callouts' verdict: commit, or answer and drop the message. */
+static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char *text)
+{
+    struct session *s = arg;
+    if (s->dead) {
+        session_free(s);    /* aborts the message: the client never got a 250 */
+        return;
+    }
+    if (verdict == SMTP_FILTER_ACCEPT) {
+        s->srv->hooks.msg_commit(s->msg, commit_done, s);
+        return;
+    }
+    log_info("%s: %s from=<%s> client=%s: %s", s->qid,
+             verdict == SMTP_FILTER_DISCARD ? "discarded" : "refused", s->txn.sender, s->ip,
+             text);
+    if (verdict == SMTP_FILTER_DISCARD)
+        sess_reply(s, "%s", text);
+    else
+        sess_reply_nocount(s, "%s", text);
+    sess_txn_reset(s);
+    if (s->state == ST_CLOSING)
+        return;
+    s->state = ST_CMD;
+    sess_command_timeouts(s);
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
+/* The end of DATA or of the last BDAT chunk: refuse or make durable. */
+/* Keeps the start of the message for the msg_check hook; always true. */
+static bool keep_head(struct session *s, const char *p, size_t n)
+{
+    if (s->head == NULL)
+        s->head = malloc(SMTP_HEAD_MAX);
+    size_t room = SMTP_HEAD_MAX - s->headlen;
+    size_t take = n < room ? n : room;
+    memcpy(s->head + s->headlen, p, take);
+    s->headlen += take;
+    return true;
+}
+
+static void msg_finish(struct session *s)
+{
+    const char *verdict = smtp_data_verdict(&s->data);
+    char check[512];
+    size_t headlen = s->headlen;
+    s->headlen = 0;
+    if (verdict == NULL && !s->data_failed && s->srv->hooks.msg_check != NULL &&
+        s->srv->hooks.msg_check(s->srv->hooks.arg, &s->txn, s->head ? s->head : "", headlen,
+                                check, sizeof check) != 0)
+        verdict = check;
+    if (s->data_failed) {
+        sess_txn_reset(s);
+        s->state = ST_CMD;
+        sess_command_timeouts(s);
+        return;
+    }
+    if (verdict != NULL) {
+        log_info("%s: refused from=<%s> client=%s: %s", s->qid, s->txn.sender, s->ip,
+                 strlen(verdict) > 10 ? verdict + 10 : verdict);
+        sess_reply(s, "%s", verdict);
+        sess_txn_reset(s);
+        if (s->state != ST_CLOSING) {
+            s->state = ST_CMD;
+            sess_command_timeouts(s);
+        }
+        return;
+    }
+    s->state = ST_COMMIT;
+    bufferevent_disable(s->bev, EV_READ);
+    if (s->srv->hooks.msg_filter != NULL) {
+        session_facts(s);
+        s->srv->hooks.msg_filter(s->msg, &s->txn, filter_done, s);
+        return;
+    }
+    s->srv->hooks.msg_commit(s->msg, commit_done, s);
+}
+
+/* Feeds DATA or BDAT octets from the input buffer; true when more may follow. */
+bool sess_feed_data(struct session *s, struct evbuffer *in)
+{
+    while (evbuffer_get_length(in) > 0) {
+        size_t avail = evbuffer_get_length(in);
+        size_t take = avail < DATA_CHUNK ? avail : DATA_CHUNK;
+        if (s->state == ST_BDAT && take > s->bdat_left)
+            take = (size_t)s->bdat_left;
+        if (take == 0)
+            break;
+        const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
+        size_t used = take, outlen = 0;
+        if (!s->data_failed)
+            used = smtp_data_feed(&s->data, p, take, s->outbuf, &outlen);
+        else if (s->state == ST_DATA) {
+            /* keep scanning for the end marker, output discarded */
+            used = smtp_data_feed(&s->data, p, take, s->outbuf, &outlen);
+            outlen = 0;
+        }
+        if (outlen > 0 && s->msg != NULL && !s->data_failed &&
+            (s->srv->hooks.msg_check == NULL || keep_head(s, s->outbuf, outlen)) &&
+            s->srv->hooks.msg_write(s->msg, s->outbuf, outlen) == -1) {
+            log_err("%s: spool write failed: %s", s->qid, strerror(errno));
+            s->data_failed = true;
+        }
+        evbuffer_drain(in, used);
+        if (s->state == ST_BDAT)
+            s->bdat_left -= used;
+        if (s->state == ST_DATA && smtp_data_done(&s->data)) {
+            if (s->data_failed && s->msg != NULL)
+                sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
+            msg_finish(s);
+            return true;
+        }
+    }
+    if (s->state == ST_BDAT && s->bdat_left == 0) {
+        if (s->data_failed) {
+            /* chunk discarded (an error was already replied at BDAT) */
+            if (s->msg != NULL) {
+                sess_txn_reset(s);
+            }
+            s->state = ST_CMD;
+            sess_command_timeouts(s);
+            return true;
+        }
+        if (s->bdat_last) {
+            s->state = ST_CMD;
+            msg_finish(s);
+        } else {
+            sess_reply(s, "250 2.0.0 %llu octets received",
+                  (unsigned long long)s->data.size);
+            s->state = ST_CMD;
+            sess_command_timeouts(s);
+        }
+        return true;
+    }
+    return false;
+}

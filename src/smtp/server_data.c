@@ -187,7 +187,6 @@ static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char 
     session_process(s);
 }
 
-/* The end of DATA or of the last BDAT chunk: refuse or make durable. */
 /* Keeps the start of the message for the msg_check hook; always true. */
 static bool keep_head(struct session *s, const char *p, size_t n)
 {
@@ -200,6 +199,7 @@ static bool keep_head(struct session *s, const char *p, size_t n)
     return true;
 }
 
+/* The end of DATA or of the last BDAT chunk: refuse or make durable. */
 static void msg_finish(struct session *s)
 {
     const char *verdict = smtp_data_verdict(&s->data);

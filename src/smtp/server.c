@@ -135,6 +135,18 @@ void sess_command_timeouts(struct session *s)
     bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+/* A hook (commit, callouts, auth) has answered: unless its reply closed the
+ * session, read commands again, starting with what the client pipelined. */
+void sess_resume(struct session *s)
+{
+    if (s->state == ST_CLOSING)
+        return;
+    s->state = ST_CMD;
+    sess_command_timeouts(s);
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
 /* ---- connection --------------------------------------------------------- */
 
 void sess_on_read(struct bufferevent *bev, void *arg)

@@ -83,11 +83,7 @@ static void auth_done(void *arg, int r)
     }
     s->state = ST_CMD;
     auth_result(s, s->auth_pending, r);
-    if (s->state == ST_CLOSING)
-        return;
-    sess_command_timeouts(s);
-    bufferevent_enable(s->bev, EV_READ);
-    session_process(s);
+    sess_resume(s);
 }
 
 static void auth_finish(struct session *s, const char *user, const char *pass)

@@ -151,12 +151,7 @@ static void commit_done(void *arg, int result)
         sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
     }
     sess_txn_reset(s);
-    if (s->state == ST_CLOSING)
-        return;
-    s->state = ST_CMD;
-    sess_command_timeouts(s);
-    bufferevent_enable(s->bev, EV_READ);
-    session_process(s);
+    sess_resume(s);
 }
 
 /* The callouts' verdict: commit, or answer and drop the message. */
@@ -179,12 +174,7 @@ static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char 
     else
         sess_reply_nocount(s, "%s", text);
     sess_txn_reset(s);
-    if (s->state == ST_CLOSING)
-        return;
-    s->state = ST_CMD;
-    sess_command_timeouts(s);
-    bufferevent_enable(s->bev, EV_READ);
-    session_process(s);
+    sess_resume(s);
 }
 
 /* Keeps the start of the message for the msg_check hook; always true. */

@@ -96,6 +96,8 @@ void sess_txn_reset(struct session *s);
 void session_facts(struct session *s);
 /* The command timeouts on both directions. */
 void sess_command_timeouts(struct session *s);
+/* Back to ST_CMD after a hook's answer, unless closing; reads on. */
+void sess_resume(struct session *s);
 /* Flushes what is queued, then frees; reads nothing more. */
 void session_close(struct session *s);
 /* Frees now, or marks dead while a hook is working for the session. */

@@ -1,5 +1,6 @@
 /*
- * roles.h - the PEC provider roles (roles.c) as the queue's stage processor.
+ * roles.h - the PEC provider roles (roles.c, roles_access.c, roles_incoming.c)
+ * as the queue's stage processor.
  */
 #ifndef PEC_PROVIDER_ROLES_H
 #define PEC_PROVIDER_ROLES_H

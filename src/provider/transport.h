@@ -1,6 +1,6 @@
 /*
  * transport.h - the queue's delivery function: local Maildir delivery or SMTP
- * relay to the next hop, per recipient domain (transport.c).
+ * relay to the next hop, per recipient domain (transport.c, transport_route.c).
  */
 #ifndef PEC_PROVIDER_TRANSPORT_H
 #define PEC_PROVIDER_TRANSPORT_H

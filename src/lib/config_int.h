@@ -1,0 +1,31 @@
+/*
+ * config_int.h - private to config.c and config_sections.c: the inih parse
+ * context and the one helper both use.  config_sections.c holds the handler
+ * of every key = value line; config.c loads, fills defaults, checks the
+ * whole file and answers lookups.
+ */
+#ifndef PEC_CONFIG_INT_H
+#define PEC_CONFIG_INT_H
+
+#include "config.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct parse_ctx {
+    struct config *cfg;
+    char err[256];          /* reason of the first error */
+    bool failed;
+};
+
+static inline void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = strdup(v);
+}
+
+/* inih handler for one key = value line of any section (config_sections.c). */
+int config_handler(void *user, const char *section, const char *name, const char *value);
+
+#endif

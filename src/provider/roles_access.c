@@ -1,0 +1,189 @@
+/*
+ * roles_access.c - the access point (RFC 6109 §3.1) as the stage "submission":
+ * formal checks, then non-acceptance, or acceptance and one transport
+ * envelope; a message the stage found a virus in gets a non-acceptance for
+ * virus (§3.1.3).  Split from roles.c (see there and roles_int.h).
+ */
+#include "roles_int.h"
+#include "roles.h"
+#include "transport.h"
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "pec/pec.h"
+#include "pec/pec_dir.h"
+#include "store/store.h"
+#include "store/tracking.h"
+#include "store/evidence.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* Access point: the stage found a virus (and quarantined the message):
+ * a non-acceptance for virus to the sender, nothing sent on (§3.1.3). */
+static int access_virus(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, bool recovered, pec_build_args *a, struct queue_outputs *out,
+                        char *err, size_t errlen)
+{
+    char why[300], subj[1024] = "", omid[512] = "";
+    snprintf(why, sizeof why, "virus %s", env->virus);
+    mail_header_value(data, len, "Subject", subj, sizeof subj);
+    mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+    a->type = PEC_TYPE_NON_ACCETTAZIONE;
+    a->errore = PEC_ERRORE_VIRUS;
+    a->errore_esteso = env->virus;
+    pec_buf m = {0};
+    int rc = role_build(r, a, &m, err, errlen);
+    if (rc == 0)
+        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, NULL, env->sender, NULL,
+                        subj, why, NULL);
+    if (rc == 0)
+        rc = role_callout_event(r, env, a->pec_id, omid);
+    if (rc == 0)
+        rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
+    if (rc == 0) {
+        log_info("%s: not accepted: %s (PEC %s)", env->qid, why, a->pec_id);
+    } else if (err[0] == '\0') {
+        snprintf(err, errlen, "evidence log unavailable");
+    }
+    pec_buf_free(&m);
+    return rc;
+}
+
+/* ---- access point (§3.1) ------------------------------------------------------- */
+
+int role_access_point(struct roles *r, const struct queue_env *env, const char *data,
+                      size_t len, bool recovered, struct queue_outputs *out, char *err,
+                      size_t errlen)
+{
+    time_t now = time(NULL);
+    const char **fwd = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
+    pec_recipient *rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rcpts);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        fwd[i] = env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr;
+        rcpts[i].addr = (char *)fwd[i];
+        rcpts[i].kind = roles_is_pec_domain(r, domain_of(fwd[i])) ? PEC_RCPT_CERTIFICATO
+                                                                   : PEC_RCPT_ESTERNO;
+    }
+    /* the PEC msgid comes from the queue id, so a stage run again after a
+     * crash gives the same message the same identity */
+    char pec_id[256], stamp[32];
+    struct tm tm;
+    localtime_r(&env->arrival, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
+    snprintf(pec_id, sizeof pec_id, "opec1.%s.%s@%s", stamp, env->qid, r->cfg->domain);
+    pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
+                          .forward_paths = fwd, .n_forward = env->nrcpts,
+                          .max_total = r->cfg->pec_max_total};
+    pec_check_result cr;
+    pec_build_args a = {.original = data, .original_len = len, .sender = env->sender,
+                        .recipients = rcpts, .n_recipients = env->nrcpts, .when = now,
+                        .pec_id = pec_id};
+    pec_buf m = {0};
+    int rc = -1;
+    if (env->virus != NULL) {
+        rc = access_virus(r, env, data, len, recovered, &a, out, err, errlen);
+        goto done;
+    }
+    if (pec_check_submission(&in, &cr) == -1) {
+        /* §3.1.2: nothing is sent on; the sender learns why */
+        a.type = PEC_TYPE_NON_ACCETTAZIONE;
+        a.errore = PEC_ERRORE_ALTRO;
+        a.errore_esteso = cr.detail;
+        log_info("%s: not accepted (%s): %s", env->qid, pec_check_rule_name(cr.rule), cr.detail);
+        char subj0[1024] = "";
+        mail_header_value(data, len, "Subject", subj0, sizeof subj0);
+        if (role_build(r, &a, &m, err, errlen) == 0 &&
+            role_event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL,
+                       subj0, cr.detail, NULL) == 0) {
+            rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
+        } else if (err[0] == '\0') {
+            snprintf(err, errlen, "evidence log unavailable");
+        }
+        goto done;
+    }
+    char tipo[32];
+    a.variant = PEC_VARIANT_COMPLETA;
+    if (mail_header_value(data, len, "X-TipoRicevuta", tipo, sizeof tipo)) {
+        pec_variant v = pec_variant_parse(tipo);
+        if (v != PEC_VARIANT_NONE)
+            a.variant = v;
+    }
+    /* §3.1.4: the acceptance receipt, then §3.1.5: the transport envelope */
+    a.type = PEC_TYPE_ACCETTAZIONE;
+    if (role_build(r, &a, &m, err, errlen) == -1)
+        goto done;
+    if (role_send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
+        goto done;
+    pec_buf_free(&m);
+    a.type = PEC_TYPE_POSTA_CERTIFICATA;
+    if (role_build(r, &a, &m, err, errlen) == -1) {
+        queue_outputs_free(out);
+        goto done;
+    }
+    /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
+     * recipients; ours go through our incoming point (§3.4) */
+    const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
+    size_t nl = 0, nr = 0;
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (config_is_local_domain(r->cfg, domain_of(env->rcpts[i].addr)))
+            local[nl++] = env->rcpts[i].addr;
+        else
+            remote[nr++] = env->rcpts[i].addr;
+    }
+    if (nl > 0) {
+        struct queue_rcpt *qr = calloc(nl, sizeof *qr);
+        for (size_t i = 0; i < nl; i++)
+            qr[i].addr = qr[i].orig = (char *)local[i];
+        struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
+                              .stage = "incoming", .listener = "pec", .proto = "local"};
+        queue_outputs_add(out, &e, m.data, m.len);
+        free(qr);
+    }
+    if (nr > 0)
+        role_add_output(out, env->sender, remote, nr, NULL, &m);
+    free(local);
+    free(remote);
+    /* §3.1.6: receipts are expected from certificato recipients only */
+    if (r->tracking != NULL) {
+        const char **cert = calloc(env->nrcpts, sizeof *cert);
+        size_t nc = 0;
+        GString *all = g_string_new(NULL);
+        for (size_t i = 0; i < env->nrcpts; i++) {
+            g_string_append_printf(all, "%s%s", i ? ", " : "", rcpts[i].addr);
+            if (rcpts[i].kind == PEC_RCPT_CERTIFICATO)
+                cert[nc++] = rcpts[i].addr;
+        }
+        char subj[1024] = "";
+        mail_header_value(data, len, "Subject", subj, sizeof subj);
+        int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
+        char omid[512] = "";
+        mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+        if (tr == 0 &&
+            (role_event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str,
+                        subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
+             role_event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender,
+                        all->str, subj, "inviata", NULL) == -1))
+            tr = -1;
+        g_string_free(all, TRUE);
+        free(cert);
+        if (tr == -1) {
+            snprintf(err, errlen, "cannot record the receipts expected for %s", pec_id);
+            queue_outputs_free(out);
+            goto done;
+        }
+    }
+    log_info("%s: accepted as PEC %s for %zu recipient%s", env->qid, pec_id, env->nrcpts,
+             env->nrcpts == 1 ? "" : "s");
+    rc = 0;
+done:
+    pec_buf_free(&m);
+    free(fwd);
+    free(rcpts);
+    return rc;
+}

@@ -1,0 +1,450 @@
+/*
+ * roles_incoming.c - the incoming point and the delivery point (RFC 6109
+ * §3.2, §3.3) as the stage "incoming": duplicates dropped, verification
+ * against one directory snapshot, presa in carico, delivery and its
+ * receipts, anomaly envelopes (§3.2.2), envelopes with a virus (§3.2.3) and
+ * virus detection notices for our own envelopes (§3.2.4).  Split from
+ * roles.c (see there and roles_int.h).
+ */
+#include "roles_int.h"
+#include "roles.h"
+#include "transport.h"
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "pec/pec.h"
+#include "pec/pec_dir.h"
+#include "store/store.h"
+#include "store/tracking.h"
+#include "store/evidence.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* Incoming point: an envelope with a virus is not delivered; one virus
+ * detection notice per recipient to the sender provider's mailReceipt
+ * (§3.2.3).  The stage has quarantined it. */
+static int incoming_virus(struct roles *r, const struct queue_env *env, bool recovered,
+                          const pec_verdict *v, const pec_provider *p, struct queue_outputs *out,
+                          char *err, size_t errlen)
+{
+    const pec_daticert *d = v->daticert;
+    char why[300];
+    snprintf(why, sizeof why, "virus %s", env->virus);
+    if (role_callout_event(r, env, d && d->identificativo ? d->identificativo : NULL,
+                           d ? d->msgid : NULL) == -1) {
+        snprintf(err, errlen, "evidence log unavailable");
+        return -1;
+    }
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        time_t now = time(NULL);
+        char mid[256];
+        role_make_id(r, mid, sizeof mid, now);
+        const char *rcpt = env->rcpts[i].addr;
+        pec_build_args a = {.type = PEC_TYPE_RILEVAZIONE_VIRUS, .errore = PEC_ERRORE_VIRUS,
+                            .sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0, .when = now,
+                            .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .notify_to = p && p->receipt ? p->receipt : NULL, .consegna = rcpt,
+                            .subject = d ? d->oggetto : NULL, .errore_esteso = env->virus};
+        pec_buf m = {0};
+        int rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
+        if (rc == 0)
+            rc = role_event(r, "rilevazione-virus", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                            rcpt, a.subject, why, rcpt);
+        if (rc == 0 && a.notify_to)
+            rc = role_send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
+        pec_buf_free(&m);
+        if (rc == -1) {
+            if (err[0] == '\0')
+                snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
+        log_info("%s: PEC %s for <%s> not delivered: %s; notice to %s", env->qid, a.pec_id,
+                 rcpt, why, a.notify_to ? a.notify_to : "(sender provider unknown)");
+    }
+    return 0;
+}
+
+/* Sender provider: a virus detection notice for our envelope becomes a
+ * non-delivery for virus to our user (§3.2.4), and settles the recipient. */
+static int virus_notice_received(struct roles *r, const struct queue_env *env, bool recovered,
+                                 const pec_daticert *d, struct queue_outputs *out, char *err,
+                                 size_t errlen)
+{
+    if (d == NULL || d->mittente == NULL || d->consegna == NULL || d->identificativo == NULL)
+        return 0;
+    time_t now = time(NULL);
+    char mid[256];
+    role_make_id(r, mid, sizeof mid, now);
+    pec_build_args a = {.type = PEC_TYPE_ERRORE_CONSEGNA, .errore = PEC_ERRORE_VIRUS,
+                        .sender = d->mittente, .recipients = d->destinatari,
+                        .n_recipients = d->n_destinatari, .when = now,
+                        .pec_id = d->identificativo, .orig_msgid = d->msgid, .message_id = mid,
+                        .consegna = d->consegna, .subject = d->oggetto,
+                        .errore_esteso = d->errore_esteso ? d->errore_esteso : "virus"};
+    pec_buf m = {0};
+    int rc = role_build(r, &a, &m, err, errlen);
+    if (rc == 0)
+        rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
+                        d->consegna, a.subject, "virus", d->consegna);
+    if (rc == 0)
+        rc = role_send_to(r, env, recovered, out, d->mittente, &m, err, errlen);
+    if (rc == 0) {
+        log_info("%s: virus detected at <%s> for PEC %s: non-delivery to <%s>", env->qid,
+                 d->consegna, a.pec_id, d->mittente);
+    }
+    pec_buf_free(&m);
+    return rc;
+}
+
+/* ---- incoming point and delivery point (§3.2, §3.3) -------------------------------- */
+
+/* Which receipt variant recipient rcpt gets (digest (c)): Cc recipients get
+ * sintetica; To (or ambiguous) the requested one. */
+static pec_variant variant_for(const char *data, size_t len, const char *rcpt, pec_variant asked)
+{
+    char to[4096] = "", cc[4096] = "";
+    mail_header_value(data, len, "To", to, sizeof to);
+    mail_header_value(data, len, "Cc", cc, sizeof cc);
+    bool in_to = strcasestr(to, rcpt) != NULL, in_cc = strcasestr(cc, rcpt) != NULL;
+    if (in_cc && !in_to)
+        return PEC_VARIANT_SINTETICA;
+    return asked == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : asked;
+}
+
+static int delivery_point(struct roles *r, const struct queue_env *env, const char *data,
+                          size_t len, bool recovered, const pec_verdict *v,
+                          struct queue_outputs *out, char *err, size_t errlen)
+{
+    const pec_daticert *d = v->daticert;
+    pec_buf orig = {0};
+    char e2[256];
+    bool have_orig = pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
+    int rc = 0;
+    /* store first, for every recipient with a mailbox (one LMTP transaction
+     * with [delivery] mailbox = lmtp:); then one receipt per recipient */
+    struct deliver_rcpt *st = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
+    for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
+        int ex = users_db_lookup(r->users, env->rcpts[i].addr);
+        st[i].pending = ex != 0;   /* -2: the LMTP server decides */
+        if (ex == -1) {
+            snprintf(err, errlen, "cannot tell whether <%s> exists: users source unavailable",
+                     env->rcpts[i].addr);
+            rc = -1;
+        }
+    }
+    if (rc == 0)
+        transport_store_local_all(r->transport, env, data, len, recovered, st, out);
+    for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
+        const char *addr = env->rcpts[i].addr;
+        time_t now = time(NULL);
+        char mid[256];
+        role_make_id(r, mid, sizeof mid, now);
+        pec_build_args a = {.sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0,
+                            .when = now, .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .consegna = addr, .subject = d ? d->oggetto : NULL};
+        pec_buf m = {0}, breve = {0};
+        if (!st[i].pending || st[i].result == DELIVER_PERMFAIL) {
+            /* §3.3.3: the envelope was correct, the mailbox is not there
+             * (or the LMTP server refused it for good) */
+            a.type = PEC_TYPE_ERRORE_CONSEGNA;
+            a.errore = PEC_ERRORE_NO_DEST;
+            char why[300];
+            if (st[i].pending)
+                snprintf(why, sizeof why, "%.200s - %s", st[i].text, r->cfg->name);
+            else
+                snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", r->cfg->name);
+            a.errore_esteso = why;
+            log_info("%s: PEC %s to <%s>: no such mailbox", env->qid, a.pec_id, addr);
+            rc = role_build(r, &a, &m, err, errlen);
+            if (rc == 0)
+                rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
+                                a.sender, addr, a.subject, why, addr);
+        } else {
+            if (st[i].result != DELIVER_OK) {
+                snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr,
+                         st[i].text);
+                rc = -1;
+                break;
+            }
+            /* §3.3.2: the receipt follows the stored envelope */
+            a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
+            a.variant = variant_for(have_orig ? (const char *)orig.data : data,
+                                    have_orig ? orig.len : len, addr,
+                                    d ? d->ricevuta : PEC_VARIANT_COMPLETA);
+            if (a.variant == PEC_VARIANT_BREVE && have_orig &&
+                pec_breve_transform(orig.data, orig.len, &breve, e2, sizeof e2) == 0) {
+                a.original = breve.data;
+                a.original_len = breve.len;
+            } else if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {
+                if (!have_orig)
+                    a.variant = PEC_VARIANT_SINTETICA;
+                a.original = orig.data;
+                a.original_len = orig.len;
+            }
+            log_info("%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
+                     pec_variant_name(a.variant));
+            rc = role_build(r, &a, &m, err, errlen);
+            if (rc == 0)
+                rc = role_event(r, "avvenuta-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
+                                a.sender, addr, a.subject, pec_variant_name(a.variant), addr);
+        }
+        if (rc == 0)
+            rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
+        pec_buf_free(&m);
+        pec_buf_free(&breve);
+    }
+    pec_buf_free(&orig);
+    free(st);
+    return rc;
+}
+
+/* §3.2.2: whatever is not a correct PEC message reaches the mailbox inside a
+ * signed anomaly envelope, SMTP paths unchanged. */
+static int anomaly(struct roles *r, const struct queue_env *env, const char *data, size_t len,
+                   bool recovered, const char *why, struct queue_outputs *out, char *err, size_t errlen)
+{
+    time_t now = time(NULL);
+    char pec_id[256];
+    role_make_id(r, pec_id, sizeof pec_id, now);
+    pec_recipient *rc = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        rc[i].addr = env->rcpts[i].addr;
+        rc[i].kind = PEC_RCPT_CERTIFICATO;
+    }
+    pec_build_args a = {.type = PEC_TYPE_ANOMALIA, .original = data, .original_len = len,
+                        .sender = env->sender[0] ? env->sender : "MAILER-DAEMON",
+                        .recipients = rc, .n_recipients = env->nrcpts, .when = now,
+                        .pec_id = pec_id, .errore_esteso = why};
+    pec_buf m = {0};
+    int res = role_build(r, &a, &m, err, errlen);
+    free(rc);
+    /* only to mailboxes that exist (an anomaly for nobody is not stored) */
+    const char **keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
+    size_t nk = 0;
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (users_db_exists(r->users, env->rcpts[i].addr))
+            keep[nk++] = env->rcpts[i].addr;
+        else
+            log_warn("%s: anomaly for unknown mailbox <%s> dropped", env->qid, env->rcpts[i].addr);
+    }
+    if (res == 0 && nk > 0)
+        res = role_store_copies(r, env, recovered, env->sender, keep, nk, m.data, m.len, out, err,
+                                errlen);
+    if (res == 0 && nk > 0) {
+        log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
+                 env->nrcpts == 1 ? "" : "s", why);
+        char omid[512] = "", subj[1024] = "";
+        mail_header_value(data, len, "Message-ID", omid, sizeof omid);
+        mail_header_value(data, len, "Subject", subj, sizeof subj);
+        GString *to = g_string_new(NULL);
+        for (size_t i = 0; i < nk; i++)
+            g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i]);
+        res = role_event(r, "anomalia", env->qid, pec_id, omid, pec_id, env->sender, to->str, subj,
+                         why, NULL);
+        g_string_free(to, TRUE);
+    }
+    free(keep);
+    pec_buf_free(&m);
+    return res;
+}
+
+static int incoming_verified(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, struct queue_outputs *out, char *err,
+                             size_t errlen);
+
+/* The Message-ID of msg without < >, or "" */
+static void message_id(const char *data, size_t len, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (mail_header_value(data, len, "Message-ID", out, outlen)) {
+        char *p = out;
+        if (*p == '<')
+            memmove(p, p + 1, strlen(p));
+        char *gt = strchr(p, '>');
+        if (gt)
+            *gt = '\0';
+    }
+}
+
+int role_incoming_point(struct roles *r, const struct queue_env *env_in, const char *data,
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen)
+{
+    /* a copy the sender transferred again (it never saw our 250) is taken in
+     * once per recipient: deduplicated by Message-ID, which is unique for
+     * every PEC message (§2.2.1) */
+    struct queue_env envc = *env_in;
+    const struct queue_env *env = &envc;
+    struct queue_rcpt *fresh = calloc(env_in->nrcpts ? env_in->nrcpts : 1, sizeof *fresh);
+    char mid[512];
+    message_id(data, len, mid, sizeof mid);
+    envc.rcpts = fresh;
+    envc.nrcpts = 0;
+    for (size_t i = 0; i < env_in->nrcpts; i++) {
+        int s = mid[0] && r->tracking
+                    ? tracking_seen(r->tracking, mid, env_in->rcpts[i].addr, env_in->qid)
+                    : 0;
+        if (s == -1) {
+            free(fresh);
+            snprintf(err, errlen, "tracking database unavailable");
+            return -1;
+        }
+        if (s == 1) {
+            log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env_in->qid, mid,
+                     env_in->rcpts[i].addr);
+            role_event(r, "duplicato", env_in->qid, NULL, NULL, mid, env_in->sender,
+                       env_in->rcpts[i].addr, NULL, "dropped", env_in->rcpts[i].addr);
+            continue;
+        }
+        fresh[envc.nrcpts++] = env_in->rcpts[i];
+    }
+    if (envc.nrcpts == 0) {
+        free(fresh);
+        return 0;
+    }
+    int res = incoming_verified(r, env, data, len, recovered, out, err, errlen);
+    free(fresh);
+    return res;
+}
+
+static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
+                            const struct queue_env *env, const char *data, size_t len,
+                            bool recovered, struct queue_outputs *out, char *err, size_t errlen);
+
+/* One directory snapshot for the whole verification: a refresh in between
+ * cannot mix two copies. */
+static int incoming_verified(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, struct queue_outputs *out, char *err,
+                             size_t errlen)
+{
+    const pec_dirsnap *snap = pec_dirmgr_acquire(r->dirs);
+    int rc = incoming_checked(r, snap, env, data, len, recovered, out, err, errlen);
+    pec_dirsnap_release(snap);
+    return rc;
+}
+
+static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
+                            const struct queue_env *env, const char *data, size_t len,
+                            bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+{
+    pec_verdict v;
+    char e2[256];
+    memset(&v, 0, sizeof v);
+    if (pec_verify(snap->trust, data, len, &v, e2, sizeof e2) == -1)
+        return anomaly(r, env, data, len, recovered, "messaggio non leggibile", out, err, errlen);
+    int rc;
+    if (!v.valid) {
+        char why[400];
+        snprintf(why, sizeof why, "%s: %s", pec_reason_name(v.reason), v.detail);
+        rc = anomaly(r, env, data, len, recovered, why, out, err, errlen);
+    } else if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
+        /* §3.2.1: presa in carico to the sender provider, for all our
+         * recipients of this transaction */
+        const pec_provider *p = pec_directory_by_hash(snap->dir, v.signer_sha1);
+        if (env->virus != NULL) {
+            rc = incoming_virus(r, env, recovered, &v, p, out, err, errlen);
+            pec_verdict_free(&v);
+            return rc;
+        }
+        const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            ric[i] = env->rcpts[i].addr;
+        time_t now = time(NULL);
+        char mid[256];
+        role_make_id(r, mid, sizeof mid, now);
+        const pec_daticert *d = v.daticert;
+        pec_build_args a = {.type = PEC_TYPE_PRESA_IN_CARICO,
+                            .sender = d && d->mittente ? d->mittente : env->sender,
+                            .recipients = d ? d->destinatari : NULL,
+                            .n_recipients = d ? d->n_destinatari : 0, .when = now,
+                            .pec_id = d && d->identificativo ? d->identificativo : "",
+                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                            .notify_to = p && p->receipt ? p->receipt : NULL,
+                            .ricezione = ric, .n_ricezione = env->nrcpts,
+                            .subject = d ? d->oggetto : NULL};
+        pec_buf m = {0};
+        rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
+        if (rc == 0) {
+            GString *to = g_string_new(NULL);
+            for (size_t i = 0; i < env->nrcpts; i++)
+                g_string_append_printf(to, "%s%s", i ? ", " : "", ric[i]);
+            rc = role_event(r, "presa-in-carico", env->qid, a.pec_id, a.orig_msgid, mid,
+                            a.sender, to->str, a.subject,
+                            a.notify_to ? a.notify_to : "provider unknown", NULL);
+            g_string_free(to, TRUE);
+        }
+        if (rc == 0 && a.notify_to)
+            rc = role_send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
+        pec_buf_free(&m);
+        free(ric);
+        if (rc == 0)
+            rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
+    } else {
+        /* a receipt for a message we sent: the tracking learns of it */
+        const pec_daticert *d = v.daticert;
+        if (r->tracking != NULL && d != NULL && d->identificativo != NULL) {
+            pec_type ty = v.cls.type;
+            if (ty == PEC_TYPE_PRESA_IN_CARICO) {
+                for (size_t i = 0; i < d->n_ricezione; i++)
+                    if (tracking_receipt(r->tracking, d->identificativo, d->ricezione[i], 'P') == 1)
+                        log_info("%s: presa in carico for %s <%s> was not expected (late or "
+                                 "duplicate)", env->qid, d->identificativo, d->ricezione[i]);
+            } else if ((ty == PEC_TYPE_AVVENUTA_CONSEGNA || ty == PEC_TYPE_ERRORE_CONSEGNA) &&
+                       d->consegna != NULL) {
+                if (tracking_receipt(r->tracking, d->identificativo, d->consegna, 'C') == 1)
+                    log_info("%s: %s for %s <%s> was not expected (late or duplicate)",
+                             env->qid, pec_type_name(ty), d->identificativo, d->consegna);
+            } else if (ty == PEC_TYPE_RILEVAZIONE_VIRUS && d->consegna != NULL) {
+                tracking_receipt(r->tracking, d->identificativo, d->consegna, 'C');
+            }
+        }
+        if (v.cls.type == PEC_TYPE_RILEVAZIONE_VIRUS &&
+            virus_notice_received(r, env, recovered, d, out, err, errlen) == -1) {
+            pec_verdict_free(&v);
+            return -1;
+        }
+        /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
+        char type[64], mid2[512];
+        snprintf(type, sizeof type, "ricevuta:%s", pec_type_name(v.cls.type));
+        message_id(data, len, mid2, sizeof mid2);
+        GString *to = g_string_new(NULL);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
+        if (role_event(r, type, env->qid, d ? d->identificativo : NULL, d ? d->msgid : NULL, mid2,
+                       env->sender, to->str, d ? d->oggetto : NULL,
+                       d && d->consegna ? d->consegna : "ricevuta", NULL) == -1) {
+            g_string_free(to, TRUE);
+            pec_verdict_free(&v);
+            snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
+        g_string_free(to, TRUE);
+        const char **addrs = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *addrs);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            addrs[i] = env->rcpts[i].addr;
+        rc = role_store_copies(r, env, recovered, env->sender, addrs, env->nrcpts, data, len, out,
+                               err, errlen);
+        free(addrs);
+        if (rc == -1) {
+            pec_verdict_free(&v);
+            return -1;
+        }
+        log_info("%s: PEC %s for %zu local recipient%s", env->qid, pec_type_name(v.cls.type),
+                 env->nrcpts, env->nrcpts == 1 ? "" : "s");
+        rc = 0;
+    }
+    pec_verdict_free(&v);
+    return rc;
+}

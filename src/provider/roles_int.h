@@ -1,0 +1,62 @@
+/*
+ * roles_int.h - private to roles.c, roles_access.c and roles_incoming.c: the
+ * struct roles and the helpers the roles share (roles.c).
+ */
+#ifndef PEC_PROVIDER_ROLES_INT_H
+#define PEC_PROVIDER_ROLES_INT_H
+
+#include "roles.h"
+#include "pec/pec.h"
+#include "pec/pec_dir.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+
+struct roles {
+    const struct config *cfg;
+    struct transport *transport;
+    struct users_db *users;
+    struct tracking *tracking;
+    struct evidence *ev;
+    pec_signer *signer;
+    pec_identity id;
+    struct pec_dirmgr *dirs;       /* directory + trust: a snapshot per use */
+    char *dir_password;            /* [pec] directory_password(_file) */
+    atomic_ulong seq;
+};
+
+static inline const char *domain_of(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at ? at + 1 : "";
+}
+
+/* roles.c: the shared helpers (their comments are at the definitions) */
+int role_event(struct roles *r, const char *type, const char *qid, const char *pec_id,
+               const char *orig_msgid, const char *message_id, const char *sender,
+               const char *rcpts, const char *subject, const char *outcome, const char *key);
+void role_make_id(struct roles *r, char *buf, size_t size, time_t when);
+void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
+                     size_t nto, const char *stage, const pec_buf *msg);
+int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen);
+int role_store_copies(struct roles *r, const struct queue_env *src, bool recovered,
+                      const char *sender, const char *const *to, size_t nto, const void *data,
+                      size_t len, struct queue_outputs *out, char *err, size_t errlen);
+int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
+                 struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
+                 size_t errlen);
+int role_callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
+                       const char *omid);
+
+/* roles_access.c: stage "submission" */
+int role_access_point(struct roles *r, const struct queue_env *env, const char *data,
+                      size_t len, bool recovered, struct queue_outputs *out, char *err,
+                      size_t errlen);
+/* roles_incoming.c: stage "incoming" */
+int role_incoming_point(struct roles *r, const struct queue_env *env_in, const char *data,
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen);
+
+#endif

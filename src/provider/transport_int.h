@@ -1,0 +1,71 @@
+/*
+ * transport_int.h - private to transport.c and transport_route.c: the struct
+ * transport, next hops, and the lookups and connection cache of
+ * transport_route.c that the relay uses.
+ */
+#ifndef PEC_PROVIDER_TRANSPORT_INT_H
+#define PEC_PROVIDER_TRANSPORT_INT_H
+
+#include "transport.h"
+#include "smtp/client.h"
+
+#include <arpa/inet.h>
+#include <glib.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <time.h>
+
+#define MAX_HOPS 16
+#define MAX_ADDRS 8
+
+struct idle_conn {
+    struct smtp_client *c;
+    time_t since;
+};
+
+struct transport {
+    const struct config *cfg;
+    SSL_CTX *client_ctx;
+    struct ub_ctx *ub;
+    bool dnssec;
+    GMutex lock;
+    GCond cond;
+    GHashTable *idle;       /* "host|addr|port|policy" -> GQueue of idle_conn */
+    GHashTable *active;     /* domain -> count of running deliveries */
+    bool (*is_pec)(void *arg, const char *domain);
+    void *is_pec_arg;
+    int (*user_lookup)(void *arg, const char *addr);
+    void *user_lookup_arg;
+    struct callouts *callouts;  /* the outgoing milters (DKIM signing), or NULL */
+};
+
+struct hop {
+    char host[256];
+    char port[8];
+    char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+    size_t naddrs;
+};
+
+struct hops {
+    struct hop h[MAX_HOPS];
+    size_t n;
+    bool lmtp;              /* a route "lmtp:HOST:PORT" (RFC 2033, e.g. Dovecot) */
+    bool secure;            /* DNSSEC-validated, or a static route */
+    int fail_code;          /* 0 ok; 4xx/5xx when the lookup failed */
+    char fail[256];
+};
+
+enum tlsa_state { TLSA_NONE, TLSA_FOUND, TLSA_INSECURE, TLSA_FAILED };
+
+/* transport_route.c (comments at the definitions) */
+void tr_resolve(struct transport *t, const char *domain, struct hops *hs);
+enum tlsa_state tr_tlsa_lookup(struct transport *t, const struct hop *h,
+                               struct tlsa_rec *out, size_t max, size_t *n);
+void tr_conn_key(char *key, size_t n, const struct hop *h, const char *addr,
+                 enum tls_policy p, bool lmtp);
+struct smtp_client *tr_cache_take(struct transport *t, const char *key);
+void tr_cache_put(struct transport *t, const char *key, struct smtp_client *c);
+void tr_slot_take(struct transport *t, const char *domain);
+void tr_slot_give(struct transport *t, const char *domain);
+
+#endif

@@ -98,29 +98,13 @@ void clamd_parse_reply(const char *buf, size_t len, struct clamd_verdict *v)
 
 /* ---- sockets with timeouts -------------------------------------------------- */
 
-static int wait_fd(int fd, short ev, unsigned timeout_ms)
-{
-    struct pollfd p = {.fd = fd, .events = ev};
-    for (;;) {
-        int r = poll(&p, 1, (int)timeout_ms);
-        if (r > 0)
-            return 0;
-        if (r == 0) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
 static int connect_to(int fd, const struct sockaddr *sa, socklen_t salen, unsigned timeout_ms)
 {
     if (connect(fd, sa, salen) == 0)
         return 0;
     if (errno != EINPROGRESS && errno != EAGAIN)
         return -1;
-    if (wait_fd(fd, POLLOUT, timeout_ms) == -1)
+    if (fd_wait(fd, POLLOUT, clock_ms() + timeout_ms) != 1)
         return -1;
     int soerr = 0;
     socklen_t l = sizeof soerr;
@@ -186,7 +170,7 @@ static int send_all(int fd, const void *buf, size_t len, unsigned timeout_ms)
             p += n;
             len -= (size_t)n;
         } else if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(fd, POLLOUT, timeout_ms) == -1)
+            if (fd_wait(fd, POLLOUT, clock_ms() + timeout_ms) != 1)
                 return -1;
         } else if (n == -1 && errno != EINTR) {
             return -1;
@@ -210,7 +194,7 @@ static ssize_t read_reply(int fd, char *buf, size_t cap, unsigned timeout_ms)
             errno = ECONNRESET;
             return got > 0 ? (ssize_t)got : -1;   /* a reply cut by a close */
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (wait_fd(fd, POLLIN, timeout_ms) == -1)
+            if (fd_wait(fd, POLLIN, clock_ms() + timeout_ms) != 1)
                 return -1;
         } else if (errno != EINTR) {
             return -1;

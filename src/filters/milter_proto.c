@@ -165,30 +165,6 @@ int milter_spec_parse(struct milter_spec *s, const char *name, const char *socke
 
 /* ---- deadlines and poll ----------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Waits for events on fd until deadline: 1 ready, 0 timed out, -1 error. */
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-    for (;;) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0)
-            return 0;
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, left > 1000000 ? 1000000 : (int)left);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return r;
-        return 1;
-    }
-}
-
 /* ---- connect ---------------------------------------------------------------- */
 
 static int connect_addr(const struct sockaddr *sa, socklen_t salen, int64_t deadline, char *why,
@@ -208,7 +184,7 @@ static int connect_addr(const struct sockaddr *sa, socklen_t salen, int64_t dead
         close(fd);
         return -1;
     }
-    int r = wait_fd(fd, POLLOUT, deadline), soerr = 0;
+    int r = fd_wait(fd, POLLOUT, deadline), soerr = 0;
     socklen_t l = sizeof soerr;
     if (r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) == 0 && soerr == 0)
         return fd;
@@ -224,7 +200,7 @@ int milter_connect(const struct milter_spec *spec, char *err, size_t errlen)
     if (split_target(spec->socket, &t, err, errlen) < 0)
         return -1;
     unsigned ms = spec->connect_timeout_ms ? spec->connect_timeout_ms : MILTER_DEF_CONNECT_MS;
-    int64_t deadline = now_ms() + ms;
+    int64_t deadline = clock_ms() + ms;
     int fd = -1;
     if (t.local) {
         struct sockaddr_un su = {.sun_family = AF_UNIX};
@@ -237,7 +213,7 @@ int milter_connect(const struct milter_spec *spec, char *err, size_t errlen)
         int g = getaddrinfo(t.host, t.port, &hints, &ai);
         if (g != 0)
             return str_fmt(err, errlen, "milter %s: %s: %s", spec->name, t.host, gai_strerror(g)), -1;
-        for (struct addrinfo *a = ai; a && fd < 0 && now_ms() < deadline; a = a->ai_next)
+        for (struct addrinfo *a = ai; a && fd < 0 && clock_ms() < deadline; a = a->ai_next)
             fd = connect_addr(a->ai_addr, a->ai_addrlen, deadline, why, sizeof why);
         freeaddrinfo(ai);
     }
@@ -261,7 +237,7 @@ static int write_full(int fd, const char *p, size_t n, int64_t deadline, char *e
             continue;
         if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
             return str_fmt(err, errlen, "write: %s", strerror(errno)), -1;
-        int r = wait_fd(fd, POLLOUT, deadline);
+        int r = fd_wait(fd, POLLOUT, deadline);
         if (r == 0)
             return str_fmt(err, errlen, "write timed out"), -1;
         if (r < 0)
@@ -278,7 +254,7 @@ int milter_send(int fd, const struct mbuf *b, unsigned timeout_ms, char *err, si
     unsigned char *h = (unsigned char *)b->p;
     h[0] = (unsigned char)(n >> 24), h[1] = (unsigned char)(n >> 16);
     h[2] = (unsigned char)(n >> 8), h[3] = (unsigned char)n;
-    return write_full(fd, b->p, b->len, now_ms() + timeout_ms, err, errlen);
+    return write_full(fd, b->p, b->len, clock_ms() + timeout_ms, err, errlen);
 }
 
 static int read_full(int fd, char *p, size_t n, int64_t deadline, char *err, size_t errlen)
@@ -305,7 +281,7 @@ static int read_full(int fd, char *p, size_t n, int64_t deadline, char *err, siz
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return str_fmt(err, errlen, "read: %s", strerror(errno)), -1;
-        int w = wait_fd(fd, POLLIN, deadline);
+        int w = fd_wait(fd, POLLIN, deadline);
         if (w == 0)
             return str_fmt(err, errlen, "read timed out"), -1;
         if (w < 0)
@@ -318,7 +294,7 @@ int milter_recv(int fd, unsigned timeout_ms, size_t max, char *cmd, char **data,
                 char *err, size_t errlen)
 {
     char hdr[5];
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_ms() + timeout_ms;
     *data = NULL;
     *len = 0;
     if (read_full(fd, hdr, 4, deadline, err, errlen) < 0)

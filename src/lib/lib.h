@@ -41,6 +41,11 @@ bool str_iprefix(const char *s, const char *prefix);
 char *str_trim(char *s);
 void str_lower(char *s);
 /* Parses "10", "10k", "10K", "30M", "1G" (binary multiples) into bytes. */
+/* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
+int64_t clock_ms(void);
+/* Waits until fd has one of the poll(2) events or the deadline (clock_ms())
+ * passes: 1 ready, 0 timed out (errno ETIMEDOUT), -1 error; EINTR retried. */
+int fd_wait(int fd, short events, int64_t deadline);
 int parse_size(const char *s, uint64_t *out);
 /* Parses "30", "30s", "5m", "12h", "2d" into seconds. */
 int parse_duration(const char *s, uint64_t *out);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
 #include <time.h>
 
 size_t str_copy(char *dst, const char *src, size_t size)
@@ -156,4 +157,32 @@ bool mail_header_value(const char *msg, size_t len, const char *name, char *out,
         i += ll + 1;
     }
     return false;
+}
+
+int64_t clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int fd_wait(int fd, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - clock_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return 0;
+        }
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, left > 1000000 ? 1000000 : (int)left);
+        if (r > 0)
+            return 1;
+        if (r == 0) {
+            errno = ETIMEDOUT;
+            return 0;
+        }
+        if (errno != EINTR)
+            return -1;
+    }
 }

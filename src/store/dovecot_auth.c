@@ -198,38 +198,10 @@ int dovecot_parse_feed(struct dovecot_parse *p, const char *data, size_t len)
 
 /* ---- socket I/O with a deadline -------------------------------------------- */
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int wait_fd(int fd, short ev, long long deadline)
-{
-    for (;;) {
-        long long left = deadline - now_ms();
-        if (left <= 0) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        struct pollfd pfd = {.fd = fd, .events = ev};
-        int r = poll(&pfd, 1, (int)left);
-        if (r > 0)
-            return 0;
-        if (r == 0) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
 static int send_all(int fd, const char *s, size_t len, long long deadline)
 {
     while (len > 0) {
-        if (wait_fd(fd, POLLOUT, deadline) == -1)
+        if (fd_wait(fd, POLLOUT, deadline) != 1)
             return -1;
         ssize_t w = send(fd, s, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0) {
@@ -250,7 +222,7 @@ static int run_parser(int fd, struct dovecot_parse *p, long long deadline, char 
     char buf[4096];
     size_t total = 0;
     for (;;) {
-        if (wait_fd(fd, POLLIN, deadline) == -1) {
+        if (fd_wait(fd, POLLIN, deadline) != 1) {
             snprintf(err, errlen, "Dovecot auth: %s", errno == ETIMEDOUT ? "no answer in time"
                                                                          : strerror(errno));
             return DOVECOT_TEMP;
@@ -318,7 +290,7 @@ int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char
         snprintf(err, errlen, "user name or password not acceptable");
         return DOVECOT_FAIL;
     }
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = clock_ms() + timeout_ms;
     /* RFC 4616: authzid (empty) NUL authcid NUL passwd */
     unsigned char plain[1 + 513 + 1025];
     size_t mlen = 0;
@@ -362,7 +334,7 @@ int dovecot_userdb_lookup_fd(int fd, const char *user, unsigned timeout_ms, char
         snprintf(err, errlen, "user name not acceptable");
         return DOVECOT_FAIL;
     }
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = clock_ms() + timeout_ms;
     char hello[32], req[700];
     int hl = snprintf(hello, sizeof hello, "VERSION\t1\t0\n");
     int rl = snprintf(req, sizeof req, "USER\t%u\t%s\tservice=smtp\n", REQ_ID, user);
@@ -399,7 +371,7 @@ static int connect_unix(const char *path, unsigned timeout_ms, char *err, size_t
             close(fd);
             return -1;
         }
-        if (wait_fd(fd, POLLOUT, now_ms() + timeout_ms) == -1) {
+        if (fd_wait(fd, POLLOUT, clock_ms() + timeout_ms) != 1) {
             snprintf(err, errlen, "cannot connect to Dovecot at %s: %s", path, strerror(errno));
             close(fd);
             return -1;

@@ -8,14 +8,13 @@ clamd listens on a unix socket in its temporary directory and on a free loopback
 port (Foreground yes).  Clamd.start() waits for both; stop() ends the process it started.
 """
 import os
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
 
-from pecd_harness import free_port
+from pecd_harness import free_port, stop_process
 
 CLAMD = "/usr/sbin/clamd"
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -93,12 +92,7 @@ ScanMail yes
     def stop(self):
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def log(self):

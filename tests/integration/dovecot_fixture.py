@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-from pecd_harness import PECD, LIVE, free_port, wait_port
+from pecd_harness import PECD, LIVE, free_port, wait_port, stop_process
 from pec_providers import Provider, make_providers
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -131,13 +131,7 @@ class Dovecot:
         assert os.path.exists(self.auth_client), self.log()
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
         if self in LIVE:
             LIVE.remove(self)

@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import time
 
-from pecd_harness import free_port, wait_port
+from pecd_harness import free_port, wait_port, stop_process
 
 SLAPD = "/usr/sbin/slapd"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,13 +55,7 @@ class Slapd:
             wait_port(self.tls_port, self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def ldap(self, tool, *args, input=None):

@@ -7,7 +7,7 @@ import subprocess
 import time
 from email import message_from_bytes, policy
 
-from pecd_harness import PECCTL, PECD, free_port, wait_port, LIVE
+from pecd_harness import PECCTL, PECD, free_port, wait_port, LIVE, stop_process
 
 
 def pecctl(*args, input=None, check=True):
@@ -79,13 +79,7 @@ class Provider:
             wait_port(p, self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self in LIVE:
             LIVE.remove(self)
         self.proc = None

@@ -60,6 +60,18 @@ DELIVERY_TIMEOUT = 15.0
 _handed_out = set()
 
 
+def stop_process(proc, timeout=15):
+    """SIGTERM, then SIGKILL after timeout seconds: a daemon a test started is gone after this."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def free_port():
     """A free loopback TCP port below the ephemeral range (so that our own client
     sockets never take it), not handed out before in this run."""

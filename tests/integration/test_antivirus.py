@@ -2,7 +2,6 @@
 pecd: clean mail passes with an OPES-Trace header, a virus gets 554 5.7.1 naming it,
 a scanner that is down gives 451 4.7.1 and queues nothing, fail_open accepts unscanned
 with a warning, over clamd's StreamMaxLength gives 552 5.3.4."""
-import os
 import time
 
 import pytest

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from downstream import Downstream, make_ca_and_cert, reports, submit, wait_log, wait_reports
+from downstream import Downstream, make_ca_and_cert, submit, wait_log, wait_reports
 from pecd_harness import free_port, message, unique_id
 
 ALICE = "alice@example.test"

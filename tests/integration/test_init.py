@@ -14,7 +14,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 
 import pytest
 

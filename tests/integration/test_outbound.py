@@ -8,7 +8,7 @@ import time
 import pytest
 
 from downstream import Downstream, make_ca_and_cert, reports, submit, wait_log, wait_reports
-from pecd_harness import free_port, message, password, unique_id
+from pecd_harness import free_port, message, unique_id
 
 ALICE = "alice@example.test"
 
@@ -176,7 +176,7 @@ def test_lmtp_route_gives_one_reply_per_recipient(make_instance):
     per recipient, so one recipient can fail while the other is delivered."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.lmtp import LMTP
-    from downstream import reports, wait_reports
+    from downstream import wait_reports
 
     got = []
 

@@ -94,7 +94,7 @@ def test_non_acceptance(world):
     a.submit("mario", ["anna@pec.b.test", "anna@pec.a.test"],
              message("mario@pec.a.test", ["anna@pec.b.test"], subject="bcc"))
     (n,) = a.wait_mail("mario", ricevuta("non-accettazione"))
-    v = assert_signed(a, *n[:2], ca, directory, "non-accettazione")
+    assert_signed(a, *n[:2], ca, directory, "non-accettazione")
     assert n[2]["Subject"].startswith("AVVISO DI NON ACCETTAZIONE: ")
     assert b"postacert.eml" not in n[1]
     # From: differs from MAIL FROM

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from clamd_fixture import EICAR, clamd  # noqa: F401
-from pec_providers import make_providers, pecctl, ricevuta, verify
+from pec_providers import make_providers, pecctl, ricevuta
 from test_pec_providers import assert_signed
 
 

@@ -6,6 +6,7 @@
  * not know.  docs/antivirus.md, docs/milter.md and docs/opes.md describe them.
  */
 #include "config.h"
+#include "config_int.h"
 #include "lib.h"
 
 #include <limits.h>
@@ -26,12 +27,6 @@ static int bad(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return 0;
-}
-
-static void set(char **dst, const char *v)
-{
-    free(*dst);
-    *dst = strdup(v);
 }
 
 static int duration(const char *name, const char *value, uint64_t *dst, uint64_t min,
@@ -73,7 +68,7 @@ static int antivirus_key(struct config *cfg, const char *name, const char *value
     if (strcmp(name, "clamd") == 0) {
         if (!valid_clamd(value))
             return bad(err, errlen, "clamd: '%s' is not unix:/PATH or tcp:HOST:PORT", value);
-        set(&cfg->av_clamd, value);
+        set_str(&cfg->av_clamd, value);
         return 1;
     }
     if (strcmp(name, "enabled") == 0)
@@ -92,7 +87,7 @@ static int antivirus_key(struct config *cfg, const char *name, const char *value
         return 1;
     }
     if (strcmp(name, "quarantine") == 0) {
-        set(&cfg->av_quarantine, value);
+        set_str(&cfg->av_quarantine, value);
         return 1;
     }
     return bad(err, errlen, "unknown key '%s' in [antivirus]", name);
@@ -130,7 +125,7 @@ static int milter_key(struct config *cfg, const char *mname, const char *name,
         if (!unix_ok && !inet_ok)
             return bad(err, errlen, "socket: '%s' is not unix:/PATH, inet:PORT@HOST or "
                        "inet:HOST:PORT", value);
-        set(&m->socket, value);
+        set_str(&m->socket, value);
         return 1;
     }
     if (strcmp(name, "phase") == 0) {
@@ -160,7 +155,7 @@ static int callouts_key(struct config *cfg, const char *name, const char *value,
                         size_t errlen)
 {
     if (strcmp(name, "default") == 0) {
-        set(&cfg->callouts_default, value);
+        set_str(&cfg->callouts_default, value);
         return 1;
     }
     if (strcmp(name, "workers") == 0) {
@@ -236,7 +231,7 @@ int config_callout_finish(struct config *cfg, char *err, size_t errlen)
     } else if (cfg->av_quarantine[0] != '/') {
         char buf[PATH_MAX];
         snprintf(buf, sizeof buf, "%s/%s", cfg->dir, cfg->av_quarantine);
-        set(&cfg->av_quarantine, buf);
+        set_str(&cfg->av_quarantine, buf);
     }
     for (size_t i = 0; i < cfg->nmilters; i++)
         if (cfg->milters[i].socket == NULL) {

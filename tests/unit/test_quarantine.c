@@ -53,8 +53,9 @@ static void test_store_and_info(void **state)
     const char *rc[] = {"a@example.test", "b@example.test"};
     struct quarantine_info qi = {.qid = "ABC123", .reason = "virus Eicar-Signature",
                                  .sender = "s@client.test", .rcpts = rc, .nrcpts = 2};
-    assert_int_equal(quarantine_store(dir, &qi, "Subject: x\r\n\r\nbody\r\n", 22, path,
-                                      sizeof path, err, sizeof err), 0);
+    static const char msg[] = "Subject: x\r\n\r\nbody\r\n";
+    assert_int_equal(quarantine_store(dir, &qi, msg, sizeof msg - 1, path, sizeof path, err,
+                                      sizeof err), 0);
     assert_non_null(strstr(path, "/ABC123.eml"));
     char info[512], *buf;
     size_t len;

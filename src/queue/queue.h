@@ -168,11 +168,13 @@ typedef void (*deliver_fn)(void *arg, const struct queue_env *env, const char *d
                            bool recovered, bool sync_each, struct deliver_rcpt *rcpts);
 /* Messages with a stage are not delivered but processed: the function turns
  * one message into new ones (receipts, envelopes...), which the queue commits
- * exactly once: outputs are written to staged/, then a PROCESSED record is
- * appended to the source (the commit point), then the outputs move into
- * queue/ and the source goes.  A crash before the commit point discards the
- * outputs and the stage runs again ('recovered'); after it, recovery finishes
- * the move.  Returns 0, or -1 to retry later (reason in err). */
+ * exactly once: outputs are written to staged/ and copies for our own
+ * mailboxes to their tmp/ (out->pubs), all made durable, the copies linked
+ * into new/, then a PROCESSED record is appended to the source (the commit
+ * point), then the outputs move into queue/ and the source goes.  A crash
+ * before the commit point discards the outputs and the stage runs again
+ * ('recovered': copies already linked are found by name); after it, recovery
+ * finishes the move.  Returns 0, or -1 to retry later (reason in err). */
 struct queue_output {
     struct queue_env env;   /* owned: strings malloc'ed; qid assigned by the queue */
     char *data;             /* owned */

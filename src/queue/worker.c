@@ -4,7 +4,10 @@
  * group them by destination), publishes local copies as one group commit,
  * sends the notifications the senders asked for (RFC 3461), records each
  * settled recipient in the spool file, and removes the file once nothing is
- * pending.  Everything here is replayable after a crash.
+ * pending.  Messages with a stage are processed instead (run_stage,
+ * commit_stages: their outputs and mailbox copies are committed exactly once).
+ * Spool files that are done go to free/ for reuse (recycle.c).  Everything
+ * here is replayable after a crash.
  */
 #include "queue_int.h"
 #include "smtp/smtp.h"   /* SMTP_NOTIFY_* bits */

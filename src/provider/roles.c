@@ -195,6 +195,20 @@ void role_make_id(struct roles *r, char *buf, size_t size, time_t when)
     pec_make_msgid(buf, size, r->cfg->domain, when, n);
 }
 
+/* The identifier of the next message a stage makes for source env: from its
+ * queue id and arrival and the count of identifiers made so far, so a stage
+ * run again after a crash gives each receipt the same Message-ID, the one the
+ * evidence log recorded the first time. */
+void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_outputs *out,
+                   char *buf, size_t size)
+{
+    char stamp[32];
+    struct tm tm;
+    localtime_r(&env->arrival, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
+    snprintf(buf, size, "opec1.%s.%s.%u@%s", stamp, env->qid, ++out->ids, r->cfg->domain);
+}
+
 /* A system message from posta-certificata@<domain> to one address. */
 void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
                      size_t nto, const char *stage, const pec_buf *msg)

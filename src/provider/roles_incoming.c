@@ -44,7 +44,7 @@ static int incoming_virus(struct roles *r, const struct queue_env *env, bool rec
     for (size_t i = 0; i < env->nrcpts; i++) {
         time_t now = time(NULL);
         char mid[256];
-        role_make_id(r, mid, sizeof mid, now);
+        role_stage_id(r, env, out, mid, sizeof mid);
         const char *rcpt = env->rcpts[i].addr;
         pec_build_args a = {.type = PEC_TYPE_RILEVAZIONE_VIRUS, .errore = PEC_ERRORE_VIRUS,
                             .sender = d && d->mittente ? d->mittente : env->sender,
@@ -83,7 +83,7 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
         return 0;
     time_t now = time(NULL);
     char mid[256];
-    role_make_id(r, mid, sizeof mid, now);
+    role_stage_id(r, env, out, mid, sizeof mid);
     pec_build_args a = {.type = PEC_TYPE_ERRORE_CONSEGNA, .errore = PEC_ERRORE_VIRUS,
                         .sender = d->mittente, .recipients = d->destinatari,
                         .n_recipients = d->n_destinatari, .when = now,
@@ -147,7 +147,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
         const char *addr = env->rcpts[i].addr;
         time_t now = time(NULL);
         char mid[256];
-        role_make_id(r, mid, sizeof mid, now);
+        role_stage_id(r, env, out, mid, sizeof mid);
         pec_build_args a = {.sender = d && d->mittente ? d->mittente : env->sender,
                             .recipients = d ? d->destinatari : NULL,
                             .n_recipients = d ? d->n_destinatari : 0,
@@ -217,7 +217,7 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
 {
     time_t now = time(NULL);
     char pec_id[256];
-    role_make_id(r, pec_id, sizeof pec_id, now);
+    role_stage_id(r, env, out, pec_id, sizeof pec_id);
     pec_recipient *rc = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
     for (size_t i = 0; i < env->nrcpts; i++) {
         rc[i].addr = env->rcpts[i].addr;
@@ -363,7 +363,7 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
             ric[i] = env->rcpts[i].addr;
         time_t now = time(NULL);
         char mid[256];
-        role_make_id(r, mid, sizeof mid, now);
+        role_stage_id(r, env, out, mid, sizeof mid);
         const pec_daticert *d = v.daticert;
         pec_build_args a = {.type = PEC_TYPE_PRESA_IN_CARICO,
                             .sender = d && d->mittente ? d->mittente : env->sender,

@@ -188,6 +188,9 @@ struct queue_outputs {
      * '\0' was stored before (found again after a crash) */
     struct deliver_pending *pubs;
     size_t npubs, pubcap;
+    /* for the processor: how many identifiers it has made for this source, so
+     * that a stage run again makes the same ones (see roles' role_stage_id) */
+    unsigned ids;
 };
 /* Adds a copy of env's envelope fields (sender, recipients, options) and data. */
 void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, const void *data,

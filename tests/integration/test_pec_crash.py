@@ -2,7 +2,9 @@
 after the restarts every acknowledged message has exactly its receipts, none twice."""
 import collections
 import random
+import os
 import re
+import sqlite3
 import smtplib
 import ssl
 import threading
@@ -111,5 +113,16 @@ def test_kill_9_during_200_pec_messages(pair):
     for p in (a, b):
         r = pecctl("-c", p.conf, "log", "verify", check=False)
         assert r.returncode == 0, f"{p.domain}: log verify: {r.stdout}{r.stderr}"
+    # each receipt A holds is the one B's evidence log recorded (a stage run again
+    # after a kill gives its receipts the Message-IDs of the first run)
+    db = sqlite3.connect(f"file:{os.path.join(b.dir, 'evidence.db')}?mode=ro", uri=True)
+    logged = {t: {m for (m,) in db.execute("SELECT message_id FROM events WHERE type = ?", (t,))}
+              for t in ("avvenuta-consegna", "presa-in-carico")}
+    db.close()
+    for local, kind in (("mario", "avvenuta-consegna"), ("posta-certificata", "presa-in-carico")):
+        for _, raw, m in a.mails(local):
+            if (m.get("X-Ricevuta") or "").strip() == kind:
+                mid = m.get("Message-ID", "").strip().strip("<>")
+                assert mid in logged[kind], f"{kind} {mid} is not in B's evidence log"
     # no timeout notice: every delivery receipt came back
     assert subjects(a, "mario", "X-Ricevuta", "preavviso-errore-consegna") == collections.Counter()

@@ -195,18 +195,27 @@ void role_make_id(struct roles *r, char *buf, size_t size, time_t when)
     pec_make_msgid(buf, size, r->cfg->domain, when, n);
 }
 
-/* The identifier of the next message a stage makes for source env: from its
- * queue id and arrival and the count of identifiers made so far, so a stage
- * run again after a crash gives each receipt the same Message-ID, the one the
+/* An identifier derived from source env's arrival and queue id (n > 0 adds
+ * ".n"), so a stage run again after a crash makes the same ones. */
+void role_source_id(struct roles *r, const struct queue_env *env, unsigned n, char *buf,
+                    size_t size)
+{
+    char stamp[32], suffix[16] = "";
+    struct tm tm;
+    localtime_r(&env->arrival, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
+    if (n > 0)
+        snprintf(suffix, sizeof suffix, ".%u", n);
+    snprintf(buf, size, "opec1.%s.%s%s@%s", stamp, env->qid, suffix, r->cfg->domain);
+}
+
+/* The identifier of the next message a stage makes for source env: numbered
+ * in the order the stage makes them, so each receipt gets the Message-ID the
  * evidence log recorded the first time. */
 void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_outputs *out,
                    char *buf, size_t size)
 {
-    char stamp[32];
-    struct tm tm;
-    localtime_r(&env->arrival, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
-    snprintf(buf, size, "opec1.%s.%s.%u@%s", stamp, env->qid, ++out->ids, r->cfg->domain);
+    role_source_id(r, env, ++out->ids, buf, size);
 }
 
 /* A system message from posta-certificata@<domain> to one address. */

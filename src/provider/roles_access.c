@@ -72,11 +72,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     }
     /* the PEC msgid comes from the queue id, so a stage run again after a
      * crash gives the same message the same identity */
-    char pec_id[256], stamp[32];
-    struct tm tm;
-    localtime_r(&env->arrival, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
-    snprintf(pec_id, sizeof pec_id, "opec1.%s.%s@%s", stamp, env->qid, r->cfg->domain);
+    char pec_id[256];
+    role_source_id(r, env, 0, pec_id, sizeof pec_id);
     pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
                           .forward_paths = fwd, .n_forward = env->nrcpts,
                           .max_total = r->cfg->pec_max_total};

@@ -38,6 +38,8 @@ int role_event(struct roles *r, const char *type, const char *qid, const char *p
                const char *orig_msgid, const char *message_id, const char *sender,
                const char *rcpts, const char *subject, const char *outcome, const char *key);
 void role_make_id(struct roles *r, char *buf, size_t size, time_t when);
+void role_source_id(struct roles *r, const struct queue_env *env, unsigned n, char *buf,
+                    size_t size);
 void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_outputs *out,
                    char *buf, size_t size);
 void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,

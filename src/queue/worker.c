@@ -49,6 +49,17 @@ static void unpublish(struct work *w, size_t i, const char *why)
     log_err("%s: to=<%s> deferred: %s", w->e->qid, w->env.rcpts[i].addr, why);
 }
 
+/* Syncs the file system of dir (fs) or dir itself. */
+static int sync_dir_fs(const char *dir, bool fs)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    int r = fs ? syncfs(fd) : fsync(fd);
+    close(fd);
+    return r;
+}
+
 /* Notes dst's directory in dirs and, in syncfs mode, syncs its file system
  * the first time one of its directories is seen.  false on a failed sync. */
 static bool note_copy(struct queue *q, const char *dst, GHashTable *dirs, GHashTable *devs)
@@ -59,13 +70,10 @@ static bool note_copy(struct queue *q, const char *dst, GHashTable *dirs, GHashT
     if (q->cfg->sync_fs && stat(dir, &st) == 0 &&
         !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
         g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd == -1 || syncfs(fd) == -1) {
+        if (sync_dir_fs(dir, true) == -1) {
             log_err("syncfs %s: %s", dir, strerror(errno));
             ok = false;
         }
-        if (fd != -1)
-            close(fd);
     }
     g_hash_table_add(dirs, dir);   /* a set: an equal key is replaced and freed */
     return ok;
@@ -305,16 +313,6 @@ static void run_stage(struct queue *q, struct work *w)
     log_info("%s: %s stage done, %zu new message%s, %zu stored", e->qid, w->env.stage, out.n,
              out.n == 1 ? "" : "s", w->npubs);
     queue_outputs_free(&out);
-}
-
-static int sync_dir_fs(const char *dir, bool fs)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd == -1)
-        return -1;
-    int r = fs ? syncfs(fd) : fsync(fd);
-    close(fd);
-    return r;
 }
 
 /* The mailbox copies of the batch's stages: data durable (one syncfs per file

@@ -75,6 +75,7 @@ struct config {
     /* [queue] */
     char *queue_dir;
     uint64_t delivery_workers;
+    uint64_t worker_nice;           /* nice value of the delivery threads */
     uint64_t retry_min;
     uint64_t retry_max;
     uint64_t queue_lifetime;

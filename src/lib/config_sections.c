@@ -367,6 +367,12 @@ int config_handler(void *user, const char *section, const char *name, const char
                 return fail(ctx, "delivery_workers: at most 64");
             return r;
         }
+        if (strcmp(name, "worker_nice") == 0) {
+            int r = handle_u64(ctx, name, value, &cfg->worker_nice, false, 0);
+            if (r && cfg->worker_nice > 19)
+                return fail(ctx, "worker_nice: 0 to 19");
+            return r;
+        }
         if (strcmp(name, "retry_min") == 0)
             return handle_u64(ctx, name, value, &cfg->retry_min, false, 1);
         if (strcmp(name, "retry_max") == 0)

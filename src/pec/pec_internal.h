@@ -8,6 +8,8 @@
 #include "mime/mime.h"
 #include "pec/pec.h"
 
+#include <openssl/cms.h>
+
 /* Writes a formatted message into err (when given) and returns -1. */
 int pec_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* pec_err with "what: <OpenSSL's first queued error>"; clears OpenSSL's queue. */
@@ -32,5 +34,11 @@ void pec_cert_email(const void *x509, char *out, size_t size);
 
 /* Finds the daticert.xml part below obj (decoded content appended to out). */
 int pec_find_daticert(GMimeObject *obj, mime_buf *out);
+
+/* Reads a DER CMS ContentInfo (pec_cms.c).  For a SignedData the embedded
+ * certificates come from a cache of parsed certificates and are returned in
+ * *certs (a new stack, also for no certificates) instead of inside the CMS;
+ * pass them to CMS_verify.  NULL if unreadable. */
+CMS_ContentInfo *pec_cms_read(const unsigned char *der, size_t len, STACK_OF(X509) **certs);
 
 #endif

@@ -351,8 +351,7 @@ static int verify_signature(const pec_trust *t, const unsigned char *msg, size_t
         fail(v, PEC_R_FORMAT, "the signed content cannot be delimited");
         goto out;
     }
-    const unsigned char *sp = sig.data;
-    cms = sig.len ? d2i_CMS_ContentInfo(NULL, &sp, (long)sig.len) : NULL;
+    cms = pec_cms_read(sig.data, sig.len, &certs);
     if (!cms || OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
         fail(v, PEC_R_BAD_SIGNATURE_FORMAT, "the signature part is not a readable CMS "
                                             "SignedData");
@@ -375,7 +374,7 @@ static int verify_signature(const pec_trust *t, const unsigned char *msg, size_t
 
     dc = BIO_new_mem_buf(content.data, (int)content.len);
     /* content and signature only; the path is checked below at the signing time */
-    if (CMS_verify(cms, NULL, NULL, dc, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
+    if (CMS_verify(cms, certs, NULL, dc, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
         unsigned long e;
         bool changed = false, nocert = false;
         while ((e = ERR_get_error()) != 0) {
@@ -401,7 +400,6 @@ static int verify_signature(const pec_trust *t, const unsigned char *msg, size_t
         goto out;
     }
     cert_facts(signer, v);
-    certs = CMS_get1_certs(cms);
     time_t when = t->at ? t->at : v->signing_time ? v->signing_time : time(NULL);
     if (check_chain(t, signer, certs, when, v) < 0)
         goto out;

@@ -198,6 +198,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     q->ev = event_new(base, q->efd, EV_READ | EV_PERSIST, on_results, q);
     event_add(q->ev, NULL);
     q->nworkers = cfg->delivery_workers;
+    q->worker_nice = (int)cfg->worker_nice;
     for (size_t i = 0; i < q->nworkers; i++)
         q->workers[i] = g_thread_new("deliver", queue_worker_thread, q);
     return q;

@@ -49,6 +49,7 @@ struct queue {
     struct event *ev;
     GThread *workers[64];
     size_t nworkers;
+    int worker_nice;                /* setpriority() of each worker thread */
     size_t busy;
     bool stopping;
     size_t purged;      /* unacknowledged files dropped at start-up */

@@ -21,6 +21,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 struct qentry queue_stop_entry;
 
@@ -559,6 +561,16 @@ static void settle(struct queue *q, struct work *w)
 gpointer queue_worker_thread(gpointer arg)
 {
     struct queue *q = arg;
+    /* Below the event loop and the committer: a client waiting for its 250
+     * goes before the queue's work (on Linux a nice value is per thread). */
+    if (q->worker_nice > 0) {
+        id_t tid = (id_t)syscall(SYS_gettid);
+        errno = 0;
+        int now = getpriority(PRIO_PROCESS, tid);
+        int nice = (errno == 0 ? now : 0) + q->worker_nice;
+        if (setpriority(PRIO_PROCESS, tid, nice > 19 ? 19 : nice) == -1)
+            log_warn("cannot lower the priority of a delivery thread: %s", strerror(errno));
+    }
     for (;;) {
         struct work ws[WORKER_BATCH];
         size_t n = 0;

@@ -1,0 +1,161 @@
+/*
+ * test_cms.c - pec_cms_read: the certificates of a SignedData come from the
+ * cache, the rest reads and verifies as OpenSSL's own reading does.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <openssl/bio.h>
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "pec/pec_internal.h"
+#include "testutil.h"
+
+static const char content[] = "Content-Type: text/plain\r\n\r\nsigned text\r\n";
+
+/* A detached signature by the test signer with its CA certificate embedded. */
+static void sign_with_chain(pec_buf *der)
+{
+    const struct tpki *p = tpki_get();
+    size_t n = p->signer.cert_pem.len + p->ca.cert_pem.len;
+    char *chain = malloc(n);
+    memcpy(chain, p->signer.cert_pem.data, p->signer.cert_pem.len);
+    memcpy(chain + p->signer.cert_pem.len, p->ca.cert_pem.data, p->ca.cert_pem.len);
+    char err[256];
+    pec_signer *s = pec_signer_new_pem((const char *)p->signer.key_pem.data,
+                                       p->signer.key_pem.len, chain, n, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(s->sign(s->ctx, content, strlen(content), der, err, sizeof err), 0);
+    pec_signer_free(s);
+    free(chain);
+}
+
+static int verify(CMS_ContentInfo *cms, STACK_OF(X509) *certs, const char *data)
+{
+    BIO *dc = BIO_new_mem_buf(data, (int)strlen(data));
+    int ok = CMS_verify(cms, certs, NULL, dc, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY);
+    BIO_free(dc);
+    return ok;
+}
+
+static void test_certificates_from_the_cache(void **state)
+{
+    (void)state;
+    pec_buf der = {0};
+    sign_with_chain(&der);
+
+    STACK_OF(X509) *c1 = NULL, *c2 = NULL;
+    CMS_ContentInfo *a = pec_cms_read(der.data, der.len, &c1);
+    CMS_ContentInfo *b = pec_cms_read(der.data, der.len, &c2);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(OBJ_obj2nid(CMS_get0_type(a)), NID_pkcs7_signed);
+    /* the same two certificates as OpenSSL reads, parsed once */
+    const unsigned char *p = der.data;
+    CMS_ContentInfo *whole = d2i_CMS_ContentInfo(NULL, &p, (long)der.len);
+    STACK_OF(X509) *ref = CMS_get1_certs(whole);
+    assert_int_equal(sk_X509_num(ref), 2);
+    assert_int_equal(sk_X509_num(c1), 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(X509_cmp(sk_X509_value(c1, i), sk_X509_value(ref, i)), 0);
+        assert_ptr_equal(sk_X509_value(c1, i), sk_X509_value(c2, i));
+    }
+    /* the CMS itself no longer carries them */
+    STACK_OF(X509) *inside = CMS_get1_certs(a);
+    assert_int_equal(inside ? sk_X509_num(inside) : 0, 0);
+    sk_X509_pop_free(inside, X509_free);
+
+    /* it verifies with them, finds its signer among them, and not without them */
+    assert_int_equal(verify(a, c1, content), 1);
+    STACK_OF(X509) *signers = CMS_get0_signers(a);
+    const struct tpki *pki = tpki_get();
+    BIO *sb = BIO_new_mem_buf(pki->signer.cert_pem.data, (int)pki->signer.cert_pem.len);
+    X509 *signer = PEM_read_bio_X509(sb, NULL, NULL, NULL);
+    BIO_free(sb);
+    assert_int_equal(X509_cmp(sk_X509_value(signers, 0), signer), 0);
+    X509_free(signer);
+    sk_X509_free(signers);
+    assert_int_equal(verify(b, c2, "Content-Type: text/plain\r\n\r\nchanged text\r\n"), 0);
+    STACK_OF(X509) *none = sk_X509_new_null(), *c3 = NULL;
+    CMS_ContentInfo *c = pec_cms_read(der.data, der.len, &c3);
+    assert_int_equal(verify(c, none, content), 0);
+    ERR_clear_error();
+
+    sk_X509_free(none);
+    sk_X509_pop_free(ref, X509_free);
+    sk_X509_pop_free(c1, X509_free);
+    sk_X509_pop_free(c2, X509_free);
+    sk_X509_pop_free(c3, X509_free);
+    CMS_ContentInfo_free(a);
+    CMS_ContentInfo_free(b);
+    CMS_ContentInfo_free(c);
+    CMS_ContentInfo_free(whole);
+    free(der.data);
+}
+
+static void test_unreadable_and_other_types(void **state)
+{
+    (void)state;
+    STACK_OF(X509) *certs = NULL;
+    assert_null(pec_cms_read((const unsigned char *)"garbage", 7, &certs));
+    sk_X509_pop_free(certs, X509_free);
+
+    /* a broken certificate: as unreadable as OpenSSL finds it */
+    pec_buf der = {0};
+    sign_with_chain(&der);
+    const struct tpki *p = tpki_get();
+    BIO *b = BIO_new_mem_buf(p->ca.cert_pem.data, (int)p->ca.cert_pem.len);
+    X509 *ca = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    BIO_free(b);
+    unsigned char *cader = NULL;
+    int calen = i2d_X509(ca, &cader);
+    X509_free(ca);
+    unsigned char *at = memmem(der.data, der.len, cader, (size_t)calen);
+    assert_non_null(at);
+    at[4] = 0x05;   /* the tag of its TBSCertificate: no longer a certificate */
+    certs = NULL;
+    const unsigned char *q = der.data;
+    CMS_ContentInfo *whole = d2i_CMS_ContentInfo(NULL, &q, (long)der.len);
+    CMS_ContentInfo *cms = pec_cms_read(der.data, der.len, &certs);
+    assert_true((whole == NULL) == (cms == NULL));
+    assert_null(cms);
+    CMS_ContentInfo_free(whole);
+    sk_X509_pop_free(certs, X509_free);
+    OPENSSL_free(cader);
+    free(der.data);
+
+    /* not a SignedData: read whole, no certificates */
+    BIO *in = BIO_new_mem_buf(content, (int)strlen(content));
+    CMS_ContentInfo *data = CMS_data_create(in, CMS_BINARY);
+    BIO_free(in);
+    unsigned char *dd = NULL;
+    int dl = i2d_CMS_ContentInfo(data, &dd);
+    CMS_ContentInfo_free(data);
+    certs = NULL;
+    cms = pec_cms_read(dd, (size_t)dl, &certs);
+    assert_non_null(cms);
+    assert_int_equal(OBJ_obj2nid(CMS_get0_type(cms)), NID_pkcs7_data);
+    assert_int_equal(sk_X509_num(certs), 0);
+    sk_X509_pop_free(certs, X509_free);
+    CMS_ContentInfo_free(cms);
+    OPENSSL_free(dd);
+    ERR_clear_error();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_certificates_from_the_cache),
+        cmocka_unit_test(test_unreadable_and_other_types),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

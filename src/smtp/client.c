@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -380,6 +382,13 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
     str_copy(c->host, host, sizeof c->host);
     c->fd = socket(local ? AF_UNIX : res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
                    0);
+    if (c->fd != -1 && !local) {
+        /* the BDAT line and the body, or a body and its final dot, are written
+         * one after the other: without this, Nagle holds the second until the
+         * peer's delayed ACK (up to 40 ms a message) */
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     int rc = c->fd == -1 ? -1
              : local     ? connect(c->fd, (struct sockaddr *)&sun, sizeof sun)
                          : connect(c->fd, res->ai_addr, res->ai_addrlen);

@@ -28,6 +28,8 @@
 #include <event2/listener.h>
 #include <glib.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
@@ -310,6 +312,12 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         return;
     }
 
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        /* replies go out when written: a client that pipelines or waits for
+         * the 250 is not held behind Nagle and its own delayed ACK */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     struct session *s = calloc(1, sizeof *s);
     s->srv = srv;
     s->lst = l->cfg;

@@ -40,6 +40,7 @@ struct work {
     struct deliver_rcpt *r;
     struct deliver_pending *pubs;   /* mailbox copies of a stage, published at its commit */
     size_t npubs;
+    GPtrArray *staged_names;        /* what this pass wrote into staged/ (NULL: not known) */
 };
 
 /* ---- local copies: one group commit per batch --------------------------- */
@@ -200,32 +201,47 @@ static void notify(struct queue *q, struct work *w, enum dsn_action action, cons
 
 /* Moves the committed outputs of source qid from staged/ into queue/ (the
  * caller syncs queue/). */
-static int finish_outputs(struct queue *q, struct qentry *e)
+/* Moves one committed output (staged/QID.N.NEWQID) into queue/. */
+static int finish_output(struct queue *q, struct qentry *e, const char *dir, const char *name)
 {
+    const char *newqid = strrchr(name, '.') + 1;
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, "%s/%s", dir, name);
+    path_of(q, "queue", newqid, to, sizeof to);
+    if (rename(from, to) == -1) {
+        log_err("%s: cannot move output %s into the queue: %s", e->qid, newqid, strerror(errno));
+        return -1;
+    }
+    if (e->injected == NULL)
+        e->injected = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(e->injected, g_strdup(newqid));
+    return 0;
+}
+
+/* Moves the committed outputs of w's stage into queue/: those this pass wrote
+ * or, for a stage committed before (a crash, a failed move), all of staged/
+ * that bears its queue id. */
+static int finish_outputs(struct queue *q, struct work *w)
+{
+    struct qentry *e = w->e;
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s/staged", q->dir);
+    int rc = 0;
+    if (w->staged_names != NULL) {
+        for (guint i = 0; i < w->staged_names->len; i++)
+            if (finish_output(q, e, dir, g_ptr_array_index(w->staged_names, i)) == -1)
+                rc = -1;
+        return rc;
+    }
     DIR *d = opendir(dir);
     if (d == NULL)
         return -1;
     size_t plen = strlen(e->qid);
-    int rc = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, e->qid, plen) != 0 || de->d_name[plen] != '.')
-            continue;
-        const char *newqid = strrchr(de->d_name, '.') + 1;
-        char from[PATH_MAX], to[PATH_MAX];
-        snprintf(from, sizeof from, "%s/%s", dir, de->d_name);
-        path_of(q, "queue", newqid, to, sizeof to);
-        if (rename(from, to) == -1) {
-            log_err("%s: cannot move output %s into the queue: %s", e->qid, newqid, strerror(errno));
+    while ((de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, e->qid, plen) == 0 && de->d_name[plen] == '.' &&
+            finish_output(q, e, dir, de->d_name) == -1)
             rc = -1;
-            continue;
-        }
-        if (e->injected == NULL)
-            e->injected = g_ptr_array_new_with_free_func(g_free);
-        g_ptr_array_add(e->injected, g_strdup(newqid));
-    }
     closedir(d);
     return rc;
 }
@@ -267,6 +283,10 @@ static void stage_failed(struct queue *q, struct work *w, const char *why)
     e->recovered = true;   /* copies published before the failure are found again */
     e->tempfail = true;
     w->stage_written = false;
+    if (w->staged_names != NULL) {
+        g_ptr_array_free(w->staged_names, TRUE);
+        w->staged_names = NULL;
+    }
     snprintf(e->err, sizeof e->err, "%s", why);
     log_err("%s: %s stage deferred: %s", e->qid, w->env.stage, why);
 }
@@ -279,8 +299,10 @@ static void run_stage(struct queue *q, struct work *w)
     w->staged = true;
     if (w->env.processed)
         return;   /* committed before a crash: commit_stages finishes it */
-    /* outputs of an interrupted earlier run were never committed */
-    drop_staged(q, e->qid);
+    /* outputs of an interrupted earlier run were never committed (a message
+     * received in this process's life has had no earlier run) */
+    if (e->recovered)
+        drop_staged(q, e->qid);
     struct queue_outputs out = {0};
     char err[512] = "";
     if (q->process(q->process_arg, &w->env, w->data, w->len, e->recovered, &out, err,
@@ -309,7 +331,12 @@ static void run_stage(struct queue *q, struct work *w)
             queue_outputs_free(&out);
             return;
         }
+        if (w->staged_names == NULL)
+            w->staged_names = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(w->staged_names, g_strdup(name));
     }
+    if (w->staged_names == NULL)
+        w->staged_names = g_ptr_array_new_with_free_func(g_free);   /* none: nothing to move */
     w->stage_written = true;
     w->nout = out.n;
     log_info("%s: %s stage done, %zu new message%s, %zu stored", e->qid, w->env.stage, out.n,
@@ -405,7 +432,7 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
         struct work *w = &ws[k];
         if (!w->staged || w->e->tempfail)
             continue;
-        if (finish_outputs(q, w->e) == -1) {
+        if (finish_outputs(q, w) == -1) {
             w->e->tempfail = true;
             snprintf(w->e->err, sizeof w->e->err, "cannot move outputs into the queue");
             continue;
@@ -599,6 +626,8 @@ gpointer queue_worker_thread(gpointer arg)
                 free(ws[i].pubs);
                 queue_env_free(&ws[i].env);
             }
+            if (ws[i].staged_names != NULL)
+                g_ptr_array_free(ws[i].staged_names, TRUE);
             g_async_queue_push(q->results, ws[i].e);
         }
         uint64_t one = 1;

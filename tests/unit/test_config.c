@@ -40,6 +40,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->max_recipients, 100);
     assert_int_equal(cfg->timeout_command, 300);
     assert_int_equal(cfg->delivery_workers, 2);      /* 8 with [pec] enabled */
+    assert_int_equal(cfg->worker_nice, 10);
     char expect[600];
     snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
     assert_string_equal(cfg->queue_dir, expect);
@@ -141,6 +142,8 @@ static void test_errors(void **state)
         {"[provider]\ndomain = x.it\n[submission]\nlisten = 127.0.0.1:25\ntls = none\nrequire_tls = no\n",
          "AUTH is only offered over TLS"},
         {"[provider]\ndomain = x.it\n[delivery]\nmailbox = mbox:/var/mail\n", ":4: mailbox:"},
+        {"[provider]\ndomain = x.it\n[queue]\nworker_nice = 20\n", ":4: worker_nice: 0 to 19"},
+        {"[provider]\ndomain = x.it\n[queue]\nworker_nice = -5\n", ":4: worker_nice:"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[512] = "";

@@ -225,10 +225,15 @@ static int add_text_parts(mime_buf *out, const pec_identity *id, const pec_build
         /* §3.2.2: the anomaly envelope holds only the text and the message */
         rc = add_leaf(out, text_leaf("plain", &plain));
     } else {
-        GMimeMultipart *alt = g_mime_multipart_new_with_subtype("alternative");
+        /* not g_mime_multipart_new_with_subtype: it opens and reads
+         * /dev/urandom for a boundary each time; ours comes with the type */
+        GMimeMultipart *alt = g_object_new(GMIME_TYPE_MULTIPART, NULL);
         char b[96];
-        make_boundary(b, sizeof b, "alt"); /* GMime would read /dev/urandom per boundary */
-        g_mime_multipart_set_boundary(alt, b);
+        make_boundary(b, sizeof b, "alt");
+        GMimeContentType *ct = g_mime_content_type_new("multipart", "alternative");
+        g_mime_content_type_set_parameter(ct, "boundary", b);
+        g_mime_object_set_content_type(GMIME_OBJECT(alt), ct);
+        g_object_unref(ct);
         GMimeObject *p1 = text_leaf("plain", &plain), *p2 = text_leaf("html", &html);
         g_mime_multipart_add(alt, p1);
         g_mime_multipart_add(alt, p2);

@@ -86,12 +86,9 @@ static void test_certificate_attribute(void **state)
 {
     (void)state;
     const struct tpki *k = tpki_get();
-    BIO *b = BIO_new_mem_buf(k->signer.cert_pem.data, (int)k->signer.cert_pem.len);
-    X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
-    BIO_free(b);
-    unsigned char *der = NULL;
-    int n = i2d_X509(x, &der);
-    X509_free(x);
+    unsigned char *der;
+    int n = tcert_der(&k->signer, &der);
+    assert_true(n > 0);
     pec_buf l = {0};
     const char *dn = "providerName=S,o=postacert";
     assert_int_equal(pec_ldif_put(&l, "dn", dn, strlen(dn)), 0);

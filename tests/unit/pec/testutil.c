@@ -11,6 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 static struct tpki pki;
 static bool pki_made;
 
@@ -48,6 +51,17 @@ const struct tpki *tpki_get(void)
                            pki.signer_sha1, err, sizeof err), "info", err);
     pki_made = true;
     return &pki;
+}
+
+int tcert_der(const pec_pki_pair *p, unsigned char **der)
+{
+    *der = NULL;
+    BIO *b = BIO_new_mem_buf(p->cert_pem.data, (int)p->cert_pem.len);
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    int n = x ? i2d_X509(x, der) : -1;
+    X509_free(x);
+    return n;
 }
 
 pec_signer *tsigner(const pec_pki_pair *p)

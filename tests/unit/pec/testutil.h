@@ -20,6 +20,8 @@ struct tpki {
 };
 
 const struct tpki *tpki_get(void);
+/* The DER of a pair's certificate (OPENSSL_free it); its length, or -1. */
+int tcert_der(const pec_pki_pair *p, unsigned char **der);
 /* A signer for one of the pairs issued for domain. */
 pec_signer *tsigner(const pec_pki_pair *p);
 /* A trust with the test CA (and its CRL when with_crl). */

@@ -499,3 +499,40 @@ def test_queue_full_gives_451(small_queue_fs):
         assert m.qid == qid
     for tid in refused:
         assert inst.messages("alice@example.test", marker=tid) == []
+
+
+def thread_nices(proc):
+    """{thread name: set of nice values} of a running process, from /proc."""
+    out = {}
+    for tid in os.listdir(f"/proc/{proc.pid}/task"):
+        try:
+            with open(f"/proc/{proc.pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{proc.pid}/task/{tid}/stat") as f:
+                nice = int(f.read().rsplit(")", 1)[1].split()[16])
+        except FileNotFoundError:
+            continue
+        out.setdefault(name, set()).add(nice)
+    return out
+
+
+@pytest.mark.parametrize("setting, want", [(None, 10), ("0", 0), ("19", 19)])
+def test_delivery_threads_run_below_the_event_loop(make_instance, setting, want):
+    """[queue] worker_nice: the delivery threads' nice value; the event loop, the committer
+    and the rest keep pecd's own, so a client waiting for its 250 goes first."""
+    inst = make_instance(conf={"queue": {"worker_nice": setting}} if setting else None)
+    deadline = time.time() + 10
+    while True:
+        nices = thread_nices(inst.proc)
+        if "deliver" in nices or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    base = os.getpriority(os.PRIO_PROCESS, 0)          # pecd inherits ours
+    assert nices["pecd"] == {base} and nices["commit"] == {base}, nices
+    assert nices.get("deliver") == {min(19, base + want)}, nices
+    # mail still flows
+    tid = unique_id("nice")
+    with inst.connect("mx") as c:
+        c.ehlo()
+        c.send_mail("s@client.test", ["alice@example.test"], message(tid))
+    inst.wait_messages("alice@example.test", marker=tid)

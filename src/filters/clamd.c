@@ -18,6 +18,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -150,6 +152,11 @@ static int open_socket(const char *addr, unsigned timeout_ms)
     int fd = -1;
     for (struct addrinfo *ai = res; ai != NULL && fd == -1; ai = ai->ai_next) {
         fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd != -1) {
+            /* a chunk, then the 4-byte end of the stream: not held by Nagle */
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         if (fd != -1 && connect_to(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms) == -1) {
             int e = errno;
             close(fd);

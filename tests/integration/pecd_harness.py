@@ -17,6 +17,7 @@ any failing test.  (A module name of our own, not "conftest", so that test files
 sub-directories with their own conftest.py cannot shadow these helpers.)
 """
 import base64
+import ctypes
 import os
 import random
 import re
@@ -115,6 +116,35 @@ def port_open(port):
 
 
 # ----------------------------------------------------------------------------- binaries
+
+def tcp_nodelay_of(pid, local_port=None, remote_port=None):
+    """TCP_NODELAY of pid's established TCP sockets with that local or remote port: each is
+    found in /proc/PID/net/tcp, its descriptor copied with pidfd_getfd(2) and asked."""
+    inodes = set()
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            lport = int(fields[1].split(":")[1], 16)
+            rport = int(fields[2].split(":")[1], 16)
+            if fields[3] == "01" and (lport == local_port or rport == remote_port):
+                inodes.add(fields[9])
+    found = []
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)
+                assert copy >= 0, os.strerror(ctypes.get_errno())
+                with socket.socket(fileno=copy) as s:
+                    found.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    finally:
+        os.close(pidfd)
+    return found
+
 
 def require_binaries():
     for b in (PECD, PECCTL):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from clamd_fixture import EICAR, PECMAIL_VIRUS, Clamd, clamd, require_clamd  # noqa: F401
-from pecd_harness import message, queued_qid, unique_id
+from pecd_harness import message, queued_qid, tcp_nodelay_of, unique_id
 
 
 def av_conf(addr, **extra):
@@ -71,6 +71,9 @@ def test_many_messages_reuse_the_pool(make_instance, clamd):
             qid = c.send_mail("sender@client.test", ["alice@example.test"], message(tid))
             assert qid
     inst.wait_messages("alice@example.test", count=10)
+    # the pooled connections send without waiting for Nagle (a chunk, then the end marker)
+    kept = tcp_nodelay_of(inst.proc.pid, remote_port=clamd.port)
+    assert kept and all(kept), kept
 
 
 def test_scanner_down_tempfails_and_queues_nothing(make_instance, tmp_path):

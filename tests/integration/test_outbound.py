@@ -8,7 +8,7 @@ import time
 import pytest
 
 from downstream import Downstream, make_ca_and_cert, reports, submit, wait_log, wait_reports
-from pecd_harness import free_port, message, unique_id
+from pecd_harness import free_port, message, tcp_nodelay_of, unique_id
 
 ALICE = "alice@example.test"
 
@@ -303,37 +303,6 @@ def test_per_destination_concurrency_limit(make_instance, downstream, pki, limit
         t.join()
     downstream.wait_messages(6, timeout=30)
     assert downstream.script.max_active == limit, downstream.script.max_active
-
-
-def tcp_nodelay_of(pid, local_port=None, remote_port=None):
-    """TCP_NODELAY of pid's established TCP sockets with that local or remote port: each is
-    found in /proc/PID/net/tcp, its descriptor copied with pidfd_getfd(2) and asked."""
-    import ctypes
-    import socket
-    inodes = set()
-    with open(f"/proc/{pid}/net/tcp") as f:
-        for line in list(f)[1:]:
-            fields = line.split()
-            lport = int(fields[1].split(":")[1], 16)
-            rport = int(fields[2].split(":")[1], 16)
-            if fields[3] == "01" and (lport == local_port or rport == remote_port):
-                inodes.add(fields[9])
-    found = []
-    pidfd = os.pidfd_open(pid)
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except FileNotFoundError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)
-                assert copy >= 0, os.strerror(ctypes.get_errno())
-                with socket.socket(fileno=copy) as s:
-                    found.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    finally:
-        os.close(pidfd)
-    return found
 
 
 def test_smtp_connections_do_not_wait_for_nagle(make_instance, downstream, pki):

@@ -298,6 +298,8 @@ typedef struct pec_verdict {
     bool trust_embedded;           /* anchored on the message's own chain */
     bool directory_checked;
     pec_daticert *daticert;        /* NULL when absent */
+    pec_buf original;              /* a valid transport envelope's postacert.eml (as
+                                      pec_envelope_original gives it), else empty */
 } pec_verdict;
 
 /* Classifies and verifies msg over its exact bytes (only bare LF is taken

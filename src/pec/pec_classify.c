@@ -218,13 +218,10 @@ int pec_classify(const void *msg, size_t len, pec_class *out, char *err, size_t 
     return 0;
 }
 
-int pec_envelope_original(const void *env, size_t len, pec_buf *out, char *err, size_t errsz)
+int pec_original_of(GMimeMessage *top, pec_buf *out)
 {
     out->data = NULL;
     out->len = 0;
-    GMimeMessage *top = mime_parse_message(env, len, err, errsz);
-    if (!top)
-        return -1;
     pec_type type;
     bool virus, rewrapped, nested;
     GMimeMessage *m = pec_locate(top, &type, &virus, &rewrapped);
@@ -232,24 +229,35 @@ int pec_envelope_original(const void *env, size_t len, pec_buf *out, char *err, 
     GMimeObject *content = s && g_mime_multipart_get_count(GMIME_MULTIPART(s)) > 0
                                ? g_mime_multipart_get_part(GMIME_MULTIPART(s), 0)
                                : g_mime_message_get_mime_part(m);
-    int rc = -1;
-    if (content && GMIME_IS_MULTIPART(content)) {
-        GMimeMultipart *mp = GMIME_MULTIPART(content);
-        for (int i = 0; i < g_mime_multipart_get_count(mp); i++) {
-            GMimeObject *p = g_mime_multipart_get_part(mp, i);
-            if (!GMIME_IS_MESSAGE_PART(p))
-                continue;
-            GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(p));
-            mime_buf b = {0};
-            /* GMime keeps the raw header fields and encoded bodies it parsed */
-            if (inner && mime_write(GMIME_OBJECT(inner), &b) == 0) {
-                pec_buf_take(out, &b);
-                rc = 0;
-            }
-            mime_buf_free(&b);
-            break;
+    if (!content || !GMIME_IS_MULTIPART(content))
+        return -1;
+    GMimeMultipart *mp = GMIME_MULTIPART(content);
+    for (int i = 0; i < g_mime_multipart_get_count(mp); i++) {
+        GMimeObject *p = g_mime_multipart_get_part(mp, i);
+        if (!GMIME_IS_MESSAGE_PART(p))
+            continue;
+        GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(p));
+        mime_buf b = {0};
+        int rc = -1;
+        /* GMime keeps the raw header fields and encoded bodies it parsed */
+        if (inner && mime_write(GMIME_OBJECT(inner), &b) == 0) {
+            pec_buf_take(out, &b);
+            rc = 0;
         }
+        mime_buf_free(&b);
+        return rc;
     }
+    return -1;
+}
+
+int pec_envelope_original(const void *env, size_t len, pec_buf *out, char *err, size_t errsz)
+{
+    out->data = NULL;
+    out->len = 0;
+    GMimeMessage *top = mime_parse_message(env, len, err, errsz);
+    if (!top)
+        return -1;
+    int rc = pec_original_of(top, out);
     if (rc < 0)
         pec_err(err, errsz, "no message/rfc822 part (postacert.eml) in the envelope");
     g_object_unref(top);

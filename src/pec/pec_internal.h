@@ -32,6 +32,10 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
 /* The first rfc822Name of an X509's subjectAltName (pec_sign.c). */
 void pec_cert_email(const void *x509, char *out, size_t size);
 
+/* The message/rfc822 part (postacert.eml) of a parsed envelope, written as
+ * parsed; -1 when there is none (pec_classify.c). */
+int pec_original_of(GMimeMessage *top, pec_buf *out);
+
 /* Finds the daticert.xml part below obj (decoded content appended to out). */
 int pec_find_daticert(GMimeObject *obj, mime_buf *out);
 

@@ -491,6 +491,8 @@ int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, 
     }
     if (check_consistency(m, &v->cls, d, v) < 0)
         goto out;
+    if (v->cls.type == PEC_TYPE_POSTA_CERTIFICATA)
+        pec_original_of(top, &v->original);   /* the delivery point needs it: parsed once */
 out:
     if (v->valid) {
         v->reason = PEC_OK;
@@ -509,4 +511,5 @@ void pec_verdict_free(pec_verdict *v)
         free(v->daticert);
     }
     v->daticert = NULL;
+    pec_buf_free(&v->original);
 }

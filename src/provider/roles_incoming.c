@@ -127,7 +127,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     const pec_daticert *d = v->daticert;
     pec_buf orig = {0};
     char e2[256];
-    bool have_orig = pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
+    bool have_orig = v->original.data != NULL ||
+                     pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
+    const pec_buf *original = v->original.data != NULL ? &v->original : &orig;
     int rc = 0;
     /* store first, for every recipient with a mailbox (one LMTP transaction
      * with [delivery] mailbox = lmtp:); then one receipt per recipient */
@@ -180,18 +182,18 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             }
             /* §3.3.2: the receipt follows the stored envelope */
             a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
-            a.variant = variant_for(have_orig ? (const char *)orig.data : data,
-                                    have_orig ? orig.len : len, addr,
+            a.variant = variant_for(have_orig ? (const char *)original->data : data,
+                                    have_orig ? original->len : len, addr,
                                     d ? d->ricevuta : PEC_VARIANT_COMPLETA);
             if (a.variant == PEC_VARIANT_BREVE && have_orig &&
-                pec_breve_transform(orig.data, orig.len, &breve, e2, sizeof e2) == 0) {
+                pec_breve_transform(original->data, original->len, &breve, e2, sizeof e2) == 0) {
                 a.original = breve.data;
                 a.original_len = breve.len;
             } else if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {
                 if (!have_orig)
                     a.variant = PEC_VARIANT_SINTETICA;
-                a.original = orig.data;
-                a.original_len = orig.len;
+                a.original = original->data;
+                a.original_len = original->len;
             }
             log_info("%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
                      pec_variant_name(a.variant));

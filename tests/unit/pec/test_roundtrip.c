@@ -99,6 +99,17 @@ static void test_build_classify_verify(void **state)
         assert_true(v.directory_checked);
         assert_false(v.trust_embedded);
         assert_true((v.daticert != NULL) == k->has_daticert);
+        /* a transport envelope's postacert.eml comes with the verdict, as
+         * pec_envelope_original reads it */
+        if (k->type == PEC_TYPE_POSTA_CERTIFICATA) {
+            pec_buf o = {0};
+            assert_int_equal(pec_envelope_original(m.data, m.len, &o, NULL, 0), 0);
+            assert_int_equal(v.original.len, o.len);
+            assert_memory_equal(v.original.data, o.data, o.len);
+            pec_buf_free(&o);
+        } else {
+            assert_null(v.original.data);
+        }
         if (v.daticert) {
             assert_int_equal(v.daticert->tipo, k->type);
             assert_string_equal(v.daticert->mittente, "mario.rossi@pec.a.example");

@@ -31,6 +31,7 @@
 #include <openssl/x509.h>
 
 #define CERT_CACHE_MAX 256      /* certificates kept; the cache is emptied when full */
+#define CERT_CACHE_SIZE 16384   /* larger encodings are parsed but not kept (real ones: 1-2 KB) */
 
 /* SignedData (RFC 5652 §5.1) with opaque elements */
 typedef struct {
@@ -93,6 +94,10 @@ static X509 *cached_cert(const unsigned char *der, long len)
         X509_free(x);
         g_bytes_unref(key);
         return NULL;
+    }
+    if (len > CERT_CACHE_SIZE) {
+        g_bytes_unref(key);
+        return x;
     }
     X509_up_ref(x);
     g_mutex_lock(&cache_lock);

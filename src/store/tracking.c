@@ -15,10 +15,53 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* the statements of the per-message calls, prepared once */
+enum {
+    SQL_EXPECT, SQL_PRESA, SQL_DONE, SQL_NOTICE, SQL_NOTICE_LAST, SQL_SEEN_ADD, SQL_SEEN_QID,
+    SQL_N
+};
+static const char *const sql_text[SQL_N] = {
+    [SQL_EXPECT] = "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, recipients, sent) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+    /* a delivery receipt (or non-delivery) ends the tracking of the
+     * recipient; a presa in carico only marks it */
+    [SQL_PRESA] = "UPDATE expect SET presa = 1 WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE "
+                  "AND presa = 0",
+    [SQL_DONE] = "DELETE FROM expect WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE",
+    /* after the second notice the tracking of this recipient ends */
+    [SQL_NOTICE] = "UPDATE expect SET notice = 1 WHERE pec_id = ? AND rcpt = ?",
+    [SQL_NOTICE_LAST] = "DELETE FROM expect WHERE pec_id = ? AND rcpt = ?",
+    [SQL_SEEN_ADD] = "INSERT OR IGNORE INTO seen (msgid, rcpt, qid, at) "
+                     "VALUES (?, lower(?), ?, strftime('%s','now'))",
+    [SQL_SEEN_QID] = "SELECT qid FROM seen WHERE msgid = ? AND rcpt = lower(?)",
+};
+
 struct tracking {
     sqlite3 *db;
     GMutex lock;
+    sqlite3_stmt *st[SQL_N];
 };
+
+/* Statement k, ready for binding (caller holds the lock); NULL on error.
+ * Give it back with put(). */
+static sqlite3_stmt *get(struct tracking *t, int k)
+{
+    if (t->st[k] == NULL &&
+        sqlite3_prepare_v3(t->db, sql_text[k], -1, SQLITE_PREPARE_PERSISTENT, &t->st[k], NULL) !=
+            SQLITE_OK) {
+        sqlite3_finalize(t->st[k]);
+        t->st[k] = NULL;
+    }
+    return t->st[k];
+}
+
+static void put(sqlite3_stmt *st)
+{
+    if (st != NULL) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
 
 static const char schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -59,6 +102,8 @@ void tracking_close(struct tracking *t)
 {
     if (t == NULL)
         return;
+    for (int k = 0; k < SQL_N; k++)
+        sqlite3_finalize(t->st[k]);
     sqlite3_close(t->db);
     g_mutex_clear(&t->lock);
     free(t);
@@ -72,10 +117,7 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_exec(t->db, "BEGIN", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(t->db,
-                                "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, "
-                                "recipients, sent) VALUES (?, ?, ?, ?, ?, ?)",
-                                -1, &st, NULL);
+        rc = (st = get(t, SQL_EXPECT)) != NULL ? SQLITE_OK : SQLITE_ERROR;
     for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
         sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, rcpts[i], -1, SQLITE_STATIC);
@@ -86,7 +128,7 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
         rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
         sqlite3_reset(st);
     }
-    sqlite3_finalize(st);
+    put(st);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
     else
@@ -100,20 +142,15 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
 int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind)
 {
     g_mutex_lock(&t->lock);
-    sqlite3_stmt *st = NULL;
-    /* a delivery receipt (or non-delivery) ends the tracking of the
-     * recipient; a presa in carico only marks it */
-    const char *sql = kind == 'P' ? "UPDATE expect SET presa = 1 WHERE pec_id = ? AND rcpt = ? "
-                                    "COLLATE NOCASE AND presa = 0"
-                                  : "DELETE FROM expect WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE";
+    sqlite3_stmt *st = get(t, kind == 'P' ? SQL_PRESA : SQL_DONE);
     int changed = -1;
-    if (sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) == SQLITE_OK) {
+    if (st != NULL) {
         sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_DONE)
             changed = sqlite3_changes(t->db);
     }
-    sqlite3_finalize(st);
+    put(st);
     g_mutex_unlock(&t->lock);
     return changed < 0 ? -1 : changed > 0 ? 0 : 1;
 }
@@ -157,17 +194,14 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which)
 {
     g_mutex_lock(&t->lock);
-    sqlite3_stmt *st = NULL;
-    /* after the second notice the tracking of this recipient ends */
-    const char *sql = which >= 2 ? "DELETE FROM expect WHERE pec_id = ? AND rcpt = ?"
-                                 : "UPDATE expect SET notice = 1 WHERE pec_id = ? AND rcpt = ?";
+    sqlite3_stmt *st = get(t, which >= 2 ? SQL_NOTICE_LAST : SQL_NOTICE);
     int rc = -1;
-    if (sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) == SQLITE_OK) {
+    if (st != NULL) {
         sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
         rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
     }
-    sqlite3_finalize(st);
+    put(st);
     g_mutex_unlock(&t->lock);
     return rc;
 }
@@ -188,30 +222,26 @@ int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const
 {
     g_mutex_lock(&t->lock);
     int rc = -1;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(t->db, "INSERT OR IGNORE INTO seen (msgid, rcpt, qid, at) "
-                                  "VALUES (?, lower(?), ?, strftime('%s','now'))",
-                           -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_stmt *st = get(t, SQL_SEEN_ADD);
+    if (st != NULL) {
         sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, qid, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_DONE)
             rc = sqlite3_changes(t->db) > 0 ? 0 : 2;
     }
-    sqlite3_finalize(st);
-    st = NULL;
+    put(st);
     if (rc == 2) {
         /* there before: the same queue file again (a stage replayed after a
          * crash) is not a duplicate */
         rc = -1;
-        if (sqlite3_prepare_v2(t->db, "SELECT qid FROM seen WHERE msgid = ? AND rcpt = lower(?)",
-                               -1, &st, NULL) == SQLITE_OK) {
+        if ((st = get(t, SQL_SEEN_QID)) != NULL) {
             sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
             sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
             if (sqlite3_step(st) == SQLITE_ROW)
                 rc = strcmp((const char *)sqlite3_column_text(st, 0), qid) == 0 ? 0 : 1;
         }
-        sqlite3_finalize(st);
+        put(st);
     }
     g_mutex_unlock(&t->lock);
     return rc;

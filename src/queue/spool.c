@@ -167,7 +167,14 @@ int spool_writer_finish(struct spool_writer *w)
 {
     char n[32];
     snprintf(n, sizeof n, "%llu", (unsigned long long)w->size);
-    if (put_str(w, REC_END, n) == -1 || fflush(w->fp) != 0 ||
+    if (put_str(w, REC_END, n) == -1 || fflush(w->fp) != 0) {
+        w->failed = true;
+        return -1;
+    }
+    /* a reused file longer than what was written is cut; a new or grown one
+     * is left alone (ext4 runs its whole truncate path even for the same size) */
+    struct stat st;
+    if ((fstat(w->fd, &st) == -1 || st.st_size != (off_t)w->written) &&
         ftruncate(w->fd, (off_t)w->written) == -1) {
         w->failed = true;
         return -1;

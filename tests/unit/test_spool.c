@@ -168,6 +168,16 @@ static void test_recycle(void **state)
     assert_int_equal(dlen, 3);
     free(d);
     queue_env_free(&got);
+
+    /* and a short message's file reused for a longer one holds all of it */
+    assert_int_equal(recycle_put(top, path), 0);
+    assert_int_equal(spool_write_file(top, "incoming", "out.2", &env, big, sizeof big, false), 0);
+    snprintf(path, sizeof path, "%s/incoming/out.2", top);
+    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
+    assert_int_equal(dlen, sizeof big);
+    assert_memory_equal(d, big, sizeof big);
+    free(d);
+    queue_env_free(&got);
     unlink(path);
 }
 

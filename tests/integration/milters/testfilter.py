@@ -24,6 +24,7 @@ import email.policy
 import json
 import os
 import sys
+import threading
 
 import Milter
 
@@ -33,6 +34,9 @@ MACROS = ["j", "{daemon_name}", "_", "{client_addr}", "{client_port}", "{client_
           "{rcpt_host}"]
 
 RECORD = None
+# libmilter runs each connection on its own thread, and the PEC tests point two
+# pecd at one filter: the read-modify-write of RECORD must not interleave.
+RECORD_LOCK = threading.Lock()
 FORBIDDEN_TYPES = {"application/x-msdownload"}
 BODY_MAX = 10 * 1024 * 1024
 
@@ -51,15 +55,16 @@ def forbidden_part(raw):
 
 
 def save(rec):
-    data = []
-    if os.path.exists(RECORD):
-        with open(RECORD) as f:
-            data = json.load(f)
-    data.append(rec)
-    tmp = RECORD + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, RECORD)
+    with RECORD_LOCK:
+        data = []
+        if os.path.exists(RECORD):
+            with open(RECORD) as f:
+                data = json.load(f)
+        data.append(rec)
+        tmp = RECORD + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, RECORD)
 
 
 class TestFilter(Milter.Base):

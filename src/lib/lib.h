@@ -3,8 +3,9 @@
  * sizes and durations, durable file-system operations.
  *
  * Everything here is free of global state except the logger's level and
- * program name.  Functions return 0 on success and -1 on failure; where a
- * message is useful it is written into a caller-supplied buffer.
+ * program name, and the shared syncfs state of fs_sync.c.  Functions return 0
+ * on success and -1 on failure; where a message is useful it is written into
+ * a caller-supplied buffer.
  */
 #ifndef PEC_LIB_H
 #define PEC_LIB_H
@@ -68,5 +69,15 @@ int fs_write_all(int fd, const void *buf, size_t len);
  * same content published before, then unlink(tmp).  The caller fsyncs dst's
  * directory.  0 ok, -1 error (errno). */
 int fs_publish(const char *tmp, const char *dst);
+
+/* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */
+/* syncfs(2) of fd's file system, shared with the other threads that want one
+ * at the same time: returns once a syncfs that started after the call has
+ * finished; 0 ok, -1 with errno if that syncfs (or a later one) failed. */
+int fs_syncfs_shared(int fd);
+/* fs_syncfs_shared on the file system of the directory dir. */
+int fs_sync_dir_fs(const char *dir);
+/* Calls of fs_syncfs_shared and syncfs(2) calls made by it so far. */
+void fs_syncfs_stats(uint64_t *calls, uint64_t *syncs);
 
 #endif

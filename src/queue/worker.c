@@ -58,7 +58,7 @@ static int sync_dir_fs(const char *dir, bool fs)
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd == -1)
         return -1;
-    int r = fs ? syncfs(fd) : fsync(fd);
+    int r = fs ? fs_syncfs_shared(fd) : fsync(fd);
     close(fd);
     return r;
 }

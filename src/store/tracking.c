@@ -63,7 +63,15 @@ static void put(sqlite3_stmt *st)
     }
 }
 
+/* Only pecd opens this database, through this one connection: with the
+ * exclusive locking mode, set before WAL, SQLite keeps the WAL index in the
+ * process's memory instead of a shared -shm file.  That file's pages were
+ * dirtied by every transaction and written back by every syncfs of the queue
+ * (write-protecting them again costs a TLB shootdown on every CPU and a page
+ * fault at the next write); it also takes no file lock per transaction, and
+ * a second pecd on the same data directory is refused. */
 static const char schema[] =
+    "PRAGMA locking_mode=EXCLUSIVE;"
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
     "CREATE TABLE IF NOT EXISTS expect ("

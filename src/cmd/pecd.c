@@ -31,6 +31,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct pecd {
@@ -532,7 +533,12 @@ int main(int argc, char **argv)
             log_err("evidence log: %s", err);
             return 1;
         }
-        roles_set_evidence(d.roles, d.evidence);
+        /* the delivery threads' syncfs covers the log when it shares the
+         * queue's file system: a stage's events need no sync of their own */
+        struct stat qst, est;
+        bool stage_synced = d.cfg->sync_fs && stat(d.cfg->queue_dir, &qst) == 0 &&
+                            stat(d.cfg->evidence_path, &est) == 0 && qst.st_dev == est.st_dev;
+        roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;
         queue_set_processor(d.queue, roles_process, d.roles);

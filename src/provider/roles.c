@@ -139,18 +139,22 @@ static int ev_sign(void *ctx, const void *d, size_t n, unsigned char **der, size
     return 0;
 }
 
-void roles_set_evidence(struct roles *r, struct evidence *ev)
+void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced)
 {
     r->ev = ev;
+    r->ev_deferred = stage_synced;
     if (ev != NULL)
         evidence_set_signer(ev, ev_sign, r->signer);
 }
 
 /* One event of the evidence log (§2.3).  Keyed by queue id, type and
- * recipient, so a stage run again after a crash does not log twice. */
-int role_event(struct roles *r, const char *type, const char *qid, const char *pec_id,
-               const char *orig_msgid, const char *message_id, const char *sender,
-               const char *rcpts, const char *subject, const char *outcome, const char *key)
+ * recipient, so a stage run again after a crash does not log twice.  synced:
+ * durable before this returns; otherwise durable with the stage (the queue's
+ * syncfs before the stage's outputs are committed). */
+static int log_event(struct roles *r, bool synced, const char *type, const char *qid,
+                     const char *pec_id, const char *orig_msgid, const char *message_id,
+                     const char *sender, const char *rcpts, const char *subject,
+                     const char *outcome, const char *key)
 {
     if (r->ev == NULL)
         return 0;
@@ -167,11 +171,21 @@ int role_event(struct roles *r, const char *type, const char *qid, const char *p
                                 .message_id = message_id, .sender = sender, .recipients = rcpts,
                                 .subject = subject, .outcome = outcome, .queue_id = qid,
                                 .dedupe_key = dk, .when = time(NULL)};
-    if (evidence_append(r->ev, &ee, e, sizeof e) == -1) {
+    if ((synced ? evidence_append(r->ev, &ee, e, sizeof e)
+                : evidence_append_deferred(r->ev, &ee, e, sizeof e)) == -1) {
         log_err("%s: evidence log: %s", qid, e);
         return -1;
     }
     return 0;
+}
+
+/* An event of a stage (every role_event caller runs in one). */
+int role_event(struct roles *r, const char *type, const char *qid, const char *pec_id,
+               const char *orig_msgid, const char *message_id, const char *sender,
+               const char *rcpts, const char *subject, const char *outcome, const char *key)
+{
+    return log_event(r, !r->ev_deferred, type, qid, pec_id, orig_msgid, message_id, sender, rcpts,
+                     subject, outcome, key);
 }
 
 bool roles_is_pec_domain(const struct roles *r, const char *domain)
@@ -313,8 +327,9 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     pec_buf m = {0};
     if (role_build(r, &a, &m, err, errlen) == -1)
         return -1;
-    role_event(r, "preavviso-errore-consegna", due->pec_id, due->pec_id, NULL, mid, due->sender,
-               due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
+    /* not in a stage: the notice is queued by the timer (queue_inject) */
+    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, NULL, mid,
+              due->sender, due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
     memset(env, 0, sizeof *env);
     memset(rcpt, 0, sizeof *rcpt);
     rcpt->addr = rcpt->orig = due->sender;

@@ -28,9 +28,13 @@ void roles_free(struct roles *r);
 /* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
  * done by a thread, the copy in use stays until a good one replaces it. */
 void roles_reload_directory(struct roles *r);
-/* Events go to this evidence log (its day seals signed with our key). */
+/* Events go to this evidence log (its day seals signed with our key).
+ * stage_synced: the queue's delivery threads syncfs the log's file system
+ * before they commit a stage ([queue] sync = syncfs, the log on the queue's
+ * file system), so the events of a stage are appended without a sync of
+ * their own (evidence_append_deferred). */
 struct evidence;
-void roles_set_evidence(struct roles *r, struct evidence *ev);
+void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced);
 bool roles_is_pec_domain(const struct roles *r, const char *domain);
 /* The same, with the signature transport_set_pec_domains() wants. */
 bool roles_is_pec_domain_cb(void *arg, const char *domain);

@@ -20,6 +20,7 @@ struct roles {
     struct users_db *users;
     struct tracking *tracking;
     struct evidence *ev;
+    bool ev_deferred;              /* stage events: evidence_append_deferred */
     pec_signer *signer;
     pec_identity id;
     struct pec_dirmgr *dirs;       /* directory + trust: a snapshot per use */

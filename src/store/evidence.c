@@ -17,7 +17,8 @@
  *         sealed_at)       signature = detached CMS over the text `signed`
  *   anchor(id = 1, seq, hash, day, purged_at)   last record removed by purge
  *
- * Writes: one connection, WAL, synchronous=FULL.  evidence_append() queues
+ * Writes: one connection, WAL, synchronous=FULL (NORMAL for a batch of only
+ * evidence_append_deferred(), which its callers sync).  evidence_append() queues
  * the event and waits; the first waiting thread that finds no commit in
  * progress becomes the committer and writes every queued event in one
  * transaction (group commit: one WAL fsync for the whole batch), so the
@@ -142,6 +143,17 @@ int ev_sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what)
     return ev_fail(err, errlen, "evidence log: %s: %s", what, sqlite3_errmsg(db));
 }
 
+int ev_sync_mode(struct evidence *ev, bool full, char *err, size_t errlen)
+{
+    if (full == ev->sync_full)
+        return 0;
+    if (ev_exec(ev->db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err,
+                errlen) != 0)
+        return full ? -1 : 0;   /* staying FULL is stronger than asked: fine */
+    ev->sync_full = full;
+    return 0;
+}
+
 int ev_exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
     char *msg = NULL;
@@ -204,6 +216,7 @@ void evidence_record_hash(const unsigned char prev[32], long long seq, const cha
 
 struct pending {
     const struct evidence_event *e;
+    bool deferred;               /* evidence_append_deferred: no sync of its own */
     struct pending *next;
     bool done;
     int rc;
@@ -255,9 +268,11 @@ struct evidence *evidence_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     sqlite3_busy_timeout(ev->db, 10000);
+    ev->sync_full = true;
     /* WAL: readers (pecctl) never block the writer.  synchronous=FULL: the
      * WAL is fsynced at every commit, so an event is durable when append
-     * returns; group commit makes that one fsync per batch. */
+     * returns; group commit makes that one fsync per batch.  A batch of only
+     * deferred appends is committed with NORMAL (ev_sync_mode). */
     if (ev_exec(ev->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err, errlen) != 0 ||
         ev_exec(ev->db, "BEGIN IMMEDIATE", err, errlen) != 0) {
         evidence_close(ev);
@@ -443,7 +458,13 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
     char err[256] = "";
     int rc = -1;
     pthread_mutex_lock(&ev->db_lock);
-    if (ev_exec(ev->db, "BEGIN IMMEDIATE", err, sizeof err) == 0) {
+    /* FULL (the WAL fdatasync'ed at COMMIT) unless every append of the batch
+     * is made durable by its caller's syncfs (evidence_append_deferred) */
+    bool full = false;
+    for (struct pending *p = batch; p != NULL; p = p->next)
+        full = full || !p->deferred;
+    if (ev_sync_mode(ev, full, err, sizeof err) == 0 &&
+        ev_exec(ev->db, "BEGIN IMMEDIATE", err, sizeof err) == 0) {
         struct head h;
         time_t now = ev_clock_now(ev);
         char day[16];
@@ -468,12 +489,12 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
     }
 }
 
-int evidence_append(struct evidence *ev, const struct evidence_event *e, char *err,
-                    size_t errlen)
+static int append(struct evidence *ev, const struct evidence_event *e, bool deferred, char *err,
+                  size_t errlen)
 {
     if (e == NULL || e->type == NULL || e->type[0] == '\0')
         return ev_fail(err, errlen, "evidence log: an event needs a type");
-    struct pending p = {.e = e};
+    struct pending p = {.e = e, .deferred = deferred};
     pthread_mutex_lock(&ev->q_lock);
     *ev->tail = &p;
     ev->tail = &p.next;
@@ -501,4 +522,16 @@ int evidence_append(struct evidence *ev, const struct evidence_event *e, char *e
     if (p.rc != 0)
         return ev_fail(err, errlen, "%s", p.err);
     return 0;
+}
+
+int evidence_append(struct evidence *ev, const struct evidence_event *e, char *err,
+                    size_t errlen)
+{
+    return append(ev, e, false, err, errlen);
+}
+
+int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e, char *err,
+                             size_t errlen)
+{
+    return append(ev, e, true, err, errlen);
 }

@@ -66,6 +66,16 @@ void evidence_set_clock(struct evidence *ev, time_t (*now)(void *ctx), void *ctx
  * returns 0.  -1 on error (reason in err). */
 int evidence_append(struct evidence *ev, const struct evidence_event *e, char *err,
                     size_t errlen);
+/* The same, committed without a sync of its own (synchronous=NORMAL: the WAL
+ * frames are written, not fdatasync'ed): durable once the caller has made a
+ * syncfs(2) of the log's file system that started after this returned.  The
+ * queue's delivery threads make one before a stage's outputs are committed,
+ * so an event of a stage is durable before anything it records can happen;
+ * a crash before that loses the event and the stage together, and the stage
+ * runs again.  Concurrent calls of both kinds share a transaction; it is
+ * synced if any of them asked for it. */
+int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e, char *err,
+                             size_t errlen);
 
 /* Signs the head of every finished UTC day (day < the day of now) that has
  * records and no seal yet.  Needs a signer.  Returns the number of days

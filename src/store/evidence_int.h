@@ -31,6 +31,7 @@ struct evidence {
     pthread_cond_t q_cond;
     struct pending *head, **tail;
     bool committing;
+    bool sync_full;              /* the connection's PRAGMA synchronous is FULL */
     evidence_sign_fn sign;
     void *sign_ctx;
     time_t (*now)(void *);
@@ -49,6 +50,9 @@ int ev_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((forma
 int ev_sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what);
 /* sqlite3_exec without callback; -1 with the reason in err. */
 int ev_exec(sqlite3 *db, const char *sql, char *err, size_t errlen);
+/* Sets PRAGMA synchronous to FULL or NORMAL for the next transactions (the
+ * caller holds db_lock); -1 only if FULL was asked and cannot be set. */
+int ev_sync_mode(struct evidence *ev, bool full, char *err, size_t errlen);
 /* "YYYY-MM-DD" of t in UTC */
 void ev_utc_day(time_t t, char out[16]);
 /* 00:00 UTC of day, or -1 */

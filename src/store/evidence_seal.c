@@ -52,7 +52,8 @@ int evidence_seal(struct evidence *ev, time_t now, char *err, size_t errlen)
         ev_fail(err, errlen, "evidence log: no signer to seal with");
         goto out;
     }
-    if (ev_exec(ev->db, "BEGIN IMMEDIATE", err, errlen) != 0)
+    if (ev_sync_mode(ev, true, err, errlen) != 0 ||
+        ev_exec(ev->db, "BEGIN IMMEDIATE", err, errlen) != 0)
         goto out;
     /* Days are sealed in order, so the unsealed ones follow the last seal. */
     if (sqlite3_prepare_v2(ev->db,
@@ -144,7 +145,8 @@ int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t err
     time_t now = ev_clock_now(ev);
     /* One transaction per day: each commit leaves a verifiable log. */
     for (;;) {
-        if (ev_exec(ev->db, "BEGIN IMMEDIATE", err, errlen) != 0) {
+        if (ev_sync_mode(ev, true, err, errlen) != 0 ||
+            ev_exec(ev->db, "BEGIN IMMEDIATE", err, errlen) != 0) {
             removed = -1;
             break;
         }

@@ -26,6 +26,7 @@
 
 #include "lib/lib.h"
 #include "store/evidence.h"
+#include "store/evidence_int.h"   /* the connection, to read PRAGMA synchronous */
 
 /* 2025-03-10 09:00:00 UTC */
 #define DAY0 ((time_t)1741597200)
@@ -526,6 +527,7 @@ static void test_dedupe_across_reopen(void **state)
 struct worker {
     struct evidence *ev;
     int id, n;
+    bool deferred;   /* evidence_append_deferred (a stage's events) */
 };
 
 static void *worker_main(void *arg)
@@ -543,7 +545,8 @@ static void *worker_main(void *arg)
                                    .outcome = "ok",
                                    .dedupe_key = key,
                                    .when = 0};
-        if (evidence_append(w->ev, &e, err, sizeof err) != 0)
+        if ((w->deferred ? evidence_append_deferred(w->ev, &e, err, sizeof err)
+                         : evidence_append(w->ev, &e, err, sizeof err)) != 0)
             return (void *)1;
     }
     return NULL;
@@ -559,7 +562,8 @@ static void test_threads_chain_intact(void **state)
     pthread_t t[NT];
     struct worker w[NT];
     for (int i = 0; i < NT; i++) {
-        w[i] = (struct worker){.ev = ev, .id = i, .n = PER};
+        /* half of them deferred: batches mix both kinds */
+        w[i] = (struct worker){.ev = ev, .id = i, .n = PER, .deferred = i % 2 == 1};
         assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
     }
     for (int i = 0; i < NT; i++) {
@@ -573,6 +577,52 @@ static void test_threads_chain_intact(void **state)
                      NT * (PER - 5));
     fake_now = time(NULL);
     int r = verify(path, NULL, err, sizeof err);
+    if (r != 0)
+        fail_msg("verify: %s", err);
+}
+
+static int synchronous_of(struct evidence *ev)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(ev->db, "PRAGMA synchronous", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* A deferred append commits with synchronous=NORMAL (its caller syncs the file
+ * system), any other transaction with FULL again: appends, seals. */
+static void test_deferred_sync_mode(void **state)
+{
+    (void)state;
+    char path[512], err[512];
+    path_of(path, sizeof path, "deferred.db");
+    struct evidence *ev = open_fresh(path);
+    evidence_set_signer(ev, cms_sign, &g_signer);
+    fake_now = DAY0;
+    evidence_set_clock(ev, fake_clock, NULL);
+    assert_int_equal(synchronous_of(ev), 2);   /* FULL */
+    struct evidence_event e = {.type = "accettazione", .pec_id = "opec1@pec.a.example",
+                               .sender = "alice@pec.a.example", .outcome = "ok",
+                               .dedupe_key = "d1", .when = DAY0};
+    assert_int_equal(evidence_append_deferred(ev, &e, err, sizeof err), 0);
+    assert_int_equal(synchronous_of(ev), 1);   /* NORMAL */
+    assert_int_equal(count_sql(path, "SELECT count(*) FROM events"), 1);   /* committed */
+    e.dedupe_key = "d2";
+    assert_int_equal(evidence_append(ev, &e, err, sizeof err), 0);
+    assert_int_equal(synchronous_of(ev), 2);
+    e.dedupe_key = "d3";
+    assert_int_equal(evidence_append_deferred(ev, &e, err, sizeof err), 0);
+    assert_int_equal(synchronous_of(ev), 1);
+    fake_now = DAY0 + DAYS(1);
+    if (evidence_seal(ev, fake_now, err, sizeof err) < 0)
+        fail_msg("seal: %s", err);
+    assert_int_equal(synchronous_of(ev), 2);   /* a seal is always synced */
+    evidence_close(ev);
+    assert_int_equal(count_sql(path, "SELECT count(*) FROM events"), 3);
+    assert_int_equal(count_sql(path, "SELECT count(*) FROM seals"), 1);
+    int r = verify(path, g_cert, err, sizeof err);
     if (r != 0)
         fail_msg("verify: %s", err);
 }
@@ -759,6 +809,7 @@ int main(void)
     setenv("TZ", "Europe/Rome", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sealed_log_verifies),
+        cmocka_unit_test(test_deferred_sync_mode),
         cmocka_unit_test(test_triggers_refuse_edits),
         cmocka_unit_test(test_one_byte_edit_named),
         cmocka_unit_test(test_deleted_record_named),

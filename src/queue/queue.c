@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -170,12 +171,51 @@ static int ensure_dirs(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
+/* One process per queue directory: its start-up recovery drops unacknowledged
+ * files and its workers take every message, so a second pecd on the same
+ * directory (another configuration naming it, other ports) would lose mail in
+ * flight and deliver twice.  The lock is an flock() on QUEUE/pecd.lock, which
+ * holds the owner's pid; the kernel releases it when the process dies. */
+static int lock_queue(const char *dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/pecd.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        str_trim(pid);
+        if (e == EWOULDBLOCK)
+            snprintf(err, errlen, "queue %s is in use by another pecd (pid %s, %s)", dir,
+                     pid[0] ? pid : "unknown", path);
+        else
+            snprintf(err, errlen, "%s: flock: %s", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == -1 || pwrite(fd, pid, (size_t)n, 0) != n)
+        log_warn("%s: cannot write the pid: %s", path, strerror(errno));
+    return fd;
+}
+
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen)
 {
     if (ensure_dirs(cfg->queue_dir, err, errlen) == -1)
         return NULL;
+    int lock_fd = lock_queue(cfg->queue_dir, err, errlen);
+    if (lock_fd == -1)
+        return NULL;
     struct queue *q = calloc(1, sizeof *q);
+    q->lock_fd = lock_fd;
     q->base = base;
     q->cfg = cfg;
     q->deliver = deliver;
@@ -187,6 +227,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     q->committer = committer_new(base, q->dir, cfg->sync_fs);
     if (q->committer == NULL) {
         snprintf(err, errlen, "cannot start the committer for %s", q->dir);
+        close(q->lock_fd);
         free(q);
         return NULL;
     }
@@ -293,6 +334,7 @@ void queue_free(struct queue *q)
     g_hash_table_destroy(q->entries);
     g_async_queue_unref(q->work);
     g_async_queue_unref(q->results);
+    close(q->lock_fd);   /* releases the lock */
     free(q);
 }
 

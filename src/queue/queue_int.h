@@ -53,6 +53,7 @@ struct queue {
     size_t busy;
     bool stopping;
     size_t purged;      /* unacknowledged files dropped at start-up */
+    int lock_fd;        /* QUEUE/pecd.lock, flock'ed for the queue's life */
 };
 
 extern struct qentry queue_stop_entry;

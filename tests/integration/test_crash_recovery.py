@@ -132,3 +132,26 @@ def test_kill9_under_load(make_instance):
     assert not stray, f"delivered to a non-recipient ({summary}): {stray[:10]}"
     assert not altered, f"delivered altered ({summary}): {altered[:10]}"
     print(summary)
+
+
+def test_second_pecd_on_the_same_queue_is_refused(make_instance, tmp_path):
+    """Another pecd pointed at a running one's queue (other ports) stops at start-up with
+    an error naming the queue and the owner's pid, and touches nothing: the first one's
+    queue, in-flight files included, keeps working."""
+    import os
+    import subprocess
+    from pecd_harness import PECD, Instance, message as mk
+    inst = make_instance()
+    # its own ports and data directory (certificates and users copied from the first)
+    other = Instance(tmp_path / "other", inst.dir,
+                     conf={"queue": {"directory": os.path.join(inst.dir, "queue")}})
+    r = subprocess.run([PECD, "-c", other.conf_path], capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert "in use by another pecd" in err and f"pid {inst.proc.pid}" in err, err
+    assert inst.running()
+    tid = unique_id()
+    with smtplib.SMTP("127.0.0.1", inst.ports["mx"], timeout=30) as s:
+        s.sendmail("sender@client.test", ["alice@example.test"], mk(tid))
+    assert len(inst.wait_messages("alice@example.test", 1, marker=tid)) == 1

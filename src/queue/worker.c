@@ -402,8 +402,9 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
     }
     if (!any)
         return;
-    if (any_written && ((q->cfg->sync_fs && sync_dir_fs(sdir, true) == -1) ||
-                        sync_dir_fs(sdir, false) == -1)) {
+    /* syncfs covers staged/'s entries too; in fsync mode the files are synced
+     * as written and staged/ here */
+    if (any_written && sync_dir_fs(sdir, q->cfg->sync_fs) == -1) {
         for (size_t k = 0; k < n; k++)
             if (ws[k].stage_written)
                 stage_failed(q, &ws[k], "cannot sync the stage's outputs");

@@ -55,12 +55,7 @@ static void unpublish(struct work *w, size_t i, const char *why)
 /* Syncs the file system of dir (fs) or dir itself. */
 static int sync_dir_fs(const char *dir, bool fs)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd == -1)
-        return -1;
-    int r = fs ? fs_syncfs_shared(fd) : fsync(fd);
-    close(fd);
-    return r;
+    return fs ? fs_sync_dir_fs(dir) : fs_fsync_dir(dir);
 }
 
 /* Notes dst's directory in dirs and, in syncfs mode, syncs its file system

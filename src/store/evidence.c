@@ -61,7 +61,8 @@ static const char SCHEMA[] =
     " message_id TEXT, sender TEXT, recipients TEXT, subject TEXT, outcome TEXT,"
     " queue_id TEXT, dedupe_key TEXT UNIQUE, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);"
     "CREATE INDEX IF NOT EXISTS events_day ON events(day);"
-    "CREATE INDEX IF NOT EXISTS events_type ON events(type);"
+    /* no query selects by type; logs made before 2026-12 had this index */
+    "DROP INDEX IF EXISTS events_type;"
     "CREATE INDEX IF NOT EXISTS events_pec_id ON events(pec_id);"
     "CREATE INDEX IF NOT EXISTS events_orig_msgid ON events(orig_msgid);"
     "CREATE INDEX IF NOT EXISTS events_message_id ON events(message_id);"

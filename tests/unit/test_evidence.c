@@ -622,6 +622,21 @@ static void test_deferred_sync_mode(void **state)
     evidence_close(ev);
     assert_int_equal(count_sql(path, "SELECT count(*) FROM events"), 3);
     assert_int_equal(count_sql(path, "SELECT count(*) FROM seals"), 1);
+    /* the unused index on type is not made, and goes from a log that has it */
+    const char *has_type_index = "SELECT count(*) FROM sqlite_master WHERE name = 'events_type'";
+    assert_int_equal(count_sql(path, has_type_index), 0);
+    {
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "CREATE INDEX events_type ON events(type)", NULL, NULL,
+                                      NULL), SQLITE_OK);
+        sqlite3_close(db);
+    }
+    assert_int_equal(count_sql(path, has_type_index), 1);
+    ev = evidence_open(path, err, sizeof err);
+    assert_non_null(ev);
+    evidence_close(ev);
+    assert_int_equal(count_sql(path, has_type_index), 0);
     int r = verify(path, g_cert, err, sizeof err);
     if (r != 0)
         fail_msg("verify: %s", err);

@@ -1,10 +1,11 @@
 /*
  * fs_sync.c - syncfs(2) shared between the threads of a process.
  *
- * The committer (SMTP sessions' spool files) and every delivery thread (a
- * stage's outputs, its commit record, mailbox copies) each need "everything I
- * wrote so far is on disk" for the same file system, several times a second
- * each.  syncfs() gives exactly that for the whole file system, so callers
+ * Every delivery thread (a stage's outputs, its commit record, mailbox
+ * copies) needs "everything I wrote so far is on disk" for the same file
+ * system, several times a second.  (The committer, which the SMTP sessions'
+ * 250 waits for, keeps a syncfs of its own: waiting behind a delivery
+ * thread's doubled its p99 latency, docs/performance.md.)  syncfs() gives exactly that for the whole file system, so callers
  * that arrive while one is running can share the next one: a caller needs a
  * syncfs that started after it arrived (the one running may have started
  * before its writes), runs it itself if none is running, and otherwise waits
@@ -30,7 +31,7 @@
 
 struct syncer {
     dev_t dev;
-    int fd;                 /* -1: slot free */
+    int fd;                 /* our own descriptor on that file system */
     GMutex lock;
     GCond cond;
     bool running;

@@ -542,6 +542,7 @@ int main(int argc, char **argv)
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;
         queue_set_processor(d.queue, roles_process, d.roles);
+        queue_set_pass_hooks(d.queue, roles_pass_begin, roles_pass_end, d.roles);
         /* check a few times per shortest timer, at most every 30 s */
         uint64_t every = d.cfg->timer_preavviso / 8;
         every = every < 1 ? 1 : every > 30 ? 30 : every;

@@ -343,6 +343,25 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     return 0;
 }
 
+void roles_pass_begin(void *arg)
+{
+    struct roles *r = arg;
+    if (r->ev != NULL)
+        evidence_batch_begin(r->ev);
+}
+
+int roles_pass_end(void *arg, char *err, size_t errlen)
+{
+    struct roles *r = arg;
+    if (r->ev == NULL)
+        return 0;
+    if (evidence_batch_commit(r->ev, err, errlen) == -1) {
+        log_err("evidence log: the events of a pass of stages were not stored: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen)
 {

@@ -253,6 +253,13 @@ void queue_set_processor(struct queue *q, process_fn fn, void *arg)
     q->process_arg = arg;
 }
 
+void queue_set_pass_hooks(struct queue *q, pass_begin_fn begin, pass_end_fn end, void *arg)
+{
+    q->pass_begin = begin;
+    q->pass_end = end;
+    q->pass_arg = arg;
+}
+
 
 int queue_recover(struct queue *q)
 {

@@ -202,6 +202,15 @@ typedef int (*process_fn)(void *arg, const struct queue_env *env, const char *da
 
 struct queue;
 void queue_set_processor(struct queue *q, process_fn fn, void *arg);
+/* Called by each delivery thread around one pass (a batch of messages):
+ * begin before the first is loaded, end after the last stage of the pass has
+ * run and before any stage's outputs are committed.  end's -1 (reason in err)
+ * means what the stages recorded on the side (the evidence log's batch) is
+ * not stored: every stage of the pass runs again later.  With no processor
+ * set, or NULL hooks, nothing is called. */
+typedef void (*pass_begin_fn)(void *arg);
+typedef int (*pass_end_fn)(void *arg, char *err, size_t errlen);
+void queue_set_pass_hooks(struct queue *q, pass_begin_fn begin, pass_end_fn end, void *arg);
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */

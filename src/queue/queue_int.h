@@ -40,6 +40,9 @@ struct queue {
     void *deliver_arg;
     process_fn process;
     void *process_arg;
+    pass_begin_fn pass_begin;
+    pass_end_fn pass_end;
+    void *pass_arg;
     char dir[PATH_MAX];
     struct committer *committer;
     GHashTable *entries;

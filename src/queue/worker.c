@@ -457,6 +457,22 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
     }
 }
 
+/* The pass-end hook (the evidence log's batch of the pass's stages): if what
+ * the stages recorded cannot be stored, none of them is committed. */
+static void end_pass(struct queue *q, struct work *ws, size_t n)
+{
+    if (q->pass_end == NULL || q->process == NULL)
+        return;
+    char err[256] = "";
+    if (q->pass_end(q->pass_arg, err, sizeof err) == 0)
+        return;
+    char why[300];
+    snprintf(why, sizeof why, "%s", err[0] ? err : "the stage's records were not stored");
+    for (size_t k = 0; k < n; k++)
+        if (ws[k].stage_written)   /* ran in this pass (not one committed before) */
+            stage_failed(q, &ws[k], why);
+}
+
 /* ---- one message ---------------------------------------------------------- */
 
 static void load(struct queue *q, struct work *w)
@@ -610,8 +626,11 @@ gpointer queue_worker_thread(gpointer arg)
             }
             ws[n++].e = e;
         }
+        if (q->pass_begin != NULL && q->process != NULL)
+            q->pass_begin(q->pass_arg);
         for (size_t i = 0; i < n; i++)
             load(q, &ws[i]);
+        end_pass(q, ws, n);
         commit_stages(q, ws, n);
         publish_batch(q, ws, n);
         for (size_t i = 0; i < n; i++) {

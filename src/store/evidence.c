@@ -24,7 +24,11 @@
  * transaction (group commit: one WAL fsync for the whole batch), so the
  * cost of durability is shared by every concurrent caller.  The committer
  * re-reads the chain head inside BEGIN IMMEDIATE, so another process writing
- * the same file (pecctl log seal/purge) cannot fork the chain.
+ * the same file (pecctl log seal/purge) cannot fork the chain.  A thread
+ * may also hold its appends in a batch (evidence_batch_begin) and queue them
+ * as one entry: the queue's delivery threads log a whole pass of stages in
+ * one transaction, which writes each touched page of the table and its
+ * indexes to the WAL once instead of once per event.
  *
  * Days: a record's day is the UTC day of its logging time, but never earlier
  * than the previous record's day nor than the day after the last sealed one,
@@ -216,7 +220,8 @@ void evidence_record_hash(const unsigned char prev[32], long long seq, const cha
 /* ---- the writer ------------------------------------------------------------------ */
 
 struct pending {
-    const struct evidence_event *e;
+    const struct evidence_event *e;   /* n events */
+    size_t n;
     bool deferred;               /* evidence_append_deferred: no sync of its own */
     struct pending *next;
     bool done;
@@ -476,7 +481,8 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
             max_day(day, h.min_day);
         }
         for (struct pending *p = batch; p != NULL && rc == 0; p = p->next)
-            rc = insert_one(ev, &h, day, now, p->e, err, sizeof err) < 0 ? -1 : 0;
+            for (size_t i = 0; i < p->n && rc == 0; i++)
+                rc = insert_one(ev, &h, day, now, &p->e[i], err, sizeof err) < 0 ? -1 : 0;
         if (rc == 0)
             rc = ev_exec(ev->db, "COMMIT", err, sizeof err);
         if (rc != 0)
@@ -490,12 +496,11 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
     }
 }
 
-static int append(struct evidence *ev, const struct evidence_event *e, bool deferred, char *err,
-                  size_t errlen)
+/* Queues n events as one entry of the group commit and waits for it. */
+static int commit_wait(struct evidence *ev, const struct evidence_event *e, size_t n,
+                       bool deferred, char *err, size_t errlen)
 {
-    if (e == NULL || e->type == NULL || e->type[0] == '\0')
-        return ev_fail(err, errlen, "evidence log: an event needs a type");
-    struct pending p = {.e = e, .deferred = deferred};
+    struct pending p = {.e = e, .n = n, .deferred = deferred};
     pthread_mutex_lock(&ev->q_lock);
     *ev->tail = &p;
     ev->tail = &p.next;
@@ -523,6 +528,108 @@ static int append(struct evidence *ev, const struct evidence_event *e, bool defe
     if (p.rc != 0)
         return ev_fail(err, errlen, "%s", p.err);
     return 0;
+}
+
+/* ---- batches: a thread's appends held until evidence_batch_commit ---------- */
+
+/* One thread's open batch: copies of the events appended since
+ * evidence_batch_begin (each event's strings in one allocation, mem[i]). */
+struct batch {
+    struct evidence *ev;
+    struct evidence_event *v;
+    char **mem;
+    size_t n, cap;
+    bool synced;        /* one of them came through evidence_append */
+    bool failed;        /* out of memory: the commit reports it */
+};
+
+static __thread struct batch tls_batch;
+
+static void batch_clear(struct batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        free(b->mem[i]);
+    free(b->v);
+    free(b->mem);
+    memset(b, 0, sizeof *b);
+}
+
+void evidence_batch_begin(struct evidence *ev)
+{
+    batch_clear(&tls_batch);   /* an earlier batch never committed: dropped */
+    tls_batch.ev = ev;
+}
+
+/* Keeps a copy of e in the thread's batch. */
+static int batch_add(struct batch *b, const struct evidence_event *e, bool synced)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 16;
+        struct evidence_event *v = realloc(b->v, cap * sizeof *v);
+        if (v != NULL)
+            b->v = v;
+        char **mem = v != NULL ? realloc(b->mem, cap * sizeof *mem) : NULL;
+        if (mem != NULL)
+            b->mem = mem;
+        if (v == NULL || mem == NULL) {
+            b->failed = true;
+            return 0;
+        }
+        b->cap = cap;
+    }
+    const char *src[NFIELDS] = {e->type,   e->pec_id,     e->orig_msgid, e->message_id,
+                                e->sender, e->recipients, e->subject,    e->outcome,
+                                e->queue_id, e->dedupe_key};
+    size_t need = 0;
+    for (int i = 0; i < NFIELDS; i++)
+        need += src[i] != NULL ? strlen(src[i]) + 1 : 0;
+    char *mem = malloc(need ? need : 1), *at = mem;
+    if (mem == NULL) {
+        b->failed = true;
+        return 0;
+    }
+    const char *dst[NFIELDS];
+    for (int i = 0; i < NFIELDS; i++) {
+        dst[i] = NULL;
+        if (src[i] != NULL) {
+            size_t l = strlen(src[i]) + 1;
+            memcpy(at, src[i], l);
+            dst[i] = at;
+            at += l;
+        }
+    }
+    b->v[b->n] = (struct evidence_event){
+        .type = dst[0], .pec_id = dst[1], .orig_msgid = dst[2], .message_id = dst[3],
+        .sender = dst[4], .recipients = dst[5], .subject = dst[6], .outcome = dst[7],
+        .queue_id = dst[8], .dedupe_key = dst[9],
+        .when = e->when != 0 ? e->when : ev_clock_now(b->ev)};
+    b->mem[b->n++] = mem;
+    b->synced = b->synced || synced;
+    return 0;
+}
+
+int evidence_batch_commit(struct evidence *ev, char *err, size_t errlen)
+{
+    struct batch *b = &tls_batch;
+    int rc = 0;
+    if (b->ev != ev)
+        rc = ev_fail(err, errlen, "evidence log: no batch open on this thread");
+    else if (b->failed)
+        rc = ev_fail(err, errlen, "evidence log: out of memory");
+    else if (b->n > 0)
+        rc = commit_wait(ev, b->v, b->n, !b->synced, err, errlen);
+    batch_clear(b);
+    return rc;
+}
+
+static int append(struct evidence *ev, const struct evidence_event *e, bool deferred, char *err,
+                  size_t errlen)
+{
+    if (e == NULL || e->type == NULL || e->type[0] == '\0')
+        return ev_fail(err, errlen, "evidence log: an event needs a type");
+    if (tls_batch.ev == ev && ev != NULL)
+        return batch_add(&tls_batch, e, !deferred);
+    return commit_wait(ev, e, 1, deferred, err, errlen);
 }
 
 int evidence_append(struct evidence *ev, const struct evidence_event *e, char *err,

@@ -76,6 +76,18 @@ int evidence_append(struct evidence *ev, const struct evidence_event *e, char *e
  * synced if any of them asked for it. */
 int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e, char *err,
                              size_t errlen);
+/* Batches.  Between evidence_batch_begin() and evidence_batch_commit() on one
+ * thread, evidence_append() and evidence_append_deferred() on that thread
+ * keep a copy of the event and return 0 at once; evidence_batch_commit()
+ * writes them all in one transaction (group-committed with other threads'
+ * appends), synced unless every one of them was deferred, and returns -1 if
+ * they could not be stored (none of them then is).  Durability, duplicates
+ * and order are those of the single appends, counted from the commit.  A
+ * queue delivery thread opens one around the stages of a pass: one
+ * transaction for dozens of events instead of one each.  A batch begun
+ * while one is open drops the events of the open one. */
+void evidence_batch_begin(struct evidence *ev);
+int evidence_batch_commit(struct evidence *ev, char *err, size_t errlen);
 
 /* Signs the head of every finished UTC day (day < the day of now) that has
  * records and no seal yet.  Needs a signer.  Returns the number of days

@@ -2,6 +2,8 @@
 envelope appears in the right mailbox, signed (openssl cms -verify) and verifiable with
 pecctl verify; non-acceptance; unknown recipient; variants; anomaly; timeout notices."""
 import os
+import sqlite3
+import time
 
 import pytest
 
@@ -199,6 +201,38 @@ def test_evidence_log_and_trace(world):
     for p in (a, b):
         res = pecctl("-c", p.conf, "log", "verify", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_stage_waits_for_the_evidence_log(world):
+    """A pass of stages whose events cannot be stored (another process holds the evidence
+    log's write lock past SQLite's 10 s wait) commits nothing: no receipt, no envelope. Once
+    the log is free the stage runs again, and every receipt arrives exactly once with each
+    event logged once."""
+    a, b, ext, ca, directory = world
+    msg = message("mario@pec.a.test", ["anna@pec.b.test"], subject="registro occupato")
+    db = sqlite3.connect(os.path.join(a.dir, "evidence.db"), isolation_level=None, timeout=30)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        a.submit("mario", ["anna@pec.b.test"], msg)
+        end = time.time() + 40
+        while "events of a pass of stages were not stored" not in a.log(400):
+            assert time.time() < end, a.log(60)
+            time.sleep(0.2)
+        assert a.mails("mario") == [] and b.mails("anna") == []
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"), timeout=40)
+    time.sleep(2)   # anything produced twice would be here by now
+    kinds = sorted((m[2].get("X-Ricevuta") or "").strip() for m in a.mails("mario"))
+    assert kinds == ["accettazione", "avvenuta-consegna"], kinds
+    assert len(b.wait_mail("anna", trasporto("posta-certificata"))) == 1
+    assert len(b.mails("anna")) == 1
+    with sqlite3.connect(os.path.join(a.dir, "evidence.db")) as ro:
+        n = dict(ro.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+    assert n.get("accettazione") == 1 and n.get("busta-trasporto") == 1, n
+    res = pecctl("-c", a.conf, "log", "verify", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_too_big_is_not_accepted(world):

@@ -241,6 +241,7 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
             };
             struct smtp_reply fail;
             struct smtp_client *c = tr_cache_take(t, key);
+            bool reused = c != NULL;
             if (c == NULL)
                 c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);
             if (c == NULL && hp == TLSP_MAY && strstr(fail.text, "4.7.5") == fail.text) {
@@ -261,7 +262,22 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
             }
             for (size_t k = 0; k < n; k++)
                 memset(&cr[k].reply, 0, sizeof cr[k].reply);
-            if (smtp_client_send(c, &m, &fail) == -1) {
+            int sent = smtp_client_send(c, &m, &fail);
+            if (sent == -1 && reused && !smtp_client_data_sent(c)) {
+                /* a cached connection that died before the message went: nothing
+                 * reached the server, send again at once on a new one */
+                log_info("%s: cached connection lost (%s), reconnecting", mta, fail.text);
+                smtp_client_close(c, false);
+                c = smtp_client_open(h->host, h->addrs[ai], h->port, &o, &fail);
+                if (c == NULL) {
+                    last = fail;
+                    continue;
+                }
+                for (size_t k = 0; k < n; k++)
+                    memset(&cr[k].reply, 0, sizeof cr[k].reply);
+                sent = smtp_client_send(c, &m, &fail);
+            }
+            if (sent == -1) {
                 last = fail;
                 smtp_client_close(c, true);
                 /* RFC 8689 §4.2.1: try the next MX for REQUIRETLS failures;

@@ -20,7 +20,7 @@
 
 struct idle_conn {
     struct smtp_client *c;
-    time_t since;
+    gint64 since;        /* g_get_monotonic_time() when it became idle */
 };
 
 struct transport {

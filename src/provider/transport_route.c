@@ -29,6 +29,7 @@
 #include "filters/callout.h"
 
 #define IDLE_SECONDS 5
+#define PROBE_AFTER_US 1000000   /* idle longer than this: RSET before reuse */
 
 /* ---- next hops ------------------------------------------------------------- */
 
@@ -206,29 +207,36 @@ void tr_conn_key(char *key, size_t n, const struct hop *h, const char *addr,
 
 struct smtp_client *tr_cache_take(struct transport *t, const char *key)
 {
-    struct smtp_client *c = NULL;
-    time_t now = time(NULL);
-    g_mutex_lock(&t->lock);
-    GQueue *q = g_hash_table_lookup(t->idle, key);
-    struct idle_conn *ic;
-    while (q != NULL && (ic = g_queue_pop_head(q)) != NULL) {
-        if (now - ic->since <= IDLE_SECONDS) {
-            c = ic->c;
+    for (;;) {
+        struct smtp_client *c = NULL;
+        gint64 now = g_get_monotonic_time(), since = now;
+        g_mutex_lock(&t->lock);
+        GQueue *q = g_hash_table_lookup(t->idle, key);
+        struct idle_conn *ic;
+        while (q != NULL && (ic = g_queue_pop_head(q)) != NULL) {
+            if (now - ic->since <= (gint64)IDLE_SECONDS * 1000000) {
+                c = ic->c;
+                since = ic->since;
+                free(ic);
+                break;
+            }
+            smtp_client_close(ic->c, true);
             free(ic);
-            break;
         }
-        smtp_client_close(ic->c, true);
-        free(ic);
+        g_mutex_unlock(&t->lock);
+        /* one that sat idle may have been closed by the server (a restart,
+         * its idle timeout): probed, outside the lock */
+        if (c == NULL || now - since < PROBE_AFTER_US || smtp_client_alive(c))
+            return c;
+        smtp_client_close(c, false);
     }
-    g_mutex_unlock(&t->lock);
-    return c;
 }
 
 void tr_cache_put(struct transport *t, const char *key, struct smtp_client *c)
 {
     struct idle_conn *ic = malloc(sizeof *ic);
     ic->c = c;
-    ic->since = time(NULL);
+    ic->since = g_get_monotonic_time();
     g_mutex_lock(&t->lock);
     GQueue *q = g_hash_table_lookup(t->idle, key);
     if (q == NULL) {

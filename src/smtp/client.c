@@ -38,6 +38,8 @@ struct smtp_client {
     bool verified;
     bool dane;
     bool broken;
+    bool open_txn;       /* a transaction may still be open on the server: RSET before the next */
+    bool data_sent;      /* the last transaction got as far as sending the message */
     char tls_info[96];
     struct smtp_client_opts opts;
     char host[256];
@@ -609,6 +611,8 @@ int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct sm
     bool bdat = (c->ext & EXT_CHUNKING) != 0;
     bool pipelining = (c->ext & EXT_PIPELINING) != 0;
     int rc = -1;
+    c->open_txn = true;
+    c->data_sent = false;
     struct smtp_reply r;
     size_t accepted = 0;
     if (pipelining) {
@@ -652,6 +656,7 @@ int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct sm
     if (!mail_ok) {
         if (pipelining && !bdat)
             read_reply(c, &r, false);   /* DATA's 503 */
+        c->open_txn = false;   /* MAIL refused: no transaction began */
         rc = 0;
         goto done;
     }
@@ -674,6 +679,7 @@ int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct sm
             goto done;
         }
     }
+    c->data_sent = true;
     if (send_body(c, m, bdat) == -1) {
         c->broken = true;
         fail_set(fail, 451, "4.4.2 connection to %s lost during data: %s", c->host,
@@ -699,6 +705,7 @@ int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct sm
             if (m->rcpts[i].reply.code / 100 == 2)
                 m->rcpts[i].reply = r;
     }
+    c->open_txn = false;   /* the reply to the message ends the transaction (RFC 5321 §4.1.1.4) */
     rc = 0;
 done:
     free(out);
@@ -709,8 +716,28 @@ bool smtp_client_reset(struct smtp_client *c)
 {
     if (c->broken)
         return false;
+    if (!c->open_txn)
+        return true;   /* nothing to reset: no round trip */
     struct smtp_reply r;
     return command(c, &r, "RSET") == 0 && r.code == 250;
+}
+
+bool smtp_client_alive(struct smtp_client *c)
+{
+    if (c->broken)
+        return false;
+    struct smtp_reply r;
+    if (command(c, &r, "RSET") == 0 && r.code == 250) {
+        c->open_txn = false;
+        return true;
+    }
+    c->broken = true;
+    return false;
+}
+
+bool smtp_client_data_sent(const struct smtp_client *c)
+{
+    return c->data_sent;
 }
 
 void smtp_client_close(struct smtp_client *c, bool quit)

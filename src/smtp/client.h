@@ -88,8 +88,18 @@ const char *smtp_client_tls_info(const struct smtp_client *c);   /* "TLSv1.3 CIP
  * reply says whether it was accepted), -1 when the whole transaction failed
  * (*fail says why; the connection must be closed). */
 int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct smtp_reply *fail);
-/* RSET for the next transaction; false if the connection is no longer usable. */
+/* Readies the connection for the next transaction: RSET if the last one may
+ * have left a transaction open on the server (refused recipients, a refused
+ * DATA), nothing after a transaction that ended with the reply to its
+ * message.  false if the connection is no longer usable. */
 bool smtp_client_reset(struct smtp_client *c);
+/* RSET as a probe of a connection that sat idle (the server may have closed
+ * it); false if it is no longer usable. */
+bool smtp_client_alive(struct smtp_client *c);
+/* Whether the last smtp_client_send() began sending the message itself: if
+ * not, a failure left nothing on the server and the message may be sent again
+ * at once on another connection. */
+bool smtp_client_data_sent(const struct smtp_client *c);
 void smtp_client_close(struct smtp_client *c, bool quit);
 
 #endif

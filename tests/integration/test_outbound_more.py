@@ -29,11 +29,14 @@ class RawNextHop:
     - "drop-after-dot": read the whole message, then close without the final reply;
     - "accept": read the whole message and reply 250.
     The list `data_modes` is consumed one entry per DATA; when one entry is left it is
-    used for every later transaction."""
+    used for every later transaction.  RCPT for an address in `refuse` gets a 550.
+    `sessions` records, per connection, each command verb with its arrival time."""
 
-    def __init__(self, port, data_modes):
+    def __init__(self, port, data_modes, refuse=()):
         self.port = port
         self.data_modes = list(data_modes)
+        self.refuse = set(refuse)
+        self.sessions = []
         self.accepted = []       # whole messages that got a 250
         self.dropped = []        # what had arrived when the connection was dropped
         self.transactions = 0
@@ -68,6 +71,9 @@ class RawNextHop:
     def _session(self, conn):
         conn.settimeout(10)
         f = conn.makefile("rb")
+        verbs = []
+        with self.lock:
+            self.sessions.append(verbs)
 
         def send(line):
             conn.sendall(line.encode() + b"\r\n")
@@ -79,6 +85,7 @@ class RawNextHop:
                 if not line:
                     return
                 verb = line.strip().split(b" ", 1)[0].upper()
+                verbs.append((verb.decode(errors="replace"), time.monotonic()))
                 if verb == b"EHLO":
                     send("250-mx.raw.test")
                     send("250-8BITMIME")
@@ -88,7 +95,8 @@ class RawNextHop:
                 elif verb == b"MAIL":
                     send("250 2.1.0 OK")
                 elif verb == b"RCPT":
-                    send("250 2.1.5 OK")
+                    addr = line.strip()[8:].split(b">")[0].lstrip(b"<").decode()
+                    send("550 5.1.1 no such user" if addr in self.refuse else "250 2.1.5 OK")
                 elif verb == b"QUIT":
                     send("221 2.0.0 Bye")
                     return
@@ -186,6 +194,43 @@ def test_disconnect_during_data_defers_then_delivers(make_instance, mode):
         time.sleep(2.5)   # > retry_max: no further attempt
         assert len(hop.accepted) == 1 and hop.transactions == 2
         assert reports(inst, ALICE) == [], "a retried message needs no notification"
+    finally:
+        hop.stop()
+
+
+# ----------------------------------------------------------------------------- RSET
+
+def test_reused_connection_reset_only_when_a_transaction_is_open(make_instance):
+    """A connection kept for the next message gets RSET after a transaction left open
+    (every recipient refused, so no DATA), not after one that ended with the reply to its
+    message; one that sat idle for a second or more is probed with RSET before reuse."""
+    hop = RawNextHop(free_port(), ["accept"], refuse={"nobody@remote.test"})
+    try:
+        inst = plain_relay_instance(make_instance, hop.port)
+        q1 = submit(inst, ["nobody@remote.test"],
+                    message(unique_id("refused"), sender=ALICE, to="nobody@remote.test"))
+        wait_log_count(inst, rf"{q1}: to=<nobody@remote\.test> status=bounced", 1)
+        submit(inst, ["a@remote.test"], message(unique_id("second"), sender=ALICE,
+                                                to="a@remote.test"))
+        hop.wait_accepted(1)
+        submit(inst, ["b@remote.test"], message(unique_id("third"), sender=ALICE,
+                                                to="b@remote.test"))
+        hop.wait_accepted(2)
+        inst.wait_queue_empty()
+        assert len(hop.sessions) == 1, [[v for v, _ in s] for s in hop.sessions]
+        s = hop.sessions[0]
+        verbs = [v for v, _ in s]
+        assert verbs[:4] == ["EHLO", "MAIL", "RCPT", "RSET"], verbs   # the refused one
+        mails = [i for i, v in enumerate(verbs) if v == "MAIL"]
+        assert len(mails) == 3, verbs
+        prev, nxt = mails[1], mails[2]
+        between = verbs[prev:nxt]
+        # from the second message's DATA to the next command: how long the connection idled
+        gap = s[prev + 3][1] - s[prev + 2][1]
+        if gap < 0.8:
+            assert "RSET" not in between, (verbs, gap)
+        elif gap > 1.3:
+            assert between[-1] == "RSET", (verbs, gap)   # the idle probe
     finally:
         hop.stop()
 

@@ -235,6 +235,25 @@ def test_stage_waits_for_the_evidence_log(world):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_peer_restart_does_not_defer_the_next_envelope(world):
+    """The connection A keeps open to B for the next envelope dies when B restarts. A probes
+    a connection that sat idle before using it (RSET), so the next envelope goes at once on
+    a new connection instead of failing on the dead one and waiting for a retry."""
+    a, b, ext, ca, directory = world
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="prima"))
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    b.stop()
+    b.start()
+    start = len(a.log(100000).splitlines())
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="seconda"))
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
+    after = "\n".join(a.log(100000).splitlines()[start:])
+    assert "status=deferred" not in after, after
+    assert len(b.mails("anna")) == 2
+
+
 def test_too_big_is_not_accepted(world):
     a, b, ext, ca, directory = world
     a.stop()

@@ -28,6 +28,11 @@ char *pec_strip_brackets(const char *s);
  * UTF-8) and HTML of the same facts (§4.3.1). */
 int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_daticert *d,
                     mime_buf *plain, mime_buf *html);
+/* Appends a text/SUBTYPE leaf (headers and body, CRLF) holding the UTF-8 C
+ * string text: the smallest charset of us-ascii, iso-8859-1 and utf-8,
+ * quoted-printable, inline; byte for byte what a GMimeTextPart with those
+ * settings writes (pec_build.c). */
+int pec_text_leaf_write(mime_buf *out, const char *subtype, const char *text);
 
 /* The first rfc822Name of an X509's subjectAltName (pec_sign.c). */
 void pec_cert_email(const void *x509, char *out, size_t size);

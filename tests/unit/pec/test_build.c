@@ -15,6 +15,9 @@
 #include <openssl/sha.h>
 
 #include "testutil.h"
+#include "pec/pec_internal.h"   /* pec_text_leaf_write */
+
+#include <gmime/gmime.h>
 
 static bool has(const pec_buf *m, const char *s)
 {
@@ -27,6 +30,56 @@ static char *headers_of(const pec_buf *m)
     const unsigned char *e = memmem(m->data, m->len, "\r\n\r\n", 4);
     assert_non_null(e);
     return strndup((const char *)m->data, (size_t)(e - m->data) + 2);
+}
+
+/* The text parts are written without GMime objects; the bytes must be those
+ * GMime's text part gives with the settings pec_build used before (smallest
+ * charset, quoted-printable, inline): the reference here is that code. */
+static void gmime_text_leaf(mime_buf *out, const char *subtype, const char *text)
+{
+    GMimeTextPart *t = g_mime_text_part_new_with_subtype(subtype);
+    g_mime_text_part_set_text(t, text);
+    g_mime_part_set_content_encoding(GMIME_PART(t), GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE);
+    g_mime_object_set_content_disposition(GMIME_OBJECT(t),
+                                          g_mime_content_disposition_parse(NULL, "inline"));
+    assert_int_equal(mime_write(GMIME_OBJECT(t), out), 0);
+    g_object_unref(t);
+}
+
+static void test_text_leaf_as_gmime(void **state)
+{
+    (void)state;
+    mime_init();
+    static const char *const texts[] = {
+        "Ricevuta di accettazione\n\nIl giorno 05/12/2026 alle ore 03:01:50 (+0000) il "
+        "messaggio con Oggetto \"prova\" inviato da \"u0@pec.a.test\"\n\xc3\xa8 stato "
+        "accettato dal sistema ed inoltrato.\nIdentificativo del messaggio: "
+        "opec1.20261205030150.661DA36C795D1E55@pec.a.test\n",
+        "ascii only\nsecond line\n",
+        "euro \xe2\x82\xac and \xc3\xa8: utf-8\n",
+        "\xc3\xa0\xc3\xa8\xc3\xac\xc3\xb2\xc3\xb9 \xe4\xb8\xad\xe6\x96\x87\n\n\n",
+        "no final newline \xc3\xa8",
+        "",
+        "trailing space \nand tab\t\nFrom here\n.dot\n=equals=3D\n",
+        "a line longer than seventy-six characters, which quoted-printable must break "
+        "with a soft line break, and then some more, \xc3\xa8 \xc3\xa8 \xc3\xa8 \xc3\xa8\n",
+        "CRLF\r\nline\r\n",
+        "<html><body>&quot;Oggetto&quot;<br/>\n</body></html>\n",
+        "invalid \xc3 utf-8 \xff\xfe\n",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        for (int h = 0; h < 2; h++) {
+            const char *sub = h ? "html" : "plain";
+            mime_buf want = {0}, got = {0};
+            gmime_text_leaf(&want, sub, texts[i]);
+            assert_int_equal(pec_text_leaf_write(&got, sub, texts[i]), 0);
+            if (want.len != got.len || memcmp(want.data, got.data, want.len) != 0)
+                fail_msg("text %zu (%s) differs:\n--- GMime\n%s\n--- ours\n%s", i, sub,
+                         (const char *)want.data, (const char *)got.data);
+            mime_buf_free(&want);
+            mime_buf_free(&got);
+        }
+    }
 }
 
 static void test_envelope_headers(void **state)
@@ -242,6 +295,7 @@ static void test_envelope_original_to_receipt(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_text_leaf_as_gmime),
         cmocka_unit_test(test_envelope_headers),
         cmocka_unit_test(test_receipt_headers),
         cmocka_unit_test(test_anomaly),

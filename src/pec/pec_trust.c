@@ -31,6 +31,7 @@ pec_trust *pec_trust_new(void)
         return NULL;
     t->store = X509_STORE_new();
     t->crls = sk_X509_CRL_new_null();
+    pthread_mutex_init(&t->chain_lock, NULL);
     if (!t->store || !t->crls) {
         pec_trust_free(t);
         return NULL;
@@ -45,6 +46,7 @@ void pec_trust_free(pec_trust *t)
     X509_STORE_free(t->store);
     sk_X509_CRL_pop_free(t->crls, X509_CRL_free);
     free(t->hashes);
+    pthread_mutex_destroy(&t->chain_lock);
     free(t);
 }
 
@@ -68,6 +70,7 @@ int pec_trust_add_ca_pem(pec_trust *t, const void *pem, size_t len, char *err, s
     if (n == 0)
         return pec_err(err, errsz, "no certificate in the trust anchor PEM");
     t->n_anchors += n;
+    t->version++;
     return 0;
 }
 
@@ -80,6 +83,7 @@ int pec_trust_add_crl_pem(pec_trust *t, const void *pem, size_t len, char *err, 
         sk_X509_CRL_push(t->crls, c);
         n++;
     }
+    t->version++;
     BIO_free(b);
     ERR_clear_error();
     return n ? 0 : pec_err(err, errsz, "no CRL in the PEM text");
@@ -218,6 +222,7 @@ int pec_trust_add_crl(pec_trust *t, const void *data, size_t len, char *err, siz
         return pec_err(err, errsz, "neither a PEM nor a DER CRL");
     }
     sk_X509_CRL_push(t->crls, c);
+    t->version++;
     return 0;
 }
 

@@ -8,6 +8,9 @@
 #include "pec/pec_internal.h"
 
 #include <openssl/x509.h>
+#include <pthread.h>
+
+#define PEC_TRUST_CHAIN_CACHE 32
 
 struct pec_trust {
     X509_STORE *store;            /* trust anchors */
@@ -16,6 +19,17 @@ struct pec_trust {
     char (*hashes)[41];           /* providerCertificateHash values, lowercase */
     size_t n_hashes;
     time_t at;                    /* fixed verification time, 0 = signing time */
+    unsigned long version;        /* bumped by every change of the anchors or CRLs */
+    /* Path validations that succeeded, by signer, certificates given with it
+     * and validation time (pec_verify.c): a cache inside an otherwise
+     * read-only object, hence the lock. */
+    pthread_mutex_t chain_lock;
+    struct {
+        unsigned char key[32];
+        unsigned long version;
+        bool used;
+    } chain_ok[PEC_TRUST_CHAIN_CACHE];
+    unsigned chain_next;
 };
 
 bool pec_trust_has_hash(const pec_trust *t, const char *sha1hex);

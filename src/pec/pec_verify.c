@@ -207,9 +207,59 @@ static void revoked_detail(const pec_trust *t, X509 *bad, X509 *signer, pec_verd
     fail(v, PEC_R_REVOKED, "%s was revoked on %s (%s)", who, date, reason);
 }
 
+/* The key of a path validation: SHA-256 over the SHA-256 of the signer and
+ * of each certificate given with it, and the validation time.  false if a
+ * digest cannot be made (nothing is cached then). */
+static bool chain_key(X509 *signer, STACK_OF(X509) *certs, time_t when, unsigned char key[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    bool ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    ok = ok && X509_digest(signer, EVP_sha256(), md, &n) == 1 && EVP_DigestUpdate(c, md, n) == 1;
+    for (int i = 0; ok && i < sk_X509_num(certs); i++)
+        ok = X509_digest(sk_X509_value(certs, i), EVP_sha256(), md, &n) == 1 &&
+             EVP_DigestUpdate(c, md, n) == 1;
+    int64_t w = (int64_t)when;
+    ok = ok && EVP_DigestUpdate(c, &w, sizeof w) == 1 && EVP_DigestFinal_ex(c, key, NULL) == 1;
+    EVP_MD_CTX_free(c);
+    return ok;
+}
+
+/* Whether the same validation succeeded before with this trust's anchors
+ * and CRLs (X509_verify_cert gives the same answer for the same inputs; a
+ * provider's receipts signed within one second share their key). */
+static bool chain_cached(const pec_trust *tc, const unsigned char key[32])
+{
+    pec_trust *t = (pec_trust *)tc;   /* the cache is the only part that changes */
+    bool hit = false;
+    pthread_mutex_lock(&t->chain_lock);
+    for (unsigned i = 0; i < PEC_TRUST_CHAIN_CACHE && !hit; i++)
+        hit = t->chain_ok[i].used && t->chain_ok[i].version == t->version &&
+              memcmp(t->chain_ok[i].key, key, 32) == 0;
+    pthread_mutex_unlock(&t->chain_lock);
+    return hit;
+}
+
+static void chain_remember(const pec_trust *tc, const unsigned char key[32])
+{
+    pec_trust *t = (pec_trust *)tc;
+    pthread_mutex_lock(&t->chain_lock);
+    unsigned i = t->chain_next++ % PEC_TRUST_CHAIN_CACHE;
+    memcpy(t->chain_ok[i].key, key, 32);
+    t->chain_ok[i].version = t->version;
+    t->chain_ok[i].used = true;
+    pthread_mutex_unlock(&t->chain_lock);
+}
+
 static int check_chain(const pec_trust *t, X509 *signer, STACK_OF(X509) *certs, time_t when,
                        pec_verdict *v)
 {
+    /* only with configured anchors: the embedded-anchor path has side effects */
+    unsigned char key[32];
+    bool keyed = t->n_anchors > 0 && chain_key(signer, certs, when, key);
+    if (keyed && chain_cached(t, key))
+        return 0;
     X509_STORE *store = t->store;
     X509_STORE *own = NULL;
     if (t->n_anchors == 0) {
@@ -239,6 +289,8 @@ static int check_chain(const pec_trust *t, X509 *signer, STACK_OF(X509) *certs, 
         X509_VERIFY_PARAM_set_flags(p, X509_V_FLAG_PARTIAL_CHAIN);
     X509_STORE_CTX_set_verify_cb(ctx, verify_cb);
     if (X509_verify_cert(ctx) == 1) {
+        if (keyed)
+            chain_remember(t, key);
         rc = 0;
         goto out;
     }

@@ -177,6 +177,12 @@ static void test_wrong_signer_expired_revoked(void **state)
     assert_string_equal(pec_crl_reason_name(10), "aACompromise");
     pec_trust *nocrl = ttrust(false, false);
     assert_int_equal(verdict(nocrl, m.data, m.len, &valid), PEC_OK); /* without the CRL */
+    /* the success is remembered (same signer, certificates and signing
+     * second), but not across a change of the CRLs: a CRL that arrives
+     * later is applied to the next verification */
+    assert_int_equal(verdict(nocrl, m.data, m.len, &valid), PEC_OK);
+    assert_int_equal(pec_trust_add_crl(nocrl, k->crl.data, k->crl.len, NULL, 0), 0);
+    assert_int_equal(verdict(nocrl, m.data, m.len, &valid), PEC_R_REVOKED);
     pec_trust_free(nocrl);
     pec_buf_free(&m);
     /* a TLS certificate is not for e-mail signing */

@@ -71,7 +71,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->timeout_tls = 60;
     cfg->tls_min_version = 12;
     cfg->delivery_workers = 0;                      /* auto: see below */
-    cfg->worker_nice = 10;
+    cfg->worker_nice = 19;
     cfg->retry_min = 60;
     cfg->retry_max = 3600;
     cfg->queue_lifetime = 5 * 86400;

@@ -516,7 +516,7 @@ def thread_nices(proc):
     return out
 
 
-@pytest.mark.parametrize("setting, want", [(None, 10), ("0", 0), ("19", 19)])
+@pytest.mark.parametrize("setting, want", [(None, 19), ("0", 0), ("10", 10)])
 def test_delivery_threads_run_below_the_event_loop(make_instance, setting, want):
     """[queue] worker_nice: the delivery threads' nice value; the event loop, the committer
     and the rest keep pecd's own, so a client waiting for its 250 goes first."""

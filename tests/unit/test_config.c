@@ -40,7 +40,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->max_recipients, 100);
     assert_int_equal(cfg->timeout_command, 300);
     assert_int_equal(cfg->delivery_workers, 2);      /* 8 with [pec] enabled */
-    assert_int_equal(cfg->worker_nice, 10);
+    assert_int_equal(cfg->worker_nice, 19);
     char expect[600];
     snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
     assert_string_equal(cfg->queue_dir, expect);

@@ -47,6 +47,7 @@ struct pecd {
     struct evidence *evidence;
     struct callout_stage *callouts;
     struct event *timer_ev;
+    struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
     time_t last_seal, last_purge;
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     SSL_CTX *tls;
@@ -282,6 +283,23 @@ static void hook_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_d
 }
 
 /* ---- PEC timeout notices (§3.1.6) ------------------------------------------ */
+
+/* Every second, the oldest of the messages taken in longer ago than
+ * [timers] duplicate_window are forgotten, a few thousand at a time (each
+ * call a few milliseconds): the record of them would otherwise grow with
+ * every message received. */
+#define SEEN_PURGE_MAX 2000
+
+static void on_seen_purge(evutil_socket_t fd, short what, void *arg)
+{
+    struct pecd *d = arg;
+    (void)fd;
+    (void)what;
+    long n = tracking_purge_seen(d->tracking, time(NULL) - (time_t)d->cfg->duplicate_window,
+                                 SEEN_PURGE_MAX);
+    if (n > 0)
+        log_debug("tracking: %ld messages taken in before the duplicate window forgotten", n);
+}
 
 static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -548,6 +566,8 @@ int main(int argc, char **argv)
         every = every < 1 ? 1 : every > 30 ? 30 : every;
         d.timer_ev = event_new(d.base, -1, EV_PERSIST, on_pec_timer, &d);
         event_add(d.timer_ev, &(struct timeval){.tv_sec = (time_t)every});
+        d.seen_ev = event_new(d.base, -1, EV_PERSIST, on_seen_purge, &d);
+        event_add(d.seen_ev, &(struct timeval){.tv_sec = 1});
     }
     struct smtp_hooks hooks = {
         .arg = &d,
@@ -599,6 +619,8 @@ int main(int argc, char **argv)
 
     if (d.timer_ev)
         event_free(d.timer_ev);
+    if (d.seen_ev)
+        event_free(d.seen_ev);
     if (d.housekeeping_ev)
         event_free(d.housekeeping_ev);
     queue_free(d.queue);

@@ -85,6 +85,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->pec_dir_timeout = 30;
     cfg->timer_preavviso = 12 * 3600;               /* §3.1.6 */
     cfg->timer_mancata_consegna = 24 * 3600;
+    cfg->duplicate_window = 7 * 86400;
     cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
     cfg->sync_fs = true;
     cfg->users_timeout = 10;

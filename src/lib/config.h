@@ -127,6 +127,7 @@ struct config {
     /* [timers] (§3.1.6) */
     uint64_t timer_preavviso;       /* 12h */
     uint64_t timer_mancata_consegna;/* 24h; the second notice, not before 22h */
+    uint64_t duplicate_window;      /* 7d: how long a message taken in is remembered */
 
     /* [evidence] */
     char *evidence_path;            /* SQLite file of the evidence log */

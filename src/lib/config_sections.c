@@ -503,6 +503,8 @@ int config_handler(void *user, const char *section, const char *name, const char
             return handle_u64(ctx, name, value, &cfg->timer_preavviso, false, 1);
         if (strcmp(name, "mancata_consegna") == 0)
             return handle_u64(ctx, name, value, &cfg->timer_mancata_consegna, false, 1);
+        if (strcmp(name, "duplicate_window") == 0)
+            return handle_u64(ctx, name, value, &cfg->duplicate_window, false, 1);
         return fail(ctx, "unknown key '%s' in [timers]", name);
     }
     if (strcmp(section, "evidence") == 0) {

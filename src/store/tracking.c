@@ -226,6 +226,40 @@ void tracking_due_free(struct tracking_due *d, size_t n)
     g_free(d);
 }
 
+long tracking_purge_seen(struct tracking *t, time_t before, size_t max)
+{
+    /* Rows are added in time order, so the oldest are the first rowids: the
+     * head is looked at, not the whole table (no index on 'at').  A row
+     * stamped later than its successors (the clock stepped back) holds the
+     * purge until it is old enough itself. */
+    static const char head_sql[] = "SELECT at FROM seen ORDER BY rowid LIMIT 1";
+    static const char del_sql[] =
+        "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen ORDER BY rowid LIMIT ?1)"
+        " AND at < ?2";
+    long n = 0;
+    g_mutex_lock(&t->lock);
+    sqlite3_stmt *h = NULL, *d = NULL;
+    if (sqlite3_prepare_v2(t->db, head_sql, -1, &h, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(t->db, del_sql, -1, &d, NULL) != SQLITE_OK) {
+        n = -1;
+    } else {
+        int r = sqlite3_step(h);
+        if (r == SQLITE_ROW && sqlite3_column_int64(h, 0) < (sqlite3_int64)before) {
+            sqlite3_bind_int64(d, 1, (sqlite3_int64)max);
+            sqlite3_bind_int64(d, 2, (sqlite3_int64)before);
+            n = sqlite3_step(d) == SQLITE_DONE ? (long)sqlite3_changes(t->db) : -1;
+        } else if (r != SQLITE_ROW && r != SQLITE_DONE) {
+            n = -1;
+        }
+    }
+    if (n == -1)
+        log_err("tracking: cannot forget old messages: %s", sqlite3_errmsg(t->db));
+    sqlite3_finalize(h);
+    sqlite3_finalize(d);
+    g_mutex_unlock(&t->lock);
+    return n;
+}
+
 int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid)
 {
     g_mutex_lock(&t->lock);

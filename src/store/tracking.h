@@ -33,5 +33,10 @@ void tracking_due_free(struct tracking_due *d, size_t n);
 /* Records that message msgid for rcpt arrived as queue file qid: 0 first time
  * (or the same qid again), 1 a duplicate from another transfer, -1 error. */
 int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid);
+/* Forgets the oldest messages taken in before 'before', at most max of them
+ * (oldest first, so that a call stays short); the number forgotten, -1 on
+ * error.  Called regularly, it keeps the record of the last [timers]
+ * duplicate_window instead of every message ever received. */
+long tracking_purge_seen(struct tracking *t, time_t before, size_t max);
 
 #endif

@@ -254,6 +254,33 @@ def test_peer_restart_does_not_defer_the_next_envelope(world):
     assert len(b.mails("anna")) == 2
 
 
+def test_duplicate_window_forgets_old_entries(world):
+    """The incoming point remembers each message it took in for [timers] duplicate_window
+    (to drop a copy the sender retries), then forgets it: tracking.db does not grow with
+    every message ever received."""
+    a, b, ext, ca, directory = world
+    b.stop()
+    b.write_config({"pec.a.test": a.ports["mx"]}, extra={"timers": {"duplicate_window": "2s"}})
+    b.start()
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="finestra"))
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    def remembered():
+        db = sqlite3.connect(os.path.join(b.dir, "tracking.db"))
+        try:
+            return db.execute("SELECT count(*) FROM seen").fetchone()[0]
+        finally:
+            db.close()
+
+    b.stop()   # pecd holds tracking.db exclusively while it runs
+    assert remembered() == 1
+    b.start()
+    time.sleep(4)   # > the window + the purge's 1 s period
+    b.stop()
+    assert remembered() == 0
+    b.start()
+
+
 def test_too_big_is_not_accepted(world):
     a, b, ext, ca, directory = world
     a.stop()

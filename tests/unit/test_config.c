@@ -41,6 +41,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->timeout_command, 300);
     assert_int_equal(cfg->delivery_workers, 2);      /* 8 with [pec] enabled */
     assert_int_equal(cfg->worker_nice, 19);
+    assert_int_equal(cfg->duplicate_window, 7 * 86400);
     char expect[600];
     snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
     assert_string_equal(cfg->queue_dir, expect);

@@ -348,18 +348,23 @@ void roles_pass_begin(void *arg)
     struct roles *r = arg;
     if (r->ev != NULL)
         evidence_batch_begin(r->ev);
+    if (r->tracking != NULL)
+        tracking_pass_begin(r->tracking);
 }
 
 int roles_pass_end(void *arg, char *err, size_t errlen)
 {
     struct roles *r = arg;
-    if (r->ev == NULL)
-        return 0;
-    if (evidence_batch_commit(r->ev, err, errlen) == -1) {
-        log_err("evidence log: the events of a pass of stages were not stored: %s", err);
-        return -1;
+    int rc = 0;
+    if (r->tracking != NULL && tracking_pass_end(r->tracking) == -1) {
+        snprintf(err, errlen, "the tracking database could not store the pass's records");
+        rc = -1;
     }
-    return 0;
+    if (r->ev != NULL && evidence_batch_commit(r->ev, err, errlen) == -1) {
+        log_err("evidence log: the events of a pass of stages were not stored: %s", err);
+        rc = -1;
+    }
+    return rc;
 }
 
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,

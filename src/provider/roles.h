@@ -43,7 +43,8 @@ bool roles_is_pec_domain_cb(void *arg, const char *domain);
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen);
 /* pass_begin_fn / pass_end_fn (queue.h): the events of a delivery thread's
- * pass of stages go to the evidence log as one batch (evidence_batch_begin),
+ * pass of stages go to the evidence log as one batch (evidence_batch_begin)
+ * and its tracking writes into one transaction (tracking_pass_begin), both
  * stored at the end of the pass before the stages are committed. */
 void roles_pass_begin(void *arg);
 int roles_pass_end(void *arg, char *err, size_t errlen);

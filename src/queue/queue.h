@@ -205,8 +205,9 @@ void queue_set_processor(struct queue *q, process_fn fn, void *arg);
 /* Called by each delivery thread around one pass (a batch of messages):
  * begin before the first is loaded, end after the last stage of the pass has
  * run and before any stage's outputs are committed.  end's -1 (reason in err)
- * means what the stages recorded on the side (the evidence log's batch) is
- * not stored: every stage of the pass runs again later.  With no processor
+ * means what the stages recorded on the side (the evidence log's batch, the
+ * tracking database's transaction) is not stored: every stage of the pass
+ * runs again later.  With no processor
  * set, or NULL hooks, nothing is called. */
 typedef void (*pass_begin_fn)(void *arg);
 typedef int (*pass_end_fn)(void *arg, char *err, size_t errlen);

@@ -40,7 +40,91 @@ struct tracking {
     sqlite3 *db;
     GMutex lock;
     sqlite3_stmt *st[SQL_N];
+    /* the pass transaction (tracking_pass_begin): open while a delivery
+     * thread is inside a pass */
+    int passes;                  /* threads inside a pass */
+    bool txn;                    /* the pass transaction is open */
+    bool resume;                 /* closed for a statement from outside a pass */
+    unsigned long failures;      /* commits of the pass transaction that failed */
 };
+
+/* This thread's pass, if it is in one. */
+static __thread struct {
+    const struct tracking *t;
+    unsigned long failures;      /* t->failures when the pass began */
+} tls_pass;
+
+static bool in_pass(const struct tracking *t)
+{
+    return tls_pass.t == t;
+}
+
+/* Commits the pass transaction (caller holds the lock); a failure is counted
+ * against every pass open at the time. */
+static void txn_commit(struct tracking *t)
+{
+    if (!t->txn)
+        return;
+    if (sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        log_err("tracking: commit failed: %s", sqlite3_errmsg(t->db));
+        if (!sqlite3_get_autocommit(t->db))
+            sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        t->failures++;
+    }
+    t->txn = false;
+}
+
+static void txn_begin(struct tracking *t)
+{
+    if (!t->txn && t->passes > 0)
+        t->txn = sqlite3_exec(t->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+}
+
+/* Takes the lock.  A statement from a thread outside a pass (the event loop:
+ * timeout notices, the duplicate window) is not left in the pass transaction,
+ * which might stay open for a while: it is committed first and opened again
+ * in leave(). */
+static void enter(struct tracking *t)
+{
+    g_mutex_lock(&t->lock);
+    if (t->txn && !in_pass(t)) {
+        txn_commit(t);
+        t->resume = true;
+    }
+}
+
+static void leave(struct tracking *t)
+{
+    if (t->resume) {
+        t->resume = false;
+        txn_begin(t);
+    }
+    g_mutex_unlock(&t->lock);
+}
+
+void tracking_pass_begin(struct tracking *t)
+{
+    g_mutex_lock(&t->lock);
+    tls_pass.t = t;
+    tls_pass.failures = t->failures;
+    t->passes++;
+    txn_begin(t);
+    g_mutex_unlock(&t->lock);
+}
+
+int tracking_pass_end(struct tracking *t)
+{
+    if (!in_pass(t))
+        return 0;
+    g_mutex_lock(&t->lock);
+    txn_commit(t);   /* this pass's writes, and those of passes still open */
+    t->passes--;
+    txn_begin(t);
+    int rc = t->failures != tls_pass.failures ? -1 : 0;
+    tls_pass.t = NULL;
+    g_mutex_unlock(&t->lock);
+    return rc;
+}
 
 /* Statement k, ready for binding (caller holds the lock); NULL on error.
  * Give it back with put(). */
@@ -110,6 +194,7 @@ void tracking_close(struct tracking *t)
 {
     if (t == NULL)
         return;
+    txn_commit(t);
     for (int k = 0; k < SQL_N; k++)
         sqlite3_finalize(t->st[k]);
     sqlite3_close(t->db);
@@ -121,9 +206,10 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
                     const char *subject, const char *recipients, const char *const *rcpts,
                     size_t n, time_t sent)
 {
-    g_mutex_lock(&t->lock);
+    enter(t);
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_exec(t->db, "BEGIN", NULL, NULL, NULL);
+    /* a savepoint: a transaction of its own, or nested in the pass's */
+    int rc = sqlite3_exec(t->db, "SAVEPOINT expect", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = (st = get(t, SQL_EXPECT)) != NULL ? SQLITE_OK : SQLITE_ERROR;
     for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
@@ -138,18 +224,20 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
     }
     put(st);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
-    else
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        rc = sqlite3_exec(t->db, "RELEASE expect", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_exec(t->db, "ROLLBACK TO expect", NULL, NULL, NULL);
+        sqlite3_exec(t->db, "RELEASE expect", NULL, NULL, NULL);
+    }
     if (rc != SQLITE_OK)
         log_err("tracking: cannot record %s: %s", pec_id, sqlite3_errmsg(t->db));
-    g_mutex_unlock(&t->lock);
+    leave(t);
     return rc == SQLITE_OK ? 0 : -1;
 }
 
 int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind)
 {
-    g_mutex_lock(&t->lock);
+    enter(t);
     sqlite3_stmt *st = get(t, kind == 'P' ? SQL_PRESA : SQL_DONE);
     int changed = -1;
     if (st != NULL) {
@@ -159,7 +247,7 @@ int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, c
             changed = sqlite3_changes(t->db);
     }
     put(st);
-    g_mutex_unlock(&t->lock);
+    leave(t);
     return changed < 0 ? -1 : changed > 0 ? 0 : 1;
 }
 
@@ -170,7 +258,7 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
      * second in the last part of t24 (not before 22/24 of it) without delivery */
     time_t first = now - (time_t)t12;
     time_t second = now - (time_t)(t24 - t24 / 24);
-    g_mutex_lock(&t->lock);
+    enter(t);
     sqlite3_stmt *st = NULL;
     GArray *a = g_array_new(FALSE, TRUE, sizeof(struct tracking_due));
     if (sqlite3_prepare_v2(t->db,
@@ -193,7 +281,7 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
         }
     }
     sqlite3_finalize(st);
-    g_mutex_unlock(&t->lock);
+    leave(t);
     size_t n = a->len;
     *out = (struct tracking_due *)(void *)g_array_free(a, FALSE);
     return n;
@@ -201,7 +289,7 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
 
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which)
 {
-    g_mutex_lock(&t->lock);
+    enter(t);
     sqlite3_stmt *st = get(t, which >= 2 ? SQL_NOTICE_LAST : SQL_NOTICE);
     int rc = -1;
     if (st != NULL) {
@@ -210,7 +298,7 @@ int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int 
         rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
     }
     put(st);
-    g_mutex_unlock(&t->lock);
+    leave(t);
     return rc;
 }
 
@@ -237,7 +325,7 @@ long tracking_purge_seen(struct tracking *t, time_t before, size_t max)
         "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen ORDER BY rowid LIMIT ?1)"
         " AND at < ?2";
     long n = 0;
-    g_mutex_lock(&t->lock);
+    enter(t);
     sqlite3_stmt *h = NULL, *d = NULL;
     if (sqlite3_prepare_v2(t->db, head_sql, -1, &h, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(t->db, del_sql, -1, &d, NULL) != SQLITE_OK) {
@@ -256,13 +344,13 @@ long tracking_purge_seen(struct tracking *t, time_t before, size_t max)
         log_err("tracking: cannot forget old messages: %s", sqlite3_errmsg(t->db));
     sqlite3_finalize(h);
     sqlite3_finalize(d);
-    g_mutex_unlock(&t->lock);
+    leave(t);
     return n;
 }
 
 int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid)
 {
-    g_mutex_lock(&t->lock);
+    enter(t);
     int rc = -1;
     sqlite3_stmt *st = get(t, SQL_SEEN_ADD);
     if (st != NULL) {
@@ -285,6 +373,6 @@ int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const
         }
         put(st);
     }
-    g_mutex_unlock(&t->lock);
+    leave(t);
     return rc;
 }

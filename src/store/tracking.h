@@ -38,5 +38,14 @@ int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const
  * error.  Called regularly, it keeps the record of the last [timers]
  * duplicate_window instead of every message ever received. */
 long tracking_purge_seen(struct tracking *t, time_t before, size_t max);
+/* A delivery thread's pass of stages: between begin and end, this thread's
+ * writes (and other threads' in their passes) go into one transaction,
+ * committed at the end of each pass, so a pass costs one commit instead of
+ * one per write.  A write from a thread outside a pass (the event loop) is
+ * committed at once, with what the open passes wrote so far.  end returns -1
+ * if a commit failed while the pass was open (its writes may be lost: its
+ * stages must run again). */
+void tracking_pass_begin(struct tracking *t);
+int tracking_pass_end(struct tracking *t);
 
 #endif

@@ -1,34 +1,123 @@
 /*
  * test_tracking.c - the incoming point's record of messages taken in
- * (duplicate suppression) and its window: tracking_seen, tracking_purge_seen.
+ * (duplicate suppression) and its window: tracking_seen, tracking_purge_seen;
+ * the pass transaction of the delivery threads.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
 #include "store/tracking.h"
 
-static struct tracking *open_fresh(const char *name)
+static struct tracking *open_path(const char *name, bool fresh)
 {
     char path[512], err[256];
     assert_int_equal(fs_mkdirs(TEST_TMPDIR, 0700), 0);
     snprintf(path, sizeof path, "%s/%s", TEST_TMPDIR, name);
-    unlink(path);
     char wal[600];
     snprintf(wal, sizeof wal, "%s-wal", path);
-    unlink(wal);
+    if (fresh) {
+        unlink(path);
+        unlink(wal);
+    }
     struct tracking *t = tracking_open(path, err, sizeof err);
     if (t == NULL)
         fail_msg("tracking_open: %s", err);
     return t;
+}
+
+static struct tracking *open_fresh(const char *name)
+{
+    return open_path(name, true);
+}
+
+struct outside {
+    struct tracking *t;
+    int rc;
+};
+
+/* A write from a thread that is not in a pass (the event loop's). */
+static void *outside_main(void *arg)
+{
+    struct outside *o = arg;
+    o->rc = tracking_seen(o->t, "<outside@pec.b.example>", "anna@pec.a.example", "QE");
+    return NULL;
+}
+
+/* Inside a pass the writes share one transaction: they are seen by the
+ * pass's own reads, a nested transaction (tracking_expect) works, a write
+ * from outside a pass goes through at once, and after the pass everything
+ * is stored (the file opened again has it). */
+static void test_pass_transaction(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("pass.db");
+    assert_int_equal(tracking_pass_end(t), 0);   /* not in a pass: nothing to do */
+    tracking_pass_begin(t);
+    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    const char *rcpts[] = {"luca@pec.b.example", "anna@pec.b.example"};
+    assert_int_equal(tracking_expect(t, "opec1@pec.a.example", "mario@pec.a.example", "s",
+                                     "luca, anna", rcpts, 2, time(NULL)),
+                     0);
+    assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "luca@pec.b.example", 'C'), 0);
+    pthread_t th;
+    struct outside o = {.t = t, .rc = -9};
+    assert_int_equal(pthread_create(&th, NULL, outside_main, &o), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(o.rc, 0);
+    /* the pass goes on after the outside write */
+    assert_int_equal(tracking_seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(tracking_pass_end(t), 0);
+    tracking_close(t);
+
+    t = open_path("pass.db", false);
+    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(tracking_seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(tracking_seen(t, "<outside@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    /* luca's delivery receipt ended his tracking, anna is still expected */
+    assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "luca@pec.b.example", 'C'), 1);
+    assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "anna@pec.b.example", 'P'), 0);
+    tracking_close(t);
+}
+
+/* A crash (the process ends without closing) keeps what a finished pass
+ * wrote and loses what an open pass wrote: its stages were not committed
+ * either, and run again. */
+static void test_pass_crash(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("crash.db");
+    tracking_close(t);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        t = open_path("crash.db", false);
+        tracking_pass_begin(t);
+        int a = tracking_seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q1");
+        int b = tracking_pass_end(t);
+        tracking_pass_begin(t);
+        int c = tracking_seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q1");
+        _exit(a == 0 && b == 0 && c == 0 ? 0 : 1);   /* no pass end, no close */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    t = open_path("crash.db", false);
+    assert_int_equal(tracking_seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(tracking_seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q9"), 0);
+    tracking_close(t);
 }
 
 static void test_seen_and_window(void **state)
@@ -63,6 +152,8 @@ static void test_seen_and_window(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_seen_and_window)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_seen_and_window),
+                                       cmocka_unit_test(test_pass_transaction),
+                                       cmocka_unit_test(test_pass_crash)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -457,8 +457,9 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
     }
 }
 
-/* The pass-end hook (the evidence log's batch of the pass's stages): if what
- * the stages recorded cannot be stored, none of them is committed. */
+/* The pass-end hook (the evidence log's batch and the tracking database's
+ * transaction of the pass's stages): if what the stages recorded cannot be
+ * stored, none of them is committed. */
 static void end_pass(struct queue *q, struct work *ws, size_t n)
 {
     if (q->pass_end == NULL || q->process == NULL)

@@ -18,6 +18,7 @@
 /* the statements of the per-message calls, prepared once */
 enum {
     SQL_EXPECT, SQL_PRESA, SQL_DONE, SQL_NOTICE, SQL_NOTICE_LAST, SQL_SEEN_ADD, SQL_SEEN_QID,
+    SQL_SEEN_HEAD, SQL_SEEN_PURGE,
     SQL_N
 };
 static const char *const sql_text[SQL_N] = {
@@ -34,6 +35,10 @@ static const char *const sql_text[SQL_N] = {
     [SQL_SEEN_ADD] = "INSERT OR IGNORE INTO seen (msgid, rcpt, qid, at) "
                      "VALUES (?, lower(?), ?, strftime('%s','now'))",
     [SQL_SEEN_QID] = "SELECT qid FROM seen WHERE msgid = ? AND rcpt = lower(?)",
+    /* the oldest first: rows are added in time order (tracking_purge_seen) */
+    [SQL_SEEN_HEAD] = "SELECT at FROM seen ORDER BY rowid LIMIT 1",
+    [SQL_SEEN_PURGE] = "DELETE FROM seen WHERE rowid IN "
+                       "(SELECT rowid FROM seen ORDER BY rowid LIMIT ?1) AND at < ?2",
 };
 
 struct tracking {
@@ -226,11 +231,10 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(t->db, "RELEASE expect", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
+        log_err("tracking: cannot record %s: %s", pec_id, sqlite3_errmsg(t->db));
         sqlite3_exec(t->db, "ROLLBACK TO expect", NULL, NULL, NULL);
         sqlite3_exec(t->db, "RELEASE expect", NULL, NULL, NULL);
     }
-    if (rc != SQLITE_OK)
-        log_err("tracking: cannot record %s: %s", pec_id, sqlite3_errmsg(t->db));
     leave(t);
     return rc == SQLITE_OK ? 0 : -1;
 }
@@ -320,30 +324,30 @@ long tracking_purge_seen(struct tracking *t, time_t before, size_t max)
      * head is looked at, not the whole table (no index on 'at').  A row
      * stamped later than its successors (the clock stepped back) holds the
      * purge until it is old enough itself. */
-    static const char head_sql[] = "SELECT at FROM seen ORDER BY rowid LIMIT 1";
-    static const char del_sql[] =
-        "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen ORDER BY rowid LIMIT ?1)"
-        " AND at < ?2";
-    long n = 0;
+    long n = -1;
+    bool old = false;
     enter(t);
-    sqlite3_stmt *h = NULL, *d = NULL;
-    if (sqlite3_prepare_v2(t->db, head_sql, -1, &h, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(t->db, del_sql, -1, &d, NULL) != SQLITE_OK) {
-        n = -1;
-    } else {
-        int r = sqlite3_step(h);
-        if (r == SQLITE_ROW && sqlite3_column_int64(h, 0) < (sqlite3_int64)before) {
-            sqlite3_bind_int64(d, 1, (sqlite3_int64)max);
-            sqlite3_bind_int64(d, 2, (sqlite3_int64)before);
-            n = sqlite3_step(d) == SQLITE_DONE ? (long)sqlite3_changes(t->db) : -1;
-        } else if (r != SQLITE_ROW && r != SQLITE_DONE) {
-            n = -1;
+    sqlite3_stmt *st = get(t, SQL_SEEN_HEAD);
+    if (st != NULL) {
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW || r == SQLITE_DONE) {
+            n = 0;
+            old = r == SQLITE_ROW && sqlite3_column_int64(st, 0) < (sqlite3_int64)before;
         }
+    }
+    put(st);
+    if (old) {
+        n = -1;
+        if ((st = get(t, SQL_SEEN_PURGE)) != NULL) {
+            sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)before);
+            if (sqlite3_step(st) == SQLITE_DONE)
+                n = (long)sqlite3_changes(t->db);
+        }
+        put(st);
     }
     if (n == -1)
         log_err("tracking: cannot forget old messages: %s", sqlite3_errmsg(t->db));
-    sqlite3_finalize(h);
-    sqlite3_finalize(d);
     leave(t);
     return n;
 }

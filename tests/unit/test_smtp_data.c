@@ -120,8 +120,122 @@ static void test_limits(void **state)
     assert_true(d.line_too_long);
 }
 
+/* ---- the scanner against an octet-at-a-time model ----------------------
+ * smtp_data_feed copies runs of plain octets in bulk; the model below looks
+ * at one octet at a time (the rules of the header comment in data.c) and
+ * the two must agree on everything: output, octets consumed, end, flags. */
+struct model {
+    int st;   /* 0 line start, 1 text, 2 CR, 3 dot at line start, 4 dot CR, 5 done */
+    bool raw, bare_lf, bare_cr, nul, line_too_long, too_big;
+    uint64_t size, max_size;
+    size_t line_len, max_line;
+};
+
+static void m_emit(struct model *m, char c, char *out, size_t *o)
+{
+    if (m->max_size != 0 && m->size >= m->max_size) {
+        m->too_big = true;
+        return;
+    }
+    m->size++;
+    out[(*o)++] = c;
+}
+
+static void m_text(struct model *m, char c, char *out, size_t *o)
+{
+    m->bare_lf |= c == '\n';
+    m->nul |= c == '\0';
+    m->line_len++;
+    m->line_too_long |= m->max_line != 0 && m->line_len + 2 > m->max_line;
+    m_emit(m, c, out, o);
+    m->st = 1;
+}
+
+static size_t m_feed(struct model *m, const char *in, size_t len, char *out, size_t *outlen)
+{
+    size_t i = 0, o = 0;
+    while (i < len && m->st != 5) {
+        char c = in[i++];
+        if (m->st == 0 && c == '.') {
+            m->st = 3;
+        } else if (m->st == 0 || m->st == 1) {
+            if (c == '\r')
+                m->st = 2;
+            else
+                m_text(m, c, out, &o);
+        } else if (m->st == 2) {
+            if (c == '\n') {
+                m_emit(m, '\r', out, &o);
+                m_emit(m, '\n', out, &o);
+                m->line_len = 0;
+                m->st = m->raw ? 1 : 0;
+            } else {
+                m->bare_cr = true;
+                m_text(m, '\r', out, &o);
+                i--;
+            }
+        } else if (m->st == 3) {
+            if (c == '\r') {
+                m->st = 4;
+            } else {
+                m->st = 1;
+                i--;
+            }
+        } else if (m->st == 4) {
+            if (c == '\n') {
+                m->st = 5;
+            } else {
+                m->bare_cr = true;
+                m_text(m, '\r', out, &o);
+                i--;
+            }
+        }
+    }
+    *outlen = o;
+    return i;
+}
+
+static void test_bulk_equals_octets(void **state)
+{
+    (void)state;
+    static const char alphabet[] = "aaaaaaaaaaxyz. .\r\r\r\n\n\0";
+    srand(6109);
+    char in[600], out1[700], out2[700];
+    for (int round = 0; round < 20000; round++) {
+        size_t n = (size_t)(rand() % 500);
+        for (size_t k = 0; k < n; k++)
+            in[k] = alphabet[rand() % (int)(sizeof alphabet - 1)];
+        bool raw = rand() % 4 == 0;
+        uint64_t max_size = rand() % 3 == 0 ? (uint64_t)(rand() % 400) : 0;
+        size_t max_line = rand() % 2 ? (size_t)(rand() % 80) : 0;
+        struct smtp_data d;
+        smtp_data_init(&d, raw, max_size, max_line);
+        struct model m = {.st = raw ? 1 : 0, .raw = raw, .max_size = max_size,
+                          .max_line = max_line};
+        size_t used1 = 0, used2 = 0, o1 = 0, o2 = 0;
+        /* the same input in random pieces for the scanner, whole for the model */
+        while (used1 < n && !smtp_data_done(&d)) {
+            size_t take = 1 + (size_t)rand() % (n - used1);
+            size_t produced;
+            size_t u = smtp_data_feed(&d, in + used1, take, out1 + o1, &produced);
+            o1 += produced;
+            used1 += u;
+            if (u < take)
+                break;
+        }
+        used2 = m_feed(&m, in, n, out2, &o2);
+        if (used1 != used2 || o1 != o2 || memcmp(out1, out2, o1) != 0 ||
+            smtp_data_done(&d) != (m.st == 5) || d.bare_lf != m.bare_lf ||
+            d.bare_cr != m.bare_cr || d.nul != m.nul || d.line_too_long != m.line_too_long ||
+            d.too_big != m.too_big || d.size != m.size)
+            fail_msg("round %d: scanner and model differ (consumed %zu/%zu, out %zu/%zu)",
+                     round, used1, used2, o1, o2);
+    }
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_table), cmocka_unit_test(test_limits)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_table), cmocka_unit_test(test_limits),
+                                       cmocka_unit_test(test_bulk_equals_octets)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
 #include "lib.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -136,5 +137,51 @@ int fs_publish(const char *tmp, const char *dst)
         return -1;
     }
     unlink(tmp);
+    return 0;
+}
+
+/* ---- directories seen lately (fs_dir_stat) ------------------------------ */
+
+#define DIR_CACHE_MAX 20000   /* then it starts again: bounded memory */
+
+struct dir_seen {
+    dev_t dev;
+    gint64 until;   /* g_get_monotonic_time() */
+};
+
+static GMutex dir_lock;
+static GHashTable *dir_seen;   /* path -> struct dir_seen */
+
+int fs_dir_stat(const char *path, dev_t *dev)
+{
+    gint64 now = g_get_monotonic_time();
+    g_mutex_lock(&dir_lock);
+    const struct dir_seen *d = dir_seen ? g_hash_table_lookup(dir_seen, path) : NULL;
+    bool hit = d != NULL && d->until > now;
+    if (hit && dev != NULL)
+        *dev = d->dev;
+    g_mutex_unlock(&dir_lock);
+    if (hit)
+        return 0;
+    struct stat st;
+    if (stat(path, &st) == -1)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    if (dev != NULL)
+        *dev = st.st_dev;
+    struct dir_seen *n = g_new(struct dir_seen, 1);
+    n->dev = st.st_dev;
+    n->until = now + FS_DIR_TTL_SECONDS * G_USEC_PER_SEC;
+    g_mutex_lock(&dir_lock);
+    if (dir_seen == NULL || g_hash_table_size(dir_seen) >= DIR_CACHE_MAX) {
+        if (dir_seen != NULL)
+            g_hash_table_destroy(dir_seen);
+        dir_seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    }
+    g_hash_table_replace(dir_seen, g_strdup(path), n);
+    g_mutex_unlock(&dir_lock);
     return 0;
 }

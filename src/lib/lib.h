@@ -69,6 +69,12 @@ int fs_write_all(int fd, const void *buf, size_t len);
  * same content published before, then unlink(tmp).  The caller fsyncs dst's
  * directory.  0 ok, -1 error (errno). */
 int fs_publish(const char *tmp, const char *dst);
+/* Is path a directory?  stat(2), with a positive answer remembered for
+ * FS_DIR_TTL_SECONDS (mailbox directories are looked at for every delivery;
+ * one removed meanwhile makes the delivery fail and retry).  0 and *dev
+ * (may be NULL) set, or -1 with errno (ENOTDIR: not a directory). */
+#define FS_DIR_TTL_SECONDS 2
+int fs_dir_stat(const char *path, dev_t *dev);
 
 /* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */
 /* syncfs(2) of fd's file system, shared with the other threads that want one

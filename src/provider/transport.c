@@ -107,6 +107,7 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
     g_cond_init(&t->cond);
     t->idle = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     t->active = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    t->route_addrs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return t;
 }
 
@@ -130,6 +131,7 @@ void transport_free(struct transport *t)
         }
         g_hash_table_destroy(t->idle);
         g_hash_table_destroy(t->active);
+        g_hash_table_destroy(t->route_addrs);
         g_mutex_clear(&t->lock);
         g_cond_clear(&t->cond);
     }

@@ -32,6 +32,7 @@ struct transport {
     GCond cond;
     GHashTable *idle;       /* "host|addr|port|policy" -> GQueue of idle_conn */
     GHashTable *active;     /* domain -> count of running deliveries */
+    GHashTable *route_addrs;  /* static route's host|port -> struct route_addrs (below) */
     bool (*is_pec)(void *arg, const char *domain);
     void *is_pec_arg;
     int (*user_lookup)(void *arg, const char *addr);
@@ -53,6 +54,16 @@ struct hops {
     bool secure;            /* DNSSEC-validated, or a static route */
     int fail_code;          /* 0 ok; 4xx/5xx when the lookup failed */
     char fail[256];
+};
+
+/* The addresses of a static route's host, kept ROUTE_ADDRS_TTL_US: glibc
+ * reads /etc/hosts (and stats nsswitch.conf and resolv.conf) at every
+ * getaddrinfo, once per relayed message otherwise. */
+#define ROUTE_ADDRS_TTL_US (10 * G_USEC_PER_SEC)
+struct route_addrs {
+    char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+    size_t naddrs;
+    gint64 until;           /* g_get_monotonic_time() */
 };
 
 enum tlsa_state { TLSA_NONE, TLSA_FOUND, TLSA_INSECURE, TLSA_FAILED };

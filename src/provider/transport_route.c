@@ -54,6 +54,34 @@ static void add_addrs(struct hop *h)
     freeaddrinfo(res);
 }
 
+/* add_addrs for a static route's host, through the t->route_addrs cache
+ * (failures are not kept: the next message looks again). */
+static void route_addrs(struct transport *t, struct hop *h)
+{
+    char key[300];
+    snprintf(key, sizeof key, "%s|%s", h->host, h->port);
+    gint64 now = g_get_monotonic_time();
+    g_mutex_lock(&t->lock);
+    const struct route_addrs *c = g_hash_table_lookup(t->route_addrs, key);
+    if (c != NULL && c->until > now) {
+        memcpy(h->addrs, c->addrs, sizeof h->addrs);
+        h->naddrs = c->naddrs;
+    }
+    g_mutex_unlock(&t->lock);
+    if (h->naddrs > 0)
+        return;
+    add_addrs(h);
+    if (h->naddrs == 0)
+        return;
+    struct route_addrs *n = g_new(struct route_addrs, 1);
+    memcpy(n->addrs, h->addrs, sizeof n->addrs);
+    n->naddrs = h->naddrs;
+    n->until = now + ROUTE_ADDRS_TTL_US;
+    g_mutex_lock(&t->lock);
+    g_hash_table_replace(t->route_addrs, g_strdup(key), n);
+    g_mutex_unlock(&t->lock);
+}
+
 /* A/AAAA of name through unbound; *secure is cleared unless validated. */
 static void ub_addrs(struct transport *t, struct hop *h, bool *secure)
 {
@@ -128,7 +156,7 @@ void tr_resolve(struct transport *t, const char *domain, struct hops *hs)
         }
         str_copy(h->host, host, sizeof h->host);
         str_copy(h->port, colon + 1, sizeof h->port);
-        add_addrs(h);
+        route_addrs(t, h);
         hs->secure = true;
         if (h->naddrs == 0) {
             hs->fail_code = 451;

@@ -101,11 +101,19 @@ int recycle_take(const char *queue_dir, const char *path)
         snprintf(from, sizeof from, "%s/%s", f->dir, name);
         g_free(name);
         /* never over an existing file: link would refuse, rename would not */
-        if (access(path, F_OK) == 0) {
-            errno = EEXIST;
-            return -1;
+        int r = renameat2(AT_FDCWD, from, AT_FDCWD, path, RENAME_NOREPLACE);
+        if (r == -1 && errno == EINVAL) {
+            /* a file system without RENAME_NOREPLACE: look first */
+            if (access(path, F_OK) == 0) {
+                errno = EEXIST;
+                r = -1;
+            } else {
+                r = rename(from, path);
+            }
         }
-        if (rename(from, path) == -1)
+        if (r == -1 && errno == EEXIST)
+            return -1;   /* the free file stays in free/ (listed again at the next start) */
+        if (r == -1)
             continue;   /* gone (removed by hand?): try the next one */
         int fd = open(path, O_WRONLY | O_CLOEXEC);
         if (fd == -1)

@@ -63,11 +63,11 @@ static int sync_dir_fs(const char *dir, bool fs)
 static bool note_copy(struct queue *q, const char *dst, GHashTable *dirs, GHashTable *devs)
 {
     char *dir = g_path_get_dirname(dst);
-    struct stat st;
+    dev_t dev;
     bool ok = true;
-    if (q->cfg->sync_fs && stat(dir, &st) == 0 &&
-        !g_hash_table_contains(devs, GSIZE_TO_POINTER(st.st_dev + 1))) {
-        g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+    if (q->cfg->sync_fs && fs_dir_stat(dir, &dev) == 0 &&
+        !g_hash_table_contains(devs, GSIZE_TO_POINTER(dev + 1))) {
+        g_hash_table_add(devs, GSIZE_TO_POINTER(dev + 1));
         if (sync_dir_fs(dir, true) == -1) {
             log_err("syncfs %s: %s", dir, strerror(errno));
             ok = false;
@@ -346,9 +346,9 @@ static void publish_stage_copies(struct queue *q, struct work *ws, size_t n)
 {
     GHashTable *dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     GHashTable *devs = g_hash_table_new(g_direct_hash, g_direct_equal);
-    struct stat st;
-    if (q->cfg->sync_fs && stat(q->dir, &st) == 0)   /* synced with staged/ just now */
-        g_hash_table_add(devs, GSIZE_TO_POINTER(st.st_dev + 1));
+    dev_t qdev;
+    if (q->cfg->sync_fs && fs_dir_stat(q->dir, &qdev) == 0)   /* synced with staged/ just now */
+        g_hash_table_add(devs, GSIZE_TO_POINTER(qdev + 1));
     for (size_t k = 0; k < n; k++) {
         struct work *w = &ws[k];
         bool ok = true;

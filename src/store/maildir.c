@@ -62,8 +62,7 @@ static int ensure_maildir(const char *dir, char *err, size_t errlen)
             snprintf(err, errlen, "mailbox path too long");
             return -1;
         }
-        struct stat st;
-        if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+        if (fs_dir_stat(p, NULL) == 0)
             continue;
         if (fs_mkdirs(p, 0700) == -1) {
             snprintf(err, errlen, "cannot create %s: %s", p, strerror(errno));
@@ -112,6 +111,12 @@ int maildir_prepare(const char *dir, const char *name, const char *header, size_
             return 1;   /* delivered before the crash */
     }
     int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd == -1 && errno == ENOENT) {
+        /* removed since ensure_maildir last looked (it remembers for a while) */
+        char t[PATH_MAX];
+        if (str_fmt(t, sizeof t, "%s/tmp", dir) >= 0 && fs_mkdirs(t, 0700) == 0)
+            fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    }
     if (fd == -1) {
         snprintf(err, errlen, "cannot create %s: %s", tmp_out, strerror(errno));
         return -1;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <fcntl.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +177,20 @@ static void test_recycle(void **state)
     assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
     assert_int_equal(dlen, sizeof big);
     assert_memory_equal(d, big, sizeof big);
+    free(d);
+    queue_env_free(&got);
+
+    /* a free file is never renamed over an existing one */
+    char other[700];
+    snprintf(other, sizeof other, "%s/incoming/out.3", top);
+    assert_int_equal(spool_write_file(top, "incoming", "out.3", &env, "y\r\n", 3, false), 0);
+    assert_int_equal(recycle_put(top, other), 0);
+    assert_int_equal(recycle_count(top), 1);
+    errno = 0;
+    assert_int_equal(recycle_take(top, path), -1);
+    assert_int_equal(errno, EEXIST);
+    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
+    assert_int_equal(dlen, sizeof big);
     free(d);
     queue_env_free(&got);
     unlink(path);

@@ -8,9 +8,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -147,8 +149,50 @@ static void test_maildir(void **state)
     assert_non_null(strstr(err, "cannot create"));
 }
 
+/* fs_dir_stat remembers directories for a while; a mailbox removed within
+ * that time is created again by the next delivery, not refused. */
+static void test_dir_seen(void **state)
+{
+    (void)state;
+    char dir[512], file[600], sub[600], p[600];
+    snprintf(dir, sizeof dir, "%s/seen", TEST_TMPDIR);
+    assert_int_equal(fs_mkdirs(dir, 0700), 0);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    dev_t dev = 0;
+    assert_int_equal(fs_dir_stat(dir, &dev), 0);
+    assert_true(dev == st.st_dev);
+    snprintf(file, sizeof file, "%s/f", dir);
+    FILE *f = fopen(file, "w");
+    fclose(f);
+    errno = 0;
+    assert_int_equal(fs_dir_stat(file, NULL), -1);
+    assert_int_equal(errno, ENOTDIR);
+    snprintf(sub, sizeof sub, "%s/missing", dir);
+    assert_int_equal(fs_dir_stat(sub, NULL), -1);
+    assert_int_equal(errno, ENOENT);
+    /* a Maildir delivered to, then removed by hand: still "seen"... */
+    char mbox[600], name[256];
+    snprintf(mbox, sizeof mbox, "%s/bob", dir);
+    const char hdr[] = "Return-Path: <s@x.it>\r\n";
+    const char data[] = "Subject: t\r\n\r\nbody\r\n";
+    maildir_name(name, sizeof name, 1700000000, "0123456789ABCDEF", 1, 10);
+    deliver(mbox, name, hdr, data, false, 0);
+    snprintf(p, sizeof p, "%s/new/%s", mbox, name);
+    assert_int_equal(unlink(p), 0);
+    snprintf(p, sizeof p, "%s/tmp", mbox);
+    assert_int_equal(fs_dir_stat(p, NULL), 0);
+    assert_int_equal(rmdir(p), 0);
+    assert_int_equal(fs_dir_stat(p, NULL), 0);   /* remembered */
+    /* ...and the next delivery makes tmp/ again */
+    deliver(mbox, name, hdr, data, false, 0);
+    snprintf(p, sizeof p, "%s/new", mbox);
+    assert_int_equal(count_dir(p), 1);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_users), cmocka_unit_test(test_maildir)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_users), cmocka_unit_test(test_maildir),
+                                       cmocka_unit_test(test_dir_seen)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,8 +31,7 @@
 
 /* Facts of the original message, taken from its header block. */
 struct orig_facts {
-    GMimeMessage *msg;
-    const char *subject;     /* decoded */
+    char *subject;           /* decoded */
     char *reply_to;          /* first address */
     char *msgid;             /* with < > */
     char *clean_subject;     /* the subject used, without control characters */
@@ -40,12 +39,71 @@ struct orig_facts {
 
 static void orig_facts_free(struct orig_facts *o)
 {
-    if (o->msg)
-        g_object_unref(o->msg);
+    free(o->subject);
     free(o->reply_to);
     free(o->msgid);
     free(o->clean_subject);
     memset(o, 0, sizeof *o);
+}
+
+/* The facts of the last header block each thread read: a stage builds
+ * several messages from one original (the acceptance receipt and the
+ * envelope; the takeover and the delivery receipt), and reading the block
+ * with GMime costs more than keeping a copy to compare with. */
+#define FACTS_MEMO_MAX (64 * 1024)
+struct facts_memo {
+    char *hdr;
+    size_t hlen;
+    struct orig_facts f;
+};
+
+static void facts_memo_free(gpointer p)
+{
+    struct facts_memo *m = p;
+    free(m->hdr);
+    orig_facts_free(&m->f);
+    free(m);
+}
+
+static GPrivate facts_memo_key = G_PRIVATE_INIT(facts_memo_free);
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void orig_facts_copy(struct orig_facts *to, const struct orig_facts *from)
+{
+    to->subject = dup_or_null(from->subject);
+    to->reply_to = dup_or_null(from->reply_to);
+    to->msgid = dup_or_null(from->msgid);
+    to->clean_subject = NULL;
+}
+
+static int orig_facts_parse(const char *hdr, size_t hlen, struct orig_facts *o, char *err,
+                            size_t errsz)
+{
+    GMimeMessage *msg = mime_parse_message(hdr, hlen, err, errsz);
+    if (!msg)
+        return -1;
+    GMimeObject *m = GMIME_OBJECT(msg);
+    o->subject = dup_or_null(mime_header(m, "Subject"));
+    o->reply_to = mime_first_address(mime_header(m, "Reply-To"));
+    const char *xref = mime_header(m, "X-Riferimento-Message-ID");
+    if (xref && *xref) {
+        /* the original is postacert.eml of an envelope: its client msgid */
+        o->msgid = pec_strdup_trim(xref);
+    } else {
+        const char *mid = g_mime_message_get_message_id(msg);
+        if (mid && *mid) {
+            size_t n = strlen(mid) + 3;
+            o->msgid = malloc(n);
+            if (o->msgid)
+                snprintf(o->msgid, n, "<%s>", mid);
+        }
+    }
+    g_object_unref(msg);
+    return 0;
 }
 
 static int orig_facts_load(const pec_build_args *a, struct orig_facts *o, char *err, size_t errsz)
@@ -56,24 +114,28 @@ static int orig_facts_load(const pec_build_args *a, struct orig_facts *o, char *
     /* only the header block is needed here: do not parse the body */
     long hend = mime_header_end(a->original, a->original_len);
     size_t hlen = hend > 0 ? (size_t)hend : a->original_len;
-    o->msg = mime_parse_message(a->original, hlen, err, errsz);
-    if (!o->msg)
-        return -1;
-    GMimeObject *m = GMIME_OBJECT(o->msg);
-    o->subject = mime_header(m, "Subject");
-    o->reply_to = mime_first_address(mime_header(m, "Reply-To"));
-    const char *xref = mime_header(m, "X-Riferimento-Message-ID");
-    if (xref && *xref) {
-        /* the original is postacert.eml of an envelope: its client msgid */
-        o->msgid = pec_strdup_trim(xref);
+    struct facts_memo *memo = g_private_get(&facts_memo_key);
+    if (memo && memo->hdr && memo->hlen == hlen && memcmp(memo->hdr, a->original, hlen) == 0) {
+        orig_facts_copy(o, &memo->f);
         return 0;
     }
-    const char *mid = g_mime_message_get_message_id(o->msg);
-    if (mid && *mid) {
-        size_t n = strlen(mid) + 3;
-        o->msgid = malloc(n);
-        if (o->msgid)
-            snprintf(o->msgid, n, "<%s>", mid);
+    if (orig_facts_parse(a->original, hlen, o, err, errsz) < 0)
+        return -1;
+    if (hlen > FACTS_MEMO_MAX)
+        return 0;
+    if (memo == NULL) {
+        memo = calloc(1, sizeof *memo);
+        if (memo == NULL)
+            return 0;
+        g_private_set(&facts_memo_key, memo);
+    }
+    free(memo->hdr);
+    orig_facts_free(&memo->f);
+    memo->hdr = malloc(hlen);
+    memo->hlen = memo->hdr ? hlen : 0;
+    if (memo->hdr) {
+        memcpy(memo->hdr, a->original, hlen);
+        orig_facts_copy(&memo->f, o);
     }
     return 0;
 }

@@ -292,6 +292,58 @@ static void test_envelope_original_to_receipt(void **state)
     pec_buf_free(&env);
 }
 
+/* The facts of an original (subject, Reply-To, Message-ID) are remembered
+ * per thread for the next build from the same header block: a different
+ * block of the same length, or the same buffer changed in place, must give
+ * its own facts. */
+static void test_original_facts_memo(void **state)
+{
+    (void)state;
+    const struct tpki *k = tpki_get();
+    pec_signer *s = tsigner(&k->signer);
+    pec_identity id = {.domain = "pec.a.example", .name = "A", .signer = s};
+    pec_recipient r = {"anna.bianchi@pec.b.example", PEC_RCPT_CERTIFICATO};
+    char orig[] = "From: mario.rossi@pec.a.example\r\nTo: anna.bianchi@pec.b.example\r\n"
+                  "Subject: Alfa\r\nReply-To: r1@x.example\r\nMessage-ID: <m1@client>\r\n"
+                  "\r\nbody\r\n";
+    struct {
+        const char *subj, *reply, *mid;
+    } steps[] = {
+        {"Alfa", "r1", "m1"}, {"Alfa", "r1", "m1"}, {"Beta", "r2", "m2"},
+        {"Beta", "r2", "m2"}, {"Alfa", "r1", "m1"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        /* the same buffer, rewritten in place (same address, same length) */
+        char *p = strstr(orig, "Subject: ");
+        memcpy(p + 9, steps[i].subj, 4);
+        p = strstr(orig, "Reply-To: ");
+        memcpy(p + 10, steps[i].reply, 2);
+        p = strstr(orig, "Message-ID: <");
+        memcpy(p + 13, steps[i].mid, 2);
+        pec_build_args a = {.type = PEC_TYPE_POSTA_CERTIFICATA, .original = orig,
+                            .original_len = strlen(orig),
+                            .sender = "mario.rossi@pec.a.example", .recipients = &r,
+                            .n_recipients = 1, .when = 1750061800,
+                            .pec_id = "opec1.x@pec.a.example"};
+        pec_buf m;
+        char err[256] = "";
+        if (pec_build(&id, &a, &m, err, sizeof err) != 0)
+            fail_msg("step %zu: %s", i, err);
+        char want[200];
+        snprintf(want, sizeof want, "Subject: POSTA CERTIFICATA: %s\r\n", steps[i].subj);
+        if (!has(&m, want))
+            fail_msg("step %zu: no '%s'", i, want);
+        snprintf(want, sizeof want, "Reply-To: %s@x.example\r\n", steps[i].reply);
+        if (!has(&m, want))
+            fail_msg("step %zu: no '%s'", i, want);
+        snprintf(want, sizeof want, "X-Riferimento-Message-ID: <%s@client>\r\n", steps[i].mid);
+        if (!has(&m, want))
+            fail_msg("step %zu: no '%s'", i, want);
+        pec_buf_free(&m);
+    }
+    pec_signer_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_rewrite),
         cmocka_unit_test(test_required_arguments),
         cmocka_unit_test(test_envelope_original_to_receipt),
+        cmocka_unit_test(test_original_facts_memo),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

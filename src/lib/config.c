@@ -88,6 +88,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->duplicate_window = 7 * 86400;
     cfg->evidence_retention = 913ULL * 86400;       /* 30 months (§2.2.4) */
     cfg->sync_fs = true;
+    cfg->commit_delay_us = 1000;                    /* docs/performance.md */
     cfg->users_timeout = 10;
     config_callout_defaults(cfg);
 

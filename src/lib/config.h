@@ -81,6 +81,7 @@ struct config {
     uint64_t queue_lifetime;
     uint64_t delay_warning;         /* DELAY notification after this (0 = never) */
     bool sync_fs;                   /* sync = syncfs (one flush per batch) or fsync */
+    uint64_t commit_delay_us;       /* the committer gathers this long under load (0 = never) */
 
     /* [delivery] */
     char *mailbox;                  /* template after "maildir:" */

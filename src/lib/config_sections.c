@@ -11,6 +11,7 @@
 #include "lib.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -385,6 +386,21 @@ int config_handler(void *user, const char *section, const char *name, const char
                 return 1;
             }
             return handle_u64(ctx, name, value, &cfg->delay_warning, false, 1);
+        }
+        if (strcmp(name, "commit_delay") == 0) {
+            /* "0", "N" or "Nms" milliseconds, "Nus" microseconds; at most 100 ms */
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(value, &end, 10);
+            unsigned long long mul = 1000;
+            if (end != value && strcmp(end, "us") == 0)
+                mul = 1;
+            else if (end == value || (*end != '\0' && strcmp(end, "ms") != 0) || value[0] == '-')
+                return fail(ctx, "commit_delay: '%s' is not a delay (e.g. 1ms, 500us, 0)", value);
+            if (errno != 0 || v > 100000 || v * mul > 100000)
+                return fail(ctx, "commit_delay: %s is above the maximum 100ms", value);
+            cfg->commit_delay_us = v * mul;
+            return 1;
         }
         if (strcmp(name, "sync") == 0) {
             if (str_ieq(value, "syncfs"))

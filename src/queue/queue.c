@@ -224,7 +224,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     if (recycle_open(q->dir) == -1)
         log_warn("%s/free: %s (spool files are deleted, not reused)", q->dir, strerror(errno));
     q->purged = purge_incoming(q->dir);
-    q->committer = committer_new(base, q->dir, cfg->sync_fs);
+    q->committer = committer_new(base, q->dir, cfg->sync_fs, cfg->commit_delay_us);
     if (q->committer == NULL) {
         snprintf(err, errlen, "cannot start the committer for %s", q->dir);
         close(q->lock_fd);

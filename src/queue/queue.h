@@ -127,7 +127,10 @@ char *dsn_build(const struct queue_env *env, const char *data, size_t len,
 /* ---- group commit (commit.c) -------------------------------------------- */
 struct committer;
 typedef void (*commit_cb)(void *arg, int result);
-struct committer *committer_new(struct event_base *base, const char *queue_dir, bool use_syncfs);
+/* delay_us: under load (the last batch had more than one file) the committer
+ * waits up to this long after a batch's first file for more to join it. */
+struct committer *committer_new(struct event_base *base, const char *queue_dir, bool use_syncfs,
+                                uint64_t delay_us);
 /* Takes ownership of w; makes it durable (fsync + rename into queue/ + fsync
  * of the directory) together with whatever else is pending, then calls cb on
  * the event loop. */

@@ -41,6 +41,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->timeout_command, 300);
     assert_int_equal(cfg->delivery_workers, 2);      /* 8 with [pec] enabled */
     assert_int_equal(cfg->worker_nice, 19);
+    assert_int_equal(cfg->commit_delay_us, 1000);
     assert_int_equal(cfg->duplicate_window, 7 * 86400);
     char expect[600];
     snprintf(expect, sizeof expect, "%s/queue", TEST_TMPDIR);
@@ -93,6 +94,22 @@ static void test_values(void **state)
     assert_int_equal(l->auth, LAUTH_REQUIRED);
     assert_true(l->require_tls);
     config_free(cfg);
+    /* [queue] commit_delay: milliseconds, microseconds, off */
+    static const struct {
+        const char *v;
+        uint64_t us;
+    } delays[] = {{"2ms", 2000}, {"3", 3000}, {"500us", 500}, {"0", 0}, {"100ms", 100000}};
+    for (size_t i = 0; i < sizeof delays / sizeof delays[0]; i++) {
+        char text[200];
+        snprintf(text, sizeof text, "[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\n"
+                 "require_tls = no\n[queue]\ncommit_delay = %s\n",
+                 delays[i].v);
+        cfg = load_text(text, err, sizeof err);
+        if (cfg == NULL)
+            fail_msg("%s: %s", delays[i].v, err);
+        assert_int_equal(cfg->commit_delay_us, delays[i].us);
+        config_free(cfg);
+    }
 }
 
 static void test_relay_networks(void **state)
@@ -145,6 +162,9 @@ static void test_errors(void **state)
         {"[provider]\ndomain = x.it\n[delivery]\nmailbox = mbox:/var/mail\n", ":4: mailbox:"},
         {"[provider]\ndomain = x.it\n[queue]\nworker_nice = 20\n", ":4: worker_nice: 0 to 19"},
         {"[provider]\ndomain = x.it\n[queue]\nworker_nice = -5\n", ":4: worker_nice:"},
+        {"[provider]\ndomain = x.it\n[queue]\ncommit_delay = 1s\n", ":4: commit_delay: '1s' is not"},
+        {"[provider]\ndomain = x.it\n[queue]\ncommit_delay = -1\n", ":4: commit_delay: '-1' is not"},
+        {"[provider]\ndomain = x.it\n[queue]\ncommit_delay = 101ms\n", ":4: commit_delay: 101ms is above"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[512] = "";

@@ -29,7 +29,7 @@
 #include "filters/callout.h"
 
 #define IDLE_SECONDS 5
-#define PROBE_AFTER_US 1000000   /* idle longer than this: RSET before reuse */
+#define PROBE_AFTER_US G_USEC_PER_SEC   /* idle longer than this: RSET before reuse */
 
 /* ---- next hops ------------------------------------------------------------- */
 
@@ -242,7 +242,7 @@ struct smtp_client *tr_cache_take(struct transport *t, const char *key)
         GQueue *q = g_hash_table_lookup(t->idle, key);
         struct idle_conn *ic;
         while (q != NULL && (ic = g_queue_pop_head(q)) != NULL) {
-            if (now - ic->since <= (gint64)IDLE_SECONDS * 1000000) {
+            if (now - ic->since <= (gint64)IDLE_SECONDS * G_USEC_PER_SEC) {
                 c = ic->c;
                 since = ic->since;
                 free(ic);

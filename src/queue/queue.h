@@ -69,7 +69,12 @@ enum spool_rec {
     REC_STATUS = 'X',     /* after END: a recipient's final status (appended) */
     REC_PROCESSED = 'P',  /* after END: the stage's outputs are committed (appended) */
     REC_RETRY = 'Y',      /* after END: attempts and next retry time (appended, not synced) */
+    REC_PAD = 'Z',        /* after END: what a reused file held before, skipped (no payload
+                           * written: the length covers the old bytes up to its end) */
 };
+/* A reused spool file at most this much longer than what was written keeps
+ * its length, the rest covered by a PAD record; a longer one is cut. */
+#define SPOOL_PAD_MAX (64 * 1024)
 struct spool_writer;
 /* Starts the spool file of env in incoming/: on fd (an empty file named
  * incoming/<name>, taken from the committer's pool), or, when fd is -1, on a

@@ -9,7 +9,8 @@
  * with the rate.  Other file systems also pay for inode allocation and, with
  * online discard, for freeing blocks.  So a finished spool file is renamed
  * into free/ and the next writer renames it back and overwrites it in place
- * (writers truncate to what they wrote: spool_writer_finish).
+ * (what it held before is covered by a PAD record, or cut when much longer:
+ * spool_writer_finish).
  *
  * free/ holds only garbage: nothing in it is ever read, and a crash at any
  * point loses nothing (a rename is atomic; a file is in free/ or where it

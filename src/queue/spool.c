@@ -2,12 +2,14 @@
  * spool.c - spool files: typed, length-prefixed records (Postfix style).
  *
  *   record = type (1 octet) | length (4 octets, big-endian) | payload
- *   file   = V I T S O* R+ C* D* E X*
+ *   file   = V I T S O* R+ C* D* E Z? X*
  *
  * The END record carries the data length; a file without it is incomplete
  * and is never delivered.  Files are written in incoming/ and renamed into
  * queue/ by the committer only after fsync.  Status records (X) are appended
  * after END as recipients are settled; a torn last X record is ignored.
+ * A reused file (recycle.c) is not cut to what was written: a PAD record (Z)
+ * right after END covers the rest of its old contents.
  */
 #include "queue.h"
 #include "lib/lib.h"
@@ -171,11 +173,29 @@ int spool_writer_finish(struct spool_writer *w)
         w->failed = true;
         return -1;
     }
-    /* a reused file longer than what was written is cut; a new or grown one
-     * is left alone (ext4 runs its whole truncate path even for the same size) */
+    /* A reused file longer than what was written keeps its length: a PAD
+     * record header covers its old bytes.  Cutting it would free its last
+     * blocks (with online discard, a discard request to the disk each time)
+     * for the next writer to allocate them again; every spool file holds a
+     * message of about the same size.  Much longer files are cut (bounded
+     * disk use), and so are the few 1 to 4 octets longer (no room for a
+     * header).  A new or grown file is left alone. */
     struct stat st;
-    if ((fstat(w->fd, &st) == -1 || st.st_size != (off_t)w->written) &&
-        ftruncate(w->fd, (off_t)w->written) == -1) {
+    if (fstat(w->fd, &st) == -1) {
+        w->failed = true;
+        return -1;
+    }
+    off_t slack = st.st_size - (off_t)w->written;
+    if (slack >= 5 && slack <= SPOOL_PAD_MAX) {
+        size_t len = (size_t)slack - 5;
+        unsigned char h[5] = {REC_PAD, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                              (unsigned char)(len >> 8), (unsigned char)len};
+        if (fwrite(h, 1, 5, w->fp) != 5 || fflush(w->fp) != 0) {
+            w->failed = true;
+            return -1;
+        }
+        w->written += (uint64_t)slack;
+    } else if (slack > 0 && ftruncate(w->fd, (off_t)w->written) == -1) {
         w->failed = true;
         return -1;
     }
@@ -397,9 +417,14 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
     while (why == NULL && end && len - off >= 5) {
         const unsigned char *h = (const unsigned char *)buf + off;
         size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
-        if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED && h[0] != REC_RETRY) ||
+        if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED && h[0] != REC_RETRY &&
+             h[0] != REC_PAD) ||
             rl > len - off - 5)
             break;
+        if (h[0] == REC_PAD) {
+            off += 5 + rl;
+            continue;
+        }
         if (h[0] == REC_RETRY) {
             char *t = dupn(buf + off + 5, rl);
             unsigned a = 0;

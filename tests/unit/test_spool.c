@@ -111,8 +111,38 @@ static void test_roundtrip(void **state)
     unlink(path);
 }
 
-/* A long message's file, recycled and reused for a short one, holds only the
- * short one: the writer cuts what it did not overwrite. */
+/* Writes data in a new spool file of top/incoming (taken from free/ when it
+ * holds one) and returns its path and size. */
+static void write_one(const char *top, struct queue_env *env, const char *data, size_t len,
+                      char *path, size_t pathsz, off_t *size)
+{
+    make_env(env);
+    struct spool_writer *w = spool_writer_open(top, -1, NULL, env);
+    assert_non_null(w);
+    assert_int_equal(spool_writer_data(w, data, len), 0);
+    assert_int_equal(spool_writer_finish(w), 0);
+    spool_writer_free(w);
+    snprintf(path, pathsz, "%s/incoming/%s", top, env->qid);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    *size = st.st_size;
+}
+
+static void read_back(const char *path, const char *data, size_t len, struct queue_env *got)
+{
+    char *d, err[256];
+    size_t dlen;
+    if (spool_read(path, got, &d, &dlen, err, sizeof err) != 0)
+        fail_msg("%s: %s", path, err);
+    assert_int_equal(dlen, len);
+    assert_memory_equal(d, data, len);
+    free(d);
+}
+
+/* A long message's file, recycled and reused for a short one, reads as the
+ * short one: a PAD record covers the old bytes (its blocks stay allocated),
+ * and the records appended later are read after it.  A file much longer
+ * (over SPOOL_PAD_MAX) or too little longer for a PAD header is cut. */
 static void test_recycle(void **state)
 {
     (void)state;
@@ -123,40 +153,53 @@ static void test_recycle(void **state)
     assert_int_equal(recycle_open(top), 0);
     assert_int_equal(recycle_count(top), 0);
 
-    struct queue_env env;
-    make_env(&env);
-    struct spool_writer *w = spool_writer_open(top, -1, NULL, &env);
-    assert_non_null(w);
-    char big[20000];
-    memset(big, 'x', sizeof big);
-    assert_int_equal(spool_writer_data(w, big, sizeof big), 0);
-    assert_int_equal(spool_writer_finish(w), 0);
-    spool_writer_free(w);
+    struct queue_env env, got;
     char path[700];
-    snprintf(path, sizeof path, "%s/incoming/%s", top, env.qid);
+    off_t size, size2;
+    static char big[20000], huge[100000];
+    memset(big, 'x', sizeof big);
+    memset(huge, 'h', sizeof huge);
+    write_one(top, &env, big, sizeof big, path, sizeof path, &size);
     assert_int_equal(recycle_put(top, path), 0);
     assert_int_equal(access(path, F_OK), -1);
     assert_int_equal(recycle_count(top), 1);
 
-    make_env(&env);
-    w = spool_writer_open(top, -1, NULL, &env);
-    assert_non_null(w);
+    write_one(top, &env, "short\r\n", 7, path, sizeof path, &size2);
     assert_int_equal(recycle_count(top), 0);   /* the free file was taken */
-    assert_int_equal(spool_writer_data(w, "short\r\n", 7), 0);
-    assert_int_equal(spool_writer_finish(w), 0);
-    spool_writer_free(w);
-    snprintf(path, sizeof path, "%s/incoming/%s", top, env.qid);
-    struct queue_env got;
+    assert_int_equal(size2, size);             /* kept its length */
+    read_back(path, "short\r\n", 7, &got);
+    assert_false(got.processed);
+    assert_int_equal(got.rcpts[0].status, QR_PENDING);
+    queue_env_free(&got);
+    /* records appended after the PAD are read */
+    assert_int_equal(spool_append_status(path, 0, QR_DONE, "250 2.0.0 ok"), 0);
+    assert_int_equal(spool_append_processed(path, 2, false), 0);
+    read_back(path, "short\r\n", 7, &got);
+    assert_true(got.processed);
+    assert_int_equal(got.rcpts[0].status, QR_DONE);
+    assert_string_equal(got.rcpts[0].status_text, "250 2.0.0 ok");
+    queue_env_free(&got);
+
+    /* much longer than the PAD allows: cut */
+    assert_int_equal(recycle_put(top, path), 0);
+    write_one(top, &env, huge, sizeof huge, path, sizeof path, &size);
+    assert_int_equal(recycle_put(top, path), 0);
+    write_one(top, &env, "short\r\n", 7, path, sizeof path, &size2);
+    assert_true(size2 < 1000);
+    read_back(path, "short\r\n", 7, &got);
+    queue_env_free(&got);
+
+    /* 3 octets longer (110 and 107 octets of data, END lengths of as many
+     * digits): no room for a PAD header, cut to what was written */
+    assert_int_equal(recycle_put(top, path), 0);
+    write_one(top, &env, big, 110, path, sizeof path, &size);
+    assert_int_equal(recycle_put(top, path), 0);
+    write_one(top, &env, big, 107, path, sizeof path, &size2);
+    assert_int_equal(size2, size - 3);
+    read_back(path, big, 107, &got);
+    queue_env_free(&got);
     char *d, err[256];
     size_t dlen;
-    assert_int_equal(spool_read(path, &got, &d, &dlen, err, sizeof err), 0);
-    assert_int_equal(dlen, 7);
-    assert_memory_equal(d, "short\r\n", 7);
-    struct stat st;
-    assert_int_equal(stat(path, &st), 0);
-    assert_true(st.st_size < 1000);
-    free(d);
-    queue_env_free(&got);
 
     /* spool_write_file reuses too; free/ is read back when the queue opens again */
     assert_int_equal(recycle_put(top, path), 0);

@@ -130,7 +130,15 @@ int fs_read_file(const char *path, char **out, size_t *len, size_t max)
 
 int fs_publish(const char *tmp, const char *dst)
 {
-    if (link(tmp, dst) == -1 && errno != EEXIST) {
+    /* one rename that never replaces: what link + unlink do, in one call and
+     * without touching the inode's link count; link where the file system
+     * has no RENAME_NOREPLACE */
+    int r = renameat2(AT_FDCWD, tmp, AT_FDCWD, dst, RENAME_NOREPLACE);
+    if (r == 0)
+        return 0;
+    if (errno == EINVAL)
+        r = link(tmp, dst);
+    if (r == -1 && errno != EEXIST) {
         int e = errno;
         unlink(tmp);
         errno = e;

@@ -65,8 +65,9 @@ int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
 /* Reads a whole (small) file; *out is malloc'ed and NUL-terminated. */
 int fs_read_file(const char *path, char **out, size_t *len, size_t max);
 int fs_write_all(int fd, const void *buf, size_t len);
-/* Publishes a finished file: link(tmp, dst), where an existing dst is the
- * same content published before, then unlink(tmp).  The caller fsyncs dst's
+/* Publishes a finished file: renames tmp to dst, never over an existing dst
+ * (the same content published before: tmp is removed; link + unlink where
+ * the file system has no RENAME_NOREPLACE).  The caller fsyncs dst's
  * directory.  0 ok, -1 error (errno). */
 int fs_publish(const char *tmp, const char *dst);
 /* Is path a directory?  stat(2), with a positive answer remembered for

@@ -119,7 +119,7 @@ static void test_maildir(void **state)
     assert_int_equal(count_dir(p), 1);
     /* the same delivery again after a crash: found in new/, nothing written */
     deliver(dir, name, hdr, data, true, 1);
-    /* ...and not recovered but racing: link() finds it, still one copy */
+    /* ...and not recovered but racing: publishing finds it, still one copy, no tmp/ file */
     deliver(dir, name, hdr, data, false, 0);
     assert_int_equal(count_dir(p), 1);
     snprintf(p, sizeof p, "%s/tmp", dir);

@@ -95,6 +95,9 @@ void spool_writer_free(struct spool_writer *w);
  * without END, a bad record, or one over the limits. */
 int spool_read(const char *path, struct queue_env *env, char **data, size_t *datalen,
                char *err, size_t errlen);
+/* The same from the file's bytes (len of them; buf need not end in NUL). */
+int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
+                size_t *datalen, char *err, size_t errlen);
 /* Appends recipient rcpt's final status to a committed spool file and syncs
  * it, so a partial failure retries only the recipients still pending. */
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text);

@@ -252,6 +252,18 @@ static char *dupn(const char *p, size_t n)
     return s;
 }
 
+/* A queue id as queue_new_id() makes them: QUEUE_ID_LEN upper-case hex digits
+ * (it names files). */
+static bool valid_qid(const char *p, size_t n)
+{
+    if (n != QUEUE_ID_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'A' && p[i] <= 'F')))
+            return false;
+    return true;
+}
+
 static void set_opt(struct queue_env *env, const char *p, size_t n)
 {
     char *kv = dupn(p, n);
@@ -299,6 +311,15 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
         snprintf(err, errlen, "cannot read: %s", strerror(errno));
         return -1;
     }
+    int r = spool_parse(buf, len, env, data, datalen, err, errlen);
+    free(buf);
+    return r;
+}
+
+int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data, size_t *datalen,
+                char *err, size_t errlen)
+{
+    memset(env, 0, sizeof *env);
     size_t off = 0, cap = 0, dlen = 0;
     char *d = NULL;
     bool end = false, version = false;
@@ -323,7 +344,7 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
                 why = "unknown spool version";
             break;
         case REC_ID:
-            if (rl != QUEUE_ID_LEN) {
+            if (!valid_qid(p, rl)) {
                 why = "bad queue id";
                 break;
             }
@@ -459,7 +480,6 @@ int spool_read(const char *path, struct queue_env *env, char **data, size_t *dat
         }
         free(rec);
     }
-    free(buf);
     if (why == NULL && !end)
         why = "no END record (incomplete file)";
     if (why == NULL && (!version || env->qid[0] == '\0' || env->sender == NULL || env->nrcpts == 0))

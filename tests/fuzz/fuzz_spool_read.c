@@ -12,9 +12,20 @@
 
 #include "queue/queue.h"
 
+static char dir[64];
+
+static void remove_tmpdir(void)
+{
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s/x", dir);
+    rmdir(sub);
+    rmdir(dir);
+}
+
+/* A directory for the files written back, removed at exit (they are removed
+ * as soon as read). */
 static const char *tmpdir(void)
 {
-    static char dir[64];
     if (dir[0] == '\0') {
         snprintf(dir, sizeof dir, "/tmp/fuzz_spool.XXXXXX");
         if (mkdtemp(dir) == NULL)
@@ -23,6 +34,7 @@ static const char *tmpdir(void)
         snprintf(sub, sizeof sub, "%s/x", dir);
         if (mkdir(sub, 0700) == -1)
             abort();
+        atexit(remove_tmpdir);
     }
     return dir;
 }

@@ -52,11 +52,21 @@ void queue_new_id(char out[QUEUE_ID_LEN + 1])
              c & 0xFFFu);
 }
 
+/* A record's header: type, then the payload's length in 4 octets, big-endian. */
+static void rec_head(void *out, int type, size_t len)
+{
+    unsigned char *h = out;
+    h[0] = (unsigned char)type;
+    h[1] = (unsigned char)(len >> 24);
+    h[2] = (unsigned char)(len >> 16);
+    h[3] = (unsigned char)(len >> 8);
+    h[4] = (unsigned char)len;
+}
+
 static int put_rec(struct spool_writer *w, int type, const void *p, size_t len)
 {
-    unsigned char h[5] = {(unsigned char)type, (unsigned char)(len >> 24),
-                          (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                          (unsigned char)len};
+    unsigned char h[5];
+    rec_head(h, type, len);
     if (w->failed || fwrite(h, 1, 5, w->fp) != 5 || (len > 0 && fwrite(p, 1, len, w->fp) != len)) {
         w->failed = true;
         return -1;
@@ -187,9 +197,8 @@ int spool_writer_finish(struct spool_writer *w)
     }
     off_t slack = st.st_size - (off_t)w->written;
     if (slack >= 5 && slack <= SPOOL_PAD_MAX) {
-        size_t len = (size_t)slack - 5;
-        unsigned char h[5] = {REC_PAD, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
-                              (unsigned char)(len >> 8), (unsigned char)len};
+        unsigned char h[5];
+        rec_head(h, REC_PAD, (size_t)slack - 5);
         if (fwrite(h, 1, 5, w->fp) != 5 || fflush(w->fp) != 0) {
             w->failed = true;
             return -1;
@@ -515,9 +524,7 @@ int spool_append_processed(const char *path, size_t noutputs, bool sync)
 {
     char rec[64];
     int n = snprintf(rec + 5, sizeof rec - 5, "%zu", noutputs);
-    rec[0] = REC_PROCESSED;
-    rec[1] = rec[2] = rec[3] = 0;
-    rec[4] = (char)n;
+    rec_head(rec, REC_PROCESSED, (size_t)n);
     return append_record(path, rec, 5 + (size_t)n, sync);
 }
 
@@ -525,9 +532,7 @@ int spool_append_retry(const char *path, unsigned attempts, time_t next)
 {
     char rec[64];
     int n = snprintf(rec + 5, sizeof rec - 5, "%u %lld", attempts, (long long)next);
-    rec[0] = REC_RETRY;
-    rec[1] = rec[2] = rec[3] = 0;
-    rec[4] = (char)n;
+    rec_head(rec, REC_RETRY, (size_t)n);
     return append_record(path, rec, 5 + (size_t)n, false);
 }
 
@@ -539,11 +544,7 @@ int spool_append_status(const char *path, size_t rcpt, int status, const char *t
     if (n < 0)
         return -1;
     size_t len = (size_t)n + 1;   /* with the final NUL */
-    rec[0] = REC_STATUS;
-    rec[1] = (char)(len >> 24);
-    rec[2] = (char)(len >> 16);
-    rec[3] = (char)(len >> 8);
-    rec[4] = (char)len;
+    rec_head(rec, REC_STATUS, len);
     return append_record(path, rec, 5 + len, true);
 }
 

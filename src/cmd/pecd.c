@@ -541,6 +541,16 @@ int main(int argc, char **argv)
             log_err("%s", err);
             return 1;
         }
+        /* its commits are made durable by the queue's syncfs, if it has one */
+        if (!d.cfg->sync_fs || !fs_same_fs(d.cfg->queue_dir, d.cfg->data_dir)) {
+            if (tracking_sync_each(d.tracking, true) == -1) {
+                log_err("tracking database %s: cannot set synchronous=FULL", tpath);
+                return 1;
+            }
+            log_info("tracking database %s: %s, every commit synced", tpath,
+                     d.cfg->sync_fs ? "on another file system than the queue"
+                                    : "[queue] sync = fsync");
+        }
         d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
         if (d.roles == NULL) {
             log_err("configuration error: %s", err);
@@ -553,9 +563,7 @@ int main(int argc, char **argv)
         }
         /* the delivery threads' syncfs covers the log when it shares the
          * queue's file system: a stage's events need no sync of their own */
-        struct stat qst, est;
-        bool stage_synced = d.cfg->sync_fs && stat(d.cfg->queue_dir, &qst) == 0 &&
-                            stat(d.cfg->evidence_path, &est) == 0 && qst.st_dev == est.st_dev;
+        bool stage_synced = d.cfg->sync_fs && fs_same_fs(d.cfg->queue_dir, d.cfg->evidence_path);
         roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;

@@ -148,6 +148,12 @@ int fs_publish(const char *tmp, const char *dst)
     return 0;
 }
 
+bool fs_same_fs(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev;
+}
+
 /* ---- directories seen lately (fs_dir_stat) ------------------------------ */
 
 #define DIR_CACHE_MAX 20000   /* then it starts again: bounded memory */

@@ -76,6 +76,9 @@ int fs_publish(const char *tmp, const char *dst);
  * (may be NULL) set, or -1 with errno (ENOTDIR: not a directory). */
 #define FS_DIR_TTL_SECONDS 2
 int fs_dir_stat(const char *path, dev_t *dev);
+/* Do paths a and b (both existing) lie on the same file system?  false when
+ * either cannot be stat'ed. */
+bool fs_same_fs(const char *a, const char *b);
 
 /* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */
 /* syncfs(2) of fd's file system, shared with the other threads that want one

@@ -195,6 +195,28 @@ struct tracking *tracking_open(const char *path, char *err, size_t errlen)
     return t;
 }
 
+int tracking_sync_each(struct tracking *t, bool on)
+{
+    enter(t);
+    int rc = sqlite3_exec(t->db, on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                          NULL, NULL, NULL);
+    leave(t);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+int tracking_synchronous(struct tracking *t)
+{
+    enter(t);
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+    if (sqlite3_prepare_v2(t->db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    leave(t);
+    return v;
+}
+
 void tracking_close(struct tracking *t)
 {
     if (t == NULL)

@@ -5,6 +5,7 @@
 #ifndef PEC_STORE_TRACKING_H
 #define PEC_STORE_TRACKING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -17,6 +18,14 @@ struct tracking_due {
 };
 
 struct tracking *tracking_open(const char *path, char *err, size_t errlen);
+/* The database commits with synchronous=NORMAL: durable by the queue's syncfs
+ * at the end of each delivery-thread pass and by the committer's.  When it is
+ * on another file system than the queue, or the queue syncs file by file
+ * ([queue] sync = fsync), call this with true: every commit is synced
+ * (synchronous=FULL).  0 ok, -1 error. */
+int tracking_sync_each(struct tracking *t, bool on);
+/* The connection's PRAGMA synchronous: 1 NORMAL, 2 FULL (-1 on error). */
+int tracking_synchronous(struct tracking *t);
 void tracking_close(struct tracking *t);
 /* Expect receipts for each certificato recipient of envelope pec_id. */
 int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,

@@ -336,3 +336,20 @@ def test_ordinary_mail_refused_when_not_accepted(world):
     b.wait_mail("anna", trasporto("posta-certificata"))
     a.wait_mail("mario", ricevuta("avvenuta-consegna"))
     assert b.mails("anna") and all(trasporto("posta-certificata")(m) for _, _, m in b.mails("anna"))
+
+
+def test_fsync_mode_syncs_the_tracking_database(world):
+    """tracking.db commits without a sync of its own (synchronous=NORMAL) because the queue's
+    syncfs covers it. With [queue] sync = fsync nothing does: pecd says so and syncs each
+    commit; the whole exchange works in that mode."""
+    a, b, ext, ca, directory = world
+    a.stop()
+    a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},
+                   extra={"tls_policy": {"plain.test": "may"}, "queue": {"sync": "fsync"}})
+    a.start()
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="fsync"))
+    (r,) = a.wait_mail("mario", ricevuta("avvenuta-consegna"))
+    assert_signed(a, *r[:2], ca, directory, "avvenuta-consegna")
+    assert "[queue] sync = fsync, every commit synced" in a.log(100000)
+    assert "every commit synced" not in b.log(100000)   # syncfs, one file system

@@ -190,9 +190,29 @@ static void test_dir_seen(void **state)
     assert_int_equal(count_dir(p), 1);
 }
 
+/* Same file system or not (pecd's choice of who syncs the tracking database
+ * and the evidence log). */
+static void test_same_fs(void **state)
+{
+    (void)state;
+    char dir[512], file[600];
+    snprintf(dir, sizeof dir, "%s/samefs", TEST_TMPDIR);
+    assert_int_equal(fs_mkdirs(dir, 0700), 0);
+    snprintf(file, sizeof file, "%s/f", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_true(fs_same_fs(dir, file));
+    assert_true(fs_same_fs(TEST_TMPDIR, dir));
+    assert_false(fs_same_fs(dir, "/proc/self"));   /* procfs */
+    assert_false(fs_same_fs(dir, "/nonexistent/x"));
+    unlink(file);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_users), cmocka_unit_test(test_maildir),
-                                       cmocka_unit_test(test_dir_seen)};
+                                       cmocka_unit_test(test_dir_seen),
+                                       cmocka_unit_test(test_same_fs)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -42,6 +42,23 @@ static struct tracking *open_fresh(const char *name)
     return open_path(name, true);
 }
 
+/* NORMAL by default (the queue's syncfs makes the commits durable); FULL when
+ * pecd asks for it (another file system, or [queue] sync = fsync), and the
+ * writes still work. */
+static void test_sync_each(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("sync.db");
+    assert_int_equal(tracking_synchronous(t), 1);
+    assert_int_equal(tracking_sync_each(t, true), 0);
+    assert_int_equal(tracking_synchronous(t), 2);
+    assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(tracking_sync_each(t, false), 0);
+    assert_int_equal(tracking_synchronous(t), 1);
+    tracking_close(t);
+}
+
 struct outside {
     struct tracking *t;
     int rc;
@@ -152,7 +169,8 @@ static void test_seen_and_window(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_seen_and_window),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_sync_each),
+                                       cmocka_unit_test(test_seen_and_window),
                                        cmocka_unit_test(test_pass_transaction),
                                        cmocka_unit_test(test_pass_crash)};
     return cmocka_run_group_tests(tests, NULL, NULL);

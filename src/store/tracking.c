@@ -51,6 +51,7 @@ struct tracking {
     bool txn;                    /* the pass transaction is open */
     bool resume;                 /* closed for a statement from outside a pass */
     unsigned long failures;      /* commits of the pass transaction that failed */
+    bool sync_each;              /* synchronous=FULL (tracking_sync_each) */
 };
 
 /* This thread's pass, if it is in one. */
@@ -200,6 +201,8 @@ int tracking_sync_each(struct tracking *t, bool on)
     enter(t);
     int rc = sqlite3_exec(t->db, on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                           NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        t->sync_each = on;
     leave(t);
     return rc == SQLITE_OK ? 0 : -1;
 }
@@ -316,6 +319,12 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which)
 {
     enter(t);
+    /* The notice is already in the queue: this commit is synced at once (not
+     * at the next syncfs of the queue), so that a crash can hardly make the
+     * timer send the notice again.  Notices are rare: the cost is nil. */
+    bool full = !in_pass(t) && !t->sync_each;
+    if (full)
+        sqlite3_exec(t->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
     sqlite3_stmt *st = get(t, which >= 2 ? SQL_NOTICE_LAST : SQL_NOTICE);
     int rc = -1;
     if (st != NULL) {
@@ -324,6 +333,8 @@ int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int 
         rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
     }
     put(st);
+    if (full)
+        sqlite3_exec(t->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     leave(t);
     return rc;
 }

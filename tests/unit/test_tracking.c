@@ -50,10 +50,19 @@ static void test_sync_each(void **state)
     (void)state;
     struct tracking *t = open_fresh("sync.db");
     assert_int_equal(tracking_synchronous(t), 1);
+    /* a notice's mark is synced on its own and leaves the setting as it was */
+    const char *rcpts[] = {"anna@pec.b.example"};
+    assert_int_equal(tracking_expect(t, "<e1@pec.a.example>", "mario@pec.a.example", "s", "r",
+                                     rcpts, 1, 1700000000),
+                     0);
+    assert_int_equal(tracking_mark(t, "<e1@pec.a.example>", "anna@pec.b.example", 1), 0);
+    assert_int_equal(tracking_synchronous(t), 1);
     assert_int_equal(tracking_sync_each(t, true), 0);
     assert_int_equal(tracking_synchronous(t), 2);
     assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
     assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(tracking_mark(t, "<e1@pec.a.example>", "anna@pec.b.example", 2), 0);
+    assert_int_equal(tracking_synchronous(t), 2);
     assert_int_equal(tracking_sync_each(t, false), 0);
     assert_int_equal(tracking_synchronous(t), 1);
     tracking_close(t);

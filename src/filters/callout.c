@@ -104,8 +104,11 @@ void callout_result_free(struct callout_result *r)
         free(r->add_rcpts[i]);
     for (size_t i = 0; i < r->ndel; i++)
         free(r->del_rcpts[i]);
+    for (size_t i = 0; i < r->nrefused; i++)
+        free(r->refused[i].rcpt);
     free(r->add_rcpts);
     free(r->del_rcpts);
+    free(r->refused);
     memset(r, 0, sizeof *r);
 }
 
@@ -237,9 +240,27 @@ static int envelope_mods(const struct callout_msg *m, const char *name,
             res->new_sender = strdup(d->value);
         }
     }
-    for (size_t i = 0; i < mr->nrefused; i++)
-        if (!m->pec && mr->refused[i].rcpt < m->nrcpts)
-            push(&res->del_rcpts, &res->ndel, m->rcpts[mr->refused[i].rcpt]);
+    for (size_t i = 0; i < mr->nrefused; i++) {
+        const struct milter_refusal *f = &mr->refused[i];
+        if (m->pec || f->rcpt >= m->nrcpts)
+            continue;
+        log_info("%s: milter %s: recipient <%s> refused: %s", m->qid, name, m->rcpts[f->rcpt],
+                 f->reply);
+        if (f->smtp_code < 500) {
+            /* after DATA one recipient cannot be deferred alone: the whole
+             * message is, and the client retries it */
+            if (res->verdict == CALLOUT_ACCEPT)
+                refuse(res, "%s", f->reply);
+            continue;
+        }
+        struct callout_refusal *g = realloc(res->refused, (res->nrefused + 1) * sizeof *g);
+        if (g == NULL)
+            continue;
+        res->refused = g;
+        g += res->nrefused++;
+        g->rcpt = strdup(m->rcpts[f->rcpt]);
+        str_copy(g->reply, f->reply, sizeof g->reply);
+    }
     if (n == 0 && mr->nrefused == 0)
         return 0;
     if (!m->pec)
@@ -351,6 +372,7 @@ static bool one_milter(struct callouts *c, size_t i, const struct callout_msg *m
         break;
     default:
         modifications(m, cm->name, &mr, cur, curlen, orig, res);
+        go_on = res->verdict == CALLOUT_ACCEPT;   /* a recipient's 4xx defers the message */
         break;
     }
     milter_result_free(&mr);

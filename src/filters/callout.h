@@ -57,6 +57,14 @@ struct callout_result {
     char *new_sender;
     char **add_rcpts, **del_rcpts;
     size_t nadd, ndel;
+    /* recipients a filter refused with a 5xx (non-PEC, not every one): the
+     * message goes to the others, these fail with the reply and the sender
+     * is notified (a 4xx for one makes the whole message wait: REFUSE) */
+    struct callout_refusal {
+        char *rcpt;
+        char reply[512];
+    } *refused;
+    size_t nrefused;
 };
 void callout_result_free(struct callout_result *r);
 

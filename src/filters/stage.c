@@ -138,15 +138,37 @@ static void rewrite(struct job *j, const char *path, struct queue_env *env, cons
         j->v = CALLOUT_DISCARD;
         return;
     }
+    /* recipients refused by a filter (5xx): kept, failed at once with the
+     * reply, the sender notified by the queue; every one refused: the
+     * message is (the first refusal's reply) */
+    size_t nref = 0;
+    const char **ref = calloc(env->nrcpts, sizeof *ref);
+    for (size_t i = 0; i < env->nrcpts; i++)
+        for (size_t k = 0; k < res->nrefused && ref[i] == NULL; k++)
+            if (strcasecmp(env->rcpts[i].addr, res->refused[k].rcpt) == 0) {
+                ref[i] = res->refused[k].reply;
+                nref++;
+            }
+    if (nref == env->nrcpts) {
+        j->v = CALLOUT_REFUSE;
+        str_copy(j->reply, ref[0], sizeof j->reply);
+        free(ref);
+        return;
+    }
     size_t nlen;
     char *n = callout_add_trace(j->s->cfg->hostname, res->trace, res->data ? res->data : data,
                                 res->data ? res->len : len, &nlen);
-    if (spool_write_file(j->s->cfg->queue_dir, "incoming", j->name, env, n, nlen, false) == -1) {
+    bool ok = spool_write_file(j->s->cfg->queue_dir, "incoming", j->name, env, n, nlen, false) == 0;
+    for (size_t i = 0; ok && i < env->nrcpts; i++)
+        if (ref[i] != NULL)
+            ok = spool_append_status(path, i, QR_REFUSED, ref[i]) == 0;
+    if (!ok) {
         log_err("%s: cannot rewrite %s after the callouts: %s", env->qid, path,
                 strerror(errno));
         j->v = CALLOUT_REFUSE;
         str_copy(j->reply, "451 4.3.0 Queue file write error, try again later", sizeof j->reply);
     }
+    free(ref);
     free(n);
 }
 

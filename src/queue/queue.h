@@ -59,6 +59,8 @@ struct queue_env {
     char *callouts;       /* the callouts that acted ("antivirus=clean, dkim=accept"), or NULL */
 };
 #define QR_WARNED 3       /* status record with index nrcpts: delay warning sent */
+#define QR_REFUSED 4      /* refused by a filter at reception (text: its reply): fails,
+                           * with a notification, at the first delivery */
 void queue_env_free(struct queue_env *env);
 
 /* ---- spool files (spool.c) ---------------------------------------------- */

@@ -506,9 +506,14 @@ static void load(struct queue *q, struct work *w)
     }
     w->r = calloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
     bool any = false;
+    size_t nrefused = 0;
     for (size_t i = 0; i < w->env.nrcpts && i < e->nrcpts; i++) {
         if (e->done[i])
             continue;
+        if (w->env.rcpts[i].status == QR_REFUSED) {
+            nrefused++;   /* not delivered: failed below */
+            continue;
+        }
         w->r[i].pending = true;
         any = true;
         if (e->expire) {
@@ -522,6 +527,23 @@ static void load(struct queue *q, struct work *w)
     if (any && !e->expire)
         q->deliver(q->deliver_arg, &w->env, w->data, w->len, e->recovered, !q->cfg->sync_fs,
                    w->r);
+    /* refused by a filter when the message came in: failed now, the sender
+     * notified with the filter's reply ("550 5.1.1 ...") */
+    for (size_t i = 0; nrefused > 0 && i < w->env.nrcpts && i < e->nrcpts; i++) {
+        const struct queue_rcpt *qr = &w->env.rcpts[i];
+        if (e->done[i] || qr->status != QR_REFUSED)
+            continue;
+        struct deliver_rcpt *r = &w->r[i];
+        const char *t = qr->status_text ? qr->status_text : "550 5.7.1 refused by a filter";
+        r->pending = true;
+        r->result = DELIVER_PERMFAIL;
+        r->smtp_code = atoi(t);
+        if (r->smtp_code < 500 || r->smtp_code > 599)
+            r->smtp_code = 550;
+        while (*t >= '0' && *t <= '9')
+            t++;
+        str_copy(r->text, *t == ' ' || *t == '-' ? t + 1 : t, sizeof r->text);
+    }
 }
 
 /* After the batch's publish: settle recipients, notify, record, remove. */

@@ -9,7 +9,7 @@ import smtplib
 
 import pytest
 
-from downstream import ALICE, Downstream, make_ca_and_cert, submit
+from downstream import ALICE, Downstream, make_ca_and_cert, reports, submit, wait_reports
 from milter_fixtures import TestFilter
 from pec_providers import make_providers, pecctl, trasporto
 from pecd_harness import free_port, message, password, queued_qid, unique_id
@@ -150,13 +150,34 @@ def test_relayed_envelope_follows_the_filter(relay):
 
 
 def test_access_control_at_rcpt(relay):
-    """The filter refuses a recipient at RCPT: that one is removed; all refused: 550."""
+    """The filter refuses a recipient at RCPT (the filters run after DATA, where SMTP has one
+    reply for all): the message goes to the others and the sender gets a non-delivery report
+    with the filter's reply for that one; one refused with a 4xx: the whole message is
+    deferred (451, the client retries it); all refused: 550."""
     inst, d = relay
     tid = unique_id("rcpt")
     submit(inst, ["a@remote.test", "reject-me@remote.test"],
            message(tid, sender=ALICE, to="a@remote.test"))
     [m] = d.wait_messages(1)
     assert m["rcpts"] == ["a@remote.test"]
+    (rep,) = wait_reports(inst, ALICE)
+    status = rep.get_payload()[1].as_string()
+    assert "Final-Recipient: rfc822; reject-me@remote.test" in status
+    assert "Action: failed" in status and "Status: 5.1.1" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1 no such user here" in status
+    assert "a@remote.test" not in status.replace("reject-me@remote.test", "")
+    inst.wait_queue_empty()
+    assert len(reports(inst, ALICE)) == 1
+    with inst.connect("submission") as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+        assert c.mail_from(ALICE).startswith("250")
+        for r in ("b@remote.test", "tempfail-x@remote.test"):
+            assert c.cmd(f"RCPT TO:<{r}>").startswith("250")
+        r = c.data(message(unique_id("rcpt4xx"), sender=ALICE, to="b@remote.test"))
+    assert r.startswith("451 "), r
     with inst.connect("submission") as c:
         c.ehlo()
         c.starttls()

@@ -542,7 +542,7 @@ int main(int argc, char **argv)
             return 1;
         }
         /* its commits are made durable by the queue's syncfs, if it has one */
-        if (!d.cfg->sync_fs || !fs_same_fs(d.cfg->queue_dir, d.cfg->data_dir)) {
+        if (!d.cfg->sync_fs || !fs_same_fs(d.cfg->queue_dir, tpath)) {
             if (tracking_sync_each(d.tracking, true) == -1) {
                 log_err("tracking database %s: cannot set synchronous=FULL", tpath);
                 return 1;

@@ -1,11 +1,13 @@
 /*
  * pecctl_verify.c - `pecctl verify [--json] [--trust CAFILE]... [--crl FILE]...
- * [--directory FILE.ldif|ldap://...] [--directory-ca CAFILE] [--at UNIXTIME]
+ * [--directory FILE.ldif|ldap://...] [--directory-ca CAFILE]
+ * [--directory-bind-dn DN --directory-password-file FILE] [--at UNIXTIME]
  * FILE.eml...`: classifies each
  * message, checks its signature (src/pec pec_verify), prints the signer and
  * the daticert fields.  An LDAP directory (ldap://HOST:PORT/BASE, ldaps://,
- * StartTLS as "ldap://HOST/BASE????starttls") is read anonymously with
- * pecdir's reader, its server checked against --directory-ca.  Exit 0 = every file valid, 1 = some invalid, 2 = some
+ * StartTLS as "ldap://HOST/BASE????starttls") is read with pecd's reader
+ * (anonymously, or with a simple bind), its server checked against
+ * --directory-ca.  Exit 0 = every file valid, 1 = some invalid, 2 = some
  * file could not be read.  --json prints one JSON object per file per line
  * (schema in docs/pec.md).
  *
@@ -15,6 +17,7 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -24,13 +27,28 @@
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
 
-/* The providers' directory from an LDAP server: its certificate hashes. */
-static int load_ldap(pec_trust *t, const char *url, const char *ca_file)
+/* The providers' directory from an LDAP server: its certificate hashes.
+ * bind_dn: a simple bind with the first line of password_file (as pecd's
+ * [pec] directory_bind_dn and directory_password_file); NULL: anonymous. */
+static int load_ldap(pec_trust *t, const char *url, const char *ca_file, const char *bind_dn,
+                     const char *password_file)
 {
-    struct pec_dir_conf c = {.source = url, .ca_file = ca_file, .timeout = 30};
+    char *password = NULL;
+    size_t n;
+    if (password_file != NULL) {
+        if (fs_read_file(password_file, &password, &n, 4096) == -1) {
+            fprintf(stderr, "pecctl verify: --directory-password-file %s: %s\n", password_file,
+                    strerror(errno));
+            return -1;
+        }
+        password[strcspn(password, "\r\n")] = '\0';
+    }
+    struct pec_dir_conf c = {.source = url, .ca_file = ca_file, .timeout = 30,
+                             .bind_dn = bind_dn, .password = password};
     pec_buf ldif;
     char err[512] = "";
     int rc = pec_dir_fetch(&c, &ldif, err, sizeof err);
+    free(password);
     if (rc == 0) {
         rc = pec_trust_load_ldif(t, ldif.data, ldif.len, err, sizeof err) < 0 ? -1 : 0;
         pec_buf_free(&ldif);
@@ -48,7 +66,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: pecctl verify [--json] [--trust CAFILE]... [--crl CRLFILE]...\n"
                "                     [--directory FILE.ldif|ldap://HOST:PORT/BASE]\n"
-               "                     [--directory-ca CAFILE] [--at UNIXTIME] FILE.eml...\n"
+               "                     [--directory-ca CAFILE] [--directory-bind-dn DN\n"
+               "                      --directory-password-file FILE] [--at UNIXTIME] FILE.eml...\n"
                "  without --trust the chain embedded in each message is the anchor\n"
                "  exit: 0 valid, 1 invalid, 2 unreadable\n");
 }
@@ -282,6 +301,8 @@ int pecctl_verify_main(int argc, char **argv)
         {"crl", required_argument, NULL, 'c'}, {"directory", required_argument, NULL, 'd'},
         {"at", required_argument, NULL, 'a'}, {"help", no_argument, NULL, 'h'},
         {"directory-ca", required_argument, NULL, 'C'},
+        {"directory-bind-dn", required_argument, NULL, 'B'},
+        {"directory-password-file", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0},
     };
     bool json = false;
@@ -290,8 +311,8 @@ int pecctl_verify_main(int argc, char **argv)
         return 2;
     optind = 1;
     int c, status = 0;
-    const char *ldap_url = NULL, *ldap_ca = NULL;
-    while ((c = getopt_long(argc, argv, "jt:c:d:a:hC:", opts, NULL)) != -1) {
+    const char *ldap_url = NULL, *ldap_ca = NULL, *bind_dn = NULL, *pwfile = NULL;
+    while ((c = getopt_long(argc, argv, "jt:c:d:a:hC:B:P:", opts, NULL)) != -1) {
         switch (c) {
         case 'j':
             json = true;
@@ -310,6 +331,12 @@ int pecctl_verify_main(int argc, char **argv)
         case 'C':
             ldap_ca = optarg;
             break;
+        case 'B':
+            bind_dn = optarg;
+            break;
+        case 'P':
+            pwfile = optarg;
+            break;
         case 'a':
             pec_trust_set_time(t, (time_t)strtoll(optarg, NULL, 10));
             break;
@@ -323,7 +350,13 @@ int pecctl_verify_main(int argc, char **argv)
             return 2;
         }
     }
-    if (!status && ldap_url && optind < argc && load_ldap(t, ldap_url, ldap_ca) < 0)
+    if (!status && (bind_dn == NULL) != (pwfile == NULL)) {
+        fprintf(stderr, "pecctl verify: --directory-bind-dn and --directory-password-file go "
+                        "together\n");
+        status = 2;
+    }
+    if (!status && ldap_url && optind < argc &&
+        load_ldap(t, ldap_url, ldap_ca, bind_dn, pwfile) < 0)
         status = 2;
     if (status || optind >= argc) {
         if (!status)

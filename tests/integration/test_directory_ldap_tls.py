@@ -106,6 +106,19 @@ def test_pecctl_verify_reads_the_directory_over_tls(tls_world, tmp_path):
         r = pecctl("verify", "--trust", ca_pem, "--directory", url, "--directory-ca", ca_pem,
                    env[0], check=False)
         assert r.returncode == 0 and "checked in the directory" in r.stdout, r.stdout + r.stderr
+    # a simple bind, as pecd's [pec] directory_bind_dn / directory_password_file
+    good, bad = str(tmp_path / "pw.good"), str(tmp_path / "pw.bad")
+    for path, pw in ((good, PASSWORD), (bad, "wrong")):
+        with open(path, "w") as f:
+            f.write(pw + "\n")
+    base = ["verify", "--trust", ca_pem, "--directory", f"{slapd.ldaps_url}/o=postacert",
+            "--directory-ca", ca_pem, "--directory-bind-dn", ADMIN]
+    r = pecctl(*base, "--directory-password-file", good, env[0], check=False)
+    assert r.returncode == 0 and "checked in the directory" in r.stdout, r.stdout + r.stderr
+    r = pecctl(*base, "--directory-password-file", bad, env[0], check=False)
+    assert r.returncode == 2 and "Invalid credentials" in r.stderr, r.stdout + r.stderr
+    r = pecctl(*base, env[0], check=False)
+    assert r.returncode == 2 and "go together" in r.stderr, r.stderr
     # a provider missing from the server: the signer is not in the directory
     slapd.ldap("ldapdelete", "-ZZ", f"providerName={a.name},o=postacert")
     r = pecctl("verify", "--json", "--trust", ca_pem, "--directory",

@@ -168,24 +168,22 @@ def test_access_control_at_rcpt(relay):
     assert "a@remote.test" not in status.replace("reject-me@remote.test", "")
     inst.wait_queue_empty()
     assert len(reports(inst, ALICE)) == 1
-    with inst.connect("submission") as c:
-        c.ehlo()
-        c.starttls()
-        c.ehlo()
-        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
-        assert c.mail_from(ALICE).startswith("250")
-        for r in ("b@remote.test", "tempfail-x@remote.test"):
-            assert c.cmd(f"RCPT TO:<{r}>").startswith("250")
-        r = c.data(message(unique_id("rcpt4xx"), sender=ALICE, to="b@remote.test"))
+
+    def data_reply(rcpts, tid):
+        """The reply to the end of DATA of a submission by alice to rcpts."""
+        with inst.connect("submission") as c:
+            c.ehlo()
+            c.starttls()
+            c.ehlo()
+            assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
+            assert c.mail_from(ALICE).startswith("250")
+            for r in rcpts:
+                assert c.cmd(f"RCPT TO:<{r}>").startswith("250")
+            return c.data(message(unique_id(tid), sender=ALICE, to=rcpts[0]))
+
+    r = data_reply(["b@remote.test", "tempfail-x@remote.test"], "rcpt4xx")
     assert r.startswith("451 "), r
-    with inst.connect("submission") as c:
-        c.ehlo()
-        c.starttls()
-        c.ehlo()
-        assert c.auth_plain(ALICE, password(ALICE)).startswith("235")
-        assert c.mail_from(ALICE).startswith("250")
-        assert c.cmd("RCPT TO:<reject-me@remote.test>").startswith("250")
-        r = c.data(message(unique_id("rcptall"), sender=ALICE, to="reject-me@remote.test"))
+    r = data_reply(["reject-me@remote.test"], "rcptall")
     assert r.startswith("550 5.1.1 no such user here"), r
 
 

@@ -564,6 +564,10 @@ int main(int argc, char **argv)
         /* the delivery threads' syncfs covers the log when it shares the
          * queue's file system: a stage's events need no sync of their own */
         bool stage_synced = d.cfg->sync_fs && fs_same_fs(d.cfg->queue_dir, d.cfg->evidence_path);
+        if (!stage_synced)
+            log_info("evidence log %s: %s, every commit synced", d.cfg->evidence_path,
+                     d.cfg->sync_fs ? "on another file system than the queue"
+                                    : "[queue] sync = fsync");
         roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;

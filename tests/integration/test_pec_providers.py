@@ -351,5 +351,7 @@ def test_fsync_mode_syncs_the_tracking_database(world):
              message("mario@pec.a.test", ["anna@pec.b.test"], subject="fsync"))
     (r,) = a.wait_mail("mario", ricevuta("avvenuta-consegna"))
     assert_signed(a, *r[:2], ca, directory, "avvenuta-consegna")
-    assert "[queue] sync = fsync, every commit synced" in a.log(100000)
+    log = a.log(100000)
+    assert "tracking.db: [queue] sync = fsync, every commit synced" in log
+    assert "evidence.db: [queue] sync = fsync, every commit synced" in log
     assert "every commit synced" not in b.log(100000)   # syncfs, one file system

@@ -428,6 +428,18 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* Does the queue's syncfs make path's writes durable (it shares the queue's
+ * file system, [queue] sync = syncfs)?  If not, says that what (a database)
+ * syncs each commit itself. */
+static bool queue_syncs(const struct config *cfg, const char *what, const char *path)
+{
+    if (cfg->sync_fs && fs_same_fs(cfg->queue_dir, path))
+        return true;
+    log_info("%s %s: %s, every commit synced", what, path,
+             cfg->sync_fs ? "on another file system than the queue" : "[queue] sync = fsync");
+    return false;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pecd [-t] [-d] -c pecd.conf\n"
@@ -541,15 +553,10 @@ int main(int argc, char **argv)
             log_err("%s", err);
             return 1;
         }
-        /* its commits are made durable by the queue's syncfs, if it has one */
-        if (!d.cfg->sync_fs || !fs_same_fs(d.cfg->queue_dir, tpath)) {
-            if (tracking_sync_each(d.tracking, true) == -1) {
-                log_err("tracking database %s: cannot set synchronous=FULL", tpath);
-                return 1;
-            }
-            log_info("tracking database %s: %s, every commit synced", tpath,
-                     d.cfg->sync_fs ? "on another file system than the queue"
-                                    : "[queue] sync = fsync");
+        if (!queue_syncs(d.cfg, "tracking database", tpath) &&
+            tracking_sync_each(d.tracking, true) == -1) {
+            log_err("tracking database %s: cannot set synchronous=FULL", tpath);
+            return 1;
         }
         d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
         if (d.roles == NULL) {
@@ -561,13 +568,9 @@ int main(int argc, char **argv)
             log_err("evidence log: %s", err);
             return 1;
         }
-        /* the delivery threads' syncfs covers the log when it shares the
-         * queue's file system: a stage's events need no sync of their own */
-        bool stage_synced = d.cfg->sync_fs && fs_same_fs(d.cfg->queue_dir, d.cfg->evidence_path);
-        if (!stage_synced)
-            log_info("evidence log %s: %s, every commit synced", d.cfg->evidence_path,
-                     d.cfg->sync_fs ? "on another file system than the queue"
-                                    : "[queue] sync = fsync");
+        /* a stage's events need no sync of their own when the delivery
+         * threads' syncfs covers the log */
+        bool stage_synced = queue_syncs(d.cfg, "evidence log", d.cfg->evidence_path);
         roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         d.last_seal = d.last_purge = 0;

@@ -63,6 +63,12 @@ static void rec_head(void *out, int type, size_t len)
     h[4] = (unsigned char)len;
 }
 
+/* The payload length in a record's header. */
+static size_t rec_len(const unsigned char *h)
+{
+    return (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+}
+
 static int put_rec(struct spool_writer *w, int type, const void *p, size_t len)
 {
     unsigned char h[5];
@@ -339,7 +345,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
             break;
         }
         const unsigned char *h = (const unsigned char *)buf + off;
-        size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+        size_t rl = rec_len(h);
         const char *p = buf + off + 5;
         if (rl > len - off - 5) {
             why = "truncated record";
@@ -446,7 +452,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
     /* status records appended after END; a torn last one is ignored */
     while (why == NULL && end && len - off >= 5) {
         const unsigned char *h = (const unsigned char *)buf + off;
-        size_t rl = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+        size_t rl = rec_len(h);
         if ((h[0] != REC_STATUS && h[0] != REC_PROCESSED && h[0] != REC_RETRY &&
              h[0] != REC_PAD) ||
             rl > len - off - 5)

@@ -9,6 +9,12 @@
  * touched (the user's signature then fails, as the RFC expects); an
  * application/pkcs7-mime original is left as it is (breve = completa).
  *
+ * A file name comes from the sender: decoded (RFC 2047/2231) it may hold
+ * CR, LF or other control characters.  It is never written as decoded: the
+ * name of the hash part is rebuilt from printable characters only (each
+ * control character becomes '_') and cut to MAX_NAME octets, and GMime
+ * writes it as a parameter value (quoted, RFC 2231-encoded when not ASCII).
+ *
  * Interface: pec_breve_transform (pec.h).
  */
 #include "pec/pec_internal.h"
@@ -18,6 +24,31 @@
 #include <openssl/sha.h>
 
 #define MAX_DEPTH 32
+#define MAX_NAME 200 /* octets of the original name kept in "<name>.hash" */
+
+/* "<name>.hash" from a decoded (untrusted) name: control characters (C0,
+ * DEL, and C1 as UTF-8) become '_', at most MAX_NAME octets are kept, cut
+ * at a UTF-8 character boundary; invalid UTF-8 is replaced by GLib. */
+static char *hash_name(const char *name)
+{
+    char *valid = g_utf8_make_valid(name, -1);
+    GString *s = g_string_sized_new(strlen(valid) + 5);
+    for (const char *p = valid; *p != '\0'; p = g_utf8_next_char(p)) {
+        gunichar c = g_utf8_get_char(p);
+        const char *next = g_utf8_next_char(p);
+        if (s->len + (size_t)(next - p) > MAX_NAME)
+            break;
+        if (c < 0x20 || (c >= 0x7f && c < 0xa0))
+            g_string_append_c(s, '_');
+        else
+            g_string_append_len(s, p, next - p);
+    }
+    g_free(valid);
+    if (s->len == 0)
+        g_string_append(s, "allegato");
+    g_string_append(s, ".hash");
+    return g_string_free(s, FALSE);
+}
 
 static GMimeObject *hash_part(GMimeObject *part, const char *name)
 {
@@ -30,14 +61,16 @@ static GMimeObject *hash_part(GMimeObject *part, const char *name)
     char hex[2 * SHA_DIGEST_LENGTH + 1];
     pec_hex(md, sizeof md, hex);
 
-    char *fname = g_strdup_printf("%s.hash", name);
+    char *fname = hash_name(name);
     GMimeTextPart *t = g_mime_text_part_new_with_subtype("plain");
     g_mime_text_part_set_text(t, hex);
     g_mime_part_set_content_encoding(GMIME_PART(t), GMIME_CONTENT_ENCODING_7BIT);
+    /* the disposition is kept, as one of the two known values */
     GMimeContentDisposition *old = g_mime_object_get_content_disposition(part);
-    const char *disp = old ? g_mime_content_disposition_get_disposition(old) : "attachment";
+    const char *disp = old ? g_mime_content_disposition_get_disposition(old) : NULL;
     GMimeContentDisposition *cd = g_mime_content_disposition_new();
-    g_mime_content_disposition_set_disposition(cd, disp ? disp : "attachment");
+    g_mime_content_disposition_set_disposition(
+        cd, disp && g_ascii_strcasecmp(disp, "inline") == 0 ? "inline" : "attachment");
     g_mime_object_set_content_disposition(GMIME_OBJECT(t), cd);
     g_object_unref(cd);
     g_mime_part_set_filename(GMIME_PART(t), fname); /* sets name= and filename= */
@@ -91,8 +124,9 @@ static GMimeObject *transform(GMimeObject *o, int depth)
         return hash_part(o, n ? n : "messaggio.eml");
     }
     if (GMIME_IS_PART(o)) {
+        /* a name parameter, even an empty one, makes the part a file */
         const char *n = part_name(o);
-        return n && *n ? hash_part(o, n) : NULL;
+        return n ? hash_part(o, n) : NULL;
     }
     return NULL;
 }

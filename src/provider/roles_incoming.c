@@ -156,7 +156,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                             .when = now, .pec_id = d && d->identificativo ? d->identificativo : "",
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
                             .consegna = addr, .subject = d ? d->oggetto : NULL};
-        pec_buf m = {0}, breve = {0};
+        pec_buf m = {0};
         if (!st[i].pending || st[i].result == DELIVER_PERMFAIL) {
             /* §3.3.3: the envelope was correct, the mailbox is not there
              * (or the LMTP server refused it for good) */
@@ -185,11 +185,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             a.variant = variant_for(have_orig ? (const char *)original->data : data,
                                     have_orig ? original->len : len, addr,
                                     d ? d->ricevuta : PEC_VARIANT_COMPLETA);
-            if (a.variant == PEC_VARIANT_BREVE && have_orig &&
-                pec_breve_transform(original->data, original->len, &breve, e2, sizeof e2) == 0) {
-                a.original = breve.data;
-                a.original_len = breve.len;
-            } else if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {
+            /* breve: pec_build replaces the named parts by their hashes
+             * (§3.3.2.2), once; the original is given as received */
+            if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {
                 if (!have_orig)
                     a.variant = PEC_VARIANT_SINTETICA;
                 a.original = original->data;
@@ -205,7 +203,6 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
         if (rc == 0)
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         pec_buf_free(&m);
-        pec_buf_free(&breve);
     }
     pec_buf_free(&orig);
     free(st);
@@ -280,50 +277,75 @@ static void message_id(const char *data, size_t len, char *out, size_t outlen)
     }
 }
 
-int role_incoming_point(struct roles *r, const struct queue_env *env_in, const char *data,
+int role_incoming_point(struct roles *r, const struct queue_env *env, const char *data,
                         size_t len, bool recovered, struct queue_outputs *out, char *err,
                         size_t errlen)
 {
-    /* a copy the sender transferred again (it never saw our 250) is taken in
-     * once per recipient: deduplicated by Message-ID, which is unique for
-     * every PEC message (§2.2.1) */
-    struct queue_env envc = *env_in;
-    const struct queue_env *env = &envc;
-    struct queue_rcpt *fresh = calloc(env_in->nrcpts ? env_in->nrcpts : 1, sizeof *fresh);
-    char mid[512];
+    return incoming_verified(r, env, data, len, recovered, out, err, errlen);
+}
+
+/* The digest of what a verified message certifies (its daticert fields),
+ * part of the duplicate key: a message signed by the same provider for
+ * another transaction, re-sent with a chosen Message-ID, cannot match. */
+static void certified_digest(const pec_verdict *v, char hex[65])
+{
+    const pec_daticert *d = v->daticert;
+    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
+    const char *f[] = {pec_type_name(v->cls.type), d ? d->identificativo : NULL,
+                       d ? d->msgid : NULL, d ? d->giorno : NULL, d ? d->ora : NULL,
+                       d ? d->zona : NULL, d ? d->consegna : NULL, d ? d->mittente : NULL};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        const char *s = f[i] ? f[i] : "";
+        g_checksum_update(c, (const guchar *)s, (gssize)strlen(s) + 1);  /* NUL separates */
+    }
+    for (size_t i = 0; d && i < d->n_ricezione; i++)
+        g_checksum_update(c, (const guchar *)d->ricezione[i], (gssize)strlen(d->ricezione[i]) + 1);
+    snprintf(hex, 65, "%s", g_checksum_get_string(c));
+    g_checksum_free(c);
+}
+
+/* A copy the sender transferred again (it never saw our 250) is taken in
+ * once per recipient.  Only a verified message enters or matches the record
+ * (issue 16): keyed by its signer, Message-ID (unique for every PEC message,
+ * §2.2.1), certified data and recipient.  Fills envc with the recipients not
+ * taken in before (their array is fresh, owned by the caller); -1 when the
+ * record cannot be read. */
+static int take_in_once(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, const pec_verdict *v, struct queue_env *envc,
+                        struct queue_rcpt *fresh, char *err, size_t errlen)
+{
+    *envc = *env;
+    envc->rcpts = fresh;
+    envc->nrcpts = 0;
+    char mid[512], content[65];
     message_id(data, len, mid, sizeof mid);
-    envc.rcpts = fresh;
-    envc.nrcpts = 0;
-    for (size_t i = 0; i < env_in->nrcpts; i++) {
-        int s = mid[0] && r->tracking
-                    ? tracking_seen(r->tracking, mid, env_in->rcpts[i].addr, env_in->qid)
-                    : 0;
+    certified_digest(v, content);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        struct tracking_seen_key k = {.signer = v->signer_sha1, .msgid = mid,
+                                      .content = content, .rcpt = env->rcpts[i].addr};
+        int s = mid[0] && r->tracking ? tracking_seen(r->tracking, &k, env->qid) : 0;
         if (s == -1) {
-            free(fresh);
             snprintf(err, errlen, "tracking database unavailable");
             return -1;
         }
         if (s == 1) {
-            log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env_in->qid, mid,
-                     env_in->rcpts[i].addr);
-            role_event(r, "duplicato", env_in->qid, NULL, NULL, mid, env_in->sender,
-                       env_in->rcpts[i].addr, NULL, "dropped", env_in->rcpts[i].addr);
+            log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env->qid, mid,
+                     env->rcpts[i].addr);
+            role_event(r, "duplicato", env->qid, NULL, NULL, mid, env->sender,
+                       env->rcpts[i].addr, NULL, "dropped", env->rcpts[i].addr);
             continue;
         }
-        fresh[envc.nrcpts++] = env_in->rcpts[i];
+        fresh[envc->nrcpts++] = env->rcpts[i];
     }
-    if (envc.nrcpts == 0) {
-        free(fresh);
-        return 0;
-    }
-    int res = incoming_verified(r, env, data, len, recovered, out, err, errlen);
-    free(fresh);
-    return res;
+    return 0;
 }
 
 static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
                             const struct queue_env *env, const char *data, size_t len,
                             bool recovered, struct queue_outputs *out, char *err, size_t errlen);
+static int incoming_dispatch(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, pec_verdict *vp, const pec_dirsnap *snap,
+                             struct queue_outputs *out, char *err, size_t errlen);
 
 /* One directory snapshot for the whole verification: a refresh in between
  * cannot mix two copies. */
@@ -348,16 +370,47 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
         return anomaly(r, env, data, len, recovered, "messaggio non leggibile", out, err, errlen);
     int rc;
     if (!v.valid) {
+        /* not recorded as taken in: an unverified message proves nothing of
+         * who sent it, and must not stop a genuine one later */
         char why[400];
         snprintf(why, sizeof why, "%s: %s", pec_reason_name(v.reason), v.detail);
         rc = anomaly(r, env, data, len, recovered, why, out, err, errlen);
-    } else if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
+        pec_verdict_free(&v);
+        return rc;
+    }
+    struct queue_rcpt *fresh = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fresh);
+    struct queue_env envc;
+    if (fresh == NULL || take_in_once(r, env, data, len, &v, &envc, fresh, err, errlen) == -1) {
+        if (fresh == NULL)
+            snprintf(err, errlen, "out of memory");
+        free(fresh);
+        pec_verdict_free(&v);
+        return -1;
+    }
+    if (envc.nrcpts == 0) {
+        free(fresh);
+        pec_verdict_free(&v);
+        return 0;
+    }
+    rc = incoming_dispatch(r, &envc, data, len, recovered, &v, snap, out, err, errlen);
+    free(fresh);
+    pec_verdict_free(&v);
+    return rc;
+}
+
+/* A verified message, for the recipients not taken in before. */
+static int incoming_dispatch(struct roles *r, const struct queue_env *env, const char *data,
+                             size_t len, bool recovered, pec_verdict *vp, const pec_dirsnap *snap,
+                             struct queue_outputs *out, char *err, size_t errlen)
+{
+    pec_verdict v = *vp;   /* freed by the caller */
+    int rc;
+    if (v.cls.type == PEC_TYPE_POSTA_CERTIFICATA) {
         /* §3.2.1: presa in carico to the sender provider, for all our
          * recipients of this transaction */
         const pec_provider *p = pec_directory_by_hash(snap->dir, v.signer_sha1);
         if (env->virus != NULL) {
             rc = incoming_virus(r, env, recovered, &v, p, out, err, errlen);
-            pec_verdict_free(&v);
             return rc;
         }
         const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
@@ -414,7 +467,6 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
         }
         if (v.cls.type == PEC_TYPE_RILEVAZIONE_VIRUS &&
             virus_notice_received(r, env, recovered, d, out, err, errlen) == -1) {
-            pec_verdict_free(&v);
             return -1;
         }
         /* a correct receipt or anomaly envelope: unmodified to the mailbox (§3.3) */
@@ -428,7 +480,6 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
                        env->sender, to->str, d ? d->oggetto : NULL,
                        d && d->consegna ? d->consegna : "ricevuta", NULL) == -1) {
             g_string_free(to, TRUE);
-            pec_verdict_free(&v);
             snprintf(err, errlen, "evidence log unavailable");
             return -1;
         }
@@ -440,13 +491,11 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
                                err, errlen);
         free(addrs);
         if (rc == -1) {
-            pec_verdict_free(&v);
             return -1;
         }
         log_info("%s: PEC %s for %zu local recipient%s", env->qid, pec_type_name(v.cls.type),
                  env->nrcpts, env->nrcpts == 1 ? "" : "s");
         rc = 0;
     }
-    pec_verdict_free(&v);
     return rc;
 }

@@ -32,13 +32,14 @@ static const char *const sql_text[SQL_N] = {
     /* after the second notice the tracking of this recipient ends */
     [SQL_NOTICE] = "UPDATE expect SET notice = 1 WHERE pec_id = ? AND rcpt = ?",
     [SQL_NOTICE_LAST] = "DELETE FROM expect WHERE pec_id = ? AND rcpt = ?",
-    [SQL_SEEN_ADD] = "INSERT OR IGNORE INTO seen (msgid, rcpt, qid, at) "
-                     "VALUES (?, lower(?), ?, strftime('%s','now'))",
-    [SQL_SEEN_QID] = "SELECT qid FROM seen WHERE msgid = ? AND rcpt = lower(?)",
+    [SQL_SEEN_ADD] = "INSERT OR IGNORE INTO taken_in (signer, msgid, content, rcpt, qid, at) "
+                     "VALUES (?1, ?2, ?3, lower(?4), ?5, strftime('%s','now'))",
+    [SQL_SEEN_QID] = "SELECT qid FROM taken_in WHERE signer = ?1 AND msgid = ?2 AND content = ?3 "
+                     "AND rcpt = lower(?4)",
     /* the oldest first: rows are added in time order (tracking_purge_seen) */
-    [SQL_SEEN_HEAD] = "SELECT at FROM seen ORDER BY rowid LIMIT 1",
-    [SQL_SEEN_PURGE] = "DELETE FROM seen WHERE rowid IN "
-                       "(SELECT rowid FROM seen ORDER BY rowid LIMIT ?1) AND at < ?2",
+    [SQL_SEEN_HEAD] = "SELECT at FROM taken_in ORDER BY rowid LIMIT 1",
+    [SQL_SEEN_PURGE] = "DELETE FROM taken_in WHERE rowid IN "
+                       "(SELECT rowid FROM taken_in ORDER BY rowid LIMIT ?1) AND at < ?2",
 };
 
 struct tracking {
@@ -172,10 +173,15 @@ static const char schema[] =
     "  PRIMARY KEY (pec_id, rcpt));"
     "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);"
     /* messages taken in by the incoming point, so that a copy the sending
-     * side retries (it never saw our 250) is not delivered twice */
-    "CREATE TABLE IF NOT EXISTS seen ("
-    "  msgid TEXT NOT NULL, rcpt TEXT NOT NULL, qid TEXT NOT NULL, at INTEGER NOT NULL,"
-    "  PRIMARY KEY (msgid, rcpt));";
+     * side retries (it never saw our 250) is not delivered twice.  Only
+     * verified messages are recorded, keyed by who signed them: the table
+     * 'seen' of earlier versions was keyed by the Message-ID alone, written
+     * before verification (anyone could poison it), and is dropped. */
+    "DROP TABLE IF EXISTS seen;"
+    "CREATE TABLE IF NOT EXISTS taken_in ("
+    "  signer TEXT NOT NULL, msgid TEXT NOT NULL, content TEXT NOT NULL, rcpt TEXT NOT NULL,"
+    "  qid TEXT NOT NULL, at INTEGER NOT NULL,"
+    "  PRIMARY KEY (signer, msgid, content, rcpt));";
 
 struct tracking *tracking_open(const char *path, char *err, size_t errlen)
 {
@@ -385,15 +391,24 @@ long tracking_purge_seen(struct tracking *t, time_t before, size_t max)
     return n;
 }
 
-int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid)
+static void bind_seen_key(sqlite3_stmt *st, const struct tracking_seen_key *k)
 {
+    sqlite3_bind_text(st, 1, k->signer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, k->msgid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->content ? k->content : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, k->rcpt, -1, SQLITE_STATIC);
+}
+
+int tracking_seen(struct tracking *t, const struct tracking_seen_key *k, const char *qid)
+{
+    if (k->signer == NULL || k->signer[0] == '\0' || k->msgid == NULL || k->rcpt == NULL)
+        return -1;   /* only a verified message has a signer */
     enter(t);
     int rc = -1;
     sqlite3_stmt *st = get(t, SQL_SEEN_ADD);
     if (st != NULL) {
-        sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, qid, -1, SQLITE_STATIC);
+        bind_seen_key(st, k);
+        sqlite3_bind_text(st, 5, qid, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_DONE)
             rc = sqlite3_changes(t->db) > 0 ? 0 : 2;
     }
@@ -403,8 +418,7 @@ int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const
          * crash) is not a duplicate */
         rc = -1;
         if ((st = get(t, SQL_SEEN_QID)) != NULL) {
-            sqlite3_bind_text(st, 1, msgid, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 2, rcpt, -1, SQLITE_STATIC);
+            bind_seen_key(st, k);
             if (sqlite3_step(st) == SQLITE_ROW)
                 rc = strcmp((const char *)sqlite3_column_text(st, 0), qid) == 0 ? 0 : 1;
         }

@@ -39,9 +39,19 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
                     struct tracking_due **out);
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which);
 void tracking_due_free(struct tracking_due *d, size_t n);
-/* Records that message msgid for rcpt arrived as queue file qid: 0 first time
- * (or the same qid again), 1 a duplicate from another transfer, -1 error. */
-int tracking_seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid);
+/* What identifies a message taken in for one recipient (duplicate
+ * suppression).  Only a message whose signature verified is recorded: signer
+ * is the SHA-1 of its signer certificate (the provider), msgid its
+ * Message-ID, content a digest of its signed certification data (so that a
+ * message signed by the same provider for another transaction cannot match),
+ * rcpt the recipient (compared in lower case). */
+struct tracking_seen_key {
+    const char *signer, *msgid, *content, *rcpt;
+};
+/* Records that the message of k arrived as queue file qid: 0 first time (or
+ * the same qid again), 1 a duplicate from another transfer, -1 error (also
+ * without a signer). */
+int tracking_seen(struct tracking *t, const struct tracking_seen_key *k, const char *qid);
 /* Forgets the oldest messages taken in before 'before', at most max of them
  * (oldest first, so that a call stays short); the number forgotten, -1 on
  * error.  Called regularly, it keeps the record of the last [timers]

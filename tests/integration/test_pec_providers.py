@@ -1,6 +1,7 @@
 """Two PEC providers exchanging certified mail on loopback (issue 6): every receipt and
 envelope appears in the right mailbox, signed (openssl cms -verify) and verifiable with
 pecctl verify; non-acceptance; unknown recipient; variants; anomaly; timeout notices."""
+import hashlib
 import os
 import sqlite3
 import time
@@ -45,6 +46,14 @@ def world(tmp_path):
     for p in (a, b):
         p.stop()
     ext.stop()
+
+
+def postacert(msg):
+    """The message/rfc822 part named postacert.eml of a parsed PEC message."""
+    for p in msg.walk():
+        if p.get_content_type() == "message/rfc822" and p.get_filename() == "postacert.eml":
+            return p.get_payload(0)
+    raise AssertionError("no postacert.eml part")
 
 
 def assert_signed(p, path, raw, ca, directory, kind):
@@ -124,7 +133,17 @@ def test_receipt_variants(world, tipo):
     v = assert_signed(a, *r[:2], ca, directory, "avvenuta-consegna")
     assert v["variant"] == tipo
     if tipo == "breve":
-        assert b"doc.pdf.hash" in r[1]
+        # §3.3.2.2: the named part becomes one text/plain "<filename>.hash" holding the
+        # SHA-1 of the part as transmitted (its base64 lines), 40 hex digits; the rest of
+        # the MIME structure is kept
+        orig = postacert(r[2])
+        parts = [p for p in orig.walk() if not p.is_multipart()]
+        assert [p.get_filename() for p in parts] == [None, "doc.pdf.hash"], parts
+        h = parts[1]
+        assert h.get_content_type() == "text/plain"
+        assert h.get_payload(decode=True).decode().strip() == \
+            hashlib.sha1(b"UERGREFUQQ==").hexdigest()
+        assert parts[0].get_payload(decode=True) == b"In allegato.\r\n"
     else:
         assert b"postacert.eml" not in r[1]
 
@@ -268,7 +287,7 @@ def test_duplicate_window_forgets_old_entries(world):
     def remembered():
         db = sqlite3.connect(os.path.join(b.dir, "tracking.db"))
         try:
-            return db.execute("SELECT count(*) FROM seen").fetchone()[0]
+            return db.execute("SELECT count(*) FROM taken_in").fetchone()[0]
         finally:
             db.close()
 

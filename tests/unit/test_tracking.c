@@ -1,6 +1,7 @@
 /*
  * test_tracking.c - the incoming point's record of messages taken in
- * (duplicate suppression) and its window: tracking_seen, tracking_purge_seen;
+ * (duplicate suppression: keyed by signer, Message-ID, certification data and
+ * recipient) and its window: tracking_seen, tracking_purge_seen;
  * the pass transaction of the delivery threads.
  */
 #include <pthread.h>
@@ -19,6 +20,8 @@
 
 #include "lib/lib.h"
 #include "store/tracking.h"
+
+#include <sqlite3.h>
 
 static struct tracking *open_path(const char *name, bool fresh)
 {
@@ -42,6 +45,13 @@ static struct tracking *open_fresh(const char *name)
     return open_path(name, true);
 }
 
+/* tracking_seen with one provider's signer and certification data */
+static int seen(struct tracking *t, const char *msgid, const char *rcpt, const char *qid)
+{
+    struct tracking_seen_key k = {.signer = "5a1f", .msgid = msgid, .content = "c0", .rcpt = rcpt};
+    return tracking_seen(t, &k, qid);
+}
+
 /* NORMAL by default (the queue's syncfs makes the commits durable); FULL when
  * pecd asks for it (another file system, or [queue] sync = fsync), and the
  * writes still work. */
@@ -59,8 +69,8 @@ static void test_sync_each(void **state)
     assert_int_equal(tracking_synchronous(t), 1);
     assert_int_equal(tracking_sync_each(t, true), 0);
     assert_int_equal(tracking_synchronous(t), 2);
-    assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
-    assert_int_equal(tracking_seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
     assert_int_equal(tracking_mark(t, "<e1@pec.a.example>", "anna@pec.b.example", 2), 0);
     assert_int_equal(tracking_synchronous(t), 2);
     assert_int_equal(tracking_sync_each(t, false), 0);
@@ -77,7 +87,7 @@ struct outside {
 static void *outside_main(void *arg)
 {
     struct outside *o = arg;
-    o->rc = tracking_seen(o->t, "<outside@pec.b.example>", "anna@pec.a.example", "QE");
+    o->rc = seen(o->t, "<outside@pec.b.example>", "anna@pec.a.example", "QE");
     return NULL;
 }
 
@@ -91,8 +101,8 @@ static void test_pass_transaction(void **state)
     struct tracking *t = open_fresh("pass.db");
     assert_int_equal(tracking_pass_end(t), 0);   /* not in a pass: nothing to do */
     tracking_pass_begin(t);
-    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
-    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
     const char *rcpts[] = {"luca@pec.b.example", "anna@pec.b.example"};
     assert_int_equal(tracking_expect(t, "opec1@pec.a.example", "mario@pec.a.example", "s",
                                      "luca, anna", rcpts, 2, time(NULL)),
@@ -104,14 +114,14 @@ static void test_pass_transaction(void **state)
     pthread_join(th, NULL);
     assert_int_equal(o.rc, 0);
     /* the pass goes on after the outside write */
-    assert_int_equal(tracking_seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
     assert_int_equal(tracking_pass_end(t), 0);
     tracking_close(t);
 
     t = open_path("pass.db", false);
-    assert_int_equal(tracking_seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
-    assert_int_equal(tracking_seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
-    assert_int_equal(tracking_seen(t, "<outside@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(seen(t, "<p2@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(seen(t, "<outside@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
     /* luca's delivery receipt ended his tracking, anna is still expected */
     assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "luca@pec.b.example", 'C'), 1);
     assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "anna@pec.b.example", 'P'), 0);
@@ -131,18 +141,18 @@ static void test_pass_crash(void **state)
     if (pid == 0) {
         t = open_path("crash.db", false);
         tracking_pass_begin(t);
-        int a = tracking_seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q1");
+        int a = seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q1");
         int b = tracking_pass_end(t);
         tracking_pass_begin(t);
-        int c = tracking_seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q1");
+        int c = seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q1");
         _exit(a == 0 && b == 0 && c == 0 ? 0 : 1);   /* no pass end, no close */
     }
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     t = open_path("crash.db", false);
-    assert_int_equal(tracking_seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
-    assert_int_equal(tracking_seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q9"), 0);
+    assert_int_equal(seen(t, "<c1@pec.b.example>", "anna@pec.a.example", "Q9"), 1);
+    assert_int_equal(seen(t, "<c2@pec.b.example>", "anna@pec.a.example", "Q9"), 0);
     tracking_close(t);
 }
 
@@ -153,27 +163,87 @@ static void test_seen_and_window(void **state)
     char mid[64];
     for (int i = 0; i < 50; i++) {
         snprintf(mid, sizeof mid, "<m%d@pec.b.example>", i);
-        assert_int_equal(tracking_seen(t, mid, "Anna@pec.a.example", "Q1"), 0);
+        assert_int_equal(seen(t, mid, "Anna@pec.a.example", "Q1"), 0);
     }
     /* a copy from another queue file is a duplicate; the same file again
      * (a stage replayed after a crash) is not; the recipient is compared
      * without case */
-    assert_int_equal(tracking_seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
-    assert_int_equal(tracking_seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
+    assert_int_equal(seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
     /* nothing older than an hour: nothing forgotten */
     assert_int_equal(tracking_purge_seen(t, time(NULL) - 3600, 100), 0);
-    assert_int_equal(tracking_seen(t, "<m1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
+    assert_int_equal(seen(t, "<m1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
     /* all of them before the cut: forgotten oldest first, max per call */
     time_t cut = time(NULL) + 10;
     assert_int_equal(tracking_purge_seen(t, cut, 20), 20);
-    assert_int_equal(tracking_seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q3"), 0);
-    assert_int_equal(tracking_seen(t, "<m25@pec.b.example>", "anna@pec.a.example", "Q3"), 1);
+    assert_int_equal(seen(t, "<m0@pec.b.example>", "anna@pec.a.example", "Q3"), 0);
+    assert_int_equal(seen(t, "<m25@pec.b.example>", "anna@pec.a.example", "Q3"), 1);
     /* 30 left before the cut plus the one just added */
     assert_int_equal(tracking_purge_seen(t, cut, 20), 20);
     assert_int_equal(tracking_purge_seen(t, cut, 20), 11);
     assert_int_equal(tracking_purge_seen(t, cut, 20), 0);
-    assert_int_equal(tracking_seen(t, "<m49@pec.b.example>", "anna@pec.a.example", "Q3"), 0);
+    assert_int_equal(seen(t, "<m49@pec.b.example>", "anna@pec.a.example", "Q3"), 0);
     tracking_close(t);
+}
+
+/* Issue 16 item 2: the record is keyed by who signed the message and what
+ * it certifies, not by a Message-ID anyone can write: a message of another
+ * signer, or of the same signer for other certification data, with the same
+ * Message-ID is not a duplicate; without a signer nothing is recorded. */
+static void test_seen_key(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("key.db");
+    struct tracking_seen_key k = {.signer = "aa", .msgid = "<x@pec.b.example>", .content = "c1",
+                                  .rcpt = "anna@pec.a.example"};
+    assert_int_equal(tracking_seen(t, &k, "Q1"), 0);
+    assert_int_equal(tracking_seen(t, &k, "Q2"), 1);
+    struct tracking_seen_key other = k;
+    other.signer = "bb";
+    assert_int_equal(tracking_seen(t, &other, "Q2"), 0);
+    other = k;
+    other.content = "c2";
+    assert_int_equal(tracking_seen(t, &other, "Q2"), 0);
+    other = k;
+    other.rcpt = "ANNA@pec.a.example";
+    assert_int_equal(tracking_seen(t, &other, "Q3"), 1);
+    other = k;
+    other.signer = "";
+    assert_int_equal(tracking_seen(t, &other, "Q4"), -1);
+    other.signer = NULL;
+    assert_int_equal(tracking_seen(t, &other, "Q4"), -1);
+    tracking_close(t);
+}
+
+/* A database of an earlier version: its table 'seen' (Message-ID only,
+ * written before verification) is dropped at open. */
+static void test_seen_old_table_dropped(void **state)
+{
+    (void)state;
+    char path[512];
+    assert_int_equal(fs_mkdirs(TEST_TMPDIR, 0700), 0);
+    snprintf(path, sizeof path, "%s/old.db", TEST_TMPDIR);
+    unlink(path);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE seen (msgid TEXT NOT NULL, rcpt TEXT NOT NULL,"
+                                      " qid TEXT NOT NULL, at INTEGER NOT NULL,"
+                                      " PRIMARY KEY (msgid, rcpt));"
+                                      "INSERT INTO seen VALUES ('<p@x>', 'anna@x', 'Q1', 1);",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    struct tracking *t = open_path("old.db", false);
+    tracking_close(t);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE name = 'seen'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
 }
 
 int main(void)
@@ -181,6 +251,8 @@ int main(void)
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sync_each),
                                        cmocka_unit_test(test_seen_and_window),
                                        cmocka_unit_test(test_pass_transaction),
-                                       cmocka_unit_test(test_pass_crash)};
+                                       cmocka_unit_test(test_pass_crash),
+                                       cmocka_unit_test(test_seen_key),
+                                       cmocka_unit_test(test_seen_old_table_dropped)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -201,6 +201,87 @@ static void test_breve_hashes(void **state)
     pec_buf_free(&b);
 }
 
+/* RFC 6109 §3.3.2.2 with hostile names (issue 16 item 4): a decoded file name
+ * is never written raw.  Each row: the name's parameters as the sender wrote
+ * them, and the name the hash part must carry. */
+static void test_breve_hostile_names(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *params; /* Content-Disposition parameters */
+        const char *want;   /* the hash part's decoded filename */
+    } rows[] = {
+        /* RFC 2231: CR LF and a new header block in the decoded name */
+        {.params = "filename*=UTF-8''%0D%0AContent-Type%3A%20text%2Fhtml%0D%0A%0D%0A%3Cscript%3E",
+         .want = "__Content-Type: text/html____<script>.hash"},
+        /* RFC 2047 inside a quoted name (GMime decodes it) */
+        {.params = "filename=\"=?UTF-8?Q?a=0D=0AX-Evil:_1?=\"", .want = "a__X-Evil: 1.hash"},
+        /* quotes and backslashes stay characters of the value */
+        {.params = "filename=\"a\\\"b\\\\c.pdf\"", .want = "a\"b\\c.pdf.hash"},
+        /* tab, DEL, a C1 control (U+0085, NEL) */
+        {.params = "filename*=UTF-8''x%09y%7Fz%C2%85.pdf", .want = "x_y_z_.pdf.hash"},
+        /* non-ASCII is kept (GMime writes it RFC 2231-encoded) */
+        {.params = "filename*=UTF-8''fattura%20%C3%A8.pdf", .want = "fattura \xc3\xa8.pdf.hash"},
+        /* a name of nothing but a NUL */
+        {.params = "filename*=UTF-8''%00", .want = "allegato.hash"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char *o = g_strdup_printf(
+            "From: a@b.example\r\nTo: c@d.example\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            "--b1\r\nContent-Type: text/plain\r\n\r\ntesto\r\n"
+            "--b1\r\nContent-Type: application/pdf\r\n"
+            "Content-Disposition: attachment; %s\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\nUERGREFUQQ==\r\n--b1--\r\n",
+            rows[i].params);
+        pec_buf b;
+        assert_int_equal(pec_breve_transform(o, strlen(o), &b, NULL, 0), 0);
+        g_free(o);
+        /* no injected header block: the output parses to the same two leaves */
+        assert_null(memmem(b.data, b.len, "\nContent-Type: text/html", 24));
+        GMimeMessage *m = mime_parse_message(b.data, b.len, NULL, 0);
+        assert_non_null(m);
+        GMimeObject *body = g_mime_message_get_mime_part(m);
+        assert_true(GMIME_IS_MULTIPART(body));
+        assert_int_equal(g_mime_multipart_get_count(GMIME_MULTIPART(body)), 2);
+        GMimeObject *h = g_mime_multipart_get_part(GMIME_MULTIPART(body), 1);
+        assert_true(GMIME_IS_PART(h));
+        const char *fn = g_mime_part_get_filename(GMIME_PART(h));
+        if (fn == NULL || strcmp(fn, rows[i].want) != 0)
+            fail_msg("row %zu: filename \"%s\", want \"%s\"", i, fn ? fn : "(null)", rows[i].want);
+        /* every header line of the output is printable (no raw control octet) */
+        for (size_t k = 0; k < b.len; k++) {
+            unsigned char c = b.data[k];
+            if (c == '\r')
+                assert_true(k + 1 < b.len && b.data[k + 1] == '\n');
+            else if (c != '\n' && c != '\t' && (c < 0x20 || c == 0x7f))
+                fail_msg("row %zu: control octet 0x%02x at %zu", i, c, k);
+        }
+        g_object_unref(m);
+        pec_buf_free(&b);
+    }
+    /* a name longer than the bound is cut at a character boundary */
+    GString *lng = g_string_new(NULL);
+    for (int k = 0; k < 300; k++)
+        g_string_append(lng, "\xc3\xa8");   /* 2 octets each */
+    char *o = g_strdup_printf("From: a@b.example\r\nMIME-Version: 1.0\r\n"
+                              "Content-Type: application/pdf; name=\"%s\"\r\n"
+                              "Content-Transfer-Encoding: base64\r\n\r\nUERGREFUQQ==\r\n",
+                              lng->str);
+    g_string_free(lng, TRUE);
+    pec_buf b;
+    assert_int_equal(pec_breve_transform(o, strlen(o), &b, NULL, 0), 0);
+    g_free(o);
+    GMimeMessage *m = mime_parse_message(b.data, b.len, NULL, 0);
+    const char *fn = g_mime_part_get_filename(GMIME_PART(g_mime_message_get_mime_part(m)));
+    assert_non_null(fn);
+    assert_int_equal(strlen(fn), 200 + 5);
+    assert_true(g_utf8_validate(fn, -1, NULL));
+    assert_string_equal(fn + 200, ".hash");
+    g_object_unref(m);
+    pec_buf_free(&b);
+}
+
 static void test_rewrite(void **state)
 {
     (void)state;
@@ -352,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_receipt_headers),
         cmocka_unit_test(test_anomaly),
         cmocka_unit_test(test_breve_hashes),
+        cmocka_unit_test(test_breve_hostile_names),
         cmocka_unit_test(test_rewrite),
         cmocka_unit_test(test_required_arguments),
         cmocka_unit_test(test_envelope_original_to_receipt),

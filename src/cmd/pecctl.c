@@ -12,6 +12,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "smtp/smtp.h"
 #include "store/store.h"
 
 #include <openssl/rand.h>
@@ -63,15 +64,36 @@ static void print_user(const char *addr, void *arg)
     printf("%s\n", addr);
 }
 
-static bool address_ok(const char *a)
+/* A user's address must be one RCPT TO accepts (RFC 5321 §4.1.2, local part
+ * at most 64 octets, §4.5.3.1.1) at one of this provider's domains: else the
+ * account could log in but never receive mail. */
+static bool address_ok(const struct config *cfg, const char *a, char *why, size_t whylen)
 {
-    const char *at = strrchr(a, '@');
-    if (at == NULL || at == a || at[1] == '\0' || strlen(a) > 254)
-        return false;
-    for (const char *p = a; *p; p++)
-        if (*p == ':' || *p == '/' || (unsigned char)*p <= ' ' || *p == 127)
-            return false;
-    return a[0] != '.';
+    char args[SMTP_PATH_MAX + 8];
+    struct smtp_path *p = calloc(1, sizeof *p);
+    bool ok = false;
+    if (p == NULL || strlen(a) > SMTP_PATH_MAX) {
+        snprintf(why, whylen, "longer than %d octets (RFC 5321 §4.5.3.1.3)", SMTP_PATH_MAX);
+    } else if (snprintf(args, sizeof args, "TO:<%s>", a),
+               smtp_path_parse(args, "TO:", false, p) != SMTP_PATH_OK || p->domain == NULL) {
+        size_t l = strcspn(a, "@");
+        if (a[l] == '@' && l > 64)
+            snprintf(why, whylen, "its local part has %zu octets, more than the 64 of RFC 5321 "
+                                  "§4.5.3.1.1", l);
+        else
+            snprintf(why, whylen, "not a mailbox address (local@domain, RFC 5321 §4.1.2)");
+    } else if (strcmp(p->addr, a) != 0 || strpbrk(a, ":/\\\"") != NULL || a[0] == '.') {
+        /* ':' separates the fields of the passwd-file, '/' would be a path */
+        snprintf(why, whylen, "not a plain mailbox address (no quoted local part, ':', '/' or "
+                              "'\\')");
+    } else if (!config_is_local_domain(cfg, p->domain)) {
+        snprintf(why, whylen, "%s is not one of this provider's domains ([provider] domain, "
+                              "local_domains)", p->domain);
+    } else {
+        ok = true;
+    }
+    free(p);
+    return ok;
 }
 
 static int cmd_user(struct config *cfg, int argc, char **argv)
@@ -90,10 +112,14 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
     if (argc >= 3 && strcmp(argv[1], "add") == 0) {
         const char *addr = argv[2];
         bool from_stdin = argc >= 4 && strcmp(argv[3], "--password-stdin") == 0;
-        if (!address_ok(addr)) {
-            fprintf(stderr, "pecctl: '%s' is not a valid mailbox address\n", addr);
+        char why[200];
+        if (!address_ok(cfg, addr, why, sizeof why)) {
+            fprintf(stderr, "pecctl: '%s' cannot be a user: %s\n", addr, why);
             return 1;
         }
+        char canon[SMTP_PATH_MAX + 1];
+        users_normalise(addr, canon, sizeof canon);
+        addr = canon;
         char pw[512];
         if (from_stdin) {
             if (fgets(pw, sizeof pw, stdin) == NULL) {

@@ -293,7 +293,7 @@ int pecctl_init_main(int argc, char **argv)
                 confp);
         return 1;
     }
-    if (init_make_dir(o.dir, 0755) < 0 || init_absolute_path(o.dir, dir, sizeof dir) < 0)
+    if (init_make_dir(o.dir, 0750) < 0 || init_absolute_path(o.dir, dir, sizeof dir) < 0)
         return 1;
     if (init_path_join(confp, sizeof confp, dir, "pecd.conf") < 0)
         return 1;

@@ -69,7 +69,6 @@ static void hook_auth_start(void *arg, const char *user, const char *pass, const
                             void (*done)(void *cbarg, int result), void *cbarg)
 {
     struct pecd *d = arg;
-    users_db_get(d->users);   /* reloads a changed users file, on the event loop */
     auth_worker_submit(d->auth, user, pass, ip, done, cbarg);
 }
 
@@ -92,23 +91,51 @@ static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t 
     return 0;
 }
 
-/* [pec] accept_ordinary_mail = no: mail arriving for our PEC mailboxes that
- * is not PEC (no X-Trasporto or X-Ricevuta header, RFC 6109 §2.2.2 case 4)
- * is refused after the data instead of reaching the mailbox in an anomaly
- * envelope. */
+/* Whether a local address has a mailbox (the postmaster and the PEC service
+ * address always have one); with Dovecot's users the delivery decides. */
+static bool has_mailbox(struct pecd *d, const char *addr)
+{
+    return strcasecmp(addr, d->cfg->postmaster) == 0 ||
+           strcasecmp(addr, d->cfg->pec_service_address) == 0 ||
+           users_db_is_dovecot(d->users) || users_db_exists(d->users, addr);
+}
+
+/* After the data of an unauthenticated transaction for a PEC provider (the
+ * content decides; RFC 6109 §2.2.2):
+ * - a PEC message (X-Trasporto or X-Ricevuta) is always taken: an unknown
+ *   recipient of an envelope gets the signed errore-consegna no-dest of
+ *   §3.3.3 from the delivery point;
+ * - ordinary mail is refused when [pec] accept_ordinary_mail = no (case 4),
+ *   and when none of its recipients has a mailbox here (550 5.1.1: the
+ *   sending server tells its user); when some have one, they get it in an
+ *   anomaly envelope and the sender a non-delivery report for the others. */
 static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
                           char *reply, size_t replylen)
 {
     struct pecd *d = arg;
-    if (!d->cfg->pec || d->cfg->pec_accept_ordinary || txn->auth_user != NULL)
+    if (!d->cfg->pec || txn->auth_user != NULL)
         return 0;
     char v[64];
     bool pec = mail_header_value(head, len, "X-Trasporto", v, sizeof v) ||
                mail_header_value(head, len, "X-Ricevuta", v, sizeof v);
     if (pec)
         return 0;
-    snprintf(reply, replylen, "550 5.7.1 Only certified mail (PEC) is accepted for these "
-                              "mailboxes");
+    if (!d->cfg->pec_accept_ordinary) {
+        snprintf(reply, replylen, "550 5.7.1 Only certified mail (PEC) is accepted for these "
+                                  "mailboxes");
+        return -1;
+    }
+    const char *unknown = NULL;
+    for (size_t i = 0; i < txn->nrcpts; i++) {
+        const char *a = txn->rcpts[i].addr, *at = strrchr(a, '@');
+        if (at == NULL || !config_is_local_domain(d->cfg, at + 1) || has_mailbox(d, a))
+            return 0;
+        unknown = a;
+    }
+    if (unknown == NULL)
+        return 0;
+    snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such mailbox here",
+             unknown);
     return -1;
 }
 
@@ -139,7 +166,7 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
      * from Dovecot are not asked here (that would block the event loop):
      * delivery asks the userdb, or the LMTP server refuses. */
     if (!d->cfg->pec && !users_db_is_dovecot(d->users) &&
-        !users_exists(users_db_get(d->users), path->addr)) {
+        !users_db_exists(d->users, path->addr)) {
         snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
                  path->addr);
         return -1;
@@ -440,6 +467,52 @@ static bool queue_syncs(const struct config *cfg, const char *what, const char *
     return false;
 }
 
+/* Files with mail data, evidence or keys must not be open to other users
+ * (issue 16): pecd creates them so (umask 027, 0600/0640 modes), but files
+ * from an earlier version, a restore or an operator's copy may be looser. */
+static void warn_loose(const char *path, const char *what, mode_t allowed)
+{
+    struct stat st;
+    if (path == NULL || stat(path, &st) == -1)
+        return;
+    mode_t extra = st.st_mode & 0777 & ~allowed;
+    if (extra != 0)
+        log_warn("%s %s is mode %04o: open to %s; run chmod %s %s", what, path,
+                 (unsigned)(st.st_mode & 07777),
+                 extra & 0007 ? "every user of this host" : "its group",
+                 extra & 0070 ? "go-rwx" : "o-rwx", path);
+}
+
+static void check_modes(const struct config *cfg)
+{
+    char p[PATH_MAX];
+    warn_loose(cfg->data_dir, "data directory", 0750);
+    warn_loose(cfg->queue_dir, "queue directory", 0750);
+    warn_loose(cfg->passwd_file, "users file", 0640);
+    warn_loose(cfg->tls_key, "TLS key", 0640);
+    warn_loose(cfg->pec_signing_key, "signing key", 0640);
+    static const char *const dbs[] = {"tracking.db", "tracking.db-wal", "tracking.db-shm"};
+    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", cfg->data_dir, dbs[i]);
+        warn_loose(p, "tracking database", 0640);
+    }
+    static const char *const ev[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; cfg->evidence_path != NULL && i < sizeof ev / sizeof ev[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", cfg->evidence_path, ev[i]);
+        warn_loose(p, "evidence log", 0640);
+    }
+    /* the mail tree: the part of the mailbox template before its first field */
+    const char *pct = cfg->mailbox ? strchr(cfg->mailbox, '%') : NULL;
+    size_t n = pct ? (size_t)(pct - cfg->mailbox) : 0;
+    while (n > 0 && cfg->mailbox[n - 1] == '/')
+        n--;
+    if (n > 0 && n < sizeof p) {
+        memcpy(p, cfg->mailbox, n);
+        p[n] = '\0';
+        warn_loose(p, "mail directory", 0750);
+    }
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pecd [-t] [-d] -c pecd.conf\n"
@@ -481,6 +554,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_init("pecd", LOG_LVL_INFO);
+    /* every file pecd creates (databases and their -wal/-shm, spool files,
+     * mailboxes) is closed to other users from the start */
+    umask(027);
     char err[1024];
     struct pecd d = {0};
     d.cfg = config_load(conf, err, sizeof err);
@@ -515,7 +591,7 @@ int main(int argc, char **argv)
                    d.cfg->dovecot_auth);
         else
             printf("%s: configuration OK (%zu users)\n", conf,
-                   users_count(users_db_get(d.users)));
+                   users_db_count(d.users));
         return 0;
     }
 
@@ -609,6 +685,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    check_modes(d.cfg);
     if (queue_recover(d.queue) == -1)
         return 1;
     purge_quarantine(d.cfg);
@@ -625,7 +702,7 @@ int main(int argc, char **argv)
                  d.cfg->domain, d.cfg->dovecot_auth);
     else
         log_info("pecd %s ready: domain %s, %zu users", PEC_VERSION, d.cfg->domain,
-                 users_count(users_db_get(d.users)));
+                 users_db_count(d.users));
     if (d.cfg->lmtp_host != NULL)
         log_info("local delivery through LMTP at %s%s%s", d.cfg->lmtp_host,
                  d.cfg->lmtp_port[0] ? ":" : "", d.cfg->lmtp_port);

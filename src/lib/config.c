@@ -337,10 +337,15 @@ int config_mailbox_path(const struct config *cfg, const char *local, const char 
 {
     if (!safe_component(local) || !safe_component(domain))
         return -1;
-    char dom[256];
-    if (str_copy(dom, domain, sizeof dom) >= sizeof dom)
+    /* one mailbox per user whatever the case an address was written in
+     * (our users' addresses are case-insensitive, DESIGN.md) */
+    char dom[256], loc[256];
+    if (str_copy(dom, domain, sizeof dom) >= sizeof dom ||
+        str_copy(loc, local, sizeof loc) >= sizeof loc)
         return -1;
     str_lower(dom);
+    str_lower(loc);
+    local = loc;
     size_t o = 0;
     for (const char *t = cfg->mailbox; *t; t++) {
         const char *ins = NULL;

@@ -170,7 +170,8 @@ enum { CONFIG_FAIL_TEMPFAIL, CONFIG_FAIL_ACCEPT, CONFIG_FAIL_REJECT };
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
 bool config_is_local_domain(const struct config *cfg, const char *domain);
-/* Path of the Maildir of address user@domain per the template (%u %n %d). */
+/* Path of the Maildir of address user@domain per the template (%u %n %d),
+ * in lower case (one mailbox whatever the case of the address). */
 int config_mailbox_path(const struct config *cfg, const char *local, const char *domain,
                         char *out, size_t outlen);
 const struct config_listener *config_listener(const struct config *cfg, const char *name);

@@ -277,6 +277,49 @@ int role_store_copies(struct roles *r, const struct queue_env *src, bool recover
     return res;
 }
 
+int role_mailbox(struct roles *r, const char *addr)
+{
+    /* RFC 5321 §4.5.1: postmaster always has a mailbox; so has the PEC
+     * service address (receipts and notices for the provider itself) */
+    if (strcasecmp(addr, r->cfg->postmaster) == 0 ||
+        strcasecmp(addr, r->cfg->pec_service_address) == 0)
+        return 1;
+    return users_db_lookup(r->users, addr);
+}
+
+void role_refuse_unknown(const struct queue_env *src, const size_t *idx, size_t n,
+                         const char *data, size_t len, struct queue_outputs *out)
+{
+    if (n == 0)
+        return;
+    struct queue_rcpt *rc = calloc(n, sizeof *rc);
+    char **texts = calloc(n, sizeof *texts);
+    if (rc == NULL || texts == NULL) {
+        free(rc);
+        free(texts);
+        log_err("%s: out of memory: %zu unknown recipients not reported", src->qid, n);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        rc[k] = src->rcpts[idx[k]];
+        texts[k] = g_strdup_printf("550 5.1.1 <%s>: no such mailbox here", rc[k].addr);
+        rc[k].status = QR_REFUSED;
+        rc[k].status_text = texts[k];
+        log_info("%s: <%s>: no such mailbox: a non-delivery report goes to <%s>", src->qid,
+                 rc[k].addr, src->sender[0] ? src->sender : "(null sender: none)");
+    }
+    /* no stage: the queue fails these recipients and sends the report */
+    struct queue_env e = {.sender = src->sender, .rcpts = rc, .nrcpts = n, .body = src->body,
+                          .ret = src->ret, .smtputf8 = src->smtputf8,
+                          .requiretls = src->requiretls, .envid = src->envid,
+                          .listener = "pec", .proto = "local"};
+    queue_outputs_add(out, &e, data, len);
+    for (size_t k = 0; k < n; k++)
+        g_free(texts[k]);
+    free(texts);
+    free(rc);
+}
+
 /* A system message from our service address: our users get it straight into
  * the mailbox, others' are relayed. */
 int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,

@@ -135,7 +135,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
      * with [delivery] mailbox = lmtp:); then one receipt per recipient */
     struct deliver_rcpt *st = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
     for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
-        int ex = users_db_lookup(r->users, env->rcpts[i].addr);
+        int ex = role_mailbox(r, env->rcpts[i].addr);
         st[i].pending = ex != 0;   /* -2: the LMTP server decides */
         if (ex == -1) {
             snprintf(err, errlen, "cannot tell whether <%s> exists: users source unavailable",
@@ -229,15 +229,20 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     pec_buf m = {0};
     int res = role_build(r, &a, &m, err, errlen);
     free(rc);
-    /* only to mailboxes that exist (an anomaly for nobody is not stored) */
+    /* only to mailboxes that exist; the sender of the message hears of the
+     * others (a non-delivery report), nothing is dropped without notice */
     const char **keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
-    size_t nk = 0;
+    size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
+    size_t nk = 0, nu = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
-        if (users_db_exists(r->users, env->rcpts[i].addr))
+        if (role_mailbox(r, env->rcpts[i].addr) != 0)
             keep[nk++] = env->rcpts[i].addr;
         else
-            log_warn("%s: anomaly for unknown mailbox <%s> dropped", env->qid, env->rcpts[i].addr);
+            unknown[nu++] = i;
     }
+    if (res == 0)
+        role_refuse_unknown(env, unknown, nu, data, len, out);
+    free(unknown);
     if (res == 0 && nk > 0)
         res = role_store_copies(r, env, recovered, env->sender, keep, nk, m.data, m.len, out, err,
                                 errlen);
@@ -485,10 +490,19 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
         }
         g_string_free(to, TRUE);
         const char **addrs = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *addrs);
-        for (size_t i = 0; i < env->nrcpts; i++)
-            addrs[i] = env->rcpts[i].addr;
-        rc = role_store_copies(r, env, recovered, env->sender, addrs, env->nrcpts, data, len, out,
-                               err, errlen);
+        size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
+        size_t na = 0, nu = 0;
+        for (size_t i = 0; i < env->nrcpts; i++) {
+            if (role_mailbox(r, env->rcpts[i].addr) != 0)
+                addrs[na++] = env->rcpts[i].addr;
+            else
+                unknown[nu++] = i;
+        }
+        rc = role_store_copies(r, env, recovered, env->sender, addrs, na, data, len, out, err,
+                               errlen);
+        if (rc == 0)
+            role_refuse_unknown(env, unknown, nu, data, len, out);
+        free(unknown);
         free(addrs);
         if (rc == -1) {
             return -1;

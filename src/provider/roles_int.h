@@ -54,6 +54,15 @@ int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
                  size_t errlen);
 int role_callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
                        const char *omid);
+/* Whether addr (at one of our domains) has a mailbox: 1 yes (a user,
+ * postmaster or the PEC service address), 0 no, -1 cannot tell now, -2 the
+ * final delivery decides (users_db_lookup). */
+int role_mailbox(struct roles *r, const char *addr);
+/* The recipients src->rcpts[idx[0..n)] have no mailbox: an output that fails
+ * them ("550 5.1.1"), so the queue sends the sender a non-delivery report
+ * (RFC 3464) instead of the message being dropped without notice. */
+void role_refuse_unknown(const struct queue_env *src, const size_t *idx, size_t n,
+                         const char *data, size_t len, struct queue_outputs *out);
 
 /* roles_access.c: stage "submission" */
 int role_access_point(struct roles *r, const struct queue_env *env, const char *data,

@@ -542,16 +542,23 @@ int spool_append_retry(const char *path, unsigned attempts, time_t next)
     return append_record(path, rec, 5 + (size_t)n, false);
 }
 
+/* A STATUS record in rec[1200]; its length, or 0 on error. */
+static size_t status_record(char rec[1200], size_t rcpt, int status, const char *text)
+{
+    int n = snprintf(rec + 5, 1200 - 5, "%zu%c%d%c%.1000s", rcpt, 0, status, 0,
+                     text ? text : "");
+    if (n < 0)
+        return 0;
+    size_t len = (size_t)n + 1;   /* with the final NUL */
+    rec_head(rec, REC_STATUS, len);
+    return 5 + len;
+}
+
 int spool_append_status(const char *path, size_t rcpt, int status, const char *text)
 {
     char rec[1200];
-    int n = snprintf(rec + 5, sizeof rec - 5, "%zu%c%d%c%.1000s", rcpt, 0, status, 0,
-                     text ? text : "");
-    if (n < 0)
-        return -1;
-    size_t len = (size_t)n + 1;   /* with the final NUL */
-    rec_head(rec, REC_STATUS, len);
-    return append_record(path, rec, 5 + len, true);
+    size_t len = status_record(rec, rcpt, status, text);
+    return len == 0 ? -1 : append_record(path, rec, len, true);
 }
 
 int spool_write_file(const char *queue_dir, const char *sub, const char *name,
@@ -570,8 +577,23 @@ int spool_write_file(const char *queue_dir, const char *sub, const char *name,
         return -1;
     }
     str_copy(w->path, path, sizeof w->path);
-    if (spool_writer_data(w, data, len) == -1 || spool_writer_finish(w) == -1 ||
-        (sync && fdatasync(w->fd) == -1)) {
+    if (spool_writer_data(w, data, len) == -1 || spool_writer_finish(w) == -1) {
+        spool_writer_abort(w);
+        return -1;
+    }
+    /* recipients the processor refused (a stage's output): their STATUS
+     * records follow END, as if appended when they were refused */
+    for (size_t i = 0; i < env->nrcpts; i++) {
+        if (env->rcpts[i].status != QR_REFUSED)
+            continue;
+        char rec[1200];
+        size_t rl = status_record(rec, i, QR_REFUSED, env->rcpts[i].status_text);
+        if (rl == 0 || append_record(path, rec, rl, false) == -1) {
+            spool_writer_abort(w);
+            return -1;
+        }
+    }
+    if (sync && fdatasync(w->fd) == -1) {
         spool_writer_abort(w);
         return -1;
     }
@@ -597,6 +619,11 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
         e->rcpts[i].orig = strdup(env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr);
         e->rcpts[i].notify = env->rcpts[i].notify;
         e->rcpts[i].orcpt = env->rcpts[i].orcpt ? strdup(env->rcpts[i].orcpt) : NULL;
+        if (env->rcpts[i].status == QR_REFUSED) {   /* spool_write_file records it */
+            e->rcpts[i].status = QR_REFUSED;
+            e->rcpts[i].status_text =
+                strdup(env->rcpts[i].status_text ? env->rcpts[i].status_text : "");
+        }
     }
     e->body = env->body;
     e->ret = env->ret;

@@ -37,7 +37,8 @@ size_t users_count(const struct users *u);
 bool users_exists(const struct users *u, const char *addr);
 /* 0 when the password matches (crypt(3): yescrypt, SHA-512-crypt, bcrypt…) */
 int users_verify(const struct users *u, const char *addr, const char *password);
-/* Lower-cases the domain: the key users are stored and looked up by. */
+/* The whole address in lower case: the key users are stored and looked up
+ * by, and the form of our users' addresses in mailbox paths and tracking. */
 void users_normalise(const char *addr, char *out, size_t outlen);
 /* A new yescrypt hash of password (with a random salt). */
 int users_hash_password(const char *password, char *out, size_t outlen);
@@ -48,12 +49,12 @@ int users_file_del(const char *path, const char *addr, char *err, size_t errlen)
 /* Calls fn for each user in file order. */
 void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), void *arg);
 
-/* A users file that reloads itself when it changes (checked at most once a
- * second); keeps the previous copy when the new one is broken. */
+/* A users file that reloads itself when it changes (looked at at most once a
+ * second, and again before an address is found unknown); keeps the previous
+ * copy when the new one is broken.  Every call is thread-safe. */
 struct users_db;
 struct users_db *users_db_open(const char *path, char *err, size_t errlen);
-const struct users *users_db_get(struct users_db *db);   /* event loop only */
-/* Thread-safe lookups (delivery threads). */
+size_t users_db_count(struct users_db *db);
 bool users_db_exists(struct users_db *db, const char *addr);
 void users_db_reload(struct users_db *db);
 void users_db_free(struct users_db *db);

@@ -6,8 +6,11 @@
  *
  * Only crypt(3) hashes are accepted (libxcrypt: yescrypt "$y$", SHA-512-crypt
  * "$6$", SHA-256-crypt "$5$", bcrypt "$2b$"), with or without a {SCHEME}
- * prefix; a plaintext password is a configuration error.  Addresses are
- * keyed with the domain lower-cased and the local part as written.
+ * prefix; a plaintext password is a configuration error.  Addresses of our
+ * users are case-insensitive (DESIGN.md): the key is the whole address in
+ * lower case (ASCII), as Dovecot's default auth_username_format %Lu; two
+ * lines that differ only in case are an error, and pecctl user add refuses a
+ * case variant of an existing user.
  *
  * users_db wraps the file (reloaded when it changes) or, with [users] users =
  * dovecot:PATH, Dovecot's auth server (dovecot_auth.c) behind one interface.
@@ -35,9 +38,7 @@ struct users {
 void users_normalise(const char *addr, char *out, size_t outlen)
 {
     str_copy(out, addr, outlen);
-    char *at = strrchr(out, '@');
-    if (at != NULL)
-        str_lower(at + 1);
+    str_lower(out);
 }
 
 static const char *strip_scheme(const char *h, char *err, size_t errlen)
@@ -112,7 +113,8 @@ struct users *users_load(const char *path, char *err, size_t errlen)
                 if (strchr(key, '@') == NULL)
                     snprintf(why, sizeof why, "user '%s' is not an address (user@domain)", t);
                 else if (g_hash_table_contains(u->by_addr, key))
-                    snprintf(why, sizeof why, "user '%s' appears twice", t);
+                    snprintf(why, sizeof why, "user '%s' appears twice (addresses are "
+                             "compared without case)", t);
                 else {
                     char *k = g_strdup(key);
                     g_hash_table_insert(u->by_addr, k, g_strdup(h));
@@ -237,7 +239,8 @@ static int rewrite(const char *path, const char *addr, const char *newline, bool
         return -1;
     }
     if (!must_exist && found) {
-        snprintf(err, errlen, "user %s exists already", addr);
+        snprintf(err, errlen, "user %s exists already (addresses are compared without case)",
+                 key);
         g_string_free(out, TRUE);
         return -1;
     }
@@ -322,40 +325,76 @@ struct users_db *users_db_open(const char *path, char *err, size_t errlen)
 void users_db_reload(struct users_db *db)
 {
     char err[512];
-    stat_of(db->path, &db->mtime, &db->ino, &db->size);
+    struct timespec mt;
+    ino_t ino;
+    off_t size;
+    stat_of(db->path, &mt, &ino, &size);
     struct users *u = users_load(db->path, err, sizeof err);
-    if (u == NULL) {
-        log_err("users file not reloaded, keeping the previous one: %s", err);
-        return;
-    }
     g_mutex_lock(&db->lock);
-    users_free(db->cur);
-    db->cur = u;
+    /* what was looked at, even when broken: it is not read again until it
+     * changes (the previous copy stays in use) */
+    db->mtime = mt;
+    db->ino = ino;
+    db->size = size;
+    if (u != NULL) {
+        users_free(db->cur);
+        db->cur = u;
+    }
+    size_t n = users_count(db->cur);
     g_mutex_unlock(&db->lock);
-    log_info("users file %s loaded: %zu users", db->path, users_count(u));
+    if (u == NULL)
+        log_err("users file not reloaded, keeping the previous one: %s", err);
+    else
+        log_info("users file %s loaded: %zu users", db->path, n);
 }
 
-const struct users *users_db_get(struct users_db *db)
+/* Reloads the file if it changed: looked at (stat) at most once a second, or
+ * now when force (before an address is declared unknown: mail is never
+ * refused or dropped because the copy in memory is stale).  Any thread. */
+static void db_refresh(struct users_db *db, bool force)
 {
+    if (db->dovecot_auth != NULL)
+        return;
     time_t now = time(NULL);
-    if (now != db->checked) {
-        db->checked = now;
-        struct timespec mt;
-        ino_t ino;
-        off_t size;
-        stat_of(db->path, &mt, &ino, &size);
-        if (mt.tv_sec != db->mtime.tv_sec || mt.tv_nsec != db->mtime.tv_nsec || ino != db->ino ||
-            size != db->size)
-            users_db_reload(db);
-    }
-    return db->cur;
+    g_mutex_lock(&db->lock);
+    bool look = force || now != db->checked;
+    db->checked = now;
+    struct timespec mt0 = db->mtime;
+    ino_t ino0 = db->ino;
+    off_t size0 = db->size;
+    g_mutex_unlock(&db->lock);
+    if (!look)
+        return;
+    struct timespec mt;
+    ino_t ino;
+    off_t size;
+    stat_of(db->path, &mt, &ino, &size);
+    if (mt.tv_sec != mt0.tv_sec || mt.tv_nsec != mt0.tv_nsec || ino != ino0 || size != size0)
+        users_db_reload(db);
+}
+
+size_t users_db_count(struct users_db *db)
+{
+    db_refresh(db, false);
+    g_mutex_lock(&db->lock);
+    size_t n = users_count(db->cur);
+    g_mutex_unlock(&db->lock);
+    return n;
 }
 
 static bool file_exists(struct users_db *db, const char *addr)
 {
+    db_refresh(db, false);
     g_mutex_lock(&db->lock);
     bool r = users_exists(db->cur, addr);
     g_mutex_unlock(&db->lock);
+    if (!r) {
+        /* a user added a moment ago: look at the file itself once more */
+        db_refresh(db, true);
+        g_mutex_lock(&db->lock);
+        r = users_exists(db->cur, addr);
+        g_mutex_unlock(&db->lock);
+    }
     return r;
 }
 
@@ -391,6 +430,7 @@ int users_db_verify(struct users_db *db, const char *user, const char *pass,
     /* copy the hash under the lock: crypt runs outside it */
     char key[512];
     users_normalise(user, key, sizeof key);
+    db_refresh(db, false);
     g_mutex_lock(&db->lock);
     const char *h = g_hash_table_lookup(db->cur->by_addr, key);
     char *hash = h ? g_strdup(h) : NULL;

@@ -55,6 +55,9 @@ static void test_defaults(void **state)
     assert_int_equal(config_mailbox_path(cfg, "alice", "EXAMPLE.it", mb, sizeof mb), 0);
     snprintf(expect, sizeof expect, "%s/mail/example.it/alice", TEST_TMPDIR);
     assert_string_equal(mb, expect);
+    /* one mailbox whatever the case (issue 16 item 3) */
+    assert_int_equal(config_mailbox_path(cfg, "ALICE", "example.it", mb, sizeof mb), 0);
+    assert_string_equal(mb, expect);
     /* addresses never climb out of the mail tree */
     assert_int_equal(config_mailbox_path(cfg, "../root", "example.it", mb, sizeof mb), -1);
     assert_int_equal(config_mailbox_path(cfg, "a/b", "example.it", mb, sizeof mb), -1);

@@ -223,8 +223,28 @@ static void test_recycle(void **state)
     free(d);
     queue_env_free(&got);
 
-    /* a free file is never renamed over an existing one */
     char other[700];
+    /* a processor's output with a refused recipient: its STATUS record
+     * follows END, the other recipient stays pending */
+    struct queue_rcpt rr[2] = {{.addr = "a@x.example", .orig = "a@x.example"},
+                               {.addr = "b@x.example", .orig = "b@x.example",
+                                .status = QR_REFUSED, .status_text = "550 5.1.1 <b@x.example>: no"}};
+    struct queue_env re = env;
+    re.rcpts = rr;
+    re.nrcpts = 2;
+    assert_int_equal(spool_write_file(top, "incoming", "out.4", &re, "z\r\n", 3, true), 0);
+    snprintf(other, sizeof other, "%s/incoming/out.4", top);
+    assert_int_equal(spool_read(other, &got, &d, &dlen, err, sizeof err), 0);
+    assert_int_equal(got.nrcpts, 2);
+    assert_int_equal(got.rcpts[0].status, QR_PENDING);
+    assert_int_equal(got.rcpts[1].status, QR_REFUSED);
+    assert_string_equal(got.rcpts[1].status_text, "550 5.1.1 <b@x.example>: no");
+    assert_int_equal(dlen, 3);
+    free(d);
+    queue_env_free(&got);
+    unlink(other);
+
+    /* a free file is never renamed over an existing one */
     snprintf(other, sizeof other, "%s/incoming/out.3", top);
     assert_int_equal(spool_write_file(top, "incoming", "out.3", &env, "y\r\n", 3, false), 0);
     assert_int_equal(recycle_put(top, other), 0);

@@ -44,6 +44,9 @@ static void test_users(void **state)
     assert_true(strncmp(hash, "$y$", 3) == 0);
     assert_int_equal(users_file_add(path, "alice@Example.IT", hash, err, sizeof err), 0);
     assert_int_equal(users_file_add(path, "alice@example.it", hash, err, sizeof err), -1);
+    /* a case variant of an existing user is the same user (issue 16 item 3) */
+    assert_int_equal(users_file_add(path, "ALICE@example.it", hash, err, sizeof err), -1);
+    assert_non_null(strstr(err, "exists already"));
     /* an SHA-512-crypt hash made by another tool (Dovecot's doveadm pw -s SHA512-CRYPT) */
     FILE *f = fopen(path, "a");
     fprintf(f, "# comment\n\nbob@example.it:{SHA512-CRYPT}$6$saltsalt$"
@@ -55,14 +58,15 @@ static void test_users(void **state)
     assert_int_equal(users_count(u), 2);
     assert_true(users_exists(u, "alice@example.it"));
     assert_true(users_exists(u, "alice@EXAMPLE.it"));
-    assert_false(users_exists(u, "Alice@example.it"));   /* local part is exact */
+    assert_true(users_exists(u, "Alice@example.it"));    /* one canonical form */
+    assert_int_equal(users_verify(u, "ALICE@Example.it", "correct horse"), 0);
     assert_int_equal(users_verify(u, "alice@example.it", "correct horse"), 0);
     assert_int_equal(users_verify(u, "alice@example.it", "wrong"), -1);
     assert_int_equal(users_verify(u, "nobody@example.it", "correct horse"), -1);
     assert_int_equal(users_verify(u, "bob@example.it", "password"), 0);
     users_free(u);
-    assert_int_equal(users_file_del(path, "ALICE@example.it", err, sizeof err), -1);
-    assert_int_equal(users_file_del(path, "alice@example.IT", err, sizeof err), 0);
+    assert_int_equal(users_file_del(path, "nobody@example.it", err, sizeof err), -1);
+    assert_int_equal(users_file_del(path, "ALICE@example.IT", err, sizeof err), 0);
     u = users_load(path, err, sizeof err);
     assert_int_equal(users_count(u), 1);
     users_free(u);
@@ -74,6 +78,9 @@ static void test_users(void **state)
         {"carol@example.it:secret:::::\n", ":1: the password field is not a crypt hash"},
         {"carol:{CRYPT}$6$saltsalt$xxxxxxxxxx:::::\n", ":1: user 'carol' is not an address"},
         {"# ok\nnocolon\n", ":2: expected user@domain"},
+        {"carol@example.it:{CRYPT}$6$saltsalt$xxxxxxxxxx:::::\n"
+         "Carol@example.it:{CRYPT}$6$saltsalt$xxxxxxxxxx:::::\n",
+         ":2: user 'Carol@example.it' appears twice (addresses are compared without case)"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         f = fopen(path, "w");

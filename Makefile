@@ -10,7 +10,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECONDS ?= 5
 JOBS       ?= 2
 
-.PHONY: all deps build check unit fuzz-smoke integration asan bench demo clean
+.PHONY: all deps build check unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
 
 all: build
 
@@ -36,11 +36,24 @@ integration: build
 
 check: unit fuzz-smoke integration
 
-# The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CI runs it).
-asan: deps
+asan-build: deps
 	cmake -S . -B $(ASAN_BUILD) -DPEC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+# The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CI runs it).
+asan: asan-build
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j$(JOBS)
+
+# The integration suite against the ASan+UBSan pecd and pecctl (CI runs it): every
+# sanitizer report of every process any test started is written under
+# $(ASAN_BUILD)/reports, and one report fails the run.
+SAN_REPORTS = $(abspath $(ASAN_BUILD))/reports
+integration-asan: asan-build
+	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	ASAN_OPTIONS=detect_leaks=1:log_path=$(SAN_REPORTS)/asan \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORTS)/ubsan \
+	PEC_BUILD=$(abspath $(ASAN_BUILD)) $(PYTHON) -m pytest -q tests/integration
+	scripts/sanitizer-reports $(SAN_REPORTS)
 
 bench: build
 	bench/run-all $(abspath $(BUILD))

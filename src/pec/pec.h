@@ -410,7 +410,12 @@ typedef struct pec_check_result {
 /* Returns 0 when every check passed, -1 with r->rule naming the first failure. */
 int pec_check_submission(const pec_check_input *in, pec_check_result *r);
 const char *pec_check_rule_name(pec_check_rule r);
-/* Address comparison of DESIGN.md: local part exact, domain case-insensitive. */
+/* Address comparison of DESIGN.md: the whole address without case. */
 bool pec_addr_equal(const char *a, const char *b);
+/* The variant of the delivery receipt for rcpt (§3.3.2): asked (completa
+ * when none) for a primary recipient, sintetica for one only in Cc.  orig is
+ * the original message (its To and Cc header fields, every instance, parsed
+ * as address lists). */
+pec_variant pec_receipt_variant(const void *orig, size_t len, const char *rcpt, pec_variant asked);
 
 #endif

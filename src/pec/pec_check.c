@@ -6,9 +6,13 @@
  * limit (30 MB by law).  The result names the failed rule for the
  * non-acceptance receipt (§3.1.2).
  *
- * Interface: pec_check_submission, pec_check_rule_name, pec_addr_equal
- * (pec.h; pec_addr_equal lives in pec_util.c).  Address comparison follows
- * DESIGN.md: domain case-insensitive, local part exact.
+ * Also the receipt variant a delivery point gives each recipient (§3.3.2),
+ * from the same parsed To and Cc.
+ *
+ * Interface: pec_check_submission, pec_check_rule_name, pec_receipt_variant,
+ * pec_addr_equal (pec.h; pec_addr_equal lives in pec_util.c).  Addresses are
+ * parsed with GMime's address-list parser (groups flattened, encoded display
+ * names decoded) and compared without case (DESIGN.md).
  */
 #include "pec/pec_internal.h"
 
@@ -154,4 +158,44 @@ out:
     free_list(&rcpt);
     g_object_unref(m);
     return rc;
+}
+
+/* ---- the receipt variant (§3.3.2) ------------------------------------------ */
+
+struct find_addr {
+    const char *addr;
+    bool found;
+};
+
+static void find_one(void *ctx, const char *addr)
+{
+    struct find_addr *f = ctx;
+    if (!f->found && pec_addr_equal(addr, f->addr))
+        f->found = true;
+}
+
+static bool header_has(GMimeObject *o, const char *name, const char *addr)
+{
+    char *v = all_values(o, name);
+    struct find_addr f = {.addr = addr};
+    mime_each_address(v, find_one, &f);
+    g_free(v);
+    return f.found;
+}
+
+pec_variant pec_receipt_variant(const void *orig, size_t len, const char *rcpt, pec_variant asked)
+{
+    pec_variant want = asked == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : asked;
+    /* the header section only: the body may be large and is not needed */
+    long hend = orig ? mime_header_end(orig, len) : -1;
+    GMimeMessage *m = hend > 0 ? mime_parse_message(orig, (size_t)hend, NULL, 0) : NULL;
+    if (m == NULL)
+        return want;
+    /* §3.3.2.2: the requested variant for primary recipients, sintetica for
+     * carbon copies; one in both (or in neither: a list re-wrapped it) is
+     * treated as primary */
+    bool in_cc = header_has(GMIME_OBJECT(m), "Cc", rcpt);
+    bool in_to = in_cc && header_has(GMIME_OBJECT(m), "To", rcpt);
+    g_object_unref(m);
+    return in_cc && !in_to ? PEC_VARIANT_SINTETICA : want;
 }

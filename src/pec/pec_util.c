@@ -195,14 +195,14 @@ int pec_make_msgid(char *buf, size_t size, const char *domain, time_t when, unsi
 
 bool pec_addr_equal(const char *a, const char *b)
 {
-    /* DESIGN.md: local part exact, domain case-insensitive (RFC 5321 §2.4) */
+    /* DESIGN.md: addresses are compared without case, the local part too.
+     * RFC 5321 §2.4 lets a host treat its local parts as case-sensitive, but
+     * no PEC provider does (a mailbox is one address whatever its case), and
+     * a comparison that is stricter than the mailboxes would refuse the
+     * user's own message (§3.1.1) for a capital letter. */
     if (!a || !b)
         return false;
-    const char *at_a = strrchr(a, '@'), *at_b = strrchr(b, '@');
-    if (!at_a || !at_b)
-        return strcmp(a, b) == 0;
-    size_t la = (size_t)(at_a - a), lb = (size_t)(at_b - b);
-    return la == lb && memcmp(a, b, la) == 0 && strcasecmp(at_a, at_b) == 0;
+    return strcasecmp(a, b) == 0;
 }
 
 int pec_ossl_err(char *err, size_t errsz, const char *what)

@@ -107,19 +107,6 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
 
 /* ---- incoming point and delivery point (§3.2, §3.3) -------------------------------- */
 
-/* Which receipt variant recipient rcpt gets (digest (c)): Cc recipients get
- * sintetica; To (or ambiguous) the requested one. */
-static pec_variant variant_for(const char *data, size_t len, const char *rcpt, pec_variant asked)
-{
-    char to[4096] = "", cc[4096] = "";
-    mail_header_value(data, len, "To", to, sizeof to);
-    mail_header_value(data, len, "Cc", cc, sizeof cc);
-    bool in_to = strcasestr(to, rcpt) != NULL, in_cc = strcasestr(cc, rcpt) != NULL;
-    if (in_cc && !in_to)
-        return PEC_VARIANT_SINTETICA;
-    return asked == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : asked;
-}
-
 static int delivery_point(struct roles *r, const struct queue_env *env, const char *data,
                           size_t len, bool recovered, const pec_verdict *v,
                           struct queue_outputs *out, char *err, size_t errlen)
@@ -182,9 +169,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             }
             /* §3.3.2: the receipt follows the stored envelope */
             a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
-            a.variant = variant_for(have_orig ? (const char *)original->data : data,
-                                    have_orig ? original->len : len, addr,
-                                    d ? d->ricevuta : PEC_VARIANT_COMPLETA);
+            a.variant = pec_receipt_variant(have_orig ? (const char *)original->data : data,
+                                            have_orig ? original->len : len, addr,
+                                            d ? d->ricevuta : PEC_VARIANT_COMPLETA);
             /* breve: pec_build replaces the named parts by their hashes
              * (§3.3.2.2), once; the original is given as received */
             if (a.variant == PEC_VARIANT_BREVE || a.variant == PEC_VARIANT_COMPLETA) {

@@ -143,7 +143,7 @@ def test_receipt_variants(world, tipo):
         assert h.get_content_type() == "text/plain"
         assert h.get_payload(decode=True).decode().strip() == \
             hashlib.sha1(b"UERGREFUQQ==").hexdigest()
-        assert parts[0].get_payload(decode=True) == b"In allegato.\r\n"
+        assert parts[0].get_payload(decode=True).strip() == b"In allegato."
     else:
         assert b"postacert.eml" not in r[1]
 
@@ -155,6 +155,23 @@ def test_cc_recipient_gets_sintetica(world):
     recs = a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
     variants = sorted(verify(r[0], ca, directory)[0]["variant"] for r in recs)
     assert variants == ["completa", "sintetica"]
+
+
+def test_receipt_variant_by_parsed_address(world):
+    """§3.3.2.2 (issue 17 item 5): bob only in Cc gets sintetica although "jimbob@…" in To
+    contains his address as a substring; jimbob, in To, gets the breve he asked for."""
+    a, b, ext, ca, directory = world
+    b.add_user("bob")
+    b.add_user("jimbob")
+    a.submit("mario", ["jimbob@pec.b.test", "bob@pec.b.test"],
+             message("mario@pec.a.test", ["jimbob@pec.b.test"], cc=["bob@pec.b.test"],
+                     extra="X-TipoRicevuta: breve\r\n", subject="sosia"))
+    recs = a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
+    got = {}
+    for r in recs:
+        v = verify(r[0], ca, directory)[0]
+        got[v["daticert"]["consegna"]] = v["variant"]
+    assert got == {"jimbob@pec.b.test": "breve", "bob@pec.b.test": "sintetica"}, got
 
 
 def test_ordinary_mail_becomes_an_anomaly(world):

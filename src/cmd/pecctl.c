@@ -5,7 +5,7 @@
  *   pecctl -c CONF user add ADDRESS [--password-stdin]
  *   pecctl -c CONF user del ADDRESS
  *   pecctl -c CONF user list
- *   pecctl -c CONF queue
+ *   pecctl -c CONF queue [release QID]
  *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...
  *   pecctl pki ...
  */
@@ -37,7 +37,8 @@ static void usage(FILE *f)
             "                                         password unless --password-stdin)\n"
             "  user del ADDRESS                      remove a user (the Maildir is kept)\n"
             "  user list                             list users\n"
-            "  queue                                 list queued messages\n"
+            "  queue                                 list queued messages (! = on hold)\n"
+            "  queue release QID                     retry a held message now\n"
             "  verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...\n"
             "                                        check PEC messages\n"
             "  pki ...                               test PKI (pecctl pki help)\n"
@@ -94,6 +95,25 @@ static bool address_ok(const struct config *cfg, const char *a, char *why, size_
     }
     free(p);
     return ok;
+}
+
+static int cmd_queue(struct config *cfg, int argc, char **argv)
+{
+    if (argc == 1)
+        return queue_list(cfg->queue_dir, stdout) == 0 ? 0 : 1;
+    if (argc == 3 && strcmp(argv[1], "release") == 0) {
+        char err[512];
+        int r = queue_release(cfg->queue_dir, argv[2], err, sizeof err);
+        if (r == -1) {
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        printf("%s released from hold: %s\n", argv[2],
+               r == 1 ? "pecd tries it now" : "pecd is not running, it tries it at its start");
+        return 0;
+    }
+    fprintf(stderr, "usage: pecctl -c CONF queue [release QID]\n");
+    return 2;
 }
 
 static int cmd_user(struct config *cfg, int argc, char **argv)
@@ -223,7 +243,7 @@ int main(int argc, char **argv)
         else if (strcmp(cmd, "user") == 0)
             r = cmd_user(cfg, argc - i, argv + i);
         else
-            r = queue_list(cfg->queue_dir, stdout) == 0 ? 0 : 1;
+            r = cmd_queue(cfg, argc - i, argv + i);
         config_free(cfg);
         return r;
     }

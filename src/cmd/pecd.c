@@ -436,6 +436,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     (void)what;
     log_info("SIGHUP: reloading the users file and the TLS certificate");
     users_db_reload(d->users);
+    queue_rescan(d->queue);   /* messages released from hold/ (pecctl queue release) */
     if (d->roles != NULL)
         roles_reload_directory(d->roles);
     if (d->cfg->tls_cert != NULL) {

@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <event2/event.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -261,10 +262,11 @@ void queue_set_pass_hooks(struct queue *q, pass_begin_fn begin, pass_end_fn end,
 }
 
 
-int queue_recover(struct queue *q)
+/* Schedules every file of queue/ not known yet; counts those resumed and
+ * those found damaged (moved to hold/). */
+static int scan_queue(struct queue *q, size_t *resumed, size_t *bad)
 {
     char p[PATH_MAX];
-    size_t resumed = 0, bad = 0, purged = q->purged;
     snprintf(p, sizeof p, "%s/queue", q->dir);
     DIR *d = opendir(p);
     if (d == NULL) {
@@ -273,7 +275,8 @@ int queue_recover(struct queue *q)
     }
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' || strlen(de->d_name) != QUEUE_ID_LEN)
+        if (de->d_name[0] == '.' || strlen(de->d_name) != QUEUE_ID_LEN ||
+            g_hash_table_contains(q->entries, de->d_name))
             continue;
         char path[PATH_MAX], err[256];
         struct queue_env env;
@@ -284,7 +287,7 @@ int queue_recover(struct queue *q)
             path_of(q, "hold", de->d_name, to, sizeof to);
             rename(path, to);
             log_err("%s: damaged spool file (%s); moved to hold/", de->d_name, err);
-            bad++;
+            (*bad)++;
             continue;
         }
         struct qentry *e = entry_add(q, env.qid, env.arrival, true);
@@ -301,13 +304,70 @@ int queue_recover(struct queue *q)
             } else {
                 dispatch(e);
             }
-            resumed++;
+            (*resumed)++;
         }
     }
     closedir(d);
+    return 0;
+}
+
+int queue_recover(struct queue *q)
+{
+    size_t resumed = 0, bad = 0, purged = q->purged;
+    if (scan_queue(q, &resumed, &bad) == -1)
+        return -1;
     log_info("queue %s: %zu messages resumed, %zu unacknowledged files dropped, %zu damaged",
              q->dir, resumed, purged, bad);
     return 0;
+}
+
+void queue_rescan(struct queue *q)
+{
+    size_t resumed = 0, bad = 0;
+    if (scan_queue(q, &resumed, &bad) == 0 && (resumed > 0 || bad > 0))
+        log_info("queue %s: %zu released messages taken, %zu damaged", q->dir, resumed, bad);
+}
+
+int queue_release(const char *queue_dir, const char *qid, char *err, size_t errlen)
+{
+    size_t n = strlen(qid);
+    bool ok = n == QUEUE_ID_LEN;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (qid[i] >= '0' && qid[i] <= '9') || (qid[i] >= 'A' && qid[i] <= 'F');
+    if (!ok) {
+        snprintf(err, errlen, "'%s' is not a queue id (16 upper-case hex digits)", qid);
+        return -1;
+    }
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, "%s/hold/%s", queue_dir, qid);
+    snprintf(to, sizeof to, "%s/queue/%s", queue_dir, qid);
+    /* one more attempt now: the retry schedule starts again */
+    if (spool_append_retry(from, 0, 0) == -1) {
+        snprintf(err, errlen, "%s: %s", from, errno == ENOENT ? "no such message on hold"
+                                                              : strerror(errno));
+        return -1;
+    }
+    if (fs_publish(from, to) == -1) {
+        snprintf(err, errlen, "cannot move %s to %s: %s", from, to, strerror(errno));
+        return -1;
+    }
+    /* the pecd that holds the queue picks it up on SIGHUP */
+    char lock[PATH_MAX], pid[32] = "";
+    snprintf(lock, sizeof lock, "%s/pecd.lock", queue_dir);
+    int fd = open(lock, O_RDONLY | O_CLOEXEC);
+    if (fd == -1 || flock(fd, LOCK_SH | LOCK_NB) == 0) {
+        if (fd != -1)
+            close(fd);
+        return 0;   /* no pecd runs: taken at its next start */
+    }
+    ssize_t r = pread(fd, pid, sizeof pid - 1, 0);
+    close(fd);
+    pid[r > 0 ? r : 0] = '\0';
+    long p = strtol(pid, NULL, 10);
+    if (p > 1 && kill((pid_t)p, SIGHUP) == 0)
+        return 1;
+    snprintf(err, errlen, "released, but pecd (pid %s) could not be told: send it SIGHUP", pid);
+    return -1;
 }
 
 void queue_stop(struct queue *q)

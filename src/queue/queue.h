@@ -229,6 +229,13 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
                         void *deliver_arg, char *err, size_t errlen);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */
 int queue_recover(struct queue *q);
+/* Schedules the files of queue/ it does not know yet (released from hold/;
+ * pecd calls it on SIGHUP). */
+void queue_rescan(struct queue *q);
+/* pecctl: moves message qid from hold/ back to queue/ for one more attempt
+ * and tells the pecd that holds the queue (SIGHUP).  1 released and pecd
+ * told, 0 released (no pecd runs), -1 with the reason in err. */
+int queue_release(const char *queue_dir, const char *qid, char *err, size_t errlen);
 struct committer *queue_committer(struct queue *q);
 /* Called after a commit: the message is now durable, schedule it. */
 void queue_enqueue(struct queue *q, const char *qid);

@@ -476,11 +476,41 @@ static void end_pass(struct queue *q, struct work *ws, size_t n)
 
 /* ---- one message ---------------------------------------------------------- */
 
+/* A stage (a PEC role) that still fails when the message's queue lifetime is
+ * over has no recipient to fail: its work is the provider's own (receipts,
+ * envelopes, evidence).  It is not run again in a loop nor dropped: the
+ * message is held (queue/ -> hold/) for the operator, who repairs the cause
+ * and releases it (`pecctl queue release QID`, then pecd picks it up). */
+static void hold_expired_stage(struct queue *q, struct work *w, const char *path,
+                               const char *last)
+{
+    struct qentry *e = w->e;
+    char to[PATH_MAX];
+    path_of(q, "hold", e->qid, to, sizeof to);
+    if (rename(path, to) == -1) {
+        log_err("%s: cannot hold the message: %s", e->qid, strerror(errno));
+        e->tempfail = true;
+        snprintf(e->err, sizeof e->err, "cannot move to hold/: %s", strerror(errno));
+    } else {
+        log_err("%s: ALERT: the %s stage still fails after the queue lifetime (%llu days; last "
+                "error: %s): message held in hold/; repair the cause, then `pecctl queue "
+                "release %s`",
+                e->qid, w->env.stage, (unsigned long long)(q->cfg->queue_lifetime / 86400),
+                last[0] ? last : "none", e->qid);
+        e->finished = true;
+    }
+    free(w->data);
+    w->data = NULL;
+    queue_env_free(&w->env);
+}
+
 static void load(struct queue *q, struct work *w)
 {
     struct qentry *e = w->e;
     char path[PATH_MAX], err[256];
     path_of(q, "queue", e->qid, path, sizeof path);
+    char last[sizeof e->err];   /* the previous attempt's error */
+    memcpy(last, e->err, sizeof last);
     e->finished = false;
     e->tempfail = false;
     e->err[0] = '\0';
@@ -488,6 +518,10 @@ static void load(struct queue *q, struct work *w)
         snprintf(e->err, sizeof e->err, "unreadable spool file: %s", err);
         log_err("%s: %s", e->qid, e->err);
         e->tempfail = true;
+        return;
+    }
+    if (w->env.stage != NULL && q->process != NULL && e->expire) {
+        hold_expired_stage(q, w, path, last);
         return;
     }
     w->loaded = true;

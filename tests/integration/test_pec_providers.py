@@ -271,6 +271,47 @@ def test_stage_waits_for_the_evidence_log(world):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_stage_failing_past_the_queue_lifetime_is_held(world):
+    """A PEC stage still failing when the queue lifetime is over is not run again in a tight
+    loop nor dropped (issue 18 item 7): the message is held, the log says so, `pecctl queue`
+    marks it; once the cause is gone, `pecctl queue release` runs it and every receipt
+    arrives once."""
+    a, b, ext, ca, directory = world
+    a.stop()
+    a.write_config({"pec.b.test": b.ports["mx"], "plain.test": ext.port},
+                   extra={"tls_policy": {"plain.test": "may"}, "queue": {"lifetime": "3s"}})
+    a.start()
+    db = sqlite3.connect(os.path.join(a.dir, "evidence.db"), isolation_level=None, timeout=30)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        a.submit("mario", ["anna@pec.b.test"],
+                 message("mario@pec.a.test", ["anna@pec.b.test"], subject="trattenuto"))
+        end = time.time() + 60
+        while "message held in hold/" not in a.log(400):
+            assert time.time() < end, a.log(60)
+            time.sleep(0.2)
+        time.sleep(2)
+        log = a.log(2000)
+        assert log.count("stage deferred") <= 3, log     # no loop after the lifetime
+        held = pecctl("-c", a.conf, "queue").stdout
+        qid = next(l.split("!")[0] for l in held.splitlines() if "!" in l)
+        assert len(qid) == 16, held
+        assert a.mails("mario") == [] and b.mails("anna") == []
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    r = pecctl("-c", a.conf, "queue", "release", qid)
+    assert "pecd tries it now" in r.stdout, r.stdout
+    a.wait_mail("mario", ricevuta("avvenuta-consegna"), timeout=40)
+    assert len(b.wait_mail("anna", trasporto("posta-certificata"))) == 1
+    time.sleep(1)
+    kinds = sorted((m[2].get("X-Ricevuta") or "").strip() for m in a.mails("mario"))
+    assert kinds == ["accettazione", "avvenuta-consegna"], kinds
+    assert "Queue is empty" in pecctl("-c", a.conf, "queue").stdout
+    r = pecctl("-c", a.conf, "queue", "release", qid, check=False)
+    assert r.returncode == 1 and "no such message on hold" in r.stderr, r.stderr
+
+
 def test_peer_restart_does_not_defer_the_next_envelope(world):
     """The connection A keeps open to B for the next envelope dies when B restarts. A probes
     a connection that sat idle before using it (RSET), so the next envelope goes at once on

@@ -92,20 +92,33 @@ static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t 
     return 0;
 }
 
-/* [pec] accept_ordinary_mail = no: mail arriving for our PEC mailboxes that
- * is not PEC (no X-Trasporto or X-Ricevuta header, RFC 6109 §2.2.2 case 4)
- * is refused after the data instead of reaching the mailbox in an anomaly
- * envelope. */
+/* What the content decides, after the data, for mail from outside (not
+ * authenticated):
+ *  - [pec] accept_ordinary_mail = no: mail for our PEC mailboxes that is not
+ *    PEC (no X-Trasporto or X-Ricevuta header, RFC 6109 §2.2.2 case 4) is
+ *    refused instead of reaching the mailbox in an anomaly envelope;
+ *  - [pec] cleartext_pec = refuse: a PEC message (an envelope, a receipt)
+ *    that another provider sent without TLS, against RFC 6109 §5.3, is
+ *    refused with 5.7.10 (RFC 5248 "Encryption needed").  By default it is
+ *    taken in: its signature still protects it, the incoming point checks
+ *    it as any other, and the evidence log records the missing TLS
+ *    (roles.c).  Ordinary mail over cleartext is what §5.3 asks the
+ *    incoming point to accept. */
 static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
                           char *reply, size_t replylen)
 {
     struct pecd *d = arg;
-    if (!d->cfg->pec || d->cfg->pec_accept_ordinary || txn->auth_user != NULL)
+    if (!d->cfg->pec || txn->auth_user != NULL)
         return 0;
     char v[64];
     bool pec = mail_header_value(head, len, "X-Trasporto", v, sizeof v) ||
                mail_header_value(head, len, "X-Ricevuta", v, sizeof v);
-    if (pec)
+    if (pec && txn->tls_version == NULL && d->cfg->pec_cleartext_refuse) {
+        snprintf(reply, replylen, "550 5.7.10 Certified mail (PEC) between providers needs "
+                                  "TLS (RFC 6109 section 5.3): use STARTTLS");
+        return -1;
+    }
+    if (pec || d->cfg->pec_accept_ordinary)
         return 0;
     snprintf(reply, replylen, "550 5.7.1 Only certified mail (PEC) is accepted for these "
                               "mailboxes");

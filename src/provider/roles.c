@@ -367,14 +367,67 @@ int roles_pass_end(void *arg, char *err, size_t errlen)
     return rc;
 }
 
+/* The Message-ID-like header field name of msg without < >, or "". */
+static void header_id(const char *data, size_t len, const char *name, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (!mail_header_value(data, len, name, out, outlen))
+        return;
+    char *p = out + (out[0] == '<');
+    size_t n = strcspn(p, ">");
+    memmove(out, p, n);
+    out[n] = '\0';
+}
+
+/* RFC 6109 §5.3: providers exchange mail over TLS, and the incoming point
+ * accepts cleartext for ordinary mail.  A PEC message (envelope, receipt,
+ * anomaly) that another provider sent over cleartext is taken in ([pec]
+ * cleartext_pec = accept; with refuse, pecd refused it after the data): the
+ * evidence log records the missing TLS and the client, with the message's
+ * identifiers so that `pecctl trace` shows it. */
+static int cleartext_event(struct roles *r, const struct queue_env *env, const char *data,
+                           size_t len)
+{
+    char tr[64] = "", ri[64] = "";
+    if (env->tls != NULL || env->listener == NULL || strcmp(env->listener, "mx") != 0)
+        return 0;
+    bool envelope = mail_header_value(data, len, "X-Trasporto", tr, sizeof tr);
+    if (!envelope && !mail_header_value(data, len, "X-Ricevuta", ri, sizeof ri))
+        return 0;   /* ordinary mail: cleartext is what §5.3 allows */
+    char mid[512], ref[512], outcome[512];
+    header_id(data, len, "Message-ID", mid, sizeof mid);
+    header_id(data, len, "X-Riferimento-Message-ID", ref, sizeof ref);
+    snprintf(outcome, sizeof outcome, "tls=none client=%s helo=%.200s",
+             env->client_ip ? env->client_ip : "unknown", env->helo ? env->helo : "");
+    GString *to = g_string_new(NULL);
+    for (size_t i = 0; i < env->nrcpts; i++)
+        g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
+    bool busta = envelope && strcasecmp(tr, "posta-certificata") == 0;
+    int rc = role_event(r, "ricezione-senza-tls", env->qid, busta && mid[0] ? mid : NULL,
+                        ref[0] ? ref : NULL, mid[0] ? mid : NULL, env->sender, to->str, NULL,
+                        outcome, NULL);
+    g_string_free(to, TRUE);
+    if (rc == 0)
+        log_warn("%s: PEC %s from <%s> received without TLS from %s (RFC 6109 section 5.3)",
+                 env->qid, busta ? "envelope" : envelope ? "anomaly envelope" : "receipt",
+                 env->sender,
+                 env->client_ip ? env->client_ip : "unknown");
+    return rc;
+}
+
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen)
 {
     struct roles *r = arg;
     if (strcmp(env->stage, "submission") == 0)
         return role_access_point(r, env, data, len, recovered, out, err, errlen);
-    if (strcmp(env->stage, "incoming") == 0)
+    if (strcmp(env->stage, "incoming") == 0) {
+        if (cleartext_event(r, env, data, len) == -1) {
+            snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
         return role_incoming_point(r, env, data, len, recovered, out, err, errlen);
+    }
     snprintf(err, errlen, "unknown stage '%s'", env->stage);
     return -1;
 }

@@ -311,8 +311,22 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     char key[600];
     snprintf(key, sizeof key, "%s:%d", due->rcpt, due->which);
     time_t now = time(NULL);
-    char mid[256];
-    role_make_id(r, mid, sizeof mid, now);
+    /* Message-ID (docs/pec.md): like every message made about one the
+     * provider received, the PEC msgid opec1.<arrival>.<queue id>@<domain>
+     * with ".<n>" added; here n = 2 * slot + which, so the two notices of
+     * each recipient have their own, and a notice sent again after a crash
+     * (stored, not yet marked) has the one the evidence log recorded */
+    char mid[300];
+    const char *at = strrchr(due->pec_id, '@');
+    int n = at == NULL ? -1
+                       : snprintf(mid, sizeof mid, "%.*s.%u%s", (int)(at - due->pec_id),
+                                  due->pec_id, 2 * due->slot + (unsigned)due->which, at);
+    if (n < 0 || (size_t)n >= sizeof mid)
+        role_make_id(r, mid, sizeof mid, now);
+    /* §3.1.6: the notices quote the original's Message-ID, as its acceptance
+     * did (X-Riferimento-Message-ID and daticert <msgid>) */
+    const char *omid = due->orig_msgid != NULL && due->orig_msgid[0] == '<' ? due->orig_msgid
+                                                                           : NULL;
     pec_recipient rc = {.addr = due->rcpt, .kind = PEC_RCPT_CERTIFICATO};
     /* §3.1.6 (digest (h)): the two notices share header and XML, not text */
     const char *why = due->which == 1
@@ -322,13 +336,14 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
           "conclusa con esito negativo.";
     pec_build_args a = {.type = PEC_TYPE_PREAVVISO_ERRORE_CONSEGNA, .errore = PEC_ERRORE_ALTRO,
                         .sender = due->sender, .recipients = &rc, .n_recipients = 1,
-                        .when = now, .pec_id = due->pec_id, .message_id = mid,
+                        .when = now, .pec_id = due->pec_id, .orig_msgid = omid,
+                        .message_id = mid,
                         .consegna = due->rcpt, .subject = due->subject, .errore_esteso = why};
     pec_buf m = {0};
     if (role_build(r, &a, &m, err, errlen) == -1)
         return -1;
     /* not in a stage: the notice is queued by the timer (queue_inject) */
-    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, NULL, mid,
+    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, omid, mid,
               due->sender, due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
     memset(env, 0, sizeof *env);
     memset(rcpt, 0, sizeof *rcpt);

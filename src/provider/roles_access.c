@@ -115,6 +115,14 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     a.type = PEC_TYPE_ACCETTAZIONE;
     if (role_build(r, &a, &m, err, errlen) == -1)
         goto done;
+    /* the original's Message-ID as the acceptance quotes it: the timeout
+     * notices (§3.1.6) quote the same, from the tracking record */
+    char ref[1000];
+    const char *orig_ref = NULL;
+    if (mail_header_value((const char *)m.data, m.len, "X-Riferimento-Message-ID", ref,
+                          sizeof ref) &&
+        ref[0] == '<' && strlen(ref) < sizeof ref - 1 && ref[strlen(ref) - 1] == '>')
+        orig_ref = ref;
     if (role_send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
         goto done;
     pec_buf_free(&m);
@@ -158,7 +166,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         }
         char subj[1024] = "";
         mail_header_value(data, len, "Subject", subj, sizeof subj);
-        int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
+        int tr = tracking_expect(r->tracking, pec_id, orig_ref, env->sender, subj, all->str, cert,
+                                 nc, now);
         char omid[512] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&

@@ -3,13 +3,19 @@ on loopback; every message is parsed with Python's email package, independently 
 
 - §4.3.2: the anomaly envelope attaches the received message as postacert.eml
   (message/rfc822), as every other PEC message that carries one;
+- §3.1.6: both timeout notices quote the original's Message-ID (X-Riferimento-Message-ID
+  and daticert <msgid>), like its acceptance, and have Message-IDs of the form docs/pec.md
+  gives; a tracking.db of an older pecd is migrated without losing its rows;
 - §5.3: the incoming point offers STARTTLS and accepts cleartext: ordinary mail becomes an
   anomaly; a PEC message another provider sends in cleartext is taken in and the evidence
   log says so ([pec] cleartext_pec = accept, the default), or refused with 550 5.7.10
   (cleartext_pec = refuse)."""
+import os
 import re
 import smtplib
+import sqlite3
 import ssl
+import time
 import xml.etree.ElementTree as ET
 from email import message_from_bytes, policy
 
@@ -94,6 +100,78 @@ def test_cleartext_ordinary_mail_becomes_an_anomaly_with_postacert_eml(providers
     assert inner["Message-ID"] == "<ordinary.1@plain.test>"
     # no daticert in the anomaly envelope (§3.2.2)
     assert not any(p.get_filename() == "daticert.xml" for p in signed_parts(msg))
+
+
+# ---- §3.1.6: the timeout notices --------------------------------------------------------
+
+def test_timeout_notices_quote_the_original_message_id(providers):
+    a, b, ca, directory = providers
+    # B is never started: its incoming point is unreachable
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"timers": {"preavviso": "3s", "mancata_consegna": "6s"}})
+    a.start()
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", "anna@pec.b.test", "scadenza"))
+    (acc,) = a.wait_mail("mario", ricevuta("accettazione"))
+    acc_msg = parsed(acc[1])
+    assert acc_msg["X-Riferimento-Message-ID"] == ORIG_MSGID
+    pec_id = daticert(acc_msg).findtext("dati/identificativo")
+    m = re.fullmatch(r"(opec1\.\d{14}\.[0-9A-F]{16})@pec\.a\.test", pec_id)
+    assert m, pec_id
+    notices = a.wait_mail("mario", ricevuta("preavviso-errore-consegna"), count=2, timeout=40)
+    ids = []
+    for raw in (n[1] for n in notices):
+        msg = parsed(raw)
+        assert msg["X-Riferimento-Message-ID"] == ORIG_MSGID, msg["X-Riferimento-Message-ID"]
+        d = daticert(msg)
+        assert d.get("tipo") == "preavviso-errore-consegna"
+        assert d.findtext("dati/msgid") == ORIG_MSGID
+        assert d.findtext("dati/identificativo") == pec_id
+        ids.append(msg["Message-ID"])
+    # docs/pec.md: opec1.<arrival>.<queue id>.<n>@<domain>, n = 2 x slot + 1 (12 h) or 2 (24 h)
+    assert ids == [f"<{m.group(1)}.1@pec.a.test>", f"<{m.group(1)}.2@pec.a.test>"], ids
+    assert b"12 ore" in notices[0][1] and b"24 ore" in notices[1][1]
+    # the evidence log finds both notices by the client's Message-ID
+    trace = pecctl("-c", a.conf, "trace", ORIG_MSGID).stdout
+    assert trace.count("preavviso-errore-consegna") >= 2, trace
+
+
+def test_tracking_database_of_an_older_pecd_is_migrated(providers):
+    """A tracking.db of schema 0 (before the original's Message-ID was kept) with a recipient
+    still waiting: pecd migrates it in place, the row is kept and its notice still goes."""
+    a, b, ca, directory = providers
+    pec_id = "opec1.20250101120000.0123456789ABCDEF@pec.a.test"
+    db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
+    db.executescript(
+        "CREATE TABLE expect (pec_id TEXT NOT NULL, rcpt TEXT NOT NULL, sender TEXT NOT NULL,"
+        " subject TEXT, recipients TEXT, sent INTEGER NOT NULL,"
+        " presa INTEGER NOT NULL DEFAULT 0, notice INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (pec_id, rcpt));"
+        "CREATE INDEX expect_sent ON expect (sent);"
+        "CREATE TABLE seen (msgid TEXT NOT NULL, rcpt TEXT NOT NULL, qid TEXT NOT NULL,"
+        " at INTEGER NOT NULL, PRIMARY KEY (msgid, rcpt));")
+    db.execute("INSERT INTO expect (pec_id, rcpt, sender, subject, recipients, sent, notice) "
+               "VALUES (?, 'anna@pec.b.test', 'mario@pec.a.test', 'vecchio', "
+               "'anna@pec.b.test', ?, 1)", (pec_id, int(time.time()) - 60))
+    db.commit()
+    db.close()
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"timers": {"preavviso": "3s", "mancata_consegna": "6s"}})
+    a.start()
+    (n,) = a.wait_mail("mario", ricevuta("preavviso-errore-consegna"), timeout=30)
+    msg = parsed(n[1])
+    assert msg["Message-ID"] == "<opec1.20250101120000.0123456789ABCDEF.2@pec.a.test>"
+    assert daticert(msg).findtext("dati/identificativo") == pec_id
+    assert msg["X-Riferimento-Message-ID"] is None    # never stored by the older pecd
+    assert "migrated from schema 0 to 1, 1 waiting recipient kept" in a.log(400)
+    a.stop()   # pecd holds tracking.db exclusively while it runs
+    db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        cols = [r[1] for r in db.execute("PRAGMA table_info(expect)")]
+        assert "orig_msgid" in cols and "slot" in cols, cols
+    finally:
+        db.close()
 
 
 # ---- §5.3: PEC from another provider over cleartext ------------------------------------

@@ -232,9 +232,12 @@ void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_ou
     role_source_id(r, env, ++out->ids, buf, size);
 }
 
-/* A system message from posta-certificata@<domain> to one address. */
-void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
-                     size_t nto, const char *stage, const pec_buf *msg)
+/* A message a role makes, from 'from' to to[], as an output of the stage
+ * (queued: relayed, or run through 'stage').  src: the message it was made
+ * from, whose RFC 8689 tag it inherits (requiretls), or NULL. */
+void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
+                         const char *from, const char *const *to, size_t nto, const char *stage,
+                         const void *data, size_t len)
 {
     struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
     for (size_t i = 0; i < nto; i++) {
@@ -242,9 +245,17 @@ void role_add_output(struct queue_outputs *out, const char *from, const char *co
         rc[i].orig = (char *)to[i];
     }
     struct queue_env e = {.sender = (char *)from, .rcpts = rc, .nrcpts = nto,
-                          .stage = (char *)stage, .listener = "pec", .proto = "local"};
-    queue_outputs_add(out, &e, msg->data, msg->len);
+                          .stage = (char *)stage, .listener = "pec", .proto = "local",
+                          .requiretls = src != NULL && src->requiretls};
+    queue_outputs_add(out, &e, data, len);
     free(rc);
+}
+
+/* A system message from posta-certificata@<domain> to one address. */
+void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
+                     size_t nto, const char *stage, const pec_buf *msg)
+{
+    role_add_output_for(out, NULL, from, to, nto, stage, msg->data, msg->len);
 }
 
 int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
@@ -278,7 +289,11 @@ int role_store_copies(struct roles *r, const struct queue_env *src, bool recover
 }
 
 /* A system message from our service address: our users get it straight into
- * the mailbox, others' are relayed. */
+ * the mailbox, others' are relayed.  A receipt made for a message that came
+ * with REQUIRETLS is relayed with REQUIRETLS (RFC 8689 §6, reorigination):
+ * a delivery receipt completa or breve carries the original, and every
+ * receipt its metadata, which §5 protects as the original for
+ * non-delivery reports. */
 int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
                  struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
                  size_t errlen)
@@ -287,7 +302,7 @@ int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
     if (config_is_local_domain(r->cfg, domain_of(to)))
         return role_store_copies(r, src, recovered, r->cfg->pec_service_address, rcpt, 1, m->data,
                                  m->len, out, err, errlen);
-    role_add_output(out, r->cfg->pec_service_address, rcpt, 1, NULL, m);
+    role_add_output_for(out, src, r->cfg->pec_service_address, rcpt, 1, NULL, m->data, m->len);
     return 0;
 }
 

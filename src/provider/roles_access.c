@@ -2,7 +2,9 @@
  * roles_access.c - the access point (RFC 6109 §3.1) as the stage "submission":
  * formal checks, then non-acceptance, or acceptance and one transport
  * envelope; a message the stage found a virus in gets a non-acceptance for
- * virus (§3.1.3).  Split from roles.c (see there and roles_int.h).
+ * virus (§3.1.3).  The envelope re-originates the user's message, so it
+ * carries her RFC 8689 tag (§6): REQUIRETLS on MAIL, or the header field
+ * "TLS-Required: No".  Split from roles.c (see there and roles_int.h).
  */
 #include "roles_int.h"
 #include "roles.h"
@@ -56,6 +58,32 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
 }
 
 /* ---- access point (§3.1) ------------------------------------------------------- */
+
+/* The envelope's bytes with "TLS-Required: No" added at the end of its header
+ * block (outside the signed part, which the header is not in), when the
+ * submitted message waived TLS (RFC 8689 §3, §4.1) and did not ask for
+ * REQUIRETLS (then the header field is ignored, §4.1); NULL otherwise or when
+ * the header block has no end.  free() it. */
+static char *envelope_tls_optional(const struct queue_env *env, const char *data, size_t len,
+                                   const pec_buf *m, size_t *outlen)
+{
+    if (env->requiretls || !transport_tls_required_no(data, len) ||
+        transport_tls_required_no((const char *)m->data, m->len))
+        return NULL;
+    const unsigned char *end = memmem(m->data, m->len, "\r\n\r\n", 4);
+    if (end == NULL)
+        return NULL;
+    static const char field[] = "TLS-Required: No\r\n";
+    size_t head = (size_t)(end - m->data) + 2, flen = sizeof field - 1;
+    char *out = malloc(m->len + flen);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, m->data, head);
+    memcpy(out + head, field, flen);
+    memcpy(out + head + flen, m->data + head, m->len - head);
+    *outlen = m->len + flen;
+    return out;
+}
 
 int role_access_point(struct roles *r, const struct queue_env *env, const char *data,
                       size_t len, bool recovered, struct queue_outputs *out, char *err,
@@ -131,6 +159,11 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         queue_outputs_free(out);
         goto done;
     }
+    /* her RFC 8689 tag follows her content: REQUIRETLS on the outputs,
+     * TLS-Required: No in the envelope's header */
+    size_t elen = m.len;
+    char *tagged = envelope_tls_optional(env, data, len, &m, &elen);
+    const char *edata = tagged != NULL ? tagged : (const char *)m.data;
     /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
      * recipients; ours go through our incoming point (§3.4) */
     const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
@@ -146,12 +179,14 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         for (size_t i = 0; i < nl; i++)
             qr[i].addr = qr[i].orig = (char *)local[i];
         struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
-                              .stage = "incoming", .listener = "pec", .proto = "local"};
-        queue_outputs_add(out, &e, m.data, m.len);
+                              .stage = "incoming", .listener = "pec", .proto = "local",
+                              .requiretls = env->requiretls};
+        queue_outputs_add(out, &e, edata, elen);
         free(qr);
     }
     if (nr > 0)
-        role_add_output(out, env->sender, remote, nr, NULL, &m);
+        role_add_output_for(out, env, env->sender, remote, nr, NULL, edata, elen);
+    free(tagged);
     free(local);
     free(remote);
     /* §3.1.6: receipts are expected from certificato recipients only */

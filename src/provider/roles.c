@@ -16,9 +16,11 @@
  *                 anomaly envelope (§3.2.2)
  *
  * This file: setting up (signing key, providers' directory), the evidence
- * log's events, the helpers the roles share, the timeout notices (§3.1.6)
- * and the dispatch by stage.  The access point is in roles_access.c, the
- * incoming and delivery points in roles_incoming.c (roles_int.h).
+ * log's events, the helpers the roles share (outputs inherit the source's
+ * REQUIRETLS, RFC 8689 §6), the timeout notices (§3.1.6), the record of PEC
+ * received without TLS (§5.3) and the dispatch by stage.  The access point
+ * is in roles_access.c, the incoming and delivery points in roles_incoming.c
+ * (roles_int.h).
  */
 #include "roles_int.h"
 #include "roles.h"
@@ -440,8 +442,7 @@ static int cleartext_event(struct roles *r, const struct queue_env *env, const c
     if (rc == 0)
         log_warn("%s: PEC %s from <%s> received without TLS from %s (RFC 6109 section 5.3)",
                  env->qid, busta ? "envelope" : envelope ? "anomaly envelope" : "receipt",
-                 env->sender,
-                 env->client_ip ? env->client_ip : "unknown");
+                 env->sender, env->client_ip ? env->client_ip : "unknown");
     return rc;
 }
 

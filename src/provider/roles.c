@@ -330,14 +330,15 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     time_t now = time(NULL);
     /* Message-ID (docs/pec.md): like every message made about one the
      * provider received, the PEC msgid opec1.<arrival>.<queue id>@<domain>
-     * with ".<n>" added; here n = 2 * slot + which, so the two notices of
-     * each recipient have their own, and a notice sent again after a crash
-     * (stored, not yet marked) has the one the evidence log recorded */
+     * with ".<n>" added.  The access point's receipt is .1; here n = 2 *
+     * slot + which + 1, so the two notices of each recipient have their own,
+     * and a notice sent again after a crash (stored, not yet marked) has the
+     * one the evidence log recorded */
     char mid[300];
     const char *at = strrchr(due->pec_id, '@');
     int n = at == NULL ? -1
                        : snprintf(mid, sizeof mid, "%.*s.%u%s", (int)(at - due->pec_id),
-                                  due->pec_id, 2 * due->slot + (unsigned)due->which, at);
+                                  due->pec_id, 2 * due->slot + (unsigned)due->which + 1, at);
     if (n < 0 || (size_t)n >= sizeof mid)
         role_make_id(r, mid, sizeof mid, now);
     /* §3.1.6: the notices quote the original's Message-ID, as its acceptance

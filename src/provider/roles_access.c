@@ -42,8 +42,8 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
     pec_buf m = {0};
     int rc = role_build(r, a, &m, err, errlen);
     if (rc == 0)
-        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, NULL, env->sender, NULL,
-                        subj, why, NULL);
+        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, a->message_id,
+                        env->sender, NULL, subj, why, NULL);
     if (rc == 0)
         rc = role_callout_event(r, env, a->pec_id, omid);
     if (rc == 0)
@@ -102,13 +102,18 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
      * crash gives the same message the same identity */
     char pec_id[256];
     role_source_id(r, env, 0, pec_id, sizeof pec_id);
+    /* the receipt to the sender (acceptance or non-acceptance) is a message of
+     * its own: its Message-ID is the first one the stage makes (docs/pec.md),
+     * never the envelope's (RFC 5322 §3.6.4: one message, one identifier) */
+    char receipt_id[256];
+    role_stage_id(r, env, out, receipt_id, sizeof receipt_id);
     pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
                           .forward_paths = fwd, .n_forward = env->nrcpts,
                           .max_total = r->cfg->pec_max_total};
     pec_check_result cr;
     pec_build_args a = {.original = data, .original_len = len, .sender = env->sender,
                         .recipients = rcpts, .n_recipients = env->nrcpts, .when = now,
-                        .pec_id = pec_id};
+                        .pec_id = pec_id, .message_id = receipt_id};
     pec_buf m = {0};
     int rc = -1;
     if (env->virus != NULL) {
@@ -124,8 +129,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         char subj0[1024] = "";
         mail_header_value(data, len, "Subject", subj0, sizeof subj0);
         if (role_build(r, &a, &m, err, errlen) == 0 &&
-            role_event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL,
-                       subj0, cr.detail, NULL) == 0) {
+            role_event(r, "non-accettazione", env->qid, pec_id, NULL, receipt_id, env->sender,
+                       NULL, subj0, cr.detail, NULL) == 0) {
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         } else if (err[0] == '\0') {
             snprintf(err, errlen, "evidence log unavailable");
@@ -155,6 +160,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         goto done;
     pec_buf_free(&m);
     a.type = PEC_TYPE_POSTA_CERTIFICATA;
+    a.message_id = NULL;   /* the envelope's Message-ID is the PEC msgid (§2.2.1) */
     if (role_build(r, &a, &m, err, errlen) == -1) {
         queue_outputs_free(out);
         goto done;
@@ -206,8 +212,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         char omid[512] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&
-            (role_event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str,
-                        subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
+            (role_event(r, "accettazione", env->qid, pec_id, omid, receipt_id, env->sender,
+                        all->str, subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
              role_event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender,
                         all->str, subj, "inviata", NULL) == -1))
             tr = -1;

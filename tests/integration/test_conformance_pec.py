@@ -5,7 +5,7 @@ on loopback; every message is parsed with Python's email package, independently 
   (message/rfc822), as every other PEC message that carries one;
 - §3.1.6: both timeout notices quote the original's Message-ID (X-Riferimento-Message-ID
   and daticert <msgid>), like its acceptance, and have Message-IDs of the form docs/pec.md
-  gives; a tracking.db of an older pecd is migrated without losing its rows;
+  gives (the acceptance too: its own, not the envelope's); a tracking.db of an older pecd is migrated without losing its rows;
 - §5.3: the incoming point offers STARTTLS and accepts cleartext: ordinary mail becomes an
   anomaly; a PEC message another provider sends in cleartext is taken in and the evidence
   log says so ([pec] cleartext_pec = accept, the default), or refused with 550 5.7.10
@@ -118,6 +118,9 @@ def test_timeout_notices_quote_the_original_message_id(providers):
     pec_id = daticert(acc_msg).findtext("dati/identificativo")
     m = re.fullmatch(r"(opec1\.\d{14}\.[0-9A-F]{16})@pec\.a\.test", pec_id)
     assert m, pec_id
+    # the acceptance has an identifier of its own (RFC 5322 §3.6.4), the first the access
+    # point makes for the message: not the envelope's, which is the PEC msgid
+    assert acc_msg["Message-ID"] == f"<{m.group(1)}.1@pec.a.test>", acc_msg["Message-ID"]
     notices = a.wait_mail("mario", ricevuta("preavviso-errore-consegna"), count=2, timeout=40)
     ids = []
     for raw in (n[1] for n in notices):
@@ -128,8 +131,9 @@ def test_timeout_notices_quote_the_original_message_id(providers):
         assert d.findtext("dati/msgid") == ORIG_MSGID
         assert d.findtext("dati/identificativo") == pec_id
         ids.append(msg["Message-ID"])
-    # docs/pec.md: opec1.<arrival>.<queue id>.<n>@<domain>, n = 2 x slot + 1 (12 h) or 2 (24 h)
-    assert ids == [f"<{m.group(1)}.1@pec.a.test>", f"<{m.group(1)}.2@pec.a.test>"], ids
+    # docs/pec.md: opec1.<arrival>.<queue id>.<n>@<domain>, n = 2k (12 h), 2k + 1 (24 h) for
+    # the k-th certificato recipient
+    assert ids == [f"<{m.group(1)}.2@pec.a.test>", f"<{m.group(1)}.3@pec.a.test>"], ids
     assert b"12 ore" in notices[0][1] and b"24 ore" in notices[1][1]
     # the evidence log finds both notices by the client's Message-ID
     trace = pecctl("-c", a.conf, "trace", ORIG_MSGID).stdout
@@ -160,7 +164,7 @@ def test_tracking_database_of_an_older_pecd_is_migrated(providers):
     a.start()
     (n,) = a.wait_mail("mario", ricevuta("preavviso-errore-consegna"), timeout=30)
     msg = parsed(n[1])
-    assert msg["Message-ID"] == "<opec1.20250101120000.0123456789ABCDEF.2@pec.a.test>"
+    assert msg["Message-ID"] == "<opec1.20250101120000.0123456789ABCDEF.3@pec.a.test>"
     assert daticert(msg).findtext("dati/identificativo") == pec_id
     assert msg["X-Riferimento-Message-ID"] is None    # never stored by the older pecd
     assert "migrated from schema 0 to 1, 1 waiting recipient kept" in a.log(400)

@@ -100,15 +100,21 @@ static bool has_mailbox(struct pecd *d, const char *addr)
            users_db_is_dovecot(d->users) || users_db_exists(d->users, addr);
 }
 
-/* After the data of an unauthenticated transaction for a PEC provider (the
- * content decides; RFC 6109 §2.2.2):
- * - a PEC message (X-Trasporto or X-Ricevuta) is always taken: an unknown
- *   recipient of an envelope gets the signed errore-consegna no-dest of
- *   §3.3.3 from the delivery point;
- * - ordinary mail is refused when [pec] accept_ordinary_mail = no (case 4),
- *   and when none of its recipients has a mailbox here (550 5.1.1: the
- *   sending server tells its user); when some have one, they get it in an
- *   anomaly envelope and the sender a non-delivery report for the others. */
+/* What the content decides, after the data, for mail from outside (not
+ * authenticated) to a PEC provider (RFC 6109 §2.2.2):
+ *  - a PEC message (X-Trasporto or X-Ricevuta) is taken: an unknown recipient
+ *    of an envelope gets the signed errore-consegna no-dest of §3.3.3 from
+ *    the delivery point.  With [pec] cleartext_pec = refuse, one that another
+ *    provider sent without TLS, against §5.3, is refused with 5.7.10 (RFC
+ *    5248 "Encryption needed"); by default it is taken in: its signature
+ *    still protects it, the incoming point checks it as any other, and the
+ *    evidence log records the missing TLS (roles.c);
+ *  - ordinary mail is refused when [pec] accept_ordinary_mail = no (case 4),
+ *    and when none of its recipients has a mailbox here (550 5.1.1: the
+ *    sending server tells its user); when some have one, they get it in an
+ *    anomaly envelope and the sender a non-delivery report for the others.
+ *    Ordinary mail over cleartext is what §5.3 asks the incoming point to
+ *    accept. */
 static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *head, size_t len,
                           char *reply, size_t replylen)
 {
@@ -118,6 +124,11 @@ static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *hea
     char v[64];
     bool pec = mail_header_value(head, len, "X-Trasporto", v, sizeof v) ||
                mail_header_value(head, len, "X-Ricevuta", v, sizeof v);
+    if (pec && txn->tls_version == NULL && d->cfg->pec_cleartext_refuse) {
+        snprintf(reply, replylen, "550 5.7.10 Certified mail (PEC) between providers needs "
+                                  "TLS (RFC 6109 section 5.3): use STARTTLS");
+        return -1;
+    }
     if (pec)
         return 0;
     if (!d->cfg->pec_accept_ordinary) {

@@ -29,7 +29,7 @@ struct config_listener {
     char *addrs[CONFIG_MAX_ADDRS];  /* "host:port" */
     size_t naddrs;
     enum listener_tls tls;
-    bool require_tls;               /* refuse MAIL until STARTTLS */
+    bool require_tls;               /* refuse MAIL until STARTTLS ([mx]: no, RFC 6109 §5.3) */
     enum listener_auth auth;
     /* relay_networks: clients that may relay without AUTH (like Postfix's
      * mynetworks); empty by default */
@@ -123,6 +123,8 @@ struct config {
     char *pec_service_address;      /* posta-certificata@<domain> */
     uint64_t pec_max_total;         /* size x recipients limit (30 MB, §3.1.1) */
     bool pec_accept_ordinary;       /* ordinary mail for a PEC mailbox: anomaly (yes) or 550 */
+    bool pec_cleartext_refuse;      /* PEC over cleartext on [mx]: 550 5.7.10 (refuse) or taken
+                                       in and logged (accept, the default) */
     char *pec_tls_policy;           /* TLS policy towards other providers (verify) */
 
     /* [timers] (§3.1.6) */

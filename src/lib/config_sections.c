@@ -62,11 +62,14 @@ static struct config_listener *listener_get(struct config *cfg, const char *name
     struct config_listener *l = &cfg->listeners[cfg->nlisteners++];
     memset(l, 0, sizeof *l);
     str_copy(l->name, name, sizeof l->name);
-    /* Defaults per role: providers talk TLS to each other (RFC 6109 §5.3);
-     * users submit over TLS with AUTH (RFC 8314). */
+    /* Defaults per role.  The incoming point offers STARTTLS and MUST accept
+     * cleartext as well, for ordinary mail (RFC 6109 §5.3; RFC 3207 §4: a
+     * publicly-referenced server does not require TLS); what a PEC message
+     * over cleartext gets is [pec] cleartext_pec.  Users submit over TLS
+     * with AUTH (RFC 8314). */
     if (strcmp(name, "mx") == 0) {
         l->tls = LTLS_STARTTLS;
-        l->require_tls = true;
+        l->require_tls = false;
         l->auth = LAUTH_NO;
     } else if (strcmp(name, "submission") == 0) {
         l->tls = LTLS_STARTTLS;
@@ -503,6 +506,12 @@ int config_handler(void *user, const char *section, const char *name, const char
         if (strcmp(name, "accept_ordinary_mail") == 0) {
             if (parse_bool(value, &cfg->pec_accept_ordinary) == -1)
                 return fail(ctx, "accept_ordinary_mail: '%s' is not yes or no", value);
+            return 1;
+        }
+        if (strcmp(name, "cleartext_pec") == 0) {
+            if (strcmp(value, "accept") != 0 && strcmp(value, "refuse") != 0)
+                return fail(ctx, "cleartext_pec: '%s' is not accept or refuse", value);
+            cfg->pec_cleartext_refuse = strcmp(value, "refuse") == 0;
             return 1;
         }
         if (strcmp(name, "tls_policy") == 0) {

@@ -7,7 +7,7 @@
  *     ├ multipart/alternative { text/plain, text/html }   (text/plain only
  *     │                                                    for the anomaly)
  *     ├ application/xml  daticert.xml   (not in the anomaly envelope, §3.2.2)
- *     └ message/rfc822   postacert.eml  (envelopes, completa and breve)
+ *     └ message/rfc822   postacert.eml  (envelopes, the anomaly, completa, breve)
  *
  * Leaf parts are built and encoded by GMime; the multipart/mixed around
  * them is assembled here so that the original message is embedded byte for
@@ -407,11 +407,12 @@ static int add_message_part(mime_buf *out, const pec_build_args *a, char *err, s
     }
     if (rc < 0)
         goto out;
-    /* RFC 2046 §5.2.1: message/rfc822 is 7bit or 8bit, never re-encoded */
-    const char *name = a->type == PEC_TYPE_ANOMALIA ? "anomalia.eml" : "postacert.eml";
-    rc = mime_buf_addf(out, "Content-Type: message/rfc822; name=\"%s\"\r\n"
-                            "Content-Disposition: inline; filename=\"%s\"\r\n%s\r\n",
-                       name, name,
+    /* RFC 2046 §5.2.1: message/rfc822 is 7bit or 8bit, never re-encoded.
+     * RFC 6109 §4.3.2: the original is postacert.eml in every message that
+     * carries it, the anomaly envelope (§3.2.2) included; PEC clients look
+     * for that name. */
+    rc = mime_buf_addf(out, "Content-Type: message/rfc822; name=\"postacert.eml\"\r\n"
+                            "Content-Disposition: inline; filename=\"postacert.eml\"\r\n%s\r\n",
                        has_8bit(raw.data, raw.len) ? "Content-Transfer-Encoding: 8bit\r\n" : "");
     rc |= mime_buf_add(out, raw.data, raw.len);
     if (raw.len < 2 || memcmp(raw.data + raw.len - 2, "\r\n", 2) != 0)

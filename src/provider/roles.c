@@ -16,9 +16,11 @@
  *                 anomaly envelope (§3.2.2)
  *
  * This file: setting up (signing key, providers' directory), the evidence
- * log's events, the helpers the roles share, the timeout notices (§3.1.6)
- * and the dispatch by stage.  The access point is in roles_access.c, the
- * incoming and delivery points in roles_incoming.c (roles_int.h).
+ * log's events, the helpers the roles share (outputs inherit the source's
+ * REQUIRETLS, RFC 8689 §6), the timeout notices (§3.1.6), the record of PEC
+ * received without TLS (§5.3) and the dispatch by stage.  The access point
+ * is in roles_access.c, the incoming and delivery points in roles_incoming.c
+ * (roles_int.h).
  */
 #include "roles_int.h"
 #include "roles.h"
@@ -232,9 +234,12 @@ void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_ou
     role_source_id(r, env, ++out->ids, buf, size);
 }
 
-/* A system message from posta-certificata@<domain> to one address. */
-void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
-                     size_t nto, const char *stage, const pec_buf *msg)
+/* A message a role makes, from 'from' to to[], as an output of the stage
+ * (queued: relayed, or run through 'stage').  src: the message it was made
+ * from, whose RFC 8689 tag it inherits (requiretls), or NULL. */
+void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
+                         const char *from, const char *const *to, size_t nto, const char *stage,
+                         const void *data, size_t len)
 {
     struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
     for (size_t i = 0; i < nto; i++) {
@@ -242,9 +247,17 @@ void role_add_output(struct queue_outputs *out, const char *from, const char *co
         rc[i].orig = (char *)to[i];
     }
     struct queue_env e = {.sender = (char *)from, .rcpts = rc, .nrcpts = nto,
-                          .stage = (char *)stage, .listener = "pec", .proto = "local"};
-    queue_outputs_add(out, &e, msg->data, msg->len);
+                          .stage = (char *)stage, .listener = "pec", .proto = "local",
+                          .requiretls = src != NULL && src->requiretls};
+    queue_outputs_add(out, &e, data, len);
     free(rc);
+}
+
+/* A system message from posta-certificata@<domain> to one address. */
+void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
+                     size_t nto, const char *stage, const pec_buf *msg)
+{
+    role_add_output_for(out, NULL, from, to, nto, stage, msg->data, msg->len);
 }
 
 int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
@@ -321,7 +334,11 @@ void role_refuse_unknown(const struct queue_env *src, const size_t *idx, size_t 
 }
 
 /* A system message from our service address: our users get it straight into
- * the mailbox, others' are relayed. */
+ * the mailbox, others' are relayed.  A receipt made for a message that came
+ * with REQUIRETLS is relayed with REQUIRETLS (RFC 8689 §6, reorigination):
+ * a delivery receipt completa or breve carries the original, and every
+ * receipt its metadata, which §5 protects as the original for
+ * non-delivery reports. */
 int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
                  struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
                  size_t errlen)
@@ -330,7 +347,7 @@ int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
     if (config_is_local_domain(r->cfg, domain_of(to)))
         return role_store_copies(r, src, recovered, r->cfg->pec_service_address, rcpt, 1, m->data,
                                  m->len, out, err, errlen);
-    role_add_output(out, r->cfg->pec_service_address, rcpt, 1, NULL, m);
+    role_add_output_for(out, src, r->cfg->pec_service_address, rcpt, 1, NULL, m->data, m->len);
     return 0;
 }
 
@@ -354,8 +371,23 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     char key[600];
     snprintf(key, sizeof key, "%s:%d", due->rcpt, due->which);
     time_t now = time(NULL);
-    char mid[256];
-    role_make_id(r, mid, sizeof mid, now);
+    /* Message-ID (docs/pec.md): like every message made about one the
+     * provider received, the PEC msgid opec1.<arrival>.<queue id>@<domain>
+     * with ".<n>" added.  The access point's receipt is .1; here n = 2 *
+     * slot + which + 1, so the two notices of each recipient have their own,
+     * and a notice sent again after a crash (stored, not yet marked) has the
+     * one the evidence log recorded */
+    char mid[300];
+    const char *at = strrchr(due->pec_id, '@');
+    int n = at == NULL ? -1
+                       : snprintf(mid, sizeof mid, "%.*s.%u%s", (int)(at - due->pec_id),
+                                  due->pec_id, 2 * due->slot + (unsigned)due->which + 1, at);
+    if (n < 0 || (size_t)n >= sizeof mid)
+        role_make_id(r, mid, sizeof mid, now);
+    /* §3.1.6: the notices quote the original's Message-ID, as its acceptance
+     * did (X-Riferimento-Message-ID and daticert <msgid>) */
+    const char *omid = due->orig_msgid != NULL && due->orig_msgid[0] == '<' ? due->orig_msgid
+                                                                           : NULL;
     pec_recipient rc = {.addr = due->rcpt, .kind = PEC_RCPT_CERTIFICATO};
     /* §3.1.6 (digest (h)): the two notices share header and XML, not text */
     const char *why = due->which == 1
@@ -365,13 +397,14 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
           "conclusa con esito negativo.";
     pec_build_args a = {.type = PEC_TYPE_PREAVVISO_ERRORE_CONSEGNA, .errore = PEC_ERRORE_ALTRO,
                         .sender = due->sender, .recipients = &rc, .n_recipients = 1,
-                        .when = now, .pec_id = due->pec_id, .message_id = mid,
+                        .when = now, .pec_id = due->pec_id, .orig_msgid = omid,
+                        .message_id = mid,
                         .consegna = due->rcpt, .subject = due->subject, .errore_esteso = why};
     pec_buf m = {0};
     if (role_build(r, &a, &m, err, errlen) == -1)
         return -1;
     /* not in a stage: the notice is queued by the timer (queue_inject) */
-    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, NULL, mid,
+    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, omid, mid,
               due->sender, due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
     memset(env, 0, sizeof *env);
     memset(rcpt, 0, sizeof *rcpt);
@@ -410,14 +443,66 @@ int roles_pass_end(void *arg, char *err, size_t errlen)
     return rc;
 }
 
+/* The Message-ID-like header field name of msg without < >, or "". */
+static void header_id(const char *data, size_t len, const char *name, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (!mail_header_value(data, len, name, out, outlen))
+        return;
+    char *p = out + (out[0] == '<');
+    size_t n = strcspn(p, ">");
+    memmove(out, p, n);
+    out[n] = '\0';
+}
+
+/* RFC 6109 §5.3: providers exchange mail over TLS, and the incoming point
+ * accepts cleartext for ordinary mail.  A PEC message (envelope, receipt,
+ * anomaly) that another provider sent over cleartext is taken in ([pec]
+ * cleartext_pec = accept; with refuse, pecd refused it after the data): the
+ * evidence log records the missing TLS and the client, with the message's
+ * identifiers so that `pecctl trace` shows it. */
+static int cleartext_event(struct roles *r, const struct queue_env *env, const char *data,
+                           size_t len)
+{
+    char tr[64] = "", ri[64] = "";
+    if (env->tls != NULL || env->listener == NULL || strcmp(env->listener, "mx") != 0)
+        return 0;
+    bool envelope = mail_header_value(data, len, "X-Trasporto", tr, sizeof tr);
+    if (!envelope && !mail_header_value(data, len, "X-Ricevuta", ri, sizeof ri))
+        return 0;   /* ordinary mail: cleartext is what §5.3 allows */
+    char mid[512], ref[512], outcome[512];
+    header_id(data, len, "Message-ID", mid, sizeof mid);
+    header_id(data, len, "X-Riferimento-Message-ID", ref, sizeof ref);
+    snprintf(outcome, sizeof outcome, "tls=none client=%s helo=%.200s",
+             env->client_ip ? env->client_ip : "unknown", env->helo ? env->helo : "");
+    GString *to = g_string_new(NULL);
+    for (size_t i = 0; i < env->nrcpts; i++)
+        g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
+    bool busta = envelope && strcasecmp(tr, "posta-certificata") == 0;
+    int rc = role_event(r, "ricezione-senza-tls", env->qid, busta && mid[0] ? mid : NULL,
+                        ref[0] ? ref : NULL, mid[0] ? mid : NULL, env->sender, to->str, NULL,
+                        outcome, NULL);
+    g_string_free(to, TRUE);
+    if (rc == 0)
+        log_warn("%s: PEC %s from <%s> received without TLS from %s (RFC 6109 section 5.3)",
+                 env->qid, busta ? "envelope" : envelope ? "anomaly envelope" : "receipt",
+                 env->sender, env->client_ip ? env->client_ip : "unknown");
+    return rc;
+}
+
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen)
 {
     struct roles *r = arg;
     if (strcmp(env->stage, "submission") == 0)
         return role_access_point(r, env, data, len, recovered, out, err, errlen);
-    if (strcmp(env->stage, "incoming") == 0)
+    if (strcmp(env->stage, "incoming") == 0) {
+        if (cleartext_event(r, env, data, len) == -1) {
+            snprintf(err, errlen, "evidence log unavailable");
+            return -1;
+        }
         return role_incoming_point(r, env, data, len, recovered, out, err, errlen);
+    }
     snprintf(err, errlen, "unknown stage '%s'", env->stage);
     return -1;
 }

@@ -2,7 +2,9 @@
  * roles_access.c - the access point (RFC 6109 §3.1) as the stage "submission":
  * formal checks, then non-acceptance, or acceptance and one transport
  * envelope; a message the stage found a virus in gets a non-acceptance for
- * virus (§3.1.3).  Split from roles.c (see there and roles_int.h).
+ * virus (§3.1.3).  The envelope re-originates the user's message, so it
+ * carries her RFC 8689 tag (§6): REQUIRETLS on MAIL, or the header field
+ * "TLS-Required: No".  Split from roles.c (see there and roles_int.h).
  */
 #include "roles_int.h"
 #include "roles.h"
@@ -40,8 +42,8 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
     pec_buf m = {0};
     int rc = role_build(r, a, &m, err, errlen);
     if (rc == 0)
-        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, NULL, env->sender, NULL,
-                        subj, why, NULL);
+        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, a->message_id,
+                        env->sender, NULL, subj, why, NULL);
     if (rc == 0)
         rc = role_callout_event(r, env, a->pec_id, omid);
     if (rc == 0)
@@ -56,6 +58,32 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
 }
 
 /* ---- access point (§3.1) ------------------------------------------------------- */
+
+/* The envelope's bytes with "TLS-Required: No" added at the end of its header
+ * block (outside the signed part, which the header is not in), when the
+ * submitted message waived TLS (RFC 8689 §3, §4.1) and did not ask for
+ * REQUIRETLS (then the header field is ignored, §4.1); NULL otherwise or when
+ * the header block has no end.  free() it. */
+static char *envelope_tls_optional(const struct queue_env *env, const char *data, size_t len,
+                                   const pec_buf *m, size_t *outlen)
+{
+    if (env->requiretls || !transport_tls_required_no(data, len) ||
+        transport_tls_required_no((const char *)m->data, m->len))
+        return NULL;
+    const unsigned char *end = memmem(m->data, m->len, "\r\n\r\n", 4);
+    if (end == NULL)
+        return NULL;
+    static const char field[] = "TLS-Required: No\r\n";
+    size_t head = (size_t)(end - m->data) + 2, flen = sizeof field - 1;
+    char *out = malloc(m->len + flen);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, m->data, head);
+    memcpy(out + head, field, flen);
+    memcpy(out + head + flen, m->data + head, m->len - head);
+    *outlen = m->len + flen;
+    return out;
+}
 
 int role_access_point(struct roles *r, const struct queue_env *env, const char *data,
                       size_t len, bool recovered, struct queue_outputs *out, char *err,
@@ -74,13 +102,18 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
      * crash gives the same message the same identity */
     char pec_id[256];
     role_source_id(r, env, 0, pec_id, sizeof pec_id);
+    /* the receipt to the sender (acceptance or non-acceptance) is a message of
+     * its own: its Message-ID is the first one the stage makes (docs/pec.md),
+     * never the envelope's (RFC 5322 §3.6.4: one message, one identifier) */
+    char receipt_id[256];
+    role_stage_id(r, env, out, receipt_id, sizeof receipt_id);
     pec_check_input in = {.msg = data, .len = len, .reverse_path = env->sender,
                           .forward_paths = fwd, .n_forward = env->nrcpts,
                           .max_total = r->cfg->pec_max_total};
     pec_check_result cr;
     pec_build_args a = {.original = data, .original_len = len, .sender = env->sender,
                         .recipients = rcpts, .n_recipients = env->nrcpts, .when = now,
-                        .pec_id = pec_id};
+                        .pec_id = pec_id, .message_id = receipt_id};
     pec_buf m = {0};
     int rc = -1;
     if (env->virus != NULL) {
@@ -96,8 +129,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         char subj0[1024] = "";
         mail_header_value(data, len, "Subject", subj0, sizeof subj0);
         if (role_build(r, &a, &m, err, errlen) == 0 &&
-            role_event(r, "non-accettazione", env->qid, pec_id, NULL, NULL, env->sender, NULL,
-                       subj0, cr.detail, NULL) == 0) {
+            role_event(r, "non-accettazione", env->qid, pec_id, NULL, receipt_id, env->sender,
+                       NULL, subj0, cr.detail, NULL) == 0) {
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         } else if (err[0] == '\0') {
             snprintf(err, errlen, "evidence log unavailable");
@@ -115,14 +148,28 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     a.type = PEC_TYPE_ACCETTAZIONE;
     if (role_build(r, &a, &m, err, errlen) == -1)
         goto done;
+    /* the original's Message-ID as the acceptance quotes it: the timeout
+     * notices (§3.1.6) quote the same, from the tracking record */
+    char ref[1000];
+    const char *orig_ref = NULL;
+    if (mail_header_value((const char *)m.data, m.len, "X-Riferimento-Message-ID", ref,
+                          sizeof ref) &&
+        ref[0] == '<' && strlen(ref) < sizeof ref - 1 && ref[strlen(ref) - 1] == '>')
+        orig_ref = ref;
     if (role_send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
         goto done;
     pec_buf_free(&m);
     a.type = PEC_TYPE_POSTA_CERTIFICATA;
+    a.message_id = NULL;   /* the envelope's Message-ID is the PEC msgid (§2.2.1) */
     if (role_build(r, &a, &m, err, errlen) == -1) {
         queue_outputs_free(out);
         goto done;
     }
+    /* her RFC 8689 tag follows her content: REQUIRETLS on the outputs,
+     * TLS-Required: No in the envelope's header */
+    size_t elen = m.len;
+    char *tagged = envelope_tls_optional(env, data, len, &m, &elen);
+    const char *edata = tagged != NULL ? tagged : (const char *)m.data;
     /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
      * recipients; ours go through our incoming point (§3.4) */
     const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
@@ -138,12 +185,14 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         for (size_t i = 0; i < nl; i++)
             qr[i].addr = qr[i].orig = (char *)local[i];
         struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
-                              .stage = "incoming", .listener = "pec", .proto = "local"};
-        queue_outputs_add(out, &e, m.data, m.len);
+                              .stage = "incoming", .listener = "pec", .proto = "local",
+                              .requiretls = env->requiretls};
+        queue_outputs_add(out, &e, edata, elen);
         free(qr);
     }
     if (nr > 0)
-        role_add_output(out, env->sender, remote, nr, NULL, &m);
+        role_add_output_for(out, env, env->sender, remote, nr, NULL, edata, elen);
+    free(tagged);
     free(local);
     free(remote);
     /* §3.1.6: receipts are expected from certificato recipients only */
@@ -158,12 +207,13 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         }
         char subj[1024] = "";
         mail_header_value(data, len, "Subject", subj, sizeof subj);
-        int tr = tracking_expect(r->tracking, pec_id, env->sender, subj, all->str, cert, nc, now);
+        int tr = tracking_expect(r->tracking, pec_id, orig_ref, env->sender, subj, all->str, cert,
+                                 nc, now);
         char omid[512] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&
-            (role_event(r, "accettazione", env->qid, pec_id, omid, NULL, env->sender, all->str,
-                        subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
+            (role_event(r, "accettazione", env->qid, pec_id, omid, receipt_id, env->sender,
+                        all->str, subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
              role_event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender,
                         all->str, subj, "inviata", NULL) == -1))
             tr = -1;

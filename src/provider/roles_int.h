@@ -45,6 +45,9 @@ void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_ou
                    char *buf, size_t size);
 void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
                      size_t nto, const char *stage, const pec_buf *msg);
+void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
+                         const char *from, const char *const *to, size_t nto, const char *stage,
+                         const void *data, size_t len);
 int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen);
 int role_store_copies(struct roles *r, const struct queue_env *src, bool recovered,
                       const char *sender, const char *const *to, size_t nto, const void *data,

@@ -10,7 +10,10 @@
  * needs a secure next-hop lookup (DNSSEC; a static route is configuration,
  * and counts as secure) and a next hop that offers REQUIRETLS; otherwise the
  * message bounces with 5.7.10 / 5.7.30.  "TLS-Required: No" (§3) relaxes the
- * policy of a message that is not tagged REQUIRETLS.  Connections are reused
+ * policy of a message that is not tagged REQUIRETLS, but never below the TLS
+ * that RFC 6109 §5.3 requires between PEC providers ([pec] tls_policy): that
+ * is this provider's own duty, not a policy the recipient domain asserts,
+ * which is all the header field waives.  Connections are reused
  * for the next message to the same hop, and at most
  * [outbound] max_per_destination deliveries run at once per domain.
  *
@@ -143,8 +146,7 @@ void transport_free(struct transport *t)
 
 /* ---- relay ----------------------------------------------------------------------- */
 
-/* RFC 8689 §3: "TLS-Required: No" in the message header. */
-static bool tls_required_no(const char *data, size_t len)
+bool transport_tls_required_no(const char *data, size_t len)
 {
     char v[64];
     return mail_header_value(data, len, "TLS-Required", v, sizeof v) &&
@@ -170,19 +172,20 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
     const char *pname = config_tls_policy(t->cfg, domain);
     enum tls_policy policy = TLSP_MAY;
     tls_policy_parse(pname ? pname : t->cfg->out_tls, &policy);
-    /* provider-to-provider PEC traffic: at least [pec] tls_policy (RFC 6109 §5.3) */
+    bool bounce = env->sender[0] == '\0';
+    bool strict = env->requiretls && !bounce;
+    if (!env->requiretls && transport_tls_required_no(data, len) && policy > TLSP_MAY)
+        policy = TLSP_MAY;      /* RFC 8689 §3: the sender waives the recipient's policy */
+    /* provider-to-provider PEC traffic: at least [pec] tls_policy (RFC 6109
+     * §5.3), whatever TLS-Required says */
     if (t->is_pec != NULL && t->is_pec(t->is_pec_arg, domain)) {
         enum tls_policy floor = TLSP_VERIFY;
         tls_policy_parse(t->cfg->pec_tls_policy, &floor);
         if (policy < floor)
             policy = floor;
     }
-    bool bounce = env->sender[0] == '\0';
-    bool strict = env->requiretls && !bounce;
     if (strict && policy < TLSP_VERIFY)
         policy = TLSP_VERIFY;   /* RFC 8689 §4.2.1 step 4 */
-    else if (!env->requiretls && tls_required_no(data, len) && policy > TLSP_MAY)
-        policy = TLSP_MAY;      /* RFC 8689 §3: the sender waives the recipient's policy */
 
     struct hops hs;
     tr_resolve(t, domain, &hs);

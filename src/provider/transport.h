@@ -39,6 +39,9 @@ void transport_set_users(struct transport *t, int (*lookup)(void *arg, const cha
 /* local_lmtp.c: recipients idx[0..n) of env through LMTP, one transaction. */
 void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, const char *data,
                         size_t len, const size_t *idx, size_t n, struct deliver_rcpt *r);
+/* RFC 8689 §3: the message's header has "TLS-Required: No" (the sender
+ * waives the recipient domain's TLS policy). */
+bool transport_tls_required_no(const char *data, size_t len);
 /* deliver_fn (queue.h); arg is the struct transport. */
 void transport_deliver(void *arg, const struct queue_env *env, const char *data, size_t len,
                        bool recovered, bool sync_each, struct deliver_rcpt *rcpts);

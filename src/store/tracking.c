@@ -5,6 +5,9 @@
  * (or non-delivery) came back, and which timeout notices went out.  SQLite,
  * one connection behind a mutex (delivery threads and the event loop use it).
  * Keyed by (PEC msgid, recipient), so replays after a crash add nothing.
+ * Each row also keeps the original's Message-ID, which both notices quote
+ * (§3.1.6), and the recipient's slot, which numbers their own Message-IDs.
+ * A database of an older pecd is migrated when opened (migrate()).
  */
 #include "tracking.h"
 #include "lib/lib.h"
@@ -22,8 +25,8 @@ enum {
     SQL_N
 };
 static const char *const sql_text[SQL_N] = {
-    [SQL_EXPECT] = "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, recipients, sent) "
-                   "VALUES (?, ?, ?, ?, ?, ?)",
+    [SQL_EXPECT] = "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, recipients, sent, "
+                   "orig_msgid, slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     /* a delivery receipt (or non-delivery) ends the tracking of the
      * recipient; a presa in carico only marks it */
     [SQL_PRESA] = "UPDATE expect SET presa = 1 WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE "
@@ -170,6 +173,8 @@ static const char schema[] =
     "  subject TEXT, recipients TEXT, sent INTEGER NOT NULL,"
     "  presa INTEGER NOT NULL DEFAULT 0,"      /* presa in carico received */
     "  notice INTEGER NOT NULL DEFAULT 0,"     /* timeout notices sent: 0, 1 (12 h), 2 (24 h) */
+    "  orig_msgid TEXT,"                       /* schema 1: the original's Message-ID, <…> */
+    "  slot INTEGER NOT NULL DEFAULT 0,"       /* schema 1: the recipient's place, from 0 */
     "  PRIMARY KEY (pec_id, rcpt));"
     "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);"
     /* messages taken in by the incoming point, so that a copy the sending
@@ -183,13 +188,74 @@ static const char schema[] =
     "  qid TEXT NOT NULL, at INTEGER NOT NULL,"
     "  PRIMARY KEY (signer, msgid, content, rcpt));";
 
+/* The schema this file writes (PRAGMA user_version).  0: the first one,
+ * without expect.orig_msgid and expect.slot. */
+#define TRACKING_SCHEMA 1
+
+static int pragma_int(sqlite3 *db, const char *sql, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+                     sqlite3_step(st) == SQLITE_ROW
+                 ? 0
+                 : -1;
+    if (rc == 0)
+        *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Brings a database of schema 0 to schema 1 in one transaction, keeping
+ * every row: the two columns are added (the table's own columns say whether
+ * they are there, whatever user_version says), and the rows that were
+ * waiting get slots numbered by recipient within their message, so that
+ * their notices still have distinct Message-IDs.  Their original's
+ * Message-ID is unknown: their notices go without it, as before. */
+static int migrate(sqlite3 *db, const char *path, char **msg)
+{
+    int version = 0, has = 0, rows = 0;
+    if (pragma_int(db, "PRAGMA user_version", &version) == -1)
+        return -1;
+    if (version >= TRACKING_SCHEMA)
+        return 0;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, msg) != SQLITE_OK)
+        return -1;
+    int rc = pragma_int(db, "SELECT count(*) FROM pragma_table_info('expect') "
+                            "WHERE name = 'orig_msgid'", &has);
+    if (rc == 0 && !has)
+        rc = sqlite3_exec(db,
+                          "ALTER TABLE expect ADD COLUMN orig_msgid TEXT;"
+                          "ALTER TABLE expect ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;"
+                          "UPDATE expect SET slot = (SELECT count(*) FROM expect AS e "
+                          "  WHERE e.pec_id = expect.pec_id AND e.rcpt < expect.rcpt);",
+                          NULL, NULL, msg) == SQLITE_OK
+                 ? 0
+                 : -1;
+    if (rc == 0)
+        rc = pragma_int(db, "SELECT count(*) FROM expect", &rows);
+    if (rc == 0)
+        rc = sqlite3_exec(db, "PRAGMA user_version = 1; COMMIT", NULL, NULL, msg) == SQLITE_OK
+                 ? 0
+                 : -1;
+    if (rc == -1) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    if (!has)
+        log_info("tracking database %s: migrated from schema %d to %d, %d waiting "
+                 "recipient%s kept",
+                 path, version, TRACKING_SCHEMA, rows, rows == 1 ? "" : "s");
+    return 0;
+}
+
 struct tracking *tracking_open(const char *path, char *err, size_t errlen)
 {
     struct tracking *t = calloc(1, sizeof *t);
     char *msg = NULL;
     if (sqlite3_open_v2(path, &t->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                           SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK ||
-        sqlite3_exec(t->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        sqlite3_exec(t->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+        migrate(t->db, path, &msg) == -1) {
         snprintf(err, errlen, "tracking database %s: %s", path,
                  msg ? msg : sqlite3_errmsg(t->db));
         sqlite3_free(msg);
@@ -238,9 +304,9 @@ void tracking_close(struct tracking *t)
     free(t);
 }
 
-int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
-                    const char *subject, const char *recipients, const char *const *rcpts,
-                    size_t n, time_t sent)
+int tracking_expect(struct tracking *t, const char *pec_id, const char *orig_msgid,
+                    const char *sender, const char *subject, const char *recipients,
+                    const char *const *rcpts, size_t n, time_t sent)
 {
     enter(t);
     sqlite3_stmt *st = NULL;
@@ -255,6 +321,8 @@ int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
         sqlite3_bind_text(st, 4, subject, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, recipients, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, (sqlite3_int64)sent);
+        sqlite3_bind_text(st, 7, orig_msgid, -1, SQLITE_STATIC);   /* NULL binds NULL */
+        sqlite3_bind_int64(st, 8, (sqlite3_int64)i);
         rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
         sqlite3_reset(st);
     }
@@ -297,7 +365,8 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
     sqlite3_stmt *st = NULL;
     GArray *a = g_array_new(FALSE, TRUE, sizeof(struct tracking_due));
     if (sqlite3_prepare_v2(t->db,
-                           "SELECT pec_id, rcpt, sender, subject, recipients, sent, presa, notice "
+                           "SELECT pec_id, rcpt, sender, subject, recipients, sent, presa, notice, "
+                           "orig_msgid, slot "
                            "FROM expect WHERE (notice = 0 AND presa = 0 AND sent <= ?) "
                            "OR (notice < 2 AND sent <= ?) ORDER BY sent LIMIT 1000",
                            -1, &st, NULL) == SQLITE_OK) {
@@ -311,6 +380,9 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
             d.subject = g_strdup((const char *)sqlite3_column_text(st, 3));
             d.recipients = g_strdup((const char *)sqlite3_column_text(st, 4));
             d.sent = (time_t)sqlite3_column_int64(st, 5);
+            d.orig_msgid = g_strdup((const char *)sqlite3_column_text(st, 8));
+            sqlite3_int64 slot = sqlite3_column_int64(st, 9);
+            d.slot = slot > 0 && slot < 1000000 ? (unsigned)slot : 0;
             d.which = d.sent <= second ? 2 : 1;
             g_array_append_val(a, d);
         }
@@ -353,6 +425,7 @@ void tracking_due_free(struct tracking_due *d, size_t n)
         g_free(d[i].sender);
         g_free(d[i].subject);
         g_free(d[i].recipients);
+        g_free(d[i].orig_msgid);
     }
     g_free(d);
 }

@@ -13,10 +13,15 @@
 struct tracking;
 struct tracking_due {
     char *pec_id, *rcpt, *sender, *subject, *recipients;
+    char *orig_msgid;   /* the original's Message-ID with < > (§3.1.6), or NULL */
+    unsigned slot;      /* the recipient's place among the envelope's certificato
+                           recipients, from 0: numbers the notices' Message-IDs */
     time_t sent;
     int which;          /* 1: the 12 h notice, 2: the 24 h notice */
 };
 
+/* Opens (creating) the database; one made by an older pecd is migrated in
+ * place, its rows kept (schema version in PRAGMA user_version). */
 struct tracking *tracking_open(const char *path, char *err, size_t errlen);
 /* The database commits with synchronous=NORMAL: durable by the queue's syncfs
  * at the end of each delivery-thread pass and by the committer's.  When it is
@@ -27,10 +32,12 @@ int tracking_sync_each(struct tracking *t, bool on);
 /* The connection's PRAGMA synchronous: 1 NORMAL, 2 FULL (-1 on error). */
 int tracking_synchronous(struct tracking *t);
 void tracking_close(struct tracking *t);
-/* Expect receipts for each certificato recipient of envelope pec_id. */
-int tracking_expect(struct tracking *t, const char *pec_id, const char *sender,
-                    const char *subject, const char *recipients, const char *const *rcpts,
-                    size_t n, time_t sent);
+/* Expect receipts for each certificato recipient of envelope pec_id;
+ * orig_msgid: the Message-ID of the original as the acceptance quotes it
+ * (X-Riferimento-Message-ID, with < >), or NULL.  rcpts[i] gets slot i. */
+int tracking_expect(struct tracking *t, const char *pec_id, const char *orig_msgid,
+                    const char *sender, const char *subject, const char *recipients,
+                    const char *const *rcpts, size_t n, time_t sent);
 /* A receipt came back: kind 'P' presa in carico, 'C' delivery or non-delivery.
  * 0 matched, 1 not expected (late or duplicate), -1 error. */
 int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind);

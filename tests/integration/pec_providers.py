@@ -94,15 +94,16 @@ class Provider:
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-tail:])
 
-    def submit(self, user, rcpts, msg, mail_from=None):
-        """Submits msg (bytes) as user (local part) over STARTTLS + AUTH; returns the reply."""
+    def submit(self, user, rcpts, msg, mail_from=None, mail_options=()):
+        """Submits msg (bytes) as user (local part) over STARTTLS + AUTH; returns the reply.
+        mail_options: MAIL FROM parameters (e.g. ["REQUIRETLS"])."""
         addr = f"{user}@{self.domain}"
         ctx = ssl.create_default_context(cafile=os.path.join(self.ca, "ca.pem"))
         ctx.check_hostname = False
         with smtplib.SMTP("127.0.0.1", self.ports["submission"], timeout=30) as s:
             s.starttls(context=ctx)
             s.login(addr, f"{user}-password")
-            return s.sendmail(mail_from or addr, rcpts, msg)
+            return s.sendmail(mail_from or addr, rcpts, msg, mail_options=list(mail_options))
 
     def maildir(self, local):
         return os.path.join(self.dir, "mail", self.domain, local)

@@ -11,7 +11,7 @@ configuration (docs/smtp-replies.md is the contract the tests assert).  What is 
 - message()/dot_stuff()/split_delivered()/received_re(): test messages and
   delivered files.
 
-The binaries come from $PEC_BUILD (default /work/main/build): src/cmd/pecd and
+The binaries come from $PEC_BUILD (default: build/ in this repository): src/cmd/pecd and
 src/cmd/pecctl.  pecd's stderr goes to DIR/pecd.log and is attached to the report of
 any failing test.  (A module name of our own, not "conftest", so that test files in
 sub-directories with their own conftest.py cannot shadow these helpers.)
@@ -30,7 +30,9 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("PEC_BUILD", "/work/main/build")
+# the repository this file is in (tests/integration/..), so that any clone finds its own build
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("PEC_BUILD") or os.path.join(REPO, "build")
 PECD = os.path.join(BUILD, "src", "cmd", "pecd")
 PECCTL = os.path.join(BUILD, "src", "cmd", "pecctl")
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("PEC_BUILD", "/work/main/build")
+from pecd_harness import BUILD   # $PEC_BUILD, else build/ in this repository
+
 PECCTL = os.path.join(BUILD, "src", "cmd", "pecctl")
 MAGIC = b"pecmail-evidence-1"
 FIELDS = ["type", "pec_id", "orig_msgid", "message_id", "sender", "recipients", "subject",

@@ -105,8 +105,22 @@ def test_mail_before_starttls_where_required(server):
             "530 5.7.0 Must issue a STARTTLS command first"
 
 
+def test_mx_offers_starttls_and_accepts_cleartext_by_default(make_instance):
+    """RFC 6109 §5.3: the incoming point announces STARTTLS and accepts unencrypted
+    connections as well ([mx] require_tls defaults to no)."""
+    inst = make_instance(conf={"mx": {"require_tls": None}})   # the default
+    with inst.connect("mx") as c:
+        assert "STARTTLS" in c.ehlo()
+        assert c.cmd("MAIL FROM:<a@client.test>") == "250 2.1.0 Sender OK"
+        assert c.cmd("RCPT TO:<alice@example.test>") == "250 2.1.5 Recipient OK"
+        c.cmd("RSET")
+        c.starttls()
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@client.test>") == "250 2.1.0 Sender OK"
+
+
 def test_mx_require_tls_yes(make_instance):
-    inst = make_instance(conf={"mx": {"require_tls": None}})   # default: yes
+    inst = make_instance(conf={"mx": {"require_tls": "yes"}})
     with inst.connect("mx") as c:
         c.ehlo()
         assert c.cmd("MAIL FROM:<a@client.test>") == "530 5.7.0 Must issue a STARTTLS command first"

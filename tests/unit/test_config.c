@@ -158,8 +158,11 @@ static void test_errors(void **state)
         {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\n",
          "[tls] certificate and key are required"},
         {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1\n", ":4: listen: '127.0.0.1' is not HOST:PORT"},
-        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\n",
+        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\nrequire_tls = yes\n",
          "require_tls = yes needs tls"},
+        {"[provider]\ndomain = x.it\n[mx]\nlisten = 127.0.0.1:25\ntls = none\n[pec]\n"
+         "cleartext_pec = maybe\n",
+         ":7: cleartext_pec: 'maybe' is not accept or refuse"},
         {"[provider]\ndomain = x.it\n[submission]\nlisten = 127.0.0.1:25\ntls = none\nrequire_tls = no\n",
          "AUTH is only offered over TLS"},
         {"[provider]\ndomain = x.it\n[delivery]\nmailbox = mbox:/var/mail\n", ":4: mailbox:"},
@@ -204,6 +207,44 @@ static void test_scalars(void **state)
     assert_int_equal(parse_bool("off", &b), 0);
     assert_false(b);
     assert_int_equal(parse_bool("maybe", &b), -1);
+}
+
+/* RFC 6109 §5.3: the incoming point offers STARTTLS and accepts cleartext
+ * (for ordinary mail); the submission listeners still require TLS.  A PEC
+ * message over cleartext is taken in unless [pec] cleartext_pec = refuse. */
+static void test_mx_accepts_cleartext(void **state)
+{
+    (void)state;
+    char err[512];
+    static const char base[] = "[provider]\ndomain = x.it\n[tls]\ncertificate = c.pem\n"
+                               "key = k.pem\n[mx]\nlisten = 127.0.0.1:25\n"
+                               "[submission]\nlisten = 127.0.0.1:587\n"
+                               "[submissions]\nlisten = 127.0.0.1:465\n";
+    struct config *cfg = load_text(base, err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    const struct config_listener *mx = config_listener(cfg, "mx");
+    assert_int_equal(mx->tls, LTLS_STARTTLS);
+    assert_false(mx->require_tls);
+    assert_true(config_listener(cfg, "submission")->require_tls);
+    assert_true(config_listener(cfg, "submissions")->require_tls);
+    assert_false(cfg->pec_cleartext_refuse);
+    config_free(cfg);
+    char text[1024];
+    snprintf(text, sizeof text, "%s[pec]\ncleartext_pec = refuse\n", base);
+    cfg = load_text(text, err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_true(cfg->pec_cleartext_refuse);
+    config_free(cfg);
+    snprintf(text, sizeof text, "%s[pec]\ncleartext_pec = accept\n[mx]\nrequire_tls = yes\n",
+             base);
+    cfg = load_text(text, err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_false(cfg->pec_cleartext_refuse);
+    assert_true(config_listener(cfg, "mx")->require_tls);
+    config_free(cfg);
 }
 
 /* [pec] directory* and crl_urls (issue 7): the values each key takes. */
@@ -308,7 +349,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults), cmocka_unit_test(test_values), cmocka_unit_test(test_relay_networks),
-        cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars), cmocka_unit_test(test_mx_accepts_cleartext),
         cmocka_unit_test(test_pec_directory_keys), cmocka_unit_test(test_pec_directory_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,8 +1,10 @@
 /*
  * test_tracking.c - the incoming point's record of messages taken in
  * (duplicate suppression: keyed by signer, Message-ID, certification data and
- * recipient) and its window: tracking_seen, tracking_purge_seen;
- * the pass transaction of the delivery threads.
+ * recipient) and its window: tracking_seen, tracking_purge_seen; the pass
+ * transaction of the delivery threads; the sending side's record of the
+ * receipts it waits for (what the timeout notices need) and the migration of
+ * a database made by an older pecd.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -62,8 +64,8 @@ static void test_sync_each(void **state)
     assert_int_equal(tracking_synchronous(t), 1);
     /* a notice's mark is synced on its own and leaves the setting as it was */
     const char *rcpts[] = {"anna@pec.b.example"};
-    assert_int_equal(tracking_expect(t, "<e1@pec.a.example>", "mario@pec.a.example", "s", "r",
-                                     rcpts, 1, 1700000000),
+    assert_int_equal(tracking_expect(t, "<e1@pec.a.example>", NULL, "mario@pec.a.example", "s",
+                                     "r", rcpts, 1, 1700000000),
                      0);
     assert_int_equal(tracking_mark(t, "<e1@pec.a.example>", "anna@pec.b.example", 1), 0);
     assert_int_equal(tracking_synchronous(t), 1);
@@ -104,8 +106,9 @@ static void test_pass_transaction(void **state)
     assert_int_equal(seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q1"), 0);
     assert_int_equal(seen(t, "<p1@pec.b.example>", "anna@pec.a.example", "Q2"), 1);
     const char *rcpts[] = {"luca@pec.b.example", "anna@pec.b.example"};
-    assert_int_equal(tracking_expect(t, "opec1@pec.a.example", "mario@pec.a.example", "s",
-                                     "luca, anna", rcpts, 2, time(NULL)),
+    assert_int_equal(tracking_expect(t, "opec1@pec.a.example", "<c1@client.example>",
+                                     "mario@pec.a.example", "s", "luca, anna", rcpts, 2,
+                                     time(NULL)),
                      0);
     assert_int_equal(tracking_receipt(t, "opec1@pec.a.example", "luca@pec.b.example", 'C'), 0);
     pthread_t th;
@@ -222,7 +225,7 @@ static void test_seen_old_table_dropped(void **state)
     (void)state;
     char path[512];
     assert_int_equal(fs_mkdirs(TEST_TMPDIR, 0700), 0);
-    snprintf(path, sizeof path, "%s/old.db", TEST_TMPDIR);
+    snprintf(path, sizeof path, "%s/oldseen.db", TEST_TMPDIR);
     unlink(path);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
@@ -233,7 +236,7 @@ static void test_seen_old_table_dropped(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
-    struct tracking *t = open_path("old.db", false);
+    struct tracking *t = open_path("oldseen.db", false);
     tracking_close(t);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_stmt *st = NULL;
@@ -246,9 +249,116 @@ static void test_seen_old_table_dropped(void **state)
     sqlite3_close(db);
 }
 
+/* The due notices carry what the notice needs (RFC 6109 §3.1.6): the
+ * original's Message-ID and the recipient's slot. */
+static void test_due_carries_the_original_msgid(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("due.db");
+    const char *rcpts[] = {"anna@pec.b.example", "luca@pec.c.example"};
+    time_t sent = time(NULL) - 100;
+    assert_int_equal(tracking_expect(t, "opec1.20250101120000.AB@pec.a.example",
+                                     "<x1@client.example>", "mario@pec.a.example", "s",
+                                     "anna, luca", rcpts, 2, sent),
+                     0);
+    struct tracking_due *d;
+    size_t n = tracking_due(t, time(NULL), 50, 24 * 50, &d);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(d[i].orig_msgid, "<x1@client.example>");
+        assert_int_equal(d[i].which, 1);
+        assert_int_equal(d[i].slot, strcmp(d[i].rcpt, rcpts[0]) == 0 ? 0 : 1);
+    }
+    tracking_due_free(d, n);
+    tracking_close(t);
+}
+
+/* A tracking.db of schema 0 (no orig_msgid, no slot, user_version 0), as
+ * pecd wrote it before: opened, it is migrated with every row kept; the
+ * rows of one message get distinct slots, new rows keep the Message-ID, and
+ * opening it again changes nothing. */
+static void test_migrates_schema_0(void **state)
+{
+    (void)state;
+    char path[512], wal[600];
+    assert_int_equal(fs_mkdirs(TEST_TMPDIR, 0700), 0);
+    snprintf(path, sizeof path, "%s/old.db", TEST_TMPDIR);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    unlink(path);
+    unlink(wal);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TABLE expect (pec_id TEXT NOT NULL, rcpt TEXT NOT NULL,"
+                     " sender TEXT NOT NULL, subject TEXT, recipients TEXT,"
+                     " sent INTEGER NOT NULL, presa INTEGER NOT NULL DEFAULT 0,"
+                     " notice INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pec_id, rcpt));"
+                     "CREATE INDEX expect_sent ON expect (sent);"
+                     "CREATE TABLE seen (msgid TEXT NOT NULL, rcpt TEXT NOT NULL,"
+                     " qid TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (msgid, rcpt));"
+                     "INSERT INTO expect (pec_id, rcpt, sender, subject, recipients, sent)"
+                     " VALUES ('opec1.old@pec.a.example', 'zeno@pec.b.example',"
+                     " 'mario@pec.a.example', 'vecchio', 'zeno, anna', 1000),"
+                     " ('opec1.old@pec.a.example', 'anna@pec.b.example',"
+                     " 'mario@pec.a.example', 'vecchio', 'zeno, anna', 1000);"
+                     "INSERT INTO expect (pec_id, rcpt, sender, sent, notice)"
+                     " VALUES ('opec1.old2@pec.a.example', 'anna@pec.b.example',"
+                     " 'mario@pec.a.example', 1000, 1);"
+                     "INSERT INTO seen VALUES ('<s@pec.b.example>', 'anna@pec.a.example', 'Q1',"
+                     " strftime('%s','now'));",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    struct tracking *t = open_path("old.db", false);
+    struct tracking_due *d;
+    size_t n = tracking_due(t, 100000, 3600, 24 * 3600, &d);
+    assert_int_equal(n, 3);   /* every row kept */
+    unsigned slots[2] = {9, 9};
+    for (size_t i = 0; i < n; i++) {
+        assert_null(d[i].orig_msgid);
+        assert_int_equal(d[i].which, 2);
+        if (strcmp(d[i].pec_id, "opec1.old@pec.a.example") == 0)
+            slots[strcmp(d[i].rcpt, "anna@pec.b.example") == 0 ? 0 : 1] = d[i].slot;
+        else
+            assert_int_equal(d[i].slot, 0);
+    }
+    assert_int_equal(slots[0], 0);   /* numbered by recipient within the message */
+    assert_int_equal(slots[1], 1);
+    tracking_due_free(d, n);
+    /* the duplicate window of that version (Message-ID only, written before
+     * verification) is dropped: a copy of that message is taken in again */
+    assert_int_equal(seen(t, "<s@pec.b.example>", "anna@pec.a.example", "Q2"), 0);
+    const char *rc[] = {"anna@pec.b.example"};
+    assert_int_equal(tracking_expect(t, "opec1.new@pec.a.example", "<n@client.example>",
+                                     "mario@pec.a.example", "nuovo", "anna", rc, 1, 1000),
+                     0);
+    tracking_close(t);
+
+    t = open_path("old.db", false);   /* again: nothing to migrate, nothing lost */
+    n = tracking_due(t, 100000, 3600, 24 * 3600, &d);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(d[i].pec_id, "opec1.new@pec.a.example") == 0)
+            assert_string_equal(d[i].orig_msgid, "<n@client.example>");
+    tracking_due_free(d, n);
+    tracking_close(t);
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sync_each),
+                                       cmocka_unit_test(test_due_carries_the_original_msgid),
+                                       cmocka_unit_test(test_migrates_schema_0),
                                        cmocka_unit_test(test_seen_and_window),
                                        cmocka_unit_test(test_pass_transaction),
                                        cmocka_unit_test(test_pass_crash),

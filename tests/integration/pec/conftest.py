@@ -1,6 +1,6 @@
 """Fixtures for the PEC core integration tests.
 
-The binaries come from $PEC_BUILD (default /work/main/build): pecctl in
+The binaries come from $PEC_BUILD (default: build/ in this repository): pecctl in
 src/cmd/ and the test helper pec_sample in src/pec/.  The interoperability
 vectors are read from ../shared/interop next to the repository and the tests
 that need them skip when it is absent.

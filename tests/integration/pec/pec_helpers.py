@@ -5,7 +5,7 @@ import pathlib
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-BUILD = pathlib.Path(os.environ.get("PEC_BUILD", ROOT / "build"))
+BUILD = pathlib.Path(os.environ.get("PEC_BUILD") or ROOT / "build")
 INTEROP = ROOT.parent / "shared" / "interop"
 DTD = ROOT.parent / "shared" / "reference" / "daticert.dtd"
 

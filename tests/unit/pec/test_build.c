@@ -166,6 +166,10 @@ static void test_anomaly(void **state)
     assert_false(has(&m, "daticert.xml"));
     assert_false(has(&m, "text/html"));
     assert_true(has(&m, "firma non valida"));
+    /* RFC 6109 §4.3.2: the received message is attached as postacert.eml */
+    assert_true(has(&m, "Content-Type: message/rfc822; name=\"postacert.eml\"\r\n"));
+    assert_true(has(&m, "filename=\"postacert.eml\""));
+    assert_false(has(&m, "anomalia.eml"));
     pec_buf_free(&m);
 }
 

@@ -33,7 +33,8 @@
 struct orig_facts {
     char *subject;           /* decoded */
     char *reply_to;          /* first address */
-    char *msgid;             /* with < > */
+    char *msgid;             /* its Message-ID, with < > */
+    char *xref;              /* its X-Riferimento-Message-ID (postacert.eml of an envelope) */
     char *clean_subject;     /* the subject used, without control characters */
 };
 
@@ -42,6 +43,7 @@ static void orig_facts_free(struct orig_facts *o)
     free(o->subject);
     free(o->reply_to);
     free(o->msgid);
+    free(o->xref);
     free(o->clean_subject);
     memset(o, 0, sizeof *o);
 }
@@ -77,6 +79,7 @@ static void orig_facts_copy(struct orig_facts *to, const struct orig_facts *from
     to->subject = dup_or_null(from->subject);
     to->reply_to = dup_or_null(from->reply_to);
     to->msgid = dup_or_null(from->msgid);
+    to->xref = dup_or_null(from->xref);
     to->clean_subject = NULL;
 }
 
@@ -90,17 +93,14 @@ static int orig_facts_parse(const char *hdr, size_t hlen, struct orig_facts *o, 
     o->subject = dup_or_null(mime_header(m, "Subject"));
     o->reply_to = mime_first_address(mime_header(m, "Reply-To"));
     const char *xref = mime_header(m, "X-Riferimento-Message-ID");
-    if (xref && *xref) {
-        /* the original is postacert.eml of an envelope: its client msgid */
-        o->msgid = pec_strdup_trim(xref);
-    } else {
-        const char *mid = g_mime_message_get_message_id(msg);
-        if (mid && *mid) {
-            size_t n = strlen(mid) + 3;
-            o->msgid = malloc(n);
-            if (o->msgid)
-                snprintf(o->msgid, n, "<%s>", mid);
-        }
+    if (xref && *xref)
+        o->xref = pec_strdup_trim(xref);
+    const char *mid = g_mime_message_get_message_id(msg);
+    if (mid && *mid) {
+        size_t n = strlen(mid) + 3;
+        o->msgid = malloc(n);
+        if (o->msgid)
+            snprintf(o->msgid, n, "<%s>", mid);
     }
     g_object_unref(msg);
     return 0;
@@ -215,7 +215,17 @@ static int fill_daticert(const pec_identity *id, const pec_build_args *a,
     d->gestore_emittente = (char *)id->name;
     pec_daticert_set_time(d, a->when);
     d->identificativo = (char *)a->pec_id;
-    d->msgid = (char *)(a->orig_msgid ? a->orig_msgid : o->msgid);
+    /* §2.2.1: the client's msgid.  In the user's own message (what the
+     * access point and the anomaly envelope are built from) that is its
+     * Message-ID: an X-Riferimento-Message-ID the sender wrote there is not
+     * ours and is ignored.  The original of a delivery receipt is the
+     * postacert.eml of an envelope, whose Message-ID is the PEC msgid and
+     * whose X-Riferimento-Message-ID the sending access point wrote. */
+    bool from_envelope = a->type == PEC_TYPE_AVVENUTA_CONSEGNA ||
+                         a->type == PEC_TYPE_ERRORE_CONSEGNA;
+    d->msgid = (char *)(a->orig_msgid                   ? a->orig_msgid
+                        : from_envelope && o->xref      ? o->xref
+                                                        : o->msgid);
     if (a->type == PEC_TYPE_POSTA_CERTIFICATA || a->type == PEC_TYPE_AVVENUTA_CONSEGNA)
         d->ricevuta = a->variant == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : a->variant;
     switch (a->type) {

@@ -286,6 +286,53 @@ static void test_breve_hostile_names(void **state)
     pec_buf_free(&b);
 }
 
+/* The client's msgid (§2.2.1) of the user's own message is its Message-ID:
+ * an X-Riferimento-Message-ID the sender wrote into it is not ours.  In the
+ * postacert.eml of an envelope (the original of a delivery receipt) that
+ * field is the sending access point's, and it is the one. */
+static void test_client_msgid_not_spoofed(void **state)
+{
+    (void)state;
+    static const char user[] = "From: mario.rossi@pec.a.example\r\nTo: anna@pec.b.example\r\n"
+                               "Subject: s\r\nMessage-ID: <real@client.example>\r\n"
+                               "X-Riferimento-Message-ID: <spoof@client.example>\r\n\r\nb\r\n";
+    static const char copy[] = "Message-ID: <opec1.1.2.3@pec.a.example>\r\n"
+                               "X-Riferimento-Message-ID: <real@client.example>\r\n"
+                               "From: mario.rossi@pec.a.example\r\nTo: anna@pec.b.example\r\n"
+                               "Subject: s\r\n\r\nb\r\n";
+    static pec_recipient rc[] = {{"anna@pec.b.example", PEC_RCPT_CERTIFICATO}};
+    static const struct {
+        pec_type type;
+        const char *orig;
+    } rows[] = {{PEC_TYPE_ACCETTAZIONE, user}, {PEC_TYPE_POSTA_CERTIFICATA, user},
+                {PEC_TYPE_AVVENUTA_CONSEGNA, copy}};
+    pec_signer *sg = tsigner(&tpki_get()->signer);
+    pec_identity id = {.domain = "pec.a.example", .name = "Gestore A", .signer = sg};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pec_build_args a = {.type = rows[i].type, .variant = PEC_VARIANT_COMPLETA,
+                            .original = rows[i].orig, .original_len = strlen(rows[i].orig),
+                            .sender = "mario.rossi@pec.a.example", .recipients = rc,
+                            .n_recipients = 1, .when = 1750061700,
+                            .pec_id = "opec1.1.2.3@pec.a.example",
+                            .message_id = rows[i].type == PEC_TYPE_POSTA_CERTIFICATA
+                                              ? NULL
+                                              : "opec1.1.2.3.1@pec.a.example",
+                            .consegna = "anna@pec.b.example"};
+        pec_buf m;
+        char err[256];
+        if (pec_build(&id, &a, &m, err, sizeof err) != 0)
+            fail_msg("row %zu: %s", i, err);
+        char *h = headers_of(&m);
+        if (strstr(h, "X-Riferimento-Message-ID: <real@client.example>\r\n") == NULL)
+            fail_msg("row %zu (%s): %s", i, pec_type_name(rows[i].type), h);
+        free(h);
+        /* nor in the certification data */
+        assert_true(has(&m, "real@client.example") && !has(&m, "<msgid>&lt;spoof"));
+        pec_buf_free(&m);
+    }
+    pec_signer_free(sg);
+}
+
 static void test_rewrite(void **state)
 {
     (void)state;
@@ -439,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_breve_hashes),
         cmocka_unit_test(test_breve_hostile_names),
         cmocka_unit_test(test_rewrite),
+        cmocka_unit_test(test_client_msgid_not_spoofed),
         cmocka_unit_test(test_required_arguments),
         cmocka_unit_test(test_envelope_original_to_receipt),
         cmocka_unit_test(test_original_facts_memo),

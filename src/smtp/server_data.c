@@ -276,8 +276,10 @@ bool sess_feed_data(struct session *s, struct evbuffer *in)
             s->state = ST_CMD;
             msg_finish(s);
         } else {
+            /* a CR at the chunk's end is held back (it may start a CRLF) but
+             * was received all the same */
             sess_reply(s, "250 2.0.0 %llu octets received",
-                  (unsigned long long)s->data.size);
+                       (unsigned long long)(s->data.size + (s->data.state == SD_CR)));
             s->state = ST_CMD;
             sess_command_timeouts(s);
         }

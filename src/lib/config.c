@@ -43,6 +43,56 @@ static void default_str(char **p, const char *fmt, ...)
     *p = strdup(buf);
 }
 
+/* Each listener's connection limit.  [limits] max_connections is the total:
+ * a listener without max_connections of its own gets a share of what the
+ * others leave, [submission] and [submissions] a tenth each and [mx] the rest,
+ * so a flood on the MX never takes the slots of the users' submission
+ * (docs/operator-guide.md).  The listeners' limits may not add up to more
+ * than the total. */
+static int share_connections(struct config *cfg, char *err, size_t errlen)
+{
+    uint64_t total = cfg->max_connections, fixed = 0;
+    size_t unset = 0;
+    struct config_listener *mx = NULL;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct config_listener *l = &cfg->listeners[i];
+        if (l->max_connections_per_ip == 0)
+            l->max_connections_per_ip = cfg->max_connections_per_ip;
+        if (l->max_connections != 0)
+            fixed += l->max_connections;
+        else if (strcmp(l->name, "mx") == 0)
+            mx = l;
+        else
+            unset++;
+    }
+    if (fixed > total) {
+        snprintf(err, errlen, "%s: the listeners' max_connections add up to %llu, more than "
+                 "[limits] max_connections = %llu", cfg->path, (unsigned long long)fixed,
+                 (unsigned long long)total);
+        return -1;
+    }
+    uint64_t left = total - fixed;
+    /* with [mx] to take the rest, the others get a tenth each; else they share */
+    uint64_t share = unset == 0 ? 0 : mx != NULL ? total / 10 : left / unset;
+    if (share == 0)
+        share = 1;
+    uint64_t need = share * unset + (mx != NULL ? 1 : 0);
+    if (need > left) {
+        snprintf(err, errlen, "%s: [limits] max_connections = %llu leaves no room for every "
+                 "listener: raise it or set max_connections in each listener's section",
+                 cfg->path, (unsigned long long)total);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct config_listener *l = &cfg->listeners[i];
+        if (l->max_connections == 0 && l != mx)
+            l->max_connections = share;
+    }
+    if (mx != NULL)
+        mx->max_connections = left - share * unset;
+    return 0;
+}
+
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
@@ -69,6 +119,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->timeout_command = 300;                     /* RFC 5321 §4.5.3.2.7 */
     cfg->timeout_data = 300;
     cfg->timeout_tls = 60;
+    cfg->min_data_rate = 500;                       /* as Postfix's smtpd_min_data_rate */
+    cfg->auth_failure_delay = 2;                    /* as Dovecot's auth_failure_delay */
+    cfg->auth_max_failures = 3;
+    cfg->auth_failures_per_ip = 10;
+    cfg->auth_failures_per_account = 20;
+    cfg->auth_failure_window = 900;
+    cfg->auth_track_max = 10000;
     cfg->tls_min_version = 12;
     cfg->delivery_workers = 0;                      /* auto: see below */
     cfg->worker_nice = 19;
@@ -212,6 +269,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: no listener: add [mx] listen = HOST:PORT", path);
         goto bad;
     }
+    if (share_connections(cfg, err, errlen) == -1)
+        goto bad;
     if (need_tls && (cfg->tls_cert == NULL || cfg->tls_key == NULL)) {
         snprintf(err, errlen, "%s: [tls] certificate and key are required by the listeners",
                  path);

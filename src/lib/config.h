@@ -35,6 +35,11 @@ struct config_listener {
      * mynetworks); empty by default */
     struct config_net { unsigned char addr[16]; int family; unsigned bits; } nets[16];
     size_t nnets;
+    /* concurrent sessions on this listener, and from one client address (an
+     * IPv6 /64) on it; 0 in the file = not set: config_load() fills its share
+     * of [limits] max_connections and [limits] max_connections_per_ip */
+    uint64_t max_connections;
+    uint64_t max_connections_per_ip;
 };
 
 struct config {
@@ -66,11 +71,18 @@ struct config {
     uint64_t max_recipients;
     uint64_t max_line_length;       /* DATA text line, octets incl. CRLF */
     uint64_t max_errors;
-    uint64_t max_connections;
-    uint64_t max_connections_per_ip;
-    uint64_t timeout_command;       /* seconds */
-    uint64_t timeout_data;
-    uint64_t timeout_tls;
+    uint64_t max_connections;       /* the total of the listeners' shares */
+    uint64_t max_connections_per_ip;/* default of each listener's */
+    uint64_t timeout_command;       /* seconds: a whole command line (absolute) */
+    uint64_t timeout_data;          /* seconds without data in DATA/BDAT */
+    uint64_t timeout_tls;           /* seconds: a whole TLS handshake (absolute) */
+    uint64_t min_data_rate;         /* octets/s a DATA/BDAT must average after timeout_data; 0 = none */
+    uint64_t auth_failure_delay;    /* seconds before a failed AUTH is answered */
+    uint64_t auth_max_failures;     /* failed AUTH in one session before 421 */
+    uint64_t auth_failures_per_ip;  /* in auth_failure_window, then 454; 0 = no limit */
+    uint64_t auth_failures_per_account;
+    uint64_t auth_failure_window;   /* seconds */
+    uint64_t auth_track_max;        /* addresses (and accounts) remembered */
 
     /* [queue] */
     char *queue_dir;

@@ -244,6 +244,10 @@ static int handle_listener(struct parse_ctx *ctx, const char *section, const cha
             return fail(ctx, "auth: '%s' is not no, optional or required", value);
         return 1;
     }
+    if (strcmp(name, "max_connections") == 0)
+        return handle_u64(ctx, name, value, &l->max_connections, true, 1);
+    if (strcmp(name, "max_connections_per_ip") == 0)
+        return handle_u64(ctx, name, value, &l->max_connections_per_ip, true, 1);
     if (strcmp(name, "relay_networks") == 0) {
         char *copy = strdup(value), *save = NULL;
         l->nnets = 0;
@@ -352,12 +356,28 @@ int config_handler(void *user, const char *section, const char *name, const char
             {"timeout_command", offsetof(struct config, timeout_command), false, 1},
             {"timeout_data", offsetof(struct config, timeout_data), false, 1},
             {"timeout_tls", offsetof(struct config, timeout_tls), false, 1},
+            {"min_data_rate", offsetof(struct config, min_data_rate), true, 0},
+            {"auth_failure_delay", offsetof(struct config, auth_failure_delay), false, 0},
+            {"auth_max_failures", offsetof(struct config, auth_max_failures), true, 1},
+            {"auth_failures_per_ip", offsetof(struct config, auth_failures_per_ip), true, 0},
+            {"auth_failures_per_account", offsetof(struct config, auth_failures_per_account),
+             true, 0},
+            {"auth_failure_window", offsetof(struct config, auth_failure_window), false, 1},
+            {"auth_track_max", offsetof(struct config, auth_track_max), true, 100},
         };
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            if (strcmp(name, keys[i].key) == 0)
-                return handle_u64(ctx, name, value,
-                                  (uint64_t *)((char *)cfg + keys[i].off), keys[i].size,
-                                  keys[i].min);
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            if (strcmp(name, keys[i].key) != 0)
+                continue;
+            uint64_t *dst = (uint64_t *)((char *)cfg + keys[i].off);
+            if (handle_u64(ctx, name, value, dst, keys[i].size, keys[i].min) == 0)
+                return 0;
+            /* a failed AUTH holds its session this long; the table's memory */
+            if (strcmp(name, "auth_failure_delay") == 0 && *dst > 60)
+                return fail(ctx, "auth_failure_delay: at most 60s");
+            if (strcmp(name, "auth_track_max") == 0 && *dst > 10000000)
+                return fail(ctx, "auth_track_max: at most 10000000");
+            return 1;
+        }
         return fail(ctx, "unknown key '%s' in [limits]", name);
     }
     if (strcmp(section, "queue") == 0) {

@@ -11,8 +11,10 @@
  * user logic: it calls struct smtp_hooks.  Replies are queued on the output
  * buffer; libevent flushes them, which gives PIPELINING its batching.
  *
- * This file: listeners, accept, the session's lifecycle and I/O callbacks,
- * replies and drain.  The commands are in server_cmd.c, DATA/BDAT and the
+ * This file: listeners, accept with each listener's connection limits, the
+ * session's deadline (a whole command line, TLS handshake or DATA at
+ * min_data_rate: a slow client cannot stretch them octet by octet), the
+ * session's lifecycle and I/O callbacks, replies and drain.  The commands are in server_cmd.c, DATA/BDAT and the
  * commit in server_data.c, STARTTLS and AUTH in server_auth.c; what they
  * share is in server_int.h.
  */
@@ -42,6 +44,7 @@
 struct listener {
     struct smtp_server *srv;
     const struct config_listener *cfg;
+    struct listener_state *state;   /* shared by the listener's addresses */
     struct evconnlistener *ev;
 };
 
@@ -131,10 +134,102 @@ void session_facts(struct session *s)
     s->txn.proto = s->proto;
 }
 
+/* ---- deadlines ----------------------------------------------------------- */
+
+/* When the period of the current deadline ends (clock_ms()); INT64_MAX: never. */
+static int64_t deadline_end(const struct session *s)
+{
+    const struct config *cfg = s->srv->cfg;
+    switch (s->dl) {
+    case DL_COMMAND:
+        return s->dl_start + (int64_t)cfg->timeout_command * 1000;
+    case DL_TLS: {
+        uint64_t t = cfg->timeout_tls;
+        if (s->refusing && t > SMTP_REFUSE_TLS_SECONDS)
+            t = SMTP_REFUSE_TLS_SECONDS;
+        return s->dl_start + (int64_t)t * 1000;
+    }
+    case DL_DATA:
+        /* a big message on a slow link goes on as long as it averages
+         * min_data_rate; a trickle is cut about timeout_data after it began */
+        if (cfg->min_data_rate == 0)
+            return INT64_MAX;
+        return s->dl_start + (int64_t)cfg->timeout_data * 1000 +
+               (int64_t)(s->dl_octets * 1000 / cfg->min_data_rate);
+    case DL_NONE:
+        break;
+    }
+    return INT64_MAX;
+}
+
+static void deadline_arm(struct session *s)
+{
+    int64_t end = deadline_end(s);
+    if (end == INT64_MAX) {
+        evtimer_del(s->timer);
+        return;
+    }
+    int64_t left = end - clock_ms();
+    if (left < 0)
+        left = 0;
+    struct timeval tv = {.tv_sec = (time_t)(left / 1000), .tv_usec = (suseconds_t)(left % 1000) * 1000};
+    evtimer_add(s->timer, &tv);
+}
+
+void sess_deadline(struct session *s, enum deadline dl)
+{
+    s->dl = dl;
+    s->dl_start = clock_ms();
+    s->dl_octets = 0;
+    deadline_arm(s);
+}
+
 void sess_command_timeouts(struct session *s)
 {
+    /* the deadline bounds the whole command line, however it trickles in
+     * (DESIGN.md); the write timeout, a client that reads no reply */
     struct timeval tv = {.tv_sec = (time_t)s->srv->cfg->timeout_command};
-    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    bufferevent_set_timeouts(s->bev, NULL, &tv);
+    sess_deadline(s, DL_COMMAND);
+}
+
+static const char *deadline_name(enum deadline dl)
+{
+    return dl == DL_COMMAND ? "waiting for a command line (timeout_command)"
+           : dl == DL_TLS   ? "in the TLS handshake (timeout_tls)"
+           : dl == DL_DATA  ? "in the message data (timeout_data, min_data_rate)"
+                            : "";
+}
+
+/* The session's time is up (a deadline, or a read or write without progress). */
+static void session_timeout(struct session *s, const char *what)
+{
+    if (session_waiting(s)) {
+        s->dead = true;    /* freed when the commit or AUTH completes */
+        return;
+    }
+    if (s->state == ST_CLOSING || s->state == ST_TLS) {
+        log_info("session %s on %s: timeout %s", s->ip, s->lst->name, what);
+        session_free(s);
+        return;
+    }
+    log_info("session %s on %s: timeout %s", s->ip, s->lst->name, what);
+    sess_reply_nocount(s, "421 4.4.2 %s Timeout, closing connection", s->srv->cfg->hostname);
+    session_close(s);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->dl == DL_NONE)
+        return;
+    if (clock_ms() < deadline_end(s)) {   /* DATA earned more time meanwhile */
+        deadline_arm(s);
+        return;
+    }
+    session_timeout(s, deadline_name(s->dl));
 }
 
 /* A hook (commit, callouts, auth) has answered: unless its reply closed the
@@ -155,6 +250,17 @@ void sess_on_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     session_process(arg);
+}
+
+/* The output has drained: commands held back behind unread replies go on. */
+void sess_on_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    (void)bev;
+    if (s->out_blocked && (s->state == ST_CMD || s->state == ST_AUTH)) {
+        s->out_blocked = false;
+        session_process(s);
+    }
 }
 
 /* Octets not yet handed to the kernel: with STARTTLS the filter passes its
@@ -191,6 +297,7 @@ void session_close(struct session *s)
     if (s->state == ST_CLOSING)
         return;
     s->state = ST_CLOSING;
+    sess_deadline(s, DL_NONE);
     bufferevent_disable(s->bev, EV_READ);
     bufferevent_setcb(s->bev, NULL, on_write_closing, sess_on_event, s);
     if (pending_output(s) == 0) {
@@ -219,6 +326,15 @@ void sess_on_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         /* TLS handshake complete */
         tls_record(s);
+        if (s->refusing) {
+            /* over a limit on an implicit-TLS listener: now the client can read why */
+            s->state = ST_CMD;
+            sess_reply_nocount(s, "421 4.7.0 %s Too many connections%s, try again later",
+                               s->srv->cfg->hostname,
+                               s->refusing_ip ? " from your address" : "");
+            session_close(s);
+            return;
+        }
         if (s->state == ST_TLS)
             s->state = ST_CMD;
         sess_command_timeouts(s);
@@ -226,18 +342,10 @@ void sess_on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
-        if (session_waiting(s)) {
-            s->dead = true;    /* freed when the commit or AUTH completes */
-            return;
-        }
-        if (s->state == ST_CLOSING || s->state == ST_TLS) {
-            log_info("session %s: timeout%s", s->ip, s->state == ST_TLS ? " in TLS handshake" : "");
-            session_free(s);
-            return;
-        }
-        log_info("session %s: timeout", s->ip);
-        sess_reply_nocount(s, "421 4.4.2 %s Timeout, closing connection", s->srv->cfg->hostname);
-        session_close(s);
+        session_timeout(s, s->state == ST_TLS               ? "in the TLS handshake"
+                           : s->state == ST_DATA || s->state == ST_BDAT
+                               ? "waiting for message data (timeout_data)"
+                               : "writing a reply the client does not read");
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
@@ -266,22 +374,49 @@ void session_free(struct session *s)
         return;
     }
     sess_txn_reset(s);
-    gpointer key, val;
-    if (g_hash_table_lookup_extended(srv->per_ip, s->ip, &key, &val)) {
-        uintptr_t n = (uintptr_t)val;
+    struct listener_state *ls = s->ls;
+    if (ls != NULL) {
+        ls->n--;
+        uintptr_t n = (uintptr_t)g_hash_table_lookup(ls->per_ip, s->ckey);
         if (n <= 1)
-            g_hash_table_remove(srv->per_ip, s->ip);
+            g_hash_table_remove(ls->per_ip, s->ckey);
         else
-            g_hash_table_insert(srv->per_ip, g_strdup(s->ip), (gpointer)(n - 1));
+            g_hash_table_insert(ls->per_ip, g_strdup(s->ckey), (gpointer)(n - 1));
     }
+    if (s->refusing)
+        srv->nrefusing--;
     srv->sessions = g_list_delete_link(srv->sessions, s->link);
     srv->nsessions--;
     if (s->close_timer)
         event_free(s->close_timer);
+    event_free(s->timer);
+    if (s->auth_timer)
+        event_free(s->auth_timer);
     bufferevent_free(s->bev);
     free(s->outbuf);
     free(s->head);
     free(s);
+}
+
+/* A refusal's log line: one a second per listener at most, with the count of
+ * those not logged (a flood must not flood the log). */
+static void log_refusal(struct listener_state *ls, const char *ip, const char *why,
+                        uint64_t limit)
+{
+    int64_t now = clock_ms();
+    if (ls->log_ms != 0 && now - ls->log_ms < 1000) {
+        ls->unlogged++;
+        return;
+    }
+    if (ls->unlogged > 0)
+        log_warn("connection from %s on %s refused: %s (%llu); %lu more refused on %s in the "
+                 "last second", ip, ls->cfg->name, why, (unsigned long long)limit, ls->unlogged,
+                 ls->cfg->name);
+    else
+        log_warn("connection from %s on %s refused: %s (%llu)", ip, ls->cfg->name, why,
+                 (unsigned long long)limit);
+    ls->log_ms = now;
+    ls->unlogged = 0;
 }
 
 static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
@@ -289,6 +424,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 {
     struct listener *l = arg;
     struct smtp_server *srv = l->srv;
+    struct listener_state *ls = l->state;
     (void)evl;
     (void)salen;
     char ip[INET6_ADDRSTRLEN] = "unknown";
@@ -296,20 +432,32 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    char ckey[SMTP_CLIENT_KEY_MAX];
+    smtp_client_key(ip, ckey, sizeof ckey);
 
-    uintptr_t per_ip = (uintptr_t)g_hash_table_lookup(srv->per_ip, ip);
-    if (srv->nsessions >= srv->cfg->max_connections ||
-        per_ip >= srv->cfg->max_connections_per_ip) {
+    /* each listener has its own slots: a flood on one (the MX) leaves the
+     * others' to their clients (docs/operator-guide.md) */
+    uintptr_t per_ip = (uintptr_t)g_hash_table_lookup(ls->per_ip, ckey);
+    bool full = ls->n >= ls->cfg->max_connections;
+    bool refusing = false;
+    if (full || per_ip >= ls->cfg->max_connections_per_ip) {
         char msg[300];
-        int n = snprintf(msg, sizeof msg, "421 4.7.0 %s Too many connections, try again later\r\n",
-                         srv->cfg->hostname);
+        int n = snprintf(msg, sizeof msg, "421 4.7.0 %s Too many connections%s, try again later\r\n",
+                         srv->cfg->hostname, full ? "" : " from your address");
+        log_refusal(ls, ip, full ? "too many connections (max_connections)"
+                                 : "too many connections from this address "
+                                   "(max_connections_per_ip)",
+                    full ? ls->cfg->max_connections : ls->cfg->max_connections_per_ip);
         if (l->cfg->tls != LTLS_IMPLICIT) {
             ssize_t w = send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
             (void)w;
+        } else if (srv->nrefusing < SMTP_REFUSE_TLS_MAX && srv->tls != NULL && !srv->draining) {
+            refusing = true;      /* the 421 after the handshake */
         }
-        log_warn("connection from %s refused: too many connections", ip);
-        close(fd);
-        return;
+        if (!refusing) {
+            close(fd);
+            return;
+        }
     }
 
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
@@ -321,7 +469,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     struct session *s = calloc(1, sizeof *s);
     s->srv = srv;
     s->lst = l->cfg;
+    s->refusing = refusing;
+    s->refusing_ip = refusing && !full;
     str_copy(s->ip, ip, sizeof s->ip);
+    str_copy(s->ckey, ckey, sizeof s->ckey);
     if (l->cfg->tls == LTLS_IMPLICIT) {
         SSL *ssl = SSL_new(srv->tls);
         s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
@@ -331,22 +482,38 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
         s->state = ST_CMD;
     }
-    if (s->bev == NULL) {
-        close(fd);
+    s->timer = s->bev ? evtimer_new(srv->base, on_deadline, s) : NULL;
+    if (s->bev == NULL || s->timer == NULL) {
+        if (s->bev)
+            bufferevent_free(s->bev);
+        else
+            close(fd);
         free(s);
         return;
     }
     srv->sessions = g_list_prepend(srv->sessions, s);
     s->link = srv->sessions;
     srv->nsessions++;
-    g_hash_table_insert(srv->per_ip, g_strdup(ip), (gpointer)(per_ip + 1));
-    bufferevent_setcb(s->bev, sess_on_read, NULL, sess_on_event, s);
-    struct timeval tv = {.tv_sec = (time_t)(s->state == ST_TLS ? srv->cfg->timeout_tls
-                                                               : srv->cfg->timeout_command)};
-    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    if (refusing) {
+        srv->nrefusing++;
+    } else {
+        s->ls = ls;
+        ls->n++;
+        g_hash_table_insert(ls->per_ip, g_strdup(ckey), (gpointer)(per_ip + 1));
+    }
+    bufferevent_setcb(s->bev, sess_on_read, sess_on_write, sess_on_event, s);
+    if (s->state == ST_TLS) {
+        struct timeval tv = {.tv_sec = (time_t)srv->cfg->timeout_tls};
+        bufferevent_set_timeouts(s->bev, &tv, &tv);
+        sess_deadline(s, DL_TLS);
+    } else {
+        sess_command_timeouts(s);
+    }
     /* Bound what one client can make us buffer. */
     bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    if (refusing)
+        return;   /* the 421 goes out once the handshake is done */
     sess_reply_nocount(s, "220 %s ESMTP pecmail", srv->cfg->hostname);
     log_debug("connection from %s on %s", ip, l->cfg->name);
 }
@@ -361,7 +528,7 @@ struct smtp_server *smtp_server_new(struct event_base *base, const struct config
     srv->cfg = cfg;
     srv->hooks = *hooks;
     srv->tls = tls;
-    srv->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    sess_auth_tables(srv);
     return srv;
 }
 
@@ -376,11 +543,30 @@ static void on_accept_error(struct evconnlistener *evl, void *arg)
     log_warn("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
+static struct listener_state *listener_state(struct smtp_server *srv,
+                                             const struct config_listener *l)
+{
+    for (size_t i = 0; i < srv->nlstates; i++)
+        if (srv->lstates[i].cfg == l)
+            return &srv->lstates[i];
+    if (srv->nlstates >= CONFIG_MAX_LISTENERS)
+        return NULL;
+    struct listener_state *ls = &srv->lstates[srv->nlstates++];
+    ls->cfg = l;
+    ls->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    return ls;
+}
+
 int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l, char *err,
                        size_t errlen)
 {
     if (l->tls != LTLS_NONE && srv->tls == NULL) {
         snprintf(err, errlen, "[%s] needs TLS but no certificate is configured", l->name);
+        return -1;
+    }
+    struct listener_state *state = listener_state(srv, l);
+    if (state == NULL) {
+        snprintf(err, errlen, "[%s]: too many listeners", l->name);
         return -1;
     }
     for (size_t i = 0; i < l->naddrs; i++) {
@@ -407,6 +593,7 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
         struct listener *lst = calloc(1, sizeof *lst);
         lst->srv = srv;
         lst->cfg = l;
+        lst->state = state;
         lst->ev = evconnlistener_new_bind(srv->base, on_accept, lst,
                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
                                               LEV_OPT_CLOSE_ON_EXEC,
@@ -419,8 +606,11 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
         }
         evconnlistener_set_error_cb(lst->ev, on_accept_error);
         srv->listeners[srv->nlisteners++] = lst;
-        log_info("listening on %s (%s, tls=%s)", l->addrs[i], l->name,
-                 l->tls == LTLS_NONE ? "none" : l->tls == LTLS_STARTTLS ? "starttls" : "implicit");
+        log_info("listening on %s (%s, tls=%s, max_connections %llu, %llu per client)",
+                 l->addrs[i], l->name,
+                 l->tls == LTLS_NONE ? "none" : l->tls == LTLS_STARTTLS ? "starttls" : "implicit",
+                 (unsigned long long)l->max_connections,
+                 (unsigned long long)l->max_connections_per_ip);
     }
     return 0;
 }
@@ -457,6 +647,9 @@ void smtp_server_free(struct smtp_server *srv)
         evconnlistener_free(srv->listeners[i]->ev);
         free(srv->listeners[i]);
     }
-    g_hash_table_destroy(srv->per_ip);
+    for (size_t i = 0; i < srv->nlstates; i++)
+        g_hash_table_destroy(srv->lstates[i].per_ip);
+    smtp_throttle_free(srv->auth_by_ip);
+    smtp_throttle_free(srv->auth_by_account);
     free(srv);
 }

@@ -362,6 +362,12 @@ void session_process(struct session *s)
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             return;
+        /* a client that sends commands and reads no reply: its commands wait
+         * until the replies drain (sess_on_write), so the output stays bounded */
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTP_OUTPUT_MAX) {
+            s->out_blocked = true;
+            return;
+        }
         /* MAIL and RCPT may carry parameters beyond 512 octets: 2048 with
          * the CRLF (checked per command below) */
         size_t max = SMTP_PATH_LINE_MAX;
@@ -375,6 +381,8 @@ void session_process(struct session *s)
                 continue;   /* skipping an over-long line: look at the rest */
             return;
         }
+        /* a whole line is here: the next one has timeout_command from now */
+        sess_deadline(s, DL_COMMAND);
         if (r == SMTP_LINE_TOO_LONG) {
             evbuffer_drain(in, consumed);
             s->state = ST_CMD;

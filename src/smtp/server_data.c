@@ -57,6 +57,15 @@ static bool msg_begin(struct session *s, bool raw)
     return true;
 }
 
+/* DATA and BDAT chunks: timeout_data without a read (and for a reply not
+ * read), and the deadline that asks for min_data_rate on average. */
+static void data_timeouts(struct session *s)
+{
+    struct timeval tv = {.tv_sec = (time_t)s->srv->cfg->timeout_data};
+    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    sess_deadline(s, DL_DATA);
+}
+
 void sess_cmd_data(struct session *s, const char *args)
 {
     if (*args != '\0') {
@@ -78,9 +87,7 @@ void sess_cmd_data(struct session *s, const char *args)
     }
     s->data_failed = false;
     s->state = ST_DATA;
-    bufferevent_set_timeouts(s->bev,
-                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data},
-                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data});
+    data_timeouts(s);
     sess_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -117,7 +124,10 @@ void sess_cmd_bdat(struct session *s, const char *args)
         /* the chunk must still be read to stay in step with the client */
         s->data_failed = true;
         sess_reply(s, "503 5.5.1 Need RCPT command first");
+        if (s->state == ST_CLOSING)
+            return;
         s->state = ST_BDAT;
+        data_timeouts(s);
         return;
     }
     if (!s->bdat_used) {
@@ -128,10 +138,10 @@ void sess_cmd_bdat(struct session *s, const char *args)
             sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
         }
     }
+    if (s->state == ST_CLOSING)
+        return;
     s->state = ST_BDAT;
-    bufferevent_set_timeouts(s->bev,
-                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data},
-                             &(struct timeval){.tv_sec = (time_t)s->srv->cfg->timeout_data});
+    data_timeouts(s);
 }
 
 static void commit_done(void *arg, int result)
@@ -218,6 +228,7 @@ static void msg_finish(struct session *s)
         return;
     }
     s->state = ST_COMMIT;
+    sess_deadline(s, DL_NONE);
     bufferevent_disable(s->bev, EV_READ);
     if (s->srv->hooks.msg_filter != NULL) {
         session_facts(s);
@@ -253,6 +264,7 @@ bool sess_feed_data(struct session *s, struct evbuffer *in)
             s->data_failed = true;
         }
         evbuffer_drain(in, used);
+        s->dl_octets += used;
         if (s->state == ST_BDAT)
             s->bdat_left -= used;
         if (s->state == ST_DATA && smtp_data_done(&s->data)) {
@@ -276,8 +288,10 @@ bool sess_feed_data(struct session *s, struct evbuffer *in)
             s->state = ST_CMD;
             msg_finish(s);
         } else {
+            /* a CR at the chunk's end is held back (it may start a CRLF) but
+             * was received all the same */
             sess_reply(s, "250 2.0.0 %llu octets received",
-                  (unsigned long long)s->data.size);
+                       (unsigned long long)(s->data.size + (s->data.state == SD_CR)));
             s->state = ST_CMD;
             sess_command_timeouts(s);
         }

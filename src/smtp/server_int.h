@@ -35,6 +35,33 @@ enum sstate {
 
 enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
+/* What the session's deadline timer bounds now (docs/configuration.md). */
+enum deadline {
+    DL_NONE,          /* a hook is working, or closing */
+    DL_COMMAND,       /* timeout_command: a whole command line, from the previous one's end */
+    DL_TLS,           /* timeout_tls: the whole handshake */
+    DL_DATA,          /* DATA/BDAT: timeout_data plus one second per min_data_rate octets */
+};
+
+/* Implicit-TLS connections over a limit are answered 421 after the handshake
+ * (RFC 8314 clients see a reason); at most this many such handshakes run at
+ * once, each for at most SMTP_REFUSE_TLS_SECONDS; beyond, the connection is
+ * closed unanswered. */
+#define SMTP_REFUSE_TLS_MAX 16
+#define SMTP_REFUSE_TLS_SECONDS 10
+/* Replies a client leaves unread: past this, its commands wait (in the input
+ * buffer, itself bounded by the read watermark). */
+#define SMTP_OUTPUT_MAX 65536
+
+/* The sessions of one configured listener (all its addresses). */
+struct listener_state {
+    const struct config_listener *cfg;
+    size_t n;                   /* sessions counted against cfg->max_connections */
+    GHashTable *per_ip;         /* client key (smtp_client_key) -> count */
+    int64_t log_ms;             /* the last "refused" log line (one a second at most) */
+    unsigned long unlogged;     /* refusals since, not logged one by one */
+};
+
 struct smtp_server {
     struct event_base *base;
     const struct config *cfg;
@@ -42,7 +69,11 @@ struct smtp_server {
     SSL_CTX *tls;
     struct listener *listeners[CONFIG_MAX_LISTENERS * CONFIG_MAX_ADDRS];
     size_t nlisteners;
-    GHashTable *per_ip;         /* ip string -> count */
+    struct listener_state lstates[CONFIG_MAX_LISTENERS];
+    size_t nlstates;
+    size_t nrefusing;           /* implicit-TLS sessions that only say 421 */
+    struct smtp_throttle *auth_by_ip;       /* failed AUTH per client key */
+    struct smtp_throttle *auth_by_account;  /* failed AUTH per account (lower case) */
     GList *sessions;
     size_t nsessions;
     bool draining;
@@ -51,10 +82,19 @@ struct smtp_server {
 struct session {
     struct smtp_server *srv;
     const struct config_listener *lst;
+    struct listener_state *ls;  /* counted there; NULL while refusing */
     GList *link;
     struct bufferevent *bev;
     enum sstate state;
     char ip[INET6_ADDRSTRLEN];
+    char ckey[SMTP_CLIENT_KEY_MAX];   /* the client's key for the per-address limits */
+    bool refusing;              /* implicit TLS over a limit: handshake, 421, close */
+    bool refusing_ip;           /* ... the limit per client address */
+    bool out_blocked;           /* too many unread replies: commands wait */
+    struct event *timer;        /* the deadline (enum deadline) */
+    enum deadline dl;
+    int64_t dl_start;           /* clock_ms() when the deadline's period began */
+    uint64_t dl_octets;         /* DATA/BDAT octets read in the period */
     char helo[256];
     bool greeted, esmtp, tls, authed;
     bool in_mail;               /* MAIL accepted */
@@ -64,6 +104,10 @@ struct session {
     char auth_login_user[SMTP_PATH_MAX + 1];
     char auth_pending[SMTP_PATH_MAX + 1];  /* user being checked (ST_AUTH_WAIT) */
     enum auth_step auth_step;
+    int64_t auth_started;       /* clock_ms() when the credentials were complete */
+    int auth_result;            /* 0, -1, -2 (as the hook), or AUTH_LOCKED */
+    unsigned auth_failures;     /* in this session */
+    struct event *auth_timer;   /* auth_failure_delay before a failure is answered */
     char tls_version[32];
     char tls_cipher[64];
     char proto[16];
@@ -94,8 +138,10 @@ void sess_reply_nocount(struct session *s, const char *fmt, ...)
 void sess_txn_reset(struct session *s);
 /* Fills the session's facts (client, HELO, TLS, AUTH, protocol) into s->txn. */
 void session_facts(struct session *s);
-/* The command timeouts on both directions. */
+/* Back to reading commands: the command-line deadline and a write timeout. */
 void sess_command_timeouts(struct session *s);
+/* Starts the deadline of kind dl from now (DL_NONE stops it). */
+void sess_deadline(struct session *s, enum deadline dl);
 /* Back to ST_CMD after a hook's answer, unless closing; reads on. */
 void sess_resume(struct session *s);
 /* Flushes what is queued, then frees; reads nothing more. */
@@ -103,6 +149,7 @@ void session_close(struct session *s);
 /* Frees now, or marks dead while a hook is working for the session. */
 void session_free(struct session *s);
 void sess_on_read(struct bufferevent *bev, void *arg);
+void sess_on_write(struct bufferevent *bev, void *arg);
 void sess_on_event(struct bufferevent *bev, short what, void *arg);
 
 /* ---- server_cmd.c -------------------------------------------------------- */
@@ -123,5 +170,7 @@ void sess_cmd_starttls(struct session *s, const char *args);
 void sess_cmd_auth(struct session *s, const char *args);
 /* A SASL response line (state ST_AUTH). */
 void sess_auth_response(struct session *s, const char *line);
+/* The AUTH failure tables of a new server, after its configuration. */
+void sess_auth_tables(struct smtp_server *srv);
 
 #endif

@@ -113,6 +113,25 @@ int smtp_base64_encode(const void *in, size_t len, char *out, size_t outlen);
 int smtp_sasl_plain_split(const char *msg, size_t len, const char **authzid,
                           const char **authcid, const char **passwd);
 
+/* ---- authentication failure counts (throttle.c) -------------------------- */
+/* Failures per key (client address or account) within a fixed window from
+ * the key's first failure; at most max_entries keys (the oldest goes first).
+ * Times are milliseconds of any monotonic clock. */
+struct smtp_throttle;
+struct smtp_throttle *smtp_throttle_new(size_t max_entries, int64_t window_ms);
+void smtp_throttle_free(struct smtp_throttle *t);
+/* Failures of key in its current window (0: none, or the window passed). */
+unsigned smtp_throttle_count(struct smtp_throttle *t, const char *key, int64_t now_ms);
+/* Records a failure of key; returns its count in the window, this one included. */
+unsigned smtp_throttle_fail(struct smtp_throttle *t, const char *key, int64_t now_ms);
+/* Forgets key (e.g. an account after a successful login). */
+void smtp_throttle_clear(struct smtp_throttle *t, const char *key);
+size_t smtp_throttle_size(const struct smtp_throttle *t);
+/* The key that stands for a client address: an IPv4 address as it is (also
+ * when IPv4-mapped), an IPv6 address by its /64 ("2001:db8:1:2::/64"). */
+#define SMTP_CLIENT_KEY_MAX 64
+void smtp_client_key(const char *ip, char *out, size_t outlen);
+
 #endif
 
 /* ---- the server (server.c, tls.c) ----------------------------------------- */

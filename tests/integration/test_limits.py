@@ -308,30 +308,38 @@ def test_timeout_tls_handshake(strict):
 # --------------------------------------------------------------------------- connections
 
 def test_max_connections(make_instance):
-    inst = make_instance(conf={"limits": {"max_connections": "5", "max_connections_per_ip": "3"}})
+    """[mx] max_connections and max_connections_per_ip (per client address, on this
+    listener); the refusal says which."""
+    inst = make_instance(conf={"limits": {"max_connections": "7", "max_connections_per_ip": "3"},
+                               "mx": {"max_connections": "5"}})
     with inst.connect("mx") as c:        # let pecd see the readiness probes go away
         assert c.cmd("QUIT") == f"221 2.0.0 {HOST} Bye"
         c.expect_closed()
     too_many = f"421 4.7.0 {HOST} Too many connections, try again later"
+    too_many_ip = f"421 4.7.0 {HOST} Too many connections from your address, try again later"
     port = inst.ports["mx"]
     held = [Client(port) for _ in range(3)]                 # 3 from 127.0.0.1: the per-IP cap
     c = Client(port, banner=False)
-    assert c.reply() == too_many
+    assert c.reply() == too_many_ip
     c.expect_closed()
     c.close()
-    held += [Client(port, source="127.0.0.2") for _ in range(2)]   # 5 in all: the global cap
-    c = Client(port, banner=False, source="127.0.0.2")
+    held += [Client(port, source="127.0.0.2") for _ in range(2)]   # 5 in all: [mx]'s cap
+    c = Client(port, banner=False, source="127.0.0.3")
     assert c.reply() == too_many
     c.expect_closed()
     c.close()
     for h in held:                                          # the held sessions still work
         assert h.cmd("NOOP") == "250 2.0.0 OK"
+    # the refusals are logged with the listener and the client
+    log = inst.log(tail=400)
+    assert "connection from 127.0.0.1 on mx refused: too many connections from this address " \
+        "(max_connections_per_ip) (3)" in log, log
     held.pop(0).close()                                     # a slot frees up (bounded poll)
     deadline = time.monotonic() + 5
     while True:
         c = Client(port, banner=False)
         r = c.reply()
-        if r != too_many or time.monotonic() > deadline:
+        if r not in (too_many, too_many_ip) or time.monotonic() > deadline:
             break
         c.close()
         time.sleep(0.05)
@@ -340,6 +348,17 @@ def test_max_connections(make_instance):
     c.close()
     for h in held:
         h.close()
+
+
+def test_listener_limits_add_up_to_the_total(make_instance):
+    inst = make_instance(conf={"limits": {"max_connections": "10"},
+                               "mx": {"max_connections": "8"},
+                               "submission": {"max_connections": "3"}}, start=False)
+    inst.start(expect_ready=False)
+    assert inst.proc.wait(10) != 0
+    inst.proc = None
+    assert "the listeners' max_connections add up to 11, more than [limits] " \
+        "max_connections = 10" in inst.log(), inst.log()
 
 
 @pytest.mark.parametrize("request_line", [

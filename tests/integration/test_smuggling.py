@@ -58,7 +58,7 @@ def test_smuggling_variant(server, variant):
         check_nothing_delivered(server, c, [tid, smug])
 
 
-@pytest.mark.parametrize("variant", ["LF.LF", "CRLF.CR"])
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
 def test_smuggling_variant_trickled(server, variant):
     """The same, fed one octet per write (the end-of-data detector must be resumable)."""
     tid, smug = unique_id("smuggle-t"), unique_id("smuggled-t")

@@ -182,6 +182,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->out_ca_file, cfg->dir);
     default_str(&cfg->pec_service_address, "posta-certificata@%s", cfg->domain);
     default_str(&cfg->pec_tls_policy, "%s", "verify");
+    default_str(&cfg->pec_timezone, "%s", "Europe/Rome");
     resolve(&cfg->pec_signing_key, cfg->dir);
     resolve(&cfg->pec_signing_cert, cfg->dir);
     resolve(&cfg->pec_trust, cfg->dir);
@@ -299,7 +300,7 @@ void config_free(struct config *cfg)
                      &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server,
                      &cfg->pec_signing_key, &cfg->pec_signing_cert, &cfg->pec_trust,
                      &cfg->pec_crl, &cfg->pec_directory, &cfg->pec_service_address,
-                     &cfg->pec_tls_policy, &cfg->evidence_path, &cfg->pec_dir_bind_dn,
+                     &cfg->pec_tls_policy, &cfg->pec_timezone, &cfg->evidence_path, &cfg->pec_dir_bind_dn,
                      &cfg->pec_dir_password, &cfg->pec_dir_password_file,
                      &cfg->pec_dir_ca_file};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)

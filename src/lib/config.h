@@ -138,6 +138,7 @@ struct config {
     bool pec_cleartext_refuse;      /* PEC over cleartext on [mx]: 550 5.7.10 (refuse) or taken
                                        in and logged (accept, the default) */
     char *pec_tls_policy;           /* TLS policy towards other providers (verify) */
+    char *pec_timezone;             /* the legal time of §4.2 (Europe/Rome) */
 
     /* [timers] (§3.1.6) */
     uint64_t timer_preavviso;       /* 12h */

@@ -8,6 +8,8 @@
  * docs/configuration.md).
  */
 #include "config_int.h"
+
+#include <glib.h>
 #include "lib.h"
 
 #include <arpa/inet.h>
@@ -539,6 +541,16 @@ int config_handler(void *user, const char *section, const char *name, const char
                 return fail(ctx, "tls_policy: '%s' is not none, may, encrypt, verify or dane",
                             value);
             set_str(&cfg->pec_tls_policy, value);
+            return 1;
+        }
+        if (strcmp(name, "timezone") == 0) {
+            /* RFC 6109 §4.2: the legal time; a name of the tz database */
+            GTimeZone *z = value[0] ? g_time_zone_new_identifier(value) : NULL;
+            if (z == NULL)
+                return fail(ctx, "timezone: '%s' is not a time zone of the tz database "
+                                 "(e.g. Europe/Rome)", value);
+            g_time_zone_unref(z);
+            set_str(&cfg->pec_timezone, value);
             return 1;
         }
         return fail(ctx, "unknown key '%s' in [pec]", name);

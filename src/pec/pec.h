@@ -107,8 +107,15 @@ typedef struct pec_daticert {
     char *warning;
 } pec_daticert;
 
-/* Fills zona/giorno/ora with the local legal time of t (§4.2, §4.4). */
+/* Fills zona/giorno/ora with the legal time of t (§4.2, §4.4): pec_legal_time. */
 void pec_daticert_set_time(pec_daticert *d, time_t t);
+/* §4.2: the zone of the legal time, a tz database name ([pec] timezone,
+ * default Europe/Rome, whatever the host's TZ).  Call once at start-up,
+ * before the threads that build messages; -1 when the zone is unknown. */
+int pec_set_timezone(const char *id, char *err, size_t errsz);
+/* t broken down in the legal time (tm_gmtoff set): every time written in a
+ * receipt, an envelope, a daticert or a PEC msgid. */
+void pec_legal_time(time_t t, struct tm *out);
 /* Serialises d as UTF-8 XML valid against the DTD. */
 int pec_daticert_build(const pec_daticert *d, pec_buf *out, char *err, size_t errsz);
 /* Parses leniently: well-formed XML with the fields present is accepted;

@@ -484,7 +484,7 @@ out:
 static int add_date(mime_buf *h, time_t t)
 {
     struct tm tm;
-    localtime_r(&t, &tm);
+    pec_legal_time(t, &tm);
     static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};

@@ -79,7 +79,7 @@ static void xml_quiet(void)
 void pec_daticert_set_time(pec_daticert *d, time_t t)
 {
     struct tm tm;
-    localtime_r(&t, &tm);
+    pec_legal_time(t, &tm);
     long off = tm.tm_gmtoff;
     char sign = off < 0 ? '-' : '+';
     if (off < 0)

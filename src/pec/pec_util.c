@@ -185,7 +185,7 @@ int pec_make_msgid(char *buf, size_t size, const char *domain, time_t when, unsi
     /* [obs] OpenPEC shape: opec<N>.<YYYYMMDDhhmmss>.<pid>.<n>.1.<n>@<domain>;
      * RFC 6109 §2.2.1 only asks for [alphanumeric]@[provider domain]. */
     struct tm tm;
-    localtime_r(&when, &tm);
+    pec_legal_time(when, &tm);
     char stamp[16];
     strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
     int n = snprintf(buf, size, "opec1.%s.%ld.%lu.1.%lu@%s", stamp,

@@ -83,6 +83,11 @@ static int load_directory(struct roles *r, const struct config *cfg, char *err, 
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
                         struct tracking *tracking, char *err, size_t errlen)
 {
+    char tz[256];
+    if (pec_set_timezone(cfg->pec_timezone, tz, sizeof tz) == -1) {   /* §4.2 legal time */
+        snprintf(err, errlen, "[pec] timezone: %s", tz);
+        return NULL;
+    }
     struct roles *r = calloc(1, sizeof *r);
     r->cfg = cfg;
     r->tracking = tracking;
@@ -218,7 +223,7 @@ void role_source_id(struct roles *r, const struct queue_env *env, unsigned n, ch
 {
     char stamp[32], suffix[16] = "";
     struct tm tm;
-    localtime_r(&env->arrival, &tm);
+    pec_legal_time(env->arrival, &tm);
     strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
     if (n > 0)
         snprintf(suffix, sizeof suffix, ".%u", n);

@@ -3,8 +3,11 @@
  * [--directory FILE.ldif|ldap://...] [--directory-ca CAFILE]
  * [--directory-bind-dn DN --directory-password-file FILE] [--at UNIXTIME]
  * FILE.eml...`: classifies each
- * message, checks its signature (src/pec pec_verify), prints the signer and
- * the daticert fields.  An LDAP directory (ldap://HOST:PORT/BASE, ldaps://,
+ * message, checks its signature (src/pec pec_verify_flags), prints the
+ * signer and the daticert fields (also of an invalid message, read with the
+ * bounded parser after the signature check).  A bare multipart/signed
+ * entity (a provider's message without its outer header fields) is
+ * verified and typed by its daticert ("outer_headers": false).  An LDAP directory (ldap://HOST:PORT/BASE, ldaps://,
  * StartTLS as "ldap://HOST/BASE????starttls") is read with pecd's reader
  * (anonymously, or with a simple bind), its server checked against
  * --directory-ca.  Exit 0 = every file valid, 1 = some invalid, 2 = some
@@ -73,6 +76,11 @@ static void usage(FILE *f)
 }
 
 /* ---- JSON output ------------------------------------------------------------ */
+
+#define BARE_NOTE                                                                          \
+    "the outer header fields (From, X-Trasporto/X-Ricevuta) are missing (a bare signed "   \
+    "entity): the type is read from daticert.xml once the signature holds, and From "      \
+    "cannot be compared with the certificate"
 
 static void json_str(const char *s)
 {
@@ -208,6 +216,10 @@ static void print_json(const char *file, const pec_verdict *v, bool readable)
     fputs(v->cls.virus ? "true" : "false", stdout);
     json_key("rewrapped", &f);
     fputs(v->cls.rewrapped ? "true" : "false", stdout);
+    json_key("outer_headers", &f);
+    fputs(v->bare ? "false" : "true", stdout);
+    json_kv("note", v->bare ? BARE_NOTE : NULL, &f);
+    json_kv("daticert_error", v->daticert_error[0] ? v->daticert_error : NULL, &f);
     json_key("daticert", &f);
     if (v->daticert)
         json_daticert(v->daticert);
@@ -243,6 +255,10 @@ static void print_text(const char *file, const pec_verdict *v)
         printf("  X-VerificaSicurezza: errore\n");
     if (v->cls.rewrapped)
         printf("  found inside a message/rfc822 (re-wrapped)\n");
+    if (v->bare)
+        printf("  note:      %s\n", BARE_NOTE);
+    if (v->daticert_error[0])
+        printf("  daticert:  not usable: %s\n", v->daticert_error);
     const pec_daticert *d = v->daticert;
     if (!d)
         return;
@@ -371,7 +387,10 @@ int pecctl_verify_main(int argc, char **argv)
         memset(&v, 0, sizeof v);
         bool readable = fs_read_file(argv[i], &data, &len, MAX_FILE) == 0;
         char err[256] = "";
-        if (readable && pec_verify(t, data, len, &v, err, sizeof err) < 0)
+        /* the daticert of an invalid message is shown too (bounded parser,
+         * docs/pec.md "Hostile daticert"); a bare signed entity is verified */
+        if (readable && pec_verify_flags(t, data, len, PEC_VERIFY_REPORT | PEC_VERIFY_BARE, &v,
+                                         err, sizeof err) < 0)
             readable = false;
         if (!readable) {
             v.reason = PEC_R_UNREADABLE;

@@ -107,6 +107,21 @@ typedef struct pec_daticert {
     char *warning;
 } pec_daticert;
 
+/*
+ * Bounds on a daticert.xml from outside, checked on its bytes in one linear
+ * pass before libxml2 parses it (docs/pec.md "Hostile daticert"): a
+ * DOCTYPE or any other markup declaration (<!ENTITY ...) is refused; so is
+ * an encoding other than UTF-8, US-ASCII, ISO-8859-1/-15 or windows-1252.
+ * MAX_BYTES is about five times the daticert of the largest recipient list
+ * a message can have within the legal size x recipients limit (30 MB,
+ * §3.1.1).  NODES counts elements, attributes (xmlns too), comments,
+ * processing instructions and CDATA sections.
+ */
+#define PEC_DATICERT_MAX_BYTES (1u << 20)
+#define PEC_DATICERT_MAX_NODES 50000u
+#define PEC_DATICERT_MAX_ATTRS 8u           /* on one element; the DTD has at most 2 */
+#define PEC_DATICERT_MAX_DEPTH 32u          /* element nesting; a daticert has 4 */
+
 /* Fills zona/giorno/ora with the legal time of t (§4.2, §4.4): pec_legal_time. */
 void pec_daticert_set_time(pec_daticert *d, time_t t);
 /* §4.2: the zone of the legal time, a tz database name ([pec] timezone,
@@ -119,7 +134,9 @@ void pec_legal_time(time_t t, struct tm *out);
 /* Serialises d as UTF-8 XML valid against the DTD. */
 int pec_daticert_build(const pec_daticert *d, pec_buf *out, char *err, size_t errsz);
 /* Parses leniently: well-formed XML with the fields present is accepted;
- * DTD violations go to d->warning (interop d08).  -1 when not usable. */
+ * DTD violations go to d->warning (interop d08).  -1 when not usable, also
+ * when a bound above is exceeded or the document has a DOCTYPE or an
+ * entity reference (the reason says which). */
 int pec_daticert_parse(const void *xml, size_t len, pec_daticert *d, char *err, size_t errsz);
 /* Validates against the RFC 6109 §4.4 DTD (held in memory). 0 = valid. */
 int pec_daticert_validate(const void *xml, size_t len, char *err, size_t errsz);
@@ -304,16 +321,34 @@ typedef struct pec_verdict {
     time_t signing_time;           /* 0 when absent */
     bool trust_embedded;           /* anchored on the message's own chain */
     bool directory_checked;
-    pec_daticert *daticert;        /* NULL when absent */
+    bool bare;                     /* a bare signed entity: the provider's outer header
+                                      fields (From, X-Trasporto/X-Ricevuta) are missing
+                                      (PEC_VERIFY_BARE) */
+    pec_daticert *daticert;        /* NULL when absent; in pec_verify's default mode
+                                      also when the signature does not hold */
+    char daticert_error[200];      /* why a daticert.xml present could not be used
+                                      (bounds, DOCTYPE, not well-formed), else "" */
     pec_buf original;              /* a valid transport envelope's postacert.eml (as
                                       pec_envelope_original gives it), else empty */
 } pec_verdict;
 
 /* Classifies and verifies msg over its exact bytes (only bare LF is taken
  * to CRLF, the RFC 5751 §3.1.1 canonical form).  Returns 0 when a verdict
- * was reached (valid or not), -1 when the bytes are not a message. */
+ * was reached (valid or not), -1 when the bytes are not a message.
+ * daticert.xml is read only once the signature over the content holds (it
+ * is input from anyone until then; docs/pec.md "Hostile daticert"). */
 int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, char *err,
                size_t errsz);
+/* pec_verify with options, for reporting tools (pecctl verify):
+ * PEC_VERIFY_REPORT reads the daticert of a message whose signature failed
+ * too, to show it (same bounded parser; the verdict does not change);
+ * PEC_VERIFY_BARE verifies a bare multipart/signed entity (no From,
+ * X-Trasporto or X-Ricevuta: a "saved attachment") and takes its type from
+ * the daticert, setting v->bare. */
+#define PEC_VERIFY_REPORT 0x1u
+#define PEC_VERIFY_BARE 0x2u
+int pec_verify_flags(const pec_trust *t, const void *msg, size_t len, unsigned flags,
+                     pec_verdict *v, char *err, size_t errsz);
 void pec_verdict_free(pec_verdict *v);
 
 /* ---- the providers' directory (§4.5): model, LDIF (pec_directory.c, pec_ldif.c) -- */

@@ -8,6 +8,12 @@
  *
  * Interface: pec_classify (pec.h); pec_locate and pec_find_daticert for
  * pec_verify.c (pec_classify.h).
+ *
+ * pec_classify reads the daticert of receipts (the delivery variant and the
+ * errore) without any signature check: it is a reporting helper that pecd
+ * never uses on what it receives (the incoming point calls pec_verify,
+ * which reads the daticert only after the signature holds), and it reads
+ * it through the bounded parser of pec_daticert.c.
  */
 #include "pec/pec_classify.h"
 
@@ -159,6 +165,11 @@ int pec_find_daticert(GMimeObject *obj, mime_buf *out)
     GMimeDataWrapper *w = g_mime_part_get_content(GMIME_PART(p));
     if (!w)
         return -1;
+    /* decoding never makes a part longer (base64, QP, 7bit, 8bit, binary):
+     * one far above the parser's bound is not decoded at all */
+    GMimeStream *enc = g_mime_data_wrapper_get_stream(w);
+    if (enc && g_mime_stream_length(enc) > 4 * (gint64)PEC_DATICERT_MAX_BYTES)
+        return -2;
     GMimeStream *st = g_mime_stream_mem_new();
     int rc = -1;
     if (g_mime_data_wrapper_write_to_stream(w, st) >= 0) { /* decodes base64/QP */

@@ -5,8 +5,22 @@
  * has a stray text node), validate against the DTD held in memory.
  *
  * Interface: pec_daticert_build/parse/validate/free, pec_daticert_set_time
- * (pec.h).  Assumes: no external entity or DTD is ever loaded (NONET, no
- * DTDLOAD, no NOENT), so hostile XML cannot reach the disk or the network.
+ * (pec.h).
+ *
+ * Hostile input (docs/pec.md "Hostile daticert"): a daticert arrives from
+ * anyone who can send mail to the MX.  Before libxml2 sees it, one linear
+ * pass over the bytes (prescan) refuses a DOCTYPE or any other markup
+ * declaration (real daticerts have none: without them no entity can be
+ * defined, so nothing can expand), an encoding the pass cannot read (NUL
+ * bytes, UTF-16/32, EBCDIC, UTF-7: libxml2 is then told the encoding and
+ * ignores the declaration), and more than PEC_DATICERT_MAX_BYTES bytes,
+ * _NODES markup items, _ATTRS attributes on one element (libxml2's
+ * duplicate-attribute check is quadratic) or _DEPTH levels.  After parsing,
+ * the tree is checked again: no internal or external subset, no entity
+ * reference node, the node bound.  Only then is any text read
+ * (xmlNodeGetContent would expand entity references).  libxml2 itself runs
+ * without DTDLOAD, NOENT or XInclude and with NONET, so nothing reaches the
+ * disk or the network either.
  */
 #include "pec/pec_internal.h"
 
@@ -15,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <libxml/parser.h>
 #include <libxml/tree.h>
@@ -47,8 +62,6 @@ static const char daticert_dtd[] =
     "<!ELEMENT consegna (#PCDATA)>\n"
     "<!ELEMENT ricezione (#PCDATA)>\n"
     "<!ELEMENT errore-esteso (#PCDATA)>\n";
-
-#define MAX_XML (1u << 20) /* a daticert is a few hundred bytes */
 
 static void xml_silent(void *ctx, const char *msg, ...)
 {
@@ -205,14 +218,196 @@ static void valid_error(void *ctx, const char *fmt, ...)
         ve->buf[--n] = '\0';
 }
 
-static xmlDocPtr parse_doc(const void *xml, size_t len)
+/* ---- bounds on the bytes, before libxml2 ------------------------------------ */
+
+static const unsigned char *find(const unsigned char *p, const unsigned char *end,
+                                 const char *what)
 {
-    if (len == 0 || len > MAX_XML)
+    return memmem(p, (size_t)(end - p), what, strlen(what));
+}
+
+static bool is_ws(unsigned char c) /* XML 1.0 S */
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The encoding libxml2 is to use: the one the XML declaration names when it
+ * is one whose bytes below 0x80 are ASCII (so the pass below reads the
+ * markup as libxml2 will), else NULL with the reason in err. */
+static const char *declared_encoding(const unsigned char *p, const unsigned char *end, char *err,
+                                     size_t errsz)
+{
+    static const char *const ok[] = {"UTF-8", "US-ASCII", "ASCII", "ISO-8859-1",
+                                     "ISO-8859-15", "windows-1252"};
+    if (end - p < 6 || memcmp(p, "<?xml", 5) != 0 || !is_ws(p[5]))
+        return "UTF-8"; /* no declaration: UTF-8 (XML 1.0 §4.3.3) */
+    const unsigned char *q = find(p, end, "?>");
+    if (!q)
+        return pec_err(err, errsz, "daticert: the XML declaration does not end"), NULL;
+    const unsigned char *e = memmem(p, (size_t)(q - p), "encoding", 8);
+    if (!e)
+        return "UTF-8";
+    e += 8;
+    while (e < q && is_ws(*e))
+        e++;
+    if (e < q && *e == '=')
+        e++;
+    while (e < q && is_ws(*e))
+        e++;
+    if (e >= q || (*e != '"' && *e != '\''))
+        return pec_err(err, errsz, "daticert: the XML declaration's encoding is unreadable"),
+               NULL;
+    const unsigned char *v = e + 1, *ve = memchr(v, *e, (size_t)(q - v));
+    if (!ve)
+        return pec_err(err, errsz, "daticert: the XML declaration's encoding is unreadable"),
+               NULL;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if ((size_t)(ve - v) == strlen(ok[i]) && strncasecmp((const char *)v, ok[i], strlen(ok[i])) == 0)
+            return ok[i];
+    return pec_err(err, errsz, "daticert: encoding \"%.*s\" is not accepted (UTF-8 expected)",
+                   (int)(ve - v > 40 ? 40 : ve - v), (const char *)v),
+           NULL;
+}
+
+/* One pass over the bytes: the bounds of pec.h and no markup declaration.
+ * It never counts less than libxml2 can build, whatever the input: every
+ * node but text starts at a '<' byte, so each '<' is looked at, even inside
+ * a comment or CDATA section (libxml2 resumes at the next '<' after an
+ * error, and '<' may not occur in an attribute value, so all attributes of
+ * one start tag lie before the next '<').  A start tag's attributes are the
+ * '=' outside quoted values before its '>'.  What is not well-formed is left
+ * to libxml2 to refuse; the bounds hold for it too. */
+static int prescan(const unsigned char *p, size_t len, const char **enc, char *err, size_t errsz)
+{
+    if (len == 0)
+        return pec_err(err, errsz, "daticert: empty");
+    if (len > PEC_DATICERT_MAX_BYTES)
+        return pec_err(err, errsz, "daticert: %zu bytes, more than the %u allowed", len,
+                       PEC_DATICERT_MAX_BYTES);
+    if (memchr(p, '\0', len))
+        return pec_err(err, errsz, "daticert: a NUL byte (UTF-16 and UTF-32 are not accepted)");
+    const unsigned char *end = p + len;
+    if (len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0)
+        p += 3; /* the UTF-8 byte order mark */
+    const unsigned char *s = p;
+    while (s < end && is_ws(*s))
+        s++;
+    if (s == end || *s != '<')
+        return pec_err(err, errsz, "daticert: not XML (it does not start with '<')");
+    if (!(*enc = declared_encoding(p, end, err, errsz)))
+        return -1;
+    size_t nodes = 0, depth = 0;
+    for (; (s = memchr(s, '<', (size_t)(end - s))) != NULL; s++) {
+        const unsigned char *t = s + 1;
+        if (t < end && *t == '/') { /* an end tag makes no node */
+            if (depth > 0)
+                depth--;
+            continue;
+        }
+        if (t < end && *t == '!' &&
+            !(end - t >= 3 && memcmp(t, "!--", 3) == 0) &&
+            !(end - t >= 8 && memcmp(t, "![CDATA[", 8) == 0)) /* <!DOCTYPE, <!ENTITY, ... */
+            return pec_err(err, errsz, "daticert: DOCTYPE/entity declarations are not allowed");
+        if (++nodes > PEC_DATICERT_MAX_NODES)
+            goto too_many;
+        if (t >= end || *t == '!' || *t == '?')
+            continue;
+        size_t attrs = 0;
+        unsigned char quote = 0;
+        for (; t < end && *t != '<'; t++) {
+            if (quote) {
+                if (*t == quote)
+                    quote = 0;
+            } else if (*t == '"' || *t == '\'') {
+                quote = *t;
+            } else if (*t == '=') {
+                attrs++;
+            } else if (*t == '>') {
+                if (t[-1] != '/' && ++depth > PEC_DATICERT_MAX_DEPTH)
+                    return pec_err(err, errsz, "daticert: elements nested deeper than %u",
+                                   PEC_DATICERT_MAX_DEPTH);
+                break;
+            }
+        }
+        if (attrs > PEC_DATICERT_MAX_ATTRS)
+            return pec_err(err, errsz, "daticert: %zu attributes on one element, more than the "
+                                       "%u allowed", attrs, PEC_DATICERT_MAX_ATTRS);
+        if ((nodes += attrs) > PEC_DATICERT_MAX_NODES)
+            goto too_many;
+    }
+    return 0;
+too_many:
+    return pec_err(err, errsz, "daticert: more than %u elements, attributes and other markup",
+                   PEC_DATICERT_MAX_NODES);
+}
+
+/* The tree libxml2 built holds only what the pass above allowed: no DTD,
+ * no entity reference (xmlNodeGetContent would expand it), the node bound. */
+int pec_daticert_check_tree(struct _xmlDoc *doc, char *err, size_t errsz)
+{
+    if (doc->intSubset || doc->extSubset)
+        return pec_err(err, errsz, "daticert: DOCTYPE/entity declarations are not allowed");
+    size_t nodes = 0;
+    for (xmlNodePtr n = doc->children; n != NULL;) {
+        switch (n->type) {
+        case XML_ELEMENT_NODE:
+            nodes++;
+            for (xmlAttrPtr a = n->properties; a; a = a->next) {
+                nodes++;
+                for (xmlNodePtr c = a->children; c; c = c->next)
+                    if (c->type != XML_TEXT_NODE)
+                        return pec_err(err, errsz, "daticert: entity references are not "
+                                                   "allowed");
+            }
+            break;
+        case XML_COMMENT_NODE:
+        case XML_PI_NODE:
+        case XML_CDATA_SECTION_NODE:
+            nodes++;
+            break;
+        case XML_TEXT_NODE:
+            break;
+        case XML_ENTITY_REF_NODE:
+            return pec_err(err, errsz, "daticert: entity references are not allowed");
+        default:
+            return pec_err(err, errsz, "daticert: unexpected XML node type %d", (int)n->type);
+        }
+        if (nodes > PEC_DATICERT_MAX_NODES)
+            return pec_err(err, errsz, "daticert: more than %u elements, attributes and other "
+                                       "markup", PEC_DATICERT_MAX_NODES);
+        if (n->type == XML_ELEMENT_NODE && n->children) {
+            n = n->children;
+            continue;
+        }
+        while (n && !n->next)
+            n = n->parent == (xmlNodePtr)doc ? NULL : n->parent;
+        if (n)
+            n = n->next;
+    }
+    return 0;
+}
+
+/* Parses a daticert from outside: bounded before, checked after. */
+static xmlDocPtr parse_doc(const void *xml, size_t len, char *err, size_t errsz)
+{
+    const char *enc = NULL;
+    if (prescan(xml, len, &enc, err, errsz) < 0)
         return NULL;
     xml_quiet();
-    /* no DTDLOAD, no NOENT: entities stay unexpanded; NONET: no fetching */
-    return xmlReadMemory(xml, (int)len, "daticert.xml", NULL,
-                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    /* no DTDLOAD, no NOENT: entities stay unexpanded; NONET: no fetching;
+     * IGNORE_ENC: the encoding is the one prescan read, whatever follows */
+    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "daticert.xml", enc,
+                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING |
+                                      XML_PARSE_IGNORE_ENC);
+    if (!doc) {
+        pec_err(err, errsz, "daticert: not well-formed XML");
+        return NULL;
+    }
+    if (pec_daticert_check_tree(doc, err, errsz) < 0) {
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    return doc;
 }
 
 static int validate_doc(xmlDocPtr doc, char *err, size_t errsz)
@@ -225,7 +420,7 @@ static int validate_doc(xmlDocPtr doc, char *err, size_t errsz)
     struct valid_err ve = {err, errsz};
     xmlValidCtxtPtr vc = xmlNewValidCtxt();
     if (!vc)
-        return pec_err(err, errsz, "out of memory");
+        return pec_err(err, errsz, "daticert: out of memory");
     vc->userData = &ve;
     vc->error = valid_error;
     vc->warning = xml_silent;
@@ -241,9 +436,9 @@ static int validate_doc(xmlDocPtr doc, char *err, size_t errsz)
 
 int pec_daticert_validate(const void *xml, size_t len, char *err, size_t errsz)
 {
-    xmlDocPtr doc = parse_doc(xml, len);
+    xmlDocPtr doc = parse_doc(xml, len, err, errsz);
     if (!doc)
-        return pec_err(err, errsz, "daticert: not well-formed XML");
+        return -1;
     int rc = validate_doc(doc, err, errsz);
     xmlFreeDoc(doc);
     return rc;
@@ -307,6 +502,30 @@ static void check_stray_text(pec_daticert *d, xmlNodePtr parent)
             prev = c;
         }
     }
+}
+
+/* The fields the DTD declares #PCDATA hold text only: an element inside
+ * one (an XInclude, say) is refused rather than read as an empty value. */
+static int text_only(xmlNodePtr parent, char *err, size_t errsz)
+{
+    static const char *const fields[] = {"mittente", "destinatari", "risposte", "oggetto",
+                                         "gestore-emittente", "giorno", "ora",
+                                         "identificativo", "msgid", "consegna", "ricezione",
+                                         "errore-esteso"};
+    for (xmlNodePtr c = parent->children; c; c = c->next) {
+        if (is_el(c, "data") && text_only(c, err, errsz) < 0)
+            return -1;
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+            if (!is_el(c, fields[i]))
+                continue;
+            for (xmlNodePtr g = c->children; g; g = g->next)
+                if (g->type == XML_ELEMENT_NODE)
+                    return pec_err(err, errsz, "daticert: <%s> holds an element <%.40s>; it "
+                                               "holds text only (§4.4)",
+                                   fields[i], (const char *)g->name);
+        }
+    }
+    return 0;
 }
 
 static void copy_field(char *dst, size_t size, xmlNodePtr n)
@@ -392,9 +611,9 @@ static int parse_dati(pec_daticert *d, xmlNodePtr dt)
 int pec_daticert_parse(const void *xml, size_t len, pec_daticert *d, char *err, size_t errsz)
 {
     memset(d, 0, sizeof *d);
-    xmlDocPtr doc = parse_doc(xml, len);
+    xmlDocPtr doc = parse_doc(xml, len, err, errsz);
     if (!doc)
-        return pec_err(err, errsz, "daticert: not well-formed XML");
+        return -1;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     int rc = -1;
     if (!is_el(root, "postacert")) {
@@ -427,8 +646,10 @@ int pec_daticert_parse(const void *xml, size_t len, pec_daticert *d, char *err, 
         pec_err(err, errsz, "daticert: <intestazione> or <dati> missing");
         goto out;
     }
+    if (text_only(h, err, errsz) < 0 || text_only(dt, err, errsz) < 0)
+        goto out;
     if (parse_intestazione(d, h) < 0 || parse_dati(d, dt) < 0) {
-        pec_err(err, errsz, "out of memory");
+        pec_err(err, errsz, "daticert: out of memory");
         goto out;
     }
     if (!d->mittente || !d->n_destinatari || !d->identificativo || !d->gestore_emittente ||

@@ -41,8 +41,18 @@ void pec_cert_email(const void *x509, char *out, size_t size);
  * parsed; -1 when there is none (pec_classify.c). */
 int pec_original_of(GMimeMessage *top, pec_buf *out);
 
-/* Finds the daticert.xml part below obj (decoded content appended to out). */
+/* Finds the daticert.xml part below obj (decoded content appended to out).
+ * -1 when there is none, -2 when its encoded form is above four times
+ * PEC_DATICERT_MAX_BYTES (not decoded). */
 int pec_find_daticert(GMimeObject *obj, mime_buf *out);
+
+/* The check pec_daticert_parse makes on the tree libxml2 built: no DOCTYPE
+ * (internal or external subset), no entity reference node, at most
+ * PEC_DATICERT_MAX_NODES nodes.  0 = fine (pec_daticert.c; exposed for the
+ * unit tests: the byte pass before parsing keeps such trees from being
+ * built at all). */
+struct _xmlDoc;
+int pec_daticert_check_tree(struct _xmlDoc *doc, char *err, size_t errsz);
 
 /* Reads a DER CMS ContentInfo (pec_cms.c).  For a SignedData the embedded
  * certificates come from a cache of parsed certificates and are returned in

@@ -13,7 +13,12 @@
  * the CR), nothing else is normalised (interop file 12).  SHA-1 signatures
  * are accepted for verification only (digest (f)).
  *
- * Interface: pec_trust_*, pec_verify, pec_verdict_free (pec.h).
+ * The certification data is read only after the signature has held (see
+ * pec_verify_flags); a bare signed entity (no outer header fields) is
+ * verified on request, its type taken from the signed daticert.
+ *
+ * Interface: pec_trust_*, pec_verify, pec_verify_flags, pec_verdict_free
+ * (pec.h).
  */
 #include "pec/pec_classify.h"
 #include "pec/pec_trust.h"
@@ -362,7 +367,8 @@ static int check_consistency(GMimeMessage *m, const pec_class *c, const pec_dati
 /* ---- the verification ------------------------------------------------------ */
 
 static int verify_signature(const pec_trust *t, const unsigned char *msg, size_t len,
-                            GMimeMessage *m, GMimeObject *s, bool use_raw, pec_verdict *v)
+                            GMimeMessage *m, GMimeObject *s, bool use_raw, bool check_from,
+                            pec_verdict *v)
 {
     GMimeMultipart *mp = GMIME_MULTIPART(s);
     if (g_mime_multipart_get_count(mp) < 2)
@@ -474,6 +480,10 @@ static int verify_signature(const pec_trust *t, const unsigned char *msg, size_t
             goto out;
         }
     }
+    if (!check_from) { /* a bare signed entity has no From (the caller says so) */
+        v->valid = true;
+        goto out;
+    }
     /* §2.1: the From address equals the certificate's e-mail address */
     char *from = mime_first_address(mime_header(GMIME_OBJECT(m), "From"));
     bool same = from && v->signer_email[0] && strcasecmp(from, v->signer_email) == 0;
@@ -495,8 +505,64 @@ out:
     return 0;
 }
 
-int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, char *err,
-               size_t errsz)
+/* The daticert of m through the bounded parser: 0 read (*out), -1 none,
+ * -2 not usable (the reason in derr). */
+static int read_daticert(GMimeMessage *m, pec_daticert **out, char *derr, size_t dsz)
+{
+    *out = NULL;
+    mime_buf x = {0};
+    int rc = pec_find_daticert(g_mime_message_get_mime_part(m), &x);
+    if (rc == -2) {
+        pec_err(derr, dsz, "daticert: its part is larger than %u bytes",
+                4 * PEC_DATICERT_MAX_BYTES);
+    } else if (rc == 0) {
+        pec_daticert *d = calloc(1, sizeof *d);
+        if (!d || pec_daticert_parse(x.data, x.len, d, derr, dsz) < 0) {
+            if (!d)
+                pec_err(derr, dsz, "daticert: out of memory");
+            rc = -2;
+        }
+        if (rc == 0)
+            *out = d;
+        else
+            free(d);
+    }
+    mime_buf_free(&x);
+    return rc;
+}
+
+/* A bare signed entity: a multipart/signed whose own header block has no
+ * From and no PEC header (a provider's message without its outer header
+ * fields, as a list re-wrapper or "save attachment" leaves it). */
+static bool bare_entity(GMimeMessage *top)
+{
+    GMimeObject *o = GMIME_OBJECT(top), *body = g_mime_message_get_mime_part(top);
+    return body && GMIME_IS_MULTIPART_SIGNED(body) && !mime_header(o, "From") &&
+           !mime_header(o, "X-Trasporto") && !mime_header(o, "X-Ricevuta");
+}
+
+/* The class of a bare entity, from its (signed) daticert. */
+static void bare_class(pec_class *c, const pec_daticert *d)
+{
+    c->type = d->tipo;
+    c->errore = d->errore;  /* (virus stays false: X-VerificaSicurezza is a header field) */
+    c->variant = PEC_VARIANT_NONE;
+    if (d->tipo == PEC_TYPE_POSTA_CERTIFICATA)
+        c->variant = d->ricevuta == PEC_VARIANT_NONE ? PEC_VARIANT_COMPLETA : d->ricevuta;
+    else if (d->tipo == PEC_TYPE_AVVENUTA_CONSEGNA)
+        c->variant = d->ricevuta;
+}
+
+/*
+ * The order matters (docs/pec.md "Hostile daticert"): anyone can send a
+ * message to the MX, so the daticert is read only after the signature over
+ * the content has held; until then nothing of the message but its MIME
+ * structure and the signature is parsed.  PEC_VERIFY_REPORT (pecctl) then
+ * reads the daticert of a failed message too, for showing only, through the
+ * same bounded parser.
+ */
+int pec_verify_flags(const pec_trust *t, const void *msg, size_t len, unsigned flags,
+                     pec_verdict *v, char *err, size_t errsz)
 {
     memset(v, 0, sizeof *v);
     GMimeMessage *top = mime_parse_message(msg, len, err, errsz);
@@ -506,32 +572,19 @@ int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, 
         fail(v, PEC_R_UNREADABLE, "not an RFC 5322 message");
         return pec_err(err, errsz, "not an RFC 5322 message");
     }
-    GMimeMessage *m = NULL;
-    pec_classify_msg(top, &v->cls, NULL, false, &m);
-
-    /* the certification data, read even when the signature fails (reporting) */
+    GMimeMessage *m = top;
+    bool tried_d = false;
     pec_daticert *d = NULL;
     char derr[200] = "";
-    bool d_bad = false;
-    if (v->cls.type != PEC_TYPE_NONE && v->cls.type != PEC_TYPE_ANOMALIA) {
-        mime_buf x = {0};
-        if (pec_find_daticert(g_mime_message_get_mime_part(m), &x) == 0) {
-            d = calloc(1, sizeof *d);
-            if (d && pec_daticert_parse(x.data, x.len, d, derr, sizeof derr) < 0) {
-                free(d);
-                d = NULL;
-                d_bad = true;
-            }
+    if ((flags & PEC_VERIFY_BARE) && bare_entity(top)) {
+        v->bare = true;
+        v->cls.signed_entity = true;
+    } else {
+        pec_classify_msg(top, &v->cls, NULL, false, &m);
+        if (v->cls.type == PEC_TYPE_NONE) {
+            fail(v, PEC_R_NOT_PEC, "no X-Ricevuta or X-Trasporto header: not a PEC message");
+            goto out;
         }
-        mime_buf_free(&x);
-        if (d)
-            pec_classify_msg(top, &v->cls, d, true, &m);
-    }
-    v->daticert = d;
-
-    if (v->cls.type == PEC_TYPE_NONE) {
-        fail(v, PEC_R_NOT_PEC, "no X-Ricevuta or X-Trasporto header: not a PEC message");
-        goto out;
     }
     bool nested = false;
     GMimeObject *s = pec_signed_entity(m, &nested);
@@ -539,30 +592,60 @@ int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, 
         fail(v, PEC_R_NO_SIGNATURE, "no S/MIME signature (multipart/signed) found");
         goto out;
     }
-    verify_signature(t, msg, len, m, s, m == top && !nested, v);
+    verify_signature(t, msg, len, m, s, m == top && !nested, !v->bare, v);
     if (!v->valid)
         goto out;
     if (v->cls.type == PEC_TYPE_ANOMALIA)
         goto out; /* §3.2.2: no certification data */
-    if (d_bad) {
-        fail(v, PEC_R_DATICERT_INVALID, "daticert.xml: %s", derr);
+
+    /* the signature holds: the certification data is the signer's */
+    tried_d = true;
+    int drc = read_daticert(m, &d, derr, sizeof derr);
+    v->daticert = d;
+    if (drc == -2) {
+        snprintf(v->daticert_error, sizeof v->daticert_error, "%s", derr);
+        fail(v, PEC_R_DATICERT_INVALID, "%s", derr);
         goto out;
     }
-    if (!d) {
+    if (drc == -1 && v->bare) {
+        fail(v, PEC_R_NOT_PEC, "a signed entity without X-Ricevuta, X-Trasporto and "
+                               "daticert.xml: not a PEC message");
+        goto out;
+    }
+    if (drc == -1) {
         fail(v, PEC_R_DATICERT_MISSING, "no daticert.xml part (§4.3.3)");
         goto out;
     }
-    if (check_consistency(m, &v->cls, d, v) < 0)
-        goto out;
+    if (v->bare) {
+        bare_class(&v->cls, d); /* no header fields to compare it with */
+    } else {
+        pec_classify_msg(top, &v->cls, d, true, &m);
+        if (check_consistency(m, &v->cls, d, v) < 0)
+            goto out;
+    }
     if (v->cls.type == PEC_TYPE_POSTA_CERTIFICATA)
         pec_original_of(top, &v->original);   /* the delivery point needs it: parsed once */
 out:
     if (v->valid) {
         v->reason = PEC_OK;
         v->detail[0] = '\0';
+    } else if ((flags & PEC_VERIFY_REPORT) && !tried_d &&
+               (v->bare || (v->cls.type != PEC_TYPE_NONE && v->cls.type != PEC_TYPE_ANOMALIA))) {
+        int rrc = read_daticert(m, &d, derr, sizeof derr);
+        if (rrc == -2)
+            snprintf(v->daticert_error, sizeof v->daticert_error, "%s", derr);
+        v->daticert = d;            /* shown, not trusted: the verdict stays */
+        if (d && !v->bare)
+            pec_classify_msg(top, &v->cls, d, true, &m);
     }
     g_object_unref(top);
     return 0;
+}
+
+int pec_verify(const pec_trust *t, const void *msg, size_t len, pec_verdict *v, char *err,
+               size_t errsz)
+{
+    return pec_verify_flags(t, msg, len, 0, v, err, errsz);
 }
 
 void pec_verdict_free(pec_verdict *v)

@@ -1,7 +1,10 @@
 /*
  * fuzz_pec_verify.c - libFuzzer target for classification and verification
  * of whole messages (src/pec/pec_classify.c, pec_verify.c): hostile MIME,
- * CMS and XML must give a verdict, never a crash.
+ * CMS and XML must give a verdict, never a crash.  No signer is in the
+ * directory, so the incoming point's mode never reads a daticert (it does
+ * only once the signature holds); pecctl's mode (report, bare entities)
+ * reads it through the bounded parser.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +28,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (pec_verify(t, data, size, &v, err, sizeof err) == 0) {
         if (v.valid)
             abort(); /* nothing here is in the directory */
+        if (v.daticert || v.daticert_error[0])
+            abort(); /* read before the signature held */
+        pec_verdict_free(&v);
+    }
+    if (pec_verify_flags(t, data, size, PEC_VERIFY_REPORT | PEC_VERIFY_BARE, &v, err,
+                         sizeof err) == 0) {
+        if (v.valid)
+            abort();
         pec_verdict_free(&v);
     }
     pec_check_result r;

@@ -115,3 +115,73 @@ def test_untrusted_and_tampered(pecctl, pec_sample, pki, tmp_path):
     bad.write_bytes(data[:i] + b"r" + data[i + 1:])
     r = run(pecctl, "verify", "--json", "--trust", pki["ca"] / "ca.pem", bad)
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "content-changed"
+
+
+def bare_entity(raw):
+    """The multipart/signed entity of a message without the outer header fields, as a list
+    re-wrapper or a mail client's "save attachment" leaves it: its Content-Type field
+    (folded lines included) and its body, byte for byte."""
+    nl = b"\r\n" if b"\r\n" in raw[:200] else b"\n"
+    head, body = raw.split(nl + nl, 1)
+    field, keep = [], False
+    for line in head.split(nl):
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                field.append(line)
+            continue
+        keep = line.lower().startswith(b"content-type: multipart/signed")
+        if keep:
+            field.append(line)
+    assert field, raw[:300]
+    return nl.join(field) + nl + nl + body
+
+
+@pytest.mark.parametrize("tipo,variant", [("posta-certificata", "breve"),
+                                          ("avvenuta-consegna", "completa"),
+                                          ("accettazione", None)])
+def test_bare_signed_entity(pecctl, pec_sample, pki, tmp_path, tipo, variant):
+    """Issue 17 item 7: the signed entity cut out of one of our envelopes or receipts is
+    verified and typed by its daticert, and the output says the outer header fields are
+    missing."""
+    out = tmp_path / f"{tipo}.eml"
+    args = ["--variant", variant] if variant else []
+    run(pec_sample, "--key", pki["key"], "--chain", pki["chain"], "--domain", "pec.a.example",
+        "--type", tipo, *args, "--out", out, check=True)
+    ldif = tmp_path / "dir.ldif"
+    ldif.write_text("dn: providerName=Gestore A,o=postacert\nobjectClass: provider\n"
+                    f"providerName: Gestore A\nproviderCertificateHash: {pki['sha1']}\n"
+                    "mailReceipt: ricevute@pec.a.example\nmanagedDomains: pec.a.example\n")
+    trust = ["--trust", pki["ca"] / "ca.pem", "--directory", ldif]
+    # the whole message: the outer header fields are there
+    r = run(pecctl, "verify", "--json", *trust, out)
+    v = json.loads(r.stdout)
+    assert r.returncode == 0 and v["valid"] and v["type"] == tipo, v
+    assert v["outer_headers"] is True and v["note"] is None
+    # the bare entity: no From, no X-Trasporto/X-Ricevuta
+    bare = tmp_path / f"{tipo}-bare.eml"
+    bare.write_bytes(bare_entity(out.read_bytes()))
+    head = bare.read_bytes().split(b"\n\n")[0].split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"content-type: multipart/signed")
+    assert b"from:" not in head and b"x-trasporto" not in head and b"x-ricevuta" not in head
+    r = run(pecctl, "verify", "--json", *trust, bare)
+    b = json.loads(r.stdout)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert (b["type"], b["variant"], b["valid"], b["reason"]) == (tipo, variant, True, None), b
+    assert b["outer_headers"] is False
+    assert "outer header fields" in b["note"] and "missing" in b["note"]
+    assert b["directory_checked"] is True and b["trust"] == "anchors"
+    assert b["signer"]["sha1"] == v["signer"]["sha1"]
+    assert b["daticert"] == v["daticert"]
+    r = run(pecctl, "verify", *trust, bare)                       # the text form says it too
+    assert r.returncode == 0 and "outer header fields" in r.stdout and tipo in r.stdout
+    # changed after signing: invalid, untyped, its daticert still shown
+    data = bare.read_bytes()
+    i = data.index(b"multi-part message")
+    bad = tmp_path / f"{tipo}-bare-bad.eml"
+    bad.write_bytes(data[:i] + b"M" + data[i + 1:])
+    r = run(pecctl, "verify", "--json", *trust, bad)
+    x = json.loads(r.stdout)
+    assert r.returncode == 1
+    assert (x["type"], x["valid"], x["reason"], x["outer_headers"]) == \
+        ("none", False, "content-changed", False), x
+    assert x["daticert"]["tipo"] == tipo

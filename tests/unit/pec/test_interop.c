@@ -68,13 +68,25 @@ static void test_eml_verdicts(void **state)
         if (x->variant)
             assert_int_equal(c.variant, x->variant);
         pec_verdict v;
+        /* the incoming point's mode: the daticert only once the signature holds */
         assert_int_equal(pec_verify(t, data, len, &v, NULL, 0), 0);
+        assert_int_equal(v.valid, x->valid);
+        assert_int_equal(v.reason, x->reason);
+        assert_int_equal(v.cls.type, x->type);
+        assert_true((v.daticert != NULL) == x->valid);
+        pec_verdict_free(&v);
+        /* pecctl's mode: the daticert of an invalid message is shown too */
+        assert_int_equal(pec_verify_flags(t, data, len, PEC_VERIFY_REPORT, &v, NULL, 0), 0);
         if (v.valid != x->valid || v.reason != x->reason)
             fprintf(stderr, "%s: %s (%s)\n", x->file, pec_reason_name(v.reason), v.detail);
         assert_int_equal(v.valid, x->valid);
         assert_int_equal(v.reason, x->reason);
         assert_int_equal(v.cls.type, x->type);
+        if (x->variant)
+            assert_int_equal(v.cls.variant, x->variant);
         assert_non_null(v.daticert); /* every one of these carries daticert.xml */
+        assert_false(v.bare);
+        assert_string_equal(v.daticert_error, "");
         if (x->valid) {
             assert_true(v.trust_embedded);
             assert_string_equal(v.digest, "sha1");

@@ -158,6 +158,10 @@ void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced)
  * recipient, so a stage run again after a crash does not log twice.  synced:
  * durable before this returns; otherwise durable with the stage (the queue's
  * syncfs before the stage's outputs are committed). */
+/* The instant of the stage this thread runs (roles_process), 0 outside one:
+ * its events carry the time of the messages they describe. */
+static __thread time_t stage_when;
+
 static int log_event(struct roles *r, bool synced, const char *type, const char *qid,
                      const char *pec_id, const char *orig_msgid, const char *message_id,
                      const char *sender, const char *rcpts, const char *subject,
@@ -177,7 +181,8 @@ static int log_event(struct roles *r, bool synced, const char *type, const char 
     struct evidence_event ee = {.type = type, .pec_id = pec_id, .orig_msgid = om[0] ? om : NULL,
                                 .message_id = message_id, .sender = sender, .recipients = rcpts,
                                 .subject = subject, .outcome = outcome, .queue_id = qid,
-                                .dedupe_key = dk, .when = time(NULL)};
+                                .dedupe_key = dk,
+                                .when = stage_when != 0 ? stage_when : time(NULL)};
     if ((synced ? evidence_append(r->ev, &ee, e, sizeof e)
                 : evidence_append_deferred(r->ev, &ee, e, sizeof e)) == -1) {
         log_err("%s: evidence log: %s", qid, e);
@@ -495,10 +500,21 @@ static int cleartext_event(struct roles *r, const struct queue_env *env, const c
     return rc;
 }
 
-int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
-                  bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+/* The stage's instant (§4.1): now, or, for a stage run again whose events
+ * were stored the first time (its outputs were not), the instant those
+ * events recorded, so the messages it builds again carry it too. */
+static time_t stage_time(struct roles *r, const struct queue_env *env, bool recovered)
 {
-    struct roles *r = arg;
+    time_t t;
+    if (r->ev != NULL && (recovered || env->attempts > 0) &&
+        evidence_stage_time(r->ev, env->qid, &t) == 1)
+        return t;
+    return time(NULL);
+}
+
+static int run_role(struct roles *r, const struct queue_env *env, const char *data, size_t len,
+                    bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+{
     if (strcmp(env->stage, "submission") == 0)
         return role_access_point(r, env, data, len, recovered, out, err, errlen);
     if (strcmp(env->stage, "incoming") == 0) {
@@ -508,6 +524,24 @@ int roles_process(void *arg, const struct queue_env *env, const char *data, size
         }
         return role_incoming_point(r, env, data, len, recovered, out, err, errlen);
     }
+    if (strcmp(env->stage, "delivery") == 0)
+        return role_delivery_retry(r, env, data, len, recovered, out, err, errlen);
     snprintf(err, errlen, "unknown stage '%s'", env->stage);
     return -1;
+}
+
+int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
+                  bool recovered, struct queue_outputs *out, char *err, size_t errlen)
+{
+    struct roles *r = arg;
+    out->when = stage_time(r, env, recovered);
+    stage_when = out->when;
+    /* a stage that fails leaves no event: its outputs are dropped too, and
+     * when it runs again it logs what it then does, at that instant */
+    size_t mark = evidence_batch_mark(r->ev);
+    int rc = run_role(r, env, data, len, recovered, out, err, errlen);
+    if (rc == -1)
+        evidence_batch_rollback(r->ev, mark);
+    stage_when = 0;
+    return rc;
 }

@@ -89,7 +89,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
                       size_t len, bool recovered, struct queue_outputs *out, char *err,
                       size_t errlen)
 {
-    time_t now = time(NULL);
+    time_t now = out->when;
     const char **fwd = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
     pec_recipient *rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rcpts);
     for (size_t i = 0; i < env->nrcpts; i++) {

@@ -42,7 +42,7 @@ static int incoming_virus(struct roles *r, const struct queue_env *env, bool rec
         return -1;
     }
     for (size_t i = 0; i < env->nrcpts; i++) {
-        time_t now = time(NULL);
+        time_t now = out->when;
         char mid[256];
         role_stage_id(r, env, out, mid, sizeof mid);
         const char *rcpt = env->rcpts[i].addr;
@@ -81,7 +81,7 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
 {
     if (d == NULL || d->mittente == NULL || d->consegna == NULL || d->identificativo == NULL)
         return 0;
-    time_t now = time(NULL);
+    time_t now = out->when;
     char mid[256];
     role_stage_id(r, env, out, mid, sizeof mid);
     pec_build_args a = {.type = PEC_TYPE_ERRORE_CONSEGNA, .errore = PEC_ERRORE_VIRUS,
@@ -107,6 +107,74 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
 
 /* ---- incoming point and delivery point (§3.2, §3.3) -------------------------------- */
 
+/* Is a final refusal of the mailbox "full" (RFC 3463 X.2.2, "mailbox full":
+ * Dovecot's "552 5.2.2 … Quota exceeded", our own Maildir quota)? */
+static bool mailbox_full(const struct deliver_rcpt *x)
+{
+    const char *t = x->text;
+    return (t[0] == '5' || t[0] == '4') && strncmp(t + 1, ".2.2", 4) == 0 &&
+           (t[5] == ' ' || t[5] == '\0');
+}
+
+/* What the delivery point does for one recipient after the store. */
+enum delivery_outcome {
+    DELIVERED,        /* avvenuta-consegna */
+    NO_MAILBOX,       /* errore-consegna no-dest (§3.3.3) */
+    FULL,             /* errore-consegna altro: "casella piena" */
+    NOT_DELIVERED,    /* errore-consegna altro: still failing at the deadline */
+    LATER,            /* a temporary failure: retried on its own */
+};
+
+static enum delivery_outcome outcome_of(const struct deliver_rcpt *x, bool past_deadline)
+{
+    if (!x->pending)
+        return NO_MAILBOX;
+    switch (x->result) {
+    case DELIVER_OK:
+        return DELIVERED;
+    case DELIVER_PERMFAIL:
+        return mailbox_full(x) ? FULL : NO_MAILBOX;
+    case DELIVER_TEMPFAIL:
+    default:
+        if (!past_deadline)
+            return LATER;
+        return mailbox_full(x) ? FULL : NOT_DELIVERED;
+    }
+}
+
+/* The recipients whose mailbox failed for now, in a new queue file of their
+ * own (stage "delivery"): the others' receipts and the presa in carico do not
+ * wait for them.  Its arrival is the instant the envelope was taken in, which
+ * the deadline counts from. */
+static void deliver_later(const struct queue_env *env, const size_t *idx, size_t n,
+                          const char *data, size_t len, struct queue_outputs *out)
+{
+    struct queue_rcpt *rc = calloc(n, sizeof *rc);
+    if (rc == NULL) {
+        log_err("%s: out of memory", env->qid);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        rc[k] = env->rcpts[idx[k]];
+        rc[k].status = QR_PENDING;
+        rc[k].status_text = NULL;
+    }
+    bool again = env->stage != NULL && strcmp(env->stage, "delivery") == 0;
+    struct queue_env e = {.arrival = again ? env->arrival : out->when, .sender = env->sender,
+                          .rcpts = rc, .nrcpts = n, .stage = "delivery", .listener = "pec",
+                          .proto = "local", .requiretls = env->requiretls};
+    queue_outputs_add(out, &e, data, len);
+    free(rc);
+}
+
+/* §3.3: stores the envelope for each recipient with a mailbox (one LMTP
+ * transaction with [delivery] mailbox = lmtp:), then gives each recipient its
+ * own outcome (issue 18): a delivery receipt for those stored, a
+ * non-delivery for an unknown or full mailbox, and a temporary failure is
+ * retried for that recipient alone ("delivery" stage) until [timers]
+ * mancata_consegna after the envelope was taken in, when it becomes a
+ * non-delivery (the sending provider's 24 h notice has told its user by
+ * then; this makes our evidence final). */
 static int delivery_point(struct roles *r, const struct queue_env *env, const char *data,
                           size_t len, bool recovered, const pec_verdict *v,
                           struct queue_outputs *out, char *err, size_t errlen)
@@ -117,24 +185,50 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     bool have_orig = v->original.data != NULL ||
                      pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
     const pec_buf *original = v->original.data != NULL ? &v->original : &orig;
+    bool retry_stage = env->stage != NULL && strcmp(env->stage, "delivery") == 0;
+    bool past_deadline = retry_stage &&
+                         (uint64_t)(out->when - env->arrival) >= r->cfg->timer_mancata_consegna;
     int rc = 0;
-    /* store first, for every recipient with a mailbox (one LMTP transaction
-     * with [delivery] mailbox = lmtp:); then one receipt per recipient */
     struct deliver_rcpt *st = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
-    for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
+    size_t *later = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *later);
+    size_t nlater = 0;
+    if (st == NULL || later == NULL) {
+        free(st);
+        free(later);
+        pec_buf_free(&orig);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    bool any_pending = false;
+    for (size_t i = 0; i < env->nrcpts; i++) {
         int ex = role_mailbox(r, env->rcpts[i].addr);
         st[i].pending = ex != 0;   /* -2: the LMTP server decides */
         if (ex == -1) {
-            snprintf(err, errlen, "cannot tell whether <%s> exists: users source unavailable",
-                     env->rcpts[i].addr);
-            rc = -1;
+            /* the users source cannot tell now: this recipient only waits */
+            st[i].result = DELIVER_TEMPFAIL;
+            snprintf(st[i].text, sizeof st[i].text, "4.4.3 users source unavailable");
         }
+        any_pending = any_pending || (ex != 0 && ex != -1);
     }
-    if (rc == 0)
+    if (any_pending) {
+        for (size_t i = 0; i < env->nrcpts; i++)
+            if (st[i].result == DELIVER_TEMPFAIL)
+                st[i].pending = false;   /* not stored now (set again below) */
         transport_store_local_all(r->transport, env, data, len, recovered, st, out);
+        for (size_t i = 0; i < env->nrcpts; i++)
+            if (!st[i].pending && st[i].result == DELIVER_TEMPFAIL)
+                st[i].pending = true;
+    }
     for (size_t i = 0; i < env->nrcpts && rc == 0; i++) {
         const char *addr = env->rcpts[i].addr;
-        time_t now = time(NULL);
+        enum delivery_outcome o = outcome_of(&st[i], past_deadline);
+        if (o == LATER) {
+            later[nlater++] = i;
+            log_warn("%s: PEC %s for <%s> not stored now (%s): retried on its own", env->qid,
+                     d && d->identificativo ? d->identificativo : "", addr, st[i].text);
+            continue;
+        }
+        time_t now = out->when;
         char mid[256];
         role_stage_id(r, env, out, mid, sizeof mid);
         pec_build_args a = {.sender = d && d->mittente ? d->mittente : env->sender,
@@ -144,29 +238,40 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
                             .consegna = addr, .subject = d ? d->oggetto : NULL};
         pec_buf m = {0};
-        if (!st[i].pending || st[i].result == DELIVER_PERMFAIL) {
-            /* §3.3.3: the envelope was correct, the mailbox is not there
-             * (or the LMTP server refused it for good) */
+        if (o != DELIVERED) {
+            /* §3.3.3: the envelope was correct, the mailbox is not there, is
+             * full, or could not be reached within the deadline */
             a.type = PEC_TYPE_ERRORE_CONSEGNA;
-            a.errore = PEC_ERRORE_NO_DEST;
-            char why[300];
-            if (st[i].pending)
-                snprintf(why, sizeof why, "%.200s - %s", st[i].text, r->cfg->name);
-            else
-                snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", r->cfg->name);
+            char why[400];
+            const char *name = r->cfg->name;
+            switch (o) {
+            case FULL:
+                a.errore = PEC_ERRORE_ALTRO;
+                snprintf(why, sizeof why, "5.2.2 - %s - casella piena (%.200s)", name,
+                         st[i].text);
+                break;
+            case NOT_DELIVERED:
+                a.errore = PEC_ERRORE_ALTRO;
+                snprintf(why, sizeof why, "4.2.0 - %s - casella non disponibile entro %llu ore "
+                                          "(%.200s)",
+                         name, (unsigned long long)(r->cfg->timer_mancata_consegna / 3600),
+                         st[i].text);
+                break;
+            default:
+                a.errore = PEC_ERRORE_NO_DEST;
+                if (st[i].pending)
+                    snprintf(why, sizeof why, "%.200s - %s", st[i].text, name);
+                else
+                    snprintf(why, sizeof why, "5.1.1 - %s - indirizzo non valido", name);
+                break;
+            }
             a.errore_esteso = why;
-            log_info("%s: PEC %s to <%s>: no such mailbox", env->qid, a.pec_id, addr);
+            log_info("%s: PEC %s to <%s> not delivered: %s", env->qid, a.pec_id, addr, why);
             rc = role_build(r, &a, &m, err, errlen);
             if (rc == 0)
                 rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
                                 a.sender, addr, a.subject, why, addr);
         } else {
-            if (st[i].result != DELIVER_OK) {
-                snprintf(err, errlen, "cannot store the envelope for <%s>: %s", addr,
-                         st[i].text);
-                rc = -1;
-                break;
-            }
             /* §3.3.2: the receipt follows the stored envelope */
             a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
             a.variant = pec_receipt_variant(have_orig ? (const char *)original->data : data,
@@ -191,8 +296,46 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         pec_buf_free(&m);
     }
+    if (rc == 0 && nlater > 0) {
+        if (retry_stage && nlater == env->nrcpts) {
+            /* nothing changed: this stage waits (the queue's back-off) */
+            snprintf(err, errlen, "no recipient could be stored: %s", st[later[0]].text);
+            rc = -1;
+        } else {
+            deliver_later(env, later, nlater, data, len, out);
+        }
+    }
     pec_buf_free(&orig);
     free(st);
+    free(later);
+    return rc;
+}
+
+/* Stage "delivery": the recipients of an envelope that could not be stored
+ * when it was taken in (its presa in carico went then).  The envelope is our
+ * own copy of one that was verified; it is read again for its certification
+ * data (the signature is not what decides here: a CRL published since does
+ * not undo a presa in carico already sent). */
+int role_delivery_retry(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen)
+{
+    const pec_dirsnap *snap = pec_dirmgr_acquire(r->dirs);
+    pec_verdict v;
+    char e2[256];
+    int rc = -1;
+    if (pec_verify_flags(snap->trust, data, len, PEC_VERIFY_REPORT, &v, e2, sizeof e2) == -1) {
+        snprintf(err, errlen, "cannot read the envelope again: %s", e2);
+    } else if (v.cls.type != PEC_TYPE_POSTA_CERTIFICATA || v.daticert == NULL) {
+        snprintf(err, errlen, "the envelope has no certification data now: %s", v.detail);
+    } else {
+        if (!v.valid)
+            log_warn("%s: the envelope no longer verifies (%s: %s); it was taken in verified, "
+                     "so its delivery goes on", env->qid, pec_reason_name(v.reason), v.detail);
+        rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
+    }
+    pec_verdict_free(&v);
+    pec_dirsnap_release(snap);
     return rc;
 }
 
@@ -201,7 +344,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
 static int anomaly(struct roles *r, const struct queue_env *env, const char *data, size_t len,
                    bool recovered, const char *why, struct queue_outputs *out, char *err, size_t errlen)
 {
-    time_t now = time(NULL);
+    time_t now = out->when;
     char pec_id[256];
     role_stage_id(r, env, out, pec_id, sizeof pec_id);
     pec_recipient *rc = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
@@ -408,7 +551,7 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
         const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
         for (size_t i = 0; i < env->nrcpts; i++)
             ric[i] = env->rcpts[i].addr;
-        time_t now = time(NULL);
+        time_t now = out->when;
         char mid[256];
         role_stage_id(r, env, out, mid, sizeof mid);
         const pec_daticert *d = v.daticert;

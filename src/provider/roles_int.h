@@ -75,5 +75,9 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
 int role_incoming_point(struct roles *r, const struct queue_env *env_in, const char *data,
                         size_t len, bool recovered, struct queue_outputs *out, char *err,
                         size_t errlen);
+/* roles_incoming.c: stage "delivery" (recipients retried on their own) */
+int role_delivery_retry(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen);
 
 #endif

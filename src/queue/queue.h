@@ -204,6 +204,10 @@ struct queue_outputs {
     /* for the processor: how many identifiers it has made for this source, so
      * that a stage run again makes the same ones (see roles' role_stage_id) */
     unsigned ids;
+    /* the stage's one instant (RFC 6109 §4.1: "a sole temporal value obtained
+     * from within the transaction itself"): every message it builds and every
+     * event it logs carries it; set by the processor */
+    time_t when;
 };
 /* Adds a copy of env's envelope fields (sender, recipients, options) and data. */
 void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, const void *data,

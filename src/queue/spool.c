@@ -611,6 +611,7 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
     struct queue_output *x = &o->v[o->n++];
     memset(x, 0, sizeof *x);
     struct queue_env *e = &x->env;
+    e->arrival = env->arrival;   /* 0: the queue stamps it when the stage commits */
     e->sender = strdup(env->sender ? env->sender : "");
     e->nrcpts = env->nrcpts;
     e->rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *e->rcpts);

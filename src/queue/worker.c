@@ -317,7 +317,8 @@ static void run_stage(struct queue *q, struct work *w)
     for (size_t i = 0; i < out.n; i++) {
         struct queue_env *oe = &out.v[i].env;
         queue_new_id(oe->qid);
-        oe->arrival = now;
+        if (oe->arrival == 0)
+            oe->arrival = now;
         char name[80];
         snprintf(name, sizeof name, "%s.%zu.%s", e->qid, i, oe->qid);
         if (spool_write_file(q->dir, "staged", name, oe, out.v[i].data, out.v[i].len,

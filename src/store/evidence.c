@@ -622,6 +622,46 @@ int evidence_batch_commit(struct evidence *ev, char *err, size_t errlen)
     return rc;
 }
 
+size_t evidence_batch_mark(struct evidence *ev)
+{
+    return tls_batch.ev == ev && ev != NULL ? tls_batch.n : 0;
+}
+
+void evidence_batch_rollback(struct evidence *ev, size_t mark)
+{
+    struct batch *b = &tls_batch;
+    if (b->ev != ev || ev == NULL)
+        return;
+    while (b->n > mark)
+        free(b->mem[--b->n]);
+}
+
+int evidence_stage_time(struct evidence *ev, const char *queue_id, time_t *out)
+{
+    /* a stage's events have the dedupe key "QID:type:key" (the provider's
+     * log_event): a range of the key's unique index, no scan */
+    char lo[64], hi[64];
+    if (queue_id == NULL || snprintf(lo, sizeof lo, "%s:", queue_id) >= (int)sizeof lo)
+        return -1;
+    snprintf(hi, sizeof hi, "%s;", queue_id);   /* ';' follows ':' */
+    pthread_mutex_lock(&ev->db_lock);
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(ev->db, "SELECT min(event_time) FROM events WHERE dedupe_key >= ?1 "
+                                   "AND dedupe_key < ?2", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            rc = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : 1;
+            if (rc == 1)
+                *out = (time_t)sqlite3_column_int64(st, 0);
+        }
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&ev->db_lock);
+    return rc;
+}
+
 static int append(struct evidence *ev, const struct evidence_event *e, bool deferred, char *err,
                   size_t errlen)
 {

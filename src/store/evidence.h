@@ -88,6 +88,16 @@ int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e
  * while one is open drops the events of the open one. */
 void evidence_batch_begin(struct evidence *ev);
 int evidence_batch_commit(struct evidence *ev, char *err, size_t errlen);
+/* A mark in this thread's open batch (the number of events it holds), and
+ * the events added after it dropped: a stage that fails leaves no event in
+ * the pass's batch (RFC 6109 §4.1: the log records only what was done). */
+size_t evidence_batch_mark(struct evidence *ev);
+void evidence_batch_rollback(struct evidence *ev, size_t mark);
+/* The instant recorded by the events of queue file queue_id's stage (the
+ * earliest event_time of the events whose dedupe key starts "QID:"): a stage
+ * run again after its events were stored reuses it, so the log and the
+ * messages it describes keep one time.  1 found, 0 none, -1 error. */
+int evidence_stage_time(struct evidence *ev, const char *queue_id, time_t *out);
 
 /* Signs the head of every finished UTC day (day < the day of now) that has
  * records and no seal yet.  Needs a signer.  Returns the number of days

@@ -34,7 +34,9 @@ import pytest
 
 from ldap_fixture import exchange, reload, wait_log
 from pec_providers import make_providers, pecctl
-from pecd_harness import free_port
+from pecd_harness import PECCTL, PECD, free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed")
 
 ROOT = ("dn: o=postacert\nobjectclass: top\nobjectclass: organization\n"
         "objectClass: LDIFLocationURLObject\no: postacert\n"
@@ -256,7 +258,7 @@ def test_exchange_over_the_signed_directory(world):
     assert "WARNING" not in r.stdout, r.stdout
 
 
-def variant(world, what, reason, tmp_path):
+def variant(world, what, reason):
     """Sets the server up for one failure; pecctl refresh and pecd's refresh both keep the
     copy in use and name the reason."""
     a = world[0]
@@ -306,12 +308,12 @@ def test_every_failure_keeps_the_copy_in_use(world, tmp_path):
     ]
     for what, data, mode, reason in cases:
         server.files[PATH], server.mode[PATH] = data, mode
-        variant(world, what, reason, tmp_path)
+        variant(world, what, reason)
     # the server's certificate names another host
     server.files[PATH], server.mode[PATH] = signed, "ok"
     server.set_cert(os.path.join(wrong_name, "tls.pem"), os.path.join(wrong_name, "tls.key"))
     variant(world, "server certificate of another name",
-            "TLS: the server certificate is not accepted", tmp_path)
+            "TLS: the server certificate is not accepted")
     assert "127.0.0.1" in a.log(10)
     server.set_cert(os.path.join(tls, "tls.pem"), os.path.join(tls, "tls.key"))
     # mail still flows on the copy kept, and the good file is taken again
@@ -454,7 +456,7 @@ def test_publish_renewal_and_file_p7m(tmp_path):
     assert all(h in r.stdout for h in hashes) and "1 providers, 1 records" in r.stdout, r.stdout
     assert "signed by /C=IT/O=Provider A" in r.stdout, r.stdout
     # from stdout too
-    r = subprocess.run([sys.modules["pec_providers"].PECCTL, "-c", a.conf, "directory",
+    r = subprocess.run([PECCTL, "-c", a.conf, "directory",
                         "publish", "-"], capture_output=True)
     assert r.returncode == 0 and r.stdout[:1] == b"\x30", r.stderr
     # another signer than directory_signer names: refused with the reason
@@ -478,9 +480,5 @@ def test_refused_configurations(tmp_path, pec, reason):
     a.write_config({}, extra={"pec": pec})
     r = pecctl("-c", a.conf, "directory", "list", check=False)
     assert r.returncode != 0 and reason in r.stderr, r.stderr
-    from pecd_harness import PECD
     r = subprocess.run([PECD, "-c", a.conf], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and reason in r.stderr, r.stderr
-
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed")

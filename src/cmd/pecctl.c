@@ -47,7 +47,8 @@ static void usage(FILE *f)
             "                                        create a ready-to-run provider instance\n"
             "  log verify                            check the evidence log (hash chain, seals)\n"
             "  trace MESSAGE-ID                      the life of a PEC message\n"
-            "  directory list|import FILE.ldif|export  the providers' directory\n");
+            "  directory list|import FILE|export  the providers' directory\n"
+            "  directory refresh|publish OUT.p7m     fetch it now; our record, signed\n");
 }
 
 static struct config *load(const char *conf)

@@ -93,6 +93,32 @@ static int share_connections(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The signed directory (issue 19, RFC 6109 §4.5, §5.6): https:// and *.p7m
+ * sources need the authority's certificates; the client certificate and
+ * key go together; https:// is refreshed daily unless directory_refresh
+ * says otherwise. */
+static int config_check_signed_directory(struct config *cfg, const char *path, char *err,
+                                         size_t errlen)
+{
+    const char *src = cfg->pec_directory;
+    size_t n = src ? strlen(src) : 0;
+    bool https = src && strncasecmp(src, "https://", 8) == 0;
+    bool p7m = https || (n >= 4 && strcasecmp(src + n - 4, ".p7m") == 0);
+    if (p7m && cfg->pec_dir_signer == NULL) {
+        snprintf(err, errlen, "%s: [pec] directory %s is a signed directory: it needs "
+                 "directory_signer (the PEM certificates of who signs it)", path, src);
+        return -1;
+    }
+    if ((cfg->pec_dir_client_cert == NULL) != (cfg->pec_dir_client_key == NULL)) {
+        snprintf(err, errlen, "%s: [pec] directory_client_cert and directory_client_key go "
+                 "together", path);
+        return -1;
+    }
+    if (https && !cfg->pec_dir_refresh_set)
+        cfg->pec_dir_refresh = 86400;               /* RFC 6109 §4.5: daily */
+    return 0;
+}
+
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
@@ -191,6 +217,10 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         resolve(&cfg->pec_directory, cfg->dir);
     resolve(&cfg->pec_dir_password_file, cfg->dir);
     resolve(&cfg->pec_dir_ca_file, cfg->dir);
+    resolve(&cfg->pec_dir_client_cert, cfg->dir);
+    resolve(&cfg->pec_dir_client_key, cfg->dir);
+    resolve(&cfg->pec_dir_signer, cfg->dir);
+    resolve(&cfg->pec_signing_cert_next, cfg->dir);
     resolve(&cfg->evidence_path, cfg->dir);
     resolve(&cfg->dns_trust_anchor, cfg->dir);
     default_str(&cfg->postmaster, "postmaster@%s", cfg->domain);
@@ -235,6 +265,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: [pec] directory_starttls does not go with ldaps://", path);
         goto bad;
     }
+    if (config_check_signed_directory(cfg, path, err, errlen) == -1)
+        goto bad;
     if (cfg->dovecot_userdb != NULL && cfg->dovecot_auth == NULL) {
         snprintf(err, errlen, "%s: [users] userdb needs users = dovecot:PATH", path);
         goto bad;
@@ -302,7 +334,9 @@ void config_free(struct config *cfg)
                      &cfg->pec_crl, &cfg->pec_directory, &cfg->pec_service_address,
                      &cfg->pec_tls_policy, &cfg->pec_timezone, &cfg->evidence_path, &cfg->pec_dir_bind_dn,
                      &cfg->pec_dir_password, &cfg->pec_dir_password_file,
-                     &cfg->pec_dir_ca_file};
+                     &cfg->pec_dir_ca_file, &cfg->pec_dir_client_cert, &cfg->pec_dir_client_key,
+                     &cfg->pec_dir_signer, &cfg->pec_dir_location_url,
+                     &cfg->pec_dir_description, &cfg->pec_signing_cert_next};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)

@@ -122,7 +122,8 @@ struct config {
     char *pec_signing_cert;         /* the signer certificate, then its chain */
     char *pec_trust;                /* CA bundle for incoming signatures */
     char *pec_crl;                  /* optional CRL file (PEM) */
-    char *pec_directory;            /* providers' directory: LDIF path or ldap[s]://host:port/base */
+    char *pec_directory;            /* providers' directory: LDIF path, ldap[s]://host:port/base,
+                                       https://host/path.p7m or a *.p7m file (signed, issue 19) */
     char *pec_dir_bind_dn;          /* LDAP simple bind DN; NULL = anonymous */
     char *pec_dir_password;         /* its password (or read from pec_dir_password_file) */
     char *pec_dir_password_file;
@@ -130,6 +131,13 @@ struct config {
     char *pec_dir_ca_file;          /* CA of the LDAP server; NULL = the system's */
     uint64_t pec_dir_refresh;       /* seconds between refreshes (1h); 0 = SIGHUP only */
     uint64_t pec_dir_timeout;       /* LDAP and CRL download timeout, seconds (30) */
+    bool pec_dir_refresh_set;       /* directory_refresh given (else https: 1d, others 1h) */
+    char *pec_dir_client_cert;      /* directory_client_cert: TLS client certificate (PEM) */
+    char *pec_dir_client_key;       /* directory_client_key (PEM) */
+    char *pec_dir_signer;           /* directory_signer: PEM certificates that may sign a .p7m */
+    char *pec_dir_location_url;     /* directory_location_url: our LDIFLocationURL (publish) */
+    char *pec_dir_description;      /* directory_description: our record's description */
+    char *pec_signing_cert_next;    /* signing_certificate_next: published beside the current */
     char *pec_crl_urls[CONFIG_MAX_CRL_URLS]; /* extra CRLs: file:, http:, https: */
     size_t pec_n_crl_urls;
     char *pec_service_address;      /* posta-certificata@<domain> */

@@ -106,12 +106,18 @@ static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const c
     struct config *cfg = ctx->cfg;
     if (strcmp(name, "directory") == 0) {
         bool ldap = strncasecmp(value, "ldap://", 7) == 0 || strncasecmp(value, "ldaps://", 8) == 0;
-        const char *host = ldap ? strstr(value, "://") + 3 : NULL;
+        bool https = strncasecmp(value, "https://", 8) == 0;
+        const char *host = ldap || https ? strstr(value, "://") + 3 : NULL;
         if (ldap && (host[0] == '\0' || host[0] == '/'))
             return fail(ctx, "directory: '%s' names no LDAP host (ldap://HOST:PORT/BASE)", value);
-        if (!ldap && strstr(value, "://") != NULL)
-            return fail(ctx, "directory: '%s' is not PATH, file:PATH, ldap:// or ldaps://",
-                        value);
+        if (https && (host[0] == '\0' || host[0] == '/' || strpbrk(value, " \t\"<>\\") != NULL))
+            return fail(ctx, "directory: '%s' is not an https://HOST[:PORT]/PATH URL", value);
+        if (strncasecmp(value, "http://", 7) == 0)   /* RFC 6109 §5.6 */
+            return fail(ctx, "directory: '%s': the directory is downloaded over HTTPS only "
+                        "(https://)", value);
+        if (!ldap && !https && strstr(value, "://") != NULL)
+            return fail(ctx, "directory: '%s' is not PATH, file:PATH, https://, ldap:// or "
+                        "ldaps://", value);
         set_str(&cfg->pec_directory, strncmp(value, "file:", 5) == 0 ? value + 5 : value);
         return 1;
     }
@@ -123,11 +129,26 @@ static int handle_pec_directory(struct parse_ctx *ctx, const char *name, const c
         set_str(&cfg->pec_dir_password_file, value);
     else if (strcmp(name, "directory_ca_file") == 0)
         set_str(&cfg->pec_dir_ca_file, value);
+    else if (strcmp(name, "directory_client_cert") == 0)
+        set_str(&cfg->pec_dir_client_cert, value);
+    else if (strcmp(name, "directory_client_key") == 0)
+        set_str(&cfg->pec_dir_client_key, value);
+    else if (strcmp(name, "directory_signer") == 0)
+        set_str(&cfg->pec_dir_signer, value);
+    else if (strcmp(name, "directory_description") == 0)
+        set_str(&cfg->pec_dir_description, value);
+    else if (strcmp(name, "directory_location_url") == 0) {
+        if (strncasecmp(value, "https://", 8) != 0 || value[8] == '\0' ||
+            strpbrk(value, " \t\"<>\\") != NULL)     /* RFC 6109 §4.5.6 */
+            return fail(ctx, "directory_location_url: '%s' is not an https:// URL", value);
+        set_str(&cfg->pec_dir_location_url, value);
+    }
     else if (strcmp(name, "directory_starttls") == 0) {
         if (parse_bool(value, &cfg->pec_dir_starttls) == -1)
             return fail(ctx, "directory_starttls: '%s' is not yes or no", value);
     } else if (strcmp(name, "directory_refresh") == 0) {
         uint64_t v;
+        cfg->pec_dir_refresh_set = true;
         if (parse_duration(value, &v) == 0 && v == 0) { /* "0", "0s": on SIGHUP only */
             cfg->pec_dir_refresh = 0;
             return 1;
@@ -506,6 +527,7 @@ int config_handler(void *user, const char *section, const char *name, const char
         } paths[] = {
             {"signing_key", offsetof(struct config, pec_signing_key)},
             {"signing_certificate", offsetof(struct config, pec_signing_cert)},
+            {"signing_certificate_next", offsetof(struct config, pec_signing_cert_next)},
             {"trust", offsetof(struct config, pec_trust)},
             {"crl", offsetof(struct config, pec_crl)},
             {"service_address", offsetof(struct config, pec_service_address)},

@@ -147,8 +147,15 @@ int pec_dir_load_crls(const struct pec_dir_conf *c, const pec_directory *d, pec_
     for (size_t i = 0; i < c->n_crl_urls; i++)
         n += load_one(c, c->crl_urls[i], t, NULL, 0);
     char **urls = d ? pec_directory_crl_urls(d) : NULL;
+    n += pec_dir_load_crl_urls(c, urls, t);
+    pec_strv_free(urls);
+    return n;
+}
+
+int pec_dir_load_crl_urls(const struct pec_dir_conf *c, char **urls, pec_trust *t)
+{
+    int n = 0;
     for (size_t i = 0; urls && urls[i]; i++)
         n += load_one(c, urls[i], t, NULL, 0);
-    pec_strv_free(urls);
     return n;
 }

@@ -11,6 +11,7 @@
  * (attributes outside the RFC schema included).
  */
 #include "pec/pec.h"
+#include "pec/pec_dirp7m.h"
 #include "pec_internal.h"
 #include "pec_ldif.h"
 
@@ -118,8 +119,9 @@ static void provider_free(pec_provider *p)
     free(p);
 }
 
-/* CRL distribution points (RFC 5280 §4.2.1.13) that we can fetch. */
-static void cert_crl_urls(X509 *x, pec_provider *p)
+/* CRL distribution points (RFC 5280 §4.2.1.13) that we can fetch, added
+ * to *v (n values). */
+static void cert_crl_urls(X509 *x, char ***v, size_t *n)
 {
     STACK_OF(DIST_POINT) *dps = X509_get_ext_d2i(x, NID_crl_distribution_points, NULL, NULL);
     for (int i = 0; dps && i < sk_DIST_POINT_num(dps); i++) {
@@ -135,11 +137,21 @@ static void cert_crl_urls(X509 *x, pec_provider *p)
             char *url = g_strndup((const char *)u->data, (gsize)u->length);
             if (g_str_has_prefix(url, "http://") || g_str_has_prefix(url, "https://") ||
                 g_str_has_prefix(url, "file:"))
-                strv_add(&p->crl_urls, &p->n_crl_urls, url);
+                strv_add(v, n, url);
             g_free(url);
         }
     }
     sk_DIST_POINT_pop_free(dps, DIST_POINT_free);
+}
+
+char **pec_x509_crl_urls(const void *x509)
+{
+    char **v = NULL;
+    size_t n = 0;
+    cert_crl_urls((X509 *)x509, &v, &n);
+    v = realloc(v, (n + 1) * sizeof *v);
+    v[n] = NULL;
+    return v;
 }
 
 static int add_cert(pec_provider *p, const pec_ldif_attr *a)
@@ -159,7 +171,7 @@ static int add_cert(pec_provider *p, const pec_ldif_attr *a)
     p->certs[p->n_certs].data = malloc(a->len);
     memcpy(p->certs[p->n_certs].data, a->val, a->len);
     p->certs[p->n_certs++].len = a->len;
-    cert_crl_urls(x, p);
+    cert_crl_urls(x, &p->crl_urls, &p->n_crl_urls);
     X509_free(x);
     return 0;
 }

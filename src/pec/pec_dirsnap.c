@@ -4,13 +4,21 @@
  * delivery threads take with pec_dirmgr_acquire() and give back with
  * pec_dirsnap_release(), and a refresh thread that builds a new snapshot
  * off the event loop and swaps it in under a mutex, so SMTP never waits on
- * LDAP or a CRL server and a verification never sees half a directory.
+ * LDAP, an HTTPS server or a CRL server and a verification never sees half
+ * a directory.
  *
  * Refresh: every c->refresh seconds and on request (SIGHUP).  A failing
- * source, a broken answer or one without providers keeps the previous
- * snapshot (warning) and is retried after RETRY seconds.  Each good copy
- * is written to CACHE_DIR/directory.ldif (fs_write_atomic: temp file,
- * fsync, rename); at start, when the source fails, that copy serves.
+ * source (a refused signature too), a broken answer or one without
+ * providers keeps the previous snapshot (warning with the reason) and is
+ * retried after RETRY seconds.  Each good copy is written to the cache
+ * (pec_dir_cache_write: CACHE_DIR/directory.ldif, and the .p7m as received
+ * for a signed source; temp file, fsync, rename); at start, when the source
+ * fails, that copy serves (a .p7m verified again).  When a refresh fails
+ * and the cache file changed since we last wrote or read it (`pecctl
+ * directory refresh` wrote a newer copy, `pecctl directory import` one of
+ * its own), that copy is taken, after the same checks.  A copy in use
+ * fetched more than PEC_DIR_STALE (48 h) ago is warned about at every
+ * attempt (RFC 6109 §4.5: a local copy updated daily).
  */
 #include "pec/pec_dir.h"
 #include "lib/lib.h"
@@ -22,6 +30,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct pec_dirmgr {
     struct pec_dir_conf c;
@@ -30,8 +39,9 @@ struct pec_dirmgr {
     pthread_t thread;
     bool running, stop, requested;
     pec_dirsnap *cur;
-    char cache[PATH_MAX];          /* CACHE_DIR/directory.ldif */
+    char cache[PATH_MAX];          /* the cache file read at start (pec_dir_cache_path) */
     char cache_dir[PATH_MAX];      /* m->c.cache_dir points here */
+    struct timespec cache_seen;    /* its mtime when we last wrote or read it */
 };
 
 static void snap_free(pec_dirsnap *s)
@@ -61,14 +71,9 @@ const pec_dirsnap *pec_dirmgr_acquire(struct pec_dirmgr *m)
 static pec_dirsnap *snap_build(struct pec_dirmgr *m, const pec_buf *ldif, bool first,
                                char *err, size_t errsz)
 {
-    pec_directory *d = pec_directory_parse(ldif->data, ldif->len, err, errsz);
+    pec_directory *d = pec_dir_parse(&m->c, ldif, err, errsz);
     if (d == NULL)
         return NULL;
-    if (pec_directory_count(d) == 0) {
-        pec_directory_free(d);
-        pec_err(err, errsz, "no provider record in the directory");
-        return NULL;
-    }
     char *ca = NULL;
     size_t calen = 0;
     pec_trust *t = pec_trust_new();
@@ -91,6 +96,7 @@ static pec_dirsnap *snap_build(struct pec_dirmgr *m, const pec_buf *ldif, bool f
     s->dir = d;
     s->trust = t;
     s->loaded = time(NULL);
+    s->fetched = s->loaded;
     atomic_init(&s->refs, 1);
     return s;
 bad:
@@ -98,6 +104,36 @@ bad:
     pec_trust_free(t);
     pec_directory_free(d);
     return NULL;
+}
+
+static void cache_mark(struct pec_dirmgr *m)
+{
+    struct stat st;
+    if (stat(m->cache, &st) == 0)
+        m->cache_seen = st.st_mtim;
+}
+
+static bool cache_changed(struct pec_dirmgr *m)
+{
+    struct stat st;
+    return m->c.cache_dir && stat(m->cache, &st) == 0 &&
+           (st.st_mtim.tv_sec != m->cache_seen.tv_sec ||
+            st.st_mtim.tv_nsec != m->cache_seen.tv_nsec);
+}
+
+/* ", signed by SUBJECT at TIME" for a signed copy, else "". */
+static void signed_by(const pec_dir_copy *cp, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (cp->p7m.len == 0)
+        return;
+    char when[32] = "an unknown time";
+    if (cp->info.signing_time) {
+        struct tm tm;
+        gmtime_r(&cp->info.signing_time, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    snprintf(buf, n, ", signed by %s at %s", cp->info.signer_subject, when);
 }
 
 static void install(struct pec_dirmgr *m, pec_dirsnap *s)
@@ -111,40 +147,60 @@ static void install(struct pec_dirmgr *m, pec_dirsnap *s)
 
 int pec_dirmgr_refresh(struct pec_dirmgr *m, char *err, size_t errsz)
 {
-    pec_buf ldif;
-    char e[768];
-    if (pec_dir_fetch(&m->c, &ldif, e, sizeof e) == -1)
+    pec_dir_copy cp;
+    char e[1024];
+    if (pec_dir_fetch_copy(&m->c, &cp, e, sizeof e) == -1)
         return pec_err(err, errsz, "%s", e);
-    pec_dirsnap *s = snap_build(m, &ldif, m->cur == NULL, e, sizeof e);
+    pec_dirsnap *s = snap_build(m, &cp.ldif, m->cur == NULL, e, sizeof e);
     if (s == NULL) {
-        pec_buf_free(&ldif);
+        pec_dir_copy_free(&cp);
         return pec_err(err, errsz, "%s: %s", m->c.source, e);
     }
-    if (m->c.cache_dir && fs_write_atomic(m->cache, ldif.data, ldif.len, 0600) == -1)
-        log_warn("providers' directory: cannot keep a copy in %s: %s", m->cache,
-                 strerror(errno));
-    pec_buf_free(&ldif);
-    log_info("providers' directory loaded from %s: %zu providers, %zu CRLs", m->c.source,
-             pec_directory_count(s->dir), pec_trust_crl_count(s->trust));
+    if (pec_dir_cache_write(&m->c, &cp, 0600, e, sizeof e) == -1)
+        log_warn("providers' directory: cannot keep a copy: %s", e);
+    else
+        cache_mark(m);
+    char by[400];
+    signed_by(&cp, by, sizeof by);
+    pec_dir_copy_free(&cp);
+    log_info("providers' directory loaded from %s: %zu providers, %zu CRLs%s", m->c.source,
+             pec_directory_count(s->dir), pec_trust_crl_count(s->trust), by);
     install(m, s);
     return 0;
 }
 
-static int load_cache(struct pec_dirmgr *m, char *err, size_t errsz)
+static int load_cache(struct pec_dirmgr *m, bool first, char *err, size_t errsz)
 {
-    char *data;
-    size_t len;
-    if (m->c.cache_dir == NULL || fs_read_file(m->cache, &data, &len, PEC_LDIF_MAX) == -1)
-        return pec_err(err, errsz, "no cached copy (%s)", m->cache);
-    pec_buf b = {.data = (unsigned char *)data, .len = len};
-    char e[512];
-    pec_dirsnap *s = snap_build(m, &b, true, e, sizeof e);
-    pec_buf_free(&b);
+    pec_dir_copy cp;
+    time_t fetched;
+    char e[1024];
+    if (pec_dir_cache_read(&m->c, &cp, &fetched, e, sizeof e) == -1)
+        return pec_err(err, errsz, "%s", e);
+    pec_dirsnap *s = snap_build(m, &cp.ldif, first, e, sizeof e);
+    pec_dir_copy_free(&cp);
     if (s == NULL)
         return pec_err(err, errsz, "the cached copy %s: %s", m->cache, e);
     s->from_cache = true;
+    s->fetched = fetched;
     install(m, s);
     return 0;
+}
+
+/* RFC 6109 §4.5: a local copy updated daily; warned about past 48 hours. */
+static void warn_stale(struct pec_dirmgr *m)
+{
+    const pec_dirsnap *s = pec_dirmgr_acquire(m);
+    time_t age = time(NULL) - s->fetched;
+    if (age > PEC_DIR_STALE) {
+        char when[32];
+        struct tm tm;
+        gmtime_r(&s->fetched, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        log_warn("providers' directory: the copy in use was fetched %lld hours ago (%s), "
+                 "more than 48: RFC 6109 §4.5 asks for a daily update",
+                 (long long)(age / 3600), when);
+    }
+    pec_dirsnap_release(s);
 }
 
 struct pec_dirmgr *pec_dirmgr_new(const struct pec_dir_conf *c, char *err, size_t errsz)
@@ -162,19 +218,41 @@ struct pec_dirmgr *pec_dirmgr_new(const struct pec_dir_conf *c, char *err, size_
         snprintf(m->cache, sizeof m->cache, "%s/crl", c->cache_dir);
         if (fs_mkdirs(m->cache, 0700) == -1)
             log_warn("providers' directory: cannot create %s: %s", m->cache, strerror(errno));
-        snprintf(m->cache, sizeof m->cache, "%s/directory.ldif", c->cache_dir);
     }
-    char e[1024], e2[600];
+    pec_dir_cache_path(&m->c, m->cache, sizeof m->cache);
+    char e[1024], e2[1200];
     if (pec_dirmgr_refresh(m, e, sizeof e) == 0)
         return m;
-    if (load_cache(m, e2, sizeof e2) == 0) {
+    cache_mark(m);
+    if (load_cache(m, true, e2, sizeof e2) == 0) {
         log_warn("providers' directory: %s; using the cached copy %s (%zu providers)", e,
                  m->cache, pec_directory_count(m->cur->dir));
+        warn_stale(m);
         return m;
     }
     pec_err(err, errsz, "%s; %s", e, e2);
     pec_dirmgr_free(m);
     return NULL;
+}
+
+/* The source failed: a cache file written since by someone else (pecctl
+ * directory refresh or import) is taken after the same checks. */
+static void take_newer_cache(struct pec_dirmgr *m)
+{
+    if (!cache_changed(m))
+        return;
+    cache_mark(m);                 /* looked at once, whatever the outcome */
+    char e[1200];
+    if (load_cache(m, false, e, sizeof e) == -1) {
+        log_warn("providers' directory: the cache file %s changed but is not taken: %s",
+                 m->cache, e);
+        return;
+    }
+    const pec_dirsnap *s = pec_dirmgr_acquire(m);
+    log_info("providers' directory loaded from the cached copy %s (written by another "
+             "process, e.g. pecctl directory refresh): %zu providers, %zu CRLs", m->cache,
+             pec_directory_count(s->dir), pec_trust_crl_count(s->trust));
+    pec_dirsnap_release(s);
 }
 
 static void *refresher(void *arg)
@@ -209,6 +287,8 @@ static void *refresher(void *arg)
                      "(%zu providers%s), retrying in %u s", e, pec_directory_count(s->dir),
                      s->from_cache ? ", from the cache" : "", retry);
             pec_dirsnap_release(s);
+            take_newer_cache(m);
+            warn_stale(m);
         }
         pthread_mutex_lock(&m->mu);
     }

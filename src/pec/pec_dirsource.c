@@ -1,6 +1,7 @@
 /*
  * pec_dirsource.c - reads the providers' directory (RFC 6109 §4.5) from its
- * source: an LDIF file (PATH or file:PATH) or an LDAP server with libldap
+ * source: an LDIF file (PATH or file:PATH), the signed .p7m (https:// or a
+ * file named *.p7m, pec_dircopy.c), or an LDAP server with libldap
  * (ldap://HOST:PORT/BASE, ldaps://, StartTLS, simple bind).  LDAP answers
  * are written out as LDIF (pec_ldif_put) so they go through the same checks
  * as a file and land in the same cache format.
@@ -203,6 +204,14 @@ int pec_dir_fetch(const struct pec_dir_conf *c, pec_buf *ldif, char *err, size_t
     ldif->len = 0;
     if (pec_dir_is_ldap(c->source))
         return ldap_fetch(c, ldif, err, errsz);
+    if (pec_dir_is_p7m(c->source)) {
+        pec_dir_copy cp;
+        if (pec_dir_fetch_copy(c, &cp, err, errsz) == -1)
+            return -1;
+        *ldif = cp.ldif;
+        pec_buf_free(&cp.p7m);
+        return 0;
+    }
     return file_fetch(c->source, ldif, err, errsz);
 }
 
@@ -225,6 +234,7 @@ int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *ca
         .timeout = (unsigned)cfg->pec_dir_timeout, .trust_file = cfg->pec_trust,
         .crl_file = cfg->pec_crl, .crl_urls = (const char *const *)cfg->pec_crl_urls,
         .n_crl_urls = cfg->pec_n_crl_urls, .cache_dir = cache,
-        .refresh = (unsigned)cfg->pec_dir_refresh};
+        .refresh = (unsigned)cfg->pec_dir_refresh, .client_cert = cfg->pec_dir_client_cert,
+        .client_key = cfg->pec_dir_client_key, .signer_file = cfg->pec_dir_signer};
     return 0;
 }

@@ -295,6 +295,37 @@ static void test_pec_directory_keys(void **state)
     assert_string_equal(cfg->pec_crl_urls[1], "file:/x.crl");
     assert_string_equal(cfg->pec_crl_urls[2], "https://c/d");
     config_free(cfg);
+    /* issue 19: the signed directory over HTTPS, refreshed daily by default */
+    cfg = load_text(PEC_BASE "directory = https://dir.example:8443/igpec.ldif.p7m\n"
+                             "directory_signer = signer.pem\ndirectory_client_cert = c.pem\n"
+                             "directory_client_key = /k/c.key\n"
+                             "directory_location_url = https://pec.example/a.p7m\n"
+                             "directory_description = Servizi PEC\n"
+                             "signing_certificate_next = next.pem\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->pec_directory, "https://dir.example:8443/igpec.ldif.p7m");
+    assert_int_equal(cfg->pec_dir_refresh, 86400);
+    snprintf(expect, sizeof expect, "%s/signer.pem", TEST_TMPDIR);
+    assert_string_equal(cfg->pec_dir_signer, expect);
+    snprintf(expect, sizeof expect, "%s/c.pem", TEST_TMPDIR);
+    assert_string_equal(cfg->pec_dir_client_cert, expect);
+    assert_string_equal(cfg->pec_dir_client_key, "/k/c.key");
+    snprintf(expect, sizeof expect, "%s/next.pem", TEST_TMPDIR);
+    assert_string_equal(cfg->pec_signing_cert_next, expect);
+    assert_string_equal(cfg->pec_dir_location_url, "https://pec.example/a.p7m");
+    assert_string_equal(cfg->pec_dir_description, "Servizi PEC");
+    config_free(cfg);
+    cfg = load_text(PEC_BASE "directory = https://d/d.p7m\ndirectory_signer = s.pem\n"
+                             "directory_refresh = 2h\n", err, sizeof err);
+    assert_non_null(cfg);
+    assert_int_equal(cfg->pec_dir_refresh, 7200);      /* said explicitly: kept */
+    config_free(cfg);
+    cfg = load_text(PEC_BASE "directory = file:d.p7m\ndirectory_signer = s.pem\n", err,
+                    sizeof err);
+    assert_non_null(cfg);
+    assert_int_equal(cfg->pec_dir_refresh, 3600);      /* a file: the usual hour */
+    config_free(cfg);
     cfg = load_text(PEC_BASE "directory = LDAPS://[::1]:636/o=postacert\n"
                              "directory_password = s3cret\n", err, sizeof err);
     if (cfg == NULL)
@@ -313,8 +344,23 @@ static void test_pec_directory_errors(void **state)
         {PEC_BASE "directory = ldap:///o=postacert\n",
          ":8: directory: 'ldap:///o=postacert' names no LDAP host (ldap://HOST:PORT/BASE)"},
         {PEC_BASE "directory = ldaps://\n", ":8: directory: 'ldaps://' names no LDAP host"},
-        {PEC_BASE "directory = http://dir.example/d.ldif\n",
-         ":8: directory: 'http://dir.example/d.ldif' is not PATH, file:PATH, ldap:// or ldaps://"},
+        {PEC_BASE "directory = http://dir.example/d.p7m\n",
+         ":8: directory: 'http://dir.example/d.p7m': the directory is downloaded over HTTPS only"},
+        {PEC_BASE "directory = ftp://dir.example/d.ldif\n",
+         ":8: directory: 'ftp://dir.example/d.ldif' is not PATH, file:PATH, https://, ldap:// or "
+         "ldaps://"},
+        {PEC_BASE "directory = https:///d.p7m\n",
+         ":8: directory: 'https:///d.p7m' is not an https://HOST[:PORT]/PATH URL"},
+        {PEC_BASE "directory_location_url = http://pec.example/a.p7m\n",
+         ":8: directory_location_url: 'http://pec.example/a.p7m' is not an https:// URL"},
+        /* issue 19: a signed source needs its authority; the client pair goes together */
+        {PEC_BASE "directory = https://dir.example/d.p7m\n",
+         ": [pec] directory https://dir.example/d.p7m is a signed directory: it needs "
+         "directory_signer"},
+        {PEC_BASE "directory = file:/x/d.P7M\n", "is a signed directory: it needs directory_signer"},
+        {PEC_BASE "directory = https://d/d.p7m\ndirectory_signer = s.pem\n"
+                  "directory_client_cert = c.pem\n",
+         ": [pec] directory_client_cert and directory_client_key go together"},
         {PEC_BASE "directory_starttls = sometimes\n",
          ":8: directory_starttls: 'sometimes' is not yes or no"},
         {PEC_BASE "directory_refresh = hourly\n",

@@ -1,6 +1,7 @@
 # libFuzzer targets of the PEC core (included by tests/fuzz/CMakeLists.txt
 # in the -DPEC_FUZZ=ON build).  Seed corpora: tests/fuzz/pec/corpus/<name>/.
-foreach(name fuzz_daticert fuzz_pec_verify fuzz_pec_breve fuzz_pec_directory)
+foreach(name fuzz_daticert fuzz_pec_verify fuzz_pec_breve fuzz_pec_directory
+    fuzz_pec_dirp7m)
   add_executable(${name} ${CMAKE_SOURCE_DIR}/tests/fuzz/pec/${name}.c)
   target_link_libraries(${name} pec)
   target_link_options(${name} PRIVATE -fsanitize=fuzzer)

@@ -72,6 +72,11 @@ static void hook_auth_start(void *arg, const char *user, const char *pass, const
     auth_worker_submit(d->auth, user, pass, ip, done, cbarg);
 }
 
+static bool users_quota_cb(void *arg, const char *addr, uint64_t *octets)
+{
+    return users_db_quota(arg, addr, octets);
+}
+
 /* Plain delivery asks Dovecot's userdb from its threads (transport.c). */
 static int users_lookup_cb(void *arg, const char *addr)
 {
@@ -623,6 +628,7 @@ int main(int argc, char **argv)
     }
     if (d.cfg->dovecot_userdb != NULL)
         transport_set_users(d.transport, users_lookup_cb, d.users);
+    transport_set_quota(d.transport, users_quota_cb, d.users);
     d.auth = auth_worker_new(d.base, d.users, 4);
     if (d.auth == NULL) {
         log_err("cannot start the authentication threads");

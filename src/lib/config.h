@@ -99,6 +99,7 @@ struct config {
     char *mailbox;                  /* template after "maildir:" */
     char *lmtp_host;                /* mailbox = lmtp:HOST:PORT or lmtp:unix:PATH; NULL = Maildir */
     char *lmtp_port;                /* "24"...; "" for a unix socket (lmtp_host is its path) */
+    uint64_t delivery_quota;        /* octets per Maildir unless the user has a rule; 0 = none */
 
     /* [users] */
     char *passwd_file;

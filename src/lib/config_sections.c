@@ -462,6 +462,8 @@ int config_handler(void *user, const char *section, const char *name, const char
     if (strcmp(section, "delivery") == 0) {
         if (strcmp(name, "mailbox") == 0)
             return handle_mailbox(ctx, value);
+        if (strcmp(name, "quota") == 0)   /* 0 = none */
+            return handle_u64(ctx, name, value, &cfg->delivery_quota, true, 0);
         return fail(ctx, "unknown key '%s' in [delivery]", name);
     }
     if (strcmp(section, "users") == 0) {

@@ -51,6 +51,35 @@ void transport_set_users(struct transport *t, int (*lookup)(void *arg, const cha
     t->user_lookup_arg = arg;
 }
 
+void transport_set_quota(struct transport *t,
+                         bool (*quota)(void *arg, const char *addr, uint64_t *octets), void *arg)
+{
+    t->user_quota = quota;
+    t->user_quota_arg = arg;
+}
+
+/* The Maildir quota of addr ([delivery] quota, or the user's own rule), and
+ * whether a message of size octets still fits in dir; false with a
+ * "5.2.2" reason when it does not (RFC 3463 X.2.2 "mailbox full"). */
+static bool quota_allows(struct transport *t, const char *addr, const char *dir, size_t size,
+                         char *why, size_t whylen)
+{
+    uint64_t q = t->cfg->delivery_quota;
+    uint64_t own;
+    if (t->user_quota != NULL && t->user_quota(t->user_quota_arg, addr, &own))
+        q = own;
+    if (q == 0)
+        return true;
+    int64_t used = maildir_usage(dir);
+    if (used < 0)
+        return true;   /* cannot be read: the write itself will say */
+    if ((uint64_t)used + size <= q)
+        return true;
+    snprintf(why, whylen, "5.2.2 <%s>: mailbox full (quota %llu octets, %lld in use, message "
+                          "%zu)", addr, (unsigned long long)q, (long long)used, size);
+    return false;
+}
+
 void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
                                void *arg)
 {
@@ -327,9 +356,13 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
 
 /* ---- local ------------------------------------------------------------------------ */
 
+/* quota: mail from outside (an envelope, ordinary mail) counts against the
+ * mailbox's quota; what the provider itself stores for its user (receipts,
+ * notices, anomaly envelopes of the user's own mail) does not: it is the
+ * evidence of the user's own transactions. */
 static void deliver_local(struct transport *t, const struct queue_env *env, size_t i,
                           const char *data, size_t len, bool recovered, bool sync_each,
-                          struct deliver_rcpt *r)
+                          bool quota, struct deliver_rcpt *r)
 {
     const char *addr = env->rcpts[i].addr;
     char local[256], dir[PATH_MAX];
@@ -355,6 +388,12 @@ static void deliver_local(struct transport *t, const struct queue_env *env, size
         return;
     }
     maildir_name(name, sizeof name, env->arrival, env->qid, env->name_base + i, (size_t)hl + len);
+    if (quota && !recovered &&
+        !quota_allows(t, addr, dir, (size_t)hl + len, r->text, sizeof r->text)) {
+        r->result = DELIVER_PERMFAIL;
+        r->smtp_code = 552;
+        return;
+    }
     int rc = maildir_prepare(dir, name, header, (size_t)hl, data, len, recovered, sync_each,
                              r->pub.tmp, r->pub.dst, sizeof r->pub.tmp, err, sizeof err);
     if (rc == -1) {
@@ -433,7 +472,7 @@ void transport_deliver(void *arg, const struct queue_env *env, const char *data,
             if (t->cfg->lmtp_host != NULL)
                 g_array_append_val(lmtp, i);
             else
-                deliver_local(t, env, i, data, len, recovered, sync_each, &r[i]);
+                deliver_local(t, env, i, data, len, recovered, sync_each, true, &r[i]);
             continue;
         }
         if (at == NULL) {
@@ -493,13 +532,14 @@ void transport_store_local_all(struct transport *t, const struct queue_env *env,
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (!r[i].pending)
             continue;
-        char err[300];
-        if (transport_store_local(t, env, i, data, len, recovered, out, err, sizeof err) == 0) {
-            r[i].result = DELIVER_OK;
-        } else {
-            r[i].result = DELIVER_TEMPFAIL;
-            str_copy(r[i].text, err, sizeof r[i].text);
-        }
+        /* an envelope's copy: the mailbox's quota applies */
+        struct deliver_rcpt x = {.pending = true};
+        deliver_local(t, env, i, data, len, recovered, !t->cfg->sync_fs, true, &x);
+        r[i].result = x.result;
+        r[i].smtp_code = x.smtp_code;
+        str_copy(r[i].text, x.text, sizeof r[i].text);
+        if (x.result == DELIVER_OK)
+            queue_outputs_add_pub(out, &x.pub);   /* tmp[0] == '\0': stored before */
     }
 }
 
@@ -524,7 +564,7 @@ int transport_store_local(struct transport *t, const struct queue_env *env, size
             queue_outputs_add_pub(out, &none);
         return res;
     }
-    deliver_local(t, env, i, data, len, recovered, !t->cfg->sync_fs, &r);
+    deliver_local(t, env, i, data, len, recovered, !t->cfg->sync_fs, false, &r);
     if (r.result != DELIVER_OK) {
         snprintf(err, errlen, "%s", r.text);
         return -1;

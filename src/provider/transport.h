@@ -14,6 +14,10 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
 void transport_free(struct transport *t);
 /* Domains of PEC providers get at least [pec] tls_policy (verify): the
  * callback answers whether a domain is one (the providers' directory). */
+/* A user's own Maildir quota (users_db_quota): true and *octets when the user
+ * has one; else [delivery] quota applies. */
+void transport_set_quota(struct transport *t,
+                         bool (*quota)(void *arg, const char *addr, uint64_t *octets), void *arg);
 void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, const char *domain),
                                void *arg);
 /* Writes data for the Maildir of recipient i of env (named after env's queue

@@ -37,6 +37,8 @@ struct transport {
     void *is_pec_arg;
     int (*user_lookup)(void *arg, const char *addr);
     void *user_lookup_arg;
+    bool (*user_quota)(void *arg, const char *addr, uint64_t *octets);
+    void *user_quota_arg;
     struct callouts *callouts;  /* the outgoing milters (DKIM signing), or NULL */
 };
 

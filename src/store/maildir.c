@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -136,3 +137,38 @@ int maildir_prepare(const char *dir, const char *name, const char *header, size_
     return 0;
 }
 
+
+int64_t maildir_usage(const char *dir)
+{
+    int64_t total = 0;
+    static const char *const subs[] = {"new", "cur"};
+    for (size_t i = 0; i < 2; i++) {
+        char p[PATH_MAX];
+        if (str_fmt(p, sizeof p, "%s/%s", dir, subs[i]) < 0)
+            return -1;
+        DIR *d = opendir(p);
+        if (d == NULL) {
+            if (errno == ENOENT)
+                continue;   /* a mailbox not made yet holds nothing */
+            return -1;
+        }
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            /* ",S=<size>" in the name (ours and Dovecot's): no stat */
+            const char *sz = strstr(de->d_name, ",S=");
+            char *end = NULL;
+            unsigned long long n = sz ? strtoull(sz + 3, &end, 10) : 0;
+            if (sz && end != sz + 3 && (*end == ',' || *end == ':' || *end == '\0')) {
+                total += (int64_t)n;
+                continue;
+            }
+            struct stat st;
+            if (fstatat(dirfd(d), de->d_name, &st, 0) == 0 && S_ISREG(st.st_mode))
+                total += st.st_size;
+        }
+        closedir(d);
+    }
+    return total;
+}

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -55,6 +56,13 @@ void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), 
 struct users_db;
 struct users_db *users_db_open(const char *path, char *err, size_t errlen);
 size_t users_db_count(struct users_db *db);
+/* A user's own quota, from userdb_quota_rule=*:storage=SIZE in the users
+ * file's extra fields (Dovecot's syntax): true and *octets (0 = none) when
+ * the user has one. */
+bool users_db_quota(struct users_db *db, const char *addr, uint64_t *octets);
+/* Octets in a Maildir's new/ and cur/ (the S= of each file name, else its
+ * size); -1 when the directory cannot be read. */
+int64_t maildir_usage(const char *dir);
 bool users_db_exists(struct users_db *db, const char *addr);
 void users_db_reload(struct users_db *db);
 void users_db_free(struct users_db *db);

@@ -33,6 +33,7 @@
 struct users {
     GHashTable *by_addr;     /* normalised address -> hash */
     GPtrArray *order;        /* addresses in file order */
+    GHashTable *quota;       /* normalised address -> guint64 octets (userdb_quota_rule) */
 };
 
 void users_normalise(const char *addr, char *out, size_t outlen)
@@ -61,11 +62,37 @@ static const char *strip_scheme(const char *h, char *err, size_t errlen)
     return NULL;
 }
 
+/* Dovecot's per-user quota in a passwd-file's extra fields (space-separated
+ * key=value): userdb_quota_rule=*:storage=SIZE (K, M, G; 0 = none).  true
+ * when there is one; a malformed one sets why. */
+static bool quota_rule(const char *extra, uint64_t *out, char *why, size_t whylen)
+{
+    static const char key[] = "userdb_quota_rule=*:storage=";
+    for (const char *p = extra; p != NULL && *p;) {
+        p += strspn(p, " \t");
+        size_t n = strcspn(p, " \t");
+        if (n > sizeof key - 1 && strncmp(p, key, sizeof key - 1) == 0) {
+            char v[32];
+            size_t vl = n - (sizeof key - 1);
+            if (vl >= sizeof v || (memcpy(v, p + sizeof key - 1, vl), v[vl] = '\0',
+                                   parse_size(v, out) == -1)) {
+                snprintf(why, whylen, "userdb_quota_rule storage '%.*s' is not a size (e.g. 1G)",
+                         (int)(vl < 31 ? vl : 31), p + sizeof key - 1);
+                return false;
+            }
+            return true;
+        }
+        p += n;
+    }
+    return false;
+}
+
 struct users *users_load(const char *path, char *err, size_t errlen)
 {
     struct users *u = calloc(1, sizeof *u);
     u->by_addr = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     u->order = g_ptr_array_new();
+    u->quota = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     char *buf;
     size_t len;
     if (fs_read_file(path, &buf, &len, USERS_MAX_FILE) == -1) {
@@ -104,6 +131,15 @@ struct users *users_load(const char *path, char *err, size_t errlen)
             char *c2 = strchr(hash, ':');
             if (c2)
                 *c2 = '\0';
+            /* uid:gid:gecos:home:shell:extra fields (Dovecot's passwd-file):
+             * the extra fields may hold userdb_quota_rule=*:storage=SIZE */
+            const char *extra = c2 ? c2 + 1 : NULL;
+            for (int f = 0; extra != NULL && f < 5; f++) {
+                extra = strchr(extra, ':');
+                extra = extra ? extra + 1 : NULL;
+            }
+            uint64_t quota = 0;
+            bool has_quota = extra != NULL && quota_rule(extra, &quota, why, sizeof why);
             const char *h = strip_scheme(hash, why, sizeof why);
             if (h != NULL && (h[0] != '$' || strlen(h) < 10))
                 snprintf(why, sizeof why, "the password field is not a crypt hash");
@@ -115,10 +151,12 @@ struct users *users_load(const char *path, char *err, size_t errlen)
                 else if (g_hash_table_contains(u->by_addr, key))
                     snprintf(why, sizeof why, "user '%s' appears twice (addresses are "
                              "compared without case)", t);
-                else {
+                else if (!why[0]) {
                     char *k = g_strdup(key);
                     g_hash_table_insert(u->by_addr, k, g_strdup(h));
                     g_ptr_array_add(u->order, k);
+                    if (has_quota)
+                        g_hash_table_insert(u->quota, g_strdup(key), g_memdup2(&quota, sizeof quota));
                 }
             }
         }
@@ -140,6 +178,7 @@ void users_free(struct users *u)
         return;
     g_ptr_array_free(u->order, TRUE);
     g_hash_table_destroy(u->by_addr);
+    g_hash_table_destroy(u->quota);
     free(u);
 }
 
@@ -402,6 +441,21 @@ static void db_refresh(struct users_db *db, bool force)
     stat_of(db->path, &mt, &ino, &size);
     if (mt.tv_sec != mt0.tv_sec || mt.tv_nsec != mt0.tv_nsec || ino != ino0 || size != size0)
         users_db_reload(db);
+}
+
+bool users_db_quota(struct users_db *db, const char *addr, uint64_t *octets)
+{
+    if (db->dovecot_auth != NULL)
+        return false;
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    db_refresh(db, false);
+    g_mutex_lock(&db->lock);
+    const uint64_t *q = g_hash_table_lookup(db->cur->quota, key);
+    if (q != NULL)
+        *octets = *q;
+    g_mutex_unlock(&db->lock);
+    return q != NULL;
 }
 
 size_t users_db_count(struct users_db *db)

@@ -50,6 +50,8 @@ struct pecd {
     struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
     time_t last_seal, last_purge;
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
+    struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
+    int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
     struct event *drain_timer;
     time_t drain_started;
@@ -408,6 +410,29 @@ static void purge_quarantine(const struct config *cfg)
         log_info("quarantine: %d days past retention removed", days);
 }
 
+/* RFC 6109 §4.1: an accurate temporal reference.  Checked at start and every
+ * ten minutes; an unsynchronised clock is an error in the log each time (the
+ * provider keeps working: refusing mail would not make the clock right). */
+static void check_clock(struct pecd *d)
+{
+    char why[300];
+    enum clock_state s = clock_check(why, sizeof why);
+    if (s == CLOCK_UNSYNCED)
+        log_err("%s", why);
+    else if (s == CLOCK_UNKNOWN)
+        log_warn("%s", why);
+    else if (d->clock_state != CLOCK_SYNCED)
+        log_info("%s", why);
+    d->clock_state = (int)s;
+}
+
+static void on_clock(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    check_clock(arg);
+}
+
 static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
 {
     struct pecd *d = arg;
@@ -709,6 +734,10 @@ int main(int argc, char **argv)
     purge_quarantine(d.cfg);
     d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
     event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
+    d.clock_state = -1;
+    check_clock(&d);
+    d.clock_ev = event_new(d.base, -1, EV_PERSIST, on_clock, &d);
+    event_add(d.clock_ev, &(struct timeval){.tv_sec = 600});
     struct event *sigs[4];
     sigs[0] = evsignal_new(d.base, SIGTERM, on_term, &d);
     sigs[1] = evsignal_new(d.base, SIGINT, on_term, &d);
@@ -733,6 +762,8 @@ int main(int argc, char **argv)
         event_free(d.seen_ev);
     if (d.housekeeping_ev)
         event_free(d.housekeeping_ev);
+    if (d.clock_ev)
+        event_free(d.clock_ev);
     queue_free(d.queue);
     if (d.evidence != NULL) {
         char e2[256];

@@ -90,4 +90,12 @@ int fs_sync_dir_fs(const char *dir);
 /* Calls of fs_syncfs_shared and syncfs(2) calls made by it so far. */
 void fs_syncfs_stats(uint64_t *calls, uint64_t *syncs);
 
+/* clock.c: is the kernel clock synchronised (RFC 6109 §4.1)?  why gets a
+ * sentence for the log. */
+enum clock_state { CLOCK_SYNCED, CLOCK_UNSYNCED, CLOCK_UNKNOWN };
+struct timex;
+enum clock_state clock_check(char *why, size_t whylen);
+/* The decision on adjtimex's result rc and tx (for tests). */
+enum clock_state clock_judge(int rc, const struct timex *tx, char *why, size_t whylen);
+
 #endif

@@ -71,3 +71,32 @@ def test_receipts_carry_legal_time_whatever_the_hosts_zone(world):
     (rec,) = a.wait_mail("mario", ricevuta("avvenuta-consegna"))
     assert daticert(rec[2]).find("dati/data").get("zona") == "+0900"
     assert rec[2]["Date"].strip().endswith("+0900")
+
+
+class Timex(__import__("ctypes").Structure):
+    """struct timex of <sys/timex.h> (x86_64), for adjtimex(2)."""
+    import ctypes as _c
+    _fields_ = [("modes", _c.c_uint), ("offset", _c.c_long), ("freq", _c.c_long),
+                ("maxerror", _c.c_long), ("esterror", _c.c_long), ("status", _c.c_int),
+                ("constant", _c.c_long), ("precision", _c.c_long), ("tolerance", _c.c_long),
+                ("time_sec", _c.c_long), ("time_usec", _c.c_long), ("tick", _c.c_long),
+                ("ppsfreq", _c.c_long), ("jitter", _c.c_long), ("shift", _c.c_int),
+                ("stabil", _c.c_long), ("jitcnt", _c.c_long), ("calcnt", _c.c_long),
+                ("errcnt", _c.c_long), ("stbcnt", _c.c_long), ("tai", _c.c_int),
+                ("pad", _c.c_int * 11)]
+
+
+def test_start_says_whether_the_clock_is_synchronised(world):
+    """RFC 6109 §4.1 (issue 18 item 5): pecd reads the kernel's clock state at start and
+    logs it; an unsynchronised clock is an error naming the fix."""
+    import ctypes
+    import ctypes.util
+    a, b = world
+    tx = Timex()
+    rc = ctypes.CDLL(ctypes.util.find_library("c")).adjtimex(ctypes.byref(tx))
+    log = a.log(400)
+    if rc == 5 or tx.status & 0x40:          # TIME_ERROR, STA_UNSYNC
+        assert "error: the system clock is NOT synchronised" in log, log
+        assert "run chrony" in log
+    else:
+        assert "the system clock is synchronised" in log, log

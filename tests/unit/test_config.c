@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <sys/timex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,12 +392,39 @@ static void test_pec_directory_errors(void **state)
     }
 }
 
+/* RFC 6109 §4.1 (issue 18 item 5): the decision on the kernel's clock state. */
+static void test_clock_judge(void **state)
+{
+    (void)state;
+    char why[300];
+    struct timex tx;
+    memset(&tx, 0, sizeof tx);
+    tx.maxerror = 16000000;
+    tx.status = STA_UNSYNC;
+    assert_int_equal(clock_judge(TIME_ERROR, &tx, why, sizeof why), CLOCK_UNSYNCED);
+    assert_non_null(strstr(why, "NOT synchronised"));
+    assert_non_null(strstr(why, "16000 ms"));
+    /* STA_UNSYNC alone says the same */
+    assert_int_equal(clock_judge(TIME_OK, &tx, why, sizeof why), CLOCK_UNSYNCED);
+    tx.status = STA_PLL;
+    tx.esterror = 120;
+    tx.maxerror = 45000;
+    assert_int_equal(clock_judge(TIME_OK, &tx, why, sizeof why), CLOCK_SYNCED);
+    assert_non_null(strstr(why, "estimated error 120 µs"));
+    assert_int_equal(clock_judge(-1, &tx, why, sizeof why), CLOCK_UNKNOWN);
+    /* the real one answers one of the three */
+    enum clock_state s = clock_check(why, sizeof why);
+    assert_true(s == CLOCK_SYNCED || s == CLOCK_UNSYNCED || s == CLOCK_UNKNOWN);
+    assert_true(why[0] != '\0');
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults), cmocka_unit_test(test_values), cmocka_unit_test(test_relay_networks),
         cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars), cmocka_unit_test(test_mx_accepts_cleartext),
         cmocka_unit_test(test_pec_directory_keys), cmocka_unit_test(test_pec_directory_errors),
+        cmocka_unit_test(test_clock_judge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

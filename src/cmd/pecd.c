@@ -15,6 +15,7 @@
 #include "store/store.h"
 #include "provider/transport.h"
 #include "provider/roles.h"
+#include "provider/notices.h"
 #include "store/tracking.h"
 #include "store/evidence.h"
 #include "store/quarantine.h"
@@ -46,9 +47,8 @@ struct pecd {
     struct tracking *tracking;
     struct evidence *evidence;
     struct callout_stage *callouts;
-    struct event *timer_ev;
+    struct notices *notices;     /* the timers of §3.1.6 and the evidence seals (a thread) */
     struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
-    time_t last_seal, last_purge;
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
     int clock_state;                /* enum clock_state of the last check, -1 before */
@@ -344,53 +344,6 @@ static void on_seen_purge(evutil_socket_t fd, short what, void *arg)
                                  SEEN_PURGE_MAX);
     if (n > 0)
         log_debug("tracking: %ld messages taken in before the duplicate window forgotten", n);
-}
-
-static void on_pec_timer(evutil_socket_t fd, short what, void *arg)
-{
-    struct pecd *d = arg;
-    (void)fd;
-    (void)what;
-    struct tracking_due *due;
-    size_t n = tracking_due(d->tracking, time(NULL), d->cfg->timer_preavviso,
-                            d->cfg->timer_mancata_consegna, &due);
-    for (size_t i = 0; i < n; i++) {
-        struct queue_env env;
-        struct queue_rcpt rcpt;
-        char *data, err[256], qid[QUEUE_ID_LEN + 1];
-        size_t len;
-        if (roles_timeout_notice(d->roles, &due[i], &env, &rcpt, &data, &len, err, sizeof err) == -1) {
-            log_err("timeout notice for %s <%s>: %s", due[i].pec_id, due[i].rcpt, err);
-            continue;
-        }
-        /* stored first, then marked: a crash in between repeats a notice
-         * rather than losing it */
-        if (queue_inject(d->cfg->queue_dir, &env, data, len, qid) == 0) {
-            tracking_mark(d->tracking, due[i].pec_id, due[i].rcpt, due[i].which);
-            queue_enqueue(d->queue, qid);
-            log_info("%s: %s timeout notice for PEC %s to <%s> (recipient <%s>)", qid,
-                     due[i].which == 1 ? "first" : "second", due[i].pec_id, due[i].sender,
-                     due[i].rcpt);
-        } else {
-            log_err("cannot store the timeout notice for %s: %s", due[i].pec_id, strerror(errno));
-        }
-        free(data);
-    }
-    tracking_due_free(due, n);
-    /* the evidence log: seal finished days, and keep 30 months (§2.3) */
-    time_t now = time(NULL);
-    if (now - d->last_seal >= 300) {
-        char err[256];
-        d->last_seal = now;
-        if (evidence_seal(d->evidence, now, err, sizeof err) == -1)
-            log_err("evidence log: cannot seal: %s", err);
-    }
-    if (now - d->last_purge >= 86400) {
-        char err[256];
-        d->last_purge = now;
-        if (evidence_purge(d->evidence, now - (time_t)d->cfg->evidence_retention, err, sizeof err) == -1)
-            log_err("evidence log: cannot purge: %s", err);
-    }
 }
 
 /* ---- housekeeping, on every instance ------------------------------------------ */
@@ -692,14 +645,8 @@ int main(int argc, char **argv)
         bool stage_synced = queue_syncs(d.cfg, "evidence log", d.cfg->evidence_path);
         roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
-        d.last_seal = d.last_purge = 0;
         queue_set_processor(d.queue, roles_process, d.roles);
         queue_set_pass_hooks(d.queue, roles_pass_begin, roles_pass_end, d.roles);
-        /* check a few times per shortest timer, at most every 30 s */
-        uint64_t every = d.cfg->timer_preavviso / 8;
-        every = every < 1 ? 1 : every > 30 ? 30 : every;
-        d.timer_ev = event_new(d.base, -1, EV_PERSIST, on_pec_timer, &d);
-        event_add(d.timer_ev, &(struct timeval){.tv_sec = (time_t)every});
         d.seen_ev = event_new(d.base, -1, EV_PERSIST, on_seen_purge, &d);
         event_add(d.seen_ev, &(struct timeval){.tv_sec = 1});
     }
@@ -731,6 +678,13 @@ int main(int argc, char **argv)
     check_modes(d.cfg);
     if (queue_recover(d.queue) == -1)
         return 1;
+    if (d.cfg->pec) {
+        d.notices = notices_start(d.cfg, d.tracking, d.queue, d.evidence);
+        if (d.notices == NULL) {
+            log_err("cannot start the timers' thread");
+            return 1;
+        }
+    }
     purge_quarantine(d.cfg);
     d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
     event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
@@ -756,8 +710,7 @@ int main(int argc, char **argv)
 
     event_base_dispatch(d.base);
 
-    if (d.timer_ev)
-        event_free(d.timer_ev);
+    notices_stop(d.notices);
     if (d.seen_ev)
         event_free(d.seen_ev);
     if (d.housekeeping_ev)

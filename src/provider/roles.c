@@ -32,6 +32,7 @@
 #include "store/store.h"
 #include "store/tracking.h"
 #include "store/evidence.h"
+#include "notices.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -374,19 +375,40 @@ int role_callout_event(struct roles *r, const struct queue_env *env, const char 
                       env->callouts, NULL);
 }
 
-int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct queue_env *env,
-                         struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
-                         size_t errlen)
+/* One timeout notice (§3.1.6) of a "notices" batch.  Exactly once: its
+ * evidence event has a key of its own ("PEC-ID:preavviso-errore-consegna:
+ * RCPT:WHICH"); when the log holds it from another batch (made again after a
+ * crash between storing a batch and marking it), the notice exists and is
+ * not made twice; when it holds it from this very batch (its stage run again
+ * before its outputs were committed), the notice is made again with the
+ * instant that event recorded (§4.1). */
+static int timeout_notice(struct roles *r, const struct queue_env *env,
+                          const struct tracking_due *due, bool recovered,
+                          struct queue_outputs *out, char *err, size_t errlen)
 {
-    char key[600];
-    snprintf(key, sizeof key, "%s:%d", due->rcpt, due->which);
-    time_t now = time(NULL);
+    char key[700];
+    snprintf(key, sizeof key, "%s:preavviso-errore-consegna:%s:%d", due->pec_id, due->rcpt,
+             due->which);
+    time_t now = out->when;
+    char owner[64] = "";
+    time_t logged = 0;
+    int found = r->ev != NULL ? evidence_lookup(r->ev, key, owner, sizeof owner, &logged) : 0;
+    if (found == -1) {
+        snprintf(err, errlen, "evidence log unavailable");
+        return -1;
+    }
+    if (found == 1 && strcmp(owner, env->qid) != 0) {
+        log_info("%s: the %s notice for PEC %s <%s> was made before (%s): not again", env->qid,
+                 due->which == 1 ? "12 h" : "24 h", due->pec_id, due->rcpt, owner);
+        return 0;
+    }
+    if (found == 1)
+        now = logged;
     /* Message-ID (docs/pec.md): like every message made about one the
      * provider received, the PEC msgid opec1.<arrival>.<queue id>@<domain>
      * with ".<n>" added.  The access point's receipt is .1; here n = 2 *
      * slot + which + 1, so the two notices of each recipient have their own,
-     * and a notice sent again after a crash (stored, not yet marked) has the
-     * one the evidence log recorded */
+     * and a notice made again has the one the evidence log recorded */
     char mid[300];
     const char *at = strrchr(due->pec_id, '@');
     int n = at == NULL ? -1
@@ -413,20 +435,45 @@ int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct
     pec_buf m = {0};
     if (role_build(r, &a, &m, err, errlen) == -1)
         return -1;
-    /* not in a stage: the notice is queued by the timer (queue_inject) */
-    log_event(r, true, "preavviso-errore-consegna", due->pec_id, due->pec_id, omid, mid,
-              due->sender, due->rcpt, due->subject, due->which == 1 ? "12h" : "24h", key);
-    memset(env, 0, sizeof *env);
-    memset(rcpt, 0, sizeof *rcpt);
-    rcpt->addr = rcpt->orig = due->sender;
-    env->sender = (char *)r->cfg->pec_service_address;
-    env->rcpts = rcpt;
-    env->nrcpts = 1;
-    env->listener = "pec";
-    env->proto = "local";
-    *data = (char *)m.data;
-    *len = m.len;
-    return 0;
+    int rc2 = 0;
+    if (r->ev != NULL && found == 0) {
+        char om[512] = "", e2[256];
+        if (omid != NULL) {
+            str_copy(om, omid + 1, sizeof om);
+            om[strcspn(om, ">")] = '\0';
+        }
+        struct evidence_event ee = {.type = "preavviso-errore-consegna", .pec_id = due->pec_id,
+                                    .orig_msgid = om[0] ? om : NULL, .message_id = mid,
+                                    .sender = due->sender, .recipients = due->rcpt,
+                                    .subject = due->subject,
+                                    .outcome = due->which == 1 ? "12h" : "24h",
+                                    .queue_id = env->qid, .dedupe_key = key, .when = now};
+        rc2 = (r->ev_deferred ? evidence_append_deferred(r->ev, &ee, e2, sizeof e2)
+                              : evidence_append(r->ev, &ee, e2, sizeof e2));
+        if (rc2 == -1)
+            snprintf(err, errlen, "evidence log: %s", e2);
+    }
+    if (rc2 == 0)
+        rc2 = role_send_to(r, env, recovered, out, due->sender, &m, err, errlen);
+    if (rc2 == 0)
+        log_info("%s: %s timeout notice for PEC %s to <%s> (recipient <%s>)", env->qid,
+                 due->which == 1 ? "first" : "second", due->pec_id, due->sender, due->rcpt);
+    pec_buf_free(&m);
+    return rc2;
+}
+
+/* Stage "notices": a batch of due timeout notices (notices.c). */
+static int role_notices(struct roles *r, const struct queue_env *env, const char *data,
+                        size_t len, bool recovered, struct queue_outputs *out, char *err,
+                        size_t errlen)
+{
+    struct tracking_due *due = NULL;
+    size_t n = notices_decode(data, len, &due);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = timeout_notice(r, env, &due[i], recovered, out, err, errlen);
+    tracking_due_free(due, n);
+    return rc;
 }
 
 void roles_pass_begin(void *arg)
@@ -526,6 +573,8 @@ static int run_role(struct roles *r, const struct queue_env *env, const char *da
     }
     if (strcmp(env->stage, "delivery") == 0)
         return role_delivery_retry(r, env, data, len, recovered, out, err, errlen);
+    if (strcmp(env->stage, "notices") == 0)
+        return role_notices(r, env, data, len, recovered, out, err, errlen);
     snprintf(err, errlen, "unknown stage '%s'", env->stage);
     return -1;
 }

@@ -17,13 +17,6 @@ struct roles;
 struct tracking;
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
                         struct tracking *tracking, char *err, size_t errlen);
-/* Builds the timeout notice (§3.1.6) for one tracked recipient: 'which' 1 is
- * the 12 h notice, 2 the 24 h one.  Fills env (its recipient in *rcpt) and
- * *data (malloc'ed), or returns -1. */
-struct tracking_due;
-int roles_timeout_notice(struct roles *r, const struct tracking_due *due, struct queue_env *env,
-                         struct queue_rcpt *rcpt, char **data, size_t *len, char *err,
-                         size_t errlen);
 void roles_free(struct roles *r);
 /* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
  * done by a thread, the copy in use stays until a good one replaces it. */
@@ -39,7 +32,9 @@ bool roles_is_pec_domain(const struct roles *r, const char *domain);
 /* The same, with the signature transport_set_pec_domains() wants. */
 bool roles_is_pec_domain_cb(void *arg, const char *domain);
 /* process_fn (queue.h); arg is the struct roles.  Stages: "submission"
- * (access point), "incoming" (incoming + delivery point). */
+ * (access point), "incoming" (incoming + delivery point), "delivery" (the
+ * recipients of an envelope retried on their own), "notices" (a batch of
+ * timeout notices, §3.1.6: notices.c). */
 int roles_process(void *arg, const struct queue_env *env, const char *data, size_t len,
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen);
 /* pass_begin_fn / pass_end_fn (queue.h): the events of a delivery thread's

@@ -173,10 +173,13 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
      * recipients; ours go through our incoming point (§3.4) */
     const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
-    size_t nl = 0, nr = 0;
+    const char **remote_pec = calloc(env->nrcpts, sizeof *remote_pec);
+    size_t nl = 0, nr = 0, np = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (config_is_local_domain(r->cfg, domain_of(env->rcpts[i].addr)))
             local[nl++] = env->rcpts[i].addr;
+        else if (rcpts[i].kind == PEC_RCPT_CERTIFICATO)
+            remote_pec[np++] = env->rcpts[i].addr;
         else
             remote[nr++] = env->rcpts[i].addr;
     }
@@ -190,11 +193,20 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         queue_outputs_add(out, &e, edata, elen);
         free(qr);
     }
-    if (nr > 0)
+    if (nr > 0)   /* esterno: ordinary mail, retried for [queue] lifetime with reports */
         role_add_output_for(out, env, env->sender, remote, nr, NULL, edata, elen);
+    if (np > 0) {
+        /* another provider's: after [timers] mancata_consegna the 24 h notice
+         * has ended the transaction negatively and told the sender (§3.1.6),
+         * so the envelope is not retried further and no unsigned report
+         * follows days later */
+        role_add_output_for(out, env, env->sender, remote_pec, np, NULL, edata, elen);
+        out->v[out->n - 1].env.deadline = r->cfg->timer_mancata_consegna;
+    }
     free(tagged);
     free(local);
     free(remote);
+    free(remote_pec);
     /* §3.1.6: receipts are expected from certificato recipients only */
     if (r->tracking != NULL) {
         const char **cert = calloc(env->nrcpts, sizeof *cert);

@@ -63,9 +63,15 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static void schedule_retry(struct queue *q, struct qentry *e)
 {
     time_t now = time(NULL);
-    if ((uint64_t)(now - e->arrival) >= q->cfg->queue_lifetime) {
-        /* one last pass: what is pending fails and the sender is told */
-        log_warn("%s: queue lifetime exceeded (%s)", e->qid, e->err);
+    uint64_t life = e->deadline != 0 && e->deadline < q->cfg->queue_lifetime
+                        ? e->deadline
+                        : q->cfg->queue_lifetime;
+    if ((uint64_t)(now - e->arrival) >= life) {
+        /* one last pass: what is pending fails (and the sender is told,
+         * unless the message's deadline says it was told otherwise) */
+        log_warn("%s: %s exceeded (%s)", e->qid, life == q->cfg->queue_lifetime ? "queue lifetime"
+                                                                               : "deadline",
+                 e->err);
         e->expire = true;
         dispatch(e);
         return;
@@ -95,6 +101,12 @@ static void on_results(evutil_socket_t fd, short what, void *arg)
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
     struct qentry *e;
+    char *id;
+    while ((id = g_async_queue_try_pop(q->injects)) != NULL) {
+        if (!q->stopping)
+            queue_enqueue(q, id);   /* else it waits in queue/ for the next start */
+        g_free(id);
+    }
     while ((e = g_async_queue_try_pop(q->results)) != NULL) {
         e->busy = false;
         q->busy--;
@@ -126,6 +138,14 @@ static struct qentry *entry_add(struct queue *q, const char *qid, time_t arrival
     e->timer = evtimer_new(q->base, on_timer, e);
     g_hash_table_insert(q->entries, e->qid, e);
     return e;
+}
+
+void queue_enqueue_async(struct queue *q, const char *qid)
+{
+    g_async_queue_push(q->injects, g_strdup(qid));
+    uint64_t one = 1;
+    ssize_t wr = write(q->efd, &one, sizeof one);   /* wakes on_results on the event loop */
+    (void)wr;
 }
 
 void queue_enqueue(struct queue *q, const char *qid)
@@ -236,6 +256,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
                                        (GDestroyNotify)entry_free);
     q->work = g_async_queue_new();
     q->results = g_async_queue_new();
+    q->injects = g_async_queue_new_full(g_free);
     q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     q->ev = event_new(base, q->efd, EV_READ | EV_PERSIST, on_results, q);
     event_add(q->ev, NULL);
@@ -401,6 +422,7 @@ void queue_free(struct queue *q)
     g_hash_table_destroy(q->entries);
     g_async_queue_unref(q->work);
     g_async_queue_unref(q->results);
+    g_async_queue_unref(q->injects);
     close(q->lock_fd);   /* releases the lock */
     free(q);
 }

@@ -49,6 +49,9 @@ struct queue_env {
     uint64_t size;        /* octets of message data */
     bool delay_warned;    /* a DELAY notification went out */
     char *stage;          /* processing role (e.g. PEC "submission", "incoming"), or NULL */
+    uint64_t deadline;    /* seconds after arrival when what is pending fails without a
+                             report ("deadline" option; a PEC envelope: the sender has the
+                             signed 24 h notice), 0 = [queue] lifetime with reports */
     bool processed;       /* the role ran and its outputs are committed (REC_PROCESSED) */
     unsigned attempts;    /* delivery attempts so far (REC_RETRY) */
     time_t next_try;      /* when the next one is due, 0 = now (REC_RETRY) */
@@ -243,6 +246,9 @@ int queue_release(const char *queue_dir, const char *qid, char *err, size_t errl
 struct committer *queue_committer(struct queue *q);
 /* Called after a commit: the message is now durable, schedule it. */
 void queue_enqueue(struct queue *q, const char *qid);
+/* The same from any thread (a message stored with queue_inject): the event
+ * loop schedules it at once. */
+void queue_enqueue_async(struct queue *q, const char *qid);
 /* Stops the workers after their current batch. */
 void queue_stop(struct queue *q);
 bool queue_idle(const struct queue *q);

@@ -24,6 +24,7 @@ struct qentry {
     bool recovered;
     bool busy;
     bool expire;             /* lifetime over: fail what is pending, notify, remove */
+    uint64_t deadline;       /* the message's own lifetime, without reports (0: none) */
     unsigned char *done;     /* per recipient: 0 pending, 1 delivered, 2 failed for good */
     size_t nrcpts;
     /* worker results, read by the event loop after the entry comes back */
@@ -48,6 +49,7 @@ struct queue {
     GHashTable *entries;
     GAsyncQueue *work;
     GAsyncQueue *results;
+    GAsyncQueue *injects;           /* ids stored from other threads (queue_enqueue_async) */
     int efd;
     struct event *ev;
     GThread *workers[64];

@@ -141,6 +141,11 @@ struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char
     put_opt(w, "proto", env->proto);
     put_opt(w, "listener", env->listener);
     put_opt(w, "stage", env->stage);
+    if (env->deadline != 0) {
+        char dl[32];
+        snprintf(dl, sizeof dl, "%llu", (unsigned long long)env->deadline);
+        put_opt(w, "deadline", dl);
+    }
     for (size_t i = 0; i < env->nrcpts; i++) {
         const struct queue_rcpt *r = &env->rcpts[i];
         char buf[2048];
@@ -297,6 +302,8 @@ static void set_opt(struct queue_env *env, const char *p, size_t n)
         env->smtputf8 = true;
     else if (strcmp(kv, "requiretls") == 0)
         env->requiretls = true;
+    else if (strcmp(kv, "deadline") == 0)
+        env->deadline = strtoull(v, NULL, 10);
     else {
         char **dst = strcmp(kv, "envid") == 0      ? &env->envid
                      : strcmp(kv, "client") == 0   ? &env->client_ip
@@ -630,6 +637,7 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
     e->ret = env->ret;
     e->smtputf8 = env->smtputf8;
     e->requiretls = env->requiretls;
+    e->deadline = env->deadline;
     char **src[] = {env->envid ? (char **)&env->envid : NULL, (char **)&env->stage,
                     (char **)&env->listener, (char **)&env->proto};
     char **dst[] = {&e->envid, &e->stage, &e->listener, &e->proto};

@@ -521,6 +521,7 @@ static void load(struct queue *q, struct work *w)
         e->tempfail = true;
         return;
     }
+    e->deadline = w->env.deadline;
     if (w->env.stage != NULL && q->process != NULL && e->expire) {
         hold_expired_stage(q, w, path, last);
         return;
@@ -551,7 +552,18 @@ static void load(struct queue *q, struct work *w)
         }
         w->r[i].pending = true;
         any = true;
-        if (e->expire) {
+        if (e->expire && w->env.deadline != 0 && w->env.deadline < q->cfg->queue_lifetime) {
+            /* RFC 6109 §3.1.6: the 24 h notice has ended the PEC transaction
+             * negatively and told the sender (signed); no unsigned report
+             * follows days later */
+            w->r[i].result = DELIVER_PERMFAIL;
+            snprintf(w->r[i].text, sizeof w->r[i].text,
+                     "5.4.7 the PEC transaction ended without a delivery receipt within %llu "
+                     "hours (RFC 6109 section 3.1.6; the sender has the timeout notice); last "
+                     "error: %s",
+                     (unsigned long long)(w->env.deadline / 3600), last[0] ? last : "none");
+            w->env.rcpts[i].notify = SMTP_NOTIFY_NEVER;
+        } else if (e->expire) {
             w->r[i].result = DELIVER_PERMFAIL;
             snprintf(w->r[i].text, sizeof w->r[i].text,
                      "5.4.7 delivery time expired after %llu days in the queue; last error: %s",

@@ -636,6 +636,30 @@ void evidence_batch_rollback(struct evidence *ev, size_t mark)
         free(b->mem[--b->n]);
 }
 
+int evidence_lookup(struct evidence *ev, const char *dedupe_key, char *queue_id,
+                    size_t queue_id_len, time_t *when)
+{
+    pthread_mutex_lock(&ev->db_lock);
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(ev->db, "SELECT queue_id, event_time FROM events WHERE dedupe_key = ?",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, dedupe_key, -1, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        if (r == SQLITE_DONE) {
+            rc = 0;
+        } else if (r == SQLITE_ROW) {
+            rc = 1;
+            const char *q = col_text(st, 0);
+            snprintf(queue_id, queue_id_len, "%s", q ? q : "");
+            *when = (time_t)sqlite3_column_int64(st, 1);
+        }
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&ev->db_lock);
+    return rc;
+}
+
 int evidence_stage_time(struct evidence *ev, const char *queue_id, time_t *out)
 {
     /* a stage's events have the dedupe key "QID:type:key" (the provider's

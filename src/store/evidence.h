@@ -98,6 +98,10 @@ void evidence_batch_rollback(struct evidence *ev, size_t mark);
  * run again after its events were stored reuses it, so the log and the
  * messages it describes keep one time.  1 found, 0 none, -1 error. */
 int evidence_stage_time(struct evidence *ev, const char *queue_id, time_t *out);
+/* The stored event with this dedupe key: its queue id (queue_id, "" if none)
+ * and instant.  1 found, 0 none, -1 error. */
+int evidence_lookup(struct evidence *ev, const char *dedupe_key, char *queue_id,
+                    size_t queue_id_len, time_t *when);
 
 /* Signs the head of every finished UTC day (day < the day of now) that has
  * records and no seal yet.  Needs a signer.  Returns the number of days

@@ -417,6 +417,40 @@ int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int 
     return rc;
 }
 
+int tracking_mark_all(struct tracking *t, const struct tracking_due *d, size_t n)
+{
+    enter(t);
+    /* one transaction for the batch, synced at once: the notices are in the
+     * queue (stored first, then marked: a crash in between repeats them, and
+     * the notices stage drops what it made before) */
+    bool full = !in_pass(t) && !t->sync_each;
+    if (full)
+        sqlite3_exec(t->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
+    int rc = sqlite3_exec(t->db, "SAVEPOINT mark", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        sqlite3_stmt *st = get(t, d[i].which >= 2 ? SQL_NOTICE_LAST : SQL_NOTICE);
+        if (st == NULL) {
+            rc = -1;
+            break;
+        }
+        sqlite3_bind_text(st, 1, d[i].pec_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, d[i].rcpt, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+        put(st);
+    }
+    if (rc == 0 && sqlite3_exec(t->db, "RELEASE mark", NULL, NULL, NULL) != SQLITE_OK)
+        rc = -1;
+    if (rc == -1) {
+        log_err("tracking: cannot mark %zu notices: %s", n, sqlite3_errmsg(t->db));
+        sqlite3_exec(t->db, "ROLLBACK TO mark", NULL, NULL, NULL);
+        sqlite3_exec(t->db, "RELEASE mark", NULL, NULL, NULL);
+    }
+    if (full)
+        sqlite3_exec(t->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    leave(t);
+    return rc;
+}
+
 void tracking_due_free(struct tracking_due *d, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

@@ -45,6 +45,8 @@ int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, c
 size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
                     struct tracking_due **out);
 int tracking_mark(struct tracking *t, const char *pec_id, const char *rcpt, int which);
+/* tracking_mark for n notices at once, in one synced transaction. */
+int tracking_mark_all(struct tracking *t, const struct tracking_due *d, size_t n);
 void tracking_due_free(struct tracking_due *d, size_t n);
 /* What identifies a message taken in for one recipient (duplicate
  * suppression).  Only a message whose signature verified is recorded: signer

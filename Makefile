@@ -1,6 +1,7 @@
 # pecmail - top-level wrapper around CMake/CTest and pytest.
 #   make          install missing Debian packages, build
-#   make check    every test: unit (cmocka), fuzz smoke run (libFuzzer), integration (pytest)
+#   make check    every test: the conformance matrix (docs/conformance.md), unit (cmocka),
+#                 fuzz smoke run (libFuzzer), integration (pytest)
 #   make bench    benchmarks (bench/), results in docs/performance.md
 #   make demo     the demo (see README.md)
 BUILD      ?= build
@@ -10,7 +11,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECONDS ?= 5
 JOBS       ?= 2
 
-.PHONY: all deps build check unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
+.PHONY: all deps build check conformance unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
 
 all: build
 
@@ -34,7 +35,12 @@ fuzz-smoke: deps
 integration: build
 	PEC_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration
 
-check: unit fuzz-smoke integration
+# docs/conformance.md: every rule names code and tests that exist (scripts/check-conformance);
+# first, so that the last line of make check stays pytest's summary
+conformance:
+	$(PYTHON) scripts/check-conformance
+
+check: conformance unit fuzz-smoke integration
 
 asan-build: deps
 	cmake -S . -B $(ASAN_BUILD) -DPEC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null

@@ -625,8 +625,12 @@ int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, cha
         return pec_err(err, errsz, "every PEC message is signed (§2.1): no signer");
     char service[300];
     snprintf(service, sizeof service, "posta-certificata@%s", id->domain ? id->domain : "");
-    /* §2.1: the From address equals the certificate's e-mail address */
-    if (id->signer->email[0] && strcasecmp(id->signer->email, service) != 0)
+    /* §2.1: the From address equals the certificate's e-mail address: one
+     * without an address would make messages no verifier accepts */
+    if (id->signer->email[0] == '\0')
+        return pec_err(err, errsz, "the signing certificate has no e-mail address "
+                                   "(subjectAltName rfc822Name %s, §2.1)", service);
+    if (strcasecmp(id->signer->email, service) != 0)
         return pec_err(err, errsz, "the signing certificate is for %s, not %s (§2.1)",
                        id->signer->email, service);
     pec_buf h, b;

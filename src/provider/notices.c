@@ -15,7 +15,7 @@
  * Then the day seals (every 5 minutes) and the 30-month retention (daily).
  *
  * Interface: notices.h.  The batch's body is one line per notice:
- *   which slot sent pec_id rcpt sender subject orig_msgid
+ *   which slot sent pec_id rcpt sender subject orig_msgid recipients reply_to
  * each text field base64 (or "-" when absent), so no header or body syntax
  * is involved.
  */
@@ -65,6 +65,8 @@ char *notices_encode(const struct tracking_due *d, size_t n, size_t *len)
         put_field(s, d[i].sender);
         put_field(s, d[i].subject);
         put_field(s, d[i].orig_msgid);
+        put_field(s, d[i].recipients);
+        put_field(s, d[i].reply_to);
         g_string_append(s, "\r\n");
     }
     *len = s->len;
@@ -94,7 +96,7 @@ size_t notices_decode(const char *data, size_t len, struct tracking_due **out)
         if (**l == '\0')
             continue;
         gchar **f = g_strsplit(*l, " ", -1);
-        if (g_strv_length(f) == 8) {
+        if (g_strv_length(f) == 10) {
             struct tracking_due d = {0};
             d.which = atoi(f[0]) == 2 ? 2 : 1;
             d.slot = (unsigned)strtoul(f[1], NULL, 10);
@@ -104,6 +106,8 @@ size_t notices_decode(const char *data, size_t len, struct tracking_due **out)
             d.sender = get_field(f[5]);
             d.subject = get_field(f[6]);
             d.orig_msgid = get_field(f[7]);
+            d.recipients = get_field(f[8]);
+            d.reply_to = get_field(f[9]);
             if (d.pec_id != NULL && d.rcpt != NULL && d.sender != NULL)
                 g_array_append_val(a, d);
             else

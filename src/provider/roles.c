@@ -107,6 +107,20 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
         explicit_bzero(key, klen);
     free(key);
     free(chain);
+    /* §2.1: what pecd signs has From posta-certificata@<domain> (the service
+     * address), which must be the certificate's address: found at start, not
+     * at the first message */
+    if (r->signer != NULL && strcasecmp(r->signer->email, cfg->pec_service_address) != 0) {
+        snprintf(err, errlen, "[pec] signing_certificate %s is for <%s>, not for the service "
+                              "address <%s> (RFC 6109 §2.1: From equals the certificate's "
+                              "e-mail address)",
+                 cfg->pec_signing_cert, r->signer->email[0] ? r->signer->email : "no address",
+                 cfg->pec_service_address);
+        pec_signer_free(r->signer);
+        r->signer = NULL;
+        roles_free(r);
+        return NULL;
+    }
     if (r->signer == NULL || load_directory(r, cfg, err, errlen) == -1) {
         roles_free(r);
         return NULL;
@@ -420,7 +434,29 @@ static int timeout_notice(struct roles *r, const struct queue_env *env,
      * did (X-Riferimento-Message-ID and daticert <msgid>) */
     const char *omid = due->orig_msgid != NULL && due->orig_msgid[0] == '<' ? due->orig_msgid
                                                                            : NULL;
-    pec_recipient rc = {.addr = due->rcpt, .kind = PEC_RCPT_CERTIFICATO};
+    /* §4.4: <destinatari> lists every recipient of the original, of the kind
+     * the acceptance gave it (the providers' directory decides again) */
+    gchar **all = g_strsplit(due->recipients ? due->recipients : "", ",", -1);
+    size_t nall = 0;
+    pec_recipient *rc = calloc(g_strv_length(all) + 1, sizeof *rc);
+    for (gchar **x = all; rc != NULL && *x != NULL; x++) {
+        g_strstrip(*x);
+        if (**x == '\0')
+            continue;
+        rc[nall].addr = *x;
+        rc[nall++].kind = roles_is_pec_domain(r, domain_of(*x)) ? PEC_RCPT_CERTIFICATO
+                                                                 : PEC_RCPT_ESTERNO;
+    }
+    if (rc != NULL && nall == 0) {   /* a row of an older version: the late one at least */
+        rc[0].addr = due->rcpt;
+        rc[0].kind = PEC_RCPT_CERTIFICATO;
+        nall = 1;
+    }
+    if (rc == NULL) {
+        g_strfreev(all);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     /* §3.1.6 (digest (h)): the two notices share header and XML, not text */
     const char *why = due->which == 1
         ? "non è stato consegnato nelle prime 12 ore. Il messaggio potrebbe non avere esito "
@@ -428,12 +464,15 @@ static int timeout_notice(struct roles *r, const struct queue_env *env,
         : "non è stato consegnato entro 24 ore dall'invio. La transazione si considera "
           "conclusa con esito negativo.";
     pec_build_args a = {.type = PEC_TYPE_PREAVVISO_ERRORE_CONSEGNA, .errore = PEC_ERRORE_ALTRO,
-                        .sender = due->sender, .recipients = &rc, .n_recipients = 1,
+                        .sender = due->sender, .recipients = rc, .n_recipients = nall,
                         .when = now, .pec_id = due->pec_id, .orig_msgid = omid,
-                        .message_id = mid,
+                        .message_id = mid, .reply_to = due->reply_to,
                         .consegna = due->rcpt, .subject = due->subject, .errore_esteso = why};
     pec_buf m = {0};
-    if (role_build(r, &a, &m, err, errlen) == -1)
+    int built = role_build(r, &a, &m, err, errlen);
+    free(rc);
+    g_strfreev(all);
+    if (built == -1)
         return -1;
     int rc2 = 0;
     if (r->ev != NULL && found == 0) {
@@ -545,6 +584,12 @@ static int cleartext_event(struct roles *r, const struct queue_env *env, const c
                  env->qid, busta ? "envelope" : envelope ? "anomaly envelope" : "receipt",
                  env->sender, env->client_ip ? env->client_ip : "unknown");
     return rc;
+}
+
+void role_set_instant(struct queue_outputs *out, time_t t)
+{
+    out->when = t;
+    stage_when = t;
 }
 
 /* The stage's instant (§4.1): now, or, for a stage run again whose events

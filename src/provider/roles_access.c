@@ -11,6 +11,7 @@
 #include "transport.h"
 #include "lib/config.h"
 #include "lib/lib.h"
+#include "mime/mime.h"
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
 #include "store/store.h"
@@ -156,6 +157,15 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
                           sizeof ref) &&
         ref[0] == '<' && strlen(ref) < sizeof ref - 1 && ref[strlen(ref) - 1] == '>')
         orig_ref = ref;
+    /* <risposte> as the acceptance certifies it (§4.4: the original's
+     * Reply-To, else the sender): the timeout notices certify the same */
+    char risposte[512] = "", rt[1000];
+    if (mail_header_value(data, len, "Reply-To", rt, sizeof rt)) {
+        char *first = mime_first_address(rt);
+        if (first != NULL)
+            str_copy(risposte, first, sizeof risposte);
+        free(first);
+    }
     if (role_send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
         goto done;
     pec_buf_free(&m);
@@ -219,8 +229,13 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         }
         char subj[1024] = "";
         mail_header_value(data, len, "Subject", subj, sizeof subj);
-        int tr = tracking_expect(r->tracking, pec_id, orig_ref, env->sender, subj, all->str, cert,
-                                 nc, now);
+        /* <risposte> as the acceptance certified it: the notices certify it too */
+        struct tracking_expect_args ta = {.pec_id = pec_id, .orig_msgid = orig_ref,
+                                          .reply_to = risposte[0] ? risposte : NULL,
+                                          .sender = env->sender, .subject = subj,
+                                          .recipients = all->str, .rcpts = cert, .n = nc,
+                                          .sent = now};
+        int tr = tracking_expect(r->tracking, &ta);
         char omid[512] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&

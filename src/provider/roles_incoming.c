@@ -53,7 +53,8 @@ static int incoming_virus(struct roles *r, const struct queue_env *env, bool rec
                             .pec_id = d && d->identificativo ? d->identificativo : "",
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
                             .notify_to = p && p->receipt ? p->receipt : NULL, .consegna = rcpt,
-                            .subject = d ? d->oggetto : NULL, .errore_esteso = env->virus};
+                            .subject = d ? d->oggetto : NULL, .errore_esteso = env->virus,
+                            .reply_to = d ? d->risposte : NULL};
         pec_buf m = {0};
         int rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
         if (rc == 0)
@@ -89,6 +90,7 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
                         .n_recipients = d->n_destinatari, .when = now,
                         .pec_id = d->identificativo, .orig_msgid = d->msgid, .message_id = mid,
                         .consegna = d->consegna, .subject = d->oggetto,
+                        .reply_to = d->risposte,
                         .errore_esteso = d->errore_esteso ? d->errore_esteso : "virus"};
     pec_buf m = {0};
     int rc = role_build(r, &a, &m, err, errlen);
@@ -236,7 +238,8 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                             .n_recipients = d ? d->n_destinatari : 0,
                             .when = now, .pec_id = d && d->identificativo ? d->identificativo : "",
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
-                            .consegna = addr, .subject = d ? d->oggetto : NULL};
+                            .consegna = addr, .subject = d ? d->oggetto : NULL,
+                            .reply_to = d ? d->risposte : NULL};
         pec_buf m = {0};
         if (o != DELIVERED) {
             /* §3.3.3: the envelope was correct, the mailbox is not there, is
@@ -344,6 +347,9 @@ int role_delivery_retry(struct roles *r, const struct queue_env *env, const char
 static int anomaly(struct roles *r, const struct queue_env *env, const char *data, size_t len,
                    bool recovered, const char *why, struct queue_outputs *out, char *err, size_t errlen)
 {
+    /* §3.2.2: "Date: [message arrival date]", and the text's "On [date] at
+     * [time]": the anomaly's instant is the arrival (§4.1: its log event too) */
+    role_set_instant(out, env->arrival);
     time_t now = out->when;
     char pec_id[256];
     role_stage_id(r, env, out, pec_id, sizeof pec_id);
@@ -563,7 +569,8 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
                             .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
                             .notify_to = p && p->receipt ? p->receipt : NULL,
                             .ricezione = ric, .n_ricezione = env->nrcpts,
-                            .subject = d ? d->oggetto : NULL};
+                            .subject = d ? d->oggetto : NULL,
+                            .reply_to = d ? d->risposte : NULL};
         pec_buf m = {0};
         rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
         if (rc == 0) {

@@ -61,6 +61,9 @@ int role_callout_event(struct roles *r, const struct queue_env *env, const char 
  * postmaster or the PEC service address), 0 no, -1 cannot tell now, -2 the
  * final delivery decides (users_db_lookup). */
 int role_mailbox(struct roles *r, const char *addr);
+/* The running stage's instant becomes t (its messages and events): the
+ * anomaly envelope's is the arrival (§3.2.2). */
+void role_set_instant(struct queue_outputs *out, time_t t);
 /* The recipients src->rcpts[idx[0..n)] have no mailbox: an output that fails
  * them ("550 5.1.1"), so the queue sends the sender a non-delivery report
  * (RFC 3464) instead of the message being dropped without notice. */

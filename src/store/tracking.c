@@ -26,7 +26,7 @@ enum {
 };
 static const char *const sql_text[SQL_N] = {
     [SQL_EXPECT] = "INSERT OR IGNORE INTO expect (pec_id, rcpt, sender, subject, recipients, sent, "
-                   "orig_msgid, slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   "orig_msgid, slot, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     /* a delivery receipt (or non-delivery) ends the tracking of the
      * recipient; a presa in carico only marks it */
     [SQL_PRESA] = "UPDATE expect SET presa = 1 WHERE pec_id = ? AND rcpt = ? COLLATE NOCASE "
@@ -175,6 +175,7 @@ static const char schema[] =
     "  notice INTEGER NOT NULL DEFAULT 0,"     /* timeout notices sent: 0, 1 (12 h), 2 (24 h) */
     "  orig_msgid TEXT,"                       /* schema 1: the original's Message-ID, <…> */
     "  slot INTEGER NOT NULL DEFAULT 0,"       /* schema 1: the recipient's place, from 0 */
+    "  reply_to TEXT,"                         /* schema 2: daticert <risposte> (§4.4) */
     "  PRIMARY KEY (pec_id, rcpt));"
     "CREATE INDEX IF NOT EXISTS expect_sent ON expect (sent);"
     /* messages taken in by the incoming point, so that a copy the sending
@@ -189,8 +190,8 @@ static const char schema[] =
     "  PRIMARY KEY (signer, msgid, content, rcpt));";
 
 /* The schema this file writes (PRAGMA user_version).  0: the first one,
- * without expect.orig_msgid and expect.slot. */
-#define TRACKING_SCHEMA 1
+ * without expect.orig_msgid and expect.slot; 1: without expect.reply_to. */
+#define TRACKING_SCHEMA 2
 
 static int pragma_int(sqlite3 *db, const char *sql, int *out)
 {
@@ -231,17 +232,26 @@ static int migrate(sqlite3 *db, const char *path, char **msg)
                           NULL, NULL, msg) == SQLITE_OK
                  ? 0
                  : -1;
+    int has2 = 0;
+    if (rc == 0)
+        rc = pragma_int(db, "SELECT count(*) FROM pragma_table_info('expect') "
+                            "WHERE name = 'reply_to'", &has2);
+    if (rc == 0 && !has2)
+        rc = sqlite3_exec(db, "ALTER TABLE expect ADD COLUMN reply_to TEXT;", NULL, NULL, msg) ==
+                     SQLITE_OK
+                 ? 0
+                 : -1;
     if (rc == 0)
         rc = pragma_int(db, "SELECT count(*) FROM expect", &rows);
     if (rc == 0)
-        rc = sqlite3_exec(db, "PRAGMA user_version = 1; COMMIT", NULL, NULL, msg) == SQLITE_OK
+        rc = sqlite3_exec(db, "PRAGMA user_version = 2; COMMIT", NULL, NULL, msg) == SQLITE_OK
                  ? 0
                  : -1;
     if (rc == -1) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
-    if (!has)
+    if (!has || !has2)
         log_info("tracking database %s: migrated from schema %d to %d, %d waiting "
                  "recipient%s kept",
                  path, version, TRACKING_SCHEMA, rows, rows == 1 ? "" : "s");
@@ -304,25 +314,25 @@ void tracking_close(struct tracking *t)
     free(t);
 }
 
-int tracking_expect(struct tracking *t, const char *pec_id, const char *orig_msgid,
-                    const char *sender, const char *subject, const char *recipients,
-                    const char *const *rcpts, size_t n, time_t sent)
+int tracking_expect(struct tracking *t, const struct tracking_expect_args *x)
 {
+    const char *pec_id = x->pec_id;
     enter(t);
     sqlite3_stmt *st = NULL;
     /* a savepoint: a transaction of its own, or nested in the pass's */
     int rc = sqlite3_exec(t->db, "SAVEPOINT expect", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = (st = get(t, SQL_EXPECT)) != NULL ? SQLITE_OK : SQLITE_ERROR;
-    for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+    for (size_t i = 0; i < x->n && rc == SQLITE_OK; i++) {
         sqlite3_bind_text(st, 1, pec_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, rcpts[i], -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, subject, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, recipients, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 6, (sqlite3_int64)sent);
-        sqlite3_bind_text(st, 7, orig_msgid, -1, SQLITE_STATIC);   /* NULL binds NULL */
+        sqlite3_bind_text(st, 2, x->rcpts[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, x->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, x->subject, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, x->recipients, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)x->sent);
+        sqlite3_bind_text(st, 7, x->orig_msgid, -1, SQLITE_STATIC);   /* NULL binds NULL */
         sqlite3_bind_int64(st, 8, (sqlite3_int64)i);
+        sqlite3_bind_text(st, 9, x->reply_to, -1, SQLITE_STATIC);
         rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
         sqlite3_reset(st);
     }
@@ -366,7 +376,7 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
     GArray *a = g_array_new(FALSE, TRUE, sizeof(struct tracking_due));
     if (sqlite3_prepare_v2(t->db,
                            "SELECT pec_id, rcpt, sender, subject, recipients, sent, presa, notice, "
-                           "orig_msgid, slot "
+                           "orig_msgid, slot, reply_to "
                            "FROM expect WHERE (notice = 0 AND presa = 0 AND sent <= ?) "
                            "OR (notice < 2 AND sent <= ?) ORDER BY sent LIMIT 1000",
                            -1, &st, NULL) == SQLITE_OK) {
@@ -383,6 +393,7 @@ size_t tracking_due(struct tracking *t, time_t now, uint64_t t12, uint64_t t24,
             d.orig_msgid = g_strdup((const char *)sqlite3_column_text(st, 8));
             sqlite3_int64 slot = sqlite3_column_int64(st, 9);
             d.slot = slot > 0 && slot < 1000000 ? (unsigned)slot : 0;
+            d.reply_to = g_strdup((const char *)sqlite3_column_text(st, 10));
             d.which = d.sent <= second ? 2 : 1;
             g_array_append_val(a, d);
         }
@@ -460,6 +471,7 @@ void tracking_due_free(struct tracking_due *d, size_t n)
         g_free(d[i].subject);
         g_free(d[i].recipients);
         g_free(d[i].orig_msgid);
+        g_free(d[i].reply_to);
     }
     g_free(d);
 }

@@ -14,6 +14,7 @@ struct tracking;
 struct tracking_due {
     char *pec_id, *rcpt, *sender, *subject, *recipients;
     char *orig_msgid;   /* the original's Message-ID with < > (§3.1.6), or NULL */
+    char *reply_to;     /* daticert <risposte> (§4.4), or NULL (older rows: the sender) */
     unsigned slot;      /* the recipient's place among the envelope's certificato
                            recipients, from 0: numbers the notices' Message-IDs */
     time_t sent;
@@ -35,9 +36,17 @@ void tracking_close(struct tracking *t);
 /* Expect receipts for each certificato recipient of envelope pec_id;
  * orig_msgid: the Message-ID of the original as the acceptance quotes it
  * (X-Riferimento-Message-ID, with < >), or NULL.  rcpts[i] gets slot i. */
-int tracking_expect(struct tracking *t, const char *pec_id, const char *orig_msgid,
-                    const char *sender, const char *subject, const char *recipients,
-                    const char *const *rcpts, size_t n, time_t sent);
+struct tracking_expect_args {
+    const char *pec_id;          /* the envelope's PEC msgid */
+    const char *orig_msgid;      /* the original's Message-ID with < >, or NULL */
+    const char *reply_to;        /* daticert <risposte> of the acceptance, or NULL */
+    const char *sender, *subject;
+    const char *recipients;      /* every recipient of the original, comma-separated */
+    const char *const *rcpts;    /* the certificato ones: one row each */
+    size_t n;
+    time_t sent;
+};
+int tracking_expect(struct tracking *t, const struct tracking_expect_args *a);
 /* A receipt came back: kind 'P' presa in carico, 'C' delivery or non-delivery.
  * 0 matched, 1 not expected (late or duplicate), -1 error. */
 int tracking_receipt(struct tracking *t, const char *pec_id, const char *rcpt, char kind);

@@ -666,9 +666,6 @@ def test_timeout_notices(world, timeouts):
                if about("preavviso-errore-consegna", timeouts["subject"])(n[2]))
 
 
-@pytest.mark.xfail(strict=True, reason="deviation, docs/conformance.md 6109-4.4-d: the "
-                   "timeout notices certify only the late recipient in <destinatari>, not "
-                   "every recipient of the original")
 def test_timeout_notices_certify_every_recipient_of_the_original(world, timeouts):
     (acc,) = timeouts["acc"]
     want = daticert_fields(layout(acc[1], world)["daticert"])["destinatari"]
@@ -676,9 +673,6 @@ def test_timeout_notices_certify_every_recipient_of_the_original(world, timeouts
         assert daticert_fields(layout(n[1], world)["daticert"])["destinatari"] == want
 
 
-@pytest.mark.xfail(strict=True, reason="deviation, docs/conformance.md 6109-4.4-e: receipts "
-                   "made without the original (presa in carico, sintetica, the timeout "
-                   "notices) certify the sender as <risposte>, not the original's Reply-To")
 def test_receipts_certify_the_reply_to_of_the_original(world, completa, breve, timeouts):
     cases = [(completa["acc"], completa["recs"] + completa["pic"]),
              (breve["acc"], breve["recs"] + breve["pic"]),

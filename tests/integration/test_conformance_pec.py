@@ -167,7 +167,7 @@ def test_tracking_database_of_an_older_pecd_is_migrated(providers):
     assert msg["Message-ID"] == "<opec1.20250101120000.0123456789ABCDEF.3@pec.a.test>"
     assert daticert(msg).findtext("dati/identificativo") == pec_id
     assert msg["X-Riferimento-Message-ID"] is None    # never stored by the older pecd
-    assert "migrated from schema 0 to 1, 1 waiting recipient kept" in a.log(400)
+    assert "migrated from schema 0 to 2, 1 waiting recipient kept" in a.log(400)
     a.stop()   # pecd holds tracking.db exclusively while it runs
     db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
     try:
@@ -227,3 +227,39 @@ def test_cleartext_pec_refused_when_configured(providers):
                    message("someone@plain.test", "anna@pec.b.test", "ordinaria",
                            msgid="<ordinary.2@plain.test>"))
     b.wait_mail("anna", trasporto("errore"))
+
+
+# ---- §3.2.2: the anomaly's Date is the arrival ------------------------------------------------
+
+def test_anomaly_date_is_the_arrival_even_when_processed_late(providers):
+    """RFC 6109 §3.2.2: "Date: [message arrival date]".  B's incoming stage is held up (its
+    evidence log is locked past SQLite's 10 s wait), so the anomaly is made well after the
+    arrival: its Date, its text and its evidence event still say the arrival."""
+    import email.utils
+    a, b, ca, directory = providers
+    b.start()
+    db = sqlite3.connect(os.path.join(b.dir, "evidence.db"), isolation_level=None, timeout=30)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ctx = ssl.create_default_context(cafile=os.path.join(ca, "ca.pem"))
+        ctx.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", b.ports["mx"], timeout=30) as s:
+            s.starttls(context=ctx)
+            arrival = time.time()
+            s.sendmail("someone@plain.test", ["anna@pec.b.test"],
+                       b"From: <someone@plain.test>\r\nTo: <anna@pec.b.test>\r\n"
+                       b"Subject: in ritardo\r\nMessage-ID: <tardi@plain.test>\r\n\r\nciao\r\n")
+        end = time.time() + 40
+        while "events of a pass of stages were not stored" not in b.log(400):
+            assert time.time() < end, b.log(60)
+            time.sleep(0.2)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    (x,) = b.wait_mail("anna", trasporto("errore"), timeout=40)
+    date = email.utils.parsedate_to_datetime(x[2]["Date"]).timestamp()
+    assert abs(date - arrival) <= 1, (x[2]["Date"], arrival)
+    ev = sqlite3.connect(f"file:{os.path.join(b.dir, 'evidence.db')}?mode=ro", uri=True)
+    (t,) = ev.execute("SELECT event_time FROM events WHERE type = 'anomalia'").fetchone()
+    ev.close()
+    assert t == int(date), (t, date)

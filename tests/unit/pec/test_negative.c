@@ -188,11 +188,17 @@ static void test_wrong_signer_expired_revoked(void **state)
     /* a TLS certificate is not for e-mail signing */
     pec_signer *s = tsigner(&k->tls);
     pec_identity id = {.domain = "pec.a.example", .name = "A", .signer = s};
-    s->email[0] = '\0'; /* skip the From check to reach the verifier */
     pec_recipient r = {"x@pec.b.example", PEC_RCPT_CERTIFICATO};
     pec_build_args a = {.type = PEC_TYPE_ACCETTAZIONE, .sender = "m@pec.a.example",
                         .recipients = &r, .n_recipients = 1, .when = time(NULL),
                         .pec_id = "opec1.x@pec.a.example", .message_id = "opec1.y@pec.a.example"};
+    /* §2.1: a certificate without an e-mail address signs nothing */
+    s->email[0] = '\0';
+    char e2[256];
+    assert_int_equal(pec_build(&id, &a, &m, e2, sizeof e2), -1);
+    assert_non_null(strstr(e2, "has no e-mail address"));
+    /* pretend it names the service address, to reach the verifier's key usage check */
+    snprintf(s->email, sizeof s->email, "posta-certificata@pec.a.example");
     assert_int_equal(pec_build(&id, &a, &m, NULL, 0), 0);
     pec_reason why = verdict(t, m.data, m.len, &valid);
     assert_true(why == PEC_R_BAD_KEY_USAGE);

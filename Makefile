@@ -46,6 +46,14 @@ asan-build: deps
 	cmake -S . -B $(ASAN_BUILD) -DPEC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 
+# Every fuzz target for FUZZ_LONG_SECONDS (10 minutes) each, one after the other: the long
+# run asked of each parser once (not part of make check; about two hours).
+FUZZ_LONG_SECONDS ?= 600
+fuzz-long: deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DPEC_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	tests/fuzz/run-smoke $(FUZZ_BUILD)/tests/fuzz $(FUZZ_LONG_SECONDS)
+
 # The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CI runs it).
 asan: asan-build
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j$(JOBS)

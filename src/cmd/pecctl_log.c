@@ -32,7 +32,7 @@ static void usage(FILE *f)
                "       pecctl -c CONF log purge\n"
                "       pecctl -c CONF trace MESSAGE-ID\n"
                "  verify: exit 0 intact, 1 tampered (the first broken record or day is named),\n"
-               "          2 unreadable; the seals are checked against [pec] signing_cert\n");
+               "          2 unreadable; the seals are checked against [pec] signing_certificate\n");
 }
 
 static int log_verify(struct config *cfg, int argc, char **argv)
@@ -77,7 +77,7 @@ static pec_signer *load_signer(struct config *cfg)
     char *key = NULL, *chain = NULL;
     size_t keylen = 0, chainlen = 0;
     if (cfg->pec_signing_key == NULL || cfg->pec_signing_cert == NULL) {
-        fprintf(stderr, "pecctl: [pec] signing_key and signing_cert are needed to seal\n");
+        fprintf(stderr, "pecctl: [pec] signing_key and signing_certificate are needed to seal\n");
         return NULL;
     }
     if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) != 0 ||

@@ -10,27 +10,65 @@
  */
 #include "pec/pec_internal.h"
 
+#include <stdarg.h>
+#include <stdbool.h>
 #include <string.h>
 
+/* The text as plain lines and as HTML a screen reader can walk: the title
+ * a heading, each statement a paragraph, each list of addresses a list. */
 struct lines {
     mime_buf plain;
     mime_buf html;
+    bool in_list;        /* an HTML <ul> is open */
+    bool titled;         /* the first line (the title) was written */
 };
+
+static int vline(struct lines *l, bool item, const char *fmt, va_list ap)
+{
+    char *s = g_strdup_vprintf(fmt, ap);
+    if (!s)
+        return -1;
+    char *esc = g_markup_escape_text(s, -1);
+    int rc = mime_buf_addf(&l->plain, "%s\n", s);
+    if (l->in_list && !item) {
+        rc |= mime_buf_adds(&l->html, "</ul>\n");
+        l->in_list = false;
+    }
+    if (!l->titled) {
+        rc |= mime_buf_addf(&l->html, "<h1>%s</h1>\n", esc);
+        l->titled = true;
+    } else if (item) {
+        if (!l->in_list)
+            rc |= mime_buf_adds(&l->html, "<ul>\n");
+        l->in_list = true;
+        rc |= mime_buf_addf(&l->html, "<li>%s</li>\n", esc);
+    } else if (*s) {
+        rc |= mime_buf_addf(&l->html, "<p>%s</p>\n", esc);
+    }
+    g_free(esc);
+    g_free(s);
+    return rc ? -1 : 0;
+}
 
 static int line(struct lines *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int line(struct lines *l, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *s = g_strdup_vprintf(fmt, ap);
+    int rc = vline(l, false, fmt, ap);
     va_end(ap);
-    if (!s)
-        return -1;
-    char *esc = g_markup_escape_text(s, -1);
-    int rc = mime_buf_addf(&l->plain, "%s\n", s) | mime_buf_addf(&l->html, "%s<br/>\n", esc);
-    g_free(esc);
-    g_free(s);
-    return rc ? -1 : 0;
+    return rc;
+}
+
+/* One element of a list (a recipient). */
+static int item(struct lines *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int item(struct lines *l, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = vline(l, true, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 static const char *kind_text(pec_rcpt_kind k)
@@ -62,7 +100,7 @@ static const char *title_of(const pec_build_args *a)
 int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_daticert *d,
                     mime_buf *plain, mime_buf *html)
 {
-    struct lines l = {{0}, {0}};
+    struct lines l = {{0}, {0}, false, false};
     const char *subj = d->oggetto ? d->oggetto : "";
     const char *from = d->mittente ? d->mittente : "";
     const char *reason = a->errore_esteso ? a->errore_esteso : "errore non specificato";
@@ -78,7 +116,7 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
         rc |= line(&l, "%s il messaggio \"%s\" è stato inviato da \"%s\"", when, subj, from);
         rc |= line(&l, "indirizzato a:");
         for (size_t i = 0; i < d->n_destinatari; i++)
-            rc |= line(&l, "%s", d->destinatari[i].addr);
+            rc |= item(&l, "%s", d->destinatari[i].addr);
         rc |= line(&l, "Il messaggio originale è incluso in allegato.");
         break;
     case PEC_TYPE_ANOMALIA:
@@ -86,7 +124,7 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
                    from);
         rc |= line(&l, "indirizzato a:");
         for (size_t i = 0; i < d->n_destinatari; i++)
-            rc |= line(&l, "%s", d->destinatari[i].addr);
+            rc |= item(&l, "%s", d->destinatari[i].addr);
         rc |= line(&l, "I dati non sono stati certificati per il seguente errore:");
         rc |= line(&l, "%s", reason);
         rc |= line(&l, "Il messaggio originale è incluso in allegato.");
@@ -95,7 +133,7 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
         rc |= line(&l, "%s il messaggio con Oggetto \"%s\" inviato da \"%s\"", when, subj, from);
         rc |= line(&l, "ed indirizzato a:");
         for (size_t i = 0; i < d->n_destinatari; i++)
-            rc |= line(&l, "%s (%s)", d->destinatari[i].addr, kind_text(d->destinatari[i].kind));
+            rc |= item(&l, "%s (%s)", d->destinatari[i].addr, kind_text(d->destinatari[i].kind));
         rc |= line(&l, "è stato accettato dal sistema ed inoltrato.");
         break;
     case PEC_TYPE_NON_ACCETTAZIONE:
@@ -111,7 +149,7 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
                    from);
         rc |= line(&l, "ed indirizzato a:");
         for (size_t i = 0; i < d->n_ricezione; i++)
-            rc |= line(&l, "%s", d->ricezione[i]);
+            rc |= item(&l, "%s", d->ricezione[i]);
         rc |= line(&l, "è stato preso in carico dal gestore %s.", id->name);
         break;
     case PEC_TYPE_AVVENUTA_CONSEGNA:
@@ -153,11 +191,16 @@ int pec_text_render(const pec_identity *id, const pec_build_args *a, const pec_d
     }
     /* §4.3.1: HTML with the same information, no references, no scripts */
     char *title = g_markup_escape_text(title_of(a), -1);
-    rc = mime_buf_addf(html, "<html><head><title>%s</title></head><body>\n",
-                       title);
+    if (l.in_list)
+        rc |= mime_buf_adds(&l.html, "</ul>\n");
+    /* lang="it": a screen reader reads it in Italian; one heading, then
+     * paragraphs and lists, in a main landmark */
+    rc |= mime_buf_addf(html, "<!DOCTYPE html>\n<html lang=\"it\"><head><title>%s</title></head>"
+                              "<body><main>\n",
+                        title);
     g_free(title);
     rc |= mime_buf_add(html, l.html.data, l.html.len);
-    rc |= mime_buf_adds(html, "</body></html>\n");
+    rc |= mime_buf_adds(html, "</main></body></html>\n");
     rc |= mime_buf_add(plain, l.plain.data, l.plain.len);
     mime_buf_free(&l.plain);
     mime_buf_free(&l.html);

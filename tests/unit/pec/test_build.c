@@ -135,6 +135,11 @@ static void test_receipt_headers(void **state)
     free(h);
     assert_true(has(&m, "posta certificata"));
     assert_true(has(&m, "posta ordinaria"));
+    /* the HTML part: in Italian for a screen reader, a heading, the recipients a list
+     * (quoted-printable: '=' is =3D) */
+    assert_true(has(&m, "<html lang=3D\"it\">"));
+    assert_true(has(&m, "<h1>Ricevuta di accettazione</h1>"));
+    assert_true(has(&m, "<ul>") && has(&m, "<li>anna.bianchi@pec.b.example"));
     pec_buf_free(&m);
     /* presa in carico goes to the sender provider's mailReceipt */
     assert_int_equal(tbuild(PEC_TYPE_PRESA_IN_CARICO, 0, 0, &m), 0);

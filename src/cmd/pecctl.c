@@ -15,6 +15,7 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 
+#include <limits.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,10 @@ static void usage(FILE *f)
             "                                         password unless --password-stdin)\n"
             "  user del ADDRESS                      remove a user (the Maildir is kept)\n"
             "  user list                             list users\n"
+            "  user passwd ADDRESS [--password-stdin] set a new password\n"
+            "  user suspend|resume ADDRESS           no login while suspended (mail still\n"
+            "                                         delivered)\n"
+            "  user show ADDRESS                     a user's state, quota and mailbox\n"
             "  queue                                 list queued messages (! = on hold)\n"
             "  queue release QID                     retry a held message now\n"
             "  verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...\n"
@@ -117,6 +122,75 @@ static int cmd_queue(struct config *cfg, int argc, char **argv)
     return 2;
 }
 
+/* The password: one line on standard input (at least 8 characters), or a
+ * generated one (printed by the caller). */
+static int read_password(bool from_stdin, char *pw, size_t pwlen)
+{
+    if (from_stdin) {
+        if (fgets(pw, (int)pwlen, stdin) == NULL) {
+            fprintf(stderr, "pecctl: no password on standard input\n");
+            return -1;
+        }
+        pw[strcspn(pw, "\r\n")] = '\0';
+        if (strlen(pw) < 8) {
+            fprintf(stderr, "pecctl: the password must have at least 8 characters\n");
+            return -1;
+        }
+        return 0;
+    }
+    unsigned char rnd[12];
+    static const char alphabet[] = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        return -1;
+    for (size_t i = 0; i < sizeof rnd; i++)
+        pw[i] = alphabet[rnd[i] % (sizeof alphabet - 1)];
+    pw[sizeof rnd] = '\0';
+    return 0;
+}
+
+static int user_show(struct config *cfg, const char *addr)
+{
+    char err[512], key[512];
+    struct users *u = users_load(cfg->passwd_file, err, sizeof err);
+    if (u == NULL) {
+        fprintf(stderr, "pecctl: %s\n", err);
+        return 1;
+    }
+    users_normalise(addr, key, sizeof key);
+    struct users_info in;
+    int rc = users_info(u, key, &in);
+    users_free(u);
+    if (rc == -1) {
+        fprintf(stderr, "pecctl: no such user: %s\n", key);
+        return 1;
+    }
+    printf("user:      %s\n", key);
+    printf("state:     %s\n", in.suspended ? "suspended (no login; mail is delivered)"
+                                             : "active");
+    printf("password:  %s hash\n", in.scheme);
+    uint64_t q = in.has_quota ? in.quota : cfg->delivery_quota;
+    if (q == 0)
+        printf("quota:     none\n");
+    else
+        printf("quota:     %llu octets (%s)\n", (unsigned long long)q,
+               in.has_quota ? "userdb_quota_rule" : "[delivery] quota");
+    const char *at = strrchr(key, '@');
+    char dir[PATH_MAX];
+    if (cfg->lmtp_host == NULL && at != NULL) {
+        char local[256];
+        snprintf(local, sizeof local, "%.*s", (int)(at - key), key);
+        if (config_mailbox_path(cfg, local, at + 1, dir, sizeof dir) == 0) {
+            int64_t used = maildir_usage(dir);
+            printf("mailbox:   %s\n", dir);
+            if (used >= 0)
+                printf("in use:    %lld octets\n", (long long)used);
+        }
+    } else if (cfg->lmtp_host != NULL) {
+        printf("mailbox:   through LMTP (%s)\n", cfg->lmtp_host);
+    }
+    return 0;
+}
+
 static int cmd_user(struct config *cfg, int argc, char **argv)
 {
     char err[512];
@@ -142,25 +216,8 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
         users_normalise(addr, canon, sizeof canon);
         addr = canon;
         char pw[512];
-        if (from_stdin) {
-            if (fgets(pw, sizeof pw, stdin) == NULL) {
-                fprintf(stderr, "pecctl: no password on standard input\n");
-                return 1;
-            }
-            pw[strcspn(pw, "\r\n")] = '\0';
-            if (strlen(pw) < 8) {
-                fprintf(stderr, "pecctl: the password must have at least 8 characters\n");
-                return 1;
-            }
-        } else {
-            unsigned char rnd[12];
-            static const char alphabet[] = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-            if (RAND_bytes(rnd, sizeof rnd) != 1)
-                return 1;
-            for (size_t i = 0; i < sizeof rnd; i++)
-                pw[i] = alphabet[rnd[i] % (sizeof alphabet - 1)];
-            pw[sizeof rnd] = '\0';
-        }
+        if (read_password(from_stdin, pw, sizeof pw) == -1)
+            return 1;
         char hash[256];
         if (users_hash_password(pw, hash, sizeof hash) == -1) {
             fprintf(stderr, "pecctl: cannot hash the password\n");
@@ -177,6 +234,39 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
         explicit_bzero(pw, sizeof pw);
         return 0;
     }
+    if (argc >= 3 && strcmp(argv[1], "passwd") == 0) {
+        bool from_stdin = argc >= 4 && strcmp(argv[3], "--password-stdin") == 0;
+        char pw[512], hash[256];
+        if (read_password(from_stdin, pw, sizeof pw) == -1)
+            return 1;
+        if (users_hash_password(pw, hash, sizeof hash) == -1) {
+            fprintf(stderr, "pecctl: cannot hash the password\n");
+            return 1;
+        }
+        if (users_file_passwd(cfg->passwd_file, argv[2], hash, err, sizeof err) == -1) {
+            explicit_bzero(pw, sizeof pw);
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        if (from_stdin)
+            printf("password of %s changed\n", argv[2]);
+        else
+            printf("password of %s changed: %s\n", argv[2], pw);
+        explicit_bzero(pw, sizeof pw);
+        return 0;
+    }
+    if (argc >= 3 && (strcmp(argv[1], "suspend") == 0 || strcmp(argv[1], "resume") == 0)) {
+        bool suspend = strcmp(argv[1], "suspend") == 0;
+        if (users_file_suspend(cfg->passwd_file, argv[2], suspend, err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl: %s\n", err);
+            return 1;
+        }
+        printf("user %s %s\n", argv[2],
+               suspend ? "suspended (cannot log in; mail is still delivered)" : "resumed");
+        return 0;
+    }
+    if (argc >= 3 && strcmp(argv[1], "show") == 0)
+        return user_show(cfg, argv[2]);
     if (argc >= 3 && strcmp(argv[1], "del") == 0) {
         if (users_file_del(cfg->passwd_file, argv[2], err, sizeof err) == -1) {
             fprintf(stderr, "pecctl: %s\n", err);

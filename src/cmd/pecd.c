@@ -102,9 +102,13 @@ static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t 
  * address always have one); with Dovecot's users the delivery decides. */
 static bool has_mailbox(struct pecd *d, const char *addr)
 {
-    return strcasecmp(addr, d->cfg->postmaster) == 0 ||
-           strcasecmp(addr, d->cfg->pec_service_address) == 0 ||
-           users_db_is_dovecot(d->users) || users_db_exists(d->users, addr);
+    if (strcasecmp(addr, d->cfg->postmaster) == 0 ||
+        strcasecmp(addr, d->cfg->pec_service_address) == 0 || users_db_is_dovecot(d->users))
+        return true;
+    /* on the event loop: a users file being reloaded counts as yes (the
+     * delivery thread decides with the new copy) */
+    bool stale;
+    return users_db_exists_nb(d->users, addr, &stale) || stale;
 }
 
 /* What the content decides, after the data, for mail from outside (not
@@ -183,10 +187,15 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
      * gets a non-delivery receipt from the delivery point (§3.3.3).  Users
      * from Dovecot are not asked here (that would block the event loop):
      * delivery asks the userdb, or the LMTP server refuses. */
+    bool stale = false;
     if (!d->cfg->pec && !users_db_is_dovecot(d->users) &&
-        !users_db_exists(d->users, path->addr)) {
-        snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such user",
-                 path->addr);
+        !users_db_exists_nb(d->users, path->addr, &stale)) {
+        if (stale)   /* the users file changed and is being read again */
+            snprintf(reply, replylen, "451 4.3.0 <%s>: users table being reloaded, try again "
+                                      "in a moment", path->addr);
+        else
+            snprintf(reply, replylen, "550 5.1.1 <%s>: Recipient address rejected: no such "
+                                      "user", path->addr);
         return -1;
     }
     users_normalise(path->addr, addr_out, addrlen);

@@ -47,6 +47,22 @@ int users_hash_password(const char *password, char *out, size_t outlen);
 int users_file_add(const char *path, const char *addr, const char *hash, char *err,
                    size_t errlen);
 int users_file_del(const char *path, const char *addr, char *err, size_t errlen);
+/* A new password hash for an existing user. */
+int users_file_passwd(const char *path, const char *addr, const char *hash, char *err,
+                      size_t errlen);
+/* Suspends (Dovecot's "nologin" extra field: no login, mail still delivered)
+ * or resumes an account.  Every edit holds FILE.lock and replaces the file
+ * atomically. */
+int users_file_suspend(const char *path, const char *addr, bool suspend, char *err,
+                       size_t errlen);
+/* What the file says of a user (pecctl user show); -1 when unknown. */
+struct users_info {
+    bool suspended;
+    bool has_quota;
+    uint64_t quota;        /* octets, when has_quota */
+    const char *scheme;    /* "yescrypt", "SHA512-CRYPT", ... */
+};
+int users_info(const struct users *u, const char *addr, struct users_info *out);
 /* Calls fn for each user in file order. */
 void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), void *arg);
 
@@ -64,6 +80,9 @@ bool users_db_quota(struct users_db *db, const char *addr, uint64_t *octets);
  * size); -1 when the directory cannot be read. */
 int64_t maildir_usage(const char *dir);
 bool users_db_exists(struct users_db *db, const char *addr);
+/* The same for the event loop: never reads the file; when it changed, a
+ * reload starts in a thread and *stale says the answer may be outdated. */
+bool users_db_exists_nb(struct users_db *db, const char *addr, bool *stale);
 void users_db_reload(struct users_db *db);
 void users_db_free(struct users_db *db);
 /* [users] users = dovecot:AUTH_CLIENT: passwords are checked by Dovecot's

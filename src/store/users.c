@@ -28,12 +28,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define USERS_MAX_FILE (64u * 1024 * 1024)
+#include "users_int.h"
+
+/* One user: what the line says beyond the address. */
+struct user_entry {
+    char *hash;              /* the crypt hash, {SCHEME} removed */
+    uint64_t quota;          /* userdb_quota_rule=*:storage=SIZE, when has_quota */
+    bool has_quota;
+    bool suspended;          /* "nologin" among the extra fields (Dovecot's meaning) */
+};
+
+static void entry_free(gpointer p)
+{
+    struct user_entry *e = p;
+    if (e == NULL)
+        return;
+    if (e->hash)
+        explicit_bzero(e->hash, strlen(e->hash));
+    g_free(e->hash);
+    g_free(e);
+}
 
 struct users {
-    GHashTable *by_addr;     /* normalised address -> hash */
+    GHashTable *by_addr;     /* normalised address -> struct user_entry */
     GPtrArray *order;        /* addresses in file order */
-    GHashTable *quota;       /* normalised address -> guint64 octets (userdb_quota_rule) */
 };
 
 void users_normalise(const char *addr, char *out, size_t outlen)
@@ -60,6 +78,28 @@ static const char *strip_scheme(const char *h, char *err, size_t errlen)
     snprintf(err, errlen, "password scheme %.*s is not supported (use a crypt hash, "
              "e.g. pecctl user add)", (int)n, h);
     return NULL;
+}
+
+/* Dovecot's "nologin" among a passwd-file's extra fields (space-separated
+ * key[=value]): the account may not log in (pecctl user suspend). */
+static bool has_nologin(const char *extra)
+{
+    for (const char *p = extra; p != NULL && *p;) {
+        p += strspn(p, " \t");
+        size_t n = strcspn(p, " \t");
+        if (n == 7 && strncmp(p, "nologin", 7) == 0)
+            return true;
+        if (n > 8 && strncmp(p, "nologin=", 8) == 0) {
+            char v[8] = "";
+            size_t vl = n - 8 < sizeof v - 1 ? n - 8 : sizeof v - 1;
+            memcpy(v, p + 8, vl);
+            bool yes;
+            if (parse_bool(v, &yes) == 0 && yes)
+                return true;
+        }
+        p += n;
+    }
+    return false;
 }
 
 /* Dovecot's per-user quota in a passwd-file's extra fields (space-separated
@@ -90,9 +130,8 @@ static bool quota_rule(const char *extra, uint64_t *out, char *why, size_t whyle
 struct users *users_load(const char *path, char *err, size_t errlen)
 {
     struct users *u = calloc(1, sizeof *u);
-    u->by_addr = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    u->by_addr = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_free);
     u->order = g_ptr_array_new();
-    u->quota = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     char *buf;
     size_t len;
     if (fs_read_file(path, &buf, &len, USERS_MAX_FILE) == -1) {
@@ -153,10 +192,13 @@ struct users *users_load(const char *path, char *err, size_t errlen)
                              "compared without case)", t);
                 else if (!why[0]) {
                     char *k = g_strdup(key);
-                    g_hash_table_insert(u->by_addr, k, g_strdup(h));
+                    struct user_entry *e = g_new0(struct user_entry, 1);
+                    e->hash = g_strdup(h);
+                    e->quota = quota;
+                    e->has_quota = has_quota;
+                    e->suspended = extra != NULL && has_nologin(extra);
+                    g_hash_table_insert(u->by_addr, k, e);
                     g_ptr_array_add(u->order, k);
-                    if (has_quota)
-                        g_hash_table_insert(u->quota, g_strdup(key), g_memdup2(&quota, sizeof quota));
                 }
             }
         }
@@ -178,7 +220,6 @@ void users_free(struct users *u)
         return;
     g_ptr_array_free(u->order, TRUE);
     g_hash_table_destroy(u->by_addr);
-    g_hash_table_destroy(u->quota);
     free(u);
 }
 
@@ -211,9 +252,9 @@ static char *cost_alike(const struct users *u, const char *key)
 {
     if (u != NULL && u->order->len > 0) {
         const char *other = g_ptr_array_index(u->order, g_str_hash(key) % u->order->len);
-        const char *h = g_hash_table_lookup(u->by_addr, other);
-        if (h != NULL)
-            return g_strdup(h);
+        const struct user_entry *e = g_hash_table_lookup(u->by_addr, other);
+        if (e != NULL)
+            return g_strdup(e->hash);
     }
     static GOnce once = G_ONCE_INIT;
     return g_strdup(g_once(&once, make_fallback, NULL));
@@ -242,11 +283,65 @@ int users_verify(const struct users *u, const char *addr, const char *password)
 {
     char key[512];
     users_normalise(addr, key, sizeof key);
-    const char *hash = g_hash_table_lookup(u->by_addr, key);
-    char *like = hash ? NULL : cost_alike(u, key);
-    int r = verify_hash(hash, like, password);
+    const struct user_entry *e = g_hash_table_lookup(u->by_addr, key);
+    char *like = e ? NULL : cost_alike(u, key);
+    int r = verify_hash(e ? e->hash : NULL, like, password);
     g_free(like);
-    return r;
+    /* a suspended account: the same work, and no */
+    return r == 0 && e->suspended ? -1 : r;
+}
+
+int users_info(const struct users *u, const char *addr, struct users_info *out)
+{
+    char key[512];
+    users_normalise(addr, key, sizeof key);
+    const struct user_entry *e = g_hash_table_lookup(u->by_addr, key);
+    memset(out, 0, sizeof *out);
+    if (e == NULL)
+        return -1;
+    out->suspended = e->suspended;
+    out->has_quota = e->has_quota;
+    out->quota = e->quota;
+    /* the hash's scheme, from its $id$ (no secret in it) */
+    const char *h = e->hash;
+    out->scheme = strncmp(h, "$y$", 3) == 0    ? "yescrypt"
+                  : strncmp(h, "$gy$", 4) == 0 ? "gost-yescrypt"
+                  : strncmp(h, "$6$", 3) == 0  ? "SHA512-CRYPT"
+                  : strncmp(h, "$5$", 3) == 0  ? "SHA256-CRYPT"
+                  : strncmp(h, "$2", 2) == 0   ? "BLF-CRYPT"
+                  : strncmp(h, "$1$", 3) == 0  ? "MD5-CRYPT"
+                                               : "CRYPT";
+    return 0;
+}
+
+/* For users_db (users_int.h): the entry's hash (a copy) and whether the
+ * account is suspended; NULL when unknown. */
+char *users_entry_hash(const struct users *u, const char *key, bool *suspended)
+{
+    const struct user_entry *e = g_hash_table_lookup(u->by_addr, key);
+    if (e == NULL)
+        return NULL;
+    *suspended = e->suspended;
+    return g_strdup(e->hash);
+}
+
+bool users_entry_quota(const struct users *u, const char *key, uint64_t *octets)
+{
+    const struct user_entry *e = g_hash_table_lookup(u->by_addr, key);
+    if (e == NULL || !e->has_quota)
+        return false;
+    *octets = e->quota;
+    return true;
+}
+
+char *users_cost_alike(const struct users *u, const char *key)
+{
+    return cost_alike(u, key);
+}
+
+int users_verify_hash(const char *hash, const char *like, const char *password)
+{
+    return verify_hash(hash, like, password);
 }
 
 int users_hash_password(const char *password, char *out, size_t outlen)
@@ -268,288 +363,3 @@ void users_each(const struct users *u, void (*fn)(const char *addr, void *arg), 
         fn(g_ptr_array_index(u->order, i), arg);
 }
 
-/* Rewrites the file without addr's line, and with newline appended if given. */
-static int rewrite(const char *path, const char *addr, const char *newline, bool must_exist,
-                   char *err, size_t errlen)
-{
-    char key[512];
-    users_normalise(addr, key, sizeof key);
-    char *buf = NULL;
-    size_t len = 0;
-    if (fs_read_file(path, &buf, &len, USERS_MAX_FILE) == -1) {
-        if (errno != ENOENT) {
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        buf = strdup("");
-    }
-    GString *out = g_string_new(NULL);
-    bool found = false;
-    char *save = NULL;
-    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        char copy[1024];
-        str_copy(copy, line, sizeof copy);
-        char *colon = strchr(copy, ':');
-        if (colon != NULL && copy[0] != '#') {
-            *colon = '\0';
-            char k[512];
-            users_normalise(str_trim(copy), k, sizeof k);
-            if (strcmp(k, key) == 0) {
-                found = true;
-                continue;
-            }
-        }
-        g_string_append(out, line);
-        g_string_append_c(out, '\n');
-    }
-    free(buf);
-    if (must_exist && !found) {
-        snprintf(err, errlen, "no such user: %s", addr);
-        g_string_free(out, TRUE);
-        return -1;
-    }
-    if (!must_exist && found) {
-        snprintf(err, errlen, "user %s exists already (addresses are compared without case)",
-                 key);
-        g_string_free(out, TRUE);
-        return -1;
-    }
-    if (newline)
-        g_string_append(out, newline);
-    /* keep the owner, group and mode an operator gave the file (Dovecot's
-     * auth process may read it through its group, docs/dovecot.md) */
-    struct stat st;
-    bool had = stat(path, &st) == 0;
-    int r = fs_write_atomic(path, out->str, out->len, had ? (st.st_mode & 0660) : 0600);
-    if (r == -1)
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-    else if (had && ((st.st_uid != geteuid() || st.st_gid != getegid()) &&
-                     chown(path, st.st_uid, st.st_gid) == -1))
-        log_warn("%s: cannot restore its owner: %s", path, strerror(errno));
-    g_string_free(out, TRUE);
-    return r;
-}
-
-int users_file_add(const char *path, const char *addr, const char *hash, char *err,
-                   size_t errlen)
-{
-    char key[512], line[1024];
-    users_normalise(addr, key, sizeof key);
-    if (str_fmt(line, sizeof line, "%s:{CRYPT}%s:::::\n", key, hash) < 0) {
-        snprintf(err, errlen, "address too long");
-        return -1;
-    }
-    return rewrite(path, addr, line, false, err, errlen);
-}
-
-int users_file_del(const char *path, const char *addr, char *err, size_t errlen)
-{
-    return rewrite(path, addr, NULL, true, err, errlen);
-}
-
-/* ---- self-reloading database ---------------------------------------------- */
-
-struct users_db {
-    GMutex lock;              /* cur may be replaced while a thread reads it */
-    char *dovecot_auth;       /* [users] users = dovecot:PATH, else NULL */
-    char *dovecot_userdb;     /* [users] userdb, or NULL */
-    unsigned dovecot_timeout; /* ms */
-    char *path;
-    struct users *cur;
-    struct timespec mtime;
-    ino_t ino;
-    off_t size;
-    time_t checked;
-};
-
-static void stat_of(const char *path, struct timespec *mt, ino_t *ino, off_t *size)
-{
-    struct stat st;
-    if (stat(path, &st) == 0) {
-        *mt = st.st_mtim;
-        *ino = st.st_ino;
-        *size = st.st_size;
-    } else {
-        memset(mt, 0, sizeof *mt);
-        *ino = 0;
-        *size = 0;
-    }
-}
-
-struct users_db *users_db_open(const char *path, char *err, size_t errlen)
-{
-    struct users_db *db = calloc(1, sizeof *db);
-    db->path = strdup(path);
-    stat_of(path, &db->mtime, &db->ino, &db->size);
-    db->cur = users_load(path, err, errlen);
-    if (db->cur == NULL) {
-        free(db->path);
-        free(db);
-        return NULL;
-    }
-    db->checked = time(NULL);
-    g_mutex_init(&db->lock);
-    return db;
-}
-
-void users_db_reload(struct users_db *db)
-{
-    char err[512];
-    struct timespec mt;
-    ino_t ino;
-    off_t size;
-    stat_of(db->path, &mt, &ino, &size);
-    struct users *u = users_load(db->path, err, sizeof err);
-    g_mutex_lock(&db->lock);
-    /* what was looked at, even when broken: it is not read again until it
-     * changes (the previous copy stays in use) */
-    db->mtime = mt;
-    db->ino = ino;
-    db->size = size;
-    if (u != NULL) {
-        users_free(db->cur);
-        db->cur = u;
-    }
-    size_t n = users_count(db->cur);
-    g_mutex_unlock(&db->lock);
-    if (u == NULL)
-        log_err("users file not reloaded, keeping the previous one: %s", err);
-    else
-        log_info("users file %s loaded: %zu users", db->path, n);
-}
-
-/* Reloads the file if it changed: looked at (stat) at most once a second, or
- * now when force (before an address is declared unknown: mail is never
- * refused or dropped because the copy in memory is stale).  Any thread. */
-static void db_refresh(struct users_db *db, bool force)
-{
-    if (db->dovecot_auth != NULL)
-        return;
-    time_t now = time(NULL);
-    g_mutex_lock(&db->lock);
-    bool look = force || now != db->checked;
-    db->checked = now;
-    struct timespec mt0 = db->mtime;
-    ino_t ino0 = db->ino;
-    off_t size0 = db->size;
-    g_mutex_unlock(&db->lock);
-    if (!look)
-        return;
-    struct timespec mt;
-    ino_t ino;
-    off_t size;
-    stat_of(db->path, &mt, &ino, &size);
-    if (mt.tv_sec != mt0.tv_sec || mt.tv_nsec != mt0.tv_nsec || ino != ino0 || size != size0)
-        users_db_reload(db);
-}
-
-bool users_db_quota(struct users_db *db, const char *addr, uint64_t *octets)
-{
-    if (db->dovecot_auth != NULL)
-        return false;
-    char key[512];
-    users_normalise(addr, key, sizeof key);
-    db_refresh(db, false);
-    g_mutex_lock(&db->lock);
-    const uint64_t *q = g_hash_table_lookup(db->cur->quota, key);
-    if (q != NULL)
-        *octets = *q;
-    g_mutex_unlock(&db->lock);
-    return q != NULL;
-}
-
-size_t users_db_count(struct users_db *db)
-{
-    db_refresh(db, false);
-    g_mutex_lock(&db->lock);
-    size_t n = users_count(db->cur);
-    g_mutex_unlock(&db->lock);
-    return n;
-}
-
-static bool file_exists(struct users_db *db, const char *addr)
-{
-    db_refresh(db, false);
-    g_mutex_lock(&db->lock);
-    bool r = users_exists(db->cur, addr);
-    g_mutex_unlock(&db->lock);
-    if (!r) {
-        /* a user added a moment ago: look at the file itself once more */
-        db_refresh(db, true);
-        g_mutex_lock(&db->lock);
-        r = users_exists(db->cur, addr);
-        g_mutex_unlock(&db->lock);
-    }
-    return r;
-}
-
-/* With Dovecot, "cannot tell" counts as existing: the delivery decides. */
-bool users_db_exists(struct users_db *db, const char *addr)
-{
-    return db->dovecot_auth == NULL ? file_exists(db, addr) : users_db_lookup(db, addr) != 0;
-}
-
-void users_db_use_dovecot(struct users_db *db, const char *auth_client, const char *userdb,
-                          unsigned timeout_ms)
-{
-    free(db->dovecot_auth);
-    free(db->dovecot_userdb);
-    db->dovecot_auth = auth_client ? strdup(auth_client) : NULL;
-    db->dovecot_userdb = userdb ? strdup(userdb) : NULL;
-    db->dovecot_timeout = timeout_ms;
-}
-
-bool users_db_is_dovecot(const struct users_db *db) { return db->dovecot_auth != NULL; }
-
-int users_db_verify(struct users_db *db, const char *user, const char *pass,
-                    const char *client_ip)
-{
-    if (db->dovecot_auth != NULL) {
-        char err[256] = "";
-        int r = dovecot_auth_plain(db->dovecot_auth, user, pass, client_ip,
-                                   db->dovecot_timeout, err, sizeof err);
-        if (r == DOVECOT_TEMP)
-            log_warn("authentication of %s through Dovecot: %s", user, err);
-        return r == DOVECOT_OK ? 0 : r == DOVECOT_TEMP ? -2 : -1;
-    }
-    /* copy the hash under the lock: crypt runs outside it */
-    char key[512];
-    users_normalise(user, key, sizeof key);
-    db_refresh(db, false);
-    g_mutex_lock(&db->lock);
-    const char *h = g_hash_table_lookup(db->cur->by_addr, key);
-    char *hash = h ? g_strdup(h) : NULL;
-    char *like = h ? NULL : cost_alike(db->cur, key);
-    g_mutex_unlock(&db->lock);
-    int r = verify_hash(hash, like, pass);
-    g_free(hash);
-    g_free(like);
-    return r;
-}
-
-int users_db_lookup(struct users_db *db, const char *addr)
-{
-    if (db->dovecot_auth == NULL)
-        return file_exists(db, addr) ? 1 : 0;
-    if (db->dovecot_userdb == NULL)
-        return -2;
-    char err[256] = "";
-    char key[512];
-    users_normalise(addr, key, sizeof key);
-    int r = dovecot_userdb_lookup(db->dovecot_userdb, key, db->dovecot_timeout, err, sizeof err);
-    if (r == DOVECOT_TEMP)
-        log_warn("userdb lookup of %s through Dovecot: %s", key, err);
-    return r == DOVECOT_OK ? 1 : r == DOVECOT_FAIL ? 0 : -1;
-}
-
-void users_db_free(struct users_db *db)
-{
-    if (db == NULL)
-        return;
-    free(db->dovecot_auth);
-    free(db->dovecot_userdb);
-    g_mutex_clear(&db->lock);
-    users_free(db->cur);
-    free(db->path);
-    free(db);
-}

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <glib.h>
 #include <limits.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -51,6 +52,7 @@ struct pecd {
     struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
+    struct smtp_throttle *sent_msgs, *sent_rcpts;   /* sending limits, per user and client */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
     struct event *drain_timer;
@@ -85,11 +87,98 @@ static int users_lookup_cb(void *arg, const char *addr)
     return users_db_lookup(arg, addr);
 }
 
+/* ---- sending limits (abuse control, issue 23) -------------------------------- */
+
+/* Messages and recipients per hour on the submission listeners (not [mx],
+ * where other providers' servers send everything they have): per
+ * authenticated user, and per client address.  Counted when a message's data
+ * begins; refused with a 4xx, so a legitimate burst is only delayed. */
+static bool limited(const struct smtp_txn *txn)
+{
+    return txn->listener != NULL && strcmp(txn->listener, "mx") != 0;
+}
+
+static void limit_keys(const struct smtp_txn *txn, char *user, size_t ulen, char *client,
+                       size_t clen)
+{
+    char k[SMTP_CLIENT_KEY_MAX];
+    smtp_client_key(txn->client_ip ? txn->client_ip : "", k, sizeof k);
+    snprintf(client, clen, "c:%s", k);
+    user[0] = '\0';
+    if (txn->auth_user != NULL) {
+        char canon[SMTP_PATH_MAX + 1];
+        users_normalise(txn->auth_user, canon, sizeof canon);
+        snprintf(user, ulen, "u:%s", canon);
+    }
+}
+
+static int64_t now_ms(void)
+{
+    return g_get_monotonic_time() / 1000;
+}
+
+/* 0, or -1 with the refusal: the next message (more_msgs 1) or more_rcpts
+ * recipients would pass a limit. */
+static int check_limits(struct pecd *d, const struct smtp_txn *txn, unsigned more_msgs,
+                        unsigned more_rcpts, char *reply, size_t replylen)
+{
+    if (!limited(txn))
+        return 0;
+    char user[SMTP_PATH_MAX + 8], client[SMTP_CLIENT_KEY_MAX + 8];
+    limit_keys(txn, user, sizeof user, client, sizeof client);
+    int64_t t = now_ms();
+    const struct {
+        struct smtp_throttle *tab;
+        const char *key;
+        uint64_t max;
+        unsigned more;
+        const char *what, *who;
+    } c[] = {
+        {d->sent_msgs, user, d->cfg->messages_per_hour, more_msgs, "messages", "user"},
+        {d->sent_rcpts, user, d->cfg->recipients_per_hour, more_rcpts, "recipients", "user"},
+        {d->sent_msgs, client, d->cfg->client_messages_per_hour, more_msgs, "messages",
+         "address"},
+        {d->sent_rcpts, client, d->cfg->client_recipients_per_hour, more_rcpts, "recipients",
+         "address"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        if (c[i].max == 0 || c[i].more == 0 || c[i].key[0] == '\0')
+            continue;
+        if ((uint64_t)smtp_throttle_count(c[i].tab, c[i].key, t) + c[i].more > c[i].max) {
+            snprintf(reply, replylen, "451 4.7.1 Sending limit of this %s reached (%llu %s an "
+                                      "hour), try again later",
+                     c[i].who, (unsigned long long)c[i].max, c[i].what);
+            log_warn("sending limit: %s %s: %llu %s an hour reached", c[i].who, c[i].key + 2,
+                     (unsigned long long)c[i].max, c[i].what);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void count_sent(struct pecd *d, const struct smtp_txn *txn)
+{
+    if (!limited(txn))
+        return;
+    char user[SMTP_PATH_MAX + 8], client[SMTP_CLIENT_KEY_MAX + 8];
+    limit_keys(txn, user, sizeof user, client, sizeof client);
+    int64_t t = now_ms();
+    const char *keys[2] = {user, client};
+    for (size_t i = 0; i < 2; i++) {
+        if (keys[i][0] == '\0')
+            continue;
+        smtp_throttle_add(d->sent_msgs, keys[i], 1, t);
+        smtp_throttle_add(d->sent_rcpts, keys[i], (unsigned)txn->nrcpts, t);
+    }
+}
+
 /* A PEC user may send only as their own address (issue 6; §3.1.1 then
  * checks From against it). */
 static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    if (check_limits(d, txn, 1, 0, reply, replylen) == -1)
+        return -1;
     if (d->cfg->pec && txn->auth_user != NULL && strcasecmp(txn->sender, txn->auth_user) != 0) {
         snprintf(reply, replylen, "553 5.7.1 <%s>: Sender address not owned by user %s",
                  txn->sender, txn->auth_user);
@@ -165,6 +254,8 @@ static int hook_rcpt(void *arg, const struct smtp_txn *txn, const struct smtp_pa
                      char *addr_out, size_t addrlen, char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    if (check_limits(d, txn, 0, (unsigned)txn->nrcpts + 1, reply, replylen) == -1)
+        return -1;
     /* RFC 5321 §4.5.1: <postmaster> (any case, no domain) and postmaster at
      * each of our domains always reach the postmaster. */
     if (path->domain == NULL ||
@@ -216,6 +307,7 @@ struct msg {
 static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, size_t qidlen)
 {
     struct pecd *d = arg;
+    count_sent(d, txn);
     struct queue_env env = {0};
     queue_new_id(env.qid);
     env.arrival = time(NULL);
@@ -677,6 +769,8 @@ int main(int argc, char **argv)
     if (d.cfg->pec && !d.cfg->av_enabled)
         log_warn("no antivirus: RFC 6109 §3.2.3 requires PEC providers to scan every message "
                  "([antivirus] clamd)");
+    d.sent_msgs = smtp_throttle_new(100000, 3600 * 1000);
+    d.sent_rcpts = smtp_throttle_new(100000, 3600 * 1000);
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {
         if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
@@ -738,6 +832,8 @@ int main(int argc, char **argv)
     tracking_close(d.tracking);
     transport_free(d.transport);
     smtp_server_free(d.smtp);
+    smtp_throttle_free(d.sent_msgs);
+    smtp_throttle_free(d.sent_rcpts);
     auth_worker_free(d.auth);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);

@@ -152,6 +152,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->auth_failures_per_account = 20;
     cfg->auth_failure_window = 900;
     cfg->auth_track_max = 10000;
+    cfg->messages_per_hour = 1000;                  /* per user: abuse control */
+    cfg->recipients_per_hour = 10000;
     cfg->tls_min_version = 12;
     cfg->delivery_workers = 0;                      /* auto: see below */
     cfg->worker_nice = 19;

@@ -83,6 +83,12 @@ struct config {
     uint64_t auth_failures_per_account;
     uint64_t auth_failure_window;   /* seconds */
     uint64_t auth_track_max;        /* addresses (and accounts) remembered */
+    /* sending limits of the submission listeners (abuse control), per hour
+     * from the first message counted; 0 = none */
+    uint64_t messages_per_hour;     /* per authenticated user */
+    uint64_t recipients_per_hour;
+    uint64_t client_messages_per_hour;   /* per client address (IPv6: its /64) */
+    uint64_t client_recipients_per_hour;
 
     /* [queue] */
     char *queue_dir;

@@ -387,6 +387,12 @@ int config_handler(void *user, const char *section, const char *name, const char
              true, 0},
             {"auth_failure_window", offsetof(struct config, auth_failure_window), false, 1},
             {"auth_track_max", offsetof(struct config, auth_track_max), true, 100},
+            {"messages_per_hour", offsetof(struct config, messages_per_hour), true, 0},
+            {"recipients_per_hour", offsetof(struct config, recipients_per_hour), true, 0},
+            {"client_messages_per_hour", offsetof(struct config, client_messages_per_hour),
+             true, 0},
+            {"client_recipients_per_hour", offsetof(struct config, client_recipients_per_hour),
+             true, 0},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             if (strcmp(name, keys[i].key) != 0)

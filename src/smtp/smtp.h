@@ -124,6 +124,8 @@ void smtp_throttle_free(struct smtp_throttle *t);
 unsigned smtp_throttle_count(struct smtp_throttle *t, const char *key, int64_t now_ms);
 /* Records a failure of key; returns its count in the window, this one included. */
 unsigned smtp_throttle_fail(struct smtp_throttle *t, const char *key, int64_t now_ms);
+/* Adds n events at once (the recipients of a message); the count after. */
+unsigned smtp_throttle_add(struct smtp_throttle *t, const char *key, unsigned n, int64_t now_ms);
 /* Forgets key (e.g. an account after a successful login). */
 void smtp_throttle_clear(struct smtp_throttle *t, const char *key);
 size_t smtp_throttle_size(const struct smtp_throttle *t);

@@ -88,25 +88,29 @@ unsigned smtp_throttle_count(struct smtp_throttle *t, const char *key, int64_t n
 
 unsigned smtp_throttle_fail(struct smtp_throttle *t, const char *key, int64_t now_ms)
 {
+    return smtp_throttle_add(t, key, 1, now_ms);
+}
+
+unsigned smtp_throttle_add(struct smtp_throttle *t, const char *key, unsigned n, int64_t now_ms)
+{
     expire(t, now_ms);
     struct entry *e = g_hash_table_lookup(t->by_key, key);
     if (e != NULL) {
-        if (e->count < UINT_MAX)
-            e->count++;
+        e->count = e->count > UINT_MAX - n ? UINT_MAX : e->count + n;
         return e->count;
     }
     while (g_hash_table_size(t->by_key) >= t->max_entries)
         drop(t, g_queue_peek_head(&t->fifo));
     e = g_new0(struct entry, 1);
     e->key = g_strdup(key);
-    e->count = 1;
+    e->count = n;
     /* a clock that went back must not put the entry before older ones */
     struct entry *last = g_queue_peek_tail(&t->fifo);
     e->first_ms = last != NULL && last->first_ms > now_ms ? last->first_ms : now_ms;
     g_queue_push_tail(&t->fifo, e);
     e->link = g_queue_peek_tail_link(&t->fifo);
     g_hash_table_insert(t->by_key, e->key, e);
-    return 1;
+    return n;
 }
 
 void smtp_throttle_clear(struct smtp_throttle *t, const char *key)

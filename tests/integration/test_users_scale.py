@@ -134,3 +134,42 @@ def test_500k_users_reload_off_the_event_loop(make_instance):
     assert max(lat) < 0.5, f"a NOOP waited {max(lat):.2f} s while {secs:.2f} s went to the reload"
     print(f"500,000 users: reload {secs:.2f} s; NOOP max {max(lat) * 1000:.0f} ms over "
           f"{len(lat)}; {loaded[-1] if loaded else ''}")
+
+
+def submit_as(inst, user, rcpts, subject):
+    """user submits one message to rcpts; the SMTP error, or None when accepted."""
+    with smtplib.SMTP("127.0.0.1", inst.ports["submission"], timeout=30) as s:
+        s.starttls(context=client_tls_context())
+        s.login(user, password(user))
+        try:
+            refused = s.sendmail(user, rcpts,
+                                 f"From: {user}\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused) as e:
+            return e
+    return smtplib.SMTPRecipientsRefused(refused) if refused else None
+
+
+def test_sending_limits(make_instance):
+    """Issue 23: per-user and per-client sending limits, a clear 4xx, the others unaffected."""
+    inst = make_instance(conf={"limits": {"messages_per_hour": "3", "recipients_per_hour": "5",
+                                          "client_messages_per_hour": "6"}})
+    alice, bob, dave = (f"{u}@{DOMAIN}" for u in ("alice", "bob", "dave"))
+    for i in range(3):
+        assert submit_as(inst, alice, [bob], f"uno {i}") is None
+    e = submit_as(inst, alice, [bob], "quattro")
+    assert isinstance(e, smtplib.SMTPSenderRefused), e
+    assert e.smtp_code == 451 and b"4.7.1" in e.smtp_error and b"3 messages an hour" in \
+        e.smtp_error, e
+    # recipients: bob may send to 5 in all; a message with 4 passes, the next RCPT over 5 not
+    assert submit_as(inst, bob, [alice, dave, f"erin@{DOMAIN}", f"frank@{DOMAIN}"], "quattro") \
+        is None
+    e = submit_as(inst, bob, [alice, dave], "ancora")
+    assert isinstance(e, smtplib.SMTPRecipientsRefused), e
+    code, text = e.recipients[dave]
+    assert code == 451 and b"5 recipients an hour" in text, e.recipients
+    # the address: 6 messages from 127.0.0.1 in all (alice 3, bob 1, bob's refused one
+    # counts once: its first recipient went through) -> dave has one left
+    assert submit_as(inst, dave, [alice], "dave 1") is None
+    e = submit_as(inst, dave, [alice], "dave 2")
+    assert isinstance(e, smtplib.SMTPSenderRefused) and b"this address" in e.smtp_error, e
+    assert "sending limit: user alice@example.test: 3 messages an hour reached" in inst.log(300)

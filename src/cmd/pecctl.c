@@ -29,6 +29,7 @@ int pecctl_init_main(int argc, char **argv) __attribute__((weak));
 int pecctl_log_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_trace_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_directory_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
+int pecctl_report_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 
 static void usage(FILE *f)
 {
@@ -51,6 +52,12 @@ static void usage(FILE *f)
             "       [--ca CADIR] [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...\n"
             "                                        create a ready-to-run provider instance\n"
             "  log verify                            check the evidence log (hash chain, seals)\n"
+            "  log search --address ADDR [--from D] [--to D] [--subject S] [--json]\n"
+            "                                        a user's transactions\n"
+            "  log extract --address ADDR [--from D] [--to D] --out FILE\n"
+            "                                        their records, signed (CMS)\n"
+            "  log hold add|list|del ...             legal holds against retention\n"
+            "  report --from D --to D [--json|--csv] mailboxes and PEC per day\n"
             "  trace MESSAGE-ID                      the life of a PEC message\n"
             "  directory list|import FILE|export  the providers' directory\n"
             "  directory refresh|publish OUT.p7m     fetch it now; our record, signed\n");
@@ -315,9 +322,12 @@ int main(int argc, char **argv)
         return fn(argc - i, argv + i);
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
-        strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0) {
+        strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
+        strcmp(cmd, "report") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
+                                                   : strcmp(cmd, "report") == 0
+                                                       ? pecctl_report_main
                                                    : strcmp(cmd, "directory") == 0
                                                        ? pecctl_directory_main
                                                        : NULL;

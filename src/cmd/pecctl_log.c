@@ -24,12 +24,17 @@
 
 int pecctl_log_main(struct config *cfg, int argc, char **argv);
 int pecctl_trace_main(struct config *cfg, int argc, char **argv);
+/* pecctl_report.c */
+int pecctl_log_search(struct config *cfg, int argc, char **argv);
+int pecctl_log_extract(struct config *cfg, int argc, char **argv);
+int pecctl_log_hold(struct config *cfg, int argc, char **argv);
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert]\n"
                "       pecctl -c CONF log seal\n"
                "       pecctl -c CONF log purge\n"
+               "       pecctl -c CONF log search|extract|hold ...  (pecctl help)\n"
                "       pecctl -c CONF trace MESSAGE-ID\n"
                "  verify: exit 0 intact, 1 tampered (the first broken record or day is named),\n"
                "          2 unreadable; the seals are checked against [pec] signing_certificate\n");
@@ -131,6 +136,12 @@ static int log_maintain(struct config *cfg, bool purge)
 
 int pecctl_log_main(struct config *cfg, int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "search") == 0)
+        return pecctl_log_search(cfg, argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "extract") == 0)
+        return pecctl_log_extract(cfg, argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "hold") == 0)
+        return pecctl_log_hold(cfg, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "verify") == 0)
         return log_verify(cfg, argc, argv);
     if (argc == 2 && strcmp(argv[1], "seal") == 0)

@@ -74,6 +74,11 @@ static const char SCHEMA[] =
     " day TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
     " count INTEGER NOT NULL, last_hash BLOB NOT NULL, signed TEXT NOT NULL,"
     " signature BLOB NOT NULL, sealed_at INTEGER NOT NULL);"
+    /* legal holds (pecctl log hold): records of a transaction or an address
+     * that retention must keep; not part of the chain */
+    "CREATE TABLE IF NOT EXISTS holds(id INTEGER PRIMARY KEY,"
+    " kind TEXT NOT NULL CHECK (kind IN ('address', 'pec_id')), value TEXT NOT NULL,"
+    " reason TEXT, created INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS anchor("
     " id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL,"
     " day TEXT NOT NULL, purged_at INTEGER NOT NULL);"

@@ -155,4 +155,45 @@ void evidence_record_hash(const unsigned char prev[32], long long seq, const cha
                           long long logged_at, long long event_time,
                           const char *const fields[10], unsigned char out[32]);
 
+/* ---- what staff ask of the log (evidence_extract.c; docs/evidence.md) ---------------- */
+
+/* Events that concern address (its sender or one of its recipients, whole
+ * and without case), in UTC days from..to ("YYYY-MM-DD", NULL = open), whose
+ * subject contains subject (NULL = any).  Every field may be NULL. */
+struct evidence_query {
+    const char *address, *from, *to, *subject;
+};
+/* One record as stored (pointers valid during the callback). */
+struct evidence_row {
+    long long seq;
+    const char *day;
+    long long logged_at, event_time;
+    const char *fields[10];   /* type, pec_id, orig_msgid, message_id, sender, recipients,
+                                 subject, outcome, queue_id, dedupe_key */
+    unsigned char prev_hash[32], hash[32];
+};
+/* Calls fn for each matching record in order (fn != 0 stops); the number of
+ * records, -1 on error (bad query or unreadable log). */
+int evidence_search(const char *path, const struct evidence_query *q,
+                    int (*fn)(void *ctx, const struct evidence_row *r), void *ctx, char *err,
+                    size_t errlen);
+/* Counts per UTC day and event type in from..to (NULL = open). */
+int evidence_report(const char *path, const char *from, const char *to,
+                    int (*fn)(void *ctx, const char *day, const char *type, long long n),
+                    void *ctx, char *err, size_t errlen);
+/* The seal of day: the signed text and the DER signature (g_free both);
+ * 1 found, 0 not sealed yet, -1 error. */
+int evidence_seal_of(const char *path, const char *day, char **signed_text,
+                     unsigned char **sig, size_t *siglen, char *err, size_t errlen);
+/* Legal holds: retention (evidence_purge) keeps every day that holds a
+ * record of a held transaction (kind "pec_id") or address ("address"), and
+ * the days after it.  add returns the hold's id (-1 on error). */
+long long evidence_hold_add(const char *path, const char *kind, const char *value,
+                            const char *reason, char *err, size_t errlen);
+int evidence_hold_del(const char *path, long long id, char *err, size_t errlen);
+int evidence_hold_list(const char *path,
+                       int (*fn)(void *ctx, long long id, const char *kind, const char *value,
+                                 const char *reason, long long created),
+                       void *ctx, char *err, size_t errlen);
+
 #endif

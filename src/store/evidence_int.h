@@ -60,6 +60,13 @@ time_t ev_day_start(const char *day);
 /* The evidence_set_clock() clock, or time(NULL). */
 time_t ev_clock_now(struct evidence *ev);
 
+/* The log opened read-only (beside a running pecd), its format checked; NULL
+ * with the reason in err. */
+sqlite3 *ev_open_ro(const char *path, char *err, size_t errlen);
+/* Whether the records seq first..last hold one under a legal hold (the
+ * holds table); 1 yes (*hold_id set), 0 no, -1 error. */
+int ev_day_held(sqlite3 *db, long long first, long long last, long long *hold_id);
+
 /* The text a day seal signs (docs/evidence.md); -1 if it does not fit. */
 int ev_seal_text(char *out, size_t outlen, const char *day, long long count, long long first,
                  long long last, const unsigned char hash[32]);

@@ -177,6 +177,20 @@ int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t err
         }
         sqlite3_finalize(st);
         st = NULL;
+        /* a legal hold keeps the day, and the days after it (the log is
+         * purged from its start only, so that the rest stays a chain) */
+        long long hold = 0;
+        int held = ok ? ev_day_held(ev->db, 1, last, &hold) : 0;
+        if (held != 0) {
+            sqlite3_exec(ev->db, "ROLLBACK", NULL, NULL, NULL);
+            if (held == 1)
+                log_warn("evidence log: retention stops at %s: it holds records under legal "
+                         "hold %lld (pecctl log hold list); that day and the later ones are "
+                         "kept", day, hold);
+            else
+                removed = -1;
+            break;
+        }
         /* the anchor first: the delete trigger allows only seq <= anchor */
         if (ok)
             ok = sqlite3_prepare_v2(ev->db,

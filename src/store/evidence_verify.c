@@ -29,7 +29,7 @@ static const char SQL_COLUMNS[] =
 
 /* ---- verification -------------------------------------------------------------------- */
 
-static sqlite3 *open_ro(const char *path, char *err, size_t errlen)
+sqlite3 *ev_open_ro(const char *path, char *err, size_t errlen)
 {
     sqlite3 *db = NULL;
     /* read-only: SQLite still maps the WAL index (-shm) of a live log, so
@@ -357,7 +357,7 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
     if (o != NULL && o->cert_pem_file != NULL &&
         (v.allowed = load_certs(o->cert_pem_file, err, errlen)) == NULL)
         return -2;
-    v.db = open_ro(path, err, errlen);
+    v.db = ev_open_ro(path, err, errlen);
     if (v.db == NULL)
         goto out;
     /* one read transaction: a consistent snapshot while pecd appends */
@@ -596,7 +596,7 @@ int evidence_trace(const char *path, const char *id, FILE *out)
         fprintf(out, "trace: empty identifier\n");
         return -1;
     }
-    sqlite3 *db = open_ro(path, err, sizeof err);
+    sqlite3 *db = ev_open_ro(path, err, sizeof err);
     if (db == NULL) {
         fprintf(out, "trace: %s\n", err);
         return -1;

@@ -831,6 +831,99 @@ static void test_purge(void **state)
     assert_int_equal(evidence_verify_ex(p, &o, NULL, err, sizeof err), -1);
 }
 
+struct counts {
+    long long rows;
+    long long seqs[32];
+    char days[8][16];
+    long long per_type_acc;
+};
+
+static int count_row(void *ctx, const struct evidence_row *r)
+{
+    struct counts *c = ctx;
+    if (c->rows < 32)
+        c->seqs[c->rows] = r->seq;
+    c->rows++;
+    return 0;
+}
+
+static int count_report(void *ctx, const char *day, const char *type, long long n)
+{
+    struct counts *c = ctx;
+    (void)day;
+    if (strcmp(type, "accettazione") == 0)
+        c->per_type_acc += n;
+    c->rows++;
+    return 0;
+}
+
+static int count_hold(void *ctx, long long id, const char *kind, const char *value,
+                      const char *reason, long long created)
+{
+    struct counts *c = ctx;
+    (void)id, (void)kind, (void)value, (void)reason, (void)created;
+    c->rows++;
+    return 0;
+}
+
+/* Issue 23: a user's records found by address (a whole recipient, without
+ * case), date and subject; the counts of a report; legal holds stop the
+ * retention at the first day they cover. */
+static void test_search_report_holds(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *p = work_copy();
+    /* dan is a recipient of records 6, 7, 9, 13 */
+    struct counts c = {0};
+    struct evidence_query q = {.address = "DAN@pec.b.example"};
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), 4);
+    assert_true(c.seqs[0] == 6 && c.seqs[1] == 7 && c.seqs[2] == 9 && c.seqs[3] == 13);
+    /* "bob@pec.b.example" inside "bob@pec.b.example,carol@ext.example" matches; a
+     * look-alike does not */
+    memset(&c, 0, sizeof c);
+    q.address = "ob@pec.b.example";
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), 0);
+    memset(&c, 0, sizeof c);
+    q = (struct evidence_query){.address = "bob@pec.b.example", .from = "2025-03-11"};
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), 4);  /* 10-12, 14 */
+    q = (struct evidence_query){.address = "alice@pec.a.example", .subject = "fattura"};
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), 14);
+    q.subject = "50%_";
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), 0);
+    q = (struct evidence_query){.address = "x@y.example", .from = "11/03/2025"};
+    assert_int_equal(evidence_search(p, &q, count_row, &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "YYYY-MM-DD"));
+    /* a report: the acceptances of the whole log, by day and type */
+    memset(&c, 0, sizeof c);
+    assert_int_equal(evidence_report(p, "2025-03-10", "2025-03-12", count_report, &c, err,
+                                     sizeof err), 0);
+    assert_int_equal(c.per_type_acc, 3);
+    /* a hold on transaction 4 (days 1 and 2): retention removes day 0 and stops */
+    long long h = evidence_hold_add(p, "pec_id", "opec4.4@pec.a.example", "causa 12/2025", err,
+                                    sizeof err);
+    assert_true(h > 0);
+    assert_int_equal(evidence_hold_add(p, "address", "not an address", NULL, err, sizeof err),
+                     -1);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(evidence_hold_list(p, count_hold, &c, err, sizeof err), 1);
+    struct evidence *ev = evidence_open(p, err, sizeof err);
+    evidence_set_clock(ev, fake_clock, NULL);
+    evidence_set_signer(ev, cms_sign, &g_signer);
+    fake_now = DAY0 + DAYS(3);
+    assert_int_equal(evidence_seal(ev, fake_now, err, sizeof err), 1);   /* day 2 */
+    assert_int_equal(evidence_purge(ev, DAY0 + DAYS(5), err, sizeof err), 1);
+    assert_int_equal(count_sql(p, "SELECT min(seq) FROM events"), 9);
+    assert_int_equal(verify(p, g_cert, err, sizeof err), 0);
+    /* the hold lifted: the rest goes */
+    assert_int_equal(evidence_hold_del(p, h, err, sizeof err), 0);
+    assert_int_equal(evidence_hold_del(p, h, err, sizeof err), -1);
+    assert_int_equal(evidence_purge(ev, DAY0 + DAYS(5), err, sizeof err), 2);
+    assert_int_equal(count_sql(p, "SELECT count(*) FROM events"), 0);
+    evidence_close(ev);
+    assert_int_equal(verify(p, g_cert, err, sizeof err), 0);
+}
+
 /* The clock going back after a seal must not add records to a sealed day. */
 static void test_clock_back_after_seal(void **state)
 {
@@ -920,6 +1013,7 @@ int main(void)
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_trace),
         cmocka_unit_test(test_purge),
+        cmocka_unit_test(test_search_report_holds),
         cmocka_unit_test(test_clock_back_after_seal),
         cmocka_unit_test(test_long_field_capped),
     };

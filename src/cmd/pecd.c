@@ -53,6 +53,7 @@ struct pecd {
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
     struct smtp_throttle *sent_msgs, *sent_rcpts;   /* sending limits, per user and client */
+    struct sender_map *senders;     /* [users] senders: other addresses a login owns */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
     struct event *drain_timer;
@@ -64,13 +65,14 @@ struct pecd {
 static int hook_auth(void *arg, const char *user, const char *pass)
 {
     struct pecd *d = arg;
-    return users_db_verify(d->users, user, pass, NULL);
+    return users_db_verify(d->users, user, pass, NULL, NULL, 0);
 }
 
 /* AUTH runs on the auth worker's threads: a crypt hash or a slow Dovecot
  * never stalls the other sessions (the session waits alone). */
 static void hook_auth_start(void *arg, const char *user, const char *pass, const char *ip,
-                            void (*done)(void *cbarg, int result), void *cbarg)
+                            void (*done)(void *cbarg, int result, const char *canonical),
+                            void *cbarg)
 {
     struct pecd *d = arg;
     auth_worker_submit(d->auth, user, pass, ip, done, cbarg);
@@ -179,7 +181,8 @@ static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t 
     struct pecd *d = arg;
     if (check_limits(d, txn, 1, 0, reply, replylen) == -1)
         return -1;
-    if (d->cfg->pec && txn->auth_user != NULL && strcasecmp(txn->sender, txn->auth_user) != 0) {
+    if (d->cfg->pec && txn->auth_user != NULL && strcasecmp(txn->sender, txn->auth_user) != 0 &&
+        !sender_map_allows(d->senders, txn->sender, txn->auth_user)) {
         snprintf(reply, replylen, "553 5.7.1 <%s>: Sender address not owned by user %s",
                  txn->sender, txn->auth_user);
         return -1;
@@ -681,6 +684,13 @@ int main(int argc, char **argv)
     if (d.cfg->dovecot_auth != NULL)
         users_db_use_dovecot(d.users, d.cfg->dovecot_auth, d.cfg->dovecot_userdb,
                              (unsigned)d.cfg->users_timeout * 1000);
+    if (d.cfg->sender_map != NULL) {
+        d.senders = sender_map_open(d.cfg->sender_map, err, sizeof err);
+        if (d.senders == NULL) {
+            log_err("configuration error: [users] senders: %s", err);
+            return 1;
+        }
+    }
     if (check) {
         if (d.cfg->dovecot_auth != NULL)
             printf("%s: configuration OK (users from Dovecot at %s)\n", conf,
@@ -833,6 +843,7 @@ int main(int argc, char **argv)
     transport_free(d.transport);
     smtp_server_free(d.smtp);
     smtp_throttle_free(d.sent_msgs);
+    sender_map_free(d.senders);
     smtp_throttle_free(d.sent_rcpts);
     auth_worker_free(d.auth);
     for (int i = 0; i < 3; i++)

@@ -233,6 +233,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     default_str(&cfg->mailbox, "%s/mail/%%d/%%n", cfg->data_dir);
     default_str(&cfg->passwd_file, "%s/users", cfg->data_dir);
     resolve(&cfg->queue_dir, cfg->dir);
+    resolve(&cfg->sender_map, cfg->dir);
     resolve(&cfg->mailbox, cfg->dir);
     resolve(&cfg->passwd_file, cfg->dir);
     resolve(&cfg->dovecot_auth, cfg->dir);
@@ -329,7 +330,7 @@ void config_free(struct config *cfg)
     char **strs[] = {&cfg->path,      &cfg->dir,       &cfg->domain,    &cfg->hostname,
                      &cfg->name,      &cfg->postmaster, &cfg->data_dir, &cfg->log_level,
                      &cfg->tls_cert,  &cfg->tls_key,   &cfg->tls_ciphers, &cfg->queue_dir,
-                     &cfg->mailbox,   &cfg->passwd_file, &cfg->lmtp_host, &cfg->lmtp_port,
+                     &cfg->mailbox,   &cfg->passwd_file, &cfg->sender_map, &cfg->lmtp_host, &cfg->lmtp_port,
                      &cfg->dovecot_auth, &cfg->dovecot_userdb, &cfg->out_helo, &cfg->out_tls,
                      &cfg->out_ca_file, &cfg->dns_trust_anchor, &cfg->dns_server,
                      &cfg->pec_signing_key, &cfg->pec_signing_cert, &cfg->pec_trust,

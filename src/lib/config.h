@@ -109,6 +109,7 @@ struct config {
 
     /* [users] */
     char *passwd_file;
+    char *sender_map;               /* [users] senders: logins that may send as other addresses */
     char *dovecot_auth;             /* users = dovecot:PATH (auth-client socket); NULL = passwd-file */
     char *dovecot_userdb;           /* userdb = PATH (auth-userdb socket), optional */
     uint64_t users_timeout;         /* seconds per Dovecot request */

@@ -487,6 +487,12 @@ int config_handler(void *user, const char *section, const char *name, const char
             set_str(&cfg->dovecot_auth, value + 8);
             return 1;
         }
+        if (strcmp(name, "senders") == 0) {
+            if (value[0] == '\0')
+                return fail(ctx, "senders: a file is required");
+            set_str(&cfg->sender_map, value);
+            return 1;
+        }
         if (strcmp(name, "userdb") == 0) {
             if (value[0] == '\0')
                 return fail(ctx, "userdb: a socket path is required");

@@ -137,7 +137,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
  * time counts, so a slow hash or Dovecot's own delay adds nothing, and the
  * time of the answer tells nothing).  The wait is a timer: other sessions go
  * on; this one reads nothing meanwhile. */
-static void auth_outcome(struct session *s, int r)
+static void auth_outcome(struct session *s, int r, const char *canonical)
 {
     struct smtp_server *srv = s->srv;
     const struct config *cfg = srv->cfg;
@@ -146,7 +146,10 @@ static void auth_outcome(struct session *s, int r)
     account_key(s->auth_pending, acct, sizeof acct);
     if (r == 0) {
         s->authed = true;
-        str_copy(s->auth_user, s->auth_pending, sizeof s->auth_user);
+        /* the name the users source settled on (Dovecot's user=, our lower
+         * case): what MAIL FROM is checked against and the logs show */
+        str_copy(s->auth_user, canonical != NULL && canonical[0] ? canonical : s->auth_pending,
+                 sizeof s->auth_user);
         smtp_throttle_clear(srv->auth_by_account, acct);
         log_info("session %s: authenticated as %s", s->ip, s->auth_user);
     }
@@ -180,7 +183,7 @@ static void auth_outcome(struct session *s, int r)
 }
 
 /* The answer of an asynchronous auth hook, on the event loop. */
-static void auth_done(void *arg, int r)
+static void auth_done(void *arg, int r, const char *canonical)
 {
     struct session *s = arg;
     if (s->dead) {
@@ -188,7 +191,7 @@ static void auth_done(void *arg, int r)
         session_free(s);
         return;
     }
-    auth_outcome(s, r);
+    auth_outcome(s, r, canonical);
 }
 
 /* Why the client or the account may not try now, or NULL (limits of 0 are off). */
@@ -218,11 +221,11 @@ static void auth_finish(struct session *s, const char *user, const char *pass)
         /* no password is checked: guessing stops, and so does the work */
         log_warn("session %s on %s: AUTH as %s refused unchecked: too many failures %s",
                  s->ip, s->lst->name, user, why);
-        auth_outcome(s, AUTH_LOCKED);
+        auth_outcome(s, AUTH_LOCKED, NULL);
         return;
     }
     if (s->srv->hooks.auth_start == NULL) {
-        auth_outcome(s, s->srv->hooks.auth(s->srv->hooks.arg, user, pass));
+        auth_outcome(s, s->srv->hooks.auth(s->srv->hooks.arg, user, pass), NULL);
         return;
     }
     /* a password check may be slow (Dovecot, crypt): the session waits,
@@ -249,7 +252,7 @@ static void auth_plain(struct session *s, const char *b64)
         explicit_bzero(dec, sizeof dec);
         s->auth_started = clock_ms();
         s->auth_pending[0] = '\0';
-        auth_outcome(s, -1);
+        auth_outcome(s, -1, NULL);
         return;
     }
     auth_finish(s, user, pass);

@@ -186,10 +186,13 @@ struct smtp_hooks {
     /* AUTH: 0 ok, -1 wrong credentials, -2 temporary failure */
     int (*auth)(void *arg, const char *user, const char *pass);
     /* Optional, used instead of auth when set: starts the check and calls
-     * done(cbarg, result) later from the event loop (result as for auth).
-     * The session reads nothing until then. */
+     * done(cbarg, result, canonical) later from the event loop (result as for
+     * auth; canonical: the account's name as the users source settled it, or
+     * NULL to keep the one the client gave).  The session reads nothing
+     * until then. */
     void (*auth_start)(void *arg, const char *user, const char *pass, const char *client_ip,
-                       void (*done)(void *cbarg, int result), void *cbarg);
+                       void (*done)(void *cbarg, int result, const char *canonical),
+                       void *cbarg);
     /* MAIL: 0 ok, else *reply holds the full refusal */
     int (*mail)(void *arg, const struct smtp_txn *txn, char *reply, size_t replylen);
     /* RCPT: 0 ok and addr_out is the mailbox to deliver to; else reply */

@@ -25,9 +25,10 @@
 struct auth_req {
     char *user, *pass;
     char ip[64];
-    void (*done)(void *, int);
+    void (*done)(void *, int, const char *);
     void *cbarg;
     int result;
+    char canonical[256];      /* the account's canonical name (users_db_verify) */
 };
 
 struct auth_worker {
@@ -58,7 +59,8 @@ static gpointer thread_main(gpointer arg)
         struct auth_req *r = g_async_queue_pop(w->in);
         if (r == &stop_req)
             return NULL;
-        r->result = users_db_verify(w->db, r->user, r->pass, r->ip[0] ? r->ip : NULL);
+        r->result = users_db_verify(w->db, r->user, r->pass, r->ip[0] ? r->ip : NULL,
+                                    r->canonical, sizeof r->canonical);
         explicit_bzero(r->pass, strlen(r->pass));
         g_async_queue_push(w->out, r);
         uint64_t one = 1;
@@ -76,7 +78,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         return;
     struct auth_req *r;
     while ((r = g_async_queue_try_pop(w->out)) != NULL) {
-        r->done(r->cbarg, r->result);
+        r->done(r->cbarg, r->result, r->canonical[0] ? r->canonical : NULL);
         req_free(r);
     }
 }
@@ -102,7 +104,8 @@ struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db
 }
 
 void auth_worker_submit(struct auth_worker *w, const char *user, const char *pass,
-                        const char *client_ip, void (*done)(void *cbarg, int result),
+                        const char *client_ip,
+                        void (*done)(void *cbarg, int result, const char *canonical),
                         void *cbarg)
 {
     struct auth_req *r = calloc(1, sizeof *r);

@@ -129,8 +129,23 @@ static int reply_line(struct dovecot_parse *p, char **f, size_t n)
         return perr(p, "reply for an unknown request");
     }
     if (p->mode == DOVECOT_MODE_AUTH) {
-        if (strcmp(f[0], "OK") == 0)
+        if (strcmp(f[0], "OK") == 0) {
+            /* user=: the canonical name the passdb settled on (a login by
+             * another name, an alias): pecd goes on with that one */
+            for (size_t i = 2; i < n; i++) {
+                const char *v = f[i];
+                if (strncmp(v, "user=", 5) != 0)
+                    continue;
+                v += 5;
+                size_t vl = strlen(v);
+                bool ok = vl > 0 && vl < sizeof p->user;
+                for (size_t k = 0; ok && k < vl; k++)
+                    ok = (unsigned char)v[k] > 0x20 && v[k] != 0x7f;
+                if (ok)
+                    memcpy(p->user, v, vl + 1);
+            }
             return finish(p, DOVECOT_OK);
+        }
         if (strcmp(f[0], "FAIL") == 0) {
             bool temp = has_field(f, n, 2, "temp");
             for (size_t i = 2; i < n; i++)
@@ -283,8 +298,11 @@ static bool clean_ip(const char *ip)
 }
 
 int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char *client_ip,
-                          unsigned timeout_ms, char *err, size_t errlen)
+                          unsigned timeout_ms, char *canonical, size_t canonlen, char *err,
+                          size_t errlen)
 {
+    if (canonical != NULL && canonlen > 0)
+        canonical[0] = '\0';
     size_t ul = strlen(user), pl = strlen(pass);
     if (!clean_user(user) || pl == 0 || pl > 1024) {
         snprintf(err, errlen, "user name or password not acceptable");
@@ -323,6 +341,8 @@ int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char
         r = run_parser(fd, p, deadline, err, errlen, &sent, req, (size_t)rl);
     }
     explicit_bzero(req, sizeof req);
+    if (r == DOVECOT_OK && canonical != NULL && canonlen > 0)
+        str_copy(canonical, p->user, canonlen);
     free(p);
     return r;
 }
@@ -381,12 +401,14 @@ static int connect_unix(const char *path, unsigned timeout_ms, char *err, size_t
 }
 
 int dovecot_auth_plain(const char *socket_path, const char *user, const char *pass,
-                       const char *client_ip, unsigned timeout_ms, char *err, size_t errlen)
+                       const char *client_ip, unsigned timeout_ms, char *canonical,
+                       size_t canonlen, char *err, size_t errlen)
 {
     int fd = connect_unix(socket_path, timeout_ms, err, errlen);
     if (fd == -1)
         return DOVECOT_TEMP;
-    int r = dovecot_auth_plain_fd(fd, user, pass, client_ip, timeout_ms, err, errlen);
+    int r = dovecot_auth_plain_fd(fd, user, pass, client_ip, timeout_ms, canonical, canonlen,
+                                  err, errlen);
     close(fd);
     return r;
 }

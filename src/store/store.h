@@ -94,11 +94,20 @@ bool users_db_is_dovecot(const struct users_db *db);
  * a slow crypt hash): call it from a worker thread, not the event loop. */
 /* client_ip (or NULL) lets Dovecot keep its failure penalty per client. */
 int users_db_verify(struct users_db *db, const char *user, const char *pass,
-                    const char *client_ip);
+                    const char *client_ip, char *canonical, size_t canonlen);
 /* 1 the mailbox exists, 0 it does not, -1 cannot tell now (Dovecot
  * unreachable: try later), -2 no source can tell (users = dovecot: without
  * userdb; the final delivery, e.g. Dovecot LMTP, decides).  May block. */
 int users_db_lookup(struct users_db *db, const char *addr);
+
+/* ---- who may send as which address (sender_map.c; [users] senders) ---------- */
+struct sender_map;
+/* NULL with "FILE:LINE: reason" in err. */
+struct sender_map *sender_map_open(const char *path, char *err, size_t errlen);
+/* Whether login may send as sender besides its own address (the file is read
+ * again when it changed). */
+bool sender_map_allows(struct sender_map *m, const char *sender, const char *login);
+void sender_map_free(struct sender_map *m);
 
 /* ---- Dovecot auth client (dovecot_auth.c) ------------------------------------ */
 enum { DOVECOT_OK = 0, DOVECOT_FAIL = -1, DOVECOT_TEMP = -2 };
@@ -115,6 +124,7 @@ struct dovecot_parse {
     bool got_version, has_plain;
     unsigned lines;
     int result;                      /* DOVECOT_* once DONE */
+    char user[256];                  /* OK's user= (the canonical name), or "" */
     char err[160];
     char buf[DOVECOT_LINE_MAX];
     size_t buflen;
@@ -127,9 +137,12 @@ int dovecot_parse_feed(struct dovecot_parse *p, const char *data, size_t len);
 /* AUTH PLAIN through the auth-client socket: DOVECOT_OK, _FAIL (wrong
  * credentials) or _TEMP (err says why).  Blocking, bounded by timeout_ms. */
 int dovecot_auth_plain(const char *socket_path, const char *user, const char *pass,
-                       const char *client_ip, unsigned timeout_ms, char *err, size_t errlen);
+                       const char *client_ip, unsigned timeout_ms, char *canonical,
+                       size_t canonlen, char *err, size_t errlen);
+/* canonical (may be NULL) gets the user= Dovecot returned with OK, else "". */
 int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char *client_ip,
-                          unsigned timeout_ms, char *err, size_t errlen);
+                          unsigned timeout_ms, char *canonical, size_t canonlen, char *err,
+                          size_t errlen);
 /* USER lookup through the auth-userdb socket: DOVECOT_OK found, _FAIL not
  * found, _TEMP error. */
 int dovecot_userdb_lookup(const char *socket_path, const char *user, unsigned timeout_ms,
@@ -144,7 +157,8 @@ struct auth_worker;
 struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db,
                                     unsigned nthreads);
 void auth_worker_submit(struct auth_worker *w, const char *user, const char *pass,
-                        const char *client_ip, void (*done)(void *cbarg, int result),
+                        const char *client_ip,
+                        void (*done)(void *cbarg, int result, const char *canonical),
                         void *cbarg);
 void auth_worker_free(struct auth_worker *w);
 

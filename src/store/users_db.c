@@ -230,14 +230,19 @@ void users_db_use_dovecot(struct users_db *db, const char *auth_client, const ch
 bool users_db_is_dovecot(const struct users_db *db) { return db->dovecot_auth != NULL; }
 
 int users_db_verify(struct users_db *db, const char *user, const char *pass,
-                    const char *client_ip)
+                    const char *client_ip, char *canonical, size_t canonlen)
 {
+    if (canonical != NULL && canonlen > 0)
+        users_normalise(user, canonical, canonlen);
     if (db->dovecot_auth != NULL) {
-        char err[256] = "";
+        char err[256] = "", canon[256] = "";
         int r = dovecot_auth_plain(db->dovecot_auth, user, pass, client_ip,
-                                   db->dovecot_timeout, err, sizeof err);
+                                   db->dovecot_timeout, canon, sizeof canon, err, sizeof err);
         if (r == DOVECOT_TEMP)
             log_warn("authentication of %s through Dovecot: %s", user, err);
+        /* the name Dovecot's passdb settled on, in our canonical form */
+        if (r == DOVECOT_OK && canon[0] && canonical != NULL && canonlen > 0)
+            users_normalise(canon, canonical, canonlen);
         return r == DOVECOT_OK ? 0 : r == DOVECOT_TEMP ? -2 : -1;
     }
     /* copy the hash under the lock: crypt runs outside it */

@@ -175,3 +175,52 @@ def test_smtp_auth_through_dovecot(world):
     code, text = smtp_login(a, "mario@pec.a.test", "mario-password")
     assert code == 454 and text.startswith("4.7.0"), (code, text)
     assert "through Dovecot" in a.log(100)
+
+
+def test_dovecot_canonical_user_and_a_sender_map(world, tmp_path):
+    """Issue 23: a provider's identity system. A login Dovecot maps to another user (its
+    passwd-file's user= extra field) sends as that user; a login the sender map lists for a
+    role address sends as it too; nobody else does."""
+    root, a, b, ca, directory, dv = world
+    senders = os.path.join(a.dir, "senders")   # pecd runs as mail here: in its own tree
+    with open(senders, "w") as f:
+        f.write("# role addresses\nprotocollo@pec.a.test  mario@pec.a.test\n")
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"users": {"users": f"dovecot:{dv.auth_client}",
+                                    "userdb": dv.auth_userdb, "senders": senders}})
+    b.write_config({"pec.a.test": a.ports["mx"]})
+    for p in (a, b):
+        p.add_user("mario")
+        p.add_user("anna")
+    a.add_user("protocollo")
+    users = os.path.join(a.dir, "users")
+    with open(users) as f:
+        mario = next(l for l in f if l.startswith("mario@"))
+    h = mario.split(":")[1]
+    with open(users, "a") as f:
+        # the login "mrossi" is mario for Dovecot (user= changes the user name)
+        f.write(f"mrossi@pec.a.test:{h}::::::user=mario@pec.a.test\n")
+    dv.start()
+    a.start()
+    b.start()
+    ctx = ssl.create_default_context(cafile=os.path.join(ca, "ca.pem"))
+    ctx.check_hostname = False
+
+    def send(login, password, sender, subject):
+        with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=30) as s:
+            s.starttls(context=ctx)
+            s.login(login, password)
+            try:
+                s.sendmail(sender, ["anna@pec.b.test"], message(sender, ["anna@pec.b.test"],
+                                                                subject))
+            except smtplib.SMTPSenderRefused as e:
+                return e.smtp_code
+        return 250
+
+    # the password of mario's line (mrossi's copies it), login by the other name
+    assert send("mrossi@pec.a.test", "mario-password", "mario@pec.a.test", "canonico") == 250
+    assert "authenticated as mario@pec.a.test" in a.log(200)
+    assert send("mario@pec.a.test", "mario-password", "protocollo@pec.a.test", "ruolo") == 250
+    assert send("anna@pec.a.test", "anna-password", "protocollo@pec.a.test", "abuso") == 553
+    wait_imap(dv, a, "protocollo", "X-Ricevuta", "accettazione")
+    wait_imap(dv, b, "anna", "X-Trasporto", "posta-certificata", count=2)

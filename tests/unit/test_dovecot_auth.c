@@ -132,6 +132,8 @@ static void *fake_server(void *arg)
     return NULL;
 }
 
+static char g_canon[256];
+
 static int run_auth(struct fake *f, const char *user, const char *pass, unsigned ms, bool userdb)
 {
     int sv[2];
@@ -141,7 +143,8 @@ static int run_auth(struct fake *f, const char *user, const char *pass, unsigned
     pthread_create(&th, NULL, fake_server, f);
     char err[256] = "";
     int r = userdb ? dovecot_userdb_lookup_fd(sv[0], user, ms, err, sizeof err)
-                   : dovecot_auth_plain_fd(sv[0], user, pass, "192.0.2.7", ms, err, sizeof err);
+                   : dovecot_auth_plain_fd(sv[0], user, pass, "192.0.2.7", ms, g_canon,
+                                           sizeof g_canon, err, sizeof err);
     close(sv[0]);   /* unblocks a silent fake server's read */
     pthread_join(th, NULL);
     close(sv[1]);
@@ -157,6 +160,18 @@ static void test_client_ok(void **state)
     /* base64("\0alice@a.test\0secret") */
     assert_non_null(strstr(f.got, "AUTH\t1\tPLAIN\tservice=smtp\tsecured\tnologin\t"
                                   "rip=192.0.2.7\tresp=AGFsaWNlQGEudGVzdABzZWNyZXQ=\n"));
+    assert_string_equal(g_canon, "alice@a.test");
+    /* the canonical name Dovecot settled on (a login by another name) */
+    struct fake f2 = {.handshake = HANDSHAKE, .answer = "OK\t1\tuser=Alice.Rossi@A.test\n"};
+    assert_int_equal(run_auth(&f2, "arossi", "secret", 2000, false), DOVECOT_OK);
+    assert_string_equal(g_canon, "Alice.Rossi@A.test");
+    struct fake f3 = {.handshake = HANDSHAKE, .answer = "OK\t1\n"};
+    assert_int_equal(run_auth(&f3, "arossi", "secret", 2000, false), DOVECOT_OK);
+    assert_string_equal(g_canon, "");
+    /* a name with a space or control character is not taken */
+    struct fake f4 = {.handshake = HANDSHAKE, .answer = "OK\t1\tuser=a b@a.test\n"};
+    assert_int_equal(run_auth(&f4, "arossi", "secret", 2000, false), DOVECOT_OK);
+    assert_string_equal(g_canon, "");
 }
 
 static void test_client_fail_and_temp(void **state)
@@ -203,8 +218,8 @@ static void test_no_server(void **state)
 {
     (void)state;
     char err[256];
-    assert_int_equal(dovecot_auth_plain("/nonexistent/auth-client", "a@b", "x", NULL, 500, err,
-                                        sizeof err),
+    assert_int_equal(dovecot_auth_plain("/nonexistent/auth-client", "a@b", "x", NULL, 500, NULL,
+                                        0, err, sizeof err),
                      DOVECOT_TEMP);
     assert_non_null(strstr(err, "cannot connect"));
     assert_int_equal(dovecot_userdb_lookup("/nonexistent/auth-userdb", "a@b", 500, err,

@@ -792,7 +792,8 @@ int main(int argc, char **argv)
     if (queue_recover(d.queue) == -1)
         return 1;
     if (d.cfg->pec) {
-        d.notices = notices_start(d.cfg, d.tracking, d.queue, d.evidence);
+        roles_check_certificates(d.roles);
+        d.notices = notices_start(d.cfg, d.roles, d.tracking, d.queue, d.evidence);
         if (d.notices == NULL) {
             log_err("cannot start the timers' thread");
             return 1;

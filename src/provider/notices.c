@@ -24,6 +24,7 @@
 #include "lib/lib.h"
 #include "store/evidence.h"
 #include "store/tracking.h"
+#include "roles.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -33,6 +34,7 @@
 
 struct notices {
     const struct config *cfg;
+    struct roles *roles;
     struct tracking *tracking;
     struct queue *queue;
     struct evidence *ev;
@@ -40,7 +42,7 @@ struct notices {
     GMutex lock;
     GCond cond;
     bool stop;
-    time_t last_seal, last_purge;
+    time_t last_seal, last_purge, last_certs;
 };
 
 static void put_field(GString *s, const char *v)
@@ -166,9 +168,13 @@ static void send_due(struct notices *nt)
 /* The evidence log: seal finished days, and keep 30 months (§2.3). */
 static void housekeeping(struct notices *nt)
 {
+    time_t now = time(NULL);
+    if (nt->roles != NULL && now - nt->last_certs >= 3600) {
+        nt->last_certs = now;
+        roles_check_certificates(nt->roles);
+    }
     if (nt->ev == NULL)
         return;
-    time_t now = time(NULL);
     char err[256];
     if (now - nt->last_seal >= 300) {
         nt->last_seal = now;
@@ -204,13 +210,15 @@ static gpointer notices_main(gpointer arg)
     return NULL;
 }
 
-struct notices *notices_start(const struct config *cfg, struct tracking *t, struct queue *q,
-                              struct evidence *ev)
+struct notices *notices_start(const struct config *cfg, struct roles *r, struct tracking *t,
+                              struct queue *q, struct evidence *ev)
 {
     struct notices *nt = calloc(1, sizeof *nt);
     if (nt == NULL)
         return NULL;
     nt->cfg = cfg;
+    nt->roles = r;
+    nt->last_certs = time(NULL);   /* checked at start by pecd itself */
     nt->tracking = t;
     nt->queue = q;
     nt->ev = ev;

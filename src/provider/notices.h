@@ -1,6 +1,7 @@
 /*
  * notices.h - the timers of the sending provider (RFC 6109 §3.1.6) and the
- * evidence log's seals and retention, on a thread of their own (notices.c);
+ * evidence log's seals and retention, and the watch of our certificates, on
+ * a thread of their own (notices.c);
  * the notices themselves are built by the delivery threads (stage "notices",
  * roles.c).
  */
@@ -18,8 +19,10 @@ struct evidence;
 struct notices;
 
 /* Starts the thread; NULL when out of memory. */
-struct notices *notices_start(const struct config *cfg, struct tracking *t, struct queue *q,
-                              struct evidence *ev);
+struct roles;
+/* r: whose certificates are watched hourly (roles_check_certificates). */
+struct notices *notices_start(const struct config *cfg, struct roles *r, struct tracking *t,
+                              struct queue *q, struct evidence *ev);
 /* Stops and joins it (a batch being made is finished first). */
 void notices_stop(struct notices *nt);
 /* A batch's body (g_free) and back: the stage reads what the thread wrote. */

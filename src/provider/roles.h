@@ -44,4 +44,9 @@ int roles_process(void *arg, const struct queue_env *env, const char *data, size
 void roles_pass_begin(void *arg);
 int roles_pass_end(void *arg, char *err, size_t errlen);
 
+/* Warns (log) when the signing or TLS certificate expires within 30 days or
+ * the signing certificate is not in the providers' directory (certwatch.c);
+ * the number of problems found.  At start and hourly. */
+int roles_check_certificates(struct roles *r);
+
 #endif

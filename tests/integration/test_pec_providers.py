@@ -432,3 +432,29 @@ def test_fsync_mode_syncs_the_tracking_database(world):
     assert "tracking.db: [queue] sync = fsync, every commit synced" in log
     assert "evidence.db: [queue] sync = fsync, every commit synced" in log
     assert "every commit synced" not in b.log(100000)   # syncfs, one file system
+
+
+def test_certificate_watch(tmp_path):
+    """Issue 23: at start pecd warns when its signing or TLS certificate expires within 30
+    days, and when the signing certificate in use is not in the providers' directory (a
+    renewal not published yet: other providers would refuse our mail)."""
+    from pec_providers import make_providers
+    a, b, ca, directory = make_providers(tmp_path)
+    renewed = str(tmp_path / "renewed")
+    pecctl("pki", "issue", "--ca", ca, "--domain", "pec.a.test", "--out", renewed, "--name",
+           "Provider A", "--days", "10", "--tls-host", "localhost")
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"pec": {"signing_key": os.path.join(renewed, "signing.key"),
+                                  "signing_certificate": os.path.join(renewed, "signing.pem")},
+                          "tls": {"certificate": os.path.join(renewed, "tls.pem"),
+                                  "key": os.path.join(renewed, "tls.key")}})
+    a.add_user("mario")
+    a.start()
+    try:
+        log = a.log(200)
+        assert "is not in the providers' directory" in log, log
+        assert "signing certificate" in log and "expires in 9 days" in log or \
+            "expires in 10 days" in log, log
+        assert "the TLS certificate" in log
+    finally:
+        a.stop()

@@ -18,6 +18,8 @@ struct evidence;
 struct notices;
 
 /* Starts the thread; NULL when out of memory. */
+/* Reload: [timers], [evidence] retention from cfg at the thread's next turn. */
+void notices_set_config(struct notices *nt, const struct config *cfg);
 struct notices *notices_start(const struct config *cfg, struct tracking *t, struct queue *q,
                               struct evidence *ev);
 /* Stops and joins it (a batch being made is finished first). */

@@ -14,6 +14,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -407,6 +408,34 @@ void queue_stop(struct queue *q)
 }
 
 bool queue_idle(const struct queue *q) { return q->busy == 0; }
+
+void queue_set_config(struct queue *q, const struct config *cfg) { atomic_store(&q->cfg, cfg); }
+
+void queue_stats(struct queue *q, struct queue_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, q->entries);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        const struct qentry *e = v;
+        if (e->attempts > 0 && !e->busy)
+            st->deferred++;
+        else
+            st->active++;
+        if (st->oldest == 0 || (e->arrival != 0 && e->arrival < st->oldest))
+            st->oldest = e->arrival;
+    }
+    char p[PATH_MAX];
+    path_of(q, "hold", "", p, sizeof p);
+    DIR *d = opendir(p);
+    if (d != NULL) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL)
+            st->hold += de->d_name[0] != '.';
+        closedir(d);
+    }
+}
 
 void queue_free(struct queue *q)
 {

@@ -236,6 +236,17 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
                         void *deliver_arg, char *err, size_t errlen);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */
 int queue_recover(struct queue *q);
+/* For the metrics (event loop): messages in the queue waiting for their
+ * turn or being handled (active), waiting for a retry (deferred), on hold
+ * (files in hold/), and the arrival of the oldest queued one (0: none). */
+struct queue_stats {
+    size_t active, deferred, hold;
+    time_t oldest;
+};
+void queue_stats(struct queue *q, struct queue_stats *st);
+/* Reload: retry times, lifetimes... from cfg (the directory and the number
+ * of workers stay: they need a restart). */
+void queue_set_config(struct queue *q, const struct config *cfg);
 /* Schedules the files of queue/ it does not know yet (released from hold/;
  * pecd calls it on SIGHUP). */
 void queue_rescan(struct queue *q);

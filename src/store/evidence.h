@@ -115,6 +115,10 @@ int evidence_seal(struct evidence *ev, time_t now, char *err, size_t errlen);
  * on error. */
 int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t errlen);
 
+/* For the metrics: records written in the log's life (the last sequence
+ * number) and when the last day seal was made (0: none).  -1 when the log
+ * is busy (a commit or a seal holds it): the caller keeps its last values. */
+int evidence_stats(struct evidence *ev, long long *records, time_t *last_seal);
 void evidence_close(struct evidence *ev);
 
 /*

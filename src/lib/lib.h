@@ -26,6 +26,10 @@ void log_set_level(enum log_level level);
 int log_level_parse(const char *s, enum log_level *out);
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Writes s as a JSON string (RFC 8259 §7: quoted, escaped, bytes that are
+ * not UTF-8 as U+FFFD), or null when s is NULL (log.c; pecctl's --json). */
+#include <stdio.h>
+void json_fput(FILE *f, const char *s);
 /* [log] format = json: JSON lines instead of text (log.c). */
 void log_set_json(bool json);
 /* What a record is about, for the JSON format (any field may be NULL); the

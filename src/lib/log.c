@@ -84,6 +84,19 @@ static void json_escape(GString *out, const char *s)
     }
 }
 
+void json_fput(FILE *f, const char *s)
+{
+    if (s == NULL) {
+        fputs("null", f);
+        return;
+    }
+    GString *g = g_string_new("\"");
+    json_escape(g, s);
+    g_string_append_c(g, '"');
+    fwrite(g->str, 1, g->len, f);
+    g_string_free(g, TRUE);
+}
+
 static void json_field(GString *out, const char *key, const char *value)
 {
     if (value == NULL || value[0] == '\0')

@@ -456,7 +456,7 @@ void queue_free(struct queue *q)
     free(q);
 }
 
-static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
+static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count, bool json)
 {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", dir, sub);
@@ -476,8 +476,33 @@ static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
         snprintf(path, sizeof path, "%s/%s", p, name);
         struct queue_env env;
         if (spool_read(path, &env, NULL, NULL, err, sizeof err) == -1) {
-            fprintf(out, "%-16s  (%s: %s)\n", name, sub, err);
-            (*count)++;
+            if (json) {
+                fputs((*count)++ ? ",{\"qid\":" : "{\"qid\":", out);
+                json_fput(out, name);
+                fprintf(out, ",\"hold\":%s,\"error\":", strcmp(sub, "hold") == 0 ? "true" : "false");
+                json_fput(out, err);
+                fputc('}', out);
+            } else {
+                fprintf(out, "%-16s  (%s: %s)\n", name, sub, err);
+                (*count)++;
+            }
+            continue;
+        }
+        if (json) {
+            fputs((*count)++ ? ",{\"qid\":" : "{\"qid\":", out);
+            json_fput(out, env.qid);
+            fprintf(out, ",\"hold\":%s,\"size\":%llu,\"arrival\":%lld,\"sender\":",
+                    strcmp(sub, "hold") == 0 ? "true" : "false", (unsigned long long)env.size,
+                    (long long)env.arrival);
+            json_fput(out, env.sender);
+            fputs(",\"recipients\":[", out);
+            for (size_t r = 0; r < env.nrcpts; r++) {
+                if (r)
+                    fputc(',', out);
+                json_fput(out, env.rcpts[r].addr);
+            }
+            fputs("]}", out);
+            queue_env_free(&env);
             continue;
         }
         struct tm tm;
@@ -496,18 +521,25 @@ static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
     g_ptr_array_free(names, TRUE);
 }
 
-int queue_list(const char *queue_dir, FILE *out)
+int queue_list(const char *queue_dir, FILE *out) { return queue_list_ex(queue_dir, out, false); }
+
+int queue_list_ex(const char *queue_dir, FILE *out, bool json)
 {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/queue", queue_dir);
-    if (access(p, R_OK) == -1) {
+    /* an instance whose pecd never ran has no queue/ yet: an empty queue */
+    if (access(p, R_OK) == -1 && errno != ENOENT) {
         fprintf(stderr, "cannot read the queue %s: %s\n", p, strerror(errno));
         return -1;
     }
     size_t n = 0;
-    list_dir(queue_dir, "queue", out, &n);
-    list_dir(queue_dir, "hold", out, &n);
-    if (n == 0)
+    if (json)
+        fputc('[', out);
+    list_dir(queue_dir, "queue", out, &n, json);
+    list_dir(queue_dir, "hold", out, &n, json);
+    if (json)
+        fputs("]\n", out);
+    else if (n == 0)
         fprintf(out, "Queue is empty\n");
     else
         fprintf(out, "-- %zu message%s in queue (! = on hold)\n", n, n == 1 ? "" : "s");

@@ -271,5 +271,9 @@ int queue_inject(const char *queue_dir, const struct queue_env *env, const char 
                  size_t len, char qid[QUEUE_ID_LEN + 1]);
 
 /* For pecctl: lists queue/ on stdout. */
+/* queue_list, or as a JSON array of {qid, hold, size, arrival, sender,
+ * recipients} when json (pecctl queue --json).  A queue directory that does
+ * not exist yet (pecd never ran) is an empty queue. */
+int queue_list_ex(const char *queue_dir, FILE *out, bool json);
 int queue_list(const char *queue_dir, FILE *out);
 #endif

@@ -137,6 +137,20 @@ def test_metrics_count_a_pec_exchange(pair):
     sent = [e for e in events if e.get("event") == "delivery" and e.get("result") == "sent"]
     assert len(sent) >= n and all(len(e["qid"]) == 16 for e in sent)
 
+    # pecctl's listings as JSON (the standard json module reads them)
+    tr = json.loads(pecctl("-c", a.conf, "trace", acc[0]["pec_id"], "--json").stdout)
+    assert tr["id"] == acc[0]["pec_id"]
+    types = [e["type"] for e in tr["events"]]
+    assert "accettazione" in types and all(e["pec_id"] == acc[0]["pec_id"] for e in tr["events"])
+    lv = json.loads(pecctl("-c", a.conf, "log", "verify", "--json").stdout)
+    assert lv["valid"] is True and lv["result"] == "intact" and lv["error"] is None
+    q = json.loads(pecctl("-c", a.conf, "queue", "--json").stdout)
+    assert q == []
+    users = json.loads(pecctl("-c", a.conf, "user", "list", "--json").stdout)
+    assert users == [{"address": "mario@pec.a.test"}]
+    dl = json.loads(pecctl("-c", a.conf, "directory", "list", "--json").stdout)
+    assert dl["count"] == 2 and {p["name"] for p in dl["providers"]} == {"Provider A", "Provider B"}
+
 
 def raw_http(port, data, timeout=10):
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:

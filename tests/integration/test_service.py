@@ -116,6 +116,14 @@ def test_metrics_count_a_pec_exchange(pair):
         assert value(s, "pecmail_evidence_records") >= 2 * n
         assert value(s, "pecmail_clock_synchronised") in (1, 0, -1)
         assert value(s, "pecmail_connections_total", listener="mx") >= 1  # connections are reused
+    # contrib/grafana/pecmail.json charts every series the endpoint exports
+    dash = open(os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "grafana",
+                             "pecmail.json")).read()
+    families = {k[0].removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+                for k in list(sa) + list(sb)}
+    missing = [f for f in families if f.startswith("pecmail_") and f not in dash
+               and f not in ("pecmail_start_time_seconds",)]
+    assert not missing, missing
     # an ordinary message to a PEC mailbox: an anomaly, counted by its reason
     with smtplib.SMTP("127.0.0.1", b.ports["mx"], timeout=30) as s:
         s.sendmail("someone@plain.test", ["luigi@pec.b.test"],

@@ -4,6 +4,8 @@
 #                 fuzz smoke run (libFuzzer), integration (pytest)
 #   make bench    benchmarks (bench/), results in docs/performance.md
 #   make demo     the demo (see README.md)
+#   make deb      the Debian package pecmail_*.deb (dpkg-buildpackage -us -uc -b, lintian)
+#   make check-deb  builds it and checks its contents (tests/package; minutes, not in check)
 BUILD      ?= build
 FUZZ_BUILD ?= build-fuzz
 ASAN_BUILD ?= build-asan
@@ -11,7 +13,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECONDS ?= 5
 JOBS       ?= 2
 
-.PHONY: all deps build check conformance unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
+.PHONY: deb check-deb all deps build check conformance unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
 
 all: build
 
@@ -77,3 +79,19 @@ demo: build
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD) $(ASAN_BUILD)
+
+# The Debian package: built in $(DEB_BUILD)/ from a copy of the tree (the
+# outputs of dpkg-buildpackage go to the parent of the source), then copied
+# here; lintian must report no error.  Installs its own tools (debhelper,
+# scdoc, lintian: scripts/install-deps --deb).
+DEB_BUILD ?= build-deb
+deb:
+	@scripts/install-deps --deb
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/pecmail
+	git ls-files -co --exclude-standard | grep -v '^$(DEB_BUILD)/' | tar -cf - -T - | tar -xf - -C $(DEB_BUILD)/pecmail
+	cd $(DEB_BUILD)/pecmail && dpkg-buildpackage -us -uc -b -j$(JOBS)
+	cp $(DEB_BUILD)/pecmail_*.deb .
+	lintian --fail-on error $(DEB_BUILD)/pecmail_*.changes
+
+check-deb:
+	$(PYTHON) -m pytest -q tests/package

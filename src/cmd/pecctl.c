@@ -4,8 +4,10 @@
  *
  *   pecctl -c CONF user add ADDRESS [--password-stdin]
  *   pecctl -c CONF user del ADDRESS
- *   pecctl -c CONF user list
- *   pecctl -c CONF queue [release QID]
+ *   pecctl -c CONF user list [--json]
+ *   pecctl -c CONF queue [--json] | queue release QID
+ *   pecctl -c CONF route list [--json] | add DOMAIN HOPS | del DOMAIN
+ *   pecctl help [COMMAND], pecctl COMMAND --help (pecctl_help.c)
  *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...
  *   pecctl pki ...
  */
@@ -31,37 +33,10 @@ int pecctl_trace_main(struct config *cfg, int argc, char **argv) __attribute__((
 int pecctl_directory_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_report_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: pecctl [-c pecd.conf] COMMAND ...\n"
-            "  user add ADDRESS [--password-stdin]   create a mailbox user (prints a generated\n"
-            "                                         password unless --password-stdin)\n"
-            "  user del ADDRESS                      remove a user (the Maildir is kept)\n"
-            "  user list                             list users\n"
-            "  user passwd ADDRESS [--password-stdin] set a new password\n"
-            "  user suspend|resume ADDRESS           no login while suspended (mail still\n"
-            "                                         delivered)\n"
-            "  user show ADDRESS                     a user's state, quota and mailbox\n"
-            "  queue                                 list queued messages (! = on hold)\n"
-            "  queue release QID                     retry a held message now\n"
-            "  verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...\n"
-            "                                        check PEC messages\n"
-            "  pki ...                               test PKI (pecctl pki help)\n"
-            "  init DIR --domain DOMAIN [--name NAME] [--smtp PORT] [--submission PORT]\n"
-            "       [--ca CADIR] [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...\n"
-            "                                        create a ready-to-run provider instance\n"
-            "  log verify                            check the evidence log (hash chain, seals)\n"
-            "  log search --address ADDR [--from D] [--to D] [--subject S] [--json]\n"
-            "                                        a user's transactions\n"
-            "  log extract --address ADDR [--from D] [--to D] --out FILE\n"
-            "                                        their records, signed (CMS)\n"
-            "  log hold add|list|del ...             legal holds against retention\n"
-            "  report --from D --to D [--json|--csv] mailboxes and PEC per day\n"
-            "  trace MESSAGE-ID                      the life of a PEC message\n"
-            "  directory list|import FILE|export  the providers' directory\n"
-            "  directory refresh|publish OUT.p7m     fetch it now; our record, signed\n");
-}
+int pecctl_help(FILE *f, const char *cmd);
+int pecctl_route_main(struct config *cfg, int argc, char **argv);
+
+static void usage(FILE *f) { pecctl_help(f, NULL); }
 
 static struct config *load(const char *conf)
 {
@@ -72,10 +47,21 @@ static struct config *load(const char *conf)
     return cfg;
 }
 
+struct user_list {
+    bool json;
+    size_t n;
+};
+
 static void print_user(const char *addr, void *arg)
 {
-    (void)arg;
-    printf("%s\n", addr);
+    struct user_list *ul = arg;
+    if (ul->json) {
+        fputs(ul->n++ ? ",{\"address\":" : "{\"address\":", stdout);
+        json_fput(stdout, addr);
+        fputc('}', stdout);
+    } else {
+        printf("%s\n", addr);
+    }
 }
 
 /* A user's address must be one RCPT TO accepts (RFC 5321 §4.1.2, local part
@@ -112,8 +98,8 @@ static bool address_ok(const struct config *cfg, const char *a, char *why, size_
 
 static int cmd_queue(struct config *cfg, int argc, char **argv)
 {
-    if (argc == 1)
-        return queue_list(cfg->queue_dir, stdout) == 0 ? 0 : 1;
+    if (argc == 1 || (argc == 2 && strcmp(argv[1], "--json") == 0))
+        return queue_list_ex(cfg->queue_dir, stdout, argc == 2) == 0 ? 0 : 1;
     if (argc == 3 && strcmp(argv[1], "release") == 0) {
         char err[512];
         int r = queue_release(cfg->queue_dir, argv[2], err, sizeof err);
@@ -125,7 +111,7 @@ static int cmd_queue(struct config *cfg, int argc, char **argv)
                r == 1 ? "pecd tries it now" : "pecd is not running, it tries it at its start");
         return 0;
     }
-    fprintf(stderr, "usage: pecctl -c CONF queue [release QID]\n");
+    pecctl_help(stderr, "queue");
     return 2;
 }
 
@@ -202,12 +188,21 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
 {
     char err[512];
     if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        struct user_list ul = {.json = argc == 3 && strcmp(argv[2], "--json") == 0};
+        if (argc > 3 || (argc == 3 && !ul.json)) {
+            pecctl_help(stderr, "user");
+            return 2;
+        }
         struct users *u = users_load(cfg->passwd_file, err, sizeof err);
         if (u == NULL) {
             fprintf(stderr, "pecctl: %s\n", err);
             return 1;
         }
-        users_each(u, print_user, NULL);
+        if (ul.json)
+            fputc('[', stdout);
+        users_each(u, print_user, &ul);
+        if (ul.json)
+            fputs("]\n", stdout);
         users_free(u);
         return 0;
     }
@@ -311,6 +306,24 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[i];
+    if (strcmp(cmd, "help") == 0) {
+        if (i + 1 < argc && pecctl_help(stdout, argv[i + 1]) == -1) {
+            fprintf(stderr, "pecctl: unknown command '%s'\n", argv[i + 1]);
+            usage(stderr);
+            return 2;
+        }
+        if (i + 1 >= argc)
+            usage(stdout);
+        return 0;
+    }
+    /* COMMAND --help / -h anywhere after the command: that command's help */
+    for (int k = i + 1; k < argc; k++) {
+        if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0) {
+            if (pecctl_help(stdout, cmd) == -1)
+                break;
+            return 0;
+        }
+    }
     if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0 || strcmp(cmd, "init") == 0) {
         int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main
                                   : strcmp(cmd, "pki") == 0  ? pecctl_pki_main
@@ -323,13 +336,15 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
         strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
-        strcmp(cmd, "report") == 0) {
+        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
                                                    : strcmp(cmd, "report") == 0
                                                        ? pecctl_report_main
                                                    : strcmp(cmd, "directory") == 0
                                                        ? pecctl_directory_main
+                                                   : strcmp(cmd, "route") == 0
+                                                       ? pecctl_route_main
                                                        : NULL;
         if (strcmp(cmd, "user") != 0 && strcmp(cmd, "queue") != 0 && fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);

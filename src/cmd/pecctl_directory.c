@@ -47,7 +47,7 @@
 
 static void dir_usage(FILE *f)
 {
-    fprintf(f, "usage: pecctl -c CONF directory list [--cache]\n"
+    fprintf(f, "usage: pecctl -c CONF directory list [--cache] [--json]\n"
                "       pecctl -c CONF directory export [--cache]\n"
                "       pecctl -c CONF directory import FILE.ldif|FILE.p7m\n"
                "       pecctl -c CONF directory refresh\n"
@@ -161,7 +161,44 @@ static void print_signer(const pec_dir_copy *cp)
            when, cp->info.signer_sha1, until);
 }
 
-static int cmd_list(const struct config *cfg, bool cache)
+static void json_list(const char *key, char **v, size_t n)
+{
+    printf(",\"%s\":[", key);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            putchar(',');
+        json_fput(stdout, v[i]);
+    }
+    putchar(']');
+}
+
+/* directory list --json: {"providers": [{name, unit, receipt, domains, hashes,
+ * crls, ldif}], "count", "records", "signer"} */
+static void list_json(const pec_directory *d, const pec_dir_copy *cp)
+{
+    fputs("{\"providers\":[", stdout);
+    for (size_t i = 0; i < pec_directory_count(d); i++) {
+        const pec_provider *p = pec_directory_provider(d, i);
+        fputs(i ? ",{\"name\":" : "{\"name\":", stdout);
+        json_fput(stdout, p->name);
+        fputs(",\"unit\":", stdout);
+        json_fput(stdout, p->unit);
+        fputs(",\"receipt\":", stdout);
+        json_fput(stdout, p->receipt);
+        json_list("domains", p->domains, p->n_domains);
+        json_list("hashes", p->hashes, p->n_hashes);
+        json_list("crls", p->crl_urls, p->n_crl_urls);
+        fputs(",\"ldif\":", stdout);
+        json_fput(stdout, p->ldif_url);
+        putchar('}');
+    }
+    printf("],\"count\":%zu,\"records\":%zu,\"signer\":", pec_directory_count(d),
+           pec_directory_entries(d));
+    json_fput(stdout, cp->p7m.len ? cp->info.signer_subject : NULL);
+    fputs("}\n", stdout);
+}
+
+static int cmd_list(const struct config *cfg, bool cache, bool json)
 {
     pec_dir_copy cp;
     time_t fetched;
@@ -170,6 +207,12 @@ static int cmd_list(const struct config *cfg, bool cache)
         pec_dir_copy_free(&cp);
         print_cache_age(cfg, stderr);
         return 1;
+    }
+    if (json) {
+        list_json(d, &cp);
+        pec_dir_copy_free(&cp);
+        pec_directory_free(d);
+        return 0;
     }
     for (size_t i = 0; i < pec_directory_count(d); i++) {
         const pec_provider *p = pec_directory_provider(d, i);
@@ -535,8 +578,20 @@ int pecctl_directory_main(struct config *cfg, int argc, char **argv)
         return 1;
     }
     bool cache = argc == 3 && strcmp(argv[2], "--cache") == 0;
-    if (strcmp(sub, "list") == 0 && (argc == 2 || cache))
-        return cmd_list(cfg, cache);
+    if (strcmp(sub, "list") == 0) {
+        bool json = false, ok = true;
+        cache = false;
+        for (int i = 2; i < argc; i++) {
+            if (strcmp(argv[i], "--json") == 0)
+                json = true;
+            else if (strcmp(argv[i], "--cache") == 0)
+                cache = true;
+            else
+                ok = false;
+        }
+        if (ok)
+            return cmd_list(cfg, cache, json);
+    }
     if (strcmp(sub, "export") == 0 && (argc == 2 || cache))
         return cmd_export(cfg, cache);
     if (strcmp(sub, "import") == 0 && argc == 3)

@@ -31,11 +31,11 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv);
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert]\n"
+    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert] [--json]\n"
                "       pecctl -c CONF log seal\n"
                "       pecctl -c CONF log purge\n"
                "       pecctl -c CONF log search|extract|hold ...  (pecctl help)\n"
-               "       pecctl -c CONF trace MESSAGE-ID\n"
+               "       pecctl -c CONF trace MESSAGE-ID [--json]\n"
                "  verify: exit 0 intact, 1 tampered (the first broken record or day is named),\n"
                "          2 unreadable; the seals are checked against [pec] signing_certificate\n");
 }
@@ -43,8 +43,11 @@ static void usage(FILE *f)
 static int log_verify(struct config *cfg, int argc, char **argv)
 {
     const char *cert = cfg->pec_signing_cert;
+    bool json = false;
     for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
             cert = argv[++i];
         } else if (strcmp(argv[i], "--no-cert") == 0) {
             cert = NULL;
@@ -60,7 +63,33 @@ static int log_verify(struct config *cfg, int argc, char **argv)
      * purge removes whole days) */
     if (cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
         o.keep_after = now - (time_t)cfg->evidence_retention + 86400;
-    int r = evidence_verify_ex(cfg->evidence_path, &o, stdout, err, sizeof err);
+    if (!json) {
+        int r = evidence_verify_ex(cfg->evidence_path, &o, stdout, err, sizeof err);
+        return r == 0 ? 0 : r == -1 ? 1 : 2;
+    }
+    /* --json: the same report, one line an element, and the verdict */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    if (mem == NULL)
+        return 2;
+    err[0] = '\0';
+    int r = evidence_verify_ex(cfg->evidence_path, &o, mem, err, sizeof err);
+    fclose(mem);
+    fputs("{\"path\":", stdout);
+    json_fput(stdout, cfg->evidence_path);
+    printf(",\"result\":\"%s\",\"valid\":%s,\"report\":[",
+           r == 0 ? "intact" : r == -1 ? "tampered" : "unreadable", r == 0 ? "true" : "false");
+    size_t k = 0;
+    for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        if (k++)
+            putchar(',');
+        json_fput(stdout, line);
+    }
+    fputs("],\"error\":", stdout);
+    json_fput(stdout, err[0] ? err : NULL);
+    fputs("}\n", stdout);
+    free(buf);
     return r == 0 ? 0 : r == -1 ? 1 : 2;
 }
 
@@ -154,6 +183,13 @@ int pecctl_log_main(struct config *cfg, int argc, char **argv)
 
 int pecctl_trace_main(struct config *cfg, int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[2], "--json") == 0) {
+        char err[512];
+        int n = evidence_trace_json(cfg->evidence_path, argv[1], stdout, err, sizeof err);
+        if (n < 0)
+            fprintf(stderr, "pecctl trace: %s\n", err);
+        return n > 0 ? 0 : n == 0 ? 1 : 2;
+    }
     if (argc != 2) {
         usage(stderr);
         return 2;

@@ -5,9 +5,13 @@
  *
  *   pecd -c pecd.conf        run in the foreground, log to stderr
  *   pecd -t -c pecd.conf     check the configuration and exit
- * SIGTERM/SIGINT drain and exit; SIGHUP reloads the users file, the TLS
- * certificate and (in a thread) the providers' directory and its CRLs.
+ * SIGTERM/SIGINT drain and exit; SIGHUP reads pecd.conf again and applies
+ * what can change without a restart (pecd_reload.c), the users file, the
+ * TLS certificate and (in a thread) the providers' directory and its CRLs.
+ * systemd (Type=notify) and the watchdog: pecd_service.c; [metrics]
+ * listen: pecd_metrics.c.
  */
+#include "pecd_int.h"
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "queue/queue.h"
@@ -35,30 +39,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-struct pecd {
-    struct config *cfg;
-    struct event_base *base;
-    struct smtp_server *smtp;
-    struct queue *queue;
-    struct users_db *users;
-    struct auth_worker *auth;
-    struct transport *transport;
-    struct roles *roles;
-    struct tracking *tracking;
-    struct evidence *evidence;
-    struct callout_stage *callouts;
-    struct notices *notices;     /* the timers of §3.1.6 and the evidence seals (a thread) */
-    struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
-    struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
-    struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
-    struct smtp_throttle *sent_msgs, *sent_rcpts;   /* sending limits, per user and client */
-    struct sender_map *senders;     /* [users] senders: other addresses a login owns */
-    int clock_state;                /* enum clock_state of the last check, -1 before */
-    SSL_CTX *tls;
-    struct event *drain_timer;
-    time_t drain_started;
-};
 
 /* ---- SMTP hooks ----------------------------------------------------------- */
 
@@ -415,8 +395,8 @@ static void filtered(void *arg, enum callout_verdict v, const char *reply)
              reply);
 }
 
-static void hook_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_done done,
-                            void *cbarg)
+void pecd_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_done done,
+                     void *cbarg)
 {
     struct msg *m = msg;
     (void)txn;
@@ -520,6 +500,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     if (d->drain_timer != NULL)
         return;
     log_info("signal %d: draining (no new connections; open sessions finish)", (int)sig);
+    pecd_service_stopping();
     smtp_server_drain(d->smtp);
     d->drain_started = time(NULL);
     d->drain_timer = event_new(d->base, -1, EV_PERSIST, drain_check, d);
@@ -529,29 +510,9 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
-    struct pecd *d = arg;
     (void)sig;
     (void)what;
-    log_info("SIGHUP: reloading the users file and the TLS certificate");
-    users_db_reload(d->users);
-    queue_rescan(d->queue);   /* messages released from hold/ (pecctl queue release) */
-    if (d->roles != NULL)
-        roles_reload_directory(d->roles);
-    if (d->cfg->tls_cert != NULL) {
-        char err[512];
-        SSL_CTX *ctx = smtp_tls_server_ctx(d->cfg->tls_cert, d->cfg->tls_key,
-                                           d->cfg->tls_min_version, d->cfg->tls_ciphers, err,
-                                           sizeof err);
-        if (ctx == NULL) {
-            log_err("TLS not reloaded, keeping the previous certificate: %s", err);
-        } else {
-            smtp_server_set_tls(d->smtp, ctx);
-            /* sessions hold their own SSL references; the old context is
-             * freed when the last one ends */
-            SSL_CTX_free(d->tls);
-            d->tls = ctx;
-        }
-    }
+    pecd_reload(arg);
 }
 
 /* Does the queue's syncfs make path's writes durable (it shares the queue's
@@ -657,12 +618,15 @@ int main(int argc, char **argv)
      * mailboxes) is closed to other users from the start */
     umask(027);
     char err[1024];
-    struct pecd d = {0};
+    /* static: what an early exit leaves allocated stays reachable (not a leak) */
+    static struct pecd d;
+    d.conf_path = conf;
     d.cfg = config_load(conf, err, sizeof err);
     if (d.cfg == NULL) {
         log_err("configuration error: %s", err);
         return 1;
     }
+    log_set_json(d.cfg->log_json);
     enum log_level lvl = LOG_LVL_INFO;
     if (d.cfg->log_level)
         log_level_parse(d.cfg->log_level, &lvl);
@@ -775,7 +739,7 @@ int main(int argc, char **argv)
     };
     d.callouts = callout_stage_new(d.base, d.cfg, d.evidence);
     if (callout_stage_active(d.callouts))
-        hooks.msg_filter = hook_msg_filter;
+        hooks.msg_filter = pecd_msg_filter;
     if (d.cfg->pec && !d.cfg->av_enabled)
         log_warn("no antivirus: RFC 6109 §3.2.3 requires PEC providers to scan every message "
                  "([antivirus] clamd)");
@@ -799,6 +763,10 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (pecd_metrics_start(&d, err, sizeof err) == -1) {
+        log_err("configuration error: %s", err);
+        return 1;
+    }
     purge_quarantine(d.cfg);
     d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
     event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
@@ -821,8 +789,12 @@ int main(int argc, char **argv)
     if (d.cfg->lmtp_host != NULL)
         log_info("local delivery through LMTP at %s%s%s", d.cfg->lmtp_host,
                  d.cfg->lmtp_port[0] ? ":" : "", d.cfg->lmtp_port);
+    pecd_service_ready(&d);   /* listeners open, queue recovered */
 
     event_base_dispatch(d.base);
+
+    pecd_metrics_free(&d);
+    pecd_service_free(&d);
 
     notices_stop(d.notices);
     if (d.seen_ev)
@@ -854,6 +826,7 @@ int main(int argc, char **argv)
     event_base_free(d.base);
     users_db_free(d.users);
     SSL_CTX_free(d.tls);
+    pecd_reload_free(&d);     /* configurations replaced by reloads */
     config_free(d.cfg);
     log_info("stopped");
     return 0;

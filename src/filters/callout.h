@@ -99,6 +99,9 @@ char *callout_add_trace(const char *host, const char *trace, const char *data, s
 struct callout_stage;
 /* evidence may be NULL */
 struct evidence;
+/* Reload: the callouts of cfg (the old ones retired, lib/config.h); true
+ * when some apply to incoming mail (pecd installs its filter hook then). */
+bool callout_stage_set_config(struct callout_stage *s, const struct config *cfg);
 struct callout_stage *callout_stage_new(struct event_base *base, const struct config *cfg,
                                         struct evidence *ev);
 bool callout_stage_active(const struct callout_stage *s);

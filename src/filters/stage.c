@@ -24,6 +24,7 @@
 #include "store/evidence.h"
 #include "store/quarantine.h"
 
+#include <stdatomic.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <glib.h>
@@ -46,9 +47,9 @@ struct job {
 
 struct callout_stage {
     struct event_base *base;
-    const struct config *cfg;
+    const struct config *_Atomic cfg;   /* swapped by a reload */
     struct evidence *evidence;       /* PEC: refusals go to the evidence log; or NULL */
-    struct callouts *callouts;
+    struct callouts *_Atomic callouts;  /* likewise, with the old one retired */
     GThreadPool *pool;
     GAsyncQueue *results;
     int efd;
@@ -265,7 +266,9 @@ static void worker(gpointer data, gpointer user)
 {
     struct job *j = data;
     (void)user;
+    config_hold_begin();
     run_job(j);
+    config_hold_end();
     g_async_queue_push(j->s->results, j);
     uint64_t one = 1;
     (void)!write(j->s->efd, &one, sizeof one);
@@ -300,6 +303,24 @@ struct callout_stage *callout_stage_new(struct event_base *base, const struct co
     s->ev = event_new(base, s->efd, EV_READ | EV_PERSIST, on_results, s);
     event_add(s->ev, NULL);
     return s;
+}
+
+static void callouts_free_cb(void *c) { callouts_free(c); }
+
+bool callout_stage_set_config(struct callout_stage *s, const struct config *cfg)
+{
+    struct callouts *c = callouts_new(cfg);
+    bool any = callouts_any(c, CONFIG_PHASE_INCOMING);
+    atomic_store(&s->cfg, cfg);
+    config_retire(callouts_free_cb, atomic_exchange(&s->callouts, c));
+    if (any && s->pool == NULL) {
+        s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        s->results = g_async_queue_new();
+        s->pool = g_thread_pool_new(worker, s, (gint)cfg->callout_workers, FALSE, NULL);
+        s->ev = event_new(s->base, s->efd, EV_READ | EV_PERSIST, on_results, s);
+        event_add(s->ev, NULL);
+    }
+    return any;
 }
 
 bool callout_stage_active(const struct callout_stage *s)

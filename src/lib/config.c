@@ -323,6 +323,8 @@ bad:
     return NULL;
 }
 
+void config_free_cb(void *cfg) { config_free(cfg); }
+
 void config_free(struct config *cfg)
 {
     if (cfg == NULL)
@@ -339,7 +341,8 @@ void config_free(struct config *cfg)
                      &cfg->pec_dir_password, &cfg->pec_dir_password_file,
                      &cfg->pec_dir_ca_file, &cfg->pec_dir_client_cert, &cfg->pec_dir_client_key,
                      &cfg->pec_dir_signer, &cfg->pec_dir_location_url,
-                     &cfg->pec_dir_description, &cfg->pec_signing_cert_next};
+                     &cfg->pec_dir_description, &cfg->pec_signing_cert_next,
+                     &cfg->metrics_listen};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     for (size_t i = 0; i < cfg->nlocal_domains; i++)

@@ -193,6 +193,10 @@ struct config {
     struct config_kv callout_policies[CONFIG_MAX_CALLOUT_POLICIES];   /* address|domain -> list */
     size_t ncallout_policies;
     uint64_t callout_workers;       /* threads running callouts */
+
+    /* [metrics] and [log] (docs/operator-guide.md, "Metrics" and "Logs") */
+    char *metrics_listen;           /* HOST:PORT of the Prometheus endpoint; NULL = off */
+    bool log_json;                  /* [log] format = json: JSON lines on stderr */
 };
 enum { CONFIG_PHASE_INCOMING = 1, CONFIG_PHASE_OUTGOING = 2 };
 enum { CONFIG_FAIL_TEMPFAIL, CONFIG_FAIL_ACCEPT, CONFIG_FAIL_REJECT };
@@ -212,6 +216,18 @@ const char *config_route(const struct config *cfg, const char *domain);
 bool config_relay_allowed(const struct config_listener *l, const char *ip);
 const char *config_tls_policy(const struct config *cfg, const char *domain);
 
+/* config_gen.c: lifetime of what a reload replaces (see the file's comment).
+ * A worker thread brackets each unit of work that reads a module's
+ * configuration pointer; the event loop retires the old objects after the
+ * swap, and fn(arg) runs once no hold that began before is open. */
+void config_hold_begin(void);
+void config_hold_end(void);
+void config_retire(void (*fn)(void *), void *arg);
+size_t config_retired_pending(void);
+/* At exit, after the threads are stopped: frees everything retired. */
+void config_retired_flush(void);
+/* config_free for config_retire */
+void config_free_cb(void *cfg);
 /* config_callout.c: [antivirus], [milter.NAME], [callouts].  key() returns 1
  * (taken), 0 (error, reason in err) or -1 (not one of its sections). */
 void config_callout_defaults(struct config *cfg);

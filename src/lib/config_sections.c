@@ -630,6 +630,29 @@ int config_handler(void *user, const char *section, const char *name, const char
         (*n)++;
         return 1;
     }
+    if (strcmp(section, "metrics") == 0) {
+        if (strcmp(name, "listen") != 0)
+            return fail(ctx, "unknown key '%s' in [metrics]", name);
+        /* HOST:PORT or [V6]:PORT; the port decides, the host is bound as given */
+        const char *colon = strrchr(value, ':');
+        if (colon == NULL || colon == value || colon[1] == '\0' ||
+            strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5 ||
+            atoi(colon + 1) < 1 || atoi(colon + 1) > 65535)
+            return fail(ctx, "listen: '%s' is not HOST:PORT (e.g. 127.0.0.1:9125)", value);
+        set_str(&cfg->metrics_listen, value);
+        return 1;
+    }
+    if (strcmp(section, "log") == 0) {
+        if (strcmp(name, "format") != 0)
+            return fail(ctx, "unknown key '%s' in [log]", name);
+        if (strcmp(value, "json") == 0)
+            cfg->log_json = true;
+        else if (strcmp(value, "text") == 0)
+            cfg->log_json = false;
+        else
+            return fail(ctx, "format: '%s' is not text or json", value);
+        return 1;
+    }
     char cerr[256];
     int r = config_callout_key(cfg, section, name, value, cerr, sizeof cerr);
     if (r == 0)

@@ -26,6 +26,22 @@ void log_set_level(enum log_level level);
 int log_level_parse(const char *s, enum log_level *out);
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Writes s as a JSON string (RFC 8259 §7: quoted, escaped, bytes that are
+ * not UTF-8 as U+FFFD), or null when s is NULL (log.c; pecctl's --json). */
+#include <stdio.h>
+void json_fput(FILE *f, const char *s);
+/* [log] format = json: JSON lines instead of text (log.c). */
+void log_set_json(bool json);
+/* What a record is about, for the JSON format (any field may be NULL); the
+ * text format prints the message alone, which names them already. */
+struct log_fields {
+    const char *qid;       /* queue id */
+    const char *pec_id;    /* the PEC message's identifier (msgid of §4.3) */
+    const char *event;     /* accepted, refused, delivery, pec-accepted... */
+    const char *result;    /* sent, deferred, bounced, ok... */
+};
+void log_tagged(enum log_level level, const struct log_fields *f, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 #define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
@@ -44,6 +60,8 @@ void str_lower(char *s);
 /* Parses "10", "10k", "10K", "30M", "1G" (binary multiples) into bytes. */
 /* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
 int64_t clock_ms(void);
+/* Microseconds of CLOCK_MONOTONIC, for durations. */
+int64_t clock_us(void);
 /* Waits until fd has one of the poll(2) events or the deadline (clock_ms())
  * passes: 1 ready, 0 timed out (errno ETIMEDOUT), -1 error; EINTR retried. */
 int fd_wait(int fd, short events, int64_t deadline);

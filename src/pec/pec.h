@@ -295,6 +295,8 @@ int pec_trust_add_crl_pem(pec_trust *t, const void *pem, size_t len, char *err, 
 int pec_trust_add_crl(pec_trust *t, const void *data, size_t len, char *err, size_t errsz);
 /* How many CRLs t holds. */
 size_t pec_trust_crl_count(const pec_trust *t);
+/* The thisUpdate (RFC 5280 §5.1.2.4) of the oldest CRL t holds; 0 when none. */
+time_t pec_trust_crl_oldest(const pec_trust *t);
 /* RFC 5280 §5.3.1 CRLReason: the name of a code ("keyCompromise"), NULL when
  * unknown; and the code of a name (case-insensitive), -1 when unknown. */
 const char *pec_crl_reason_name(int code);

@@ -143,6 +143,11 @@ void pec_dirmgr_request(struct pec_dirmgr *m);
 int pec_dirmgr_refresh(struct pec_dirmgr *m, char *err, size_t errsz);
 const pec_dirsnap *pec_dirmgr_acquire(struct pec_dirmgr *m);
 void pec_dirsnap_release(const pec_dirsnap *s);
+/* Reload: the refresh thread takes c (its strings borrowed from the new
+ * configuration; cache_dir is kept) at its next turn, at once when refresh.
+ * The strings of the conf it replaces must stay valid until that thread's
+ * configuration hold ends (lib/config.h, config_retire). */
+void pec_dirmgr_reconfigure(struct pec_dirmgr *m, const struct pec_dir_conf *c, bool refresh);
 /* Stops the thread and frees everything (held snapshots stay valid). */
 void pec_dirmgr_free(struct pec_dirmgr *m);
 

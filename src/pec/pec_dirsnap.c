@@ -22,6 +22,7 @@
  */
 #include "pec/pec_dir.h"
 #include "lib/lib.h"
+#include "lib/config.h"
 #include "pec_internal.h"
 
 #include <curl/curl.h>
@@ -42,6 +43,8 @@ struct pec_dirmgr {
     char cache[PATH_MAX];          /* the cache file read at start (pec_dir_cache_path) */
     char cache_dir[PATH_MAX];      /* m->c.cache_dir points here */
     struct timespec cache_seen;    /* its mtime when we last wrote or read it */
+    struct pec_dir_conf next;      /* pec_dirmgr_reconfigure: taken at the next turn */
+    bool has_next;
 };
 
 static void snap_free(pec_dirsnap *s)
@@ -279,6 +282,16 @@ static void *refresher(void *arg)
         }
         m->requested = false;
         pthread_mutex_unlock(&m->mu);
+        /* the conf's strings belong to the configuration in force: held
+         * from before they are taken until the refresh is over (reload) */
+        config_hold_begin();
+        pthread_mutex_lock(&m->mu);
+        if (m->has_next) {
+            m->c = m->next;
+            m->c.cache_dir = m->cache_dir;
+            m->has_next = false;
+        }
+        pthread_mutex_unlock(&m->mu);
         char e[1024];
         failing = pec_dirmgr_refresh(m, e, sizeof e) == -1;
         if (failing) {
@@ -290,6 +303,7 @@ static void *refresher(void *arg)
             take_newer_cache(m);
             warn_stale(m);
         }
+        config_hold_end();
         pthread_mutex_lock(&m->mu);
     }
     pthread_mutex_unlock(&m->mu);
@@ -309,6 +323,18 @@ void pec_dirmgr_request(struct pec_dirmgr *m)
     pthread_mutex_lock(&m->mu);
     m->requested = true;
     pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void pec_dirmgr_reconfigure(struct pec_dirmgr *m, const struct pec_dir_conf *c, bool refresh)
+{
+    pthread_mutex_lock(&m->mu);
+    m->next = *c;
+    m->has_next = true;
+    if (refresh) {
+        m->requested = true;
+        pthread_cond_signal(&m->cv);
+    }
     pthread_mutex_unlock(&m->mu);
 }
 

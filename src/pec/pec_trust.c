@@ -251,3 +251,18 @@ int pec_crl_reason_code(const char *name)
             return i;
     return -1;
 }
+
+time_t pec_trust_crl_oldest(const pec_trust *t)
+{
+    time_t oldest = 0;
+    for (int i = 0; i < sk_X509_CRL_num(t->crls); i++) {
+        const ASN1_TIME *at = X509_CRL_get0_lastUpdate(sk_X509_CRL_value(t->crls, i));
+        struct tm tm;
+        if (at == NULL || ASN1_TIME_to_tm(at, &tm) != 1)
+            continue;
+        time_t w = timegm(&tm);
+        if (oldest == 0 || w < oldest)
+            oldest = w;
+    }
+    return oldest;
+}

@@ -26,6 +26,7 @@
 #include "store/tracking.h"
 #include "roles.h"
 
+#include <stdatomic.h>
 #include <errno.h>
 #include <glib.h>
 #include <stdio.h>
@@ -33,7 +34,7 @@
 #include <string.h>
 
 struct notices {
-    const struct config *cfg;
+    const struct config *_Atomic cfg;   /* swapped by a reload */
     struct roles *roles;
     struct tracking *tracking;
     struct queue *queue;
@@ -192,9 +193,7 @@ static void housekeeping(struct notices *nt)
 static gpointer notices_main(gpointer arg)
 {
     struct notices *nt = arg;
-    /* a few times per shortest timer, at most every 30 s */
-    uint64_t every = nt->cfg->timer_preavviso / 8;
-    every = every < 1 ? 1 : every > 30 ? 30 : every;
+    uint64_t every = 1;
     for (;;) {
         g_mutex_lock(&nt->lock);
         gint64 until = g_get_monotonic_time() + (gint64)every * G_TIME_SPAN_SECOND;
@@ -204,10 +203,21 @@ static gpointer notices_main(gpointer arg)
         g_mutex_unlock(&nt->lock);
         if (stop)
             break;
+        config_hold_begin();    /* [timers] may change on reload */
         send_due(nt);
         housekeeping(nt);
+        /* a few times per shortest timer, at most every 30 s */
+        every = nt->cfg->timer_preavviso / 8;
+        every = every < 1 ? 1 : every > 30 ? 30 : every;
+        config_hold_end();
     }
     return NULL;
+}
+
+void notices_set_config(struct notices *nt, const struct config *cfg)
+{
+    if (nt != NULL)
+        atomic_store(&nt->cfg, cfg);
 }
 
 struct notices *notices_start(const struct config *cfg, struct roles *r, struct tracking *t,

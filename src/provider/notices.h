@@ -20,6 +20,8 @@ struct notices;
 
 /* Starts the thread; NULL when out of memory. */
 struct roles;
+/* Reload: [timers], [evidence] retention from cfg at the thread's next turn. */
+void notices_set_config(struct notices *nt, const struct config *cfg);
 /* r: whose certificates are watched hourly (roles_check_certificates). */
 struct notices *notices_start(const struct config *cfg, struct roles *r, struct tracking *t,
                               struct queue *q, struct evidence *ev);

@@ -22,6 +22,7 @@
  * is in roles_access.c, the incoming and delivery points in roles_incoming.c
  * (roles_int.h).
  */
+#include "lib/metrics.h"
 #include "roles_int.h"
 #include "roles.h"
 #include "transport.h"
@@ -131,6 +132,30 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
     return r;
 }
 
+static void password_free(void *p)
+{
+    if (p != NULL)
+        explicit_bzero(p, strlen(p));
+    free(p);
+}
+
+int roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
+                     char *err, size_t errlen)
+{
+    char cache[4096], *pw = NULL;
+    struct pec_dir_conf dc;
+    if (pec_dir_conf_init(&dc, cfg, cache, &pw, err, errlen) == -1)
+        return -1;
+    char *old = r->dir_password;
+    r->dir_password = pw;
+    atomic_store(&r->cfg, cfg);
+    /* always: the refresh thread's strings must be the new configuration's */
+    pec_dirmgr_reconfigure(r->dirs, &dc, directory_changed);
+    if (old != NULL)
+        config_retire(password_free, old);
+    return 0;
+}
+
 void roles_reload_directory(struct roles *r)
 {
     pec_dirmgr_request(r->dirs);
@@ -159,6 +184,16 @@ static int ev_sign(void *ctx, const void *d, size_t n, unsigned char **der, size
     *der = b.data;
     *len = b.len;
     return 0;
+}
+
+void roles_directory_stats(struct roles *r, time_t *fetched, size_t *providers,
+                           time_t *crl_oldest)
+{
+    const pec_dirsnap *s = pec_dirmgr_acquire(r->dirs);
+    *fetched = s->fetched;
+    *providers = pec_directory_count(s->dir);
+    *crl_oldest = pec_trust_crl_oldest(s->trust);
+    pec_dirsnap_release(s);
 }
 
 void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced)
@@ -288,10 +323,15 @@ void role_add_output(struct queue_outputs *out, const char *from, const char *co
 int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
 {
     char e2[256];
+    int64_t t0 = clock_us();
     if (pec_build(&r->id, a, m, e2, sizeof e2) == -1) {
+        metric_inc(&metric_signatures, "sign", "error");
         snprintf(err, errlen, "cannot build %s: %s", pec_type_name(a->type), e2);
         return -1;
     }
+    metric_observe(&metric_signature_seconds, METRIC_OP_SIGN, clock_us() - t0);
+    metric_inc(&metric_signatures, "sign", "ok");
+    metric_inc(&metric_pec_made, pec_type_name(a->type), NULL);
     return 0;
 }
 

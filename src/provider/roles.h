@@ -21,12 +21,22 @@ void roles_free(struct roles *r);
 /* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
  * done by a thread, the copy in use stays until a good one replaces it. */
 void roles_reload_directory(struct roles *r);
+/* Reload: cfg in force from now on (the directory's source, bind, TLS
+ * client certificate, CRLs... taken by its thread, which refreshes at once
+ * when directory_changed).  -1 with err (nothing changed) when
+ * directory_password_file cannot be read. */
+int roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
+                     char *err, size_t errlen);
 /* Events go to this evidence log (its day seals signed with our key).
  * stage_synced: the queue's delivery threads syncfs the log's file system
  * before they commit a stage ([queue] sync = syncfs, the log on the queue's
  * file system), so the events of a stage are appended without a sync of
  * their own (evidence_append_deferred). */
 struct evidence;
+/* For the metrics: when the directory in use was fetched from its source,
+ * how many providers it lists, and the thisUpdate of its oldest CRL (0: none). */
+void roles_directory_stats(struct roles *r, time_t *fetched, size_t *providers,
+                           time_t *crl_oldest);
 void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced);
 bool roles_is_pec_domain(const struct roles *r, const char *domain);
 /* The same, with the signature transport_set_pec_domains() wants. */

@@ -6,6 +6,7 @@
  * carries her RFC 8689 tag (§6): REQUIRETLS on MAIL, or the header field
  * "TLS-Required: No".  Split from roles.c (see there and roles_int.h).
  */
+#include "lib/metrics.h"
 #include "roles_int.h"
 #include "roles.h"
 #include "transport.h"
@@ -50,7 +51,9 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
     if (rc == 0)
         rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
     if (rc == 0) {
-        log_info("%s: not accepted: %s (PEC %s)", env->qid, why, a->pec_id);
+        metric_inc(&metric_pec_transactions, "access", "not-accepted");
+        log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a->pec_id, .event = "accettazione", .result = "not-accepted"},
+                   "%s: not accepted: %s (PEC %s)", env->qid, why, a->pec_id);
     } else if (err[0] == '\0') {
         snprintf(err, errlen, "evidence log unavailable");
     }
@@ -252,7 +255,9 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
             goto done;
         }
     }
-    log_info("%s: accepted as PEC %s for %zu recipient%s", env->qid, pec_id, env->nrcpts,
+    metric_inc(&metric_pec_transactions, "access", "accepted");
+    log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = pec_id, .event = "accettazione", .result = "accepted"},
+               "%s: accepted as PEC %s for %zu recipient%s", env->qid, pec_id, env->nrcpts,
              env->nrcpts == 1 ? "" : "s");
     rc = 0;
 done:

@@ -6,6 +6,7 @@
  * virus detection notices for our own envelopes (§3.2.4).  Split from
  * roles.c (see there and roles_int.h).
  */
+#include "lib/metrics.h"
 #include "roles_int.h"
 #include "roles.h"
 #include "transport.h"
@@ -100,6 +101,7 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
     if (rc == 0)
         rc = role_send_to(r, env, recovered, out, d->mittente, &m, err, errlen);
     if (rc == 0) {
+        metric_inc(&metric_pec_transactions, "delivery", "virus");
         log_info("%s: virus detected at <%s> for PEC %s: non-delivery to <%s>", env->qid,
                  d->consegna, a.pec_id, d->mittente);
     }
@@ -269,7 +271,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                 break;
             }
             a.errore_esteso = why;
-            log_info("%s: PEC %s to <%s> not delivered: %s", env->qid, a.pec_id, addr, why);
+            metric_inc(&metric_pec_transactions, "delivery", "not-delivered");
+            log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a.pec_id, .event = "consegna", .result = "not-delivered"},
+                       "%s: PEC %s to <%s> not delivered: %s", env->qid, a.pec_id, addr, why);
             rc = role_build(r, &a, &m, err, errlen);
             if (rc == 0)
                 rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
@@ -288,7 +292,9 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                 a.original = original->data;
                 a.original_len = original->len;
             }
-            log_info("%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
+            metric_inc(&metric_pec_transactions, "delivery", "delivered");
+            log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a.pec_id, .event = "consegna", .result = "delivered"},
+                       "%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
                      pec_variant_name(a.variant));
             rc = role_build(r, &a, &m, err, errlen);
             if (rc == 0)
@@ -382,8 +388,20 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     if (res == 0 && nk > 0)
         res = role_store_copies(r, env, recovered, env->sender, keep, nk, m.data, m.len, out, err,
                                 errlen);
+    if (res == 0) {
+        /* the reason's stable name (pec_reason_name) before the detail */
+        char reason[32] = "unreadable";
+        size_t rl = strspn(why, "abcdefghijklmnopqrstuvwxyz-_");
+        if (rl > 0 && rl < sizeof reason && why[rl] == ':') {
+            memcpy(reason, why, rl);
+            reason[rl] = '\0';
+        }
+        metric_inc(&metric_pec_transactions, "incoming", "anomaly");
+        metric_inc(&metric_pec_anomalies, reason, NULL);
+    }
     if (res == 0 && nk > 0) {
-        log_info("%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
+        log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = pec_id, .event = "anomalia", .result = "delivered"},
+                   "%s: anomaly envelope for %zu recipient%s: %s", env->qid, env->nrcpts,
                  env->nrcpts == 1 ? "" : "s", why);
         char omid[512] = "", subj[1024] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
@@ -507,7 +525,11 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
     pec_verdict v;
     char e2[256];
     memset(&v, 0, sizeof v);
-    if (pec_verify(snap->trust, data, len, &v, e2, sizeof e2) == -1)
+    int64_t t0 = clock_us();
+    int vr = pec_verify(snap->trust, data, len, &v, e2, sizeof e2);
+    metric_observe(&metric_signature_seconds, METRIC_OP_VERIFY, clock_us() - t0);
+    metric_inc(&metric_signatures, "verify", vr == -1 ? "unreadable" : v.valid ? "valid" : "invalid");
+    if (vr == -1)
         return anomaly(r, env, data, len, recovered, "messaggio non leggibile", out, err, errlen);
     int rc;
     if (!v.valid) {
@@ -519,6 +541,7 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
         pec_verdict_free(&v);
         return rc;
     }
+    metric_inc(&metric_pec_transactions, "incoming", "verified");
     struct queue_rcpt *fresh = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fresh);
     struct queue_env envc;
     if (fresh == NULL || take_in_once(r, env, data, len, &v, &envc, fresh, err, errlen) == -1) {

@@ -15,7 +15,7 @@
 #include <time.h>
 
 struct roles {
-    const struct config *cfg;
+    const struct config *_Atomic cfg;   /* swapped by a reload (roles_set_config) */
     struct transport *transport;
     struct users_db *users;
     struct tracking *tracking;

@@ -30,6 +30,7 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 
+#include <stdatomic.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <glib.h>
@@ -141,6 +142,21 @@ struct transport *transport_new(const struct config *cfg, char *err, size_t errl
     t->active = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     t->route_addrs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return t;
+}
+
+static void callouts_free_cb(void *c) { callouts_free(c); }
+
+void transport_set_config(struct transport *t, const struct config *cfg)
+{
+    struct callouts *c = callouts_new(cfg);
+    if (!callouts_any(c, CONFIG_PHASE_OUTGOING)) {
+        callouts_free(c);
+        c = NULL;
+    }
+    atomic_store(&t->cfg, cfg);
+    struct callouts *old = atomic_exchange(&t->callouts, c);
+    if (old != NULL)
+        config_retire(callouts_free_cb, old);
 }
 
 void transport_free(struct transport *t)
@@ -434,7 +450,8 @@ static int outgoing_callouts(struct transport *t, const struct queue_env *env, c
                              size_t len, const struct deliver_rcpt *r, char **out,
                              size_t *outlen, char *reply, size_t replylen)
 {
-    if (t->callouts == NULL)
+    struct callouts *co = t->callouts;   /* one load: a reload may swap it */
+    if (co == NULL)
         return 0;
     const char **rc = calloc(env->nrcpts + 1, sizeof *rc);
     size_t n = 0;
@@ -446,7 +463,7 @@ static int outgoing_callouts(struct transport *t, const struct queue_env *env, c
                             .auth_user = env->auth_user, .auth_type = env->auth_mech,
                             .sender = env->sender, .rcpts = rc,
                             .nrcpts = n, .pec = true};
-    int res = callouts_outgoing(t->callouts, &m, data, len, out, outlen, reply, replylen);
+    int res = callouts_outgoing(co, &m, data, len, out, outlen, reply, replylen);
     free(rc);
     if (res == 0)
         return 0;

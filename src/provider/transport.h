@@ -11,6 +11,9 @@ struct config;
 struct transport;
 
 struct transport *transport_new(const struct config *cfg, char *err, size_t errlen);
+/* Reload: routes, TLS policies, milters... from cfg (the outgoing callouts
+ * are made again; the old ones retired, lib/config.h). */
+void transport_set_config(struct transport *t, const struct config *cfg);
 void transport_free(struct transport *t);
 /* Domains of PEC providers get at least [pec] tls_policy (verify): the
  * callback answers whether a domain is one (the providers' directory). */

@@ -24,7 +24,9 @@ struct idle_conn {
 };
 
 struct transport {
-    const struct config *cfg;
+    /* swapped by a reload (transport_set_config): read under a configuration
+     * hold (lib/config.h) */
+    const struct config *_Atomic cfg;
     SSL_CTX *client_ctx;
     struct ub_ctx *ub;
     bool dnssec;
@@ -39,7 +41,7 @@ struct transport {
     void *user_lookup_arg;
     bool (*user_quota)(void *arg, const char *addr, uint64_t *octets);
     void *user_quota_arg;
-    struct callouts *callouts;  /* the outgoing milters (DKIM signing), or NULL */
+    struct callouts *_Atomic callouts;  /* the outgoing milters (DKIM signing), or NULL */
 };
 
 struct hop {

@@ -14,6 +14,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -408,6 +409,34 @@ void queue_stop(struct queue *q)
 
 bool queue_idle(const struct queue *q) { return q->busy == 0; }
 
+void queue_set_config(struct queue *q, const struct config *cfg) { atomic_store(&q->cfg, cfg); }
+
+void queue_stats(struct queue *q, struct queue_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, q->entries);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        const struct qentry *e = v;
+        if (e->attempts > 0 && !e->busy)
+            st->deferred++;
+        else
+            st->active++;
+        if (st->oldest == 0 || (e->arrival != 0 && e->arrival < st->oldest))
+            st->oldest = e->arrival;
+    }
+    char p[PATH_MAX];
+    path_of(q, "hold", "", p, sizeof p);
+    DIR *d = opendir(p);
+    if (d != NULL) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL)
+            st->hold += de->d_name[0] != '.';
+        closedir(d);
+    }
+}
+
 void queue_free(struct queue *q)
 {
     if (q == NULL)
@@ -427,7 +456,7 @@ void queue_free(struct queue *q)
     free(q);
 }
 
-static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
+static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count, bool json)
 {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", dir, sub);
@@ -447,8 +476,33 @@ static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
         snprintf(path, sizeof path, "%s/%s", p, name);
         struct queue_env env;
         if (spool_read(path, &env, NULL, NULL, err, sizeof err) == -1) {
-            fprintf(out, "%-16s  (%s: %s)\n", name, sub, err);
-            (*count)++;
+            if (json) {
+                fputs((*count)++ ? ",{\"qid\":" : "{\"qid\":", out);
+                json_fput(out, name);
+                fprintf(out, ",\"hold\":%s,\"error\":", strcmp(sub, "hold") == 0 ? "true" : "false");
+                json_fput(out, err);
+                fputc('}', out);
+            } else {
+                fprintf(out, "%-16s  (%s: %s)\n", name, sub, err);
+                (*count)++;
+            }
+            continue;
+        }
+        if (json) {
+            fputs((*count)++ ? ",{\"qid\":" : "{\"qid\":", out);
+            json_fput(out, env.qid);
+            fprintf(out, ",\"hold\":%s,\"size\":%llu,\"arrival\":%lld,\"sender\":",
+                    strcmp(sub, "hold") == 0 ? "true" : "false", (unsigned long long)env.size,
+                    (long long)env.arrival);
+            json_fput(out, env.sender);
+            fputs(",\"recipients\":[", out);
+            for (size_t r = 0; r < env.nrcpts; r++) {
+                if (r)
+                    fputc(',', out);
+                json_fput(out, env.rcpts[r].addr);
+            }
+            fputs("]}", out);
+            queue_env_free(&env);
             continue;
         }
         struct tm tm;
@@ -467,18 +521,25 @@ static void list_dir(const char *dir, const char *sub, FILE *out, size_t *count)
     g_ptr_array_free(names, TRUE);
 }
 
-int queue_list(const char *queue_dir, FILE *out)
+int queue_list(const char *queue_dir, FILE *out) { return queue_list_ex(queue_dir, out, false); }
+
+int queue_list_ex(const char *queue_dir, FILE *out, bool json)
 {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/queue", queue_dir);
-    if (access(p, R_OK) == -1) {
+    /* an instance whose pecd never ran has no queue/ yet: an empty queue */
+    if (access(p, R_OK) == -1 && errno != ENOENT) {
         fprintf(stderr, "cannot read the queue %s: %s\n", p, strerror(errno));
         return -1;
     }
     size_t n = 0;
-    list_dir(queue_dir, "queue", out, &n);
-    list_dir(queue_dir, "hold", out, &n);
-    if (n == 0)
+    if (json)
+        fputc('[', out);
+    list_dir(queue_dir, "queue", out, &n, json);
+    list_dir(queue_dir, "hold", out, &n, json);
+    if (json)
+        fputs("]\n", out);
+    else if (n == 0)
         fprintf(out, "Queue is empty\n");
     else
         fprintf(out, "-- %zu message%s in queue (! = on hold)\n", n, n == 1 ? "" : "s");

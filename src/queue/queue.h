@@ -236,6 +236,17 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
                         void *deliver_arg, char *err, size_t errlen);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */
 int queue_recover(struct queue *q);
+/* For the metrics (event loop): messages in the queue waiting for their
+ * turn or being handled (active), waiting for a retry (deferred), on hold
+ * (files in hold/), and the arrival of the oldest queued one (0: none). */
+struct queue_stats {
+    size_t active, deferred, hold;
+    time_t oldest;
+};
+void queue_stats(struct queue *q, struct queue_stats *st);
+/* Reload: retry times, lifetimes... from cfg (the directory and the number
+ * of workers stay: they need a restart). */
+void queue_set_config(struct queue *q, const struct config *cfg);
 /* Schedules the files of queue/ it does not know yet (released from hold/;
  * pecd calls it on SIGHUP). */
 void queue_rescan(struct queue *q);
@@ -260,5 +271,9 @@ int queue_inject(const char *queue_dir, const struct queue_env *env, const char 
                  size_t len, char qid[QUEUE_ID_LEN + 1]);
 
 /* For pecctl: lists queue/ on stdout. */
+/* queue_list, or as a JSON array of {qid, hold, size, arrival, sender,
+ * recipients} when json (pecctl queue --json).  A queue directory that does
+ * not exist yet (pecd never ran) is an empty queue. */
+int queue_list_ex(const char *queue_dir, FILE *out, bool json);
 int queue_list(const char *queue_dir, FILE *out);
 #endif

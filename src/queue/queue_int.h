@@ -36,7 +36,7 @@ struct qentry {
 
 struct queue {
     struct event_base *base;
-    const struct config *cfg;
+    const struct config *_Atomic cfg;   /* swapped by a reload (queue_set_config) */
     deliver_fn deliver;
     void *deliver_arg;
     process_fn process;

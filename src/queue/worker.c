@@ -13,6 +13,7 @@
 #include "smtp/smtp.h"   /* SMTP_NOTIFY_* bits */
 #include "lib/config.h"
 #include "lib/lib.h"
+#include "lib/metrics.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -593,6 +594,21 @@ static void load(struct queue *q, struct work *w)
     }
 }
 
+/* pecmail_deliveries_total: the next hop is the host that answered ("local"
+ * for our own mailboxes), the metric's bounded table caps the label set. */
+static void count_delivery(const struct deliver_rcpt *r, const char *result)
+{
+    char hop[128] = "local";
+    if (r->remote_mta[0]) {
+        size_t n = strcspn(r->remote_mta, " [");
+        if (n == 0 || n >= sizeof hop)
+            n = strnlen(r->remote_mta, sizeof hop - 1);
+        memcpy(hop, r->remote_mta, n);
+        hop[n] = '\0';
+    }
+    metric_inc(&metric_deliveries, result, hop);
+}
+
 /* After the batch's publish: settle recipients, notify, record, remove. */
 static void settle(struct queue *q, struct work *w)
 {
@@ -617,7 +633,9 @@ static void settle(struct queue *q, struct work *w)
         case DELIVER_OK:
             e->done[i] = 1;
             newly[i] = true;
-            log_info("%s: to=<%s> status=sent (%s)", e->qid, addr,
+            count_delivery(r, "sent");
+            log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = e->qid, .event = "delivery", .result = "sent"},
+                       "%s: to=<%s> status=sent (%s)", e->qid, addr,
                      r->text[0] ? r->text : "delivered to mailbox");
             if (wants(&w->env, i, DSN_DELIVERED)) {
                 ok[nok++] = i;
@@ -627,14 +645,18 @@ static void settle(struct queue *q, struct work *w)
         case DELIVER_PERMFAIL:
             e->done[i] = 2;
             newly[i] = true;
-            log_err("%s: to=<%s> status=bounced (%s)", e->qid, addr, r->text);
+            count_delivery(r, "bounced");
+            log_tagged(LOG_LVL_ERR, &(struct log_fields){.qid = e->qid, .event = "delivery", .result = "bounced"},
+                       "%s: to=<%s> status=bounced (%s)", e->qid, addr, r->text);
             if (wants(&w->env, i, DSN_FAILED))
                 failed[nf++] = i;
             break;
         case DELIVER_TEMPFAIL:
             e->tempfail = true;
             snprintf(e->err, sizeof e->err, "%s", r->text);
-            log_warn("%s: to=<%s> status=deferred (%s)", e->qid, addr, r->text);
+            count_delivery(r, "deferred");
+            log_tagged(LOG_LVL_WARN, &(struct log_fields){.qid = e->qid, .event = "delivery", .result = "deferred"},
+                       "%s: to=<%s> status=deferred (%s)", e->qid, addr, r->text);
             if (!w->env.delay_warned && q->cfg->delay_warning > 0 &&
                 (uint64_t)(now - w->env.arrival) >= q->cfg->delay_warning &&
                 wants(&w->env, i, DSN_DELAYED))
@@ -688,6 +710,7 @@ gpointer queue_worker_thread(gpointer arg)
             break;
         memset(ws, 0, sizeof ws);
         ws[n++].e = e;
+        config_hold_begin();    /* a reload frees the old configuration after the batch */
         bool stop = false;
         while (n < WORKER_BATCH && (e = g_async_queue_try_pop(q->work)) != NULL) {
             if (e == &queue_stop_entry) {
@@ -715,6 +738,7 @@ gpointer queue_worker_thread(gpointer arg)
                 g_ptr_array_free(ws[i].staged_names, TRUE);
             g_async_queue_push(q->results, ws[i].e);
         }
+        config_hold_end();
         uint64_t one = 1;
         ssize_t wr = write(q->efd, &one, sizeof one);
         (void)wr;

@@ -20,6 +20,7 @@
  */
 #include "server_int.h"
 #include "lib/lib.h"
+#include "lib/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -444,6 +445,8 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         char msg[300];
         int n = snprintf(msg, sizeof msg, "421 4.7.0 %s Too many connections%s, try again later\r\n",
                          srv->cfg->hostname, full ? "" : " from your address");
+        metric_inc(&metric_connections_refused, ls->cfg->name,
+                   full ? "max_connections" : "max_connections_per_ip");
         log_refusal(ls, ip, full ? "too many connections (max_connections)"
                                  : "too many connections from this address "
                                    "(max_connections_per_ip)",
@@ -515,6 +518,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     if (refusing)
         return;   /* the 421 goes out once the handshake is done */
     sess_reply_nocount(s, "220 %s ESMTP pecmail", srv->cfg->hostname);
+    metric_inc(&metric_connections, l->cfg->name, NULL);
     log_debug("connection from %s on %s", ip, l->cfg->name);
 }
 
@@ -533,6 +537,8 @@ struct smtp_server *smtp_server_new(struct event_base *base, const struct config
 }
 
 void smtp_server_set_tls(struct smtp_server *srv, SSL_CTX *tls) { srv->tls = tls; }
+
+struct smtp_hooks *smtp_server_hooks(struct smtp_server *srv) { return &srv->hooks; }
 
 static void on_accept_error(struct evconnlistener *evl, void *arg)
 {
@@ -635,6 +641,38 @@ void smtp_server_drain(struct smtp_server *srv)
 }
 
 size_t smtp_server_sessions(const struct smtp_server *srv) { return srv->nsessions; }
+
+/* The same listener in cfg: by its index in the old configuration's array. */
+static const struct config_listener *same_listener(const struct smtp_server *srv,
+                                                   const struct config *cfg,
+                                                   const struct config_listener *l)
+{
+    ptrdiff_t k = l - srv->cfg->listeners;
+    if (k < 0 || (size_t)k >= cfg->nlisteners)
+        abort();   /* broken invariant: pecd keeps the listeners on reload */
+    return &cfg->listeners[k];
+}
+
+void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg)
+{
+    for (size_t i = 0; i < srv->nlstates; i++)
+        srv->lstates[i].cfg = same_listener(srv, cfg, srv->lstates[i].cfg);
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        srv->listeners[i]->cfg = same_listener(srv, cfg, srv->listeners[i]->cfg);
+    for (GList *it = srv->sessions; it; it = it->next) {
+        struct session *s = it->data;
+        s->lst = same_listener(srv, cfg, s->lst);
+    }
+    srv->cfg = cfg;
+}
+
+size_t smtp_server_open(const struct smtp_server *srv, size_t i, const char **name)
+{
+    if (i >= srv->nlstates)
+        return (size_t)-1;
+    *name = srv->lstates[i].cfg->name;
+    return srv->lstates[i].n;
+}
 
 void smtp_server_free(struct smtp_server *srv)
 {

@@ -6,6 +6,7 @@
  */
 #include "server_int.h"
 #include "lib/lib.h"
+#include "lib/metrics.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -144,6 +145,22 @@ void sess_cmd_bdat(struct session *s, const char *args)
     data_timeouts(s);
 }
 
+/* Counts a refused message by the enhanced status code of its reply
+ * ("550 5.7.1 ..." -> 5.7.1; RFC 3463), a bounded set of our own replies. */
+static void count_refused(struct session *s, const char *reply)
+{
+    char code[16] = "none";
+    const char *p = strchr(reply, ' ');
+    if (p != NULL) {
+        size_t n = strspn(p + 1, "0123456789.");
+        if (n > 0 && n < sizeof code) {
+            memcpy(code, p + 1, n);
+            code[n] = '\0';
+        }
+    }
+    metric_inc(&metric_messages_refused, s->lst->name, code);
+}
+
 static void commit_done(void *arg, int result)
 {
     struct session *s = arg;
@@ -153,9 +170,11 @@ static void commit_done(void *arg, int result)
         return;
     }
     if (result == 0) {
-        log_info("%s: accepted from=<%s> nrcpt=%zu size=%llu client=%s proto=%s%s%s", s->qid,
+        log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = s->qid, .event = "received", .result = "accepted"},
+                   "%s: accepted from=<%s> nrcpt=%zu size=%llu client=%s proto=%s%s%s", s->qid,
                  s->txn.sender, s->txn.nrcpts, (unsigned long long)s->data.size, s->ip,
                  s->proto, s->authed ? " user=" : "", s->authed ? s->auth_user : "");
+        metric_inc(&metric_messages_accepted, s->lst->name, NULL);
         sess_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
     } else {
         sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
@@ -176,9 +195,13 @@ static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char 
         s->srv->hooks.msg_commit(s->msg, commit_done, s);
         return;
     }
-    log_info("%s: %s from=<%s> client=%s: %s", s->qid,
+    log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = s->qid, .event = "received",
+               .result = verdict == SMTP_FILTER_DISCARD ? "discarded" : "refused"},
+               "%s: %s from=<%s> client=%s: %s", s->qid,
              verdict == SMTP_FILTER_DISCARD ? "discarded" : "refused", s->txn.sender, s->ip,
              text);
+    if (verdict != SMTP_FILTER_DISCARD)
+        count_refused(s, text);
     if (verdict == SMTP_FILTER_DISCARD)
         sess_reply(s, "%s", text);
     else
@@ -217,8 +240,10 @@ static void msg_finish(struct session *s)
         return;
     }
     if (verdict != NULL) {
-        log_info("%s: refused from=<%s> client=%s: %s", s->qid, s->txn.sender, s->ip,
+        log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = s->qid, .event = "received", .result = "refused"},
+                   "%s: refused from=<%s> client=%s: %s", s->qid, s->txn.sender, s->ip,
                  strlen(verdict) > 10 ? verdict + 10 : verdict);
+        count_refused(s, verdict);
         sess_reply(s, "%s", verdict);
         sess_txn_reset(s);
         if (s->state != ST_CLOSING) {

@@ -232,4 +232,13 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
 void smtp_server_drain(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
 void smtp_server_set_tls(struct smtp_server *srv, SSL_CTX *tls);
+/* The hooks in use (a reload installs or removes msg_filter). */
+struct smtp_hooks *smtp_server_hooks(struct smtp_server *srv);
+/* Reload: the server reads cfg from now on (limits, timeouts, relay
+ * networks, host name), open sessions too.  cfg->listeners must be those the
+ * server listens on, in the same order (pecd keeps them: a change of
+ * address needs a restart). */
+void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg);
+/* Sessions open on the i-th listener (and its name); (size_t)-1 past the last. */
+size_t smtp_server_open(const struct smtp_server *srv, size_t i, const char **name);
 void smtp_server_free(struct smtp_server *srv);

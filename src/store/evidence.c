@@ -712,3 +712,23 @@ int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e
 {
     return append(ev, e, true, err, errlen);
 }
+
+int evidence_stats(struct evidence *ev, long long *records, time_t *last_seal)
+{
+    /* never waits behind a group commit or a seal: the scrape tries again */
+    if (pthread_mutex_trylock(&ev->db_lock) != 0)
+        return -1;
+    int rc = -1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(ev->db, "SELECT (SELECT coalesce(max(seq), 0) FROM events), "
+                                   "(SELECT coalesce(max(sealed_at), 0) FROM seals)",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        *records = sqlite3_column_int64(st, 0);
+        *last_seal = (time_t)sqlite3_column_int64(st, 1);
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&ev->db_lock);
+    return rc;
+}

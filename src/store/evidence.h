@@ -115,6 +115,10 @@ int evidence_seal(struct evidence *ev, time_t now, char *err, size_t errlen);
  * on error. */
 int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t errlen);
 
+/* For the metrics: records written in the log's life (the last sequence
+ * number) and when the last day seal was made (0: none).  -1 when the log
+ * is busy (a commit or a seal holds it): the caller keeps its last values. */
+int evidence_stats(struct evidence *ev, long long *records, time_t *last_seal);
 void evidence_close(struct evidence *ev);
 
 /*
@@ -144,6 +148,9 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
  * transactions, grouped per transaction in log order.  0 found, 1 none,
  * -1 error (reason on out). */
 int evidence_trace(const char *path, const char *id, FILE *out);
+/* The same events as one JSON object (evidence_json.c): the number of
+ * events (0: none), or -1 with err. */
+int evidence_trace_json(const char *path, const char *id, FILE *out, char *err, size_t errlen);
 
 /* SHA-256 chain step over one record, exposed for tests and tools:
  * hash = SHA-256(prev || "pecmail-evidence-1" || F(seq) F(day) F(logged_at)

@@ -171,9 +171,11 @@ def test_tracking_database_of_an_older_pecd_is_migrated(providers):
     a.stop()   # pecd holds tracking.db exclusively while it runs
     db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         cols = [r[1] for r in db.execute("PRAGMA table_info(expect)")]
         assert "orig_msgid" in cols and "slot" in cols, cols
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "taken_in" in tables, tables
     finally:
         db.close()
 

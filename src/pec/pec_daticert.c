@@ -196,6 +196,27 @@ static void dtd_load(void)
         daticert_dtd, (int)sizeof daticert_dtd - 1, XML_CHAR_ENCODING_UTF8);
     if (in)
         dtd_cached = xmlIOParseDTD(NULL, in, XML_CHAR_ENCODING_UTF8); /* frees in */
+    if (dtd_cached == NULL)
+        return;
+    /* xmlValidateDtd compiles an element's content model the first time it
+     * meets the element and stores it in the declaration: done here, once,
+     * so that the threads validating at the same time only read the DTD
+     * (two of them compiling the same model raced, and one copy leaked) */
+    xmlValidCtxtPtr vc = xmlNewValidCtxt();
+    if (vc == NULL) {
+        xmlFreeDtd(dtd_cached);
+        dtd_cached = NULL;
+        return;
+    }
+    for (xmlNodePtr n = dtd_cached->children; n != NULL; n = n->next) {
+        if (n->type == XML_ELEMENT_DECL && ((xmlElementPtr)n)->contModel == NULL &&
+            xmlValidBuildContentModel(vc, (xmlElementPtr)n) != 1) {
+            xmlFreeDtd(dtd_cached);   /* validate_doc says the DTD did not load */
+            dtd_cached = NULL;
+            break;
+        }
+    }
+    xmlFreeValidCtxt(vc);
 }
 
 struct valid_err {

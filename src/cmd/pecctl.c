@@ -35,6 +35,7 @@ int pecctl_report_main(struct config *cfg, int argc, char **argv) __attribute__(
 
 int pecctl_help(FILE *f, const char *cmd);
 int pecctl_route_main(struct config *cfg, int argc, char **argv);
+int pecctl_domain_main(struct config *cfg, int argc, char **argv);
 
 static void usage(FILE *f) { pecctl_help(f, NULL); }
 
@@ -336,7 +337,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
         strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
-        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0) {
+        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "domain") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
                                                    : strcmp(cmd, "report") == 0
@@ -345,6 +346,8 @@ int main(int argc, char **argv)
                                                        ? pecctl_directory_main
                                                    : strcmp(cmd, "route") == 0
                                                        ? pecctl_route_main
+                                                   : strcmp(cmd, "domain") == 0
+                                                       ? pecctl_domain_main
                                                        : NULL;
         if (strcmp(cmd, "user") != 0 && strcmp(cmd, "queue") != 0 && fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);

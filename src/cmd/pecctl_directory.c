@@ -26,12 +26,14 @@
  * 2 usage.  A running pecd takes an import at its next refresh or SIGHUP.
  */
 #include "lib/config.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
 #include "pec/pec_dirp7m.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -495,6 +497,8 @@ static int cmd_publish(const struct config *cfg, const char *out)
     int rc = 1;
     pec_buf ldif = {0}, der = {0};
     pec_signer *s = NULL;
+    const char **names = NULL;    /* managedDomains: every local domain */
+    size_t ndomains = 0;
     for (size_t i = 0; i < 2 && files[i]; i++) {
         if (first_cert(files[i], &certs[n], &until[n], err, sizeof err) == -1) {
             fprintf(stderr, "pecctl directory publish: %s\n", err);
@@ -507,9 +511,14 @@ static int cmd_publish(const struct config *cfg, const char *out)
         }
         n++;
     }
+    const struct domain **all = domains_sorted(cfg->domains, &ndomains);
+    names = g_new(const char *, ndomains + 1);
+    for (size_t i = 0; i < ndomains; i++)
+        names[i] = all[i]->name;
+    g_free(all);
     pec_dir_record r = {
         .name = cfg->name, .receipt = cfg->pec_service_address,
-        .domains = (const char *const *)cfg->local_domains, .n_domains = cfg->nlocal_domains,
+        .domains = names, .n_domains = ndomains,
         .certs = certs, .n_certs = n, .location_url = cfg->pec_dir_location_url,
         .description = cfg->pec_dir_description};
     if (pec_dir_record_ldif(&r, &ldif, err, sizeof err) == -1) {
@@ -534,7 +543,7 @@ static int cmd_publish(const struct config *cfg, const char *out)
         goto out;
     }
     printf("%s: the record of %s (%zu domain%s), signed, %zu bytes\n", out, cfg->name,
-           cfg->nlocal_domains, cfg->nlocal_domains == 1 ? "" : "s", der.len);
+           ndomains, ndomains == 1 ? "" : "s", der.len);
     for (size_t i = 0; i < n; i++) {
         char when[32], hex[2 * SHA_DIGEST_LENGTH + 1];
         unsigned char md[SHA_DIGEST_LENGTH];
@@ -551,6 +560,7 @@ static int cmd_publish(const struct config *cfg, const char *out)
         printf("  serve it at %s (docs/directory.md)\n", cfg->pec_dir_location_url);
     rc = 0;
 out:
+    g_free(names);
     pec_signer_free(s);
     pec_buf_free(&ldif);
     pec_buf_free(&der);

@@ -56,6 +56,13 @@ static const struct help helps[] = {
      "    (comments kept, the result checked before it replaces the file) and take\n"
      "    effect on the next reload (systemctl reload pecmail)\n"
      "    --json                list: a JSON array of {\"domain\", \"next_hop\"}\n"},
+    {"domain",
+     "pecctl -c CONF domain list [--json]\n"
+     "    the local domains ([provider] domain, local_domains, local_domains_file)\n"
+     "    and each one's settings, as pecd would load them now\n"
+     "    --json                a JSON array of {\"domain\", \"messages_per_hour\",\n"
+     "                          \"recipients_per_hour\", \"receipt\", \"callouts\",\n"
+     "                          \"tls_certificate\"}\n"},
     {"verify",
      "pecctl verify [--json] [--trust CAFILE]... [--crl CRLFILE]...\n"
      "              [--directory FILE.ldif|ldap://HOST:PORT/BASE] [--directory-ca CAFILE]\n"

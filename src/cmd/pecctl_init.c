@@ -108,29 +108,14 @@ static int parse_port(const char *opt, const char *s, unsigned *out)
     return 0;
 }
 
-/* A domain in dot-atom form with LDH labels (RFC 6109 §4.5.5, RFC 1034); lower-cased. */
+/* A domain of LDH labels (RFC 6109 §4.5.5, RFC 1034), at most 200 octets
+ * (it goes into certificate names); lower-cased. */
 static bool domain_ok(char *d)
 {
-    size_t n = strlen(d), label = 0;
-    if (n == 0 || n > 200 || d[0] == '.' || d[n - 1] == '.')
+    if (strlen(d) > 200 || !str_domain_ok(d))
         return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = d[i];
-        if (c >= 'A' && c <= 'Z')
-            d[i] = (char)(c - 'A' + 'a');
-        else if (c == '.') {
-            if (label == 0 || d[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        } else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
-            return false;
-        if (c == '-' && label == 0)
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return d[n - 1] != '-';
+    str_lower(d);
+    return true;
 }
 
 /* NAME goes into pecd.conf (inih: ';' starts a comment, a leading blank

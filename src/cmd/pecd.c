@@ -13,6 +13,7 @@
  */
 #include "pecd_int.h"
 #include "lib/config.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -109,6 +110,14 @@ static int check_limits(struct pecd *d, const struct smtp_txn *txn, unsigned mor
     char user[SMTP_PATH_MAX + 8], client[SMTP_CLIENT_KEY_MAX + 8];
     limit_keys(txn, user, sizeof user, client, sizeof client);
     int64_t t = now_ms();
+    /* a user's limits: their domain's line in local_domains_file, else [limits] */
+    uint64_t user_msgs = d->cfg->messages_per_hour, user_rcpts = d->cfg->recipients_per_hour;
+    const char *at = txn->auth_user ? strrchr(txn->auth_user, '@') : NULL;
+    const struct domain *dom = at ? domains_get(d->cfg->domains, at + 1) : NULL;
+    if (dom != NULL && dom->messages_per_hour != DOMAIN_INHERIT)
+        user_msgs = dom->messages_per_hour;
+    if (dom != NULL && dom->recipients_per_hour != DOMAIN_INHERIT)
+        user_rcpts = dom->recipients_per_hour;
     const struct {
         struct smtp_throttle *tab;
         const char *key;
@@ -116,8 +125,8 @@ static int check_limits(struct pecd *d, const struct smtp_txn *txn, unsigned mor
         unsigned more;
         const char *what, *who;
     } c[] = {
-        {d->sent_msgs, user, d->cfg->messages_per_hour, more_msgs, "messages", "user"},
-        {d->sent_rcpts, user, d->cfg->recipients_per_hour, more_rcpts, "recipients", "user"},
+        {d->sent_msgs, user, user_msgs, more_msgs, "messages", "user"},
+        {d->sent_rcpts, user, user_rcpts, more_rcpts, "recipients", "user"},
         {d->sent_msgs, client, d->cfg->client_messages_per_hour, more_msgs, "messages",
          "address"},
         {d->sent_rcpts, client, d->cfg->client_recipients_per_hour, more_rcpts, "recipients",
@@ -637,6 +646,11 @@ int main(int argc, char **argv)
                                     d.cfg->tls_ciphers, err, sizeof err);
         if (d.tls == NULL) {
             log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+        if (smtp_tls_sni(d.tls, d.cfg->domains, d.cfg->tls_min_version, d.cfg->tls_ciphers,
+                         err, sizeof err) == -1) {
+            log_err("configuration error: %s", err);
             return 1;
         }
     }

@@ -184,6 +184,12 @@ void pecd_reload(struct pecd *d)
     if (n->tls_cert != NULL) {
         tls = smtp_tls_server_ctx(n->tls_cert, n->tls_key, n->tls_min_version, n->tls_ciphers,
                                   err, sizeof err);
+        if (tls != NULL &&
+            smtp_tls_sni(tls, n->domains, n->tls_min_version, n->tls_ciphers, err,
+                         sizeof err) == -1) {
+            SSL_CTX_free(tls);
+            tls = NULL;
+        }
         if (tls == NULL) {
             log_err("reload: %s: [tls]: %s; nothing changed", d->conf_path, err);
             config_free(n);

@@ -6,9 +6,11 @@
  * config_callout.c.
  */
 #include "config_int.h"
+#include "domains.h"
 #include "lib.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <arpa/inet.h>
 #include <ini.h>
 #include <limits.h>
@@ -134,7 +136,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
             str_copy(absdir, d, sizeof absdir);
     }
     cfg->dir = strdup(absdir);
-    cfg->nlocal_domains = 1;    /* slot 0 is the provider domain */
+    cfg->domains = domains_new();
 
     cfg->max_message_size = 60ULL * 1024 * 1024;   /* DESIGN: twice the legal 30 MB */
     cfg->max_recipients = 100;                      /* RFC 5321 §4.5.3.1.8 minimum */
@@ -196,7 +198,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: [provider] domain is required", path);
         goto bad;
     }
-    cfg->local_domains[0] = strdup(cfg->domain);
+    if (domains_add(cfg->domains, cfg->domain, err, errlen) == -1)
+        goto bad;
+    if (cfg->local_domains_file != NULL) {
+        resolve(&cfg->local_domains_file, cfg->dir);
+        if (domains_load_file(cfg->domains, cfg->local_domains_file, cfg->dir, err, errlen) == -1)
+            goto bad;
+    }
     if (cfg->hostname == NULL) {
         char host[256];
         if (gethostname(host, sizeof host) == 0 && strchr(host, '.') != NULL)
@@ -242,6 +250,19 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         resolve(&cfg->lmtp_host, cfg->dir);
     resolve(&cfg->tls_cert, cfg->dir);
     resolve(&cfg->tls_key, cfg->dir);
+    if (cfg->tls_cert == NULL) {
+        size_t n;
+        const struct domain **all = domains_sorted(cfg->domains, &n);
+        for (size_t i = 0; i < n; i++)
+            if (all[i]->tls_cert != NULL) {
+                snprintf(err, errlen, "%s:%u: %s has a TLS certificate, but there is no [tls] "
+                         "certificate for the names it does not cover", all[i]->file,
+                         all[i]->line, all[i]->name);
+                g_free(all);
+                goto bad;
+            }
+        g_free(all);
+    }
 
     /* PEC stages sign, verify and sync: more threads overlap that work
      * (bench/pec-exchange: 30/s with 4, 53/s with 8, no gain with 16);
@@ -345,8 +366,8 @@ void config_free(struct config *cfg)
                      &cfg->metrics_listen};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
-    for (size_t i = 0; i < cfg->nlocal_domains; i++)
-        free(cfg->local_domains[i]);
+    domains_free(cfg->domains);
+    free(cfg->local_domains_file);
     for (size_t i = 0; i < cfg->pec_n_crl_urls; i++)
         free(cfg->pec_crl_urls[i]);
     for (size_t i = 0; i < cfg->nroutes; i++) {
@@ -366,10 +387,7 @@ void config_free(struct config *cfg)
 
 bool config_is_local_domain(const struct config *cfg, const char *domain)
 {
-    for (size_t i = 0; i < cfg->nlocal_domains; i++)
-        if (cfg->local_domains[i] && str_ieq(cfg->local_domains[i], domain))
-            return true;
-    return false;
+    return domains_get(cfg->domains, domain) != NULL;
 }
 
 const struct config_listener *config_listener(const struct config *cfg, const char *name)

@@ -15,7 +15,6 @@
 
 #define CONFIG_MAX_LISTENERS 8
 #define CONFIG_MAX_ADDRS 8
-#define CONFIG_MAX_DOMAINS 32
 #define CONFIG_MAX_ROUTES 64
 #define CONFIG_MAX_CRL_URLS 16
 #define CONFIG_MAX_MILTERS 16
@@ -51,8 +50,9 @@ struct config {
     char *hostname;
     char *name;
     char *postmaster;
-    char *local_domains[CONFIG_MAX_DOMAINS];
-    size_t nlocal_domains;          /* includes domain itself, lower case */
+    struct domains *domains;        /* the local domains: domain, local_domains and
+                                     * local_domains_file (domains.h) */
+    char *local_domains_file;
     char *data_dir;
     char *log_level;
 

@@ -10,6 +10,7 @@
 #include "config_int.h"
 
 #include <glib.h>
+#include "domains.h"
 #include "lib.h"
 
 #include <arpa/inet.h>
@@ -317,6 +318,8 @@ int config_handler(void *user, const char *section, const char *name, const char
 
     if (strcmp(section, "provider") == 0) {
         if (strcmp(name, "domain") == 0) {
+            if (!str_domain_ok(value))
+                return fail(ctx, "domain: '%s' is not a domain name", value);
             set_str(&cfg->domain, value);
             str_lower(cfg->domain);
         } else if (strcmp(name, "hostname") == 0)
@@ -326,11 +329,17 @@ int config_handler(void *user, const char *section, const char *name, const char
         else if (strcmp(name, "postmaster") == 0)
             set_str(&cfg->postmaster, value);
         else if (strcmp(name, "local_domains") == 0) {
-            /* slot 0 is reserved for the provider domain */
-            if (split_list(value, cfg->local_domains, CONFIG_MAX_DOMAINS,
-                           &cfg->nlocal_domains, true) == -1)
-                return fail(ctx, "local_domains: at most %d domains", CONFIG_MAX_DOMAINS - 1);
-        } else if (strcmp(name, "data_dir") == 0)
+            gchar **v = g_strsplit_set(value, ", \t", -1);
+            char why[300];
+            for (size_t i = 0; v[i] != NULL; i++)
+                if (v[i][0] != '\0' && domains_add(cfg->domains, v[i], why, sizeof why) == -1) {
+                    g_strfreev(v);
+                    return fail(ctx, "local_domains: %s", why);
+                }
+            g_strfreev(v);
+        } else if (strcmp(name, "local_domains_file") == 0)
+            set_str(&cfg->local_domains_file, value);
+        else if (strcmp(name, "data_dir") == 0)
             set_str(&cfg->data_dir, value);
         else if (strcmp(name, "log_level") == 0) {
             enum log_level lvl;

@@ -57,6 +57,9 @@ bool str_ieq(const char *a, const char *b);
 bool str_iprefix(const char *s, const char *prefix);
 char *str_trim(char *s);
 void str_lower(char *s);
+/* A host or domain name of LDH labels (RFC 1034 §3.5, RFC 1123 §2.1): 1-63
+ * letters, digits or '-' (not first or last), at most 253 octets; any case. */
+bool str_domain_ok(const char *s);
 /* Parses "10", "10k", "10K", "30M", "1G" (binary multiples) into bytes. */
 /* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
 int64_t clock_ms(void);

@@ -224,6 +224,12 @@ struct smtp_hooks {
 struct smtp_server;
 SSL_CTX *smtp_tls_server_ctx(const char *cert, const char *key, int min_version,
                              const char *ciphers, char *err, size_t errlen);
+/* Attaches to ctx the certificates of the local domains that have one,
+ * chosen by SNI (tls.c); -1 with "FILE:LINE: domain: reason" when one does
+ * not load.  The contexts live as long as ctx. */
+struct domains;
+int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, int min_version, const char *ciphers,
+                 char *err, size_t errlen);
 struct smtp_server *smtp_server_new(struct event_base *base, const struct config *cfg,
                                     const struct smtp_hooks *hooks, SSL_CTX *tls);
 int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l, char *err,

@@ -1,12 +1,17 @@
 /*
  * tls.c - the server's TLS context: TLS 1.2 or later only, the certificate
  * chain and key from the configuration, and a refusal to use a private key
- * that other users can read (secure by default).
+ * that other users can read (secure by default).  With local domains that
+ * have their own certificate (local_domains_file tls_certificate=), the
+ * name a client asks for (SNI, RFC 6066 §3) chooses it: the domain or the
+ * closest parent domain that has one, else [tls]'s.
  */
 #include "smtp.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -65,4 +70,101 @@ SSL_CTX *smtp_tls_server_ctx(const char *cert, const char *key, int min_version,
     }
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"pecd", 4);
     return ctx;
+}
+
+/* ---- SNI ------------------------------------------------------------------ */
+
+static int sni_index = -1;
+static GOnce sni_once = G_ONCE_INIT;
+
+static void sni_map_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                         void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (ptr != NULL)
+        g_hash_table_destroy(ptr);
+}
+
+static gpointer sni_index_new(gpointer arg)
+{
+    (void)arg;
+    sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_map_free);
+    return NULL;
+}
+
+/* The name's context, or its closest parent domain's. */
+static int on_servername(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    GHashTable *map = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    char key[256];
+    if (name == NULL || strlen(name) >= sizeof key)
+        return SSL_TLSEXT_ERR_NOACK;   /* [tls]'s certificate */
+    str_copy(key, name, sizeof key);
+    str_lower(key);
+    for (const char *p = key; p != NULL && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
+        SSL_CTX *c = g_hash_table_lookup(map, p);
+        if (c != NULL) {
+            SSL_set_SSL_CTX(ssl, c);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, int min_version, const char *ciphers,
+                 char *err, size_t errlen)
+{
+    size_t n;
+    const struct domain **all = domains_sorted(t, &n);
+    GHashTable *map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                            (GDestroyNotify)SSL_CTX_free);
+    GHashTable *by_file = g_hash_table_new(g_str_hash, g_str_equal);  /* one context a pair */
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const struct domain *d = all[i];
+        if (d->tls_cert == NULL)
+            continue;
+        char pair[2 * 4096 + 2];
+        snprintf(pair, sizeof pair, "%s\n%s", d->tls_cert, d->tls_key);
+        SSL_CTX *c = g_hash_table_lookup(by_file, pair);
+        if (c == NULL) {
+            char why[512];
+            c = smtp_tls_server_ctx(d->tls_cert, d->tls_key, min_version, ciphers, why,
+                                    sizeof why);
+            if (c == NULL) {
+                snprintf(err, errlen, "%s:%u: %s: %s", d->file ? d->file : "?", d->line,
+                         d->name, why);
+                rc = -1;
+                break;
+            }
+            g_hash_table_insert(by_file, g_strdup(pair), c);
+        } else {
+            SSL_CTX_up_ref(c);
+        }
+        g_hash_table_insert(map, g_strdup(d->name), c);
+    }
+    GHashTableIter it;
+    gpointer k;
+    g_hash_table_iter_init(&it, by_file);
+    while (g_hash_table_iter_next(&it, &k, NULL))
+        g_free(k);
+    g_hash_table_destroy(by_file);
+    g_free(all);
+    if (rc == -1 || g_hash_table_size(map) == 0) {
+        g_hash_table_destroy(map);
+        return rc;
+    }
+    g_once(&sni_once, sni_index_new, NULL);
+    if (sni_index < 0 || SSL_CTX_set_ex_data(ctx, sni_index, map) != 1) {
+        g_hash_table_destroy(map);
+        snprintf(err, errlen, "cannot attach the SNI certificates");
+        return -1;
+    }
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(ctx, map);
+    log_info("TLS: %u local domain%s with a certificate of their own (SNI)",
+             g_hash_table_size(map), g_hash_table_size(map) == 1 ? "" : "s");
+    return 0;
 }

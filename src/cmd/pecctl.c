@@ -285,11 +285,13 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
 int main(int argc, char **argv)
 {
     const char *conf = "/etc/pecmail/pecd.conf";
+    bool conf_given = false;
     int i = 1;
     log_init("pecctl", LOG_LVL_WARN);
     while (i < argc && argv[i][0] == '-') {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             conf = argv[i + 1];
+            conf_given = true;
             i += 2;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -353,6 +355,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
             return 2;
         }
+        /* pecctl log verify FILE needs no pecd.conf (an auditor's host) */
+        if (fn == pecctl_log_main && !conf_given && access(conf, R_OK) != 0 && argc - i >= 3 &&
+            strcmp(argv[i + 1], "verify") == 0)
+            return fn(NULL, argc - i, argv + i);
         struct config *cfg = load(conf);
         if (cfg == NULL)
             return 1;

@@ -71,7 +71,7 @@ static const struct help helps[] = {
      "    classify and check PEC messages; exit 0 valid, 1 invalid, 2 unreadable\n"
      "    --json                one JSON object per file\n"},
     {"log",
-     "pecctl -c CONF log verify [--cert FILE | --no-cert] [--json]\n"
+     "pecctl -c CONF log verify [--cert FILE | --no-cert] [--json] [FILE]\n"
      "pecctl -c CONF log seal\n"
      "pecctl -c CONF log purge\n"
      "pecctl -c CONF log search --address ADDR [--from YYYY-MM-DD] [--to YYYY-MM-DD]\n"
@@ -81,10 +81,14 @@ static const struct help helps[] = {
      "pecctl -c CONF log hold add --address ADDR | --pec-id ID [--reason TEXT]\n"
      "pecctl -c CONF log hold list [--json]\n"
      "pecctl -c CONF log hold del ID\n"
+     "pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n"
      "    verify: the evidence log's hash chain and day seals; exit 0 intact,\n"
      "    1 tampered, 2 unreadable; purge: records past [evidence] retention,\n"
      "    except those under a legal hold; search: a user's transactions;\n"
-     "    extract: their records in a file signed with the provider's key (CMS)\n"
+     "    extract: their records in a file signed with the provider's key (CMS);\n"
+     "    export: a sealed day as a file of its own (default evidence-DAY.db), for\n"
+     "    write-once storage; verify FILE checks such a file (or a copy of a log),\n"
+     "    without pecd.conf when --cert names the signing certificate\n"
      "    --json                verify: {\"path\", \"result\", \"valid\", \"report\", \"error\"}\n"},
     {"report",
      "pecctl -c CONF report --from YYYY-MM-DD --to YYYY-MM-DD [--json|--csv]\n"

@@ -31,7 +31,8 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv);
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert] [--json]\n"
+    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert] [--json] [FILE]\n"
+               "       pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n"
                "       pecctl -c CONF log seal\n"
                "       pecctl -c CONF log purge\n"
                "       pecctl -c CONF log search|extract|hold ...  (pecctl help)\n"
@@ -42,7 +43,8 @@ static void usage(FILE *f)
 
 static int log_verify(struct config *cfg, int argc, char **argv)
 {
-    const char *cert = cfg->pec_signing_cert;
+    /* cfg is NULL for `pecctl log verify FILE` on a host without pecd.conf */
+    const char *cert = cfg ? cfg->pec_signing_cert : NULL, *file = NULL;
     bool json = false;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
@@ -51,20 +53,27 @@ static int log_verify(struct config *cfg, int argc, char **argv)
             cert = argv[++i];
         } else if (strcmp(argv[i], "--no-cert") == 0) {
             cert = NULL;
+        } else if (argv[i][0] != '-' && file == NULL) {
+            file = argv[i];      /* an exported day, or a copy of a log */
         } else {
             usage(stderr);
             return 2;
         }
     }
+    if (cfg == NULL && file == NULL) {
+        usage(stderr);
+        return 2;
+    }
+    const char *path = file ? file : cfg->evidence_path;
     char err[1024];
     time_t now = time(NULL);
     struct evidence_verify_opts o = {.cert_pem_file = cert, .now = now};
     /* a purge may not reach into the retention period (one day of slack:
-     * purge removes whole days) */
-    if (cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
+     * purge removes whole days); a file given is judged on its own */
+    if (file == NULL && cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
         o.keep_after = now - (time_t)cfg->evidence_retention + 86400;
     if (!json) {
-        int r = evidence_verify_ex(cfg->evidence_path, &o, stdout, err, sizeof err);
+        int r = evidence_verify_ex(path, &o, stdout, err, sizeof err);
         return r == 0 ? 0 : r == -1 ? 1 : 2;
     }
     /* --json: the same report, one line an element, and the verdict */
@@ -74,10 +83,10 @@ static int log_verify(struct config *cfg, int argc, char **argv)
     if (mem == NULL)
         return 2;
     err[0] = '\0';
-    int r = evidence_verify_ex(cfg->evidence_path, &o, mem, err, sizeof err);
+    int r = evidence_verify_ex(path, &o, mem, err, sizeof err);
     fclose(mem);
     fputs("{\"path\":", stdout);
-    json_fput(stdout, cfg->evidence_path);
+    json_fput(stdout, path);
     printf(",\"result\":\"%s\",\"valid\":%s,\"report\":[",
            r == 0 ? "intact" : r == -1 ? "tampered" : "unreadable", r == 0 ? "true" : "false");
     size_t k = 0;
@@ -163,8 +172,45 @@ static int log_maintain(struct config *cfg, bool purge)
     return r < 0 ? 2 : 0;
 }
 
+/* log export --day D [--out FILE]: a sealed day as a file of its own */
+static int log_export(struct config *cfg, int argc, char **argv)
+{
+    const char *day = NULL, *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--day") == 0 && i + 1 < argc)
+            day = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else
+            day = NULL, i = argc;
+    }
+    if (day == NULL) {
+        fprintf(stderr, "usage: pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n");
+        return 2;
+    }
+    char name[64];
+    if (out == NULL) {
+        snprintf(name, sizeof name, "evidence-%.16s.db", day);
+        out = name;
+    }
+    char err[1024];
+    long long n = evidence_export_day(cfg->evidence_path, day, out, err, sizeof err);
+    if (n < 0) {
+        fprintf(stderr, "pecctl log export: %s\n", err);
+        return 1;
+    }
+    printf("%s: day %s, %lld record%s and the day's seal; check it with pecctl log verify "
+           "%s --cert SIGNING-CERT.pem\n",
+           out, day, n, n == 1 ? "" : "s", out);
+    return 0;
+}
+
 int pecctl_log_main(struct config *cfg, int argc, char **argv)
 {
+    if (cfg == NULL)     /* pecctl log verify FILE without pecd.conf */
+        return argc >= 2 && strcmp(argv[1], "verify") == 0 ? log_verify(NULL, argc, argv) : 2;
+    if (argc >= 2 && strcmp(argv[1], "export") == 0)
+        return log_export(cfg, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "search") == 0)
         return pecctl_log_search(cfg, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "extract") == 0)

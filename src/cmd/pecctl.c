@@ -36,6 +36,8 @@ int pecctl_report_main(struct config *cfg, int argc, char **argv) __attribute__(
 int pecctl_help(FILE *f, const char *cmd);
 int pecctl_route_main(struct config *cfg, int argc, char **argv);
 int pecctl_domain_main(struct config *cfg, int argc, char **argv);
+int pecctl_backup_main(struct config *cfg, int argc, char **argv);
+int pecctl_restore_main(const char *conf, int argc, char **argv);
 
 static void usage(FILE *f) { pecctl_help(f, NULL); }
 
@@ -327,6 +329,8 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (strcmp(cmd, "restore") == 0)   /* may restore pecd.conf itself */
+        return pecctl_restore_main(conf, argc - i, argv + i);
     if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0 || strcmp(cmd, "init") == 0) {
         int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main
                                   : strcmp(cmd, "pki") == 0  ? pecctl_pki_main
@@ -339,7 +343,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
         strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
-        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "domain") == 0) {
+        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "domain") == 0 ||
+        strcmp(cmd, "backup") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
                                                    : strcmp(cmd, "report") == 0
@@ -350,6 +355,8 @@ int main(int argc, char **argv)
                                                        ? pecctl_route_main
                                                    : strcmp(cmd, "domain") == 0
                                                        ? pecctl_domain_main
+                                                   : strcmp(cmd, "backup") == 0
+                                                       ? pecctl_backup_main
                                                        : NULL;
         if (strcmp(cmd, "user") != 0 && strcmp(cmd, "queue") != 0 && fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);

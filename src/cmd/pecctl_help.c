@@ -56,6 +56,18 @@ static const struct help helps[] = {
      "    (comments kept, the result checked before it replaces the file) and take\n"
      "    effect on the next reload (systemctl reload pecmail)\n"
      "    --json                list: a JSON array of {\"domain\", \"next_hop\"}\n"},
+    {"backup",
+     "pecctl -c CONF backup DIR [--no-mail] [--include-keys]\n"
+     "pecctl -c CONF restore DIR [--force]\n"
+     "    backup: a consistent copy of the instance into the new directory DIR while\n"
+     "    pecd runs (spool and tracking database by pecd between two batches, then\n"
+     "    the evidence log, the files pecd.conf names, the Maildirs in the data\n"
+     "    directory) with a MANIFEST of checksums; private keys only with\n"
+     "    --include-keys.  restore: checks DIR, refuses beside a running pecd or\n"
+     "    over existing state (--force moves it aside), restores pecd.conf first\n"
+     "    when CONF does not exist (docs/backup.md)\n"
+     "    --no-mail             leave the Maildirs out\n"},
+    {"restore", "pecctl -c CONF restore DIR [--force]\n    see pecctl help backup\n"},
     {"domain",
      "pecctl -c CONF domain list [--json]\n"
      "    the local domains ([provider] domain, local_domains, local_domains_file)\n"

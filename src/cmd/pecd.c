@@ -781,6 +781,10 @@ int main(int argc, char **argv)
         log_err("configuration error: %s", err);
         return 1;
     }
+    if (pecd_control_start(&d, err, sizeof err) == -1) {
+        log_err("%s", err);
+        return 1;
+    }
     purge_quarantine(d.cfg);
     d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
     event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
@@ -810,6 +814,7 @@ int main(int argc, char **argv)
     pecd_metrics_free(&d);
     pecd_service_free(&d);
 
+    pecd_control_stop(&d);
     notices_stop(d.notices);
     if (d.seen_ev)
         event_free(d.seen_ev);

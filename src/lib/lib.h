@@ -101,6 +101,21 @@ int fs_dir_stat(const char *path, dev_t *dev);
  * either cannot be stat'ed. */
 bool fs_same_fs(const char *a, const char *b);
 
+/* ---- copies for backups (fs_copy.c) --------------------------------------- */
+struct fs_copy_stats {
+    uint64_t files, bytes, skipped;   /* skipped: links and special files */
+};
+/* from into to (created or replaced with mode), fsync'ed; adds to *bytes. */
+int fs_copy_file(const char *from, const char *to, mode_t mode, uint64_t *bytes, char *err,
+                 size_t errlen);
+/* The tree from into to (created 0700 if absent): directories 0700, files
+ * 0600, each fsync'ed; names in skip (NULL-terminated, top level only) left
+ * out; a file that disappears meanwhile is not an error. */
+int fs_copy_tree(const char *from, const char *to, const char *const *skip,
+                 struct fs_copy_stats *st, char *err, size_t errlen);
+/* rm -r path without following links; 0 also when it does not exist. */
+int fs_remove_tree(const char *path);
+
 /* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */
 /* syncfs(2) of fd's file system, shared with the other threads that want one
  * at the same time: returns once a syncfs that started after the call has

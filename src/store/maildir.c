@@ -5,8 +5,9 @@
  *
  * The name is derived from the queue id and the recipient's index, so a
  * delivery repeated after a crash finds its earlier copy (link() fails with
- * EEXIST in new/; cur/ is searched for recovered messages) and is not stored
- * twice.  CRLF line ends are kept as received: PEC signatures cover them.
+ * EEXIST in new/; for recovered messages new/ and cur/ are searched by the
+ * name without its host part, which differs after a restore on another
+ * host) and is not stored twice.  CRLF line ends are kept as received: PEC signatures cover them.
  */
 #include "store.h"
 #include "lib/lib.h"
@@ -73,24 +74,26 @@ static int ensure_maildir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Is there a cur/ entry with base name 'name' (optionally ":2,…")? */
-static bool in_cur(const char *dir, const char *name)
+/* Is there an entry in DIR/sub whose name starts with the message's key,
+ * "ARRIVAL.QqidRn." - the name without the host, which differs when a
+ * restored queue is delivered on another host (cur/ adds ":2,FLAGS")? */
+static bool delivered_as(const char *dir, const char *sub, const char *name)
 {
+    const char *dot = strchr(name, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    if (dot == NULL)
+        return false;
+    size_t n = (size_t)(dot - name) + 1;
     char p[PATH_MAX];
-    if (str_fmt(p, sizeof p, "%s/cur", dir) < 0)
+    if (str_fmt(p, sizeof p, "%s/%s", dir, sub) < 0)
         return false;
     DIR *d = opendir(p);
     if (d == NULL)
         return false;
-    size_t n = strlen(name);
     bool found = false;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, name, n) == 0 && (de->d_name[n] == '\0' || de->d_name[n] == ':')) {
-            found = true;
-            break;
-        }
-    }
+    while (!found && (de = readdir(d)) != NULL)
+        found = strncmp(de->d_name, name, n) == 0;
     closedir(d);
     return found;
 }
@@ -108,8 +111,9 @@ int maildir_prepare(const char *dir, const char *name, const char *header, size_
     }
     if (recovered) {
         struct stat st;
-        if (stat(dst_out, &st) == 0 || in_cur(dir, name))
-            return 1;   /* delivered before the crash */
+        if (stat(dst_out, &st) == 0 || delivered_as(dir, "new", name) ||
+            delivered_as(dir, "cur", name))
+            return 1;   /* delivered before the crash (or the backup restored) */
     }
     int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd == -1 && errno == ENOENT) {

@@ -112,6 +112,23 @@ static void leave(struct tracking *t)
     g_mutex_unlock(&t->lock);
 }
 
+int tracking_snapshot(struct tracking *t, const char *path, char *err, size_t errlen)
+{
+    enter(t);    /* commits the pass transaction: VACUUM runs outside one */
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(t->db, "VACUUM INTO ?1", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, path, -1, SQLITE_TRANSIENT) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_DONE)
+        rc = 0;
+    else
+        snprintf(err, errlen, "tracking database: copy into %s: %s", path,
+                 sqlite3_errmsg(t->db));
+    sqlite3_finalize(st);
+    leave(t);
+    return rc;
+}
+
 void tracking_pass_begin(struct tracking *t)
 {
     g_mutex_lock(&t->lock);

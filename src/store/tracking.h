@@ -82,6 +82,10 @@ long tracking_purge_seen(struct tracking *t, time_t before, size_t max);
  * committed at once, with what the open passes wrote so far.  end returns -1
  * if a commit failed while the pass was open (its writes may be lost: its
  * stages must run again). */
+/* A consistent copy of the database into a new file (VACUUM INTO), for
+ * backups: the database is held exclusively by pecd, so only pecd can make
+ * it.  0, or -1 with err. */
+int tracking_snapshot(struct tracking *t, const char *path, char *err, size_t errlen);
 void tracking_pass_begin(struct tracking *t);
 int tracking_pass_end(struct tracking *t);
 

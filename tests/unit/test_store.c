@@ -139,6 +139,24 @@ static void test_maildir(void **state)
     deliver(dir, name, hdr, data, true, 1);
     snprintf(p, sizeof p, "%s/new", dir);
     assert_int_equal(count_dir(p), 0);
+    /* a restored queue delivered on another host (its name in the file name):
+     * the copy the backup brought, in cur/ or new/, is recognised */
+    char other[256];
+    str_copy(other, name, sizeof other);
+    char *host = strstr(other, "R1.") + 3;
+    memcpy(host, "zz", 2);
+    deliver(dir, other, hdr, data, true, 1);
+    snprintf(from, sizeof from, "%s/new/%s", dir, name);
+    assert_int_equal(rename(to, from), 0);
+    deliver(dir, other, hdr, data, true, 1);
+    assert_int_equal(rename(from, to), 0);
+    /* another recipient index is another message */
+    char r2[256];
+    maildir_name(r2, sizeof r2, 1700000000, "0123456789ABCDEF", 11,
+                 sizeof hdr - 1 + sizeof data - 1);
+    deliver(dir, r2, hdr, data, true, 0);
+    snprintf(from, sizeof from, "%s/new/%s", dir, r2);
+    assert_int_equal(unlink(from), 0);
     /* the content is stored byte for byte, CRLF kept */
     char *got;
     size_t len;

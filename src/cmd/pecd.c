@@ -7,6 +7,8 @@
  *   pecd -t -c pecd.conf     check the configuration and exit
  * SIGTERM/SIGINT drain and exit; SIGHUP reloads the users file, the TLS
  * certificate and (in a thread) the providers' directory and its CRLs.
+ * The process model (the signer that holds the keys, the drop to [pecd]
+ * user) is in pecd_privsep.c.
  */
 #include "lib/config.h"
 #include "lib/lib.h"
@@ -20,6 +22,8 @@
 #include "store/evidence.h"
 #include "store/quarantine.h"
 #include "filters/callout.h"
+#include "keys/keys.h"
+#include "pecd_privsep.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -53,6 +57,7 @@ struct pecd {
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
+    struct pecd_privsep ps;         /* the signer process, the listeners, the user */
     struct event *drain_timer;
     time_t drain_started;
 };
@@ -126,6 +131,12 @@ static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *hea
                           char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    /* every message a PEC provider takes in is signed for (a receipt, an
+     * envelope): while no signer answers, nothing is acknowledged */
+    if (d->cfg->pec && !keys_client_up(d->ps.keys)) {
+        snprintf(reply, replylen, "451 4.3.0 Signing service unavailable, try again later");
+        return -1;
+    }
     if (!d->cfg->pec || txn->auth_user != NULL)
         return 0;
     char v[64];
@@ -434,10 +445,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     if (d->roles != NULL)
         roles_reload_directory(d->roles);
     if (d->cfg->tls_cert != NULL) {
-        char err[512];
-        SSL_CTX *ctx = smtp_tls_server_ctx(d->cfg->tls_cert, d->cfg->tls_key,
-                                           d->cfg->tls_min_version, d->cfg->tls_ciphers, err,
-                                           sizeof err);
+        char err[1024];
+        SSL_CTX *ctx = pecd_privsep_tls(&d->ps, d->cfg, true, err, sizeof err);
         if (ctx == NULL) {
             log_err("TLS not reloaded, keeping the previous certificate: %s", err);
         } else {
@@ -564,10 +573,19 @@ int main(int argc, char **argv)
         log_level_parse(d.cfg->log_level, &lvl);
     log_set_level(debug ? LOG_LVL_DEBUG : lvl);
 
-    if (d.cfg->tls_cert != NULL) {
-        d.tls = smtp_tls_server_ctx(d.cfg->tls_cert, d.cfg->tls_key, d.cfg->tls_min_version,
-                                    d.cfg->tls_ciphers, err, sizeof err);
-        if (d.tls == NULL) {
+    if (check) {
+        if (pecd_check_keys(d.cfg, err, sizeof err) == -1) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+    } else {
+        /* the keeper and the signer, the listeners, then [pecd] user */
+        if (pecd_privsep_start(d.cfg, &d.ps, err, sizeof err) == -1) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+        if (d.cfg->tls_cert != NULL &&
+            (d.tls = pecd_privsep_tls(&d.ps, d.cfg, false, err, sizeof err)) == NULL) {
             log_err("configuration error: %s: %s", conf, err);
             return 1;
         }
@@ -630,7 +648,8 @@ int main(int argc, char **argv)
             log_err("tracking database %s: cannot set synchronous=FULL", tpath);
             return 1;
         }
-        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
+        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking,
+                            keys_client_pec_signer(d.ps.keys), err, sizeof err);
         if (d.roles == NULL) {
             log_err("configuration error: %s", err);
             return 1;
@@ -670,7 +689,8 @@ int main(int argc, char **argv)
                  "([antivirus] clamd)");
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {
-        if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
+        if (smtp_server_listen_fds(d.smtp, &d.cfg->listeners[i], d.ps.listen_fds[i],
+                                   d.ps.nfds[i], err, sizeof err) == -1) {
             log_err("%s", err);
             return 1;
         }
@@ -737,6 +757,7 @@ int main(int argc, char **argv)
     event_base_free(d.base);
     users_db_free(d.users);
     SSL_CTX_free(d.tls);
+    pecd_privsep_stop(&d.ps);
     config_free(d.cfg);
     log_info("stopped");
     return 0;

@@ -39,6 +39,8 @@ class Provider:
 
     def write_config(self, routes, extra=None):
         conf = {
+            # the data beside pecd.conf: no change of user (test_keys_*.py run the default)
+            "pecd": {"user": "root"},
             "provider": {"domain": self.domain, "hostname": f"mx.{self.domain}", "name": self.name,
                          "log_level": "debug"},
             "tls": {"certificate": "tls.pem", "key": "tls.key"},

@@ -1,0 +1,302 @@
+/*
+ * keys_signer.c - the signer process: the only process of pecd that holds
+ * the provider's signing key and the TLS key (or the hardware module's
+ * session).  It has no network socket and reads no mail: it loads the keys,
+ * then answers on the socketpairs the keeper gave it, one thread per
+ * socket, until pecd closes them.
+ *
+ * Requests (keys_int.h): the signer's facts (HELLO), a CMS signature over a
+ * SHA-256 digest (the PEC messages, the evidence log's day seals, the
+ * published directory), an RSA or ECDSA private-key operation for a TLS
+ * handshake, and reading the TLS key again (SIGHUP).  Every request is
+ * checked (operation, lengths, padding, which key) before use; a bad one
+ * gets an error answer, never a crash.  The TLS key being reloaded, the
+ * previous one keeps answering for handshakes already under way.
+ *
+ * A hardware module that fails an operation may have lost its session
+ * (module restarted, token removed): the signer then exits, and the keeper
+ * starts another, which logs in again (docs/operator-guide.md).
+ *
+ * Interface: keys_signer_main (keys_int.h).
+ */
+#include "keys_int.h"
+#include "lib/lib.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+struct signer {
+    const struct config *cfg;
+    struct keys_hsm *hsm;
+    pec_signer *pec;
+    bool pec_hardware, tls_hardware;
+    pthread_mutex_t lock;          /* the TLS keys, swapped by a reload */
+    EVP_PKEY *tls_key, *tls_prev;
+    unsigned char tls_id[32], prev_id[32];
+    char *tls_chain;
+    size_t tls_chain_len;
+};
+
+struct server {
+    struct signer *s;
+    int fd;
+    int nice;                      /* added to the thread's priority */
+    pthread_t thread;
+};
+
+static int answer(int fd, uint32_t status, const void *data, size_t len)
+{
+    struct keys_ans_hdr h = {.status = status, .len = (uint32_t)len};
+    return keys_send(fd, &h, sizeof h, data, len);
+}
+
+static int answer_err(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int answer_err(int fd, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return answer(fd, 1, msg, strlen(msg));
+}
+
+static void module_failed(const char *what)
+{
+    /* a fresh process logs in again; pecd waits for it (keys_client.c) */
+    log_err("signer: the hardware module failed %s: restarting the signer", what);
+    _exit(4);
+}
+
+/* HELLO and RELOAD: the facts, then the TLS chain (PEM). */
+static int answer_hello(int fd, struct signer *s)
+{
+    struct keys_hello h = {.has_pec = s->pec != NULL};
+    if (s->pec != NULL)
+        str_copy(h.pec_email, s->pec->email, sizeof h.pec_email);
+    pthread_mutex_lock(&s->lock);
+    h.has_tls = s->tls_key != NULL;
+    memcpy(h.tls_id, s->tls_id, sizeof h.tls_id);
+    size_t n = s->tls_chain_len;
+    unsigned char *buf = malloc(sizeof h + n);
+    if (buf != NULL) {
+        memcpy(buf, &h, sizeof h);
+        if (n)
+            memcpy(buf + sizeof h, s->tls_chain, n);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (buf == NULL)
+        return answer_err(fd, "out of memory");
+    if (sizeof h + n + sizeof(struct keys_ans_hdr) > KEYS_MSG_MAX) {
+        free(buf);
+        return answer_err(fd, "the TLS certificate file is too large (over %d octets)",
+                          KEYS_MSG_MAX / 2);
+    }
+    int r = answer(fd, 0, buf, sizeof h + n);
+    free(buf);
+    return r;
+}
+
+static int reload_tls(int fd, struct signer *s)
+{
+    EVP_PKEY *key;
+    char *chain;
+    size_t len;
+    char err[1024];
+    if (s->cfg->tls_cert == NULL)
+        return answer_err(fd, "no [tls] certificate is configured");
+    if (keys_load_tls(s->cfg, &s->hsm, &key, &chain, &len, err, sizeof err) == -1) {
+        log_err("signer: TLS key not reloaded: %s", err);
+        return answer_err(fd, "%s", err);
+    }
+    unsigned char id[32];
+    if (keys_public_id(key, id) == -1) {
+        EVP_PKEY_free(key);
+        free(chain);
+        return answer_err(fd, "cannot name the TLS key");
+    }
+    pthread_mutex_lock(&s->lock);
+    if (memcmp(id, s->tls_id, sizeof id) != 0) {
+        EVP_PKEY_free(s->tls_prev);
+        s->tls_prev = s->tls_key;
+        memcpy(s->prev_id, s->tls_id, sizeof id);
+        memcpy(s->tls_id, id, sizeof id);
+        s->tls_key = key;
+    } else {
+        EVP_PKEY_free(key);   /* the same key: keep the loaded one */
+    }
+    free(s->tls_chain);
+    s->tls_chain = chain;
+    s->tls_chain_len = len;
+    pthread_mutex_unlock(&s->lock);
+    log_info("signer: TLS certificate and key read again from %s", s->cfg->tls_cert);
+    return answer_hello(fd, s);
+}
+
+/* The TLS key the request names, a reference of the caller's own. */
+static EVP_PKEY *tls_key_for(struct signer *s, const unsigned char id[32])
+{
+    EVP_PKEY *k = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->tls_key != NULL && memcmp(id, s->tls_id, 32) == 0)
+        k = s->tls_key;
+    else if (s->tls_prev != NULL && memcmp(id, s->prev_id, 32) == 0)
+        k = s->tls_prev;
+    if (k != NULL)
+        EVP_PKEY_up_ref(k);
+    pthread_mutex_unlock(&s->lock);
+    return k;
+}
+
+static int tls_op(int fd, struct signer *s, const struct keys_req *rq)
+{
+    EVP_PKEY *key = tls_key_for(s, rq->id);
+    if (key == NULL)
+        return answer_err(fd, "not the TLS key this signer holds (the key file changed: send "
+                              "pecd SIGHUP)");
+    bool rsa = rq->op == KOP_TLS_RSA;
+    if ((rsa && EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) ||
+        (!rsa && EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) ||
+        (rsa && rq->padding != RSA_PKCS1_PADDING && rq->padding != RSA_NO_PADDING) ||
+        (rsa && rq->len != (uint32_t)EVP_PKEY_get_size(key) && rq->padding == RSA_NO_PADDING) ||
+        (!rsa && (rq->len == 0 || rq->len > KEYS_DIGEST_MAX))) {
+        EVP_PKEY_free(key);
+        return answer_err(fd, "a TLS key operation the key does not allow");
+    }
+    unsigned char out[KEYS_RSA_MAX];
+    size_t outlen = sizeof out;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(key, NULL);
+    int ok = ctx != NULL && EVP_PKEY_sign_init(ctx) == 1 &&
+             (!rsa || EVP_PKEY_CTX_set_rsa_padding(ctx, (int)rq->padding) == 1) &&
+             EVP_PKEY_sign(ctx, out, &outlen, rq->data, rq->len) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    if (!ok) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof why);
+        ERR_clear_error();
+        if (s->tls_hardware)
+            module_failed("a TLS signature");
+        return answer_err(fd, "TLS key operation failed: %s", why);
+    }
+    return answer(fd, 0, out, outlen);
+}
+
+static int pec_sign(int fd, struct signer *s, const struct keys_req *rq)
+{
+    if (s->pec == NULL)
+        return answer_err(fd, "no [pec] signing key in this signer");
+    if (rq->len != 32)
+        return answer_err(fd, "a SHA-256 digest is 32 octets");
+    pec_buf der;
+    char err[256];
+    if (pec_signer_sign_digest(s->pec, rq->data, rq->len, &der, err, sizeof err) == -1) {
+        if (s->pec_hardware)
+            module_failed("a PEC signature");
+        return answer_err(fd, "%s", err);
+    }
+    int r = answer(fd, 0, der.data, der.len);
+    pec_buf_free(&der);
+    return r;
+}
+
+static void *serve(void *arg)
+{
+    struct server *sv = arg;
+    if (sv->nice > 0) {
+        id_t tid = (id_t)syscall(SYS_gettid);
+        errno = 0;
+        int now = getpriority(PRIO_PROCESS, tid);
+        int nice = (errno == 0 ? now : 0) + sv->nice;
+        setpriority(PRIO_PROCESS, tid, nice > 19 ? 19 : nice);
+    }
+    struct keys_req *rq = malloc(KEYS_MSG_MAX);
+    const size_t head = offsetof(struct keys_req, data);
+    while (rq != NULL) {
+        ssize_t n = keys_recv(sv->fd, rq, KEYS_MSG_MAX, -1);
+        if (n <= 0)
+            break;              /* pecd closed it (or went away) */
+        int r;
+        if ((size_t)n < head || rq->len > KEYS_RSA_MAX || (size_t)n != head + rq->len)
+            r = answer_err(sv->fd, "malformed request");
+        else if (rq->op == KOP_HELLO)
+            r = answer_hello(sv->fd, sv->s);
+        else if (rq->op == KOP_PEC_SIGN)
+            r = pec_sign(sv->fd, sv->s, rq);
+        else if (rq->op == KOP_TLS_RSA || rq->op == KOP_TLS_ECDSA)
+            r = tls_op(sv->fd, sv->s, rq);
+        else if (rq->op == KOP_TLS_RELOAD)
+            r = reload_tls(sv->fd, sv->s);
+        else
+            r = answer_err(sv->fd, "unknown operation %u", (unsigned)rq->op);
+        if (r == -1)
+            break;
+    }
+    free(rq);
+    close(sv->fd);
+    return NULL;
+}
+
+static void status_write(int fd, const char *text)
+{
+    ssize_t w = write(fd, text, strlen(text));
+    (void)w;
+    close(fd);
+}
+
+int keys_signer_main(const struct config *cfg, const int *fds, size_t n, int status)
+{
+    struct signer s = {.cfg = cfg};
+    pthread_mutex_init(&s.lock, NULL);
+    char err[1024];
+    if (cfg->pec) {
+        s.pec = keys_load_pec_signer(cfg, &s.hsm, err, sizeof err);
+        if (s.pec == NULL) {
+            status_write(status, err);
+            return 3;
+        }
+        s.pec_hardware = pkcs11_uri_is(cfg->pec_signing_key);
+    }
+    if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
+        if (keys_load_tls(cfg, &s.hsm, &s.tls_key, &s.tls_chain, &s.tls_chain_len, err,
+                          sizeof err) == -1 ||
+            keys_public_id(s.tls_key, s.tls_id) == -1) {
+            status_write(status, s.tls_key ? "cannot name the TLS key" : err);
+            return 3;
+        }
+        s.tls_hardware = pkcs11_uri_is(cfg->tls_key);
+    }
+    status_write(status, "OK");
+    struct server *sv = calloc(n, sizeof *sv);
+    if (sv == NULL)
+        return 1;
+    for (size_t i = 0; i < n; i++) {
+        sv[i] = (struct server){.s = &s, .fd = fds[i], .nice = i == 0 ? 0 : (int)cfg->worker_nice};
+        if (i > 0 && pthread_create(&sv[i].thread, NULL, serve, &sv[i]) != 0) {
+            log_err("signer: cannot start a thread");
+            return 1;
+        }
+    }
+    serve(&sv[0]);              /* the TLS socket, on this thread */
+    for (size_t i = 1; i < n; i++)
+        pthread_join(sv[i].thread, NULL);
+    free(sv);
+    pec_signer_free(s.pec);
+    EVP_PKEY_free(s.tls_key);
+    EVP_PKEY_free(s.tls_prev);
+    free(s.tls_chain);
+    keys_hsm_close(s.hsm);
+    return 0;
+}

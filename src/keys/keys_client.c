@@ -26,6 +26,7 @@
 #include "lib/lib.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -74,6 +75,9 @@ struct keys_client {
     bool has_pec;
     char pec_email[256];
     pec_signer *pec;
+    int watch_fd;                  /* a copy of the current signer's TLS socket: its hang-up
+                                      tells the signer died, even before the keeper does */
+    unsigned watch_gen;
 };
 
 static struct gen *gen_new(const struct keys_ctl_msg *m, const int *fds, size_t n)
@@ -362,6 +366,10 @@ static int install(struct keys_client *c, const struct keys_ctl_msg *m, const in
     if (c->cur != NULL)
         mark_down(c, c->cur, false);
     c->cur = g;
+    if (c->watch_fd >= 0)
+        close(c->watch_fd);
+    c->watch_fd = fcntl(g->tls_fd, F_DUPFD_CLOEXEC, 3);
+    c->watch_gen = g->id;
     atomic_store(&c->signer_pid, g->pid);
     atomic_store(&c->up, true);
     pthread_cond_broadcast(&c->changed);
@@ -375,8 +383,32 @@ static void *ctl_thread(void *arg)
     for (;;) {
         struct keys_ctl_msg m;
         int fds[72];
-        size_t nfds;
-        ssize_t n = recv_ctl(c->ctl, &m, fds, &nfds, -1);
+        size_t nfds = 0;
+        ssize_t n;
+        pthread_mutex_lock(&c->lock);
+        int watch = c->watch_fd;
+        pthread_mutex_unlock(&c->lock);
+        struct pollfd p[2] = {{.fd = c->ctl, .events = POLLIN},
+                              {.fd = watch, .events = POLLRDHUP}};
+        if (poll(p, watch >= 0 ? 2 : 1, -1) == -1) {
+            if (errno == EINTR)
+                continue;
+            n = -1;
+        } else if (watch >= 0 && (p[1].revents & (POLLHUP | POLLRDHUP | POLLERR)) &&
+                   !(p[0].revents & POLLIN)) {
+            /* the signer died: requests stop waiting on it now, new messages get 451 */
+            pthread_mutex_lock(&c->lock);
+            if (c->watch_fd == watch) {
+                if (c->cur != NULL && c->cur->id == c->watch_gen)
+                    mark_down(c, c->cur, false);
+                close(c->watch_fd);
+                c->watch_fd = -1;
+            }
+            pthread_mutex_unlock(&c->lock);
+            continue;
+        } else {
+            n = recv_ctl(c->ctl, &m, fds, &nfds, -1);
+        }
         pthread_mutex_lock(&c->lock);
         bool stopping = c->stopping;
         pthread_mutex_unlock(&c->lock);
@@ -407,7 +439,8 @@ static void *ctl_thread(void *arg)
             if (c->cur != NULL && c->cur->id == m.generation)
                 mark_down(c, c->cur, false);
             pthread_mutex_unlock(&c->lock);
-            log_err("signer: %s", m.reason);
+            if (!m.ran)     /* a death is the keeper's to log */
+                log_err("signer: cannot start: %s (tried again)", m.reason);
             for (size_t i = 0; i < nfds; i++)
                 close(fds[i]);
         } else {
@@ -446,6 +479,7 @@ struct keys_client *keys_start(const struct config *cfg, char *err, size_t errle
     c->cfg = cfg;
     c->ctl = sv[0];
     c->keeper = pid;
+    c->watch_fd = -1;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->changed, NULL);
     struct keys_ctl_msg m;
@@ -558,6 +592,9 @@ void keys_client_stop(struct keys_client *c)
     if (c->running)
         pthread_join(c->thread, NULL);
     close(c->ctl);
+    if (c->watch_fd >= 0)
+        close(c->watch_fd);
+    c->watch_fd = -1;
     int status;
     while (waitpid(c->keeper, &status, 0) == -1 && errno == EINTR)
         ;

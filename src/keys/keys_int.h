@@ -70,6 +70,8 @@ struct keys_ctl_msg {
     uint32_t generation;
     int32_t pid;                    /* KCTL_SIGNER: the signer's */
     uint32_t nfds;                  /* KCTL_SIGNER: descriptors passed (TLS first) */
+    uint32_t ran;                   /* KCTL_FAILED: it had answered (a death, not a failure
+                                       to load the keys) */
     char reason[1024];              /* KCTL_FAILED */
 };
 

@@ -97,11 +97,11 @@ static void send_ctl(int ctl, const struct keys_ctl_msg *m, const int *fds, size
         ;
 }
 
-static void tell_failed(int ctl, unsigned gen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void tell_failed(int ctl, unsigned gen, const char *fmt, ...)
+static void tell_failed(int ctl, unsigned gen, bool ran, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void tell_failed(int ctl, unsigned gen, bool ran, const char *fmt, ...)
 {
-    struct keys_ctl_msg m = {.type = KCTL_FAILED, .generation = gen};
+    struct keys_ctl_msg m = {.type = KCTL_FAILED, .generation = gen, .ran = ran};
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(m.reason, sizeof m.reason, fmt, ap);
@@ -145,10 +145,11 @@ static void read_status(int fd, int ctl, char *out, size_t size, bool *ctl_close
     }
 }
 
-/* Starts signer number gen; its pid, or -1 when it could not load the
- * keys (pecd is told why).  *ctl_closed when pecd went away meanwhile. */
+/* Starts signer number gen; its pid, or -1 when it could not load the keys
+ * (pecd is told why; *died: how it ended, when it did).  *ctl_closed when
+ * pecd went away meanwhile. */
 static pid_t start_signer(const struct config *cfg, int ctl, size_t nbulk, unsigned gen,
-                          bool *ctl_closed)
+                          bool *ctl_closed, int *died)
 {
     size_t n = 1 + nbulk;
     int ours[72], theirs[72], st[2];
@@ -157,7 +158,7 @@ static pid_t start_signer(const struct config *cfg, int ctl, size_t nbulk, unsig
     for (size_t i = 0; i < n; i++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
-            tell_failed(ctl, gen, "socketpair: %s", strerror(errno));
+            tell_failed(ctl, gen, false, "socketpair: %s", strerror(errno));
             for (size_t k = 0; k < i; k++) {
                 close(ours[k]);
                 close(theirs[k]);
@@ -168,7 +169,7 @@ static pid_t start_signer(const struct config *cfg, int ctl, size_t nbulk, unsig
         theirs[i] = sv[1];
     }
     if (pipe2(st, O_CLOEXEC) == -1) {
-        tell_failed(ctl, gen, "pipe: %s", strerror(errno));
+        tell_failed(ctl, gen, false, "pipe: %s", strerror(errno));
         for (size_t i = 0; i < n; i++) {
             close(ours[i]);
             close(theirs[i]);
@@ -190,7 +191,7 @@ static pid_t start_signer(const struct config *cfg, int ctl, size_t nbulk, unsig
     for (size_t i = 0; i < n; i++)
         close(theirs[i]);
     if (pid == -1) {
-        tell_failed(ctl, gen, "fork: %s", strerror(errno));
+        tell_failed(ctl, gen, false, "fork: %s", strerror(errno));
         close(st[0]);
         for (size_t i = 0; i < n; i++)
             close(ours[i]);
@@ -199,17 +200,31 @@ static pid_t start_signer(const struct config *cfg, int ctl, size_t nbulk, unsig
     char status[1024];
     read_status(st[0], ctl, status, sizeof status, ctl_closed);
     close(st[0]);
-    if (strcmp(status, "OK") == 0) {
+    bool ok = strcmp(status, "OK") == 0;
+    if (ok) {
         struct keys_ctl_msg m = {.type = KCTL_SIGNER, .generation = gen, .pid = pid,
                                  .nfds = (uint32_t)n};
         send_ctl(ctl, &m, ours, n);
         log_info("signer started (pid %d, %zu sockets)", (int)pid, n);
-    } else if (!*ctl_closed) {
-        tell_failed(ctl, gen, "%s", status[0] ? status : "the signer exited without a reason");
     }
     for (size_t i = 0; i < n; i++)
         close(ours[i]);
-    return pid;
+    if (ok || *ctl_closed)
+        return pid;
+    /* it did not load the keys: its reason, or how it ended */
+    if (status[0] == '\0') {
+        if (waitpid(pid, died, 0) == pid && WIFSIGNALED(*died))
+            snprintf(status, sizeof status, "the signer (pid %d) was killed by signal %d while "
+                     "it started", (int)pid, WTERMSIG(*died));
+        else
+            snprintf(status, sizeof status, "the signer (pid %d) exited while it started",
+                     (int)pid);
+    } else {
+        kill(pid, SIGKILL);   /* it exits by itself after a failure; never wait on it */
+        waitpid(pid, died, 0);
+    }
+    tell_failed(ctl, gen, false, "%s", status);   /* pecd logs it */
+    return -1;
 }
 
 static const char *describe(int status, char *buf, size_t size)
@@ -248,9 +263,10 @@ void keys_keeper_main(const struct config *cfg, int ctl, size_t nbulk)
     bool closed = false;
     while (!closed) {
         gen++;
-        bool loaded = false;
+        int died = 0;
         int64_t started = clock_ms();
-        pid_t pid = start_signer(cfg, ctl, nbulk, gen, &closed);
+        pid_t pid = start_signer(cfg, ctl, nbulk, gen, &closed, &died);
+        bool ran = pid > 0;
         /* wait for the signer's end, or for pecd */
         while (pid > 0 && !closed) {
             struct pollfd p[2] = {{.fd = chld_pipe[0], .events = POLLIN},
@@ -272,15 +288,11 @@ void keys_keeper_main(const struct config *cfg, int ctl, size_t nbulk)
             char c;
             while (read(chld_pipe[0], &c, 1) == 1)
                 ;
-            int status;
-            if (waitpid(pid, &status, WNOHANG) == pid) {
+            if (waitpid(pid, &died, WNOHANG) == pid) {
                 char how[64];
-                describe(status, how, sizeof how);
-                loaded = WIFSIGNALED(status) || WEXITSTATUS(status) != 3;
-                if (loaded) {
-                    log_warn("signer (pid %d) %s: starting another", (int)pid, how);
-                    tell_failed(ctl, gen, "the signer (pid %d) %s", (int)pid, how);
-                }
+                describe(died, how, sizeof how);
+                log_warn("signer (pid %d) %s: starting another", (int)pid, how);
+                tell_failed(ctl, gen, true, "the signer (pid %d) %s", (int)pid, how);
                 pid = 0;
             }
         }
@@ -296,17 +308,19 @@ void keys_keeper_main(const struct config *cfg, int ctl, size_t nbulk)
             }
             break;
         }
-        /* a signer that cannot load the keys (a module out of reach) is
-         * tried again after 0.5 s, 1 s, 2 s … 30 s; one that dies within a
-         * second of its start (a crash loop) after 0.1 s … 10 s; one that
-         * ran a while (killed, a module failure) is replaced at once */
+        /* A signer killed (SIGKILL: an operator, the OOM killer, our own stuck
+         * signer) or one that ran a while (a module failure) is replaced at
+         * once.  One that cannot load the keys (a module out of reach) is
+         * tried again after 0.5 s, 1 s, 2 s … 30 s; one that dies on its own
+         * within a second of its start (a crash loop) after 0.1 s … 10 s. */
+        bool killed = WIFSIGNALED(died) && WTERMSIG(died) == SIGKILL;
         int64_t lived = clock_ms() - started;
-        if (!loaded)
-            delay = delay < 500 ? 500 : (delay * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay * 2);
-        else if (lived < 1000)
-            delay = delay < 100 ? 100 : (delay * 2 > 10000 ? 10000 : delay * 2);
-        else
+        if (killed || (ran && lived >= 1000))
             delay = 0;
+        else if (!ran)
+            delay = delay < 500 ? 500 : (delay * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay * 2);
+        else
+            delay = delay < 100 ? 100 : (delay * 2 > 10000 ? 10000 : delay * 2);
         int64_t until = clock_ms() + delay;
         while (!closed && clock_ms() < until) {
             struct pollfd p = {.fd = ctl, .events = POLLIN};

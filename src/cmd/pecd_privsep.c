@@ -137,32 +137,49 @@ static int chown_entry(const char *path, const struct stat *st, int flag, struct
     return 0;
 }
 
-/* A directory of pecd's data: made if missing, given to w if root has it
- * (an instance run as root before), with what is in it when deep. */
+/* A directory of pecd's data, made if missing (root's for now; parents
+ * 0755: nothing secret in them).  A missing one whose parent w owns
+ * already is left for pecd to make once it runs as w (root without
+ * CAP_DAC_OVERRIDE, as the systemd unit has it, may not write there). */
+static int make_dir(const char *setting, const char *dir, const struct who *w, char *err,
+                    size_t errlen)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            snprintf(err, errlen, "%s %s is not a directory", setting, dir);
+            return -1;
+        }
+        return 0;
+    }
+    char parent[PATH_MAX];
+    str_copy(parent, dir, sizeof parent);
+    char *slash = strrchr(parent, '/');
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        if (stat(parent, &st) == 0 && st.st_uid == w->uid)
+            return 0;
+        fs_mkdirs(parent, 0755);
+    }
+    if (mkdir(dir, 0750) == -1 && errno != EEXIST) {
+        snprintf(err, errlen, "%s %s: %s", setting, dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Gives w a directory root has (an instance run as root before, or just
+ * made), with what is in it when deep.  Called deepest first: once a parent
+ * is w's, root without CAP_DAC_OVERRIDE cannot reach below it. */
 static int own_dir(const char *setting, const char *dir, bool deep, const struct who *w,
                    char *err, size_t errlen)
 {
     struct stat st;
-    if (stat(dir, &st) == -1) {
-        char parent[PATH_MAX];
-        str_copy(parent, dir, sizeof parent);
-        char *slash = strrchr(parent, '/');
-        if (slash != NULL && slash != parent) {
-            *slash = '\0';
-            fs_mkdirs(parent, 0755);   /* reachable by w; nothing secret in them */
-        }
-        if (mkdir(dir, 0750) == -1 && errno != EEXIST) {
-            snprintf(err, errlen, "%s %s: %s", setting, dir, strerror(errno));
-            return -1;
-        }
-        if (stat(dir, &st) == -1) {
-            snprintf(err, errlen, "%s %s: %s", setting, dir, strerror(errno));
-            return -1;
-        }
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        snprintf(err, errlen, "%s %s is not a directory", setting, dir);
-        return -1;
+    if (stat(dir, &st) == -1)
+        return 0;               /* left for pecd to make as w */
+    if (deep) {
+        chown_to = w;
+        nftw(dir, chown_entry, 16, FTW_PHYS | FTW_MOUNT);
     }
     if (st.st_uid == 0 && w->uid != 0) {
         if (chown(dir, w->uid, w->gid) == -1) {
@@ -171,10 +188,6 @@ static int own_dir(const char *setting, const char *dir, bool deep, const struct
             return -1;
         }
         log_info("%s %s given to %s ([pecd] user)", setting, dir, w->name);
-    }
-    if (deep) {
-        chown_to = w;
-        nftw(dir, chown_entry, 16, FTW_PHYS | FTW_MOUNT);
     }
     return 0;
 }
@@ -240,7 +253,8 @@ static int prepare_data(const struct config *cfg, const struct who *w, char *err
                              cfg->pec ? cfg->pec_signing_key : NULL,
                              cfg->pec ? cfg->pec_signing_cert : NULL, cfg->pec_pkcs11_pin_file,
                              cfg->pec_pkcs11_module};
-    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    size_t ndirs = sizeof dirs / sizeof dirs[0];
+    for (size_t i = 0; i < ndirs; i++) {
         if (dirs[i].dir == NULL)
             continue;
         for (size_t k = 0; k < sizeof protect / sizeof protect[0]; k++) {
@@ -253,9 +267,11 @@ static int prepare_data(const struct config *cfg, const struct who *w, char *err
                 return -1;
             }
         }
-        if (own_dir(dirs[i].setting, dirs[i].dir, dirs[i].deep, w, err, errlen) == -1)
-            return -1;
     }
+    for (size_t i = 0; i < ndirs; i++)
+        if (dirs[i].dir != NULL && make_dir(dirs[i].setting, dirs[i].dir, w, err, errlen) == -1)
+            return -1;
+    /* the databases, before their directory becomes w's */
     static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
     for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
         char p[PATH_MAX];
@@ -265,6 +281,20 @@ static int prepare_data(const struct config *cfg, const struct who *w, char *err
             snprintf(p, sizeof p, "%s%s", cfg->evidence_path, sfx[i]);
             own_file(p, w);
         }
+    }
+    /* deepest first */
+    bool done[sizeof dirs / sizeof dirs[0]] = {false};
+    for (size_t round = 0; round < ndirs; round++) {
+        size_t best = ndirs;
+        for (size_t i = 0; i < ndirs; i++)
+            if (dirs[i].dir != NULL && !done[i] &&
+                (best == ndirs || strlen(dirs[i].dir) > strlen(dirs[best].dir)))
+                best = i;
+        if (best == ndirs)
+            break;
+        done[best] = true;
+        if (own_dir(dirs[best].setting, dirs[best].dir, dirs[best].deep, w, err, errlen) == -1)
+            return -1;
     }
     /* the users file: read by the sessions (AUTH), written by pecctl only */
     struct stat st;

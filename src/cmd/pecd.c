@@ -648,6 +648,10 @@ int main(int argc, char **argv)
             log_err("tracking database %s: cannot set synchronous=FULL", tpath);
             return 1;
         }
+        if (pecd_privsep_dir_client_key(&d.ps, d.cfg, err, sizeof err) == -1) {
+            log_err("configuration error: %s", err);
+            return 1;
+        }
         d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking,
                             keys_client_pec_signer(d.ps.keys), err, sizeof err);
         if (d.roles == NULL) {

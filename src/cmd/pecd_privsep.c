@@ -24,6 +24,7 @@
  */
 #include "pecd_privsep.h"
 #include "keys/keys.h"
+#include "pec/pec_dir.h"
 #include "lib/lib.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
@@ -117,6 +118,7 @@ static int check_all_protected(const struct config *cfg, const struct who *w, ch
         {"[pec] signing_certificate", cfg->pec ? cfg->pec_signing_cert : NULL, false},
         {"[pec] pkcs11_pin_file", cfg->pec_pkcs11_pin_file, true},
         {"[pec] pkcs11_module", cfg->pec_pkcs11_module, false},
+        {"[pec] directory_client_key", cfg->pec ? cfg->pec_dir_client_key : NULL, true},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         if (check_protected(files[i].setting, files[i].path, files[i].secret, w, err, errlen))
@@ -325,10 +327,16 @@ static int check_reach(const struct config *cfg, const struct who *w, char *err,
         {"[queue] directory", cfg->queue_dir, W_OK | X_OK},
         {"[delivery] mailbox", mail_root(cfg, mail, sizeof mail) ? mail : NULL, W_OK | X_OK},
         {"[users] passwd_file", cfg->dovecot_auth == NULL ? cfg->passwd_file : NULL, R_OK},
+        /* read by the network-facing process itself: the LDAP bind, the download's
+         * certificate (public), the trust anchors, the directory file */
+        {"[pec] directory_password_file", cfg->pec ? cfg->pec_dir_password_file : NULL, R_OK},
+        {"[pec] directory_client_cert", cfg->pec ? cfg->pec_dir_client_cert : NULL, R_OK},
+        {"[pec] trust", cfg->pec ? cfg->pec_trust : NULL, R_OK},
     };
     for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
         if (need[i].path != NULL && access(need[i].path, need[i].mode) == -1 &&
-            (errno != ENOENT || need[i].mode == (W_OK | X_OK))) {
+            (errno != ENOENT || need[i].mode == (W_OK | X_OK) ||
+             strcmp(need[i].what, "[users] passwd_file") != 0)) {
             snprintf(err, errlen, "%s %s: %s, as %s ([pecd] user): is a directory above it "
                      "closed to that user?", need[i].what, need[i].path, strerror(errno),
                      w->name);
@@ -403,6 +411,12 @@ int pecd_check_keys(const struct config *cfg, char *err, size_t errlen)
         rc = s ? 0 : -1;
         pec_signer_free(s);
     }
+    if (rc == 0 && cfg->pec && cfg->pec_dir_client_cert != NULL &&
+        cfg->pec_dir_client_key != NULL) {
+        EVP_PKEY *key;
+        rc = keys_load_dir_client(cfg, &hsm, &key, err, errlen);
+        EVP_PKEY_free(key);
+    }
     if (rc == 0 && cfg->tls_cert != NULL && cfg->tls_key != NULL) {
         EVP_PKEY *key;
         char *chain;
@@ -474,6 +488,19 @@ SSL_CTX *pecd_privsep_tls(struct pecd_privsep *ps, const struct config *cfg, boo
     EVP_PKEY_free(key);
     free(chain);
     return ctx;
+}
+
+int pecd_privsep_dir_client_key(struct pecd_privsep *ps, const struct config *cfg, char *err,
+                                size_t errlen)
+{
+    if (ps->keys == NULL || cfg->pec_dir_client_cert == NULL || cfg->pec_dir_client_key == NULL)
+        return 0;
+    EVP_PKEY *key = keys_client_dir_key(ps->keys, cfg->pec_dir_client_cert, err, errlen);
+    if (key == NULL)
+        return -1;
+    pec_dir_use_client_key(key);
+    EVP_PKEY_free(key);
+    return 0;
 }
 
 void pecd_privsep_stop(struct pecd_privsep *ps)

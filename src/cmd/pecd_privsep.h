@@ -32,6 +32,10 @@ int pecd_privsep_start(const struct config *cfg, struct pecd_privsep *ps, char *
  * signer reads them again, SIGHUP). */
 SSL_CTX *pecd_privsep_tls(struct pecd_privsep *ps, const struct config *cfg, bool reload,
                           char *err, size_t errlen);
+/* The signed directory's TLS client key ([pec] directory_client_key): a
+ * stand-in whose operations the signer does, for the download (pec_dir.h). */
+int pecd_privsep_dir_client_key(struct pecd_privsep *ps, const struct config *cfg, char *err,
+                                size_t errlen);
 /* At the end: the signer and the keeper exit. */
 void pecd_privsep_stop(struct pecd_privsep *ps);
 

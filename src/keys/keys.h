@@ -49,6 +49,12 @@ pec_signer *keys_load_pec_signer(const struct config *cfg, struct keys_hsm **hsm
 int keys_load_tls(const struct config *cfg, struct keys_hsm **hsm, EVP_PKEY **key, char **chain,
                   size_t *chain_len, char *err, size_t errlen);
 
+/* The TLS client key of the signed directory's download ([pec]
+ * directory_client_key, a PEM file or a pkcs11: URI), checked against
+ * directory_client_cert. */
+int keys_load_dir_client(const struct config *cfg, struct keys_hsm **hsm, EVP_PKEY **key,
+                         char *err, size_t errlen);
+
 /* For pecctl: a new RSA key of bits generated inside the token of uri (an
  * object labelled as the URI's object, with its id if given), or the key
  * already there when exists_ok; *pub its public key (for the certificate).
@@ -82,6 +88,11 @@ pec_signer *keys_client_pec_signer(struct keys_client *c);
  * first (SIGHUP).  The caller frees *chain and *key. */
 int keys_client_tls(struct keys_client *c, bool reload, char **chain, size_t *chain_len,
                     EVP_PKEY **key, char *err, size_t errlen);
+/* A key whose private operations go to the signer's directory client key
+ * (NULL with the reason when the signer holds none); cert_path: the
+ * certificate (public) it belongs to. */
+EVP_PKEY *keys_client_dir_key(struct keys_client *c, const char *cert_path, char *err,
+                              size_t errlen);
 /* Closes the sockets (the signer and the keeper then exit) and waits for
  * the keeper. */
 void keys_client_stop(struct keys_client *c);

@@ -72,8 +72,9 @@ struct keys_client {
     atomic_int signer_pid;
     bool stopping, running;
     pthread_t thread;
-    bool has_pec;
+    bool has_pec, has_dir;
     char pec_email[256];
+    unsigned char dir_id[32];
     pec_signer *pec;
     int watch_fd;                  /* a copy of the current signer's TLS socket: its hang-up
                                       tells the signer died, even before the keeper does */
@@ -362,6 +363,8 @@ static int install(struct keys_client *c, const struct keys_ctl_msg *m, const in
     }
     pthread_mutex_lock(&c->lock);
     c->has_pec = h.has_pec;
+    c->has_dir = h.has_dir;
+    memcpy(c->dir_id, h.dir_id, sizeof c->dir_id);
     str_copy(c->pec_email, h.pec_email, sizeof c->pec_email);
     if (c->cur != NULL)
         mark_down(c, c->cur, false);
@@ -575,6 +578,37 @@ int keys_client_tls(struct keys_client *c, bool reload, char **chain, size_t *ch
         return -1;
     }
     return 0;
+}
+
+EVP_PKEY *keys_client_dir_key(struct keys_client *c, const char *cert_path, char *err,
+                              size_t errlen)
+{
+    pthread_mutex_lock(&c->lock);
+    bool has = c->has_dir;
+    unsigned char id[32];
+    memcpy(id, c->dir_id, sizeof id);
+    pthread_mutex_unlock(&c->lock);
+    if (!has) {
+        snprintf(err, errlen, "the signer holds no [pec] directory_client_key");
+        return NULL;
+    }
+    char *pem = NULL;
+    size_t len = 0;
+    if (fs_read_file(cert_path, &pem, &len, 1 << 20) == -1) {
+        snprintf(err, errlen, "[pec] directory_client_cert %s: %s", cert_path, strerror(errno));
+        return NULL;
+    }
+    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    X509 *cert = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    free(pem);
+    EVP_PKEY *key = NULL;
+    if (cert == NULL)
+        snprintf(err, errlen, "[pec] directory_client_cert %s: no PEM certificate", cert_path);
+    else
+        key = keys_tls_proxy_new(c, X509_get0_pubkey(cert), id, err, errlen);
+    X509_free(cert);
+    return key;
 }
 
 void keys_client_stop(struct keys_client *c)

@@ -40,9 +40,10 @@ struct keys_req {
 };
 
 struct keys_hello {
-    uint32_t has_pec, has_tls;
+    uint32_t has_pec, has_tls, has_dir;
     char pec_email[256];            /* the signing certificate's address (§2.1) */
     unsigned char tls_id[32];
+    unsigned char dir_id[32];       /* [pec] directory_client_key */
 };
 
 /* An answer: status 0 and data, or status 1 and a reason (text). */

@@ -4,7 +4,8 @@
  * and by pecctl (directory publish, log seals).  A key is a PEM file or a
  * pkcs11: URI (keys_pkcs11.c); every error names the setting and the file.
  *
- * Interface: keys_load_pec_signer, keys_load_tls, keys_public_id (keys.h).
+ * Interface: keys_load_pec_signer, keys_load_tls, keys_load_dir_client,
+ * keys_public_id (keys.h).
  * The TLS key file must not be readable by group or others (as before, in
  * src/smtp/tls.c); the signing key's mode is warned about by pecd's start.
  */
@@ -109,27 +110,30 @@ pec_signer *keys_load_pec_signer(const struct config *cfg, struct keys_hsm **hsm
     return s;
 }
 
-int keys_load_tls(const struct config *cfg, struct keys_hsm **hsm, EVP_PKEY **key, char **chain,
-                  size_t *chain_len, char *err, size_t errlen)
+/* A private key and the certificate file it belongs to, checked together. */
+static int load_pair(const struct config *cfg, struct keys_hsm **hsm, const char *key_setting,
+                     const char *key_value, const char *cert_setting, const char *cert_path,
+                     bool strict, EVP_PKEY **key, char **chain, size_t *chain_len, char *err,
+                     size_t errlen)
 {
     *key = NULL;
-    *chain = read_named("[tls] certificate", cfg->tls_cert, chain_len, err, errlen);
+    *chain = read_named(cert_setting, cert_path, chain_len, err, errlen);
     if (*chain == NULL)
         return -1;
     BIO *b = BIO_new_mem_buf(*chain, (int)*chain_len);
     X509 *cert = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
     if (cert == NULL) {
-        snprintf(err, errlen, "[tls] certificate %s: no PEM certificate in it", cfg->tls_cert);
+        snprintf(err, errlen, "%s %s: no PEM certificate in it", cert_setting, cert_path);
         goto fail;
     }
-    *key = load_key(cfg, hsm, "[tls] key", cfg->tls_key, true, err, errlen);
+    *key = load_key(cfg, hsm, key_setting, key_value, strict, err, errlen);
     if (*key == NULL)
         goto fail;
     if (X509_check_private_key(cert, *key) != 1) {
         ERR_clear_error();
-        snprintf(err, errlen, "[tls] key %s does not match [tls] certificate %s", cfg->tls_key,
-                 cfg->tls_cert);
+        snprintf(err, errlen, "%s %s does not match %s %s", key_setting, key_value,
+                 cert_setting, cert_path);
         goto fail;
     }
     X509_free(cert);
@@ -141,6 +145,25 @@ fail:
     free(*chain);
     *chain = NULL;
     return -1;
+}
+
+int keys_load_tls(const struct config *cfg, struct keys_hsm **hsm, EVP_PKEY **key, char **chain,
+                  size_t *chain_len, char *err, size_t errlen)
+{
+    return load_pair(cfg, hsm, "[tls] key", cfg->tls_key, "[tls] certificate", cfg->tls_cert,
+                     true, key, chain, chain_len, err, errlen);
+}
+
+int keys_load_dir_client(const struct config *cfg, struct keys_hsm **hsm, EVP_PKEY **key,
+                         char *err, size_t errlen)
+{
+    char *chain = NULL;
+    size_t len = 0;
+    int r = load_pair(cfg, hsm, "[pec] directory_client_key", cfg->pec_dir_client_key,
+                      "[pec] directory_client_cert", cfg->pec_dir_client_cert, false, key,
+                      &chain, &len, err, errlen);
+    free(chain);
+    return r;
 }
 
 int keys_public_id(EVP_PKEY *key, unsigned char id[32])

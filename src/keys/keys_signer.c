@@ -8,7 +8,8 @@
  * Requests (keys_int.h): the signer's facts (HELLO), a CMS signature over a
  * SHA-256 digest (the PEC messages, the evidence log's day seals, the
  * published directory), an RSA or ECDSA private-key operation for a TLS
- * handshake, and reading the TLS key again (SIGHUP).  Every request is
+ * handshake (the server's key, or the directory download's client key),
+ * and reading the TLS key again (SIGHUP).  Every request is
  * checked (operation, lengths, padding, which key) before use; a bad one
  * gets an error answer, never a crash.  The TLS key being reloaded, the
  * previous one keeps answering for handshakes already under way.
@@ -43,8 +44,8 @@ struct signer {
     pec_signer *pec;
     bool pec_hardware, tls_hardware;
     pthread_mutex_t lock;          /* the TLS keys, swapped by a reload */
-    EVP_PKEY *tls_key, *tls_prev;
-    unsigned char tls_id[32], prev_id[32];
+    EVP_PKEY *tls_key, *tls_prev, *dir_key;
+    unsigned char tls_id[32], prev_id[32], dir_id[32];
     char *tls_chain;
     size_t tls_chain_len;
 };
@@ -89,6 +90,8 @@ static int answer_hello(int fd, struct signer *s)
     pthread_mutex_lock(&s->lock);
     h.has_tls = s->tls_key != NULL;
     memcpy(h.tls_id, s->tls_id, sizeof h.tls_id);
+    h.has_dir = s->dir_key != NULL;
+    memcpy(h.dir_id, s->dir_id, sizeof h.dir_id);
     size_t n = s->tls_chain_len;
     unsigned char *buf = malloc(sizeof h + n);
     if (buf != NULL) {
@@ -154,6 +157,8 @@ static EVP_PKEY *tls_key_for(struct signer *s, const unsigned char id[32])
         k = s->tls_key;
     else if (s->tls_prev != NULL && memcmp(id, s->prev_id, 32) == 0)
         k = s->tls_prev;
+    else if (s->dir_key != NULL && memcmp(id, s->dir_id, 32) == 0)
+        k = s->dir_key;
     if (k != NULL)
         EVP_PKEY_up_ref(k);
     pthread_mutex_unlock(&s->lock);
@@ -278,6 +283,13 @@ int keys_signer_main(const struct config *cfg, const int *fds, size_t n, int sta
         }
         s.tls_hardware = pkcs11_uri_is(cfg->tls_key);
     }
+    if (cfg->pec && cfg->pec_dir_client_cert != NULL && cfg->pec_dir_client_key != NULL) {
+        if (keys_load_dir_client(cfg, &s.hsm, &s.dir_key, err, sizeof err) == -1 ||
+            keys_public_id(s.dir_key, s.dir_id) == -1) {
+            status_write(status, s.dir_key ? "cannot name the directory client key" : err);
+            return 3;
+        }
+    }
     status_write(status, "OK");
     struct server *sv = calloc(n, sizeof *sv);
     if (sv == NULL)
@@ -296,6 +308,7 @@ int keys_signer_main(const struct config *cfg, const int *fds, size_t n, int sta
     pec_signer_free(s.pec);
     EVP_PKEY_free(s.tls_key);
     EVP_PKEY_free(s.tls_prev);
+    EVP_PKEY_free(s.dir_key);
     free(s.tls_chain);
     keys_hsm_close(s.hsm);
     return 0;

@@ -222,7 +222,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->pec_dir_password_file, cfg->dir);
     resolve(&cfg->pec_dir_ca_file, cfg->dir);
     resolve(&cfg->pec_dir_client_cert, cfg->dir);
-    resolve(&cfg->pec_dir_client_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->pec_dir_client_key))
+        resolve(&cfg->pec_dir_client_key, cfg->dir);
     resolve(&cfg->pec_dir_signer, cfg->dir);
     resolve(&cfg->pec_signing_cert_next, cfg->dir);
     resolve(&cfg->evidence_path, cfg->dir);
@@ -244,11 +245,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->tls_cert, cfg->dir);
     if (!pkcs11_uri_is(cfg->tls_key))
         resolve(&cfg->tls_key, cfg->dir);
-    if ((pkcs11_uri_is(cfg->pec_signing_key) || pkcs11_uri_is(cfg->tls_key)) &&
-        cfg->pec_pkcs11_module == NULL) {
+    if ((pkcs11_uri_is(cfg->pec_signing_key) || pkcs11_uri_is(cfg->tls_key) ||
+         pkcs11_uri_is(cfg->pec_dir_client_key)) && cfg->pec_pkcs11_module == NULL) {
         snprintf(err, errlen, "%s: %s is a pkcs11: URI: [pec] pkcs11_module (the PKCS#11 "
                  "module, a .so file) is required", path,
-                 pkcs11_uri_is(cfg->pec_signing_key) ? "[pec] signing_key" : "[tls] key");
+                 pkcs11_uri_is(cfg->pec_signing_key) ? "[pec] signing_key"
+                 : pkcs11_uri_is(cfg->tls_key)        ? "[tls] key"
+                                                      : "[pec] directory_client_key");
         goto bad;
     }
 

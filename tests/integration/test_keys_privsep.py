@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -280,3 +281,54 @@ def test_refusals_at_start(tmp_path_factory):
         assert r.returncode == 0, r.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def served_certificate(port, ca):
+    """The DER certificate pecd presents after STARTTLS on port."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=os.path.join(ca, "ca.pem"))
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO x\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        s.sendall(b"STARTTLS\r\n")
+        f.readline()
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            return t.getpeercert(binary_form=True)
+
+
+def test_sighup_reloads_the_tls_key_in_the_signer(pair, tmp_path):
+    """SIGHUP: the signer (root) reads the new TLS key the network process cannot read; a
+    broken new key is refused and the previous one kept."""
+    a, b, ca = pair
+    before = served_certificate(a.ports["submission"], ca)
+    new = tmp_path / "new"
+    pecctl("pki", "issue", "--ca", ca, "--domain", "pec.a.test", "--out", str(new),
+           "--tls-host", "localhost", "--tls-host", "mx.pec.a.test")
+    for f in ("tls.key", "tls.pem"):
+        shutil.copy(new / f, os.path.join(a.dir, f))
+    os.chmod(os.path.join(a.dir, "tls.key"), 0o600)
+    os.kill(a.proc.pid, signal.SIGHUP)
+    end = time.time() + 10
+    while served_certificate(a.ports["submission"], ca) == before:
+        assert time.time() < end, a.log(30)
+        time.sleep(0.1)
+    after = served_certificate(a.ports["submission"], ca)
+    import ssl
+    pem = open(new / "tls.pem").read()
+    first = pem[:pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    assert after == ssl.PEM_cert_to_DER_cert(first)
+    # a key that does not match its certificate: refused, the loaded one stays
+    with open(os.path.join(a.dir, "tls.key"), "w") as f:
+        f.write(open(os.path.join(a.dir, "signing.key")).read())
+    os.kill(a.proc.pid, signal.SIGHUP)
+    end = time.time() + 10
+    while "TLS not reloaded" not in a.log(50):
+        assert time.time() < end, a.log(30)
+        time.sleep(0.1)
+    assert "[tls] key" in a.log(50) and "does not match" in a.log(50)
+    assert served_certificate(a.ports["submission"], ca) == after
+    exchange(a, b, ca, "dopo il SIGHUP")

@@ -174,6 +174,20 @@ def test_exchange_with_keys_in_tokens(pair):
         assert "privilege separation: the network-facing process runs as pecmail" in p.log(400)
 
 
+def test_pecctl_signs_with_the_token(pair):
+    """pecctl, run beside the running pecd, signs with the key in the token too: the
+    published directory record (a DER CMS SignedData) verifies against the test CA."""
+    a, _ = pair
+    out = os.path.join(a.root, "a-record.p7m")
+    r = subprocess.run([PECCTL, "-c", a.conf, "directory", "publish", out], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", out, "-CAfile",
+                        os.path.join(a.ca, "ca.pem"), "-purpose", "any", "-out", "/dev/null"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_module_out_of_reach(pair, hsm):
     a, b = pair
     root, tokens, pin_file = hsm

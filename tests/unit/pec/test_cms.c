@@ -170,6 +170,7 @@ static void test_signature_from_the_digest(void **state)
     pec_buf der = {0}, whole = {0};
     assert_int_equal(pec_signer_sign_digest(s, md, mdlen, &der, err, sizeof err), 0);
     assert_int_equal(s->sign(s->ctx, content, strlen(content), &whole, err, sizeof err), 0);
+    pec_buf_free(&der);
     assert_int_equal(pec_signer_sign_digest(s, md, 20, &der, err, sizeof err), -1);
     assert_non_null(strstr(err, "32 octets"));
     assert_null(der.data);

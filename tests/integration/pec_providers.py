@@ -187,3 +187,13 @@ def make_providers(tmp_path, privsep=False, issue_args=lambda domain: ()):
         f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
         f.write(a.directory_entry() + b.directory_entry())
     return a, b, ca, directory
+
+
+def start_pair(a, b):
+    """A and B routed to each other (TLS verify), with users mario@A and anna@B, started."""
+    a.write_config({"pec.b.test": b.ports["mx"]})
+    b.write_config({"pec.a.test": a.ports["mx"]})
+    a.add_user("mario")
+    b.add_user("anna")
+    a.start()
+    b.start()

@@ -148,6 +148,20 @@ def tcp_nodelay_of(pid, local_port=None, remote_port=None):
     return found
 
 
+def sighup(p, expect="applied", timeout=20):
+    """SIGHUP to p (an Instance or a Provider: .proc and .log) and the log lines written
+    since, once a `reload:` line containing expect is among them."""
+    mark = len(p.log(100000))
+    p.proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        tail = p.log(100000)[mark:]
+        if "reload:" in tail and expect in tail:
+            return tail
+        time.sleep(0.1)
+    raise AssertionError(f"no '{expect}' after SIGHUP:\n{p.log(40)}")
+
+
 def reachable_dir(prefix):
     """A new directory under /tmp that pecd's unprivileged user ([pecd] user, pecmail) can
     traverse: pytest's own temporary directories are private to root (0700), and pecd

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from pec_providers import make_providers, openssl_verify, pecctl, ricevuta, trasporto
+from pec_providers import make_providers, start_pair, openssl_verify, pecctl, ricevuta, trasporto
 from pecd_harness import PECD, reachable_dir
 from test_pec_providers import message
 
@@ -38,12 +38,7 @@ def pair():
     root = reachable_dir("pec-keys-")
     import pathlib
     a, b, ca, directory = make_providers(pathlib.Path(root), privsep=True)
-    a.write_config({"pec.b.test": b.ports["mx"]})
-    b.write_config({"pec.a.test": a.ports["mx"]})
-    a.add_user("mario")
-    b.add_user("anna")
-    a.start()
-    b.start()
+    start_pair(a, b)
     yield a, b, ca
     for p in (a, b):
         p.stop()

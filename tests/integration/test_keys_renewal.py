@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from pec_providers import make_providers, openssl_verify, pecctl, ricevuta
-from pecd_harness import reachable_dir
+from pec_providers import make_providers, openssl_verify, pecctl, ricevuta, start_pair
+from pecd_harness import reachable_dir, sighup
 from test_keys_privsep import roles
 from test_pec_providers import message
 
@@ -55,18 +55,6 @@ def send_and_check(a, b, ca, subject, want_cert, tmp):
     assert signer_cert_der(raw, tmp) == want_cert
 
 
-def reload(p, expect):
-    mark = len(p.log(100000))
-    p.proc.send_signal(signal.SIGHUP)
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        tail = p.log(100000)[mark:]
-        if "reload: " in tail and expect in tail:
-            return tail
-        time.sleep(0.1)
-    raise AssertionError(f"no '{expect}' after SIGHUP:\n{p.log(40)}")
-
-
 def install(src_dir, dst_dir, name):
     """src_dir's signing.key/signing.pem as dst_dir/name.key/.pem, root's, key 0600."""
     for ext in ("key", "pem"):
@@ -89,12 +77,7 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         with open(directory, "w") as f:
             f.write(text)
         install(new, a.dir, "signing-next")
-        a.write_config({"pec.b.test": b.ports["mx"]})
-        b.write_config({"pec.a.test": a.ports["mx"]})
-        a.add_user("mario")
-        b.add_user("anna")
-        a.start()
-        b.start()
+        start_pair(a, b)
         old_cert = first_cert_der(os.path.join(a.dir, "signing.pem"))
         new_cert = first_cert_der(str(new / "signing.pem"))
         assert old_cert != new_cert
@@ -104,14 +87,14 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         a.write_config({"pec.b.test": b.ports["mx"]},
                        extra={"pec": {"signing_key": "signing-next.key",
                                       "signing_certificate": "signing-next.pem"}})
-        tail = reload(a, "applied")
+        tail = sighup(a, "applied")
         assert "signing key and certificate read again" in tail, tail
         assert "need a restart" not in tail and "needs a restart" not in tail, tail
         send_and_check(a, b, ca, "dopo il rinnovo", new_cert, tmp_path)
 
         # a key that does not match its certificate: refused, the pair in force stays
         shutil.copy(os.path.join(a.dir, "signing.key"), os.path.join(a.dir, "signing-next.key"))
-        tail = reload(a, "nothing changed")
+        tail = sighup(a, "nothing changed")
         assert "does not match" in tail and "signing-next" in tail, tail
         send_and_check(a, b, ca, "chiave sbagliata", new_cert, tmp_path)
         install(new, a.dir, "signing-next")
@@ -124,12 +107,12 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         a.write_config({"pec.b.test": b.ports["mx"]},
                        extra={"pec": {"signing_key": "signing-other.key",
                                       "signing_certificate": "signing-other.pem"}})
-        tail = reload(a, "nothing changed")
+        tail = sighup(a, "nothing changed")
         assert "signing-other.pem is for <posta-certificata@pec.c.test>" in tail, tail
         a.write_config({"pec.b.test": b.ports["mx"]},
                        extra={"pec": {"signing_key": "signing-next.key",
                                       "signing_certificate": "signing-next.pem"}})
-        reload(a, "applied")
+        sighup(a, "applied")
 
         # the signer killed: the keeper's next one loads the renewed pair, not the first
         _, _, signer = roles(a)

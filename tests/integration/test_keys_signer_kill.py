@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from pec_providers import make_providers, openssl_verify, pecctl
+from pec_providers import make_providers, start_pair, openssl_verify, pecctl
 from pecd_harness import reachable_dir
 from test_keys_privsep import roles
 from test_pec_providers import message
@@ -36,12 +36,7 @@ KILLS = 12
 def pair():
     root = reachable_dir("pec-keys-kill-")
     a, b, ca, directory = make_providers(pathlib.Path(root), privsep=True)
-    a.write_config({"pec.b.test": b.ports["mx"]})
-    b.write_config({"pec.a.test": a.ports["mx"]})
-    a.add_user("mario")
-    b.add_user("anna")
-    a.start()
-    b.start()
+    start_pair(a, b)
     yield a, b, ca
     for p in (a, b):
         p.stop()

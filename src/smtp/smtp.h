@@ -134,8 +134,6 @@ size_t smtp_throttle_size(const struct smtp_throttle *t);
 #define SMTP_CLIENT_KEY_MAX 64
 void smtp_client_key(const char *ip, char *out, size_t outlen);
 
-#endif
-
 /* ---- the server (server.c, tls.c) ----------------------------------------- */
 struct event_base;
 struct config;
@@ -263,3 +261,5 @@ void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg);
 /* Sessions open on the i-th listener (and its name); (size_t)-1 past the last. */
 size_t smtp_server_open(const struct smtp_server *srv, size_t i, const char **name);
 void smtp_server_free(struct smtp_server *srv);
+
+#endif

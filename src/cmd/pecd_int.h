@@ -41,7 +41,7 @@ struct pecd {
     struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
-    struct smtp_throttle *sent_msgs, *sent_rcpts;   /* sending limits, per user and client */
+    struct admission *admission;    /* relay, senders, sending limits (provider/admission.c) */
     struct sender_map *senders;     /* [users] senders: other addresses a login owns */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;

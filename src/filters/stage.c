@@ -20,6 +20,7 @@
 #include "callout.h"
 #include "lib/config.h"
 #include "lib/lib.h"
+#include "lib/pec_stage.h"
 #include "queue/queue.h"
 #include "store/evidence.h"
 #include "store/quarantine.h"
@@ -60,9 +61,10 @@ struct callout_stage {
 static bool pec_flow(const struct config *cfg, const struct queue_env *env, const char *data,
                      size_t len)
 {
-    if (!cfg->pec || env->stage == NULL)
+    enum pec_stage stage = pec_stage_parse(env->stage);
+    if (!cfg->pec || stage == PEC_STAGE_NONE)
         return false;
-    if (strcmp(env->stage, "submission") == 0)
+    if (stage == PEC_STAGE_SUBMISSION)
         return true;
     char v[64];
     return mail_header_value(data, len, "X-Trasporto", v, sizeof v) ||

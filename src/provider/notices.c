@@ -22,6 +22,7 @@
 #include "notices.h"
 #include "lib/config.h"
 #include "lib/lib.h"
+#include "lib/pec_stage.h"
 #include "store/evidence.h"
 #include "store/tracking.h"
 #include "roles.h"
@@ -141,7 +142,8 @@ static void send_due(struct notices *nt)
         struct queue_rcpt rcpt = {.addr = (char *)nt->cfg->pec_service_address,
                                   .orig = (char *)nt->cfg->pec_service_address};
         struct queue_env env = {.sender = (char *)nt->cfg->pec_service_address,
-                                .rcpts = &rcpt, .nrcpts = 1, .stage = "notices",
+                                .rcpts = &rcpt, .nrcpts = 1,
+                                .stage = (char *)pec_stage_name(PEC_STAGE_NOTICES),
                                 .listener = "pec", .proto = "local"};
         char qid[QUEUE_ID_LEN + 1];
         bool ok = queue_inject(nt->cfg->queue_dir, &env, body, len, qid) == 0;

@@ -15,12 +15,12 @@
  *                 errore-consegna; receipt: to the mailbox; anything else:
  *                 anomaly envelope (§3.2.2)
  *
- * This file: setting up (the signer pecd gives, providers' directory), the evidence
- * log's events, the helpers the roles share (outputs inherit the source's
- * REQUIRETLS, RFC 8689 §6), the timeout notices (§3.1.6), the record of PEC
- * received without TLS (§5.3) and the dispatch by stage.  The access point
- * is in roles_access.c, the incoming and delivery points in roles_incoming.c
- * (roles_int.h).
+ * This file: setting up (the signer pecd gives, providers' directory), the
+ * timeout notices (§3.1.6), the record of PEC received without TLS (§5.3)
+ * and the dispatch by stage.  The access point is in roles_access.c, the
+ * incoming and delivery points in roles_incoming.c; the helpers the three
+ * share (the evidence log's events, identifiers, outputs) in roles_common.c,
+ * which calls none of them (roles_int.h).
  */
 #include "lib/metrics.h"
 #include "roles_int.h"
@@ -183,52 +183,6 @@ void roles_set_evidence(struct roles *r, struct evidence *ev, bool stage_synced)
         evidence_set_signer(ev, ev_sign, r->signer);
 }
 
-/* One event of the evidence log (§2.3).  Keyed by queue id, type and
- * recipient, so a stage run again after a crash does not log twice.  synced:
- * durable before this returns; otherwise durable with the stage (the queue's
- * syncfs before the stage's outputs are committed). */
-/* The instant of the stage this thread runs (roles_process), 0 outside one:
- * its events carry the time of the messages they describe. */
-static __thread time_t stage_when;
-
-static int log_event(struct roles *r, bool synced, const char *type, const char *qid,
-                     const char *pec_id, const char *orig_msgid, const char *message_id,
-                     const char *sender, const char *rcpts, const char *subject,
-                     const char *outcome, const char *key)
-{
-    if (r->ev == NULL)
-        return 0;
-    char dk[600], e[256];
-    snprintf(dk, sizeof dk, "%s:%s:%s", qid, type, key ? key : "");
-    char om[512] = "";
-    if (orig_msgid) {
-        str_copy(om, orig_msgid[0] == '<' ? orig_msgid + 1 : orig_msgid, sizeof om);
-        char *gt = strchr(om, '>');
-        if (gt)
-            *gt = '\0';
-    }
-    struct evidence_event ee = {.type = type, .pec_id = pec_id, .orig_msgid = om[0] ? om : NULL,
-                                .message_id = message_id, .sender = sender, .recipients = rcpts,
-                                .subject = subject, .outcome = outcome, .queue_id = qid,
-                                .dedupe_key = dk,
-                                .when = stage_when != 0 ? stage_when : time(NULL)};
-    if ((synced ? evidence_append(r->ev, &ee, e, sizeof e)
-                : evidence_append_deferred(r->ev, &ee, e, sizeof e)) == -1) {
-        log_err("%s: evidence log: %s", qid, e);
-        return -1;
-    }
-    return 0;
-}
-
-/* An event of a stage (every role_event caller runs in one). */
-int role_event(struct roles *r, const char *type, const char *qid, const char *pec_id,
-               const char *orig_msgid, const char *message_id, const char *sender,
-               const char *rcpts, const char *subject, const char *outcome, const char *key)
-{
-    return log_event(r, !r->ev_deferred, type, qid, pec_id, orig_msgid, message_id, sender, rcpts,
-                     subject, outcome, key);
-}
-
 bool roles_is_pec_domain(const struct roles *r, const char *domain)
 {
     const pec_dirsnap *s = pec_dirmgr_acquire(r->dirs);
@@ -240,172 +194,6 @@ bool roles_is_pec_domain(const struct roles *r, const char *domain)
 bool roles_is_pec_domain_cb(void *arg, const char *domain)
 {
     return roles_is_pec_domain(arg, domain);
-}
-
-/* ---- helpers ------------------------------------------------------------------ */
-
-void role_make_id(struct roles *r, char *buf, size_t size, time_t when)
-{
-    unsigned long n = atomic_fetch_add(&r->seq, 1);
-    pec_make_msgid(buf, size, r->cfg->domain, when, n);
-}
-
-/* An identifier derived from source env's arrival and queue id (n > 0 adds
- * ".n"), so a stage run again after a crash makes the same ones. */
-void role_source_id(struct roles *r, const struct queue_env *env, unsigned n, char *buf,
-                    size_t size)
-{
-    char stamp[32], suffix[16] = "";
-    struct tm tm;
-    pec_legal_time(env->arrival, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm);
-    if (n > 0)
-        snprintf(suffix, sizeof suffix, ".%u", n);
-    snprintf(buf, size, "opec1.%s.%s%s@%s", stamp, env->qid, suffix, r->cfg->domain);
-}
-
-/* The identifier of the next message a stage makes for source env: numbered
- * in the order the stage makes them, so each receipt gets the Message-ID the
- * evidence log recorded the first time. */
-void role_stage_id(struct roles *r, const struct queue_env *env, struct queue_outputs *out,
-                   char *buf, size_t size)
-{
-    role_source_id(r, env, ++out->ids, buf, size);
-}
-
-/* A message a role makes, from 'from' to to[], as an output of the stage
- * (queued: relayed, or run through 'stage').  src: the message it was made
- * from, whose RFC 8689 tag it inherits (requiretls), or NULL. */
-void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
-                         const char *from, const char *const *to, size_t nto, const char *stage,
-                         const void *data, size_t len)
-{
-    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
-    for (size_t i = 0; i < nto; i++) {
-        rc[i].addr = (char *)to[i];
-        rc[i].orig = (char *)to[i];
-    }
-    struct queue_env e = {.sender = (char *)from, .rcpts = rc, .nrcpts = nto,
-                          .stage = (char *)stage, .listener = "pec", .proto = "local",
-                          .requiretls = src != NULL && src->requiretls};
-    queue_outputs_add(out, &e, data, len);
-    free(rc);
-}
-
-/* A system message from posta-certificata@<domain> to one address. */
-void role_add_output(struct queue_outputs *out, const char *from, const char *const *to,
-                     size_t nto, const char *stage, const pec_buf *msg)
-{
-    role_add_output_for(out, NULL, from, to, nto, stage, msg->data, msg->len);
-}
-
-int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
-{
-    char e2[256];
-    int64_t t0 = clock_us();
-    if (pec_build(&r->id, a, m, e2, sizeof e2) == -1) {
-        metric_inc(&metric_signatures, "sign", "error");
-        snprintf(err, errlen, "cannot build %s: %s", pec_type_name(a->type), e2);
-        return -1;
-    }
-    metric_observe(&metric_signature_seconds, METRIC_OP_SIGN, clock_us() - t0);
-    metric_inc(&metric_signatures, "sign", "ok");
-    metric_inc(&metric_pec_made, pec_type_name(a->type), NULL);
-    return 0;
-}
-
-/* Copies of data for our own mailboxes to[], stored by the stage itself and
- * published at its commit point (no queue file, no second pass).  Named
- * after the source message, so a stage run again after a crash finds them. */
-int role_store_copies(struct roles *r, const struct queue_env *src, bool recovered,
-                      const char *sender, const char *const *to, size_t nto, const void *data,
-                      size_t len, struct queue_outputs *out, char *err, size_t errlen)
-{
-    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
-    for (size_t i = 0; i < nto; i++)
-        rc[i].addr = rc[i].orig = (char *)to[i];
-    struct queue_env e = {.arrival = src->arrival, .sender = (char *)sender, .rcpts = rc,
-                          .nrcpts = nto, .name_base = (unsigned)(out->npubs + 1) << 16};
-    memcpy(e.qid, src->qid, sizeof e.qid);
-    int res = 0;
-    for (size_t i = 0; i < nto && res == 0; i++)
-        res = transport_store_local(r->transport, &e, i, data, len, recovered, out, err, errlen);
-    free(rc);
-    return res;
-}
-
-int role_mailbox(struct roles *r, const char *addr)
-{
-    /* RFC 5321 §4.5.1: postmaster always has a mailbox; so has the PEC
-     * service address (receipts and notices for the provider itself) */
-    if (strcasecmp(addr, r->cfg->postmaster) == 0 ||
-        strcasecmp(addr, r->cfg->pec_service_address) == 0)
-        return 1;
-    return users_db_lookup(r->users, addr);
-}
-
-void role_refuse_unknown(const struct queue_env *src, const size_t *idx, size_t n,
-                         const char *data, size_t len, struct queue_outputs *out)
-{
-    if (n == 0)
-        return;
-    struct queue_rcpt *rc = calloc(n, sizeof *rc);
-    char **texts = calloc(n, sizeof *texts);
-    if (rc == NULL || texts == NULL) {
-        free(rc);
-        free(texts);
-        log_err("%s: out of memory: %zu unknown recipients not reported", src->qid, n);
-        return;
-    }
-    for (size_t k = 0; k < n; k++) {
-        rc[k] = src->rcpts[idx[k]];
-        texts[k] = g_strdup_printf("550 5.1.1 <%s>: no such mailbox here", rc[k].addr);
-        rc[k].status = QR_REFUSED;
-        rc[k].status_text = texts[k];
-        log_info("%s: <%s>: no such mailbox: a non-delivery report goes to <%s>", src->qid,
-                 rc[k].addr, src->sender[0] ? src->sender : "(null sender: none)");
-    }
-    /* no stage: the queue fails these recipients and sends the report */
-    struct queue_env e = {.sender = src->sender, .rcpts = rc, .nrcpts = n, .body = src->body,
-                          .ret = src->ret, .smtputf8 = src->smtputf8,
-                          .requiretls = src->requiretls, .envid = src->envid,
-                          .listener = "pec", .proto = "local"};
-    queue_outputs_add(out, &e, data, len);
-    for (size_t k = 0; k < n; k++)
-        g_free(texts[k]);
-    free(texts);
-    free(rc);
-}
-
-/* A system message from our service address: our users get it straight into
- * the mailbox, others' are relayed.  A receipt made for a message that came
- * with REQUIRETLS is relayed with REQUIRETLS (RFC 8689 §6, reorigination):
- * a delivery receipt completa or breve carries the original, and every
- * receipt its metadata, which §5 protects as the original for
- * non-delivery reports. */
-int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
-                 struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
-                 size_t errlen)
-{
-    const char *rcpt[1] = {to};
-    if (config_is_local_domain(r->cfg, domain_of(to)))
-        return role_store_copies(r, src, recovered, r->cfg->pec_service_address, rcpt, 1, m->data,
-                                 m->len, out, err, errlen);
-    role_add_output_for(out, src, r->cfg->pec_service_address, rcpt, 1, NULL, m->data, m->len);
-    return 0;
-}
-
-/* ---- callouts and viruses (RFC 6109 §3.1.3, §3.2.3, §3.2.4; src/filters) ------- */
-
-/* The callouts that acted on a message (its REC_CALLOUT trace), in the
- * evidence log so `pecctl trace` shows them (RFC 3238 §2.3). */
-int role_callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
-                       const char *omid)
-{
-    if (env->callouts == NULL || env->callouts[0] == '\0')
-        return 0;
-    return role_event(r, "callout", env->qid, pec_id, omid, NULL, env->sender, NULL, NULL,
-                      env->callouts, NULL);
 }
 
 /* One timeout notice (§3.1.6) of a "notices" batch.  Exactly once: its
@@ -577,7 +365,7 @@ static void header_id(const char *data, size_t len, const char *name, char *out,
  * evidence log records the missing TLS and the client, with the message's
  * identifiers so that `pecctl trace` shows it. */
 static int cleartext_event(struct roles *r, const struct queue_env *env, const char *data,
-                           size_t len)
+                           size_t len, char *err, size_t errlen)
 {
     char tr[64] = "", ri[64] = "";
     if (env->tls != NULL || env->listener == NULL || strcmp(env->listener, "mx") != 0)
@@ -594,21 +382,18 @@ static int cleartext_event(struct roles *r, const struct queue_env *env, const c
     for (size_t i = 0; i < env->nrcpts; i++)
         g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
     bool busta = envelope && strcasecmp(tr, "posta-certificata") == 0;
-    int rc = role_event(r, "ricezione-senza-tls", env->qid, busta && mid[0] ? mid : NULL,
-                        ref[0] ? ref : NULL, mid[0] ? mid : NULL, env->sender, to->str, NULL,
-                        outcome, NULL);
+    int rc = role_event(r, &(struct role_ev){.type = "ricezione-senza-tls", .qid = env->qid,
+                                             .pec_id = busta && mid[0] ? mid : NULL,
+                                             .orig_msgid = ref[0] ? ref : NULL,
+                                             .message_id = mid[0] ? mid : NULL,
+                                             .sender = env->sender, .rcpts = to->str,
+                                             .outcome = outcome}, err, errlen);
     g_string_free(to, TRUE);
     if (rc == 0)
         log_warn("%s: PEC %s from <%s> received without TLS from %s (RFC 6109 section 5.3)",
                  env->qid, busta ? "envelope" : envelope ? "anomaly envelope" : "receipt",
                  env->sender, env->client_ip ? env->client_ip : "unknown");
     return rc;
-}
-
-void role_set_instant(struct queue_outputs *out, time_t t)
-{
-    out->when = t;
-    stage_when = t;
 }
 
 /* The stage's instant (§4.1): now, or, for a stage run again whose events
@@ -626,20 +411,22 @@ static time_t stage_time(struct roles *r, const struct queue_env *env, bool reco
 static int run_role(struct roles *r, const struct queue_env *env, const char *data, size_t len,
                     bool recovered, struct queue_outputs *out, char *err, size_t errlen)
 {
-    if (strcmp(env->stage, "submission") == 0)
+    switch (pec_stage_parse(env->stage)) {
+    case PEC_STAGE_SUBMISSION:
         return role_access_point(r, env, data, len, recovered, out, err, errlen);
-    if (strcmp(env->stage, "incoming") == 0) {
-        if (cleartext_event(r, env, data, len) == -1) {
-            snprintf(err, errlen, "evidence log unavailable");
+    case PEC_STAGE_INCOMING:
+        if (cleartext_event(r, env, data, len, err, errlen) == -1)
             return -1;
-        }
         return role_incoming_point(r, env, data, len, recovered, out, err, errlen);
-    }
-    if (strcmp(env->stage, "delivery") == 0)
+    case PEC_STAGE_DELIVERY:
         return role_delivery_retry(r, env, data, len, recovered, out, err, errlen);
-    if (strcmp(env->stage, "notices") == 0)
+    case PEC_STAGE_NOTICES:
         return role_notices(r, env, data, len, recovered, out, err, errlen);
-    snprintf(err, errlen, "unknown stage '%s'", env->stage);
+    case PEC_STAGE_NONE:
+    case PEC_STAGE_UNKNOWN:
+        break;
+    }
+    str_fmt(err, errlen, "unknown stage '%s'", env->stage ? env->stage : "");
     return -1;
 }
 
@@ -647,14 +434,13 @@ int roles_process(void *arg, const struct queue_env *env, const char *data, size
                   bool recovered, struct queue_outputs *out, char *err, size_t errlen)
 {
     struct roles *r = arg;
-    out->when = stage_time(r, env, recovered);
-    stage_when = out->when;
+    role_set_instant(out, stage_time(r, env, recovered));
     /* a stage that fails leaves no event: its outputs are dropped too, and
      * when it runs again it logs what it then does, at that instant */
     size_t mark = evidence_batch_mark(r->ev);
     int rc = run_role(r, env, data, len, recovered, out, err, errlen);
     if (rc == -1)
         evidence_batch_rollback(r->ev, mark);
-    stage_when = 0;
+    role_clear_instant();
     return rc;
 }

@@ -45,18 +45,18 @@ static int access_virus(struct roles *r, const struct queue_env *env, const char
     pec_buf m = {0};
     int rc = role_build(r, a, &m, err, errlen);
     if (rc == 0)
-        rc = role_event(r, "non-accettazione", env->qid, a->pec_id, omid, a->message_id,
-                        env->sender, NULL, subj, why, NULL);
+        rc = role_event(r, &(struct role_ev){.type = "non-accettazione", .qid = env->qid,
+                                             .pec_id = a->pec_id, .orig_msgid = omid,
+                                             .message_id = a->message_id, .sender = env->sender,
+                                             .subject = subj, .outcome = why}, err, errlen);
     if (rc == 0)
-        rc = role_callout_event(r, env, a->pec_id, omid);
+        rc = role_callout_event(r, env, a->pec_id, omid, err, errlen);
     if (rc == 0)
         rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
     if (rc == 0) {
         metric_inc(&metric_pec_transactions, "access", "not-accepted");
         log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a->pec_id, .event = "accettazione", .result = "not-accepted"},
                    "%s: not accepted: %s (PEC %s)", env->qid, why, a->pec_id);
-    } else if (err[0] == '\0') {
-        snprintf(err, errlen, "evidence log unavailable");
     }
     pec_buf_free(&m);
     return rc;
@@ -134,11 +134,11 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         char subj0[1024] = "";
         mail_header_value(data, len, "Subject", subj0, sizeof subj0);
         if (role_build(r, &a, &m, err, errlen) == 0 &&
-            role_event(r, "non-accettazione", env->qid, pec_id, NULL, receipt_id, env->sender,
-                       NULL, subj0, cr.detail, NULL) == 0) {
+            role_event(r, &(struct role_ev){.type = "non-accettazione", .qid = env->qid,
+                                            .pec_id = pec_id, .message_id = receipt_id,
+                                            .sender = env->sender, .subject = subj0,
+                                            .outcome = cr.detail}, err, errlen) == 0) {
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
-        } else if (err[0] == '\0') {
-            snprintf(err, errlen, "evidence log unavailable");
         }
         goto done;
     }
@@ -207,8 +207,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         for (size_t i = 0; i < nl; i++)
             qr[i].addr = qr[i].orig = (char *)local[i];
         struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
-                              .stage = "incoming", .listener = "pec", .proto = "local",
-                              .requiretls = env->requiretls};
+                              .stage = (char *)pec_stage_name(PEC_STAGE_INCOMING),
+                              .listener = "pec", .proto = "local", .requiretls = env->requiretls};
         queue_outputs_add(out, &e, edata, elen);
         free(qr);
     }
@@ -248,10 +248,17 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         char omid[512] = "";
         mail_header_value(data, len, "Message-ID", omid, sizeof omid);
         if (tr == 0 &&
-            (role_event(r, "accettazione", env->qid, pec_id, omid, receipt_id, env->sender,
-                        all->str, subj, "ok", NULL) == -1 || role_callout_event(r, env, pec_id, omid) == -1 ||
-             role_event(r, "busta-trasporto", env->qid, pec_id, omid, pec_id, env->sender,
-                        all->str, subj, "inviata", NULL) == -1))
+            (role_event(r, &(struct role_ev){.type = "accettazione", .qid = env->qid,
+                                             .pec_id = pec_id, .orig_msgid = omid,
+                                             .message_id = receipt_id, .sender = env->sender,
+                                             .rcpts = all->str, .subject = subj, .outcome = "ok"},
+                        err, errlen) == -1 ||
+             role_callout_event(r, env, pec_id, omid, err, errlen) == -1 ||
+             role_event(r, &(struct role_ev){.type = "busta-trasporto", .qid = env->qid,
+                                             .pec_id = pec_id, .orig_msgid = omid,
+                                             .message_id = pec_id, .sender = env->sender,
+                                             .rcpts = all->str, .subject = subj,
+                                             .outcome = "inviata"}, err, errlen) == -1))
             tr = -1;
         g_string_free(all, TRUE);
         free(cert);

@@ -38,10 +38,8 @@ static int incoming_virus(struct roles *r, const struct queue_env *env, bool rec
     char why[300];
     snprintf(why, sizeof why, "virus %s", env->virus);
     if (role_callout_event(r, env, d && d->identificativo ? d->identificativo : NULL,
-                           d ? d->msgid : NULL) == -1) {
-        snprintf(err, errlen, "evidence log unavailable");
+                           d ? d->msgid : NULL, err, errlen) == -1)
         return -1;
-    }
     for (size_t i = 0; i < env->nrcpts; i++) {
         time_t now = out->when;
         char mid[256];
@@ -59,16 +57,16 @@ static int incoming_virus(struct roles *r, const struct queue_env *env, bool rec
         pec_buf m = {0};
         int rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
         if (rc == 0)
-            rc = role_event(r, "rilevazione-virus", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
-                            rcpt, a.subject, why, rcpt);
+            rc = role_event(r, &(struct role_ev){.type = "rilevazione-virus", .qid = env->qid,
+                                                 .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
+                                                 .message_id = mid, .sender = a.sender,
+                                                 .rcpts = rcpt, .subject = a.subject,
+                                                 .outcome = why, .key = rcpt}, err, errlen);
         if (rc == 0 && a.notify_to)
             rc = role_send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
         pec_buf_free(&m);
-        if (rc == -1) {
-            if (err[0] == '\0')
-                snprintf(err, errlen, "evidence log unavailable");
-            return -1;
-        }
+        if (rc == -1)
+            return -1;          /* err: role_build's, role_event's or role_send_to's */
         log_info("%s: PEC %s for <%s> not delivered: %s; notice to %s", env->qid, a.pec_id,
                  rcpt, why, a.notify_to ? a.notify_to : "(sender provider unknown)");
     }
@@ -96,8 +94,11 @@ static int virus_notice_received(struct roles *r, const struct queue_env *env, b
     pec_buf m = {0};
     int rc = role_build(r, &a, &m, err, errlen);
     if (rc == 0)
-        rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid, a.sender,
-                        d->consegna, a.subject, "virus", d->consegna);
+        rc = role_event(r, &(struct role_ev){.type = "errore-consegna", .qid = env->qid,
+                                             .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
+                                             .message_id = mid, .sender = a.sender,
+                                             .rcpts = d->consegna, .subject = a.subject,
+                                             .outcome = "virus", .key = d->consegna}, err, errlen);
     if (rc == 0)
         rc = role_send_to(r, env, recovered, out, d->mittente, &m, err, errlen);
     if (rc == 0) {
@@ -163,9 +164,10 @@ static void deliver_later(const struct queue_env *env, const size_t *idx, size_t
         rc[k].status = QR_PENDING;
         rc[k].status_text = NULL;
     }
-    bool again = env->stage != NULL && strcmp(env->stage, "delivery") == 0;
+    bool again = pec_stage_parse(env->stage) == PEC_STAGE_DELIVERY;
     struct queue_env e = {.arrival = again ? env->arrival : out->when, .sender = env->sender,
-                          .rcpts = rc, .nrcpts = n, .stage = "delivery", .listener = "pec",
+                          .rcpts = rc, .nrcpts = n,
+                          .stage = (char *)pec_stage_name(PEC_STAGE_DELIVERY), .listener = "pec",
                           .proto = "local", .requiretls = env->requiretls};
     queue_outputs_add(out, &e, data, len);
     free(rc);
@@ -189,7 +191,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     bool have_orig = v->original.data != NULL ||
                      pec_envelope_original(data, len, &orig, e2, sizeof e2) == 0;
     const pec_buf *original = v->original.data != NULL ? &v->original : &orig;
-    bool retry_stage = env->stage != NULL && strcmp(env->stage, "delivery") == 0;
+    bool retry_stage = pec_stage_parse(env->stage) == PEC_STAGE_DELIVERY;
     bool past_deadline = retry_stage &&
                          (uint64_t)(out->when - env->arrival) >= r->cfg->timer_mancata_consegna;
     int rc = 0;
@@ -276,8 +278,11 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                        "%s: PEC %s to <%s> not delivered: %s", env->qid, a.pec_id, addr, why);
             rc = role_build(r, &a, &m, err, errlen);
             if (rc == 0)
-                rc = role_event(r, "errore-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
-                                a.sender, addr, a.subject, why, addr);
+                rc = role_event(r, &(struct role_ev){.type = "errore-consegna", .qid = env->qid,
+                                                     .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
+                                                     .message_id = mid, .sender = a.sender,
+                                                     .rcpts = addr, .subject = a.subject,
+                                                     .outcome = why, .key = addr}, err, errlen);
         } else {
             /* §3.3.2: the receipt follows the stored envelope */
             a.type = PEC_TYPE_AVVENUTA_CONSEGNA;
@@ -298,8 +303,12 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
                      pec_variant_name(a.variant));
             rc = role_build(r, &a, &m, err, errlen);
             if (rc == 0)
-                rc = role_event(r, "avvenuta-consegna", env->qid, a.pec_id, a.orig_msgid, mid,
-                                a.sender, addr, a.subject, pec_variant_name(a.variant), addr);
+                rc = role_event(r, &(struct role_ev){.type = "avvenuta-consegna", .qid = env->qid,
+                                                     .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
+                                                     .message_id = mid, .sender = a.sender,
+                                                     .rcpts = addr, .subject = a.subject,
+                                                     .outcome = pec_variant_name(a.variant),
+                                                     .key = addr}, err, errlen);
         }
         if (rc == 0)
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
@@ -409,8 +418,10 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
         GString *to = g_string_new(NULL);
         for (size_t i = 0; i < nk; i++)
             g_string_append_printf(to, "%s%s", i ? ", " : "", keep[i]);
-        res = role_event(r, "anomalia", env->qid, pec_id, omid, pec_id, env->sender, to->str, subj,
-                         why, NULL);
+        res = role_event(r, &(struct role_ev){.type = "anomalia", .qid = env->qid, .pec_id = pec_id,
+                                              .orig_msgid = omid, .message_id = pec_id,
+                                              .sender = env->sender, .rcpts = to->str,
+                                              .subject = subj, .outcome = why}, err, errlen);
         g_string_free(to, TRUE);
     }
     free(keep);
@@ -490,8 +501,10 @@ static int take_in_once(struct roles *r, const struct queue_env *env, const char
         if (s == 1) {
             log_info("%s: <%s> for <%s> was taken in before: duplicate dropped", env->qid, mid,
                      env->rcpts[i].addr);
-            role_event(r, "duplicato", env->qid, NULL, NULL, mid, env->sender,
-                       env->rcpts[i].addr, NULL, "dropped", env->rcpts[i].addr);
+            role_event(r, &(struct role_ev){.type = "duplicato", .qid = env->qid, .message_id = mid,
+                                            .sender = env->sender, .rcpts = env->rcpts[i].addr,
+                                            .outcome = "dropped", .key = env->rcpts[i].addr},
+                       err, errlen);
             continue;
         }
         fresh[envc->nrcpts++] = env->rcpts[i];
@@ -600,9 +613,13 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
             GString *to = g_string_new(NULL);
             for (size_t i = 0; i < env->nrcpts; i++)
                 g_string_append_printf(to, "%s%s", i ? ", " : "", ric[i]);
-            rc = role_event(r, "presa-in-carico", env->qid, a.pec_id, a.orig_msgid, mid,
-                            a.sender, to->str, a.subject,
-                            a.notify_to ? a.notify_to : "provider unknown", NULL);
+            rc = role_event(r, &(struct role_ev){.type = "presa-in-carico", .qid = env->qid,
+                                                 .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
+                                                 .message_id = mid, .sender = a.sender,
+                                                 .rcpts = to->str, .subject = a.subject,
+                                                 .outcome = a.notify_to ? a.notify_to
+                                                                        : "provider unknown"},
+                            err, errlen);
             g_string_free(to, TRUE);
         }
         if (rc == 0 && a.notify_to)
@@ -641,11 +658,14 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
         GString *to = g_string_new(NULL);
         for (size_t i = 0; i < env->nrcpts; i++)
             g_string_append_printf(to, "%s%s", i ? ", " : "", env->rcpts[i].addr);
-        if (role_event(r, type, env->qid, d ? d->identificativo : NULL, d ? d->msgid : NULL, mid2,
-                       env->sender, to->str, d ? d->oggetto : NULL,
-                       d && d->consegna ? d->consegna : "ricevuta", NULL) == -1) {
+        if (role_event(r, &(struct role_ev){.type = type, .qid = env->qid,
+                                            .pec_id = d ? d->identificativo : NULL,
+                                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid2,
+                                            .sender = env->sender, .rcpts = to->str,
+                                            .subject = d ? d->oggetto : NULL,
+                                            .outcome = d && d->consegna ? d->consegna : "ricevuta"},
+                       err, errlen) == -1) {
             g_string_free(to, TRUE);
-            snprintf(err, errlen, "evidence log unavailable");
             return -1;
         }
         g_string_free(to, TRUE);

@@ -8,6 +8,7 @@
 #include "roles.h"
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
+#include "lib/pec_stage.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -34,10 +35,24 @@ static inline const char *domain_of(const char *addr)
     return at ? at + 1 : "";
 }
 
-/* roles.c: the shared helpers (their comments are at the definitions) */
-int role_event(struct roles *r, const char *type, const char *qid, const char *pec_id,
-               const char *orig_msgid, const char *message_id, const char *sender,
-               const char *rcpts, const char *subject, const char *outcome, const char *key);
+/* One event of the evidence log (RFC 6109 §2.3, docs/evidence.md), written
+ * with designated initialisers; NULL fields are absent. */
+struct role_ev {
+    const char *type;          /* "accettazione", "busta-trasporto", … */
+    const char *qid;           /* the queue id of the stage's message */
+    const char *pec_id;        /* the PEC message's identifier (X-Riferimento-Message-ID) */
+    const char *orig_msgid;    /* the user's original Message-ID ("<…>" or bare) */
+    const char *message_id;    /* the Message-ID of the receipt or envelope made */
+    const char *sender, *rcpts, *subject;
+    const char *outcome;       /* the result: "ok", "inviata", a reason, a variant */
+    const char *key;           /* with qid and type, what makes it unique: a recipient */
+};
+
+/* roles_common.c: the helpers the roles share (their comments are at the
+ * definitions) */
+/* Logs e; -1 with the reason in err (err may be NULL) when the evidence log
+ * cannot take it: the stage then fails and runs again. */
+int role_event(struct roles *r, const struct role_ev *e, char *err, size_t errlen);
 void role_make_id(struct roles *r, char *buf, size_t size, time_t when);
 void role_source_id(struct roles *r, const struct queue_env *env, unsigned n, char *buf,
                     size_t size);
@@ -56,14 +71,16 @@ int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
                  struct queue_outputs *out, const char *to, const pec_buf *m, char *err,
                  size_t errlen);
 int role_callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
-                       const char *omid);
+                       const char *omid, char *err, size_t errlen);
 /* Whether addr (at one of our domains) has a mailbox: 1 yes (a user,
  * postmaster or the PEC service address), 0 no, -1 cannot tell now, -2 the
  * final delivery decides (users_db_lookup). */
 int role_mailbox(struct roles *r, const char *addr);
 /* The running stage's instant becomes t (its messages and events): the
- * anomaly envelope's is the arrival (§3.2.2). */
+ * stage's start (roles_process), or the arrival for the anomaly envelope
+ * (§3.2.2); cleared when the stage ends. */
 void role_set_instant(struct queue_outputs *out, time_t t);
+void role_clear_instant(void);
 /* The recipients src->rcpts[idx[0..n)] have no mailbox: an output that fails
  * them ("550 5.1.1"), so the queue sends the sender a non-delivery report
  * (RFC 3464) instead of the message being dropped without notice. */

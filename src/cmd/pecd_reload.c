@@ -243,6 +243,8 @@ void pecd_reload(struct pecd *d)
     log_set_json(n->log_json);
     config_retire(config_free_cb, old);
     pecd_metrics_certificates(d);
+    if (d->roles != NULL)      /* a renewal: is the new certificate in the directory? */
+        roles_check_certificates(d->roles);
     metric_inc(&metric_reloads, kept ? "partial" : "ok", NULL);
     if (kept > 0)
         log_info("reload: %s applied, but for %zu setting%s that need%s a restart: %s",

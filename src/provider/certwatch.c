@@ -3,8 +3,8 @@
  * warning when the signing or the TLS certificate expires within 30 days,
  * and when the signing certificate in use is not among the
  * providerCertificateHash of the providers' directory (other providers would
- * refuse our mail as not-in-directory, RFC 6109 §4.5.1).  Checked at start
- * and then hourly (notices.c calls it).
+ * refuse our mail as not-in-directory, RFC 6109 §4.5.1).  Checked at start,
+ * then hourly (notices.c calls it) and after a reload (a renewal).
  *
  * Interface: roles_check_certificates (roles.h).
  */

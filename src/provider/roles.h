@@ -59,7 +59,7 @@ int roles_pass_end(void *arg, char *err, size_t errlen);
 
 /* Warns (log) when the signing or TLS certificate expires within 30 days or
  * the signing certificate is not in the providers' directory (certwatch.c);
- * the number of problems found.  At start and hourly. */
+ * the number of problems found.  At start, hourly and after a reload. */
 int roles_check_certificates(struct roles *r);
 
 #endif

@@ -90,6 +90,7 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         tail = sighup(a, "applied")
         assert "signing key and certificate read again" in tail, tail
         assert "need a restart" not in tail and "needs a restart" not in tail, tail
+        assert "not in the providers' directory" not in a.log(100000)
         send_and_check(a, b, ca, "dopo il rinnovo", new_cert, tmp_path)
 
         # a key that does not match its certificate: refused, the pair in force stays
@@ -114,11 +115,34 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
                                       "signing_certificate": "signing-next.pem"}})
         sighup(a, "applied")
 
+        # a pair the directory does not list yet: taken, and the reload warns at once
+        unlisted = tmp_path / "unlisted"
+        pecctl("pki", "issue", "--ca", ca, "--domain", "pec.a.test", "--out", str(unlisted),
+               "--name", "Provider A", "--tls-host", "localhost")
+        install(unlisted, a.dir, "signing-unlisted")
+        a.write_config({"pec.b.test": b.ports["mx"]},
+                       extra={"pec": {"signing_key": "signing-unlisted.key",
+                                      "signing_certificate": "signing-unlisted.pem"}})
+        mark = len(a.log(100000))
+        sighup(a, "applied")
+        end = time.time() + 10
+        while "is not in the providers' directory" not in a.log(100000)[mark:]:
+            assert time.time() < end, a.log(30)
+            time.sleep(0.1)
+        a.write_config({"pec.b.test": b.ports["mx"]},
+                       extra={"pec": {"signing_key": "signing-next.key",
+                                      "signing_certificate": "signing-next.pem"}})
+        sighup(a, "applied")
+
         # the signer killed: the keeper's next one loads the renewed pair, not the first
         _, _, signer = roles(a)
         os.kill(signer, signal.SIGKILL)
         end = time.time() + 20
         while roles(a)[2] == signer:
+            assert time.time() < end, a.log(30)
+            time.sleep(0.1)
+        new_signer = roles(a)[2]
+        while f"signer (pid {new_signer}) answers" not in a.log(200):
             assert time.time() < end, a.log(30)
             time.sleep(0.1)
         send_and_check(a, b, ca, "dopo il riavvio del firmatario", new_cert, tmp_path)

@@ -70,7 +70,7 @@ static bool users_quota_cb(void *arg, const char *addr, uint64_t *octets)
 }
 
 /* Plain delivery asks Dovecot's userdb from its threads (transport.c). */
-static int users_lookup_cb(void *arg, const char *addr)
+static enum users_found users_lookup_cb(void *arg, const char *addr)
 {
     return users_db_lookup(arg, addr);
 }

@@ -167,13 +167,13 @@ int role_store_copies(struct roles *r, const struct queue_env *src, bool recover
     return res;
 }
 
-int role_mailbox(struct roles *r, const char *addr)
+enum users_found role_mailbox(struct roles *r, const char *addr)
 {
     /* RFC 5321 §4.5.1: postmaster always has a mailbox; so has the PEC
      * service address (receipts and notices for the provider itself) */
     if (strcasecmp(addr, r->cfg->postmaster) == 0 ||
         strcasecmp(addr, r->cfg->pec_service_address) == 0)
-        return 1;
+        return USERS_YES;
     return users_db_lookup(r->users, addr);
 }
 

@@ -207,14 +207,14 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     }
     bool any_pending = false;
     for (size_t i = 0; i < env->nrcpts; i++) {
-        int ex = role_mailbox(r, env->rcpts[i].addr);
-        st[i].pending = ex != 0;   /* -2: the LMTP server decides */
-        if (ex == -1) {
+        enum users_found ex = role_mailbox(r, env->rcpts[i].addr);
+        st[i].pending = ex != USERS_NO;   /* USERS_AT_DELIVERY: the LMTP server decides */
+        if (ex == USERS_UNAVAILABLE) {
             /* the users source cannot tell now: this recipient only waits */
             st[i].result = DELIVER_TEMPFAIL;
             snprintf(st[i].text, sizeof st[i].text, "4.4.3 users source unavailable");
         }
-        any_pending = any_pending || (ex != 0 && ex != -1);
+        any_pending = any_pending || (ex != USERS_NO && ex != USERS_UNAVAILABLE);
     }
     if (any_pending) {
         for (size_t i = 0; i < env->nrcpts; i++)
@@ -386,7 +386,7 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
     size_t nk = 0, nu = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
-        if (role_mailbox(r, env->rcpts[i].addr) != 0)
+        if (role_mailbox(r, env->rcpts[i].addr) != USERS_NO)
             keep[nk++] = env->rcpts[i].addr;
         else
             unknown[nu++] = i;
@@ -673,7 +673,7 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
         size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
         size_t na = 0, nu = 0;
         for (size_t i = 0; i < env->nrcpts; i++) {
-            if (role_mailbox(r, env->rcpts[i].addr) != 0)
+            if (role_mailbox(r, env->rcpts[i].addr) != USERS_NO)
                 addrs[na++] = env->rcpts[i].addr;
             else
                 unknown[nu++] = i;

@@ -72,10 +72,9 @@ int role_send_to(struct roles *r, const struct queue_env *src, bool recovered,
                  size_t errlen);
 int role_callout_event(struct roles *r, const struct queue_env *env, const char *pec_id,
                        const char *omid, char *err, size_t errlen);
-/* Whether addr (at one of our domains) has a mailbox: 1 yes (a user,
- * postmaster or the PEC service address), 0 no, -1 cannot tell now, -2 the
- * final delivery decides (users_db_lookup). */
-int role_mailbox(struct roles *r, const char *addr);
+/* Whether addr (at one of our domains) has a mailbox: USERS_YES for a user,
+ * postmaster and the PEC service address, else users_db_lookup's answer. */
+enum users_found role_mailbox(struct roles *r, const char *addr);
 /* The running stage's instant becomes t (its messages and events): the
  * stage's start (roles_process), or the arrival for the anomaly envelope
  * (§3.2.2); cleared when the stage ends. */

@@ -45,7 +45,8 @@
 
 #include "filters/callout.h"
 
-void transport_set_users(struct transport *t, int (*lookup)(void *arg, const char *addr),
+void transport_set_users(struct transport *t,
+                         enum users_found (*lookup)(void *arg, const char *addr),
                          void *arg)
 {
     t->user_lookup = lookup;
@@ -428,14 +429,14 @@ static bool local_user_known(struct transport *t, const char *addr, struct deliv
 {
     if (t->user_lookup == NULL)
         return true;
-    int ex = t->user_lookup(t->user_lookup_arg, addr);
-    if (ex == 0) {
+    enum users_found ex = t->user_lookup(t->user_lookup_arg, addr);
+    if (ex == USERS_NO) {
         r->result = DELIVER_PERMFAIL;
         r->smtp_code = 550;
         snprintf(r->text, sizeof r->text, "5.1.1 <%s>: no such user", addr);
         return false;
     }
-    if (ex == -1) {
+    if (ex == USERS_UNAVAILABLE) {
         r->result = DELIVER_TEMPFAIL;
         snprintf(r->text, sizeof r->text, "4.3.0 <%s>: the users source is unavailable", addr);
         return false;

@@ -6,6 +6,7 @@
 #define PEC_PROVIDER_TRANSPORT_H
 
 #include "queue/queue.h"
+#include "store/store.h"
 
 struct config;
 struct transport;
@@ -40,8 +41,9 @@ void transport_store_local_all(struct transport *t, const struct queue_env *env,
                                const char *data, size_t len, bool recovered,
                                struct deliver_rcpt *r, struct queue_outputs *out);
 /* Mailbox existence for plain (non-PEC) local delivery with users from
- * Dovecot's userdb: 1/0/-1/-2 as users_db_lookup(). */
-void transport_set_users(struct transport *t, int (*lookup)(void *arg, const char *addr),
+ * Dovecot's userdb (users_db_lookup's answers). */
+void transport_set_users(struct transport *t,
+                         enum users_found (*lookup)(void *arg, const char *addr),
                          void *arg);
 /* local_lmtp.c: recipients idx[0..n) of env through LMTP, one transaction. */
 void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, const char *data,

@@ -37,7 +37,7 @@ struct transport {
     GHashTable *route_addrs;  /* static route's host|port -> struct route_addrs (below) */
     bool (*is_pec)(void *arg, const char *domain);
     void *is_pec_arg;
-    int (*user_lookup)(void *arg, const char *addr);
+    enum users_found (*user_lookup)(void *arg, const char *addr);
     void *user_lookup_arg;
     bool (*user_quota)(void *arg, const char *addr, uint64_t *octets);
     void *user_quota_arg;

@@ -95,10 +95,16 @@ bool users_db_is_dovecot(const struct users_db *db);
 /* client_ip (or NULL) lets Dovecot keep its failure penalty per client. */
 int users_db_verify(struct users_db *db, const char *user, const char *pass,
                     const char *client_ip, char *canonical, size_t canonlen);
-/* 1 the mailbox exists, 0 it does not, -1 cannot tell now (Dovecot
- * unreachable: try later), -2 no source can tell (users = dovecot: without
- * userdb; the final delivery, e.g. Dovecot LMTP, decides).  May block. */
-int users_db_lookup(struct users_db *db, const char *addr);
+/* Whether a mailbox exists, as users_db_lookup answers. */
+enum users_found {
+    USERS_NO = 0,             /* it does not */
+    USERS_YES = 1,            /* it does */
+    USERS_UNAVAILABLE = -1,   /* cannot tell now (Dovecot unreachable): try later */
+    USERS_AT_DELIVERY = -2,   /* no source can tell (users = dovecot without userdb):
+                               * the final delivery (e.g. Dovecot LMTP) decides */
+};
+/* May block (Dovecot): call it from a worker thread. */
+enum users_found users_db_lookup(struct users_db *db, const char *addr);
 
 /* ---- who may send as which address (sender_map.c; [users] senders) ---------- */
 struct sender_map;

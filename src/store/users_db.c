@@ -197,7 +197,7 @@ static bool file_exists(struct users_db *db, const char *addr)
 /* With Dovecot, "cannot tell" counts as existing: the delivery decides. */
 bool users_db_exists(struct users_db *db, const char *addr)
 {
-    return db->dovecot_auth == NULL ? file_exists(db, addr) : users_db_lookup(db, addr) != 0;
+    return db->dovecot_auth == NULL ? file_exists(db, addr) : users_db_lookup(db, addr) != USERS_NO;
 }
 
 bool users_db_exists_nb(struct users_db *db, const char *addr, bool *stale)
@@ -269,19 +269,21 @@ int users_db_verify(struct users_db *db, const char *user, const char *pass,
     return r;
 }
 
-int users_db_lookup(struct users_db *db, const char *addr)
+enum users_found users_db_lookup(struct users_db *db, const char *addr)
 {
     if (db->dovecot_auth == NULL)
-        return file_exists(db, addr) ? 1 : 0;
+        return file_exists(db, addr) ? USERS_YES : USERS_NO;
     if (db->dovecot_userdb == NULL)
-        return -2;
+        return USERS_AT_DELIVERY;
     char err[256] = "";
     char key[512];
     users_normalise(addr, key, sizeof key);
     int r = dovecot_userdb_lookup(db->dovecot_userdb, key, db->dovecot_timeout, err, sizeof err);
     if (r == DOVECOT_TEMP)
         log_warn("userdb lookup of %s through Dovecot: %s", key, err);
-    return r == DOVECOT_OK ? 1 : r == DOVECOT_FAIL ? 0 : -1;
+    return r == DOVECOT_OK     ? USERS_YES
+           : r == DOVECOT_FAIL ? USERS_NO
+                               : USERS_UNAVAILABLE;
 }
 
 void users_db_free(struct users_db *db)

@@ -23,8 +23,10 @@
  * Threads: keys_start before any thread and before opening anything else;
  * keys_client_run starts the thread that takes later signers.  The client's
  * pec_signer is shared by the delivery and timers' threads (a pool of
- * sockets, one request each); TLS operations come from the event loop only
- * and never wait for a signer; reload and stop from the event loop.
+ * sockets, one request each); TLS key operations (the event loop's
+ * handshakes, the directory download's client key in its refresh thread)
+ * share one socket under a mutex and never wait for a new signer; reload
+ * and stop from the event loop.
  * Ownership: the caller frees what the loaders return (pec_signer_free,
  * EVP_PKEY_free, free(*chain)) and closes *hsm after the key it opened;
  * keys_client_pec_signer's signer is owned by the client.

@@ -6,7 +6,8 @@
  * Purpose: what the files of src/keys share and nothing outside uses.
  * Threads: keys_hsm_* in the process that uses the key, after any fork (a
  * PKCS#11 session does not survive fork); the signer runs one thread per
- * socket; keys_client_tls_op on the event loop.
+ * socket; keys_client_tls_op from any thread (the event loop, the
+ * directory's refresh thread), one at a time on the TLS socket (a mutex).
  * Ownership: keys_hsm_key's key is valid while its keys_hsm is open;
  * keys_recv reads into the caller's buffer; answers (pec_buf) are the
  * caller's.

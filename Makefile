@@ -1,8 +1,8 @@
 # pecmail - top-level wrapper around CMake/CTest and pytest.
 #   make          install missing Debian packages, build
-#   make check    every test: the conformance matrix (docs/conformance.md), unit (cmocka),
-#                 fuzz smoke run (libFuzzer), integration (pytest); SANITIZE=1: the
-#                 integration suite against the ASan+UBSan build (CI)
+#   make check    every test: the conformance matrix (docs/conformance.md), the headers'
+#                 contracts, unit (cmocka), fuzz smoke run (libFuzzer), integration (pytest);
+#                 SANITIZE=1: the integration suite against the ASan+UBSan build (CI)
 #   make bench    benchmarks (bench/), results in docs/performance.md
 #   make demo     the demo (see README.md)
 #   make deb      the Debian package pecmail_*.deb (dpkg-buildpackage -us -uc -b, lintian)
@@ -14,7 +14,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECONDS ?= 5
 JOBS       ?= 2
 
-.PHONY: deb check-deb all deps build check conformance unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
+.PHONY: deb check-deb all deps build check conformance headers unit fuzz-smoke integration asan asan-build integration-asan bench demo clean
 
 all: build
 
@@ -65,7 +65,13 @@ endif
 conformance:
 	$(PYTHON) scripts/check-conformance
 
-check: conformance unit fuzz-smoke integration
+# Every header under src/ opens with its contract: Purpose, Threads, Ownership, Errors
+# (scripts/check-headers; --self-test first checks the checker on known examples)
+headers:
+	$(PYTHON) scripts/check-headers --self-test
+	$(PYTHON) scripts/check-headers
+
+check: conformance headers unit fuzz-smoke integration
 
 asan-build: deps
 	cmake -S . -B $(ASAN_BUILD) -DPEC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null

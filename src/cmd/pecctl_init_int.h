@@ -1,7 +1,16 @@
 /*
  * pecctl_init_int.h - what the files of `pecctl init` share (pecctl_init.c,
  * pecctl_init_pki.c, pecctl_init_files.c); not for other commands.
- * Functions returning int give 0 or -1, and print the reason on stderr.
+ *
+ * Purpose: the options of `pecctl init` and the file, directory and PKI
+ * helpers that create a provider instance.
+ * Threads: pecctl's one thread.
+ * Ownership: struct init_opts borrows argv's strings; init_conf_build's *out
+ * and init_cert_der's buffer are malloc'ed for the caller; the fd of
+ * init_lock_file is the caller's to close (the lock goes with it).
+ * Errors: functions returning int give 0 or -1, and print the reason on
+ * stderr ("pecctl init: cannot WHAT PATH: strerror", init_io_fail and
+ * init_crypto_fail); the command then exits non-zero.
  */
 #ifndef PEC_PECCTL_INIT_INT_H
 #define PEC_PECCTL_INIT_INT_H

@@ -8,8 +8,19 @@
  *                   gauges it computes at scrape time
  *   pecd_reload.c   SIGHUP: read pecd.conf again, apply what can change
  *                   without dropping a session, name what needs a restart
+ *   pecd_control.c  the control socket for pecctl backup
  *
- * Everything here runs on the event loop's thread.
+ * Purpose: struct pecd, the one object that holds every module of a
+ * running daemon, and the entry points of the files above.
+ * Threads: everything here runs on the event loop's thread, but the control
+ * socket, which serves on a thread of its own (pecd_control_start) and
+ * touches only the queue (queue_pause) and the tracking database.
+ * Ownership: struct pecd owns every module it points to and frees them at
+ * exit, the threads stopped first; cfg is swapped by a reload and the old
+ * one retired (config_retire), not freed at once.
+ * Errors: start functions return -1 with the reason in err (pecd then
+ * stops with it); a reload that fails logs the reason and keeps the
+ * configuration in force; sd_notify failures are ignored.
  */
 #ifndef PEC_PECD_INT_H
 #define PEC_PECD_INT_H

@@ -1,6 +1,17 @@
 /*
  * pecd_privsep.h - pecd's process model (pecd_privsep.c): the keeper and
  * signer processes, the listeners bound as root, the drop to [pecd] user.
+ *
+ * Purpose: pecd.c calls it between reading its configuration and its first
+ * network byte; `pecd -t` calls pecd_check_keys.
+ * Threads: the main thread, before any other thread starts
+ * (pecd_privsep_start forks); dir_client_key at start; tls at start and on
+ * reload (event loop); stop at exit.
+ * Ownership: struct pecd_privsep is the caller's and owns the key client
+ * and the bound sockets (handed to the SMTP server); pecd_privsep_tls's
+ * context is the caller's (SSL_CTX_free).
+ * Errors: 0 or -1 (NULL for tls) with the reason in err naming the setting
+ * or the file; pecd refuses to start on any of them.
  */
 #ifndef PECD_PRIVSEP_H
 #define PECD_PRIVSEP_H

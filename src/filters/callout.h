@@ -12,6 +12,21 @@
  * an OPES-Trace header field added on top of the message (outer header, so
  * never inside signed PEC content), in the log and, for PEC, in the
  * evidence log.
+ *
+ * Purpose: pecd's msg_filter hook submits to the stage; the transport
+ * (src/provider/transport.c) runs the outgoing phase on what it sends.
+ * Threads: callouts_new/free, callout_stage_new/set_config/submit/free on
+ * the event loop (the replaced callouts are retired, lib/config.h); the
+ * stage runs jobs on its own threads ([callouts] workers) and calls done
+ * back on the event loop; callouts_incoming and callouts_outgoing on any
+ * thread (they block on clamd and the milters, each bounded by its timeout).
+ * Ownership: struct callout_msg borrows its strings for the call; a result's
+ * data, envelope changes and refusals are malloc'ed (callout_result_free);
+ * *out of callouts_outgoing and callout_add_trace's result are the caller's
+ * (free); the stage borrows cfg and evidence.
+ * Errors: the verdict and a whole SMTP reply (REFUSE: 4xx or 5xx); a filter
+ * that cannot be reached gets its configured default (tempfail, accept,
+ * reject) and is logged; callouts_outgoing -1 with the reply in err.
  */
 #ifndef PEC_FILTERS_CALLOUT_H
 #define PEC_FILTERS_CALLOUT_H

@@ -1,7 +1,17 @@
 /*
  * clamd.h - a ClamAV daemon client: zINSTREAM over a unix or TCP socket,
  * from a pool of persistent connections (IDSESSION), with connect and I/O
- * timeouts.  Thread-safe: the callout workers share one pool.
+ * timeouts.
+ *
+ * Purpose: the antivirus callout (callout.c) scans each message with it.
+ * Threads: any thread: the callout workers share one pool (a mutex and a
+ * condition); clamd_scan blocks up to the timeout for a free connection and
+ * for each connect, read and write.
+ * Ownership: clamd_new copies addr; data is borrowed for the call; the
+ * verdict is written into the caller's struct.
+ * Errors: always a verdict: anything unexpected (unreachable, timeout, a
+ * bad reply) is CLAMD_ERROR with the reason in detail (config_callout.c
+ * checks the address at load: a malformed one would fail every scan).
  */
 #ifndef PEC_FILTERS_CLAMD_H
 #define PEC_FILTERS_CLAMD_H

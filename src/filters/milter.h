@@ -5,6 +5,17 @@
  * connection (connect, helo, mail, rcpt, data, headers, eoh, body, eom, quit),
  * honouring the protocol flags the filter asked for (SMFIP_NO*, SMFIP_NR_*),
  * and returns the filter's verdict and the modifications it asked for.
+ *
+ * Purpose: callout.c runs each [milter.NAME] through milter_run and applies
+ * what it returns with milter_apply (milter_apply.c).
+ * Threads: any thread (no shared state); a conversation blocks, bounded by
+ * the spec's connect, I/O and end-of-message timeouts.
+ * Ownership: facts and msg are borrowed for the call; the result's
+ * modifications and refusals are malloc'ed (milter_result_free);
+ * milter_apply's *out is the caller's; milter_run_fd leaves fd open.
+ * Errors: milter_run returns 0 with the action; MILTER_FAILED (unreachable,
+ * protocol error, timeout) carries the reason in res->err and the caller
+ * applies its default; parse and apply return -1 with the reason in err.
  */
 #ifndef PEC_MILTER_H
 #define PEC_MILTER_H

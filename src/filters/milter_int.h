@@ -5,6 +5,15 @@
  *
  * A packet is a 4-octet big-endian length, then one command octet, then
  * length-1 octets of data.
+ *
+ * Purpose: shared by milter.c, milter_proto.c and milter_apply.c only.
+ * Threads: any thread (one conversation, its socket and its mbufs belong
+ * to the calling thread).
+ * Ownership: an mbuf owns its bytes (mbuf_free); milter_recv's *data is
+ * malloc'ed for the caller.
+ * Errors: mbuf records an allocation failure in oom (milter_send refuses
+ * it); the I/O functions return -1 with the reason in err, also on a time
+ * out or a packet above max.
  */
 #ifndef PEC_MILTER_INT_H
 #define PEC_MILTER_INT_H

@@ -17,6 +17,23 @@
  *      receives the CMS SignedData, and an EVP_PKEY for the TLS key whose
  *      private operations go to the signer.
  * docs/operator-guide.md ("Process model") has the picture.
+ *
+ * Purpose: pecd (src/cmd/pecd.c, pecd_privsep.c) starts and asks the signer;
+ * pecctl and `pecd -t` load keys directly.
+ * Threads: keys_start before any thread and before opening anything else;
+ * keys_client_run starts the thread that takes later signers.  The client's
+ * pec_signer is shared by the delivery and timers' threads (a pool of
+ * sockets, one request each); TLS key operations (the event loop's
+ * handshakes, the directory download's client key in its refresh thread)
+ * share one socket under a mutex and never wait for a new signer; reload
+ * and stop from the event loop.
+ * Ownership: the caller frees what the loaders return (pec_signer_free,
+ * EVP_PKEY_free, free(*chain)) and closes *hsm after the key it opened;
+ * keys_client_pec_signer's signer is owned by the client.
+ * Errors: 0 / -1, or NULL, with the reason in err naming the setting and
+ * the file (a wrong PIN, a key that does not match its certificate, …);
+ * a dead signer fails a signature after SIGN_WAIT_MS and keys_client_up
+ * is false meanwhile.
  */
 #ifndef PEC_KEYS_H
 #define PEC_KEYS_H

@@ -2,6 +2,18 @@
  * keys_int.h - private to src/keys: the hardware module (keys_pkcs11.c),
  * the wire format between pecd and its signer process (keys_proto.c), the
  * keeper and signer processes (keys_keeper.c, keys_signer.c).
+ *
+ * Purpose: what the files of src/keys share and nothing outside uses.
+ * Threads: keys_hsm_* in the process that uses the key, after any fork (a
+ * PKCS#11 session does not survive fork); the signer runs one thread per
+ * socket; keys_client_tls_op from any thread (the event loop, the
+ * directory's refresh thread), one at a time on the TLS socket (a mutex).
+ * Ownership: keys_hsm_key's key is valid while its keys_hsm is open;
+ * keys_recv reads into the caller's buffer; answers (pec_buf) are the
+ * caller's.
+ * Errors: -1 (or NULL) with the reason in err, or errno for keys_send and
+ * keys_recv (-1 also on time out, 0 at end of file); the signer answers a
+ * bad request with status 1 and a reason, never a crash.
  */
 #ifndef PEC_KEYS_INT_H
 #define PEC_KEYS_INT_H

@@ -1,10 +1,22 @@
 /*
  * config.h - pecd.conf, the one INI file of a provider instance.
  *
- * config_load() reads it with inih, fills every default, resolves relative
- * paths against the file's directory and checks every value.  A bad setting
- * gives an error naming the file, the line and the reason; nothing starts.
- * docs/configuration.md documents every key; keep the two in step.
+ * Purpose: config_load() reads it with inih, fills every default, resolves
+ * relative paths against the file's directory and checks every value; pecd
+ * (at start and on SIGHUP, src/cmd/pecd_reload.c) and pecctl load it, and
+ * every module reads its settings from the struct.  docs/configuration.md
+ * documents every key; keep the two in step.
+ * Threads: config_load/config_free on the main thread (start) or the event
+ * loop (reload); a loaded struct config is read-only, so any thread may read
+ * it and call the lookups.  A worker thread brackets each unit of work that
+ * reads a module's configuration pointer with config_hold_begin/end; those
+ * and config_retire take one mutex (config_gen.c), callable from any thread.
+ * Ownership: config_load returns a struct the caller frees with config_free,
+ * or after a reload hands to config_retire(config_free_cb, old); it owns
+ * every string in it.  Lookups return pointers into it, valid as long as it.
+ * Errors: config_load gives NULL with "FILE:LINE: reason" in err (nothing
+ * starts); config_mailbox_path -1 for an unsafe or too long path; lookups
+ * NULL or false when absent; config_callout_key 1/0 (err)/-1 (not its own).
  */
 #ifndef PEC_CONFIG_H
 #define PEC_CONFIG_H

@@ -1,8 +1,14 @@
 /*
  * config_int.h - private to config.c and config_sections.c: the inih parse
- * context and the one helper both use.  config_sections.c holds the handler
- * of every key = value line; config.c loads, fills defaults, checks the
- * whole file and answers lookups.
+ * context and the one helper both use.
+ *
+ * Purpose: config_sections.c holds the handler of every key = value line;
+ * config.c loads, fills defaults, checks the whole file and answers lookups.
+ * Threads: the thread running config_load (one parse_ctx per load).
+ * Ownership: parse_ctx borrows the config being filled; set_str frees the old
+ * value and stores a strdup'ed copy of v (the config owns it).
+ * Errors: config_handler returns 0 (inih: error on this line) after the first
+ * reason is kept in ctx->err and failed set; config_load reports it.
  */
 #ifndef PEC_CONFIG_INT_H
 #define PEC_CONFIG_INT_H

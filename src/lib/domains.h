@@ -3,10 +3,17 @@
  * holds, without a fixed cap, each with the settings an operator may give
  * one customer domain (docs/configuration.md, "[provider] local_domains_file").
  *
- * Built by config_load() from [provider] domain, local_domains and
+ * Purpose: built by config_load() from [provider] domain, local_domains and
  * local_domains_file; a reload builds a new one with the new configuration.
- * Read-only once built: any thread may look up.  Names are compared in
- * lower case.
+ * Callers look up through config_is_local_domain and struct config's domains
+ * (admission, roles, SNI in the TLS setup, pecctl domain).
+ * Threads: built by the loading thread; read-only once built, so any thread
+ * may look up.  Names are compared in lower case.
+ * Ownership: the table owns every struct domain and its strings (freed by
+ * domains_free, with its config); lookups return pointers valid as long as
+ * the table; domains_sorted's array is the caller's (g_free), not the entries.
+ * Errors: domains_add and domains_load_file return -1 with the reason in err
+ * ("PATH:LINE: reason" for the file); lookups return NULL when not local.
  */
 #ifndef PEC_DOMAINS_H
 #define PEC_DOMAINS_H

@@ -2,10 +2,18 @@
  * lib.h - small shared facilities: logging, checked string helpers, parsing of
  * sizes and durations, durable file-system operations.
  *
- * Everything here is free of global state except the logger's level and
- * program name, and the shared syncfs state of fs_sync.c.  Functions return 0
- * on success and -1 on failure; where a message is useful it is written into
- * a caller-supplied buffer.
+ * Purpose: the bottom layer every module and both programs use (log.c,
+ * util.c, clock.c, fs.c, fs_copy.c, fs_sync.c, pkcs11_uri.c).
+ * Threads: any thread.  Global state is only the logger's level, format and
+ * program name (set at start and by a reload on the event loop), the cache of
+ * fs_dir_stat (a mutex) and the shared syncfs state of fs_sync.c (a mutex per
+ * file system); a log record is written with one write(2).
+ * Ownership: strings are copied into caller-supplied buffers; fs_read_file's
+ * *out is malloc'ed for the caller to free; log_init keeps progname (a
+ * string that must live as long as the process).
+ * Errors: functions return 0 on success and -1 on failure, with errno (fs_*)
+ * or, where a message is useful, a reason in a caller-supplied buffer;
+ * str_copy and str_fmt report truncation; logging itself cannot fail.
  */
 #ifndef PEC_LIB_H
 #define PEC_LIB_H

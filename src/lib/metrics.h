@@ -2,18 +2,19 @@
  * metrics.h - the process's counters for the Prometheus endpoint ([metrics]
  * listen; docs/operator-guide.md lists every series).
  *
- * One registry per process, global like the logger: every module counts
- * with one call and no plumbing, and the counters outlive a configuration
- * reload by construction.  Counting is cheap and thread-safe (C11 atomics,
- * relaxed: a scrape needs no ordering between two series); a new label
- * set is added under a mutex, at most METRIC_SERIES_MAX per family: past
- * that the label values read "other", so no outside string (a next hop, a
- * reason) can grow the registry without bound.  Label values are cut at
- * METRIC_LABEL_MAX octets and escaped as the text format asks.
- *
- * Gauges that describe a state (queue sizes, certificate expiry...) are not
- * kept here: the daemon computes them at scrape time (metrics_render's
- * collector).
+ * Purpose: one registry per process, global like the logger: every module
+ * counts with one call and no plumbing, and the counters outlive a
+ * configuration reload by construction.  Gauges that describe a state
+ * (queue sizes, certificate expiry...) are not kept here: the daemon
+ * computes them at scrape time (metrics_render's collector, pecd_metrics.c).
+ * Threads: any thread.  Counting is cheap (C11 atomics, relaxed: a scrape
+ * needs no ordering between two series); a new label set is added under one
+ * mutex, at most METRIC_SERIES_MAX per family.  metrics_reset: tests only.
+ * Ownership: the registry is static; label values are copied (cut at
+ * METRIC_LABEL_MAX octets and escaped as the text format asks); render
+ * appends to the caller's GString.
+ * Errors: none reported: past METRIC_SERIES_MAX the label values read
+ * "other", so no outside string (a next hop, a reason) grows the registry.
  */
 #ifndef PEC_METRICS_H
 #define PEC_METRICS_H

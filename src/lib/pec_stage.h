@@ -6,7 +6,8 @@
  * file ("stage=submission"), the roles (src/provider/roles.c) and the callout
  * stage (src/filters/stage.c) read it back.  One enum and one table of names,
  * so that no module compares the strings itself.
- * Threads: any (constant data).  Ownership: the names are static.
+ * Threads: any (constant data).
+ * Ownership: the names are static.
  * Errors: pec_stage_parse gives PEC_STAGE_UNKNOWN for a name not in the table
  * (a spool file from a newer version, or damaged).
  */

@@ -3,10 +3,18 @@
  * memory, serialisation in the canonical CRLF form (RFC 5751 §3.1.1), a
  * growable byte buffer, and small helpers for line endings.
  *
- * Interface: every function returns 0 / -1 (or NULL on failure) and, where a
- * message helps, writes it into the caller's err buffer.  GMime objects are
- * reference counted: release what a function returns with g_object_unref().
- * Assumes: mime_init() may be called any number of times from any thread.
+ * Purpose: the only door to GMime for src/pec, src/provider, src/filters
+ * and pecctl, so that every serialisation uses the same CRLF options.
+ * Threads: any thread; mime_init() may be called any number of times from
+ * any thread (every entry point calls it).  A GMime object is not shared
+ * between threads while another uses it.
+ * Ownership: GMime objects are reference counted: release what a function
+ * returns with g_object_unref(); mime_parse_message copies the bytes.
+ * mime_buf owns its data (mime_buf_free); mime_header's value is valid while
+ * obj lives; mime_first_address returns a string the caller frees (free).
+ * Errors: every function returns 0 / -1 (or NULL on failure) and, where a
+ * message helps, writes it into the caller's err buffer; a mime_buf's -1 is
+ * an allocation failure.
  */
 #ifndef PEC_MIME_H
 #define PEC_MIME_H

@@ -5,10 +5,22 @@
  * access point.  No sockets and no disk: callers pass bytes in and get
  * bytes out, so every rule is unit-testable.
  *
- * Conventions: functions return 0 on success and -1 on failure, with a
- * reason written into a caller-supplied err buffer (err may be NULL).
- * Strings are UTF-8.  Output buffers (pec_buf) are malloc'ed; release them
- * with pec_buf_free().  Message bytes produced here use CRLF line ends.
+ * Purpose: libpec, called by the provider's roles (src/provider), the
+ * directory library (pec_dir.h), pecctl (verify, init, directory) and the
+ * tests.  Strings are UTF-8; message bytes produced here use CRLF line ends.
+ * Threads: any thread.  pec_set_timezone once at start-up, before the
+ * threads that build messages.  A pec_trust or pec_directory is read-only
+ * once prepared and shared by concurrent verifications (the chain cache
+ * inside pec_trust has its own lock); a pec_signer is shared by threads
+ * (the PEM signer through OpenSSL, the signer process's one through src/keys).
+ * Ownership: output buffers (pec_buf) are malloc'ed; release them with
+ * pec_buf_free().  Parsed daticerts own their strings (pec_daticert_free);
+ * ones filled for building and pec_build_args only borrow.  Every *_new /
+ * *_parse has its *_free; lookups return pointers into their object.
+ * Errors: functions return 0 on success and -1 on failure (NULL for the
+ * constructors), with a reason written into a caller-supplied err buffer
+ * (err may be NULL); a verification that reached a verdict returns 0 and
+ * says why it failed in pec_verdict (reason, detail).
  *
  * Where the English text of RFC 6109 and real providers disagree, real
  * providers win (see DESIGN.md and PEC-SPEC-DIGEST.md §0).

@@ -1,6 +1,13 @@
 /*
  * pec_classify.h - internal interface between classification and
  * verification (src/pec only).
+ *
+ * Purpose: pec_classify.c finds the PEC message and its signed entity in a
+ * parsed tree; pec_verify.c and pec_classify() use it.
+ * Threads: any thread, on a message tree no other thread uses.
+ * Ownership: the messages and entities returned are borrowed from top (no
+ * reference taken): valid while top lives.
+ * Errors: not found is NULL or PEC_TYPE_NONE; nothing is logged.
  */
 #ifndef PEC_CLASSIFY_H
 #define PEC_CLASSIFY_H

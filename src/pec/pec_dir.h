@@ -15,12 +15,26 @@
  * .p7m, verified against [pec] directory_signer before its LDIF is read
  * (pec_dircopy.c, libpec's pec_dirp7m.c).
  *
+ * Purpose: the roles (src/provider/roles.c) own a pec_dirmgr and verify
+ * with its snapshots; pecctl directory and `pecd -t` fetch, parse and cache.
  * Rules: a source that fails, or returns a broken directory or one without
  * providers, never replaces the copy in use; the last good copy is kept on
  * disk (CACHE_DIR/directory.ldif; for a signed source also the .p7m as
  * received, CACHE_DIR/directory.p7m, checked again when it is read;
- * CACHE_DIR/crl/) and serves at start when the source is down.  Every
- * failure is logged with its reason.
+ * CACHE_DIR/crl/) and serves at start when the source is down.
+ * Threads: fetches and CRL downloads block (libcurl, libldap; timeout
+ * seconds): they run in the refresh thread of pec_dirmgr_start, or in
+ * pecctl.  pec_dirmgr_acquire/pec_dirsnap_release from any thread (a mutex,
+ * an atomic reference count); request, reconfigure and free from the event
+ * loop (pecd's reload and exit); pec_dirmgr_new before the threads start.
+ * Ownership: struct pec_dir_conf borrows its strings (but cache_dir,
+ * copied): they must outlive what is built from them.  A held snapshot never
+ * changes and stays valid until released, even after pec_dirmgr_free.
+ * Fetched buffers and pec_dir_copy are the caller's (pec_buf_free,
+ * pec_dir_copy_free).
+ * Errors: -1 (or NULL) with the reason in err; a p7m failure's reason starts
+ * with its status name.  The refresh thread logs every failure with its
+ * reason and keeps the snapshot in use.
  */
 #ifndef PEC_DIR_H
 #define PEC_DIR_H

@@ -10,6 +10,15 @@
  *    (pec_signer), content attached (pec_dirp7m.c);
  *  - pec_dir_record_ldif: our own provider record as LDIF (pec_dirpub.c);
  *  - pec_directory_diff: what changed between two copies (pec_dirpub.c).
+ *
+ * Purpose: the pecdir library (pec_dir.h) verifies downloads with it;
+ * pecctl directory publish and refresh sign and compare.
+ * Threads: any thread; a pec_p7m is used by one thread at a time.
+ * Ownership: pec_p7m_content's buffer is owned by p (valid until
+ * pec_p7m_free); ldif, der and diff outputs are the caller's (pec_buf_free);
+ * URL lists are freed with pec_strv_free; pec_dir_record borrows its strings.
+ * Errors: -1 or NULL with err and, for reading and checking, info->status
+ * (pec_p7m_status_name gives the word the logs use); -1 on ENOMEM for diff.
  */
 #ifndef PEC_DIRP7M_H
 #define PEC_DIRP7M_H

@@ -1,6 +1,14 @@
 /*
  * pec_dirtls.h - the cause of a failed TLS connection to the directory's
  * LDAP server (pecdir only; see pec_dirtls.c).
+ *
+ * Purpose: libldap says only "Can't contact LDAP server"; pec_dirsource.c
+ * calls pec_dirtls_probe after such a failure to name the cause.
+ * Threads: any thread (it blocks for at most timeout seconds: the refresh
+ * thread or pecctl).
+ * Ownership: nothing kept; strings are borrowed for the call.
+ * Errors: 0 all well, -1 with the cause in why; the StartTLS answer parser
+ * also returns 1 for incomplete input (untrusted input: fuzzed).
  */
 #ifndef PEC_DIRTLS_H
 #define PEC_DIRTLS_H

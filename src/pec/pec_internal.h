@@ -1,6 +1,16 @@
 /*
  * pec_internal.h - helpers shared by the files of src/pec; not a public
  * interface.
+ *
+ * Purpose: error formatting, small string helpers, the texts of receipts,
+ * daticert and CMS internals used across src/pec (and its unit tests).
+ * Threads: any thread; pec_cms_read's certificate cache has its own mutex.
+ * Ownership: the char * results (pec_strdup_trim, pec_strip_brackets) are
+ * malloc'ed for the caller; pec_buf_take moves the buffer; pec_cms_read
+ * returns a CMS_ContentInfo and a stack of certificates the caller frees.
+ * Errors: the pec.h convention: -1 with a reason in err via pec_err and
+ * pec_ossl_err (which clears OpenSSL's error queue), NULL on ENOMEM or
+ * unreadable input; pec_find_daticert -1 none, -2 too large.
  */
 #ifndef PEC_INTERNAL_H
 #define PEC_INTERNAL_H

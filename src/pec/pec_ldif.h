@@ -1,8 +1,16 @@
 /*
  * pec_ldif.h - the RFC 2849 reader and writer behind the providers'
- * directory (src/pec only).  The reader keeps every record as found (DN,
- * attribute descriptions with their options, raw values, line numbers), so
- * the directory can be written back unchanged (pecctl directory export).
+ * directory (src/pec only).
+ *
+ * Purpose: the reader keeps every record as found (DN, attribute
+ * descriptions with their options, raw values, line numbers), so the
+ * directory (pec_directory.c) can be written back unchanged (pecctl
+ * directory export).
+ * Threads: any thread (no state).
+ * Ownership: the entries array and everything in it are the caller's
+ * (pec_ldif_entries_free); the input text is only borrowed for the call.
+ * Errors: pec_ldif_read returns -1 with "LDIF line N: reason" in err;
+ * pec_ldif_write_entry -1 on allocation failure.
  */
 #ifndef PEC_LDIF_H
 #define PEC_LDIF_H

@@ -3,8 +3,15 @@
  * a CA, provider signing certificates with the profile of RFC 6109 §5.5 as
  * real providers use it (RSA-2048+, KeyUsage digitalSignature critical,
  * EKU emailProtection, SAN email:posta-certificata@<domain>, SKI/AKI, no
- * basicConstraints), TLS server certificates, and CRLs.  Used by
- * `pecctl pki`, `pecctl init` and the tests; files are written by callers.
+ * basicConstraints), TLS server certificates, and CRLs.
+ *
+ * Purpose: used by `pecctl pki`, `pecctl init` and the tests; files are
+ * written by callers.
+ * Threads: any thread (no state; OpenSSL's random generator).
+ * Ownership: a pec_pki_pair owns its PEM buffers (pec_pki_pair_free);
+ * pec_pki_req borrows its strings and public_key for the call; CRL PEM is
+ * the caller's (pec_buf_free).
+ * Errors: 0, or -1 with the reason in err (OpenSSL's first error included).
  */
 #ifndef PEC_PKI_H
 #define PEC_PKI_H

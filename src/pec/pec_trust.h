@@ -1,6 +1,14 @@
 /*
  * pec_trust.h - the trust configuration behind the opaque pec_trust of
  * pec.h (src/pec only).
+ *
+ * Purpose: the layout pec_trust.c fills and pec_verify.c reads.
+ * Threads: filled by one thread (pec_trust_add_*), then read-only and shared
+ * by concurrent verifications; the chain cache, the one part that changes
+ * later, is guarded by chain_lock.
+ * Ownership: the struct owns the store, the CRLs and the hashes
+ * (pec_trust_free).
+ * Errors: n/a (a layout and a lookup: pec_trust_has_hash answers yes or no).
  */
 #ifndef PEC_TRUST_H
 #define PEC_TRUST_H

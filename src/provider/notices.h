@@ -4,6 +4,19 @@
  * a thread of their own (notices.c);
  * the notices themselves are built by the delivery threads (stage "notices",
  * roles.c).
+ *
+ * Purpose: pecd starts and stops the thread; roles.c decodes the batches
+ * the thread queued.
+ * Threads: notices_start, notices_set_config (taken at the thread's next
+ * turn) and notices_stop on the event loop; the thread calls tracking, the
+ * queue (queue_inject, queue_enqueue_async), the evidence log and
+ * roles_check_certificates.  encode/decode: any thread (no state).
+ * Ownership: the thread borrows cfg, r, t, q and ev: they must outlive
+ * notices_stop; notices_encode's body is g_free'd by the caller;
+ * notices_decode's array is freed with tracking_due_free.
+ * Errors: notices_start gives NULL when out of memory; the thread logs a
+ * failed turn (database, queue, seal) and tries again at the next one;
+ * notices_decode returns the notices it could read (a broken line is skipped).
  */
 #ifndef PEC_PROVIDER_NOTICES_H
 #define PEC_PROVIDER_NOTICES_H

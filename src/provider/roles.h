@@ -1,6 +1,23 @@
 /*
  * roles.h - the PEC provider roles (roles.c, roles_access.c, roles_incoming.c)
  * as the queue's stage processor.
+ *
+ * Purpose: pecd creates the roles and hands roles_process and the pass
+ * hooks to the queue (queue_set_processor, queue_set_pass_hooks); the
+ * transport asks roles_is_pec_domain_cb; the notices thread asks
+ * roles_check_certificates.
+ * Threads: roles_new, roles_free, roles_set_config, roles_set_evidence and
+ * roles_reload_directory on the event loop (or at start); roles_process and
+ * the pass hooks on the queue's delivery threads, several at once (the
+ * directory is a refcounted snapshot, cfg an atomic pointer, the identifier
+ * sequence atomic); the lookups and stats from any thread.
+ * Ownership: the roles borrow transport, users, tracking, the signer and the
+ * evidence log (not owned: they must outlive roles_free) and cfg until the
+ * next roles_set_config; they own the directory manager.
+ * Errors: roles_new NULL and roles_set_config -1 with a reason naming the
+ * file; roles_process and roles_pass_end -1 with the reason in err (the
+ * queue runs the stage again later); a message's own faults become PEC
+ * receipts (non-acceptance, anomaly, errore-consegna), not errors.
  */
 #ifndef PEC_PROVIDER_ROLES_H
 #define PEC_PROVIDER_ROLES_H

@@ -1,6 +1,19 @@
 /*
- * roles_int.h - private to roles.c, roles_access.c and roles_incoming.c: the
- * struct roles and the helpers the roles share (roles.c).
+ * roles_int.h - private to roles.c, roles_access.c, roles_incoming.c and
+ * roles_common.c: the struct roles and the helpers the roles share
+ * (roles_common.c, which calls none of the others).
+ *
+ * Purpose: one stage's work split by role; each role file calls only
+ * roles_common.c and src/pec, src/store, src/queue.
+ * Threads: a delivery thread per stage (several stages at once); struct
+ * roles is shared read-only but for cfg (atomic), seq (atomic) and the
+ * stage's instant (thread-local, role_set_instant/role_clear_instant).
+ * Ownership: role_ev and the build arguments are borrowed for the call;
+ * outputs added to out are copied (the queue owns them); pec_buf results
+ * are the caller's (pec_buf_free).
+ * Errors: -1 with the reason in err (err may be NULL for role_event): the
+ * stage fails and runs again; role_mailbox answers 1/0/-1/-2 as
+ * users_db_lookup.
  */
 #ifndef PEC_PROVIDER_ROLES_INT_H
 #define PEC_PROVIDER_ROLES_INT_H

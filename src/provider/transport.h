@@ -1,6 +1,22 @@
 /*
  * transport.h - the queue's delivery function: local Maildir delivery or SMTP
  * relay to the next hop, per recipient domain (transport.c, transport_route.c).
+ *
+ * Purpose: pecd hands transport_deliver to the queue (queue_new); the roles
+ * store copies for our own mailboxes with transport_store_local*.
+ * Threads: transport_new, the transport_set_* setters and transport_free on
+ * the event loop (the setters before the delivery threads start, but
+ * set_config on reload); transport_deliver and the store functions on the
+ * delivery threads, several at once (the connection cache and the
+ * per-destination counts under one mutex; cfg and the outgoing callouts
+ * read under a configuration hold).  Each call blocks on the network.
+ * Ownership: the transport owns its TLS context, resolver, idle connections
+ * and outgoing callouts; it borrows cfg until the next set_config, and the
+ * callbacks' args.  env and data are borrowed for the call.
+ * Errors: per recipient, in struct deliver_rcpt: the result
+ * (OK/TEMPFAIL/PERMFAIL), the next hop's reply or our reason with an
+ * enhanced status code (5.7.10 and 5.7.30 for REQUIRETLS); the store
+ * functions return -1 with err; transport_new NULL with err.
  */
 #ifndef PEC_PROVIDER_TRANSPORT_H
 #define PEC_PROVIDER_TRANSPORT_H

@@ -2,6 +2,18 @@
  * transport_int.h - private to transport.c and transport_route.c: the struct
  * transport, next hops, and the lookups and connection cache of
  * transport_route.c that the relay uses.
+ *
+ * Purpose: what the relay (transport.c) asks of the routing and the
+ * connection cache (transport_route.c).
+ * Threads: delivery threads, several at once: idle, active and route_addrs
+ * under lock (cond wakes a thread waiting for a per-destination slot); the
+ * resolver (libunbound's ub_ctx) is shared; cfg and callouts are atomic
+ * pointers read under a configuration hold.
+ * Ownership: tr_cache_take hands an idle connection to the caller, who
+ * gives it back with tr_cache_put or closes it; a slot taken is given back
+ * by the same thread; hops are filled into the caller's struct.
+ * Errors: a failed lookup is in hops (fail_code 4xx/5xx, fail) and
+ * tlsa_state (TLSA_FAILED); the cache answers NULL when empty.
  */
 #ifndef PEC_PROVIDER_TRANSPORT_INT_H
 #define PEC_PROVIDER_TRANSPORT_INT_H

@@ -2,10 +2,30 @@
  * queue.h - the durable queue: spool files (spool.c), group commit
  * (commit.c), and the scheduler with its delivery workers (queue.c).
  *
- * A message is acknowledged only after its spool file - typed,
+ * Purpose: a message is acknowledged only after its spool file - typed,
  * length-prefixed records closed by an END record - is fsync'ed and renamed
  * into queue/.  Every later step (delivery, retry, removal) is idempotent and
- * replayed from queue/ after a crash.
+ * replayed from queue/ after a crash.  pecd wires the SMTP server's spool
+ * hooks to the committer and the roles and transport to process/deliver;
+ * pecctl lists and releases.
+ * Threads: the scheduler (queue_new, enqueue, set_config, stats, stop, free)
+ * and the committer's submit and take_file run on the event loop; the
+ * committer syncs in a thread of its own and calls cb back on the event
+ * loop.  deliver_fn, process_fn and the pass hooks run on the delivery
+ * threads, one message per thread at a time.  queue_inject,
+ * queue_enqueue_async, queue_pause/resume, spool_* and recycle_*: any thread.
+ * Ownership: queue_env_free frees every string of an env: one from
+ * spool_read/spool_parse or queue_outputs_add owns them (the data is
+ * malloc'ed for the caller); one filled with borrowed strings only to be
+ * written (spool_writer_open, spool_write_file, queue_inject read it during
+ * the call) is not freed with it.  committer_submit takes the writer;
+ * dsn_build's result is g_free'd; the queue borrows cfg until the next
+ * queue_set_config.
+ * Errors: -1 with the reason in err (spool_read, queue_new: NULL, the
+ * stages) or errno (writers, appends; a failed spool file creation is
+ * logged); a commit's cb gets -1 and the SMTP session answers 451; a
+ * stage's or pass's -1 retries it later; a file without END is never
+ * delivered.
  */
 #ifndef PEC_QUEUE_H
 #define PEC_QUEUE_H

@@ -1,6 +1,17 @@
 /*
  * queue_int.h - what queue.c (the scheduler, on the event loop) and
  * worker.c (the delivery threads) share.  Not for other modules.
+ *
+ * Purpose: the scheduler's entries and struct queue, shared by the two
+ * files.
+ * Threads: the event loop owns entries and the hash table; a worker takes a
+ * qentry from the work queue, owns it until it posts it back to results
+ * (GAsyncQueue hand-off), and reads cfg atomically (reload); the pause gate
+ * is a GMutex and GCond; injects come from any thread.
+ * Ownership: struct queue owns its entries (freed by the event loop),
+ * threads, queues and lock_fd; a qentry's injected ids are its own.
+ * Errors: a worker reports in the entry (finished, tempfail, err) for the
+ * event loop to act on and log.
  */
 #ifndef PEC_QUEUE_INT_H
 #define PEC_QUEUE_INT_H

@@ -4,6 +4,21 @@
  * every read and write (RFC 5321 §4.5.3.2).  One transaction per call to
  * smtp_client_send(); the connection can then be reused (RSET) for the next
  * message to the same destination.
+ *
+ * Purpose: the outbound transport (src/provider/transport.c) relays with it
+ * and delivers to LMTP; the tests drive it against real servers.
+ * Threads: a connection belongs to one thread at a time (a delivery thread,
+ * or the thread that took it from the transport's idle pool); it blocks for
+ * at most opts->timeout seconds per read or write.  No shared state.
+ * Ownership: the client copies struct smtp_client_opts but not what it
+ * points to: helo, tls_ctx, tls_name, tlsa and the credentials must outlive
+ * the connection.  A message's strings and data are borrowed for the call;
+ * the replies are written into the caller's structs.  smtp_client_close
+ * frees the connection.
+ * Errors: open gives NULL and send -1 with *fail set (code 4xx = try later,
+ * 5xx = permanent; a local failure is described as such a reply); a
+ * recipient's fate is its own reply; reset and alive give false when the
+ * connection is no longer usable.
  */
 #ifndef PEC_SMTP_CLIENT_H
 #define PEC_SMTP_CLIENT_H

@@ -9,6 +9,19 @@
  *   server_data.c  DATA and BDAT: spool file, Received:, streaming, msg_check,
  *                  the msg_filter callouts and the commit
  *   server_auth.c  STARTTLS and AUTH PLAIN/LOGIN (sync and asynchronous hook)
+ *
+ * Purpose: the session and listener state and the helpers these four files
+ * call in each other.
+ * Threads: the event loop only: no lock anywhere; an asynchronous hook's
+ * answer comes back on the event loop, and the session waits (ST_COMMIT,
+ * ST_AUTH_WAIT) with its reads stopped.
+ * Ownership: the server owns its listeners and sessions; a session owns its
+ * transaction (strings malloc'ed, freed at reset), its bufferevent and its
+ * spool handle until msg_commit or msg_abort.  cfg and the TLS context are
+ * borrowed from the caller of smtp_server_new/set_config/set_tls.
+ * Errors: the client gets an SMTP reply with an enhanced status code; a
+ * session that breaks its limits or the protocol is answered 421 and closed;
+ * a spool failure is answered 451 4.3.0 (a write error is logged here).
  */
 #ifndef PEC_SMTP_SERVER_INT_H
 #define PEC_SMTP_SERVER_INT_H

@@ -3,9 +3,23 @@
  * the server session (server.c, server_cmd.c, server_data.c, server_auth.c)
  * on libevent bufferevents with OpenSSL.
  *
- * The server knows nothing of queues, users or PEC: it calls the hooks in
- * struct smtp_hooks (check a recipient, check credentials, open/commit a
- * spool file), so each layer above can be tested on its own.
+ * Purpose: the server knows nothing of queues, users or PEC: it calls the
+ * hooks in struct smtp_hooks (check a recipient, check credentials,
+ * open/commit a spool file), so each layer above can be tested on its own;
+ * pecd.c wires the hooks to the admission, the users and the queue.
+ * Threads: the parsers, base64 and SASL helpers: any thread (no state).
+ * The server and a struct smtp_throttle: the event loop only (no lock); the
+ * hooks are called on it, and asynchronous ones (auth_start, msg_commit,
+ * msg_filter) must call their done() back on it.  smtp_listen_bind before
+ * the privileges are dropped.
+ * Ownership: struct smtp_command and smtp_path point into the line or their
+ * own buffer; the server copies the hooks but borrows cfg and the TLS
+ * context (keep them until replaced or smtp_server_free); a hook's txn and
+ * strings are valid for the call only; the reply buffers are the server's.
+ * Errors: parsers return an enum or -1 with no side effect; smtp_data_verdict
+ * and the hooks give whole SMTP replies ("550 5.7.1 …"); setup functions
+ * return -1 (NULL) with the reason in err; a client's bad input gets a reply,
+ * never a crash.
  */
 #ifndef PEC_SMTP_H
 #define PEC_SMTP_H

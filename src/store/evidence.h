@@ -6,10 +6,21 @@
  * every finished (UTC) day is signed with the provider key (CMS).  Format,
  * verification and retention: docs/evidence.md.
  *
- * Thread-safety: one struct evidence may be used from several threads at
- * once; concurrent appends are committed together (group commit).
- * evidence_verify() and evidence_trace() open the file read-only and may run
- * while pecd writes.
+ * Purpose: the roles append (src/provider), pecd's daily timer seals and
+ * purges, pecctl log verify|search|extract|hold|export and trace read.
+ * Threads: one struct evidence may be used from several threads at once;
+ * concurrent appends are committed together (group commit; db_lock and
+ * q_lock inside).  A batch belongs to the thread that began it.
+ * evidence_verify(), evidence_trace() and the other path-based readers open
+ * the file read-only and may run while pecd writes.
+ * Ownership: an event's strings are borrowed for the call (a batch copies
+ * them); a signer's *der is malloc'ed and freed by the log; evidence_row's
+ * pointers are valid during the callback; evidence_seal_of's outputs are
+ * g_free'd by the caller; evidence_close frees the log.
+ * Errors: -1 with the reason in err ("evidence log: what: SQLite's message"),
+ * NULL from evidence_open; a failed batch stores none of its events; verify
+ * returns -1 tampered (first broken record or day in err and on out), -2
+ * unreadable.
  */
 #ifndef PEC_EVIDENCE_H
 #define PEC_EVIDENCE_H

@@ -6,6 +6,17 @@
  *                      the helpers below
  *   evidence_seal.c    day seals (CMS) and retention (purge)
  *   evidence_verify.c  verification and trace, read-only
+ *
+ * Purpose: struct evidence and the helpers those files (and
+ * evidence_export.c, evidence_extract.c, evidence_json.c) use.
+ * Threads: db is used under db_lock (one committer, seal or purge at a
+ * time); the pending appends under q_lock and q_cond; ev_open_ro's handle
+ * belongs to its caller's thread.
+ * Ownership: struct evidence owns the connection and its prepared
+ * statements; col_text's string is SQLite's, valid until the next step of
+ * the statement; the sqlite3 * of ev_open_ro is closed by the caller.
+ * Errors: -1 with the reason in err (ev_fail, ev_sql_fail, ev_exec), NULL
+ * from ev_open_ro; ev_day_start -1 for a malformed day.
  */
 #ifndef PEC_EVIDENCE_INT_H
 #define PEC_EVIDENCE_INT_H

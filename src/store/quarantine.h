@@ -4,6 +4,14 @@
  * day (DIR/YYYY-MM-DD/), each message QID.eml beside QID.info (when, why,
  * sender, recipients); written durably before the SMTP reply.  Purged by
  * whole days once older than the retention (pecd's daily timer).
+ *
+ * Purpose: the callout stage (src/filters/stage.c) stores, pecd purges.
+ * Threads: any thread (no state; files written with fs_write_atomic, names
+ * unique by queue id).
+ * Ownership: quarantine_info and data are borrowed for the call; the path
+ * written is copied into path_out.
+ * Errors: -1 with the reason in err (the caller answers 4xx: nothing is
+ * accepted that could not be kept).
  */
 #ifndef PEC_STORE_QUARANTINE_H
 #define PEC_STORE_QUARANTINE_H

@@ -2,6 +2,23 @@
  * store.h - where mail and users live: Maildir delivery (maildir.c) and the
  * users file in Dovecot's passwd-file format (users.c), or Dovecot's own
  * authentication server (dovecot_auth.c).
+ *
+ * Purpose: the transport (src/provider/transport.c) delivers into Maildirs;
+ * pecd's hooks and the admission look users and senders up and check
+ * passwords; pecctl user edits the file.
+ * Threads: maildir_*, dovecot_* and a loaded struct users (read-only): any
+ * thread; users_db: every call thread-safe, but users_db_verify and
+ * users_db_lookup may block (Dovecot, a slow hash) and belong on a worker
+ * thread, the event loop uses users_db_exists_nb; sender_map: one thread (the
+ * event loop); auth_worker: new, submit and free on the event loop, done()
+ * called back on it.  users_file_* hold FILE.lock (pecctl).
+ * Ownership: every *_open/_load/_new has its *_free; strings passed in are
+ * borrowed for the call (auth_worker_submit copies user and password);
+ * canonical names and paths are copied into caller buffers; users_info's
+ * scheme is a static string.
+ * Errors: -1 (or NULL) with the reason in err, "FILE:LINE: reason" for a
+ * file; the checks use 0 ok / -1 wrong / -2 temporary (DOVECOT_*), lookups
+ * 1 / 0 / -1 cannot tell now / -2 nobody can tell.
  */
 #ifndef PEC_STORE_H
 #define PEC_STORE_H

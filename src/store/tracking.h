@@ -1,6 +1,18 @@
 /*
  * tracking.h - receipts expected by the sending provider and the timeout
  * notices of RFC 6109 §3.1.6 (tracking.c).
+ *
+ * Purpose: the access point records what it expects, the incoming point
+ * matches receipts and duplicates, the timers' thread (src/provider/notices.c)
+ * asks what is due; pecctl backup snapshots it.
+ * Threads: any thread: one SQLite connection behind a mutex.  Between
+ * tracking_pass_begin and _end a delivery thread's writes share the pass's
+ * transaction; a write outside a pass (the event loop) commits at once.
+ * Ownership: the expect and seen arguments are borrowed for the call;
+ * tracking_due's array and strings are the caller's (tracking_due_free).
+ * Errors: -1 (NULL from tracking_open, with err) on a database error;
+ * tracking_receipt and tracking_seen answer 1 for "not expected" and
+ * "duplicate"; pass_end's -1 means the pass's stages must run again.
  */
 #ifndef PEC_STORE_TRACKING_H
 #define PEC_STORE_TRACKING_H

@@ -2,6 +2,15 @@
  * users_int.h - what users.c (the table), users_file.c (its edits) and
  * users_db.c (the self-reloading copy pecd uses) share.  Not for other
  * modules: their interface is store.h.
+ *
+ * Purpose: the entry lookups and the constant-cost password check behind
+ * users_verify and users_db_verify.
+ * Threads: any thread, on a struct users no one modifies (users_db swaps
+ * whole copies).
+ * Ownership: users_entry_hash and users_cost_alike return copies the caller
+ * g_frees.
+ * Errors: NULL or false when unknown; users_verify_hash -1 on a mismatch or
+ * an unknown user (after the same work).
  */
 #ifndef PEC_STORE_USERS_INT_H
 #define PEC_STORE_USERS_INT_H

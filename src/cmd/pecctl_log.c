@@ -21,6 +21,7 @@
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "store/evidence.h"
+#include "store/state.h"
 
 int pecctl_log_main(struct config *cfg, int argc, char **argv);
 int pecctl_trace_main(struct config *cfg, int argc, char **argv);
@@ -64,7 +65,7 @@ static int log_verify(struct config *cfg, int argc, char **argv)
     if (cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
         o.keep_after = now - (time_t)cfg->evidence_retention + 86400;
     if (!json) {
-        int r = evidence_verify_ex(cfg->evidence_path, &o, stdout, err, sizeof err);
+        int r = evidence_verify_ex(state_evidence_at(cfg), &o, stdout, err, sizeof err);
         return r == 0 ? 0 : r == -1 ? 1 : 2;
     }
     /* --json: the same report, one line an element, and the verdict */
@@ -74,10 +75,10 @@ static int log_verify(struct config *cfg, int argc, char **argv)
     if (mem == NULL)
         return 2;
     err[0] = '\0';
-    int r = evidence_verify_ex(cfg->evidence_path, &o, mem, err, sizeof err);
+    int r = evidence_verify_ex(state_evidence_at(cfg), &o, mem, err, sizeof err);
     fclose(mem);
     fputs("{\"path\":", stdout);
-    json_fput(stdout, cfg->evidence_path);
+    json_fput(stdout, state_shown(cfg));
     printf(",\"result\":\"%s\",\"valid\":%s,\"report\":[",
            r == 0 ? "intact" : r == -1 ? "tampered" : "unreadable", r == 0 ? "true" : "false");
     size_t k = 0;
@@ -135,7 +136,7 @@ static int log_maintain(struct config *cfg, bool purge)
     pec_signer *signer = purge ? NULL : load_signer(cfg);
     if (!purge && signer == NULL)
         return 2;
-    struct evidence *ev = evidence_open(cfg->evidence_path, err, sizeof err);
+    struct evidence *ev = evidence_open(state_evidence_at(cfg), err, sizeof err);
     if (ev == NULL) {
         fprintf(stderr, "pecctl: %s\n", err);
         pec_signer_free(signer);
@@ -185,7 +186,7 @@ int pecctl_trace_main(struct config *cfg, int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[2], "--json") == 0) {
         char err[512];
-        int n = evidence_trace_json(cfg->evidence_path, argv[1], stdout, err, sizeof err);
+        int n = evidence_trace_json(state_evidence_at(cfg), argv[1], stdout, err, sizeof err);
         if (n < 0)
             fprintf(stderr, "pecctl trace: %s\n", err);
         return n > 0 ? 0 : n == 0 ? 1 : 2;
@@ -194,6 +195,6 @@ int pecctl_trace_main(struct config *cfg, int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    int r = evidence_trace(cfg->evidence_path, argv[1], stdout);
+    int r = evidence_trace(state_evidence_at(cfg), argv[1], stdout);
     return r == 0 ? 0 : r == 1 ? 1 : 2;
 }

@@ -6,6 +6,15 @@
  * every finished (UTC) day is signed with the provider key (CMS).  Format,
  * verification and retention: docs/evidence.md.
  *
+ * Two backends, one interface: the SQLite file above (evidence.c,
+ * evidence_seal.c, evidence_verify.c, evidence_extract.c: one node), or the
+ * PostgreSQL database the provider's nodes share ([state] database;
+ * evidence_pg.c, evidence_pg_read.c), where each node appends to a chain of
+ * its own (named after the node), each chain's days are sealed once, and
+ * retention drops whole monthly partitions (docs/evidence.md, "Several
+ * nodes").  Every function that takes a path takes the database's URI
+ * instead (state.h: state_evidence_at()).
+ *
  * Thread-safety: one struct evidence may be used from several threads at
  * once; concurrent appends are committed together (group commit).
  * evidence_verify() and evidence_trace() open the file read-only and may run
@@ -172,6 +181,7 @@ struct evidence_query {
 };
 /* One record as stored (pointers valid during the callback). */
 struct evidence_row {
+    const char *chain;        /* the node's chain in the shared log; NULL with SQLite */
     long long seq;
     const char *day;
     long long logged_at, event_time;
@@ -192,6 +202,10 @@ int evidence_report(const char *path, const char *from, const char *to,
  * 1 found, 0 not sealed yet, -1 error. */
 int evidence_seal_of(const char *path, const char *day, char **signed_text,
                      unsigned char **sig, size_t *siglen, char *err, size_t errlen);
+/* The same for one chain of the shared log (chain NULL: evidence_seal_of). */
+int evidence_seal_of_chain(const char *path, const char *chain, const char *day,
+                           char **signed_text, unsigned char **sig, size_t *siglen, char *err,
+                           size_t errlen);
 /* Legal holds: retention (evidence_purge) keeps every day that holds a
  * record of a held transaction (kind "pec_id") or address ("address"), and
  * the days after it.  add returns the hold's id (-1 on error). */

@@ -5,8 +5,9 @@
  *
  * The name is derived from the queue id and the recipient's index, so a
  * delivery repeated after a crash finds its earlier copy (link() fails with
- * EEXIST in new/; cur/ is searched for recovered messages) and is not stored
- * twice.  CRLF line ends are kept as received: PEC signatures cover them.
+ * EEXIST in new/; new/ and cur/ are searched for recovered messages, by the
+ * name's part before the host, which differs when another node delivers
+ * again) and is not stored twice.  CRLF line ends are kept as received: PEC signatures cover them.
  */
 #include "store.h"
 #include "lib/lib.h"
@@ -73,20 +74,27 @@ static int ensure_maildir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Is there a cur/ entry with base name 'name' (optionally ":2,…")? */
-static bool in_cur(const char *dir, const char *name)
+/* Is there an entry in sub/ (new or cur) of the copy named 'name': its
+ * base name up to the host part ("<arrival>.Q<qid>R<n>.") is enough - the
+ * node that delivers a copy again after another node's crash (it took that
+ * node's spool over) has another host name, and an IMAP server moves seen
+ * mail into cur/ adding ":2,FLAGS". */
+static bool in_dir(const char *dir, const char *sub, const char *name)
 {
+    const char *r = strstr(name, ".Q");
+    r = r ? strchr(r + 2, 'R') : NULL;
+    const char *dot = r ? strchr(r, '.') : NULL;
+    size_t n = dot ? (size_t)(dot - name) + 1 : strlen(name);
     char p[PATH_MAX];
-    if (str_fmt(p, sizeof p, "%s/cur", dir) < 0)
+    if (str_fmt(p, sizeof p, "%s/%s", dir, sub) < 0)
         return false;
     DIR *d = opendir(p);
     if (d == NULL)
         return false;
-    size_t n = strlen(name);
     bool found = false;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, name, n) == 0 && (de->d_name[n] == '\0' || de->d_name[n] == ':')) {
+        if (strncmp(de->d_name, name, n) == 0) {
             found = true;
             break;
         }
@@ -108,7 +116,7 @@ int maildir_prepare(const char *dir, const char *name, const char *header, size_
     }
     if (recovered) {
         struct stat st;
-        if (stat(dst_out, &st) == 0 || in_cur(dir, name))
+        if (stat(dst_out, &st) == 0 || in_dir(dir, "new", name) || in_dir(dir, "cur", name))
             return 1;   /* delivered before the crash */
     }
     int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);

@@ -70,7 +70,10 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
         if (o == NULL) {
             char why[200];
             str_copy(why, perr ? perr : "out of memory", sizeof why);
-            str_trim(why);
+            {
+                char *t_ = str_trim(why);
+                memmove(why, t_, strlen(t_) + 1);
+            }
             PQfreemem(perr);
             /* not the value: it may hold a password */
             return bad(err, errlen, "database: not a valid PostgreSQL URI: %s", why);

@@ -84,7 +84,10 @@ static int stream(PGconn *c, const char *sql, int n, const char *const *params,
         } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && rc == 0) {
             char why[400];
             str_copy(why, PQresultErrorMessage(r), sizeof why);
-            str_trim(why);
+            {
+                char *t_ = str_trim(why);
+                memmove(why, t_, strlen(t_) + 1);
+            }
             snprintf(err, errlen, "evidence log: %s", why);
             rc = -2;
         }

@@ -93,7 +93,10 @@ static void one_line(const char *msg, char *out, size_t outlen)
     for (char *p = out; *p; p++)
         if (*p == '\n' || *p == '\r' || *p == '\t')
             *p = ' ';
-    str_trim(out);
+    {
+        char *t_ = str_trim(out);
+        memmove(out, t_, strlen(t_) + 1);
+    }
 }
 
 static PGconn *connect_new(char *err, size_t errlen)

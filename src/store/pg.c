@@ -104,7 +104,10 @@ static PGconn *connect_new(char *err, size_t errlen)
     char timeout[16], password[1024] = "";
     g_mutex_lock(&pool.lock);
     char *uri = g_strdup(pool.uri), *pwfile = g_strdup(pool.password_file);
-    char *app = g_strdup_printf("%s%s%s", pool.app, pool.node[0] ? "/" : "", pool.node);
+    /* before pg_configure every field is NULL: no name to build */
+    char *app = pool.uri == NULL ? NULL
+                                 : g_strdup_printf("%s%s%s", pool.app, pool.node[0] ? "/" : "",
+                                                   pool.node);
     snprintf(timeout, sizeof timeout, "%u", pool.connect_timeout);
     char shown[512];
     str_copy(shown, pool.shown, sizeof shown);

@@ -61,6 +61,17 @@ class Node:
             return ""
 
 
+def start_nowait(p):
+    """Starts a node (the Provider b1 or a Node) without waiting for its listeners: a node
+    whose spool another node runs waits for it before it listens."""
+    if isinstance(p, Node):
+        p.start(wait=False)
+        return
+    p.logf = open(p.log_path, "a")
+    p.proc = subprocess.Popen([PECD, "-c", p.conf], stderr=p.logf, stdout=p.logf)
+    LIVE.append(p)
+
+
 def state_section(pg, db, node, directory, lease="3s"):
     return {"database": pg.uri(db), "node": node, "password_file": pg.password_file(directory),
             "lease": lease}
@@ -148,5 +159,5 @@ def count_by_ref(mails, pred):
     return counts
 
 
-__all__ = ["Node", "make_cluster", "submit_many", "count_by_ref", "ricevuta", "trasporto",
+__all__ = ["Node", "start_nowait", "make_cluster", "submit_many", "count_by_ref", "ricevuta", "trasporto",
            "state_section", "signal", "time"]

@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from multinode import Node, count_by_ref, make_cluster, state_section, submit_many
+from multinode import (Node, count_by_ref, make_cluster, start_nowait, state_section,
+                       submit_many)
 from pec_providers import make_providers, pecctl, ricevuta, trasporto
 from pecd_harness import PECD, free_port
 from pg_fixture import PostgresCluster, wait_until
@@ -438,3 +439,81 @@ def test_node_add_makes_a_node_of_the_same_provider(tmp_path, pg):
     assert r.returncode == 1 and "has no [state] database" in r.stderr
     r = pecctl("-c", a.conf, "nodes", check=False)
     assert r.returncode == 1 and "embedded SQLite" in r.stderr
+
+
+def test_a_node_back_gets_its_spool_handed_over(tmp_path, pg):
+    """b1 is killed, b2 takes its spool over; b1 is started again while mail keeps coming: it
+    waits until b2 hands the spool back (never both at once), then runs it itself."""
+    import threading
+    N = 160
+    a, b, nodes, ca, directory, db = make_cluster(tmp_path, pg, nodes=2)
+    senders = [f"s{i}" for i in range(4)]
+    for u in senders:
+        a.add_user(u)
+    b.add_user("r0")
+    a.start()
+    for n in nodes:
+        n.start()
+    b1, b2 = nodes
+    try:
+        result = {}
+
+        def load():
+            result["done"] = submit_many(a, senders, lambda k: "r0@pec.b.test", N, "back",
+                                         threads=2)
+        t = threading.Thread(target=load)
+        t.start()
+        wait_until(lambda: len(b.mails("r0")) >= 15, 60, what="the exchange under way")
+        b1.kill()
+        wait_until(lambda: "now delivering the spool of node b1" in b2.log(100000), 30,
+                   what="b2 taking b1's spool over")
+        start_nowait(b1)
+        wait_until(lambda: "node b1 is back: handing its spool over" in b2.log(100000), 30,
+                   what="b2 handing the spool back")
+        wait_until(lambda: "joined" in b1.log(2000).split("node b1: its spool")[-1]
+                   and b1.log(100000).count(" joined: ") >= 2, 30, what="b1 joining again")
+        log1 = b1.log(100000)
+        t.join(600)
+        mids = {mid for _, _, _, mid in result["done"]}
+        assert len(mids) == N
+
+        def delivered():
+            got = {}
+            for u in senders:
+                for r, c in count_by_ref(a.mails(u), ricevuta("avvenuta-consegna")).items():
+                    got[r] = got.get(r, 0) + c
+            return got
+        wait_until(lambda: len(delivered()) >= N, 180, step=1, what="every delivery receipt")
+        time.sleep(3)
+        copies = count_by_ref(b.mails("r0"), trasporto("posta-certificata"))
+        assert set(copies) == mids and set(copies.values()) == {1}, copies
+        assert set(delivered().values()) == {1}
+        # the hand-over: b2 stopped b1's queue and released the lease before b1 took it
+        log2 = b2.log(100000)
+        assert log2.index("handing its spool over") < log2.index("the spool of node b1 given back")
+        epochs = [int(x.split("lease epoch ")[1].split()[0].rstrip(",")) for x in
+                  log1.splitlines() if " joined: " in x]
+        assert len(epochs) == 2 and epochs[1] >= epochs[0] + 2, epochs   # b2's take between
+        (n1,) = [n for n in json.loads(pecctl("-c", b.conf, "nodes", "--json").stdout)
+                 if n["node"] == "b1"]
+        assert n1["alive"] and n1["spool_owner"] == "b1" and n1["epoch"] == epochs[1], n1
+        verify_log(b.conf)
+    finally:
+        stop_all(a, *nodes)
+
+
+def test_state_backend_against_the_server(tmp_path, pg):
+    """tests/unit/test_state_pg (skipped by ctest without a server) against a fresh database:
+    two chains over four months with a test clock, retention dropping monthly partitions with
+    a held day kept and verified, tampering found after the drop, claims between two
+    connections (FOR UPDATE SKIP LOCKED), the quarantine index."""
+    import subprocess
+    from pecd_harness import BUILD
+    from pg_fixture import PG_PASSWORD
+    prog = os.path.join(BUILD, "tests", "unit", "test_state_pg")
+    db = pg.new_database()
+    env = dict(os.environ, PEC_TEST_PG_URI=pg.uri(db), PGPASSWORD=PG_PASSWORD)
+    r = subprocess.run([prog], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "[  PASSED  ] 3 test(s)" in r.stdout + r.stderr, \
+        r.stdout + r.stderr

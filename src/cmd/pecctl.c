@@ -19,11 +19,14 @@
 #include "store/store.h"
 #include "store/state.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <openssl/rand.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Provided by src/cmd/pecctl_verify.c and pecctl_pki.c when built. */
@@ -40,6 +43,9 @@ int pecctl_node_main(int argc, char **argv);
 
 int pecctl_help(FILE *f, const char *cmd);
 int pecctl_route_main(struct config *cfg, int argc, char **argv);
+int pecctl_domain_main(struct config *cfg, int argc, char **argv);
+int pecctl_backup_main(struct config *cfg, int argc, char **argv);
+int pecctl_restore_main(const char *conf, int argc, char **argv);
 
 static void usage(FILE *f) { pecctl_help(f, NULL); }
 
@@ -191,6 +197,23 @@ static int user_show(struct config *cfg, const char *addr)
     return 0;
 }
 
+/* A users file root has just created is read by pecd's network-facing
+ * processes, which run as [pecd] user when pecd starts as root: its group
+ * gets read access (the file stays root's). */
+static void users_file_for_pecd(const struct config *cfg)
+{
+    struct stat st;
+    struct passwd *pw;
+    if (geteuid() != 0 || strcmp(cfg->pecd_user, "root") == 0 ||
+        (pw = getpwnam(cfg->pecd_user)) == NULL || stat(cfg->passwd_file, &st) == -1 ||
+        st.st_uid != 0 || st.st_gid != 0 || (st.st_mode & 077) != 0)
+        return;
+    if (chown(cfg->passwd_file, (uid_t)-1, pw->pw_gid) == -1 ||
+        chmod(cfg->passwd_file, 0640) == -1)
+        fprintf(stderr, "pecctl: %s: cannot make it readable by %s: %s\n", cfg->passwd_file,
+                cfg->pecd_user, strerror(errno));
+}
+
 static int cmd_user(struct config *cfg, int argc, char **argv)
 {
     char err[512];
@@ -236,6 +259,7 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
             fprintf(stderr, "pecctl: %s\n", err);
             return 1;
         }
+        users_file_for_pecd(cfg);
         if (from_stdin)
             printf("user %s added\n", addr);
         else
@@ -291,11 +315,13 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
 int main(int argc, char **argv)
 {
     const char *conf = "/etc/pecmail/pecd.conf";
+    bool conf_given = false;
     int i = 1;
     log_init("pecctl", LOG_LVL_WARN);
     while (i < argc && argv[i][0] == '-') {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             conf = argv[i + 1];
+            conf_given = true;
             i += 2;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -333,6 +359,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "node") == 0)
         return pecctl_node_main(argc - i, argv + i);
+    if (strcmp(cmd, "restore") == 0)   /* may restore pecd.conf itself */
+        return pecctl_restore_main(conf, argc - i, argv + i);
     if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0 || strcmp(cmd, "init") == 0) {
         int (*fn)(int, char **) = strcmp(cmd, "verify") == 0 ? pecctl_verify_main
                                   : strcmp(cmd, "pki") == 0  ? pecctl_pki_main
@@ -346,7 +374,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
         strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
         strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "state") == 0 ||
-        strcmp(cmd, "nodes") == 0) {
+        strcmp(cmd, "nodes") == 0 || strcmp(cmd, "domain") == 0 || strcmp(cmd, "backup") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
                                                    : strcmp(cmd, "state") == 0 ? pecctl_state_main
@@ -357,11 +385,19 @@ int main(int argc, char **argv)
                                                        ? pecctl_directory_main
                                                    : strcmp(cmd, "route") == 0
                                                        ? pecctl_route_main
+                                                   : strcmp(cmd, "domain") == 0
+                                                       ? pecctl_domain_main
+                                                   : strcmp(cmd, "backup") == 0
+                                                       ? pecctl_backup_main
                                                        : NULL;
         if (strcmp(cmd, "user") != 0 && strcmp(cmd, "queue") != 0 && fn == NULL) {
             fprintf(stderr, "pecctl: '%s' is not built in this binary\n", cmd);
             return 2;
         }
+        /* pecctl log verify FILE needs no pecd.conf (an auditor's host) */
+        if (fn == pecctl_log_main && !conf_given && access(conf, R_OK) != 0 && argc - i >= 3 &&
+            strcmp(argv[i + 1], "verify") == 0)
+            return fn(NULL, argc - i, argv + i);
         struct config *cfg = load(conf);
         if (cfg == NULL)
             return 1;

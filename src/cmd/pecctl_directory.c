@@ -26,12 +26,15 @@
  * 2 usage.  A running pecd takes an import at its next refresh or SIGHUP.
  */
 #include "lib/config.h"
+#include "lib/domains.h"
+#include "keys/keys.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
 #include "pec/pec_dirp7m.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -454,30 +457,13 @@ static int first_cert(const char *path, pec_buf *der, time_t *not_after, char *e
     return 0;
 }
 
-/* The signer of PEC messages, through the one loader of src/pec. */
+/* The signer of PEC messages, through the one loader of src/keys (a PEM
+ * file or a hardware module's key); the module stays open until the end. */
+static struct keys_hsm *publish_hsm;
+
 static pec_signer *load_signer(const struct config *cfg, char *err, size_t errsz)
 {
-    char *key = NULL, *chain = NULL;
-    size_t keylen = 0, chainlen = 0;
-    if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) == -1) {
-        snprintf(err, errsz, "[pec] signing_key %s: %s", cfg->pec_signing_key, strerror(errno));
-        return NULL;
-    }
-    if (fs_read_file(cfg->pec_signing_cert, &chain, &chainlen, 1 << 20) == -1) {
-        snprintf(err, errsz, "[pec] signing_certificate %s: %s", cfg->pec_signing_cert,
-                 strerror(errno));
-        explicit_bzero(key, keylen);
-        free(key);
-        return NULL;
-    }
-    char e[512];
-    pec_signer *s = pec_signer_new_pem(key, keylen, chain, chainlen, e, sizeof e);
-    if (s == NULL)
-        snprintf(err, errsz, "[pec] signing key: %s", e);
-    explicit_bzero(key, keylen);
-    free(key);
-    free(chain);
-    return s;
+    return keys_load_pec_signer(cfg, &publish_hsm, err, errsz);
 }
 
 static int cmd_publish(const struct config *cfg, const char *out)
@@ -495,6 +481,8 @@ static int cmd_publish(const struct config *cfg, const char *out)
     int rc = 1;
     pec_buf ldif = {0}, der = {0};
     pec_signer *s = NULL;
+    const char **names = NULL;    /* managedDomains: every local domain */
+    size_t ndomains = 0;
     for (size_t i = 0; i < 2 && files[i]; i++) {
         if (first_cert(files[i], &certs[n], &until[n], err, sizeof err) == -1) {
             fprintf(stderr, "pecctl directory publish: %s\n", err);
@@ -507,9 +495,14 @@ static int cmd_publish(const struct config *cfg, const char *out)
         }
         n++;
     }
+    const struct domain **all = domains_sorted(cfg->domains, &ndomains);
+    names = g_new(const char *, ndomains + 1);
+    for (size_t i = 0; i < ndomains; i++)
+        names[i] = all[i]->name;
+    g_free(all);
     pec_dir_record r = {
         .name = cfg->name, .receipt = cfg->pec_service_address,
-        .domains = (const char *const *)cfg->local_domains, .n_domains = cfg->nlocal_domains,
+        .domains = names, .n_domains = ndomains,
         .certs = certs, .n_certs = n, .location_url = cfg->pec_dir_location_url,
         .description = cfg->pec_dir_description};
     if (pec_dir_record_ldif(&r, &ldif, err, sizeof err) == -1) {
@@ -534,7 +527,7 @@ static int cmd_publish(const struct config *cfg, const char *out)
         goto out;
     }
     printf("%s: the record of %s (%zu domain%s), signed, %zu bytes\n", out, cfg->name,
-           cfg->nlocal_domains, cfg->nlocal_domains == 1 ? "" : "s", der.len);
+           ndomains, ndomains == 1 ? "" : "s", der.len);
     for (size_t i = 0; i < n; i++) {
         char when[32], hex[2 * SHA_DIGEST_LENGTH + 1];
         unsigned char md[SHA_DIGEST_LENGTH];
@@ -551,7 +544,10 @@ static int cmd_publish(const struct config *cfg, const char *out)
         printf("  serve it at %s (docs/directory.md)\n", cfg->pec_dir_location_url);
     rc = 0;
 out:
+    g_free(names);
     pec_signer_free(s);
+    keys_hsm_close(publish_hsm);
+    publish_hsm = NULL;
     pec_buf_free(&ldif);
     pec_buf_free(&der);
     for (size_t i = 0; i < 2; i++)

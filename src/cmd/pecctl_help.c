@@ -84,6 +84,25 @@ static const struct help helps[] = {
      "    --submission HOST:PORT  its [submission] listener\n"
      "    --submissions HOST:PORT its [submissions] listener (else DIR's, if any)\n"
      "    --force               replace an existing NEWDIR/pecd.conf\n"},
+    {"backup",
+     "pecctl -c CONF backup DIR [--no-mail] [--include-keys]\n"
+     "pecctl -c CONF restore DIR [--force]\n"
+     "    backup: a consistent copy of the instance into the new directory DIR while\n"
+     "    pecd runs (spool and tracking database by pecd between two batches, then\n"
+     "    the evidence log, the files pecd.conf names, the Maildirs in the data\n"
+     "    directory) with a MANIFEST of checksums; private keys only with\n"
+     "    --include-keys.  restore: checks DIR, refuses beside a running pecd or\n"
+     "    over existing state (--force moves it aside), restores pecd.conf first\n"
+     "    when CONF does not exist (docs/backup.md)\n"
+     "    --no-mail             leave the Maildirs out\n"},
+    {"restore", "pecctl -c CONF restore DIR [--force]\n    see pecctl help backup\n"},
+    {"domain",
+     "pecctl -c CONF domain list [--json]\n"
+     "    the local domains ([provider] domain, local_domains, local_domains_file)\n"
+     "    and each one's settings, as pecd would load them now\n"
+     "    --json                a JSON array of {\"domain\", \"messages_per_hour\",\n"
+     "                          \"recipients_per_hour\", \"receipt\", \"callouts\",\n"
+     "                          \"tls_certificate\"}\n"},
     {"verify",
      "pecctl verify [--json] [--trust CAFILE]... [--crl CRLFILE]...\n"
      "              [--directory FILE.ldif|ldap://HOST:PORT/BASE] [--directory-ca CAFILE]\n"
@@ -92,7 +111,7 @@ static const struct help helps[] = {
      "    classify and check PEC messages; exit 0 valid, 1 invalid, 2 unreadable\n"
      "    --json                one JSON object per file\n"},
     {"log",
-     "pecctl -c CONF log verify [--cert FILE | --no-cert] [--json]\n"
+     "pecctl -c CONF log verify [--cert FILE | --no-cert] [--json] [FILE]\n"
      "pecctl -c CONF log seal\n"
      "pecctl -c CONF log purge\n"
      "pecctl -c CONF log search --address ADDR [--from YYYY-MM-DD] [--to YYYY-MM-DD]\n"
@@ -102,10 +121,14 @@ static const struct help helps[] = {
      "pecctl -c CONF log hold add --address ADDR | --pec-id ID [--reason TEXT]\n"
      "pecctl -c CONF log hold list [--json]\n"
      "pecctl -c CONF log hold del ID\n"
+     "pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n"
      "    verify: the evidence log's hash chain and day seals; exit 0 intact,\n"
      "    1 tampered, 2 unreadable; purge: records past [evidence] retention,\n"
      "    except those under a legal hold; search: a user's transactions;\n"
-     "    extract: their records in a file signed with the provider's key (CMS)\n"
+     "    extract: their records in a file signed with the provider's key (CMS);\n"
+     "    export: a sealed day as a file of its own (default evidence-DAY.db), for\n"
+     "    write-once storage; verify FILE checks such a file (or a copy of a log),\n"
+     "    without pecd.conf when --cert names the signing certificate\n"
      "    --json                verify: {\"path\", \"result\", \"valid\", \"report\", \"error\"}\n"},
     {"report",
      "pecctl -c CONF report --from YYYY-MM-DD --to YYYY-MM-DD [--json|--csv]\n"

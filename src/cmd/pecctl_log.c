@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "lib/config.h"
+#include "keys/keys.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "store/evidence.h"
@@ -32,7 +33,8 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv);
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert] [--json]\n"
+    fprintf(f, "usage: pecctl -c CONF log verify [--cert FILE | --no-cert] [--json] [FILE]\n"
+               "       pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n"
                "       pecctl -c CONF log seal\n"
                "       pecctl -c CONF log purge\n"
                "       pecctl -c CONF log search|extract|hold ...  (pecctl help)\n"
@@ -43,7 +45,8 @@ static void usage(FILE *f)
 
 static int log_verify(struct config *cfg, int argc, char **argv)
 {
-    const char *cert = cfg->pec_signing_cert;
+    /* cfg is NULL for `pecctl log verify FILE` on a host without pecd.conf */
+    const char *cert = cfg ? cfg->pec_signing_cert : NULL, *file = NULL;
     bool json = false;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
@@ -52,20 +55,27 @@ static int log_verify(struct config *cfg, int argc, char **argv)
             cert = argv[++i];
         } else if (strcmp(argv[i], "--no-cert") == 0) {
             cert = NULL;
+        } else if (argv[i][0] != '-' && file == NULL) {
+            file = argv[i];      /* an exported day, or a copy of a log */
         } else {
             usage(stderr);
             return 2;
         }
     }
+    if (cfg == NULL && file == NULL) {
+        usage(stderr);
+        return 2;
+    }
+    const char *path = file ? file : state_evidence_at(cfg);
     char err[1024];
     time_t now = time(NULL);
     struct evidence_verify_opts o = {.cert_pem_file = cert, .now = now};
     /* a purge may not reach into the retention period (one day of slack:
-     * purge removes whole days) */
-    if (cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
+     * purge removes whole days); a file given is judged on its own */
+    if (file == NULL && cfg->evidence_retention > 0 && (time_t)cfg->evidence_retention < now)
         o.keep_after = now - (time_t)cfg->evidence_retention + 86400;
     if (!json) {
-        int r = evidence_verify_ex(state_evidence_at(cfg), &o, stdout, err, sizeof err);
+        int r = evidence_verify_ex(path, &o, stdout, err, sizeof err);
         return r == 0 ? 0 : r == -1 ? 1 : 2;
     }
     /* --json: the same report, one line an element, and the verdict */
@@ -75,10 +85,10 @@ static int log_verify(struct config *cfg, int argc, char **argv)
     if (mem == NULL)
         return 2;
     err[0] = '\0';
-    int r = evidence_verify_ex(state_evidence_at(cfg), &o, mem, err, sizeof err);
+    int r = evidence_verify_ex(path, &o, mem, err, sizeof err);
     fclose(mem);
     fputs("{\"path\":", stdout);
-    json_fput(stdout, state_shown(cfg));
+    json_fput(stdout, file ? file : state_shown(cfg));
     printf(",\"result\":\"%s\",\"valid\":%s,\"report\":[",
            r == 0 ? "intact" : r == -1 ? "tampered" : "unreadable", r == 0 ? "true" : "false");
     size_t k = 0;
@@ -106,27 +116,20 @@ static int sign_with_pec(void *ctx, const void *data, size_t len, unsigned char 
     return 0;
 }
 
+/* The signing key (a PEM file or a hardware module's, src/keys); the
+ * module stays open while the seals are made. */
+static struct keys_hsm *seal_hsm;
+
 static pec_signer *load_signer(struct config *cfg)
 {
-    char err[512];
-    char *key = NULL, *chain = NULL;
-    size_t keylen = 0, chainlen = 0;
+    char err[1024];
     if (cfg->pec_signing_key == NULL || cfg->pec_signing_cert == NULL) {
         fprintf(stderr, "pecctl: [pec] signing_key and signing_certificate are needed to seal\n");
         return NULL;
     }
-    if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) != 0 ||
-        fs_read_file(cfg->pec_signing_cert, &chain, &chainlen, 1 << 20) != 0) {
-        fprintf(stderr, "pecctl: cannot read the signing key or certificate\n");
-        free(key);
-        free(chain);
-        return NULL;
-    }
-    pec_signer *s = pec_signer_new_pem(key, keylen, chain, chainlen, err, sizeof err);
+    pec_signer *s = keys_load_pec_signer(cfg, &seal_hsm, err, sizeof err);
     if (s == NULL)
-        fprintf(stderr, "pecctl: signing key: %s\n", err);
-    free(key);
-    free(chain);
+        fprintf(stderr, "pecctl: %s\n", err);
     return s;
 }
 
@@ -161,11 +164,50 @@ static int log_maintain(struct config *cfg, bool purge)
         fprintf(stderr, "pecctl: %s\n", err);
     evidence_close(ev);
     pec_signer_free(signer);
+    keys_hsm_close(seal_hsm);
+    seal_hsm = NULL;
     return r < 0 ? 2 : 0;
+}
+
+/* log export --day D [--out FILE]: a sealed day as a file of its own */
+static int log_export(struct config *cfg, int argc, char **argv)
+{
+    const char *day = NULL, *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--day") == 0 && i + 1 < argc)
+            day = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else
+            day = NULL, i = argc;
+    }
+    if (day == NULL) {
+        fprintf(stderr, "usage: pecctl -c CONF log export --day YYYY-MM-DD [--out FILE]\n");
+        return 2;
+    }
+    char name[64];
+    if (out == NULL) {
+        snprintf(name, sizeof name, "evidence-%.16s.db", day);
+        out = name;
+    }
+    char err[1024];
+    long long n = evidence_export_day(state_evidence_at(cfg), day, out, err, sizeof err);
+    if (n < 0) {
+        fprintf(stderr, "pecctl log export: %s\n", err);
+        return 1;
+    }
+    printf("%s: day %s, %lld record%s and the day's seal; check it with pecctl log verify "
+           "%s --cert SIGNING-CERT.pem\n",
+           out, day, n, n == 1 ? "" : "s", out);
+    return 0;
 }
 
 int pecctl_log_main(struct config *cfg, int argc, char **argv)
 {
+    if (cfg == NULL)     /* pecctl log verify FILE without pecd.conf */
+        return argc >= 2 && strcmp(argv[1], "verify") == 0 ? log_verify(NULL, argc, argv) : 2;
+    if (argc >= 2 && strcmp(argv[1], "export") == 0)
+        return log_export(cfg, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "search") == 0)
         return pecctl_log_search(cfg, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "extract") == 0)

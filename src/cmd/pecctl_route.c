@@ -156,11 +156,7 @@ static int edit(const char *path, const char *domain, const char *value, GString
 
 static bool valid_domain(const char *d)
 {
-    if (strcmp(d, "*") == 0)
-        return true;
-    size_t n = strlen(d);
-    return n > 0 && n < 254 && strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789.-") == n &&
-           d[0] != '.' && d[0] != '-';
+    return strcmp(d, "*") == 0 || str_domain_ok(d);
 }
 
 /* [lmtp:]HOST:PORT[, HOST:PORT]... as [routes] takes it (no blanks inside). */

@@ -9,10 +9,12 @@
  * what can change without a restart (pecd_reload.c), the users file, the
  * TLS certificate and (in a thread) the providers' directory and its CRLs.
  * systemd (Type=notify) and the watchdog: pecd_service.c; [metrics]
- * listen: pecd_metrics.c.
+ * listen: pecd_metrics.c.  The process model (the signer that holds the
+ * keys, the drop to [pecd] user) is in pecd_privsep.c.
  */
 #include "pecd_int.h"
 #include "lib/config.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -26,6 +28,8 @@
 #include "store/quarantine.h"
 #include "store/state.h"
 #include "filters/callout.h"
+#include "keys/keys.h"
+#include "pecd_privsep.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -111,6 +115,14 @@ static int check_limits(struct pecd *d, const struct smtp_txn *txn, unsigned mor
     char user[SMTP_PATH_MAX + 8], client[SMTP_CLIENT_KEY_MAX + 8];
     limit_keys(txn, user, sizeof user, client, sizeof client);
     int64_t t = now_ms();
+    /* a user's limits: their domain's line in local_domains_file, else [limits] */
+    uint64_t user_msgs = d->cfg->messages_per_hour, user_rcpts = d->cfg->recipients_per_hour;
+    const char *at = txn->auth_user ? strrchr(txn->auth_user, '@') : NULL;
+    const struct domain *dom = at ? domains_get(d->cfg->domains, at + 1) : NULL;
+    if (dom != NULL && dom->messages_per_hour != DOMAIN_INHERIT)
+        user_msgs = dom->messages_per_hour;
+    if (dom != NULL && dom->recipients_per_hour != DOMAIN_INHERIT)
+        user_rcpts = dom->recipients_per_hour;
     const struct {
         struct smtp_throttle *tab;
         const char *key;
@@ -118,8 +130,8 @@ static int check_limits(struct pecd *d, const struct smtp_txn *txn, unsigned mor
         unsigned more;
         const char *what, *who;
     } c[] = {
-        {d->sent_msgs, user, d->cfg->messages_per_hour, more_msgs, "messages", "user"},
-        {d->sent_rcpts, user, d->cfg->recipients_per_hour, more_rcpts, "recipients", "user"},
+        {d->sent_msgs, user, user_msgs, more_msgs, "messages", "user"},
+        {d->sent_rcpts, user, user_rcpts, more_rcpts, "recipients", "user"},
         {d->sent_msgs, client, d->cfg->client_messages_per_hour, more_msgs, "messages",
          "address"},
         {d->sent_rcpts, client, d->cfg->client_recipients_per_hour, more_rcpts, "recipients",
@@ -212,6 +224,12 @@ static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *hea
                           char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    /* every message a PEC provider takes in is signed for (a receipt, an
+     * envelope): while no signer answers, nothing is acknowledged */
+    if (d->cfg->pec && !keys_client_up(d->ps.keys)) {
+        snprintf(reply, replylen, "451 4.3.0 Signing service unavailable, try again later");
+        return -1;
+    }
     if (!d->cfg->pec || txn->auth_user != NULL)
         return 0;
     char v[64];
@@ -642,10 +660,19 @@ int main(int argc, char **argv)
         log_level_parse(d.cfg->log_level, &lvl);
     log_set_level(debug ? LOG_LVL_DEBUG : lvl);
 
-    if (d.cfg->tls_cert != NULL) {
-        d.tls = smtp_tls_server_ctx(d.cfg->tls_cert, d.cfg->tls_key, d.cfg->tls_min_version,
-                                    d.cfg->tls_ciphers, err, sizeof err);
-        if (d.tls == NULL) {
+    if (check) {
+        if (pecd_check_keys(d.cfg, err, sizeof err) == -1) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+    } else {
+        /* the keeper and the signer, the listeners, then [pecd] user */
+        if (pecd_privsep_start(d.cfg, &d.ps, err, sizeof err) == -1) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+        if (d.cfg->tls_cert != NULL &&
+            (d.tls = pecd_privsep_tls(&d.ps, d.cfg, err, sizeof err)) == NULL) {
             log_err("configuration error: %s: %s", conf, err);
             return 1;
         }
@@ -734,7 +761,12 @@ int main(int argc, char **argv)
             log_err("tracking database %s: cannot set synchronous=FULL", tpath);
             return 1;
         }
-        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
+        if (pecd_privsep_dir_client_key(&d.ps, d.cfg, err, sizeof err) == -1) {
+            log_err("configuration error: %s", err);
+            return 1;
+        }
+        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking,
+                            keys_client_pec_signer(d.ps.keys), err, sizeof err);
         if (d.roles == NULL) {
             log_err("configuration error: %s", err);
             return 1;
@@ -785,7 +817,8 @@ int main(int argc, char **argv)
     d.sent_rcpts = smtp_throttle_new(100000, 3600 * 1000);
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {
-        if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
+        if (smtp_server_listen_fds(d.smtp, &d.cfg->listeners[i], d.ps.listen_fds[i],
+                                   d.ps.nfds[i], err, sizeof err) == -1) {
             log_err("%s", err);
             return 1;
         }
@@ -803,6 +836,10 @@ int main(int argc, char **argv)
     }
     if (pecd_metrics_start(&d, err, sizeof err) == -1) {
         log_err("configuration error: %s", err);
+        return 1;
+    }
+    if (pecd_control_start(&d, err, sizeof err) == -1) {
+        log_err("%s", err);
         return 1;
     }
     purge_quarantine(d.cfg);
@@ -834,6 +871,7 @@ int main(int argc, char **argv)
     pecd_metrics_free(&d);
     pecd_service_free(&d);
 
+    pecd_control_stop(&d);
     notices_stop(d.notices);
     cluster_stop(d.cluster);
     if (d.seen_ev)
@@ -866,6 +904,7 @@ int main(int argc, char **argv)
     users_db_free(d.users);
     SSL_CTX_free(d.tls);
     pecd_reload_free(&d);     /* configurations replaced by reloads */
+    pecd_privsep_stop(&d.ps);
     config_free(d.cfg);
     log_info("stopped");
     return 0;

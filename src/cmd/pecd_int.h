@@ -14,6 +14,8 @@
 #ifndef PEC_PECD_INT_H
 #define PEC_PECD_INT_H
 
+#include "pecd_privsep.h"
+
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <time.h>
@@ -44,9 +46,12 @@ struct pecd {
     struct sender_map *senders;     /* [users] senders: other addresses a login owns */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
+    struct pecd_privsep ps;         /* the signer process, the listeners, the user */
     struct event *drain_timer;
     time_t drain_started;
 
+    /* pecd_control.c */
+    struct pecd_control *control;
     /* pecd_service.c */
     struct event *watchdog_ev;
     /* pecd_metrics.c */
@@ -72,6 +77,12 @@ void pecd_service_free(struct pecd *d);
 int pecd_metrics_start(struct pecd *d, char *err, size_t errlen);
 void pecd_metrics_certificates(struct pecd *d);
 void pecd_metrics_free(struct pecd *d);
+
+/* pecd_control.c: <data_dir>/control.sock for pecctl backup (a thread of
+ * its own); -1 with err when the socket cannot be made.  stop: before the
+ * queue and the tracking database are freed. */
+int pecd_control_start(struct pecd *d, char *err, size_t errlen);
+void pecd_control_stop(struct pecd *d);
 
 /* pecd_reload.c: the SIGHUP handler's work. */
 void pecd_reload(struct pecd *d);

@@ -6,9 +6,11 @@
  * config_callout.c.
  */
 #include "config_int.h"
+#include "domains.h"
 #include "lib.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <arpa/inet.h>
 #include <ini.h>
 #include <limits.h>
@@ -134,7 +136,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
             str_copy(absdir, d, sizeof absdir);
     }
     cfg->dir = strdup(absdir);
-    cfg->nlocal_domains = 1;    /* slot 0 is the provider domain */
+    cfg->domains = domains_new();
 
     cfg->max_message_size = 60ULL * 1024 * 1024;   /* DESIGN: twice the legal 30 MB */
     cfg->max_recipients = 100;                      /* RFC 5321 §4.5.3.1.8 minimum */
@@ -197,7 +199,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: [provider] domain is required", path);
         goto bad;
     }
-    cfg->local_domains[0] = strdup(cfg->domain);
+    if (domains_add(cfg->domains, cfg->domain, err, errlen) == -1)
+        goto bad;
+    if (cfg->local_domains_file != NULL) {
+        resolve(&cfg->local_domains_file, cfg->dir);
+        if (domains_load_file(cfg->domains, cfg->local_domains_file, cfg->dir, err, errlen) == -1)
+            goto bad;
+    }
     if (cfg->hostname == NULL) {
         char host[256];
         if (gethostname(host, sizeof host) == 0 && strchr(host, '.') != NULL)
@@ -212,8 +220,12 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     default_str(&cfg->pec_service_address, "posta-certificata@%s", cfg->domain);
     default_str(&cfg->pec_tls_policy, "%s", "verify");
     default_str(&cfg->pec_timezone, "%s", "Europe/Rome");
-    resolve(&cfg->pec_signing_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->pec_signing_key))
+        resolve(&cfg->pec_signing_key, cfg->dir);
     resolve(&cfg->pec_signing_cert, cfg->dir);
+    resolve(&cfg->pec_pkcs11_module, cfg->dir);
+    resolve(&cfg->pec_pkcs11_pin_file, cfg->dir);
+    default_str(&cfg->pecd_user, "%s", "pecmail");
     resolve(&cfg->pec_trust, cfg->dir);
     resolve(&cfg->pec_crl, cfg->dir);
     if (cfg->pec_directory && strstr(cfg->pec_directory, "://") == NULL)
@@ -221,7 +233,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->pec_dir_password_file, cfg->dir);
     resolve(&cfg->pec_dir_ca_file, cfg->dir);
     resolve(&cfg->pec_dir_client_cert, cfg->dir);
-    resolve(&cfg->pec_dir_client_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->pec_dir_client_key))
+        resolve(&cfg->pec_dir_client_key, cfg->dir);
     resolve(&cfg->pec_dir_signer, cfg->dir);
     resolve(&cfg->pec_signing_cert_next, cfg->dir);
     resolve(&cfg->evidence_path, cfg->dir);
@@ -242,7 +255,30 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (cfg->lmtp_host != NULL && cfg->lmtp_port[0] == '\0')
         resolve(&cfg->lmtp_host, cfg->dir);
     resolve(&cfg->tls_cert, cfg->dir);
-    resolve(&cfg->tls_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->tls_key))
+        resolve(&cfg->tls_key, cfg->dir);
+    if (cfg->tls_cert == NULL) {
+        size_t n;
+        const struct domain **all = domains_sorted(cfg->domains, &n);
+        for (size_t i = 0; i < n; i++)
+            if (all[i]->tls_cert != NULL) {
+                snprintf(err, errlen, "%s:%u: %s has a TLS certificate, but there is no [tls] "
+                         "certificate for the names it does not cover", all[i]->file,
+                         all[i]->line, all[i]->name);
+                g_free(all);
+                goto bad;
+            }
+        g_free(all);
+    }
+    if ((pkcs11_uri_is(cfg->pec_signing_key) || pkcs11_uri_is(cfg->tls_key) ||
+         pkcs11_uri_is(cfg->pec_dir_client_key)) && cfg->pec_pkcs11_module == NULL) {
+        snprintf(err, errlen, "%s: %s is a pkcs11: URI: [pec] pkcs11_module (the PKCS#11 "
+                 "module, a .so file) is required", path,
+                 pkcs11_uri_is(cfg->pec_signing_key) ? "[pec] signing_key"
+                 : pkcs11_uri_is(cfg->tls_key)        ? "[tls] key"
+                                                      : "[pec] directory_client_key");
+        goto bad;
+    }
 
     /* PEC stages sign, verify and sync: more threads overlap that work
      * (bench/pec-exchange: 30/s with 4, 53/s with 8, no gain with 16);
@@ -344,11 +380,12 @@ void config_free(struct config *cfg)
                      &cfg->pec_dir_ca_file, &cfg->pec_dir_client_cert, &cfg->pec_dir_client_key,
                      &cfg->pec_dir_signer, &cfg->pec_dir_location_url,
                      &cfg->pec_dir_description, &cfg->pec_signing_cert_next,
-                     &cfg->metrics_listen};
+                     &cfg->metrics_listen, &cfg->pecd_user, &cfg->pec_pkcs11_module,
+                     &cfg->pec_pkcs11_pin_file};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
-    for (size_t i = 0; i < cfg->nlocal_domains; i++)
-        free(cfg->local_domains[i]);
+    domains_free(cfg->domains);
+    free(cfg->local_domains_file);
     for (size_t i = 0; i < cfg->pec_n_crl_urls; i++)
         free(cfg->pec_crl_urls[i]);
     for (size_t i = 0; i < cfg->nroutes; i++) {
@@ -369,10 +406,7 @@ void config_free(struct config *cfg)
 
 bool config_is_local_domain(const struct config *cfg, const char *domain)
 {
-    for (size_t i = 0; i < cfg->nlocal_domains; i++)
-        if (cfg->local_domains[i] && str_ieq(cfg->local_domains[i], domain))
-            return true;
-    return false;
+    return domains_get(cfg->domains, domain) != NULL;
 }
 
 const struct config_listener *config_listener(const struct config *cfg, const char *name)

@@ -15,7 +15,6 @@
 
 #define CONFIG_MAX_LISTENERS 8
 #define CONFIG_MAX_ADDRS 8
-#define CONFIG_MAX_DOMAINS 32
 #define CONFIG_MAX_ROUTES 64
 #define CONFIG_MAX_CRL_URLS 16
 #define CONFIG_MAX_MILTERS 16
@@ -51,10 +50,14 @@ struct config {
     char *hostname;
     char *name;
     char *postmaster;
-    char *local_domains[CONFIG_MAX_DOMAINS];
-    size_t nlocal_domains;          /* includes domain itself, lower case */
+    struct domains *domains;        /* the local domains: domain, local_domains and
+                                     * local_domains_file (domains.h) */
+    char *local_domains_file;
     char *data_dir;
     char *log_level;
+
+    /* [pecd]: the process model (src/cmd/pecd_privsep.c) */
+    char *pecd_user;                /* the network-facing processes' user when started as root */
 
     /* [tls] */
     char *tls_cert;
@@ -126,8 +129,10 @@ struct config {
 
     /* [pec]: the provider roles (RFC 6109) */
     bool pec;                       /* enabled */
-    char *pec_signing_key;
+    char *pec_signing_key;          /* PEM file, or a pkcs11: URI (RFC 7512) */
     char *pec_signing_cert;         /* the signer certificate, then its chain */
+    char *pec_pkcs11_module;        /* the PKCS#11 module of pkcs11: keys */
+    char *pec_pkcs11_pin_file;      /* its user PIN (first line) */
     char *pec_trust;                /* CA bundle for incoming signatures */
     char *pec_crl;                  /* optional CRL file (PEM) */
     char *pec_directory;            /* providers' directory: LDIF path, ldap[s]://host:port/base,

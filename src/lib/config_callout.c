@@ -7,8 +7,10 @@
  */
 #include "config.h"
 #include "config_int.h"
+#include "domains.h"
 #include "lib.h"
 
+#include <glib.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -241,11 +243,31 @@ int config_callout_finish(struct config *cfg, char *err, size_t errlen)
         }
     if (check_list(cfg, "default", cfg->callouts_default, err, errlen) == -1)
         return -1;
-    for (size_t i = 0; i < cfg->ncallout_policies; i++)
-        if (check_list(cfg, cfg->callout_policies[i].key, cfg->callout_policies[i].value, err,
-                       errlen) == -1)
+    for (size_t i = 0; i < cfg->ncallout_policies; i++) {
+        const struct config_kv *kv = &cfg->callout_policies[i];
+        if (check_list(cfg, kv->key, kv->value, err, errlen) == -1)
             return -1;
-    return 0;
+        const struct domain *d = strchr(kv->key, '@') ? NULL : domains_get(cfg->domains, kv->key);
+        if (d != NULL && d->callouts != NULL) {
+            snprintf(err, errlen, "callouts for %s are set twice: in [callouts] and on line %u of "
+                     "%s", d->name, d->line, d->file);
+            return -1;
+        }
+    }
+    /* the domains file's callouts= lists */
+    size_t n;
+    const struct domain **all = domains_sorted(cfg->domains, &n);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        if (all[i]->callouts != NULL &&
+            check_list(cfg, all[i]->name, all[i]->callouts, err, errlen) == -1) {
+            char tail[400];
+            str_copy(tail, err, sizeof tail);
+            snprintf(err, errlen, "%s:%u: %s", all[i]->file, all[i]->line, tail);
+            rc = -1;
+        }
+    g_free(all);
+    return rc;
 }
 
 void config_callout_free(struct config *cfg)
@@ -285,5 +307,8 @@ const char *config_callouts_for(const struct config *cfg, const char *address)
             by_domain = kv->value;
         }
     }
-    return by_domain ? by_domain : cfg->callouts_default;
+    if (by_domain != NULL)
+        return by_domain;
+    const struct domain *d = dom ? domains_get(cfg->domains, dom) : NULL;
+    return d != NULL && d->callouts != NULL ? d->callouts : cfg->callouts_default;
 }

@@ -57,6 +57,9 @@ bool str_ieq(const char *a, const char *b);
 bool str_iprefix(const char *s, const char *prefix);
 char *str_trim(char *s);
 void str_lower(char *s);
+/* A host or domain name of LDH labels (RFC 1034 §3.5, RFC 1123 §2.1): 1-63
+ * letters, digits or '-' (not first or last), at most 253 octets; any case. */
+bool str_domain_ok(const char *s);
 /* Parses "10", "10k", "10K", "30M", "1G" (binary multiples) into bytes. */
 /* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
 int64_t clock_ms(void);
@@ -74,6 +77,25 @@ int parse_bool(const char *s, bool *out);
 bool mail_header_value(const char *msg, size_t len, const char *name, char *out, size_t outlen);
 /* Formats now (or t) as an RFC 5322 date-time in local time. */
 void rfc5322_date(char *buf, size_t size, time_t t);
+
+/* ---- PKCS#11 URIs, RFC 7512 (pkcs11_uri.c) ------------------------------ */
+/* A private key in a hardware module: which token (any of the four may be
+ * absent: a wildcard) and which object (label and/or CKA_ID). */
+struct pkcs11_uri {
+    char token[128];               /* CK_TOKEN_INFO label (32 octets, UTF-8, escaped) */
+    char manufacturer[128];
+    char serial[64];
+    char model[64];
+    char object[256];              /* CKA_LABEL */
+    unsigned char id[128];         /* CKA_ID */
+    size_t id_len;
+    char type[16];                 /* "" or "private" */
+};
+/* Whether s begins with the scheme "pkcs11:" (case-insensitive). */
+bool pkcs11_uri_is(const char *s);
+/* 0, or -1 with the reason in err (a URI names no key, carries a query, an
+ * attribute twice, a bad escape, ...). */
+int pkcs11_uri_parse(const char *s, struct pkcs11_uri *u, char *err, size_t errlen);
 
 /* ---- file system (fs.c) ------------------------------------------------- */
 int fs_mkdirs(const char *path, mode_t mode);
@@ -97,6 +119,21 @@ int fs_dir_stat(const char *path, dev_t *dev);
 /* Do paths a and b (both existing) lie on the same file system?  false when
  * either cannot be stat'ed. */
 bool fs_same_fs(const char *a, const char *b);
+
+/* ---- copies for backups (fs_copy.c) --------------------------------------- */
+struct fs_copy_stats {
+    uint64_t files, bytes, skipped;   /* skipped: links and special files */
+};
+/* from into to (created or replaced with mode), fsync'ed; adds to *bytes. */
+int fs_copy_file(const char *from, const char *to, mode_t mode, uint64_t *bytes, char *err,
+                 size_t errlen);
+/* The tree from into to (created 0700 if absent): directories 0700, files
+ * 0600, each fsync'ed; names in skip (NULL-terminated, top level only) left
+ * out; a file that disappears meanwhile is not an error. */
+int fs_copy_tree(const char *from, const char *to, const char *const *skip,
+                 struct fs_copy_stats *st, char *err, size_t errlen);
+/* rm -r path without following links; 0 also when it does not exist. */
+int fs_remove_tree(const char *path);
 
 /* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */
 /* syncfs(2) of fd's file system, shared with the other threads that want one

@@ -120,6 +120,8 @@ static bool leading_qid(const char *msg, char qid[17])
 }
 
 static void log_write(enum log_level level, const struct log_fields *f, const char *fmt,
+                      va_list ap) __attribute__((format(printf, 3, 0)));
+static void log_write(enum log_level level, const struct log_fields *f, const char *fmt,
                       va_list ap)
 {
     if (level < log_min)

@@ -53,6 +53,28 @@ char *str_trim(char *s)
     return s;
 }
 
+bool str_domain_ok(const char *s)
+{
+    size_t n = strlen(s), label = 0;
+    if (n == 0 || n > 253 || s[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && !(c == '-' && label > 0))
+            return false;
+        if (++label > 63)
+            return false;
+    }
+    return s[n - 1] != '-';
+}
+
 void str_lower(char *s)
 {
     for (; *s; s++)

@@ -24,6 +24,8 @@ struct lines {
 };
 
 static int vline(struct lines *l, bool item, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static int vline(struct lines *l, bool item, const char *fmt, va_list ap)
 {
     char *s = g_strdup_vprintf(fmt, ap);
     if (!s)

@@ -11,6 +11,7 @@
 #include "roles.h"
 #include "transport.h"
 #include "lib/config.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 #include "mime/mime.h"
 #include "pec/pec.h"
@@ -141,8 +142,13 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         }
         goto done;
     }
+    /* §3.1.4: the receipt type the sender asks for (X-TipoRicevuta), else
+     * their domain's default (local_domains_file receipt=), else completa */
     char tipo[32];
     a.variant = PEC_VARIANT_COMPLETA;
+    const struct domain *dom = domains_get(r->cfg->domains, domain_of(env->sender));
+    if (dom != NULL && dom->receipt != NULL)
+        a.variant = pec_variant_parse(dom->receipt);
     if (mail_header_value(data, len, "X-TipoRicevuta", tipo, sizeof tipo)) {
         pec_variant v = pec_variant_parse(tipo);
         if (v != PEC_VARIANT_NONE)

@@ -272,6 +272,8 @@ struct queue *queue_new_at(struct event_base *base, const struct config *cfg, co
     q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     q->ev = event_new(base, q->efd, EV_READ | EV_PERSIST, on_results, q);
     event_add(q->ev, NULL);
+    g_mutex_init(&q->gate);
+    g_cond_init(&q->gate_cond);
     q->nworkers = cfg->delivery_workers;
     q->worker_nice = (int)cfg->worker_nice;
     for (size_t i = 0; i < q->nworkers; i++)
@@ -428,6 +430,31 @@ void queue_stop(struct queue *q)
 
 bool queue_idle(const struct queue *q) { return q->busy == 0; }
 
+int queue_pause(struct queue *q, unsigned timeout_ms)
+{
+    g_mutex_lock(&q->gate);
+    q->paused = true;
+    gint64 until = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    while (q->in_batch > 0)
+        if (!g_cond_wait_until(&q->gate_cond, &q->gate, until))
+            break;
+    bool idle = q->in_batch == 0;
+    if (!idle) {
+        q->paused = false;
+        g_cond_broadcast(&q->gate_cond);
+    }
+    g_mutex_unlock(&q->gate);
+    return idle ? 0 : -1;
+}
+
+void queue_resume(struct queue *q)
+{
+    g_mutex_lock(&q->gate);
+    q->paused = false;
+    g_cond_broadcast(&q->gate_cond);
+    g_mutex_unlock(&q->gate);
+}
+
 void queue_set_config(struct queue *q, const struct config *cfg) { atomic_store(&q->cfg, cfg); }
 
 void queue_stats(struct queue *q, struct queue_stats *st)
@@ -472,6 +499,8 @@ void queue_free(struct queue *q)
     g_async_queue_unref(q->results);
     g_async_queue_unref(q->injects);
     close(q->lock_fd);   /* releases the lock */
+    g_mutex_clear(&q->gate);
+    g_cond_clear(&q->gate_cond);
     free(q);
 }
 

@@ -284,6 +284,14 @@ void queue_enqueue(struct queue *q, const char *qid);
 /* The same from any thread (a message stored with queue_inject): the event
  * loop schedules it at once. */
 void queue_enqueue_async(struct queue *q, const char *qid);
+/* Backups (pecd_control.c): waits until no worker is inside a batch (at
+ * most timeout_ms) and keeps them out until queue_resume(), so that the
+ * spool, the tracking database and the evidence log are at rest between
+ * two batches, as after a clean stop.  Messages keep being accepted (the
+ * committer is not paused).  0 paused, -1 a batch did not end in time (not
+ * paused).  Any thread. */
+int queue_pause(struct queue *q, unsigned timeout_ms);
+void queue_resume(struct queue *q);
 /* Stops the workers after their current batch. */
 void queue_stop(struct queue *q);
 bool queue_idle(const struct queue *q);

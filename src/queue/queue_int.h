@@ -60,6 +60,12 @@ struct queue {
     size_t busy;
     bool stopping;
     size_t purged;      /* unacknowledged files dropped at start-up */
+    /* queue_pause(): workers wait at the gate before a batch; in_batch
+     * counts those inside one */
+    GMutex gate;
+    GCond gate_cond;
+    bool paused;
+    unsigned in_batch;
     int lock_fd;        /* QUEUE/pecd.lock, flock'ed for the queue's life */
 };
 

@@ -718,6 +718,11 @@ gpointer queue_worker_thread(gpointer arg)
             break;
         memset(ws, 0, sizeof ws);
         ws[n++].e = e;
+        g_mutex_lock(&q->gate);     /* queue_pause(): wait at the gate */
+        while (q->paused)
+            g_cond_wait(&q->gate_cond, &q->gate);
+        q->in_batch++;
+        g_mutex_unlock(&q->gate);
         config_hold_begin();    /* a reload frees the old configuration after the batch */
         bool stop = false;
         while (n < WORKER_BATCH && (e = g_async_queue_try_pop(q->work)) != NULL) {
@@ -757,6 +762,10 @@ gpointer queue_worker_thread(gpointer arg)
             g_async_queue_push(q->results, ws[i].e);
         }
         config_hold_end();
+        g_mutex_lock(&q->gate);
+        if (--q->in_batch == 0)
+            g_cond_broadcast(&q->gate_cond);
+        g_mutex_unlock(&q->gate);
         uint64_t one = 1;
         ssize_t wr = write(q->efd, &one, sizeof one);
         (void)wr;

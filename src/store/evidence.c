@@ -97,6 +97,11 @@ static const char SCHEMA[] =
     "CREATE TRIGGER IF NOT EXISTS anchor_forward BEFORE UPDATE ON anchor"
     " WHEN new.seq < old.seq BEGIN SELECT RAISE(ABORT, 'the anchor only moves forward'); END;";
 
+const char *ev_schema_sql(void)
+{
+    return SCHEMA;
+}
+
 static const char SQL_INSERT[] =
     "INSERT INTO events(seq, day, logged_at, event_time, type, pec_id, orig_msgid, message_id,"
     " sender, recipients, subject, outcome, queue_id, dedupe_key, prev_hash, hash)"

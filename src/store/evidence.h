@@ -206,6 +206,14 @@ int evidence_seal_of(const char *path, const char *day, char **signed_text,
 int evidence_seal_of_chain(const char *path, const char *chain, const char *day,
                            char **signed_text, unsigned char **sig, size_t *siglen, char *err,
                            size_t errlen);
+/* Writes the sealed day ("YYYY-MM-DD") of the log at path into out_path, a
+ * new file (0600; an existing one is refused): an evidence log of its own
+ * with the day's records, its seal and the previous day's seal, which
+ * evidence_verify_ex() checks without the rest of the log (evidence_export.c).
+ * The number of records, or -1 with err (not sealed yet, purged...). */
+long long evidence_export_day(const char *path, const char *day, const char *out_path,
+                              char *err, size_t errlen);
+
 /* Legal holds: retention (evidence_purge) keeps every day that holds a
  * record of a held transaction (kind "pec_id") or address ("address"), and
  * the days after it.  add returns the hold's id (-1 on error). */

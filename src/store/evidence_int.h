@@ -69,6 +69,10 @@ sqlite3 *ev_open_ro(const char *path, char *err, size_t errlen);
  * holds table); 1 yes (*hold_id set), 0 no, -1 error. */
 int ev_day_held(sqlite3 *db, long long first, long long last, long long *hold_id);
 
+/* The statements that create the log's tables (evidence_export.c makes a
+ * day's file with them). */
+const char *ev_schema_sql(void);
+
 /* The text a day seal signs (docs/evidence.md); -1 if it does not fit. */
 int ev_seal_text(char *out, size_t outlen, const char *day, long long count, long long first,
                  long long last, const unsigned char hash[32]);

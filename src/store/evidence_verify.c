@@ -359,6 +359,7 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
     if (config_is_postgresql(path))
         return evpg_verify(o, out, err, errlen);
     struct verify v = {.out = out};
+    sqlite3_stmt *st0 = NULL;
     char why[512];
     int rc = -2;
     time_t now = o != NULL && o->now != 0 ? o->now : time(NULL);
@@ -366,7 +367,7 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
     ev_utc_day(now, today);
     if (o != NULL && o->cert_pem_file != NULL &&
         (v.allowed = ev_load_certs(o->cert_pem_file, err, errlen)) == NULL)
-        return -2;
+        goto out;   /* said as "cannot verify" */
     v.db = ev_open_ro(path, err, errlen);
     if (v.db == NULL)
         goto out;
@@ -375,8 +376,18 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
         goto out;
     rc = -1;
 
-    /* 1. seals: contiguous from record 1, each signed by the provider */
-    long long next = 1;
+    /* an exported day (evidence_export.c) starts at its first seal, not at
+     * record 1: the previous day's seal, which signs the anchor */
+    char export_day[16] = "";
+    if (sqlite3_prepare_v2(v.db, "SELECT value FROM meta WHERE key = 'export'", -1, &st0, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st0) == SQLITE_ROW && col_text(st0, 0) != NULL)
+        str_copy(export_day, col_text(st0, 0), sizeof export_day);
+    sqlite3_finalize(st0);
+
+    /* 1. seals: contiguous from record 1 (an export: from its first seal),
+     * each signed by the provider */
+    long long next = export_day[0] && v.nseals > 0 ? v.seals[0].first : 1;
     for (size_t i = 0; i < v.nseals; i++) {
         const struct seal_row *s = &v.seals[i];
         if (s->first != next) {
@@ -487,10 +498,22 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
             goto report;
         }
     }
+    if (export_day[0] && (find_seal(&v, export_day) == NULL || v.ndays != 1 ||
+                          strcmp(v.days[0].day, export_day) != 0)) {
+        ev_fail(err, errlen, "an export of day %s must hold that day's records and seal, and "
+                             "only those", export_day);
+        goto report;
+    }
     rc = 0;
-    vprint(&v, "evidence log %s: intact\n", path);
+    if (export_day[0])
+        vprint(&v, "evidence export of day %s (%s): intact\n", export_day, path);
+    else
+        vprint(&v, "evidence log %s: intact\n", path);
     vprint(&v, "  %lld records in %zu days", nrecords, v.ndays);
-    if (start_seq > 1)
+    if (start_seq > 1 && export_day[0])
+        vprint(&v, ", following record %lld, the last of day %s (its seal checked)",
+               start_seq - 1, start_day);
+    else if (start_seq > 1)
         vprint(&v, ", starting after record %lld (days up to %s purged)", start_seq - 1,
                start_day);
     vprint(&v, "\n  %zu day seals verified%s%s%s\n", v.nseals,

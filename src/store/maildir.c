@@ -5,9 +5,10 @@
  *
  * The name is derived from the queue id and the recipient's index, so a
  * delivery repeated after a crash finds its earlier copy (link() fails with
- * EEXIST in new/; new/ and cur/ are searched for recovered messages, by the
- * name's part before the host, which differs when another node delivers
- * again) and is not stored twice.  CRLF line ends are kept as received: PEC signatures cover them.
+ * EEXIST in new/; for recovered messages new/ and cur/ are searched by the
+ * name without its host part, which differs when another node delivers
+ * again (it took a dead node's spool over) or after a restore on another
+ * host) and is not stored twice.  CRLF line ends are kept as received: PEC signatures cover them.
  */
 #include "store.h"
 #include "lib/lib.h"
@@ -74,17 +75,17 @@ static int ensure_maildir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Is there an entry in sub/ (new or cur) of the copy named 'name': its
- * base name up to the host part ("<arrival>.Q<qid>R<n>.") is enough - the
- * node that delivers a copy again after another node's crash (it took that
- * node's spool over) has another host name, and an IMAP server moves seen
- * mail into cur/ adding ":2,FLAGS". */
-static bool in_dir(const char *dir, const char *sub, const char *name)
+/* Is there an entry in DIR/sub whose name starts with the message's key,
+ * "ARRIVAL.QqidRn." - the name without the host, which differs when a
+ * restored queue, or a dead node's spool taken over, is delivered on another
+ * host (cur/ adds ":2,FLAGS")? */
+static bool delivered_as(const char *dir, const char *sub, const char *name)
 {
-    const char *r = strstr(name, ".Q");
-    r = r ? strchr(r + 2, 'R') : NULL;
-    const char *dot = r ? strchr(r, '.') : NULL;
-    size_t n = dot ? (size_t)(dot - name) + 1 : strlen(name);
+    const char *dot = strchr(name, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    if (dot == NULL)
+        return false;
+    size_t n = (size_t)(dot - name) + 1;
     char p[PATH_MAX];
     if (str_fmt(p, sizeof p, "%s/%s", dir, sub) < 0)
         return false;
@@ -93,12 +94,8 @@ static bool in_dir(const char *dir, const char *sub, const char *name)
         return false;
     bool found = false;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, name, n) == 0) {
-            found = true;
-            break;
-        }
-    }
+    while (!found && (de = readdir(d)) != NULL)
+        found = strncmp(de->d_name, name, n) == 0;
     closedir(d);
     return found;
 }
@@ -116,8 +113,9 @@ int maildir_prepare(const char *dir, const char *name, const char *header, size_
     }
     if (recovered) {
         struct stat st;
-        if (stat(dst_out, &st) == 0 || in_dir(dir, "new", name) || in_dir(dir, "cur", name))
-            return 1;   /* delivered before the crash */
+        if (stat(dst_out, &st) == 0 || delivered_as(dir, "new", name) ||
+            delivered_as(dir, "cur", name))
+            return 1;   /* delivered before the crash (or the backup restored) */
     }
     int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd == -1 && errno == ENOENT) {

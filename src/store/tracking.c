@@ -96,5 +96,19 @@ int tracking_seen(struct tracking *t, const struct tracking_seen_key *k, const c
     return t->ops->seen(t->b, k, qid);
 }
 
+int tracking_snapshot(struct tracking *t, const char *path, char *err, size_t errlen)
+{
+    if (t->ops->snapshot == NULL) {
+        /* the shared database is the operator's PostgreSQL: pg_dump backs it
+         * up (docs/backup.md), not one node's pecd */
+        snprintf(err, errlen, "the tracking state is in the [state] database (PostgreSQL): "
+                              "back it up with pg_dump (docs/backup.md)");
+        return -1;
+    }
+    return t->ops->snapshot(t->b, path, err, errlen);
+}
+
+bool tracking_is_shared(const struct tracking *t) { return t->ops->snapshot == NULL; }
+
 void tracking_pass_begin(struct tracking *t) { t->ops->pass_begin(t->b); }
 int tracking_pass_end(struct tracking *t) { return t->ops->pass_end(t->b); }

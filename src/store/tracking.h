@@ -98,6 +98,13 @@ int tracking_seen(struct tracking *t, const struct tracking_seen_key *k, const c
  * duplicate_window instead of every message ever received.  Recipients
  * whose second notice was sent before 'before' go too. */
 long tracking_purge_seen(struct tracking *t, time_t before, size_t max);
+/* A consistent copy of the database into a new file (VACUUM INTO), for
+ * backups: the SQLite database is held exclusively by pecd, so only pecd can
+ * make it.  0, or -1 with err; always -1 for the shared PostgreSQL state
+ * (backed up with pg_dump, docs/backup.md): see tracking_is_shared(). */
+int tracking_snapshot(struct tracking *t, const char *path, char *err, size_t errlen);
+/* Whether the state lives in the shared [state] database (PostgreSQL). */
+bool tracking_is_shared(const struct tracking *t);
 /* A delivery thread's pass of stages: between begin and end, this thread's
  * writes (and other threads' in their passes) go into one transaction,
  * committed at the end of each pass, so a pass costs one commit instead of

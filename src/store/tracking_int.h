@@ -24,6 +24,9 @@ struct tracking_ops {
     int (*seen)(void *b, const struct tracking_seen_key *k, const char *qid);
     void (*pass_begin)(void *b);
     int (*pass_end)(void *b);
+    /* a consistent copy into a new file (backups); NULL when the backend is
+     * shared (PostgreSQL: pg_dump's job) */
+    int (*snapshot)(void *b, const char *path, char *err, size_t errlen);
 };
 
 extern const struct tracking_ops tracking_sqlite_ops;

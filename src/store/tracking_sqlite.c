@@ -616,6 +616,26 @@ static int o_seen(void *b, const struct tracking_seen_key *k, const char *qid)
 {
     return sq_seen(b, k, qid);
 }
+/* VACUUM INTO: the database is held exclusively by pecd (locking_mode), so
+ * only pecd can copy it, for pecctl backup through the control socket. */
+static int o_snapshot(void *b, const char *path, char *err, size_t errlen)
+{
+    struct tsq *t = b;
+    enter(t);    /* commits the pass transaction: VACUUM runs outside one */
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(t->db, "VACUUM INTO ?1", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, path, -1, SQLITE_TRANSIENT) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_DONE)
+        rc = 0;
+    else
+        snprintf(err, errlen, "tracking database: copy into %s: %s", path,
+                 sqlite3_errmsg(t->db));
+    sqlite3_finalize(st);
+    leave(t);
+    return rc;
+}
+
 static void o_pass_begin(void *b) { sq_pass_begin(b); }
 static int o_pass_end(void *b) { return sq_pass_end(b); }
 
@@ -623,6 +643,7 @@ const struct tracking_ops tracking_sqlite_ops = {
     .close = o_close, .sync_each = o_sync_each, .synchronous = o_synchronous,
     .expect = o_expect, .receipt = o_receipt, .due = o_due, .due_abort = o_due_abort,
     .claim = o_claim, .notice_claim = o_notice_claim, .purge_seen = o_purge_seen,
+    .snapshot = o_snapshot,
     .seen = o_seen, .pass_begin = o_pass_begin, .pass_end = o_pass_end,
 };
 

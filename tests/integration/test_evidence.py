@@ -219,3 +219,59 @@ def test_unreadable_log(provider, tmp_path):
     os.unlink(path)
     r = pecctl(conf, "log", "verify")
     assert r.returncode == 2
+
+
+def test_export_a_sealed_day_and_verify_it_alone(provider, tmp_path):
+    """`pecctl log export --day D` (issue 23): a file per sealed day for write-once storage,
+    checked on its own - on a host without pecd.conf - by `pecctl log verify FILE` and, as
+    the docs say, by sqlite3 and openssl alone."""
+    conf, now = provider["conf"], provider["now"]
+    day = utc_day(now - 86400)
+    out = str(tmp_path / f"evidence-{day}.db")
+    r = pecctl(conf, "log", "export", "--day", day, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"day {day}, 3 records" in r.stdout
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    assert not os.path.exists(out + "-wal")
+    # an auditor's host: no pecd.conf, the provider's certificate given
+    cert = os.path.join(os.path.dirname(conf), "pec", "sign.crt")
+    r = subprocess.run([PECCTL, "log", "verify", out, "--cert", cert], capture_output=True,
+                       text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"evidence export of day {day}" in r.stdout and "intact" in r.stdout
+    assert "3 records in 1 days" in r.stdout and "2 day seals verified" in r.stdout
+    # the file opens read-only and its seal verifies with openssl, as docs/evidence.md says
+    os.chmod(out, 0o400)
+    db = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    signed, sig, last_hash = db.execute(
+        "SELECT signed, signature, last_hash FROM seals WHERE day = ?", (day,)).fetchone()
+    rows = db.execute("SELECT seq, day, logged_at, event_time, " + ", ".join(FIELDS)
+                      + ", prev_hash, hash FROM events ORDER BY seq").fetchall()
+    db.close()
+    prev = rows[0][-2]
+    for row in rows:
+        assert record_hash(prev, *row[:4], dict(zip(FIELDS, row[4:14]))) == row[-1]
+        prev = row[-1]
+    assert prev == last_hash and f"last-hash: {last_hash.hex()}" in signed
+    (tmp_path / "seal.txt").write_bytes(signed.encode())
+    (tmp_path / "seal.der").write_bytes(sig)
+    o = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER",
+                        "-in", str(tmp_path / "seal.der"), "-content", str(tmp_path / "seal.txt"),
+                        "-CAfile", str(provider["ca"] / "ca.crt"), "-purpose", "any",
+                        "-out", "/dev/null"], capture_output=True, text=True)
+    assert o.returncode == 0, o.stderr
+    # an altered copy is caught
+    bad = str(tmp_path / "bad.db")
+    shutil.copy(out, bad)
+    os.chmod(bad, 0o600)
+    tamper(bad, "UPDATE events SET subject = 'Fattura 43' WHERE seq = 5")
+    r = subprocess.run([PECCTL, "log", "verify", bad, "--cert", cert], capture_output=True,
+                       text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 1 and "TAMPERED" in r.stdout, r.stdout
+    # the same file is never written twice; today is not sealed; not a day
+    r = pecctl(conf, "log", "export", "--day", day, "--out", out)
+    assert r.returncode == 1 and "File exists" in r.stderr
+    r = pecctl(conf, "log", "export", "--day", utc_day(now), "--out", str(tmp_path / "t.db"))
+    assert r.returncode == 1 and "not sealed yet" in r.stderr, r.stderr
+    r = pecctl(conf, "log", "export", "--day", "../etc", "--out", str(tmp_path / "x.db"))
+    assert r.returncode == 1 and "is not a day" in r.stderr, r.stderr

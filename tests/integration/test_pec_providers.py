@@ -148,6 +148,30 @@ def test_receipt_variants(world, tipo):
         assert b"postacert.eml" not in r[1]
 
 
+def test_domain_default_receipt_type(world):
+    """A domain's default receipt type (local_domains_file receipt=, issue 23): a user of the
+    domain who does not ask for one with X-TipoRicevuta gets it; one who asks gets what they
+    asked for."""
+    a, b, ext, ca, directory = world
+    a.stop()
+    with open(os.path.join(a.dir, "domains"), "w") as f:
+        f.write("pec.a.test receipt=sintetica\n")
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"provider": {"local_domains_file": "domains"}})
+    a.start()
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="predefinita"))
+    a.submit("mario", ["anna@pec.b.test"],
+             message("mario@pec.a.test", ["anna@pec.b.test"], subject="chiesta",
+                     extra="X-TipoRicevuta: completa\r\n"))
+    recs = a.wait_mail("mario", ricevuta("avvenuta-consegna"), count=2)
+    got = {}
+    for r in recs:
+        v = verify(r[0], ca, directory)[0]
+        got[v["daticert"]["oggetto"]] = v["variant"]
+    assert got == {"predefinita": "sintetica", "chiesta": "completa"}, got
+
+
 def test_cc_recipient_gets_sintetica(world):
     a, b, ext, ca, directory = world
     a.submit("mario", ["anna@pec.b.test", "mario@pec.b.test"],

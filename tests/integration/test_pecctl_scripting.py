@@ -30,9 +30,13 @@ def test_help_lists_every_command_and_option():
     assert init == run("init", "--help").stdout
     for opt in INIT_OPTIONS:
         assert opt in init, opt
-    for cmd, opts in {"queue": ["--json", "release"], "user": ["--json", "--password-stdin"],
+    for cmd, opts in {"queue": ["--json", "release"],
+                      "user": ["--json", "--password-stdin", "passwd", "suspend", "resume",
+                               "show"],
+                      "domain": ["list", "--json"], "report": ["--from", "--to", "--csv"],
                       "route": ["list", "add", "del", "--json"], "trace": ["--json"],
-                      "log": ["verify", "--json", "--cert", "--no-cert", "seal", "purge"],
+                      "log": ["verify", "--json", "--cert", "--no-cert", "seal", "purge",
+                              "search", "extract", "hold", "--address", "--subject", "--out"],
                       "directory": ["list", "--json", "--cache", "import", "export", "refresh",
                                     "publish"],
                       "verify": ["--json", "--trust", "--crl", "--directory", "--at"]}.items():
@@ -40,6 +44,12 @@ def test_help_lists_every_command_and_option():
         assert text == run(cmd, "--help").stdout
         for o in opts:
             assert o in text, (cmd, o)
+    # the manual page holds every command's help, word for word
+    man = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "man",
+                            "pecctl.8.scd")).read()
+    for block in overview.split("\n\n")[1:]:
+        if block.strip() and not block.startswith("pecctl help"):
+            assert block.strip() + "\n" in man, f"docs/man/pecctl.8.scd lacks:\n{block}"
     r = run("help", "nonsense", check=False)
     assert r.returncode == 2 and "unknown command" in r.stderr
 

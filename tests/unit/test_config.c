@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "lib/config.h"
+#include "lib/domains.h"
 #include "lib/lib.h"
 
 static char path[512];
@@ -418,13 +419,132 @@ static void test_clock_judge(void **state)
     assert_true(why[0] != '\0');
 }
 
+static void write_file(const char *name, const char *text)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", TEST_TMPDIR, name);
+    FILE *f = fopen(p, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+#define MX "[mx]\nlisten = 127.0.0.1:2525\ntls = none\nrequire_tls = no\n"
+
+/* [provider] local_domains_file (issue 23): no cap, settings per domain, and
+ * a bad line named by file and line. */
+static void test_domains_file(void **state)
+{
+    (void)state;
+    char err[512];
+    fs_mkdirs(TEST_TMPDIR, 0700);
+    /* 100,000 domains: more than any fixed table held */
+    char p[600];
+    snprintf(p, sizeof p, "%s/domains", TEST_TMPDIR);
+    FILE *f = fopen(p, "w");
+    fputs("# customer domains\n\n", f);
+    for (int i = 0; i < 100000; i++)
+        fprintf(f, "c%d.example\n", i);
+    fputs("Big.Example messages_per_hour=5 recipients_per_hour=0 receipt=breve "
+          "callouts=none   # a comment\n", f);
+    fclose(f);
+    write_file("sni.crt", "x");
+    write_file("sni.key", "x");
+    struct config *cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains = a.it\n"
+                                   "local_domains_file = domains\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_int_equal(domains_count(cfg->domains), 100000 + 3);
+    assert_true(config_is_local_domain(cfg, "C99999.example"));
+    assert_true(config_is_local_domain(cfg, "a.it"));
+    assert_false(config_is_local_domain(cfg, "c100000.example"));
+    const struct domain *d = domains_get(cfg->domains, "big.example");
+    assert_non_null(d);
+    assert_int_equal(d->messages_per_hour, 5);
+    assert_int_equal(d->recipients_per_hour, 0);
+    assert_string_equal(d->receipt, "breve");
+    assert_int_equal(d->line, 100003);
+    assert_int_equal(domains_get(cfg->domains, "c1.example")->messages_per_hour, DOMAIN_INHERIT);
+    /* callouts: the domain's line, else [callouts] default */
+    assert_string_equal(config_callouts_for(cfg, "anna@big.example"), "none");
+    assert_string_equal(config_callouts_for(cfg, "anna@c1.example"), "antivirus");
+    config_free(cfg);
+
+    /* SNI: the domain or its closest parent with a certificate */
+    write_file("domains", "cust.example tls_certificate=sni.crt tls_key=sni.key\n"
+                          "plain.example\n");
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = domains\n"
+                    "[tls]\ncertificate = sni.crt\nkey = sni.key\n", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(domains_tls_for(cfg->domains, "SMTP.Cust.Example")->name,
+                        "cust.example");
+    assert_string_equal(domains_tls_for(cfg->domains, "cust.example")->name, "cust.example");
+    assert_null(domains_tls_for(cfg->domains, "plain.example"));
+    assert_null(domains_tls_for(cfg->domains, "xcust.example"));
+    config_free(cfg);
+
+    static const struct {
+        const char *file, *want;
+    } bad[] = {
+        {"ok.example\nbad_domain!\n", "domains:2: 'bad_domain!' is not a domain name"},
+        {"a.example\nb.example\nA.example\n", "domains:3: a.example is already on line 1"},
+        {"a.example receipt=lunga\n", "domains:1: receipt: 'lunga' is not completa, breve or sintetica"},
+        {"a.example messages_per_hour=many\n", "domains:1: messages_per_hour: 'many' is not a number"},
+        {"a.example colour=blue\n", "domains:1: unknown setting 'colour'"},
+        {"a.example receipt\n", "domains:1: 'receipt' is not KEY=VALUE"},
+        {"a.example tls_certificate=sni.crt\n", "domains:1: tls_certificate and tls_key go together"},
+        {"a.example tls_certificate=nope.crt tls_key=sni.key\n", "nope.crt: No such file"},
+        {"a.example callouts=antivirus,spamfilter\n", "domains:1: [callouts] a.example: 'spamfilter'"},
+        {"-a.example\n", "domains:1: '-a.example' is not a domain name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file("domains", bad[i].file);
+        cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = domains\n",
+                        err, sizeof err);
+        assert_null(cfg);
+        if (strstr(err, bad[i].want) == NULL)
+            fail_msg("case %zu: %s", i, err);
+    }
+    /* the same domain's callouts in two places */
+    write_file("domains", "a.example callouts=none\n");
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = domains\n"
+                    "[callouts]\na.example = antivirus\n", err, sizeof err);
+    assert_null(cfg);
+    assert_non_null(strstr(err, "callouts for a.example are set twice"));
+    /* a certificate for some names needs [tls] for the others */
+    write_file("domains", "cust.example tls_certificate=sni.crt tls_key=sni.key\n");
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = domains\n", err,
+                    sizeof err);
+    assert_null(cfg);
+    assert_non_null(strstr(err, "no [tls] certificate"));
+    /* a missing file, an overlong line, an inline name that is not a domain */
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = absent\n", err,
+                    sizeof err);
+    assert_null(cfg);
+    assert_non_null(strstr(err, "absent: No such file"));
+    char *longline = malloc(5000);
+    memset(longline, 'a', 4998);
+    longline[4998] = '\n';
+    longline[4999] = '\0';
+    write_file("domains", longline);
+    free(longline);
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains_file = domains\n", err,
+                    sizeof err);
+    assert_null(cfg);
+    assert_non_null(strstr(err, "domains:1: line longer than 4096 octets"));
+    cfg = load_text(MX "[provider]\ndomain = example.it\nlocal_domains = ok.it, b@d.it\n", err,
+                    sizeof err);
+    assert_null(cfg);
+    assert_non_null(strstr(err, ":7: local_domains: 'b@d.it' is not a domain name"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults), cmocka_unit_test(test_values), cmocka_unit_test(test_relay_networks),
         cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars), cmocka_unit_test(test_mx_accepts_cleartext),
         cmocka_unit_test(test_pec_directory_keys), cmocka_unit_test(test_pec_directory_errors),
-        cmocka_unit_test(test_clock_judge),
+        cmocka_unit_test(test_clock_judge), cmocka_unit_test(test_domains_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

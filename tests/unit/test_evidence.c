@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/cms.h>
@@ -981,6 +982,78 @@ static void test_long_field_capped(void **state)
     assert_int_equal(verify(path, NULL, err, sizeof err), 0);
 }
 
+/* log export --day (issue 23): a sealed day as a file of its own, checked
+ * without the rest of the log; the second day also proves continuity with
+ * the first through the first day's seal. */
+static void test_export_day(void **state)
+{
+    (void)state;
+    char err[512] = "", out1[512], out2[512], bad[512];
+    long long n0;
+    path_of(out1, sizeof out1, "export-day0.db");
+    path_of(out2, sizeof out2, "export-day1.db");
+    path_of(bad, sizeof bad, "export-bad.db");
+    remove_db(out1), remove_db(out2), remove_db(bad);
+    n0 = evidence_export_day(g_log, "2025-03-10", out1, err, sizeof err);
+    if (n0 != 8)
+        fail_msg("export day 0: %lld %s", n0, err);
+    long long n = evidence_export_day(g_log, "2025-03-11", out2, err, sizeof err);
+    if (n != 4)
+        fail_msg("export: %lld %s", n, err);
+    struct stat st;
+    assert_int_equal(stat(out2, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    for (int i = 0; i < 2; i++) {
+        const char *p = i ? out2 : out1;
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        struct evidence_verify_opts o = {.cert_pem_file = g_cert, .now = fake_now};
+        int r = evidence_verify_ex(p, &o, f, err, sizeof err);
+        fclose(f);
+        if (r != 0)
+            fail_msg("verify export %d: %s\n%s", i, err, buf);
+        assert_non_null(strstr(buf, i ? "evidence export of day 2025-03-11" :
+                                        "evidence export of day 2025-03-10"));
+        assert_non_null(strstr(buf, i ? "4 records in 1 days" : "8 records in 1 days"));
+        if (i)
+            assert_non_null(strstr(buf, "following record 8, the last of day 2025-03-10"));
+        free(buf);
+        /* another signer's certificate: refused */
+        assert_int_equal(verify(p, g_other_cert, err, sizeof err), -1);
+    }
+    assert_int_equal(count_sql(out2, "SELECT count(*) FROM seals"), 2);
+    /* the export is a copy: it is never written over */
+    assert_int_equal(evidence_export_day(g_log, "2025-03-11", out2, err, sizeof err), -1);
+    assert_non_null(strstr(err, "File exists"));
+    /* today's records are not sealed yet; a day without records; not a day */
+    assert_int_equal(evidence_export_day(g_log, "2025-03-12", bad, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not sealed yet (2 records"));
+    assert_int_equal(access(bad, F_OK), -1);
+    assert_int_equal(evidence_export_day(g_log, "2025-01-01", bad, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no records"));
+    assert_int_equal(evidence_export_day(g_log, "2025-03-1'", bad, err, sizeof err), -1);
+    assert_non_null(strstr(err, "is not a day"));
+
+    /* tampering with an export is caught like tampering with the log */
+    static const char *const attacks[] = {
+        "UPDATE events SET subject = 'altered' WHERE seq = 10",
+        "DELETE FROM events WHERE seq = 12",
+        "DELETE FROM events WHERE seq = 9",
+        "UPDATE anchor SET hash = zeroblob(32)",
+        "DELETE FROM seals WHERE day = '2025-03-10'",
+        "UPDATE seals SET signature = X'00' WHERE day = '2025-03-11'",
+        "UPDATE meta SET value = '2025-03-10' WHERE key = 'export'",
+    };
+    for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+        copy_file(out2, bad);
+        tamper(bad, attacks[i]);
+        if (verify(bad, g_cert, err, sizeof err) != -1)
+            fail_msg("attack %zu not caught: %s", i, attacks[i]);
+    }
+    remove_db(out1), remove_db(out2), remove_db(bad);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -1016,6 +1089,7 @@ int main(void)
         cmocka_unit_test(test_search_report_holds),
         cmocka_unit_test(test_clock_back_after_seal),
         cmocka_unit_test(test_long_field_capped),
+        cmocka_unit_test(test_export_day),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

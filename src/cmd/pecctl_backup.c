@@ -1,0 +1,920 @@
+/*
+ * pecctl_backup.c - online backups of a provider instance and their restore
+ * (issue 23; the runbook: docs/backup.md).
+ *
+ *   pecctl -c CONF backup DIR [--no-mail] [--include-keys]
+ *   pecctl -c CONF restore DIR [--force]
+ *
+ * A backup is consistent as a clean stop is: with pecd running, pecd itself
+ * copies the spool and the tracking database (duplicate records, timers)
+ * between two batches of its delivery threads (the snapshot request of its
+ * control socket, pecd_control.c); the evidence log is copied after them, so
+ * it is never older than the spool (what a restart after a crash expects:
+ * a stage whose events are recorded is made again with the same instant and
+ * the same bytes).  Without pecd, pecctl holds the queue's lock and copies
+ * everything itself.  Then the files the configuration names (users, sender
+ * map, domains, certificates; private keys only with --include-keys), the
+ * providers' directory cache, the quarantine and, when they live in the data
+ * directory, the Maildirs.  MANIFEST, written last, lists every file with its
+ * size and SHA-256: a directory without it is not a backup.
+ *
+ * With [state] database = postgresql://... (several nodes) the tracking
+ * records, the evidence log and the quarantine index are in that database,
+ * shared by the nodes: a backup holds this node's spool and files, says so,
+ * and the database is backed up with pg_dump after the spools (docs/backup.md;
+ * the same order: the log never older than a spool).
+ *
+ * restore checks every file against MANIFEST, refuses to run beside a pecd
+ * or over an instance that has state (--force moves that state aside), and
+ * puts each file where the configuration names it (pecd.conf itself first
+ * when CONF does not exist).  Nothing is sent by restore: pecd, at its next
+ * start, resumes the restored queue as after a crash.
+ */
+#include "lib/config.h"
+#include "lib/domains.h"
+#include "lib/lib.h"
+#include "store/state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <pwd.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+int pecctl_backup_main(struct config *cfg, int argc, char **argv);
+int pecctl_restore_main(const char *conf, int argc, char **argv);
+
+#define MANIFEST_MAGIC "pecmail-backup 1"
+#define SNAPSHOT_TIMEOUT 900      /* seconds pecctl waits for pecd's snapshot */
+
+/* ---- what a backup holds --------------------------------------------------- */
+
+/* One file or tree of the instance, by role: where it is in the backup and
+ * where the configuration puts it. */
+struct item {
+    char role[64];      /* users, tls_certificate, sni_certificate:DOMAIN, mail... */
+    char rel[PATH_MAX]; /* in the backup */
+    char path[PATH_MAX];/* in the instance */
+    bool tree;
+    bool key;           /* a private key: only with --include-keys */
+};
+
+static void add(GArray *items, const char *role, const char *rel, const char *path, bool tree,
+                bool key)
+{
+    if (path == NULL || strncmp(path, "pkcs11:", 7) == 0)
+        return;          /* not set, or a key in a hardware module: never copied */
+    struct item it = {.tree = tree, .key = key};
+    str_copy(it.role, role, sizeof it.role);
+    str_copy(it.rel, rel, sizeof it.rel);
+    str_copy(it.path, path, sizeof it.path);
+    g_array_append_val(items, it);
+}
+
+/* The Maildirs' root when the mailbox template keeps them in the data
+ * directory ("DATA_DIR/mail/%d/%n" -> "DATA_DIR/mail"); "" otherwise. */
+static void mail_root(const struct config *cfg, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (cfg->lmtp_host != NULL || cfg->mailbox == NULL)
+        return;
+    char t[PATH_MAX];
+    str_copy(t, cfg->mailbox, sizeof t);
+    char *pct = strchr(t, '%');
+    if (pct != NULL)
+        *pct = '\0';
+    char *slash = strrchr(t, '/');
+    if (slash == NULL)
+        return;
+    *slash = '\0';
+    size_t n = strlen(cfg->data_dir);
+    if (strncmp(t, cfg->data_dir, n) == 0 && t[n] == '/' && strstr(t, "/..") == NULL)
+        str_copy(out, t, outlen);
+}
+
+/* Every item of the instance cfg describes (the state is added apart). */
+static GArray *config_items(const struct config *cfg)
+{
+    GArray *items = g_array_new(FALSE, TRUE, sizeof(struct item));
+    char p[PATH_MAX];
+    add(items, "config", "pecd.conf", cfg->path, false, false);
+    add(items, "users", "files/users", cfg->passwd_file, false, false);
+    add(items, "senders", "files/senders", cfg->sender_map, false, false);
+    add(items, "domains", "files/domains", cfg->local_domains_file, false, false);
+    add(items, "tls_certificate", "files/tls.crt", cfg->tls_cert, false, false);
+    add(items, "tls_key", "files/tls.key", cfg->tls_key, false, true);
+    add(items, "signing_certificate", "files/signing.crt", cfg->pec_signing_cert, false, false);
+    add(items, "signing_certificate_next", "files/signing-next.crt",
+        cfg->pec_signing_cert_next, false, false);
+    add(items, "signing_key", "files/signing.key", cfg->pec_signing_key, false, true);
+    add(items, "trust", "files/trust.pem", cfg->pec_trust, false, false);
+    add(items, "crl", "files/crl.pem", cfg->pec_crl, false, false);
+    if (cfg->pec_directory != NULL && strstr(cfg->pec_directory, "://") == NULL)
+        add(items, "directory_file", "files/directory",
+            strncmp(cfg->pec_directory, "file:", 5) == 0 ? cfg->pec_directory + 5
+                                                          : cfg->pec_directory,
+            false, false);
+    add(items, "directory_ca_file", "files/directory-ca.pem", cfg->pec_dir_ca_file, false,
+        false);
+    add(items, "directory_signer", "files/directory-signer.pem", cfg->pec_dir_signer, false,
+        false);
+    add(items, "directory_client_certificate", "files/directory-client.crt",
+        cfg->pec_dir_client_cert, false, false);
+    add(items, "directory_client_key", "files/directory-client.key", cfg->pec_dir_client_key,
+        false, true);
+    add(items, "directory_password_file", "files/directory-password",
+        cfg->pec_dir_password_file, false, true);
+    add(items, "outbound_ca_file", "files/outbound-ca.pem", cfg->out_ca_file, false, false);
+    add(items, "dns_trust_anchor", "files/dns-trust-anchor", cfg->dns_trust_anchor, false,
+        false);
+    size_t n;
+    const struct domain **all = domains_sorted(cfg->domains, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (all[i]->tls_cert == NULL)
+            continue;
+        char role[64], rel[PATH_MAX];
+        snprintf(role, sizeof role, "sni_certificate:%s", all[i]->name);
+        snprintf(rel, sizeof rel, "files/sni/%s.crt", all[i]->name);
+        add(items, role, rel, all[i]->tls_cert, false, false);
+        snprintf(role, sizeof role, "sni_key:%s", all[i]->name);
+        snprintf(rel, sizeof rel, "files/sni/%s.key", all[i]->name);
+        add(items, role, rel, all[i]->tls_key, false, true);
+    }
+    g_free(all);
+    snprintf(p, sizeof p, "%s/directory", cfg->data_dir);
+    add(items, "directory_cache", "directory", p, true, false);
+    add(items, "quarantine", "quarantine", cfg->av_quarantine, true, false);
+    return items;
+}
+
+static const struct item *find_role(GArray *items, const char *role)
+{
+    for (guint i = 0; i < items->len; i++)
+        if (strcmp(g_array_index(items, struct item, i).role, role) == 0)
+            return &g_array_index(items, struct item, i);
+    return NULL;
+}
+
+/* ---- MANIFEST ---------------------------------------------------------------- */
+
+static int sha256_file(const char *path, char hex[65], uint64_t *size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1)
+        return -1;
+    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
+    char buf[65536];
+    ssize_t r;
+    *size = 0;
+    while ((r = read(fd, buf, sizeof buf)) > 0) {
+        g_checksum_update(c, (const guchar *)buf, r);
+        *size += (uint64_t)r;
+    }
+    int e = errno;
+    close(fd);
+    if (r == -1) {
+        g_checksum_free(c);
+        errno = e;
+        return -1;
+    }
+    str_copy(hex, g_checksum_get_string(c), 65);
+    g_checksum_free(c);
+    return 0;
+}
+
+/* A name from MANIFEST that stays inside the backup: relative, no "..",
+ * printable, no blank. */
+static bool safe_rel(const char *rel)
+{
+    if (rel[0] == '\0' || rel[0] == '/' || strlen(rel) >= PATH_MAX / 2)
+        return false;
+    for (const char *p = rel; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return false;
+    gchar **parts = g_strsplit(rel, "/", -1);
+    bool ok = true;
+    for (size_t i = 0; parts[i] != NULL; i++)
+        if (parts[i][0] == '\0' || strcmp(parts[i], ".") == 0 || strcmp(parts[i], "..") == 0)
+            ok = false;
+    g_strfreev(parts);
+    return ok;
+}
+
+/* "f ROLE REL SIZE SHA256" for every regular file under base/rel. */
+static int manifest_files(GString *m, const char *base, const char *role, const char *rel,
+                          char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", base, rel);
+    struct stat st;
+    if (lstat(path, &st) == -1) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISREG(st.st_mode)) {
+        char hex[65];
+        uint64_t size;
+        if (sha256_file(path, hex, &size) == -1) {
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+        g_string_append_printf(m, "f %s %s %llu %s\n", role, rel, (unsigned long long)size, hex);
+        return 0;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return 0;
+    g_string_append_printf(m, "d %s %s\n", role, rel);
+    GDir *d = g_dir_open(path, 0, NULL);
+    if (d == NULL) {
+        snprintf(err, errlen, "%s: cannot read", path);
+        return -1;
+    }
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    const char *name;
+    while ((name = g_dir_read_name(d)) != NULL)
+        g_ptr_array_add(names, g_strdup(name));
+    g_dir_close(d);
+    g_ptr_array_sort(names, (GCompareFunc)g_ascii_strcasecmp);
+    int rc = 0;
+    for (guint i = 0; i < names->len && rc == 0; i++) {
+        char sub[PATH_MAX];
+        if (str_fmt(sub, sizeof sub, "%s/%s", rel, (char *)names->pdata[i]) < 0 ||
+            !safe_rel(sub)) {
+            snprintf(err, errlen, "%s/%s: a name the backup cannot hold (blanks, control "
+                     "characters or too long)", path, (char *)names->pdata[i]);
+            rc = -1;
+        } else {
+            rc = manifest_files(m, base, role, sub, err, errlen);
+        }
+    }
+    g_ptr_array_free(names, TRUE);
+    return rc;
+}
+
+/* ---- pecd's snapshot --------------------------------------------------------- */
+
+/* 1: pecd answered (reply in out), 0: no pecd listens, -1 error */
+static int ask_pecd(const struct config *cfg, const char *req, char *out, size_t outlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (str_fmt(sa.sun_path, sizeof sa.sun_path, "%s/control.sock", cfg->data_dir) < 0) {
+        snprintf(out, outlen, "%s/control.sock: path too long", cfg->data_dir);
+        return -1;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(out, outlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == -1) {
+        int e = errno;
+        close(fd);
+        if (e == ENOENT || e == ECONNREFUSED)
+            return 0;
+        snprintf(out, outlen, "%s: %s", sa.sun_path, strerror(e));
+        return -1;
+    }
+    struct timeval tv = {.tv_sec = SNAPSHOT_TIMEOUT};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char line[128];
+    snprintf(line, sizeof line, "%s\n", req);
+    size_t n = 0;
+    int rc = -1;
+    if (fs_write_all(fd, line, strlen(line)) == 0) {
+        while (n < outlen - 1) {
+            ssize_t r = read(fd, out + n, 1);
+            if (r <= 0 || out[n] == '\n')
+                break;
+            n++;
+        }
+        out[n] = '\0';
+        rc = n > 0 ? 1 : -1;
+    }
+    if (rc == -1)
+        snprintf(out, outlen, "no answer from pecd on %s: %s", sa.sun_path,
+                 errno ? strerror(errno) : "closed");
+    close(fd);
+    return rc;
+}
+
+/* The queue's lock (QUEUE/pecd.lock): held by a running pecd.  Returns the
+ * fd holding it (pecd cannot start meanwhile), or -1 with *running set. */
+static int lock_queue(const struct config *cfg, bool *running, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/pecd.lock", cfg->queue_dir);
+    *running = false;
+    if (fs_mkdirs(cfg->queue_dir, 0700) == -1) {
+        snprintf(err, errlen, "%s: %s", cfg->queue_dir, strerror(errno));
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+        *running = errno == EWOULDBLOCK;
+        snprintf(err, errlen, "%s: %s", path,
+                 *running ? "pecd is running" : strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* VACUUM INTO: a consistent copy of an SQLite database (read-only source). */
+static int sqlite_copy(const char *from, const char *to, char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    int rc = -1;
+    if (sqlite3_open_v2(from, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 30000);
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, "VACUUM INTO ?1", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_bind_text(st, 1, to, -1, SQLITE_STATIC) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_DONE)
+            rc = 0;
+        sqlite3_finalize(st);
+    }
+    if (rc == -1)
+        snprintf(err, errlen, "%s: %s", from, db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    if (rc == 0 && chmod(to, 0600) == -1) {
+        snprintf(err, errlen, "%s: %s", to, strerror(errno));
+        rc = -1;
+    }
+    return rc;
+}
+
+static int copy_item(const char *from, const char *to, bool tree, struct fs_copy_stats *st,
+                     char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    str_copy(dir, to, sizeof dir);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+        if (fs_mkdirs(dir, 0700) == -1) {
+            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+            return -1;
+        }
+    }
+    if (tree)
+        return fs_copy_tree(from, to, NULL, st, err, errlen);
+    if (fs_copy_file(from, to, 0600, &st->bytes, err, errlen) == -1)
+        return -1;
+    st->files++;
+    return 0;
+}
+
+/* ---- pecctl backup ------------------------------------------------------------ */
+
+static void backup_usage(void)
+{
+    fprintf(stderr, "usage: pecctl -c CONF backup DIR [--no-mail] [--include-keys]\n");
+}
+
+int pecctl_backup_main(struct config *cfg, int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool no_mail = false, keys = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--no-mail") == 0)
+            no_mail = true;
+        else if (strcmp(argv[i], "--include-keys") == 0)
+            keys = true;
+        else if (argv[i][0] != '-' && dir == NULL)
+            dir = argv[i];
+        else
+            return backup_usage(), 2;
+    }
+    if (dir == NULL)
+        return backup_usage(), 2;
+    char err[1024], path[PATH_MAX], to[PATH_MAX];
+    if (mkdir(dir, 0700) == -1) {
+        fprintf(stderr, "pecctl backup: %s: %s (give a new directory)\n", dir,
+                errno == EEXIST ? "exists" : strerror(errno));
+        return 1;
+    }
+    /* one backup at a time (the staging directory is shared) */
+    snprintf(path, sizeof path, "%s/backup.lock", cfg->data_dir);
+    int lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lockfd == -1 || flock(lockfd, LOCK_EX | LOCK_NB) == -1) {
+        fprintf(stderr, "pecctl backup: %s: %s\n", path,
+                errno == EWOULDBLOCK ? "another backup is running" : strerror(errno));
+        rmdir(dir);
+        return 1;
+    }
+    int rc = 1, qlock = -1;
+    struct fs_copy_stats st = {0};
+    GString *m = g_string_new(MANIFEST_MAGIC "\n");
+    GArray *items = config_items(cfg);
+    char reply[PATH_MAX + 256] = "", when[32];
+    time_t now = time(NULL);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    g_string_append_printf(m, "created %s\nversion %s\ndomain %s\n", when, PEC_VERSION,
+                           cfg->domain);
+
+    /* 1. the spool and the tracking database, at rest */
+    snprintf(to, sizeof to, "%s/queue", dir);
+    char tracking[PATH_MAX];
+    snprintf(tracking, sizeof tracking, "%s/tracking.db", cfg->data_dir);
+    int asked = ask_pecd(cfg, "snapshot", reply, sizeof reply);
+    if (asked == 1) {
+        if (strncmp(reply, "ok ", 3) != 0) {
+            fprintf(stderr, "pecctl backup: pecd: %s\n", reply);
+            goto out;
+        }
+        char *sp = strstr(reply, "staging=");
+        char staging[PATH_MAX];
+        str_copy(staging, sp ? sp + 8 : "", sizeof staging);
+        snprintf(path, sizeof path, "%s/queue", staging);
+        int r = fs_copy_tree(path, to, NULL, &st, err, sizeof err);
+        snprintf(path, sizeof path, "%s/tracking.db", staging);
+        if (r == 0 && access(path, F_OK) == 0) {
+            snprintf(to, sizeof to, "%s/tracking.db", dir);
+            r = fs_copy_file(path, to, 0600, &st.bytes, err, sizeof err);
+        }
+        fs_remove_tree(staging);
+        if (r == -1) {
+            fprintf(stderr, "pecctl backup: %s\n", err);
+            goto out;
+        }
+        printf("pecd's snapshot: %s\n", reply + 3);
+    } else if (asked == 0) {
+        bool running;
+        qlock = lock_queue(cfg, &running, err, sizeof err);
+        if (qlock == -1) {
+            fprintf(stderr, "pecctl backup: %s%s\n", err,
+                    running ? " but does not answer on its control socket (an older pecd? "
+                              "restart it)" : "");
+            goto out;
+        }
+        static const char *const subs[] = {"queue", "hold", "staged"};
+        if (fs_mkdirs(to, 0700) == -1) {
+            fprintf(stderr, "pecctl backup: %s: %s\n", to, strerror(errno));
+            goto out;
+        }
+        for (size_t i = 0; i < 3; i++) {
+            char sub[PATH_MAX], dst[PATH_MAX];
+            snprintf(sub, sizeof sub, "%s/%s", cfg->queue_dir, subs[i]);
+            snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
+            if (access(sub, F_OK) == 0 &&
+                fs_copy_tree(sub, dst, NULL, &st, err, sizeof err) == -1) {
+                fprintf(stderr, "pecctl backup: %s\n", err);
+                goto out;
+            }
+        }
+        snprintf(to, sizeof to, "%s/tracking.db", dir);
+        if (!state_shared(cfg) && access(tracking, F_OK) == 0 &&
+            sqlite_copy(tracking, to, err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl backup: %s\n", err);
+            goto out;
+        }
+        printf("pecd is not running: spool%s copied under its lock\n",
+               state_shared(cfg) ? "" : " and tracking database");
+    } else {
+        fprintf(stderr, "pecctl backup: %s\n", reply);
+        goto out;
+    }
+    uint64_t messages = 0;
+    static const char *const msgdirs[] = {"queue/queue", "queue/hold"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, msgdirs[i]);
+        GDir *d = g_dir_open(path, 0, NULL);
+        while (d != NULL && g_dir_read_name(d) != NULL)
+            messages++;
+        if (d != NULL)
+            g_dir_close(d);
+    }
+    g_string_append_printf(m, "messages %llu\n", (unsigned long long)messages);
+    if (manifest_files(m, dir, "queue", "queue", err, sizeof err) == -1)
+        goto fail;
+    snprintf(to, sizeof to, "%s/tracking.db", dir);
+    if (access(to, F_OK) == 0 && manifest_files(m, dir, "tracking", "tracking.db", err,
+                                                sizeof err) == -1)
+        goto fail;
+
+    /* 2. the files the configuration names, the caches, the mailboxes */
+    char mroot[PATH_MAX];
+    mail_root(cfg, mroot, sizeof mroot);
+    if (mroot[0] && !no_mail)
+        add(items, "mail", "mail", mroot, true, false);
+    for (guint i = 0; i < items->len; i++) {
+        const struct item *it = &g_array_index(items, struct item, i);
+        if (it->key && !keys) {
+            printf("not copied (private key; --include-keys): %s %s\n", it->role, it->path);
+            continue;
+        }
+        if (access(it->path, F_OK) == -1)
+            continue;    /* a cache or a quarantine not made yet */
+        snprintf(to, sizeof to, "%s/%s", dir, it->rel);
+        if (copy_item(it->path, to, it->tree, &st, err, sizeof err) == -1 ||
+            manifest_files(m, dir, it->role, it->rel, err, sizeof err) == -1)
+            goto fail;
+    }
+    if (mroot[0] == '\0' && !no_mail)
+        printf("mailboxes are not in the data directory (%s): back them up with their "
+               "server's tools (doveadm backup)\n",
+               cfg->lmtp_host ? "LMTP delivery" : "Maildir elsewhere");
+
+    /* 3. the evidence log, last: never older than the spool; the shared
+     * database is the operator's to dump (pg_dump), after every node's spool */
+    if (state_shared(cfg)) {
+        printf("not copied: the tracking records, the evidence log and the quarantine index "
+               "are in the [state] database %s, shared by the nodes: back it up with pg_dump "
+               "now, after this backup (docs/backup.md)\n",
+               state_shown(cfg));
+    } else if (access(cfg->evidence_path, F_OK) == 0) {
+        snprintf(to, sizeof to, "%s/evidence.db", dir);
+        if (sqlite_copy(cfg->evidence_path, to, err, sizeof err) == -1 ||
+            manifest_files(m, dir, "evidence", "evidence.db", err, sizeof err) == -1)
+            goto fail;
+    }
+
+    /* 4. MANIFEST, durable: its presence makes the directory a backup */
+    g_string_append(m, "end\n");
+    snprintf(path, sizeof path, "%s/MANIFEST", dir);
+    if (fs_write_atomic(path, m->str, m->len, 0600) == -1 || fs_fsync_dir(dir) == -1) {
+        snprintf(err, sizeof err, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    printf("%s: backup of %s made %s: %llu queued message%s, %llu files, %llu bytes\n", dir,
+           cfg->domain, when, (unsigned long long)messages, messages == 1 ? "" : "s",
+           (unsigned long long)st.files, (unsigned long long)st.bytes);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "pecctl backup: %s\n", err);
+out:
+    if (rc != 0)
+        fprintf(stderr, "pecctl backup: %s is incomplete (no MANIFEST): remove it\n", dir);
+    if (qlock != -1)
+        close(qlock);
+    close(lockfd);
+    g_array_free(items, TRUE);
+    g_string_free(m, TRUE);
+    return rc;
+}
+
+/* ---- pecctl restore ----------------------------------------------------------- */
+
+struct mfile {
+    char role[64], rel[PATH_MAX / 2];
+    bool dir;
+    uint64_t size;
+    char sha[65];
+};
+
+/* Reads and checks MANIFEST and every file it lists. */
+static GArray *read_manifest(const char *dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX], *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/MANIFEST", dir);
+    if (fs_read_file(path, &text, &len, 256u << 20) == -1) {
+        snprintf(err, errlen, "%s: %s (not a complete backup)", path, strerror(errno));
+        return NULL;
+    }
+    GArray *files = g_array_new(FALSE, TRUE, sizeof(struct mfile));
+    gchar **lines = g_strsplit(text, "\n", -1);
+    free(text);
+    bool ended = false, ok = lines[0] != NULL && strcmp(lines[0], MANIFEST_MAGIC) == 0;
+    if (!ok)
+        snprintf(err, errlen, "%s: not a pecmail backup manifest", path);
+    for (size_t i = 1; ok && lines[i] != NULL && !ended; i++) {
+        const char *l = lines[i];
+        struct mfile f = {0};
+        char size[32];
+        if (strcmp(l, "end") == 0) {
+            ended = true;
+        } else if (l[0] == 'f' && l[1] == ' ') {
+            ok = sscanf(l + 2, "%63s %2047s %31s %64s", f.role, f.rel, size, f.sha) == 4 &&
+                 safe_rel(f.rel) && strlen(f.sha) == 64;
+            f.size = strtoull(size, NULL, 10);
+            if (ok) {
+                char fp[PATH_MAX], hex[65];
+                uint64_t got = 0;
+                snprintf(fp, sizeof fp, "%s/%s", dir, f.rel);
+                if (sha256_file(fp, hex, &got) == -1 || got != f.size ||
+                    strcmp(hex, f.sha) != 0) {
+                    snprintf(err, errlen, "%s: %s the backup's manifest (damaged backup)", fp,
+                             access(fp, F_OK) == -1 ? "missing, named in" : "differs from");
+                    ok = false;
+                    break;
+                }
+                g_array_append_val(files, f);
+            }
+        } else if (l[0] == 'd' && l[1] == ' ') {
+            ok = sscanf(l + 2, "%63s %2047s", f.role, f.rel) == 2 && safe_rel(f.rel);
+            f.dir = true;
+            if (ok)
+                g_array_append_val(files, f);
+        } else if (strncmp(l, "created ", 8) != 0 && strncmp(l, "version ", 8) != 0 &&
+                   strncmp(l, "domain ", 7) != 0 && strncmp(l, "messages ", 9) != 0) {
+            ok = false;
+        }
+        if (!ok && err[0] == '\0')
+            snprintf(err, errlen, "%s:%zu: not understood", path, i + 1);
+    }
+    g_strfreev(lines);
+    if (ok && !ended) {
+        snprintf(err, errlen, "%s: no 'end' line (a truncated manifest)", path);
+        ok = false;
+    }
+    if (!ok) {
+        g_array_free(files, TRUE);
+        return NULL;
+    }
+    return files;
+}
+
+/* Renames path to path.pre-restore-STAMP when it exists. */
+static int move_aside(const char *path, const char *stamp)
+{
+    if (access(path, F_OK) == -1)
+        return 0;
+    char to[PATH_MAX];
+    snprintf(to, sizeof to, "%s.pre-restore-%s", path, stamp);
+    if (rename(path, to) == -1)
+        return -1;
+    printf("moved aside: %s -> %s\n", path, to);
+    return 0;
+}
+
+static bool has_messages(const char *queue_dir)
+{
+    static const char *const subs[] = {"queue", "hold", "staged"};
+    for (size_t i = 0; i < 3; i++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", queue_dir, subs[i]);
+        GDir *d = g_dir_open(p, 0, NULL);
+        bool any = d != NULL && g_dir_read_name(d) != NULL;
+        if (d != NULL)
+            g_dir_close(d);
+        if (any)
+            return true;
+    }
+    return false;
+}
+
+/* Restored as root, the state belongs to [pecd] user (pecd, started as
+ * root, gives its data directories to it but walks no mail tree); the
+ * configuration's files stay root's, the users file readable by its group. */
+struct owner {
+    bool set;
+    uid_t uid;
+    gid_t gid;
+};
+
+static struct owner pecd_owner(const struct config *cfg)
+{
+    struct owner o = {0};
+    struct passwd *pw;
+    if (geteuid() == 0 && cfg->pecd_user != NULL && strcmp(cfg->pecd_user, "root") != 0 &&
+        (pw = getpwnam(cfg->pecd_user)) != NULL)
+        o = (struct owner){true, pw->pw_uid, pw->pw_gid};
+    return o;
+}
+
+static bool is_state(const char *role)
+{
+    static const char *const roles[] = {"queue", "tracking", "evidence", "mail", "quarantine",
+                                        "directory_cache"};
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        if (strcmp(role, roles[i]) == 0)
+            return true;
+    return false;
+}
+
+/* dst and the directories made for it up to (not including) top */
+static void give(const struct owner *o, const char *dst, const char *top)
+{
+    char p[PATH_MAX];
+    str_copy(p, dst, sizeof p);
+    size_t n = strlen(top);
+    while (strncmp(p, top, n) == 0 && strlen(p) > n) {
+        if (lchown(p, o->uid, o->gid) == -1)
+            fprintf(stderr, "pecctl restore: %s: chown: %s\n", p, strerror(errno));
+        char *slash = strrchr(p, '/');
+        if (slash == NULL)
+            break;
+        *slash = '\0';
+    }
+}
+
+/* Where the file of role goes: the item's path + what follows its rel. */
+static bool destination(GArray *items, const struct config *cfg, const struct mfile *f,
+                        char *out, size_t outlen, char *top, size_t toplen)
+{
+    char tracking[PATH_MAX];
+    snprintf(tracking, sizeof tracking, "%s/tracking.db", cfg->data_dir);
+    const char *base = NULL, *rel0 = NULL;
+    if (strcmp(f->role, "queue") == 0)
+        base = cfg->queue_dir, rel0 = "queue";
+    else if (strcmp(f->role, "tracking") == 0)
+        base = tracking, rel0 = "tracking.db";
+    else if (strcmp(f->role, "evidence") == 0)
+        base = cfg->evidence_path, rel0 = "evidence.db";
+    else {
+        const struct item *it = find_role(items, f->role);
+        if (it == NULL)
+            return false;
+        base = it->path, rel0 = it->rel;
+    }
+    size_t n = strlen(rel0);
+    if (strncmp(f->rel, rel0, n) != 0 || (f->rel[n] != '\0' && f->rel[n] != '/'))
+        return false;
+    /* top: the directory the item is in (what is made below it is the item's) */
+    str_copy(top, base, toplen);
+    char *slash = strrchr(top, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    return str_fmt(out, outlen, "%s%s", base, f->rel + n) >= 0;
+}
+
+int pecctl_restore_main(const char *conf, int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool force = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0)
+            force = true;
+        else if (argv[i][0] != '-' && dir == NULL)
+            dir = argv[i];
+        else
+            dir = NULL, i = argc;
+    }
+    if (dir == NULL) {
+        fprintf(stderr, "usage: pecctl -c CONF restore DIR [--force]\n");
+        return 2;
+    }
+    char err[1024] = "", path[PATH_MAX];
+    GArray *files = read_manifest(dir, err, sizeof err);
+    if (files == NULL) {
+        fprintf(stderr, "pecctl restore: %s\n", err);
+        return 1;
+    }
+    /* pecd.conf first, when this host has none yet */
+    if (access(conf, F_OK) == -1) {
+        snprintf(path, sizeof path, "%s/pecd.conf", dir);
+        char cdir[PATH_MAX];
+        str_copy(cdir, conf, sizeof cdir);
+        char *slash = strrchr(cdir, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        if ((slash != NULL && fs_mkdirs(cdir, 0750) == -1) ||
+            fs_copy_file(path, conf, 0640, NULL, err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl restore: %s\n", err[0] ? err : strerror(errno));
+            g_array_free(files, TRUE);
+            return 1;
+        }
+        printf("restored %s from the backup\n", conf);
+    }
+    struct config *cfg = config_load(conf, err, sizeof err);
+    if (cfg == NULL) {
+        fprintf(stderr, "pecctl restore: configuration error: %s\n", err);
+        g_array_free(files, TRUE);
+        return 1;
+    }
+    int rc = 1;
+    bool running;
+    GArray *items = config_items(cfg);
+    char mroot[PATH_MAX];
+    mail_root(cfg, mroot, sizeof mroot);
+    if (mroot[0])
+        add(items, "mail", "mail", mroot, true, false);
+    int qlock = lock_queue(cfg, &running, err, sizeof err);
+    if (qlock == -1) {
+        fprintf(stderr, "pecctl restore: %s%s\n", err, running ? ": stop it first" : "");
+        goto out;
+    }
+    /* an instance with state of its own is not written over (--force: moved aside) */
+    char tracking[PATH_MAX], stamp[32];
+    snprintf(tracking, sizeof tracking, "%s/tracking.db", cfg->data_dir);
+    time_t now = time(NULL);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", gmtime(&now));
+    bool state = has_messages(cfg->queue_dir) || access(tracking, F_OK) == 0 ||
+                 access(cfg->evidence_path, F_OK) == 0;
+    if (state && !force) {
+        fprintf(stderr, "pecctl restore: %s already has a queue, a tracking database or an "
+                        "evidence log; --force moves them aside first\n", cfg->data_dir);
+        goto out;
+    }
+    if (state) {
+        static const char *const subs[] = {"queue", "hold", "staged"};
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", cfg->queue_dir, subs[i]);
+            if (move_aside(path, stamp) == -1)
+                goto moved;
+        }
+        const char *dbs[] = {tracking, cfg->evidence_path};
+        for (size_t i = 0; i < 2; i++) {
+            if (move_aside(dbs[i], stamp) == -1)
+                goto moved;
+            char side[PATH_MAX];
+            static const char *const sfx[] = {"-wal", "-shm"};
+            for (size_t k = 0; k < 2; k++) {
+                snprintf(side, sizeof side, "%s%s", dbs[i], sfx[k]);
+                if (move_aside(side, stamp) == -1)
+                    goto moved;
+            }
+        }
+    }
+    /* every file where the configuration puts it */
+    struct owner own = pecd_owner(cfg);
+    size_t restored = 0, kept = 0;
+    for (guint i = 0; i < files->len; i++) {
+        const struct mfile *f = &g_array_index(files, struct mfile, i);
+        char dst[PATH_MAX], src[PATH_MAX], top[PATH_MAX];
+        if (strcmp(f->role, "config") == 0)
+            continue;    /* read above */
+        if (!destination(items, cfg, f, dst, sizeof dst, top, sizeof top)) {
+            printf("skipped %s (%s): this configuration has no place for it\n", f->rel,
+                   f->role);
+            continue;
+        }
+        if (f->dir) {
+            if (fs_mkdirs(dst, 0700) == -1) {
+                snprintf(err, sizeof err, "%s: %s", dst, strerror(errno));
+                goto fail;
+            }
+            if (own.set && is_state(f->role))
+                give(&own, dst, top);
+            continue;
+        }
+        bool state_file = strcmp(f->role, "queue") == 0 || strcmp(f->role, "tracking") == 0 ||
+                          strcmp(f->role, "evidence") == 0 || strcmp(f->role, "mail") == 0;
+        if (!state_file && access(dst, F_OK) == 0) {
+            char hex[65];
+            uint64_t size;
+            if (sha256_file(dst, hex, &size) == 0 && strcmp(hex, f->sha) == 0)
+                continue;      /* the same file is there */
+            if (!force) {
+                printf("kept %s (%s): it differs from the backup's (--force replaces it)\n",
+                       dst, f->role);
+                kept++;
+                continue;
+            }
+            if (move_aside(dst, stamp) == -1)
+                goto moved;
+        }
+        snprintf(src, sizeof src, "%s/%s", dir, f->rel);
+        char pdir[PATH_MAX];
+        str_copy(pdir, dst, sizeof pdir);
+        char *slash = strrchr(pdir, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        if (fs_mkdirs(pdir, 0700) == -1 ||
+            fs_copy_file(src, dst, 0600, NULL, err, sizeof err) == -1) {
+            if (err[0] == '\0')
+                snprintf(err, sizeof err, "%s: %s", pdir, strerror(errno));
+            goto fail;
+        }
+        if (own.set && is_state(f->role))
+            give(&own, dst, top);
+        else if (own.set && strcmp(f->role, "users") == 0 &&
+                 (chown(dst, 0, own.gid) == -1 || chmod(dst, 0640) == -1))
+            fprintf(stderr, "pecctl restore: %s: %s\n", dst, strerror(errno));
+        restored++;
+    }
+    /* secrets are not in a backup made without --include-keys */
+    for (guint i = 0; i < items->len; i++) {
+        const struct item *it = &g_array_index(items, struct item, i);
+        if (it->key && access(it->path, F_OK) == -1)
+            printf("missing: %s %s (not in the backup): put it there before starting pecd\n",
+                   it->role, it->path);
+    }
+    if (state_shared(cfg))
+        printf("the [state] database %s (tracking, evidence log, quarantine index) is not in "
+               "a backup: restore it with pg_restore before starting pecd (docs/backup.md)\n",
+               state_shown(cfg));
+    printf("%s restored into %s: %zu files%s%s\n", dir, cfg->data_dir, restored,
+           kept ? "; some files kept as they are (above)" : "",
+           "\nnext: start pecd; it resumes the restored queue as after a crash "
+           "(docs/backup.md says what is done again)");
+    rc = 0;
+    goto out;
+moved:
+    snprintf(err, sizeof err, "cannot move the existing state aside: %s", strerror(errno));
+fail:
+    fprintf(stderr, "pecctl restore: %s\n", err);
+out:
+    if (qlock != -1)
+        close(qlock);
+    g_array_free(items, TRUE);
+    g_array_free(files, TRUE);
+    config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,202 @@
+/*
+ * pecd_control.c - the control socket: <data_dir>/control.sock, a UNIX
+ * stream socket for pecctl on the same host (mode 0600; a peer must be root
+ * or pecd's own user, checked with SO_PEERCRED).
+ *
+ * One request a connection, one line each way:
+ *
+ *   snapshot   ->  ok messages=N files=F bytes=B staging=PATH
+ *                  error REASON
+ *
+ * snapshot is the part of `pecctl backup` only pecd can do (the tracking
+ * database is held exclusively by its connection): the delivery threads are
+ * kept between two batches (queue_pause) while the spool's queue/, hold/ and
+ * staged/ are copied and the tracking database is copied (VACUUM INTO) into
+ * <data_dir>/backup.staging, so the two are as after a clean stop; then the
+ * threads go on.  Messages keep being accepted meanwhile.  pecctl copies the
+ * staging directory, the evidence log (read-only, newer than the spool: the
+ * order crash recovery expects) and the rest.  With the shared state
+ * ([state] database, PostgreSQL) there is no tracking file: pg_dump.
+ *
+ * Runs on a thread of its own with blocking I/O and timeouts, not on the
+ * event loop: a snapshot takes as long as the copy of the spool.
+ */
+#include "pecd_int.h"
+#include "lib/config.h"
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "store/tracking.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define PAUSE_TIMEOUT_MS 120000   /* the longest batch a snapshot waits for */
+
+struct pecd_control {
+    int fd;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    GThread *thread;
+    struct queue *queue;
+    struct tracking *tracking;
+    /* copies: [provider] data_dir and [queue] directory need a restart to
+     * change, and this thread does not read the configuration a reload swaps */
+    char data_dir[PATH_MAX], queue_dir[PATH_MAX];
+};
+
+static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
+{
+    char staging[PATH_MAX], sub[PATH_MAX], to[PATH_MAX], err[1024];
+    snprintf(staging, sizeof staging, "%s/backup.staging", c->data_dir);
+    fs_remove_tree(staging);
+    if (mkdir(staging, 0700) == -1) {
+        snprintf(reply, replylen, "error %s: %s", staging, strerror(errno));
+        return;
+    }
+    snprintf(to, sizeof to, "%s/queue", staging);
+    if (mkdir(to, 0700) == -1) {
+        snprintf(reply, replylen, "error %s: %s", to, strerror(errno));
+        return;
+    }
+    gint64 t0 = g_get_monotonic_time();
+    if (queue_pause(c->queue, PAUSE_TIMEOUT_MS) == -1) {
+        snprintf(reply, replylen, "error the delivery threads did not finish their batch in "
+                                  "%u s; try again", PAUSE_TIMEOUT_MS / 1000);
+        return;
+    }
+    struct fs_copy_stats st = {0};
+    int rc = 0;
+    static const char *const subs[] = {"queue", "hold", "staged"};
+    for (size_t i = 0; i < 3 && rc == 0; i++) {
+        snprintf(sub, sizeof sub, "%s/%s", c->queue_dir, subs[i]);
+        snprintf(to, sizeof to, "%s/queue/%s", staging, subs[i]);
+        if (access(sub, F_OK) == 0)
+            rc = fs_copy_tree(sub, to, NULL, &st, err, sizeof err);
+    }
+    uint64_t messages = st.files;
+    /* the shared state (PostgreSQL) is not this node's to copy: pg_dump */
+    if (rc == 0 && c->tracking != NULL && !tracking_is_shared(c->tracking)) {
+        snprintf(to, sizeof to, "%s/tracking.db", staging);
+        rc = tracking_snapshot(c->tracking, to, err, sizeof err);
+    }
+    queue_resume(c->queue);
+    gint64 paused_ms = (g_get_monotonic_time() - t0) / 1000;
+    if (rc == 0 && fs_fsync_dir(staging) == -1) {
+        snprintf(err, sizeof err, "%s: %s", staging, strerror(errno));
+        rc = -1;
+    }
+    if (rc == -1) {
+        fs_remove_tree(staging);
+        snprintf(reply, replylen, "error %s", err);
+        log_err("backup snapshot: %s", err);
+        return;
+    }
+    bool shared = c->tracking != NULL && tracking_is_shared(c->tracking);
+    log_info("backup snapshot: %llu queued messages (%llu bytes)%s copied into %s; deliveries "
+             "paused %lld ms",
+             (unsigned long long)messages, (unsigned long long)st.bytes,
+             shared ? "" : " and the tracking database", staging, (long long)paused_ms);
+    snprintf(reply, replylen, "ok messages=%llu bytes=%llu paused_ms=%lld staging=%s",
+             (unsigned long long)messages, (unsigned long long)st.bytes, (long long)paused_ms,
+             staging);
+}
+
+static bool peer_allowed(int fd)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == -1)
+        return false;
+    return cr.uid == 0 || cr.uid == geteuid();
+}
+
+static void serve(struct pecd_control *c, int fd)
+{
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    char line[128], reply[PATH_MAX + 256];
+    size_t n = 0;
+    while (n < sizeof line - 1) {
+        ssize_t r = read(fd, line + n, 1);
+        if (r <= 0 || line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    if (!peer_allowed(fd))
+        snprintf(reply, sizeof reply, "error permission denied");
+    else if (strcmp(line, "snapshot") == 0)
+        snapshot(c, reply, sizeof reply);
+    else
+        snprintf(reply, sizeof reply, "error unknown request");
+    str_copy(reply + strlen(reply), "\n", sizeof reply - strlen(reply));
+    if (fs_write_all(fd, reply, strlen(reply)) == -1)
+        log_warn("control socket: cannot answer: %s", strerror(errno));
+}
+
+static gpointer control_main(gpointer arg)
+{
+    struct pecd_control *c = arg;
+    for (;;) {
+        int fd = accept4(c->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            break;       /* shut down (pecd_control_stop) */
+        }
+        serve(c, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+int pecd_control_start(struct pecd *d, char *err, size_t errlen)
+{
+    struct pecd_control *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return snprintf(err, errlen, "out of memory"), -1;
+    c->queue = d->queue;
+    c->tracking = d->tracking;
+    str_copy(c->data_dir, d->cfg->data_dir, sizeof c->data_dir);
+    str_copy(c->queue_dir, d->cfg->queue_dir, sizeof c->queue_dir);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (str_fmt(c->path, sizeof c->path, "%s/control.sock", d->cfg->data_dir) < 0) {
+        free(c);
+        return snprintf(err, errlen, "%s/control.sock: path too long for a socket",
+                        d->cfg->data_dir), -1;
+    }
+    str_copy(sa.sun_path, c->path, sizeof sa.sun_path);
+    unlink(c->path);     /* a stale one: the queue lock says no other pecd runs here */
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd == -1 || bind(c->fd, (struct sockaddr *)&sa, sizeof sa) == -1 ||
+        chmod(c->path, 0600) == -1 || listen(c->fd, 4) == -1) {
+        snprintf(err, errlen, "control socket %s: %s", c->path, strerror(errno));
+        if (c->fd != -1)
+            close(c->fd);
+        free(c);
+        return -1;
+    }
+    c->thread = g_thread_new("control", control_main, c);
+    d->control = c;
+    return 0;
+}
+
+void pecd_control_stop(struct pecd *d)
+{
+    struct pecd_control *c = d->control;
+    if (c == NULL)
+        return;
+    shutdown(c->fd, SHUT_RDWR);   /* accept() returns */
+    g_thread_join(c->thread);
+    close(c->fd);
+    unlink(c->path);
+    free(c);
+    d->control = NULL;
+}

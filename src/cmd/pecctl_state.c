@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <glib.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,6 +402,7 @@ int pecctl_node_main(int argc, char **argv)
     size_t len = 0;
     GString *conf = NULL;
     char newdir[PATH_MAX] = "", newconf[PATH_MAX + 16];
+    char *newdata = NULL;
     if (!state_shared(src)) {
         fprintf(stderr, "pecctl node add: %s has no [state] database = postgresql://...: the "
                         "nodes of a provider share their state there (docs/scaling.md)\n",
@@ -435,7 +437,25 @@ int pecctl_node_main(int argc, char **argv)
     struct override ov[12];
     size_t nov = 0;
 #define OV(s, k, v) (ov[nov++] = (struct override){s, k, v, false})
-    OV("provider", "data_dir", newdir);
+    /* the source's layout: its data beside pecd.conf, or in a directory of
+     * its own (pecctl init's DIR/data), which pecd started as root needs to
+     * give it to [pecd] user without handing over the configuration */
+    char *srcdata = realpath(src->data_dir, NULL);   /* NULL: not made yet (first start) */
+    bool apart = srcdata != NULL ? strcmp(srcdata, from) != 0
+                                 : strcmp(src->data_dir, src->dir) != 0;
+    free(srcdata);
+    newdata = apart ? g_strconcat(newdir, "/data", NULL) : g_strdup(newdir);
+    /* as pecctl init: [pecd] user's group may enter NEWDIR (to reach NEWDIR/data,
+     * which pecd gives it at start) but change nothing there */
+    struct passwd *pw = apart && geteuid() == 0 && strcmp(src->pecd_user, "root") != 0
+                            ? getpwnam(src->pecd_user)
+                            : NULL;
+    if (pw != NULL && (chown(newdir, 0, pw->pw_gid) == -1 || chmod(newdir, 0750) == -1)) {
+        fprintf(stderr, "pecctl node add: %s: cannot give it to the group of %s: %s\n", newdir,
+                src->pecd_user, strerror(errno));
+        goto out;
+    }
+    OV("provider", "data_dir", newdata);
     OV("queue", "directory", NULL);          /* its own: DATA_DIR/queue */
     OV("state", "node", o.node);
     OV("mx", "listen", o.smtp);
@@ -486,7 +506,7 @@ int pecctl_node_main(int argc, char **argv)
     printf("  listeners        mx %s, submission %s%s%s\n", o.smtp, o.submission,
            o.submissions ? ", submissions " : "", o.submissions ? o.submissions : "");
     printf("  data and queue   %s (on storage every node reaches: another node takes the "
-           "queue over if this one dies)\n", newdir);
+           "queue over if this one dies)\n", newdata);
     printf("  shared with %-5s identity, keys and certificates, directory, users, mailboxes, "
            "[state] (paths of %s)\n", src->state_node, from);
     if (src->metrics_listen != NULL)
@@ -495,6 +515,7 @@ int pecctl_node_main(int argc, char **argv)
            newconf);
     rc = 0;
 out:
+    g_free(newdata);
     if (conf != NULL)
         g_string_free(conf, TRUE);
     free(text);

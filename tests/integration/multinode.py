@@ -24,12 +24,15 @@ class Node:
                "--smtp", f"127.0.0.1:{self.ports['mx']}",
                "--submission", f"127.0.0.1:{self.ports['submission']}")
         self.conf = os.path.join(directory, "pecd.conf")
+        # node add follows the source's layout: its data in NEWDIR/data when the source's
+        # is in a directory of its own (privsep: pecd started as root gives it to pecmail)
+        self.data = os.path.join(directory, "data") if provider.privsep else directory
         self.log_path = os.path.join(directory, "pecd.log")
         self.proc = None
 
     @property
     def queue_dir(self):
-        return os.path.join(self.dir, "queue")
+        return os.path.join(self.data, "queue")
 
     def start(self, wait=True):
         self.logf = open(self.log_path, "a")
@@ -77,13 +80,22 @@ def state_section(pg, db, node, directory, lease="3s"):
             "lease": lease}
 
 
-def make_cluster(tmp_path, pg, nodes=3, lease="3s", timers=None, b_extra=None, a_routes=None):
+def make_cluster(tmp_path, pg, nodes=3, lease="3s", timers=None, b_extra=None, a_routes=None,
+                 privsep=False):
     """Providers A (SQLite) and B (nodes b1..bN on one new database, schema made by
     `pecctl state init`); nothing started.  Returns (a, b, [b1 (the Provider b), b2, ...], ca,
-    directory, db).  A's route to B lists every node's mx listener."""
-    a, b, ca, directory = make_providers(tmp_path)
+    directory, db).  A's route to B lists every node's mx listener.  privsep: pecd started as
+    root runs as [pecd] user (pecmail) with its data in DIR/data (tmp_path must be a
+    directory that user can traverse: pecd_harness.reachable_dir); the [state] password file
+    is made readable by that user's group, as an operator does (docs/operator-guide.md)."""
+    a, b, ca, directory = make_providers(tmp_path, privsep=privsep)
     db = pg.new_database()
-    extra = {"state": state_section(pg, db, "b1", b.dir, lease),
+    state = state_section(pg, db, "b1", b.dir, lease)
+    if privsep:
+        import grp
+        os.chown(state["password_file"], 0, grp.getgrnam("pecmail").gr_gid)
+        os.chmod(state["password_file"], 0o640)
+    extra = {"state": state,
              "queue": {"retry_min": "1s", "retry_max": "2s"}}
     if timers:
         extra["timers"] = timers

@@ -16,6 +16,7 @@ and a route at A listing every node.  What is checked:
 """
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -23,7 +24,7 @@ import pytest
 from multinode import (Node, count_by_ref, make_cluster, start_nowait, state_section,
                        submit_many)
 from pec_providers import make_providers, pecctl, ricevuta, trasporto
-from pecd_harness import PECD, free_port
+from pecd_harness import PECD, free_port, reachable_dir
 from pg_fixture import PostgresCluster, wait_until
 
 
@@ -111,7 +112,7 @@ def test_a_node_killed_mid_run_its_spool_is_taken_over(tmp_path, pg):
             # mid-run: once b2 has taken a good part of its share in
             wait_until(lambda: b2.log(100000).count("incoming stage done") >= 25, 120,
                        what="b2 taking messages in")
-            killed["queued"] = len(os.listdir(os.path.join(b2.dir, "queue", "queue")))
+            killed["queued"] = len(os.listdir(os.path.join(b2.queue_dir, "queue")))
             b2.kill()
             killed["at"] = time.monotonic()
 
@@ -517,3 +518,85 @@ def test_state_backend_against_the_server(tmp_path, pg):
                        timeout=300)
     assert r.returncode == 0 and "[  PASSED  ] 3 test(s)" in r.stdout + r.stderr, \
         r.stdout + r.stderr
+
+
+def test_nodes_started_as_root_run_as_pecmail(pg):
+    """pecd started as root (the packaged service): each node's network-facing process runs as
+    [pecd] user (pecmail) with its data in DIR/data, connects to PostgreSQL with the password
+    file that user's group reads, holds its spool's lease, and takes over the spool of a node
+    killed with -9 (a queue directory another pecmail process made).  A password file the
+    user cannot read stops the start with a reason naming it."""
+    import pathlib
+    import pwd
+    import shutil
+    import threading
+    if os.geteuid() != 0:
+        pytest.skip("pecd must be started as root to drop to [pecd] user")
+    N = 120
+    root = reachable_dir("pec-nodes-")
+    try:
+        a, b, nodes, ca, directory, db = make_cluster(pathlib.Path(root), pg, nodes=2,
+                                                      privsep=True)
+        b1, b2 = nodes
+        # node add followed the source's layout: data in NEWDIR/data, not beside pecd.conf
+        with open(b2.conf) as f:
+            assert f"data_dir = {os.path.join(b2.dir, 'data')}" in f.read()
+        senders = [f"s{i}" for i in range(3)]
+        for u in senders:
+            a.add_user(u)
+        b.add_user("r0")
+        # the password file closed to pecmail: a clear refusal at start
+        pwfile = os.path.join(b.dir, "state-password")
+        os.chmod(pwfile, 0o600)
+        r = subprocess.run([PECD, "-c", b.conf], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "[state] password_file" in r.stderr \
+            and "pecmail" in r.stderr, r.stderr
+        os.chmod(pwfile, 0o640)
+        a.start()
+        for n in nodes:
+            n.start()
+        pecmail = pwd.getpwnam("pecmail").pw_uid
+        try:
+            for n in nodes:
+                # the process that serves the network is pecmail's, and so is its spool
+                with open(f"/proc/{n.proc.pid}/status") as f:
+                    uids = [ln for ln in f if ln.startswith("Uid:")][0].split()[1:]
+                assert all(int(u) == pecmail for u in uids), (n.name, uids)
+                qdir = getattr(n, "queue_dir", None) or os.path.join(n.data, "queue")
+                assert os.stat(qdir).st_uid == pecmail
+            (row,) = [x for x in json.loads(pecctl("-c", b.conf, "nodes", "--json").stdout)
+                      if x["node"] == "b2"]
+            assert row["alive"] and row["spool_owner"] == "b2", row
+            killed = {}
+
+            def killer():
+                wait_until(lambda: b2.log(100000).count("incoming stage done") >= 10, 120,
+                           what="b2 taking messages in")
+                b2.kill()
+                killed["at"] = time.monotonic()
+            t = threading.Thread(target=killer)
+            t.start()
+            done = submit_many(a, senders, lambda k: "r0@pec.b.test", N, "root", threads=3)
+            t.join(180)
+            assert "at" in killed and len(done) == N
+            mids = {mid for _, _, _, mid in done}
+
+            def delivered():
+                got = {}
+                for u in senders:
+                    for r_, c in count_by_ref(a.mails(u), ricevuta("avvenuta-consegna")).items():
+                        got[r_] = got.get(r_, 0) + c
+                return got
+            wait_until(lambda: len(delivered()) >= N, 180, step=1, what="every delivery receipt")
+            time.sleep(3)
+            assert set(delivered()) == mids and set(delivered().values()) == {1}
+            copies = count_by_ref(b.mails("r0"), trasporto("posta-certificata"))
+            assert set(copies) == mids and set(copies.values()) == {1}
+            (row,) = [x for x in json.loads(pecctl("-c", b.conf, "nodes", "--json").stdout)
+                      if x["node"] == "b2"]
+            assert not row["alive"] and row["spool_owner"] == "b1" and row["queued"] == 0, row
+            verify_log(b.conf)
+        finally:
+            stop_all(a, *nodes)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -600,3 +600,38 @@ def test_nodes_started_as_root_run_as_pecmail(pg):
             stop_all(a, *nodes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_backup_of_a_node_leaves_the_database_to_pg_dump(tmp_path, pg):
+    """pecctl backup of a node whose state is in PostgreSQL: pecd's snapshot copies the spool
+    but no tracking file, the backup says the database is backed up with pg_dump and holds no
+    evidence.db; the same without pecd (under the queue's lock); restore names pg_restore."""
+    a, b, nodes, ca, directory, db = make_cluster(tmp_path, pg, nodes=1)
+    a.add_user("mario")
+    b.add_user("anna")
+    a.start()
+    b.start()
+    try:
+        submit_many(a, ["mario"], lambda k: "anna@pec.b.test", 3, "bk", threads=1)
+        b.wait_mail("anna", trasporto("posta-certificata"), count=3)
+        for i, running in enumerate((True, False)):
+            if not running:
+                b.stop()
+            out = str(tmp_path / f"backup{i}")
+            r = pecctl("-c", b.conf, "backup", out, check=False)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "back it up with pg_dump" in r.stdout and pg.uri(db) in r.stdout, r.stdout
+            assert ("pecd's snapshot" in r.stdout) == running, r.stdout
+            names = set(os.listdir(out))
+            assert "MANIFEST" in names and "queue" in names, names
+            assert "tracking.db" not in names and "evidence.db" not in names, names
+            with open(os.path.join(out, "MANIFEST")) as f:
+                manifest = f.read()
+            assert "tracking" not in manifest and "evidence" not in manifest, manifest
+        r = pecctl("-c", b.conf, "restore", str(tmp_path / "backup1"), "--force", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "restore it with pg_restore" in r.stdout, r.stdout
+        # the log in the database is untouched by either
+        verify_log(b.conf)
+    finally:
+        stop_all(a, b)

@@ -7,6 +7,7 @@
  *   pecctl -c CONF user list [--json]
  *   pecctl -c CONF queue [--json] | queue release QID
  *   pecctl -c CONF route list [--json] | add DOMAIN HOPS | del DOMAIN
+ *   pecctl -c CONF state init|migrate, nodes [--json]; pecctl node add ... (pecctl_state.c)
  *   pecctl help [COMMAND], pecctl COMMAND --help (pecctl_help.c)
  *   pecctl verify [--json] [--trust CAFILE] [--directory FILE.ldif|ldap://...] FILE.eml...
  *   pecctl pki ...
@@ -16,6 +17,7 @@
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
+#include "store/state.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -35,6 +37,9 @@ int pecctl_log_main(struct config *cfg, int argc, char **argv) __attribute__((we
 int pecctl_trace_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_directory_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
 int pecctl_report_main(struct config *cfg, int argc, char **argv) __attribute__((weak));
+int pecctl_state_main(struct config *cfg, int argc, char **argv);
+int pecctl_nodes_main(struct config *cfg, int argc, char **argv);
+int pecctl_node_main(int argc, char **argv);
 
 int pecctl_help(FILE *f, const char *cmd);
 int pecctl_route_main(struct config *cfg, int argc, char **argv);
@@ -50,6 +55,8 @@ static struct config *load(const char *conf)
     struct config *cfg = config_load(conf, err, sizeof err);
     if (cfg == NULL)
         fprintf(stderr, "pecctl: configuration error: %s\n", err);
+    else
+        state_setup(cfg, "pecctl");
     return cfg;
 }
 
@@ -350,6 +357,8 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (strcmp(cmd, "node") == 0)
+        return pecctl_node_main(argc - i, argv + i);
     if (strcmp(cmd, "restore") == 0)   /* may restore pecd.conf itself */
         return pecctl_restore_main(conf, argc - i, argv + i);
     if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "pki") == 0 || strcmp(cmd, "init") == 0) {
@@ -364,10 +373,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "user") == 0 || strcmp(cmd, "queue") == 0 || strcmp(cmd, "log") == 0 ||
         strcmp(cmd, "trace") == 0 || strcmp(cmd, "directory") == 0 ||
-        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "domain") == 0 ||
-        strcmp(cmd, "backup") == 0) {
+        strcmp(cmd, "report") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "state") == 0 ||
+        strcmp(cmd, "nodes") == 0 || strcmp(cmd, "domain") == 0 || strcmp(cmd, "backup") == 0) {
         int (*fn)(struct config *, int, char **) = strcmp(cmd, "log") == 0     ? pecctl_log_main
                                                    : strcmp(cmd, "trace") == 0 ? pecctl_trace_main
+                                                   : strcmp(cmd, "state") == 0 ? pecctl_state_main
+                                                   : strcmp(cmd, "nodes") == 0 ? pecctl_nodes_main
                                                    : strcmp(cmd, "report") == 0
                                                        ? pecctl_report_main
                                                    : strcmp(cmd, "directory") == 0

@@ -18,6 +18,12 @@
  * directory, the Maildirs.  MANIFEST, written last, lists every file with its
  * size and SHA-256: a directory without it is not a backup.
  *
+ * With [state] database = postgresql://... (several nodes) the tracking
+ * records, the evidence log and the quarantine index are in that database,
+ * shared by the nodes: a backup holds this node's spool and files, says so,
+ * and the database is backed up with pg_dump after the spools (docs/backup.md;
+ * the same order: the log never older than a spool).
+ *
  * restore checks every file against MANIFEST, refuses to run beside a pecd
  * or over an instance that has state (--force moves that state aside), and
  * puts each file where the configuration names it (pecd.conf itself first
@@ -27,6 +33,7 @@
 #include "lib/config.h"
 #include "lib/domains.h"
 #include "lib/lib.h"
+#include "store/state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -470,11 +477,13 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             }
         }
         snprintf(to, sizeof to, "%s/tracking.db", dir);
-        if (access(tracking, F_OK) == 0 && sqlite_copy(tracking, to, err, sizeof err) == -1) {
+        if (!state_shared(cfg) && access(tracking, F_OK) == 0 &&
+            sqlite_copy(tracking, to, err, sizeof err) == -1) {
             fprintf(stderr, "pecctl backup: %s\n", err);
             goto out;
         }
-        printf("pecd is not running: spool and tracking database copied under its lock\n");
+        printf("pecd is not running: spool%s copied under its lock\n",
+               state_shared(cfg) ? "" : " and tracking database");
     } else {
         fprintf(stderr, "pecctl backup: %s\n", reply);
         goto out;
@@ -520,8 +529,14 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
                "server's tools (doveadm backup)\n",
                cfg->lmtp_host ? "LMTP delivery" : "Maildir elsewhere");
 
-    /* 3. the evidence log, last: never older than the spool */
-    if (access(cfg->evidence_path, F_OK) == 0) {
+    /* 3. the evidence log, last: never older than the spool; the shared
+     * database is the operator's to dump (pg_dump), after every node's spool */
+    if (state_shared(cfg)) {
+        printf("not copied: the tracking records, the evidence log and the quarantine index "
+               "are in the [state] database %s, shared by the nodes: back it up with pg_dump "
+               "now, after this backup (docs/backup.md)\n",
+               state_shown(cfg));
+    } else if (access(cfg->evidence_path, F_OK) == 0) {
         snprintf(to, sizeof to, "%s/evidence.db", dir);
         if (sqlite_copy(cfg->evidence_path, to, err, sizeof err) == -1 ||
             manifest_files(m, dir, "evidence", "evidence.db", err, sizeof err) == -1)
@@ -881,6 +896,10 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
             printf("missing: %s %s (not in the backup): put it there before starting pecd\n",
                    it->role, it->path);
     }
+    if (state_shared(cfg))
+        printf("the [state] database %s (tracking, evidence log, quarantine index) is not in "
+               "a backup: restore it with pg_restore before starting pecd (docs/backup.md)\n",
+               state_shown(cfg));
     printf("%s restored into %s: %zu files%s%s\n", dir, cfg->data_dir, restored,
            kept ? "; some files kept as they are (above)" : "",
            "\nnext: start pecd; it resumes the restored queue as after a crash "

@@ -19,7 +19,7 @@ static const struct help helps[] = {
     {"init",
      "pecctl init DIR --domain DOMAIN [--name NAME] [--smtp PORT] [--submission PORT]\n"
      "            [--submissions PORT] [--ca CADIR] [--directory FILE.ldif]\n"
-     "            [--route DOMAIN=HOST:PORT]... [--force]\n"
+     "            [--route DOMAIN=HOST:PORT[,HOST:PORT...]]... [--force]\n"
      "    create a ready-to-run provider instance in DIR\n"
      "    --name NAME           provider name (providerName, certificate O); default DOMAIN\n"
      "    --smtp PORT           [mx] listener on 127.0.0.1 (default 2525)\n"
@@ -27,7 +27,8 @@ static const struct help helps[] = {
      "    --submissions PORT    also an implicit-TLS [submissions] listener\n"
      "    --ca CADIR            test CA, created if absent, else reused (default DIR/ca)\n"
      "    --directory FILE      providers' directory shared with other local providers\n"
-     "    --route D=HOST:PORT   static next hop for domain D (repeatable)\n"
+     "    --route D=HOST:PORT[,HOST:PORT...]\n"
+     "                          static next hops for domain D, tried in turn (repeatable)\n"
      "    --force               replace an existing DIR/pecd.conf\n"},
     {"user",
      "pecctl -c CONF user add ADDRESS [--password-stdin]\n"
@@ -56,6 +57,33 @@ static const struct help helps[] = {
      "    (comments kept, the result checked before it replaces the file) and take\n"
      "    effect on the next reload (systemctl reload pecmail)\n"
      "    --json                list: a JSON array of {\"domain\", \"next_hop\"}\n"},
+    {"state",
+     "pecctl -c CONF state init\n"
+     "pecctl -c CONF state migrate\n"
+     "    the schema of [state] database = postgresql://... (several nodes): init\n"
+     "    creates it in an empty database, migrate upgrades one of an older pecmail\n"
+     "    (once for every node; pecd refuses to start until it is done)\n"},
+    {"nodes",
+     "pecctl -c CONF nodes [--json]\n"
+     "    the nodes of the provider the database knows: alive, dead or waiting for\n"
+     "    its spool, last heartbeat, who holds each spool's lease (epoch, time left),\n"
+     "    queued and held messages\n"
+     "    --json                a JSON array of {\"node\", \"number\", \"state\", \"alive\",\n"
+     "                          \"heartbeat\", \"heartbeat_age\", \"host\", \"pid\",\n"
+     "                          \"queue_dir\", \"spool_owner\", \"epoch\", \"lease_left\",\n"
+     "                          \"queued\", \"held\"}\n"},
+    {"node",
+     "pecctl node add NEWDIR --from DIR --node NAME --smtp HOST:PORT\n"
+     "                --submission HOST:PORT [--submissions HOST:PORT] [--force]\n"
+     "    another node of the provider in DIR (whose pecd.conf has [state] database):\n"
+     "    the same identity, keys, certificates, directory, users, mailboxes and\n"
+     "    [state]; its own name, listeners, queue and data directory (NEWDIR)\n"
+     "    --from DIR            the directory of an existing node's pecd.conf\n"
+     "    --node NAME           the new node's [state] node (a-z 0-9 . - _)\n"
+     "    --smtp HOST:PORT      its [mx] listener\n"
+     "    --submission HOST:PORT  its [submission] listener\n"
+     "    --submissions HOST:PORT its [submissions] listener (else DIR's, if any)\n"
+     "    --force               replace an existing NEWDIR/pecd.conf\n"},
     {"backup",
      "pecctl -c CONF backup DIR [--no-mail] [--include-keys]\n"
      "pecctl -c CONF restore DIR [--force]\n"

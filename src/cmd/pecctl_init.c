@@ -3,7 +3,7 @@
  *
  *   pecctl init DIR --domain DOMAIN [--name NAME] [--smtp PORT]
  *                   [--submission PORT] [--submissions PORT] [--ca CADIR]
- *                   [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...
+ *                   [--directory FILE.ldif] [--route DOMAIN=HOST:PORT[,HOST:PORT]]...
  *                   [--signing-key pkcs11:URI] [--tls-key pkcs11:URI]
  *                   [--pkcs11-module PATH] [--pkcs11-pin-file PATH] [--force]
  *
@@ -65,7 +65,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: pecctl init DIR --domain DOMAIN [--name NAME] [--smtp PORT]\n"
             "                   [--submission PORT] [--submissions PORT] [--ca CADIR]\n"
-            "                   [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]... [--force]\n"
+            "                   [--directory FILE.ldif] [--route DOMAIN=HOST:PORT[,HOST:PORT]]... [--force]\n"
             "  --name NAME           provider name (providerName, certificate O); default DOMAIN\n"
             "  --smtp PORT           [mx] listener on 127.0.0.1 (default %d)\n"
             "  --submission PORT     [submission] listener on 127.0.0.1 (default %d)\n"
@@ -73,7 +73,7 @@ static void usage(FILE *f)
             "  --ca CADIR            test CA, created if absent, else reused (default DIR/ca)\n"
             "  --directory FILE      providers' directory shared with other local providers\n"
             "                        (default DIR/directory.ldif); the entry is added or replaced\n"
-            "  --route D=HOST:PORT   static next hop for domain D (repeatable)\n"
+            "  --route D=HOST:PORT[,HOST:PORT]  static next hops for domain D (repeatable)\n"
             "  --signing-key URI     the signing key in a hardware module (pkcs11:token=…;\n"
             "                        object=…, RFC 7512): made there if absent; no PEM key\n"
             "  --tls-key URI         the TLS key in the module, the same way\n"
@@ -143,7 +143,36 @@ static bool name_ok(const char *s)
     return true;
 }
 
-/* DOMAIN=HOST:PORT, HOST a name, an IPv4 address or [IPv6]; DOMAIN may be "*". */
+/* One HOST:PORT of a route, HOST a name, an IPv4 address or [IPv6]. */
+static int parse_hop(const char *arg, const char *hp, size_t len)
+{
+    char one[300];
+    if (len == 0 || len >= sizeof one)
+        return bad_arg("--route: '%s' is not DOMAIN=HOST:PORT[,HOST:PORT...]", arg);
+    memcpy(one, hp, len);
+    one[len] = '\0';
+    const char *colon = strrchr(one, ':');
+    if (colon == NULL || colon == one)
+        return bad_arg("--route: '%s' is not DOMAIN=HOST:PORT[,HOST:PORT...]", arg);
+    unsigned port;
+    if (parse_port("--route", colon + 1, &port) != 0)
+        return 2;
+    size_t hl = (size_t)(colon - one);
+    bool v6 = one[0] == '[';
+    if (v6 && (hl < 3 || one[hl - 1] != ']'))
+        return bad_arg("--route: '%s': an IPv6 address goes in brackets, [::1]:PORT", arg);
+    for (size_t i = v6 ? 1 : 0; i < (v6 ? hl - 1 : hl); i++) {
+        char c = one[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || (v6 && c == ':');
+        if (!ok)
+            return bad_arg("--route: '%.*s' is not a host name or address", (int)hl, one);
+    }
+    return 0;
+}
+
+/* DOMAIN=HOST:PORT[,HOST:PORT...] (several next hops, e.g. the nodes of one
+ * provider, tried in turn); DOMAIN may be "*". */
 static int parse_route(const char *arg, struct route *r)
 {
     const char *eq = strchr(arg, '=');
@@ -153,22 +182,19 @@ static int parse_route(const char *arg, struct route *r)
     r->domain[eq - arg] = '\0';
     if (strcmp(r->domain, "*") != 0 && !domain_ok(r->domain))
         return bad_arg("--route: '%s' is not a domain name", r->domain);
-    const char *hp = eq + 1, *colon = strrchr(hp, ':');
-    if (colon == NULL || colon == hp || str_copy(r->hostport, hp, sizeof r->hostport) >= 200)
-        return bad_arg("--route: '%s' is not DOMAIN=HOST:PORT", arg);
-    unsigned port;
-    if (parse_port("--route", colon + 1, &port) != 0)
-        return 2;
-    size_t hl = (size_t)(colon - hp);
-    bool v6 = hp[0] == '[';
-    if (v6 && (hl < 3 || hp[hl - 1] != ']'))
-        return bad_arg("--route: '%s': an IPv6 address goes in brackets, [::1]:PORT", arg);
-    for (size_t i = v6 ? 1 : 0; i < (v6 ? hl - 1 : hl); i++) {
-        char c = hp[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '-' || (v6 && c == ':');
-        if (!ok)
-            return bad_arg("--route: '%.*s' is not a host name or address", (int)hl, hp);
+    const char *hp = eq + 1;
+    if (*hp == '\0' || str_copy(r->hostport, hp, sizeof r->hostport) >= sizeof r->hostport)
+        return bad_arg("--route: '%s' is not DOMAIN=HOST:PORT[,HOST:PORT...]", arg);
+    size_t nh = 0;
+    for (const char *p = hp;; nh++) {
+        size_t len = strcspn(p, ",");
+        int rc = nh < 16 ? parse_hop(arg, p, len)
+                         : bad_arg("--route: '%s': at most 16 next hops", arg);
+        if (rc != 0)
+            return rc;
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
     }
     return 0;
 }

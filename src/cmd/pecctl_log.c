@@ -22,6 +22,7 @@
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "store/evidence.h"
+#include "store/state.h"
 
 int pecctl_log_main(struct config *cfg, int argc, char **argv);
 int pecctl_trace_main(struct config *cfg, int argc, char **argv);
@@ -65,7 +66,7 @@ static int log_verify(struct config *cfg, int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    const char *path = file ? file : cfg->evidence_path;
+    const char *path = file ? file : state_evidence_at(cfg);
     char err[1024];
     time_t now = time(NULL);
     struct evidence_verify_opts o = {.cert_pem_file = cert, .now = now};
@@ -87,7 +88,7 @@ static int log_verify(struct config *cfg, int argc, char **argv)
     int r = evidence_verify_ex(path, &o, mem, err, sizeof err);
     fclose(mem);
     fputs("{\"path\":", stdout);
-    json_fput(stdout, path);
+    json_fput(stdout, file ? file : state_shown(cfg));
     printf(",\"result\":\"%s\",\"valid\":%s,\"report\":[",
            r == 0 ? "intact" : r == -1 ? "tampered" : "unreadable", r == 0 ? "true" : "false");
     size_t k = 0;
@@ -138,7 +139,7 @@ static int log_maintain(struct config *cfg, bool purge)
     pec_signer *signer = purge ? NULL : load_signer(cfg);
     if (!purge && signer == NULL)
         return 2;
-    struct evidence *ev = evidence_open(cfg->evidence_path, err, sizeof err);
+    struct evidence *ev = evidence_open(state_evidence_at(cfg), err, sizeof err);
     if (ev == NULL) {
         fprintf(stderr, "pecctl: %s\n", err);
         pec_signer_free(signer);
@@ -190,7 +191,7 @@ static int log_export(struct config *cfg, int argc, char **argv)
         out = name;
     }
     char err[1024];
-    long long n = evidence_export_day(cfg->evidence_path, day, out, err, sizeof err);
+    long long n = evidence_export_day(state_evidence_at(cfg), day, out, err, sizeof err);
     if (n < 0) {
         fprintf(stderr, "pecctl log export: %s\n", err);
         return 1;
@@ -227,7 +228,7 @@ int pecctl_trace_main(struct config *cfg, int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[2], "--json") == 0) {
         char err[512];
-        int n = evidence_trace_json(cfg->evidence_path, argv[1], stdout, err, sizeof err);
+        int n = evidence_trace_json(state_evidence_at(cfg), argv[1], stdout, err, sizeof err);
         if (n < 0)
             fprintf(stderr, "pecctl trace: %s\n", err);
         return n > 0 ? 0 : n == 0 ? 1 : 2;
@@ -236,6 +237,6 @@ int pecctl_trace_main(struct config *cfg, int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    int r = evidence_trace(cfg->evidence_path, argv[1], stdout);
+    int r = evidence_trace(state_evidence_at(cfg), argv[1], stdout);
     return r == 0 ? 0 : r == 1 ? 1 : 2;
 }

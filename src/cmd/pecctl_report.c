@@ -25,6 +25,7 @@
 #include "pec/pec.h"
 #include "pec/pec_dirp7m.h"
 #include "store/evidence.h"
+#include "store/state.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -173,7 +174,7 @@ int pecctl_report_main(struct config *cfg, int argc, char **argv)
     }
     char err[512];
     GArray *days = g_array_new(FALSE, TRUE, sizeof(struct day_row));
-    if (evidence_report(cfg->evidence_path, o.q.from, o.q.to, add_count, days, err,
+    if (evidence_report(state_evidence_at(cfg), o.q.from, o.q.to, add_count, days, err,
                         sizeof err) == -1) {
         fprintf(stderr, "pecctl: %s\n", err);
         g_array_free(days, TRUE);
@@ -254,7 +255,7 @@ int pecctl_report_main(struct config *cfg, int argc, char **argv)
         g_string_append(s, "\r\n");
     } else {
         g_string_append_printf(s, "PEC report %s to %s (UTC days, evidence log %s)\n\n",
-                               o.q.from, o.q.to, cfg->evidence_path);
+                               o.q.from, o.q.to, state_shown(cfg));
         g_string_append(s, "Mailboxes in service:\n");
         if (!known)
             g_string_append(s, "  (users from Dovecot: not counted here)\n");
@@ -364,7 +365,7 @@ int pecctl_log_search(struct config *cfg, int argc, char **argv)
     char err[512];
     struct search_ctx c = {g_hash_table_new_full(g_str_hash, g_str_equal, NULL, txn_free),
                            g_ptr_array_new()};
-    int n = evidence_search(cfg->evidence_path, &o.q, collect, &c, err, sizeof err);
+    int n = evidence_search(state_evidence_at(cfg), &o.q, collect, &c, err, sizeof err);
     if (n == -1) {
         fprintf(stderr, "pecctl: %s\n", err);
     } else if (o.json) {
@@ -420,19 +421,31 @@ static int extract_row(void *ctx, const struct evidence_row *r)
     char ph[65], h[65];
     hex32(r->prev_hash, ph);
     hex32(r->hash, h);
-    g_string_append_printf(x->records, "%s\n    {\"seq\": %lld, \"day\": \"%s\", \"logged_at\": %lld,"
+    g_string_append_printf(x->records, "%s\n    {", x->n ? "," : "");
+    if (r->chain != NULL) {   /* the shared log: one chain per node */
+        g_string_append(x->records, "\"chain\": ");
+        json_str(x->records, r->chain);
+        g_string_append(x->records, ", ");
+    }
+    g_string_append_printf(x->records, "\"seq\": %lld, \"day\": \"%s\", \"logged_at\": %lld,"
                                        " \"event_time\": %lld",
-                           x->n ? "," : "", r->seq, r->day ? r->day : "", r->logged_at,
-                           r->event_time);
+                           r->seq, r->day ? r->day : "", r->logged_at, r->event_time);
     for (int i = 0; i < 10; i++) {
         g_string_append_printf(x->records, ", \"%s\": ", names[i]);
         json_str(x->records, r->fields[i]);
     }
     g_string_append_printf(x->records, ", \"prev_hash\": \"%s\", \"hash\": \"%s\"}", ph, h);
     x->n++;
-    if (r->day && (x->days->len == 0 ||
-                   strcmp(g_ptr_array_index(x->days, x->days->len - 1), r->day) != 0))
-        g_ptr_array_add(x->days, g_strdup(r->day));
+    /* the days to seal: "DAY", or "CHAIN\tDAY" in the shared log */
+    char *key = r->day == NULL ? NULL
+                : r->chain ? g_strdup_printf("%s\t%s", r->chain, r->day) : g_strdup(r->day);
+    bool have = false;
+    for (guint i = 0; key != NULL && i < x->days->len && !have; i++)
+        have = strcmp(g_ptr_array_index(x->days, i), key) == 0;
+    if (key != NULL && !have)
+        g_ptr_array_add(x->days, key);
+    else
+        g_free(key);
     return 0;
 }
 
@@ -455,7 +468,7 @@ int pecctl_log_extract(struct config *cfg, int argc, char **argv)
     }
     char err[512];
     struct extract_ctx x = {g_string_new(NULL), g_ptr_array_new_with_free_func(g_free), 0};
-    int n = evidence_search(cfg->evidence_path, &o.q, extract_row, &x, err, sizeof err);
+    int n = evidence_search(state_evidence_at(cfg), &o.q, extract_row, &x, err, sizeof err);
     int rc = 0;
     if (n == -1) {
         fprintf(stderr, "pecctl: %s\n", err);
@@ -487,14 +500,22 @@ int pecctl_log_extract(struct config *cfg, int argc, char **argv)
         g_string_append(doc, x.records->str);
         g_string_append(doc, "\n ],\n \"seals\": [");
         for (guint i = 0; i < x.days->len; i++) {
-            const char *day = g_ptr_array_index(x.days, i);
+            char *chain = g_strdup(g_ptr_array_index(x.days, i)), *day = chain;
+            char *tab = strchr(chain, '\t');
+            if (tab != NULL) {
+                *tab = '\0';
+                day = tab + 1;
+            }
             char *text = NULL;
             unsigned char *sig = NULL;
             size_t siglen = 0;
-            int s = evidence_seal_of(cfg->evidence_path, day, &text, &sig, &siglen, err,
-                                     sizeof err);
-            g_string_append_printf(doc, "%s\n    {\"day\": \"%s\", \"signed\": ", i ? "," : "",
-                                   day);
+            int s = evidence_seal_of_chain(state_evidence_at(cfg), tab ? chain : NULL, day, &text,
+                                           &sig, &siglen, err, sizeof err);
+            g_string_append_printf(doc, "%s\n    {", i ? "," : "");
+            if (tab != NULL)
+                g_string_append_printf(doc, "\"chain\": \"%s\", ", chain);
+            g_string_append_printf(doc, "\"day\": \"%s\", \"signed\": ", day);
+            g_free(chain);
             json_str(doc, s == 1 ? text : NULL);
             g_string_append(doc, ", \"signature\": ");
             gchar *b64 = s == 1 ? g_base64_encode(sig, siglen) : NULL;
@@ -578,7 +599,8 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv)
         char v[320];
         str_copy(v, value, sizeof v);
         v[strcspn(v, ">")] = '\0';
-        long long id = evidence_hold_add(cfg->evidence_path, o.q.address ? "address" : "pec_id",
+        long long id = evidence_hold_add(state_evidence_at(cfg),
+                                         o.q.address ? "address" : "pec_id",
                                          v, o.reason, err, sizeof err);
         if (id == -1) {
             fprintf(stderr, "pecctl: %s\n", err);
@@ -589,7 +611,7 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv)
     }
     if (strcmp(sub, "list") == 0 && parse_opts(argc, argv, 3, &o) == 0) {
         struct hold_ctx h = {o.json, g_string_new(o.json ? "[" : "")};
-        int n = evidence_hold_list(cfg->evidence_path, print_hold, &h, err, sizeof err);
+        int n = evidence_hold_list(state_evidence_at(cfg), print_hold, &h, err, sizeof err);
         if (n == -1) {
             fprintf(stderr, "pecctl: %s\n", err);
             g_string_free(h.s, TRUE);
@@ -610,7 +632,7 @@ int pecctl_log_hold(struct config *cfg, int argc, char **argv)
             fprintf(stderr, "pecctl: '%s' is not a hold id\n", argv[3]);
             return 2;
         }
-        if (evidence_hold_del(cfg->evidence_path, id, err, sizeof err) == -1) {
+        if (evidence_hold_del(state_evidence_at(cfg), id, err, sizeof err) == -1) {
             fprintf(stderr, "pecctl: %s\n", err);
             return 1;
         }

@@ -24,9 +24,11 @@
 #include "provider/transport.h"
 #include "provider/roles.h"
 #include "provider/notices.h"
+#include "provider/cluster.h"
 #include "store/tracking.h"
 #include "store/evidence.h"
 #include "store/quarantine.h"
+#include "store/state.h"
 #include "filters/callout.h"
 #include "keys/keys.h"
 #include "pecd_privsep.h"
@@ -80,6 +82,14 @@ static enum users_found users_lookup_cb(void *arg, const char *addr)
 static int hook_mail(void *arg, const struct smtp_txn *txn, char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    if (!cluster_ready(d->cluster)) {
+        /* several nodes: what this node takes in must be recorded in the
+         * shared database, which does not answer (or the node's lease is
+         * not held): the client tries again later, here or on another node */
+        snprintf(reply, replylen, "451 4.3.0 Service temporarily unavailable (state database "
+                                  "unreachable), try again later");
+        return -1;
+    }
     return admission_mail(d->admission, d->cfg, d->senders, txn, reply, replylen);
 }
 
@@ -476,7 +486,15 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    state_setup(d.cfg, "pecd");
+    if (state_shared(d.cfg) && state_check(conf, err, sizeof err) == -1) {
+        log_err("%s", err);
+        return 1;
+    }
     if (check) {
+        if (state_shared(d.cfg))
+            printf("%s: state database reachable, schema version %d\n", conf,
+                   STATE_SCHEMA_VERSION);
         if (d.cfg->dovecot_auth != NULL)
             printf("%s: configuration OK (users from Dovecot at %s)\n", conf,
                    d.cfg->dovecot_auth);
@@ -508,20 +526,31 @@ int main(int argc, char **argv)
         log_err("cannot start the authentication threads");
         return 1;
     }
-    d.queue = queue_new(d.base, d.cfg, transport_deliver, d.transport, err, sizeof err);
+    if (state_shared(d.cfg)) {
+        /* several nodes: this node's lease on its spool before its queue
+         * (provider/cluster.c) */
+        d.cluster = cluster_join(d.cfg, err, sizeof err);
+        if (d.cluster == NULL) {
+            log_err("%s", err);
+            return 1;
+        }
+    }
+    d.queue = queue_new_at(d.base, d.cfg, d.cfg->queue_dir,
+                           d.cluster ? cluster_take_queue_lock(d.cluster) : -1,
+                           transport_deliver, d.transport, err, sizeof err);
     if (d.queue == NULL) {
         log_err("queue: %s", err);
         return 1;
     }
     if (d.cfg->pec) {
-        char tpath[PATH_MAX];
-        snprintf(tpath, sizeof tpath, "%s/tracking.db", d.cfg->data_dir);
+        char tbuf[PATH_MAX];
+        const char *tpath = state_tracking_at(d.cfg, tbuf, sizeof tbuf);
         d.tracking = tracking_open(tpath, err, sizeof err);
         if (d.tracking == NULL) {
             log_err("%s", err);
             return 1;
         }
-        if (!queue_syncs(d.cfg, "tracking database", tpath) &&
+        if (!state_shared(d.cfg) && !queue_syncs(d.cfg, "tracking database", tpath) &&
             tracking_sync_each(d.tracking, true) == -1) {
             log_err("tracking database %s: cannot set synchronous=FULL", tpath);
             return 1;
@@ -536,20 +565,29 @@ int main(int argc, char **argv)
             log_err("configuration error: %s", err);
             return 1;
         }
-        d.evidence = evidence_open(d.cfg->evidence_path, err, sizeof err);
+        d.evidence = evidence_open(state_evidence_at(d.cfg), err, sizeof err);
         if (d.evidence == NULL) {
             log_err("evidence log: %s", err);
             return 1;
         }
         /* a stage's events need no sync of their own when the delivery
-         * threads' syncfs covers the log */
-        bool stage_synced = queue_syncs(d.cfg, "evidence log", d.cfg->evidence_path);
+         * threads' syncfs covers the log (the shared database: each commit) */
+        bool stage_synced = state_shared(d.cfg) ||
+                            queue_syncs(d.cfg, "evidence log", d.cfg->evidence_path);
         roles_set_evidence(d.roles, d.evidence, stage_synced);
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         queue_set_processor(d.queue, roles_process, d.roles);
         queue_set_pass_hooks(d.queue, roles_pass_begin, roles_pass_end, d.roles);
-        d.seen_ev = event_new(d.base, -1, EV_PERSIST, on_seen_purge, &d);
-        event_add(d.seen_ev, &(struct timeval){.tv_sec = 1});
+        if (!state_shared(d.cfg)) {   /* shared: the cluster's thread (no I/O here) */
+            d.seen_ev = event_new(d.base, -1, EV_PERSIST, on_seen_purge, &d);
+            event_add(d.seen_ev, &(struct timeval){.tv_sec = 1});
+        }
+    }
+    if (d.cluster != NULL &&
+        cluster_start(d.cluster, d.base, d.queue, d.roles, d.transport, d.tracking, err,
+                      sizeof err) == -1) {
+        log_err("%s", err);
+        return 1;
     }
     struct smtp_hooks hooks = {
         .arg = &d,
@@ -628,6 +666,7 @@ int main(int argc, char **argv)
 
     pecd_control_stop(&d);
     notices_stop(d.notices);
+    cluster_stop(d.cluster);
     if (d.seen_ev)
         event_free(d.seen_ev);
     if (d.housekeeping_ev)

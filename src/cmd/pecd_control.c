@@ -15,7 +15,8 @@
  * <data_dir>/backup.staging, so the two are as after a clean stop; then the
  * threads go on.  Messages keep being accepted meanwhile.  pecctl copies the
  * staging directory, the evidence log (read-only, newer than the spool: the
- * order crash recovery expects) and the rest.
+ * order crash recovery expects) and the rest.  With the shared state
+ * ([state] database, PostgreSQL) there is no tracking file: pg_dump.
  *
  * Runs on a thread of its own with blocking I/O and timeouts, not on the
  * event loop: a snapshot takes as long as the copy of the spool.
@@ -79,7 +80,8 @@ static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
             rc = fs_copy_tree(sub, to, NULL, &st, err, sizeof err);
     }
     uint64_t messages = st.files;
-    if (rc == 0 && c->tracking != NULL) {
+    /* the shared state (PostgreSQL) is not this node's to copy: pg_dump */
+    if (rc == 0 && c->tracking != NULL && !tracking_is_shared(c->tracking)) {
         snprintf(to, sizeof to, "%s/tracking.db", staging);
         rc = tracking_snapshot(c->tracking, to, err, sizeof err);
     }
@@ -95,10 +97,11 @@ static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
         log_err("backup snapshot: %s", err);
         return;
     }
-    log_info("backup snapshot: %llu queued messages (%llu bytes) and the tracking database "
-             "copied into %s; deliveries paused %lld ms",
-             (unsigned long long)messages, (unsigned long long)st.bytes, staging,
-             (long long)paused_ms);
+    bool shared = c->tracking != NULL && tracking_is_shared(c->tracking);
+    log_info("backup snapshot: %llu queued messages (%llu bytes)%s copied into %s; deliveries "
+             "paused %lld ms",
+             (unsigned long long)messages, (unsigned long long)st.bytes,
+             shared ? "" : " and the tracking database", staging, (long long)paused_ms);
     snprintf(reply, replylen, "ok messages=%llu bytes=%llu paused_ms=%lld staging=%s",
              (unsigned long long)messages, (unsigned long long)st.bytes, (long long)paused_ms,
              staging);

@@ -49,6 +49,7 @@ struct pecd {
     struct evidence *evidence;
     struct callout_stage *callouts;
     struct notices *notices;     /* the timers of §3.1.6 and the evidence seals (a thread) */
+    struct cluster *cluster;     /* several nodes ([state] database): NULL on one */
     struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
     struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
     struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */

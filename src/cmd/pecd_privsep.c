@@ -352,6 +352,8 @@ static int check_reach(const struct config *cfg, const struct who *w, char *err,
         {"[pec] directory_password_file", cfg->pec ? cfg->pec_dir_password_file : NULL, R_OK},
         {"[pec] directory_client_cert", cfg->pec ? cfg->pec_dir_client_cert : NULL, R_OK},
         {"[pec] trust", cfg->pec ? cfg->pec_trust : NULL, R_OK},
+        /* every (re)connection to the shared state reads it (pg.c) */
+        {"[state] password_file", cfg->state_database ? cfg->state_password_file : NULL, R_OK},
     };
     for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
         if (need[i].path != NULL && access(need[i].path, need[i].mode) == -1 &&

@@ -25,6 +25,7 @@
 #include "filters/callout.h"
 #include "keys/keys.h"
 #include "provider/notices.h"
+#include "provider/cluster.h"
 #include "provider/roles.h"
 #include "provider/transport.h"
 #include "queue/queue.h"
@@ -51,6 +52,10 @@ static const struct restart_key {
     K("provider", "postmaster", postmaster, K_STR),
     K("provider", "data_dir", data_dir, K_STR),
     K("queue", "directory", queue_dir, K_STR),
+    K("state", "database", state_database, K_STR),
+    K("state", "node", state_node, K_STR),
+    K("state", "password_file", state_password_file, K_STR),
+    K("state", "connect_timeout", state_connect_timeout, K_U64),
     K("queue", "delivery_workers", delivery_workers, K_U64),
     K("queue", "worker_nice", worker_nice, K_U64),
     K("queue", "sync", sync_fs, K_BOOL),
@@ -234,6 +239,7 @@ void pecd_reload(struct pecd *d)
     bool filter = callout_stage_set_config(d->callouts, n);
     smtp_server_hooks(d->smtp)->msg_filter = filter ? pecd_msg_filter : NULL;
     notices_set_config(d->notices, n);
+    cluster_set_config(d->cluster, n);
     users_db_reload(d->users);
     queue_rescan(d->queue);      /* messages released from hold/ (pecctl queue release) */
     enum log_level lvl = LOG_LVL_INFO;

@@ -178,6 +178,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->commit_delay_us = 1000;                    /* docs/performance.md */
     cfg->users_timeout = 10;
     config_callout_defaults(cfg);
+    config_state_defaults(cfg);
 
     int line = ini_parse(path, config_handler, &ctx);
     if (line == -1) {
@@ -348,8 +349,9 @@ struct config *config_load(const char *path, char *err, size_t errlen)
                  path);
         goto bad;
     }
-    char cerr[256];
-    if (config_callout_finish(cfg, cerr, sizeof cerr) == -1) {
+    char cerr[512];
+    if (config_callout_finish(cfg, cerr, sizeof cerr) == -1 ||
+        config_state_finish(cfg, cerr, sizeof cerr) == -1) {
         snprintf(err, errlen, "%s: %s", path, cerr);
         goto bad;
     }
@@ -398,6 +400,7 @@ void config_free(struct config *cfg)
         for (size_t j = 0; j < cfg->listeners[i].naddrs; j++)
             free(cfg->listeners[i].addrs[j]);
     config_callout_free(cfg);
+    config_state_free(cfg);
     free(cfg);
 }
 

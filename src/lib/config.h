@@ -214,6 +214,14 @@ struct config {
     /* [metrics] and [log] (docs/operator-guide.md, "Metrics" and "Logs") */
     char *metrics_listen;           /* HOST:PORT of the Prometheus endpoint; NULL = off */
     bool log_json;                  /* [log] format = json: JSON lines on stderr */
+
+    /* [state] (config_state.c; docs/configuration.md, docs/scaling.md): where the
+     * tracking records, the evidence log and the quarantine index live */
+    char *state_database;           /* postgresql://...; NULL = SQLite under data_dir */
+    char *state_node;               /* this node's name (required with PostgreSQL) */
+    char *state_password_file;      /* the database password (else the URI or ~/.pgpass) */
+    uint64_t state_lease;           /* seconds a spool lease lasts without renewal (30) */
+    uint64_t state_connect_timeout; /* seconds to connect to the database (5) */
 };
 enum { CONFIG_PHASE_INCOMING = 1, CONFIG_PHASE_OUTGOING = 2 };
 enum { CONFIG_FAIL_TEMPFAIL, CONFIG_FAIL_ACCEPT, CONFIG_FAIL_REJECT };
@@ -256,5 +264,13 @@ void config_callout_free(struct config *cfg);
  * line, else its domain's, else the default. */
 const char *config_callouts_for(const struct config *cfg, const char *address);
 const struct config_milter *config_milter(const struct config *cfg, const char *name);
+/* config_state.c: [state].  key() as config_callout_key(). */
+void config_state_defaults(struct config *cfg);
+int config_state_key(struct config *cfg, const char *section, const char *name,
+                     const char *value, char *err, size_t errlen);
+int config_state_finish(struct config *cfg, char *err, size_t errlen);
+void config_state_free(struct config *cfg);
+/* Whether where names a PostgreSQL database (postgresql:// or postgres://). */
+bool config_is_postgresql(const char *where);
 
 #endif

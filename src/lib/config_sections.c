@@ -650,11 +650,26 @@ int config_handler(void *user, const char *section, const char *name, const char
         if (*n >= CONFIG_MAX_ROUTES)
             return fail(ctx, "at most %d entries in [%s]", CONFIG_MAX_ROUTES, section);
         if (routes) {
+            /* [lmtp:]HOST:PORT[, HOST:PORT...]: several next hops, tried in
+             * turn (transport_route.c) */
             const char *hp = strncmp(value, "lmtp:", 5) == 0 ? value + 5 : value;
-            const char *colon = strrchr(hp, ':');
-            if (colon == NULL || colon == hp || colon[1] == '\0' ||
-                strspn(colon + 1, "0123456789") != strlen(colon + 1))
-                return fail(ctx, "%s: '%s' is not [lmtp:]HOST:PORT", name, value);
+            gchar **hops = g_strsplit(hp, ",", -1);
+            bool ok = hops[0] != NULL;
+            size_t nh = 0;
+            for (size_t i = 0; ok && hops[i] != NULL; i++, nh++) {
+                g_strstrip(hops[i]);
+                const char *h = hops[i], *colon = strrchr(h, ':');
+                ok = colon != NULL && colon != h && colon[1] != '\0' &&
+                     strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+                     strlen(colon + 1) <= 5 && atoi(colon + 1) > 0 && atoi(colon + 1) < 65536 &&
+                     strpbrk(h, " \t") == NULL && strncmp(h, "lmtp:", 5) != 0;
+            }
+            g_strfreev(hops);
+            if (!ok)
+                return fail(ctx, "%s: '%s' is not [lmtp:]HOST:PORT[, HOST:PORT...]", name,
+                            value);
+            if (nh > 16)
+                return fail(ctx, "%s: at most 16 next hops", name);
         } else if (!valid_policy(value)) {
             return fail(ctx, "%s: '%s' is not none, may, encrypt, verify or dane", name, value);
         }
@@ -688,7 +703,9 @@ int config_handler(void *user, const char *section, const char *name, const char
         return 1;
     }
     char cerr[256];
-    int r = config_callout_key(cfg, section, name, value, cerr, sizeof cerr);
+    int r = config_state_key(cfg, section, name, value, cerr, sizeof cerr);
+    if (r == -1)
+        r = config_callout_key(cfg, section, name, value, cerr, sizeof cerr);
     if (r == 0)
         return fail(ctx, "%s", cerr);
     if (r == 1)

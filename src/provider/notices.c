@@ -10,8 +10,11 @@
  * out in this turn).  Each batch becomes one queued message for the stage
  * "notices" (roles_notices: built, signed, logged and delivered by the
  * delivery threads, committed exactly once like any stage), stored before
- * the batch is marked sent: a crash in between makes the batch again, and
- * the stage skips a notice the evidence log shows another batch made.
+ * the batch claims its notices (tracking_claim, with the batch's queue id):
+ * a crash in between makes the batch again, and the stage makes only the
+ * notices its own batch claimed.  With the shared database the due rows
+ * stay locked from the query to the claim (FOR UPDATE SKIP LOCKED), so the
+ * timers of all the nodes share the work and each notice is claimed once.
  * Then the day seals (every 5 minutes) and the 30-month retention (daily).
  *
  * Interface: notices.h.  The batch's body is one line per notice:
@@ -147,12 +150,14 @@ static void send_due(struct notices *nt)
                                 .listener = "pec", .proto = "local"};
         char qid[QUEUE_ID_LEN + 1];
         bool ok = queue_inject(nt->cfg->queue_dir, &env, body, len, qid) == 0;
-        if (!ok)
+        if (!ok) {
             log_err("timeout notices: cannot store a batch of %zu: %s (retried)", n,
                     strerror(errno));
-        else if (tracking_mark_all(nt->tracking, due, n) == -1)
-            log_err("%s: timeout notices stored but not marked sent: the next turn makes them "
-                    "again (the stage drops duplicates)", qid);
+            tracking_due_abort(nt->tracking);
+        } else if (tracking_claim(nt->tracking, due, n, qid) == -1) {
+            log_err("%s: timeout notices stored but not claimed: the next turn makes them "
+                    "again in another batch (this one gives way)", qid);
+        }
         if (ok) {
             queue_enqueue_async(nt->queue, qid);
             log_info("%s: %zu timeout notice%s due (RFC 6109 §3.1.6)", qid, n,

@@ -225,6 +225,28 @@ static int timeout_notice(struct roles *r, const struct queue_env *env,
     }
     if (found == 1)
         now = logged;
+    /* Not made yet: only by the batch that claimed it (tracking_claim).  A
+     * batch stored before a crash that kept it from being claimed, or one
+     * whose rows another node's timer claimed meanwhile (PostgreSQL: the
+     * rows were locked by the other, SKIP LOCKED), gives way, so that each
+     * notice goes out once whichever node and batch made it. */
+    if (found == 0 && r->tracking != NULL) {
+        char claim[QUEUE_ID_LEN + 8] = "";
+        int c = tracking_notice_claim(r->tracking, due->pec_id, due->rcpt, due->which, claim,
+                                      sizeof claim);
+        if (c == -1) {
+            snprintf(err, errlen, "tracking database unavailable");
+            return -1;
+        }
+        if (c == 0 || (claim[0] && strcmp(claim, env->qid) != 0)) {
+            log_info("%s: the %s notice for PEC %s <%s> %s%s: not made here", env->qid,
+                     due->which == 1 ? "12 h" : "24 h", due->pec_id, due->rcpt,
+                     c == 0 ? "is not claimed by this batch (or a receipt ended it)"
+                            : "is claimed by batch ",
+                     c == 0 ? "" : claim);
+            return 0;
+        }
+    }
     /* Message-ID (docs/pec.md): like every message made about one the
      * provider received, the PEC msgid opec1.<arrival>.<queue id>@<domain>
      * with ".<n>" added.  The access point's receipt is .1; here n = 2 *

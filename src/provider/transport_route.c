@@ -16,6 +16,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <glib.h>
 #include <limits.h>
 #include <netdb.h>
@@ -137,30 +138,51 @@ void tr_resolve(struct transport *t, const char *domain, struct hops *hs)
     memset(hs, 0, sizeof *hs);
     const char *route = config_route(t->cfg, domain);
     if (route != NULL) {
-        /* a static route: configuration, so as trustworthy as DNSSEC */
-        struct hop *h = &hs->h[hs->n++];
-        char buf[300];
+        /* a static route: configuration, so as trustworthy as DNSSEC.  Several
+         * next hops (the nodes of one provider) are equals, as MX hosts of
+         * one preference (RFC 5321 §5.1): each message starts at the next
+         * one in rotation, and the relay tries the others in turn when one
+         * is down or refuses the transaction */
         if (strncmp(route, "lmtp:", 5) == 0) {
             hs->lmtp = true;
             route += 5;
         }
-        str_copy(buf, route, sizeof buf);
-        char *colon = strrchr(buf, ':');
-        *colon = '\0';
-        char *host = buf;
-        if (host[0] == '[') {
-            host++;
-            char *rb = strchr(host, ']');
-            if (rb)
-                *rb = '\0';
+        gchar **list = g_strsplit(route, ",", MAX_HOPS + 1);
+        size_t n = 0;
+        struct hop hop[MAX_HOPS];
+        for (size_t i = 0; list[i] != NULL && n < MAX_HOPS; i++) {
+            char *buf = g_strstrip(list[i]);
+            char *colon = strrchr(buf, ':');
+            if (colon == NULL)
+                continue;   /* config_load checked the form */
+            *colon = '\0';
+            char *host = buf;
+            if (host[0] == '[') {
+                host++;
+                char *rb = strchr(host, ']');
+                if (rb)
+                    *rb = '\0';
+            }
+            memset(&hop[n], 0, sizeof hop[n]);
+            str_copy(hop[n].host, host, sizeof hop[n].host);
+            str_copy(hop[n].port, colon + 1, sizeof hop[n].port);
+            n++;
         }
-        str_copy(h->host, host, sizeof h->host);
-        str_copy(h->port, colon + 1, sizeof h->port);
-        route_addrs(t, h);
+        g_strfreev(list);
+        static atomic_uint turn;
+        unsigned first = n > 1 ? atomic_fetch_add(&turn, 1) % (unsigned)n : 0;
+        for (size_t i = 0; i < n; i++) {
+            struct hop *h = &hs->h[hs->n];
+            *h = hop[(first + i) % n];
+            route_addrs(t, h);
+            if (h->naddrs > 0)
+                hs->n++;
+        }
         hs->secure = true;
-        if (h->naddrs == 0) {
+        if (hs->n == 0) {
             hs->fail_code = 451;
-            snprintf(hs->fail, sizeof hs->fail, "4.4.3 route %s: cannot resolve %s", route, h->host);
+            snprintf(hs->fail, sizeof hs->fail, "4.4.3 route %s: cannot resolve %s", route,
+                     n == 1 ? hop[0].host : "any of its hosts");
         }
         return;
     }

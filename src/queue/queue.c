@@ -198,7 +198,7 @@ static int ensure_dirs(const char *dir, char *err, size_t errlen)
  * directory (another configuration naming it, other ports) would lose mail in
  * flight and deliver twice.  The lock is an flock() on QUEUE/pecd.lock, which
  * holds the owner's pid; the kernel releases it when the process dies. */
-static int lock_queue(const char *dir, char *err, size_t errlen)
+int queue_lock_dir(const char *dir, char *err, size_t errlen)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/pecd.lock", dir);
@@ -231,9 +231,20 @@ static int lock_queue(const char *dir, char *err, size_t errlen)
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen)
 {
-    if (ensure_dirs(cfg->queue_dir, err, errlen) == -1)
+    return queue_new_at(base, cfg, cfg->queue_dir, -1, deliver, deliver_arg, err, errlen);
+}
+
+struct queue *queue_new_at(struct event_base *base, const struct config *cfg, const char *dir,
+                           int lock_fd, deliver_fn deliver, void *deliver_arg, char *err,
+                           size_t errlen)
+{
+    if (ensure_dirs(dir, err, errlen) == -1) {
+        if (lock_fd != -1)
+            close(lock_fd);
         return NULL;
-    int lock_fd = lock_queue(cfg->queue_dir, err, errlen);
+    }
+    if (lock_fd == -1)
+        lock_fd = queue_lock_dir(dir, err, errlen);
     if (lock_fd == -1)
         return NULL;
     struct queue *q = calloc(1, sizeof *q);
@@ -242,7 +253,7 @@ struct queue *queue_new(struct event_base *base, const struct config *cfg, deliv
     q->cfg = cfg;
     q->deliver = deliver;
     q->deliver_arg = deliver_arg;
-    str_copy(q->dir, cfg->queue_dir, sizeof q->dir);
+    str_copy(q->dir, dir, sizeof q->dir);
     if (recycle_open(q->dir) == -1)
         log_warn("%s/free: %s (spool files are deleted, not reused)", q->dir, strerror(errno));
     q->purged = purge_incoming(q->dir);
@@ -277,6 +288,14 @@ void queue_set_processor(struct queue *q, process_fn fn, void *arg)
     q->process = fn;
     q->process_arg = arg;
 }
+
+void queue_set_fence(struct queue *q, fence_fn fn, void *arg)
+{
+    q->fence = fn;
+    q->fence_arg = arg;
+}
+
+const char *queue_dir(const struct queue *q) { return q->dir; }
 
 void queue_set_pass_hooks(struct queue *q, pass_begin_fn begin, pass_end_fn end, void *arg)
 {

@@ -254,6 +254,30 @@ typedef int (*pass_end_fn)(void *arg, char *err, size_t errlen);
 void queue_set_pass_hooks(struct queue *q, pass_begin_fn begin, pass_end_fn end, void *arg);
 struct queue *queue_new(struct event_base *base, const struct config *cfg, deliver_fn deliver,
                         void *deliver_arg, char *err, size_t errlen);
+/* The same for the queue in directory dir (cfg gives the rest: workers,
+ * retries...), whose lock (queue_lock_dir) lock_fd the queue takes over;
+ * lock_fd -1: taken here.  A node of several processes the spool of a dead
+ * node with it (src/provider/cluster.c). */
+struct queue *queue_new_at(struct event_base *base, const struct config *cfg, const char *dir,
+                           int lock_fd, deliver_fn deliver, void *deliver_arg, char *err,
+                           size_t errlen);
+/* The lock of one process per queue directory (an flock on DIR/pecd.lock,
+ * which the kernel drops when the process dies): its fd, or -1 with the
+ * holder's pid in err. */
+int queue_lock_dir(const char *dir, char *err, size_t errlen);
+/* Several nodes: whether this process may still work on the spool (it holds
+ * the lease on it).  Asked by each delivery thread before a pass, and again
+ * before the pass's stages are committed; false: nothing of the pass is
+ * done or committed, the messages wait for a later attempt. */
+typedef bool (*fence_fn)(void *arg);
+void queue_set_fence(struct queue *q, fence_fn fn, void *arg);
+/* The queue's directory. */
+const char *queue_dir(const struct queue *q);
+/* Several nodes: queue ids made from now on carry the node's number (1..63)
+ * in their last 12 bits, so that ids made at the same microsecond on two
+ * nodes differ (they name files, PEC identifiers and log keys that the
+ * nodes share).  0: the process-local form. */
+void queue_set_node_tag(unsigned num);
 /* Scans queue/ and schedules every unfinished message; purges incoming/. */
 int queue_recover(struct queue *q);
 /* For the metrics (event loop): messages in the queue waiting for their

@@ -55,6 +55,8 @@ struct queue {
     pass_begin_fn pass_begin;
     pass_end_fn pass_end;
     void *pass_arg;
+    fence_fn fence;                 /* several nodes: may this process work on the spool? */
+    void *fence_arg;
     char dir[PATH_MAX];
     struct committer *committer;
     GHashTable *entries;

@@ -41,13 +41,22 @@ struct spool_writer {
     bool failed;
 };
 
+static atomic_uint node_tag;   /* queue_set_node_tag: 1..63, 0 none */
+
+void queue_set_node_tag(unsigned num) { atomic_store(&node_tag, num & 63); }
+
 void queue_new_id(char out[QUEUE_ID_LEN + 1])
 {
     static atomic_uint counter;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     uint64_t us = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
-    unsigned c = atomic_fetch_add(&counter, 1) + (unsigned)getpid() * 2654435761u;
+    unsigned tag = atomic_load(&node_tag);
+    /* one node: a counter mixed with the pid (several processes may write a
+     * queue directory: pecd, pecctl); several nodes: the node's number in
+     * the top 6 bits and the counter in the low 6 (64 ids a microsecond) */
+    unsigned c = tag != 0 ? tag << 6 | (atomic_fetch_add(&counter, 1) & 63)
+                          : atomic_fetch_add(&counter, 1) + (unsigned)getpid() * 2654435761u;
     snprintf(out, QUEUE_ID_LEN + 1, "%013llX%03X", (unsigned long long)(us & 0xFFFFFFFFFFFFFull),
              c & 0xFFFu);
 }

@@ -399,6 +399,14 @@ static void commit_stages(struct queue *q, struct work *ws, size_t n)
     }
     if (!any)
         return;
+    /* several nodes: the commit point only while the spool is ours (another
+     * node that took it over replays these stages itself) */
+    if (q->fence != NULL && !q->fence(q->fence_arg)) {
+        for (size_t k = 0; k < n; k++)
+            if (ws[k].stage_written)
+                stage_failed(q, &ws[k], "the lease on this spool is not held");
+        return;
+    }
     /* syncfs covers staged/'s entries too; in fsync mode the files are synced
      * as written and staged/ here */
     if (any_written && sync_dir_fs(sdir, q->cfg->sync_fs) == -1) {
@@ -724,13 +732,23 @@ gpointer queue_worker_thread(gpointer arg)
             }
             ws[n++].e = e;
         }
-        if (q->pass_begin != NULL && q->process != NULL)
-            q->pass_begin(q->pass_arg);
-        for (size_t i = 0; i < n; i++)
-            load(q, &ws[i]);
-        end_pass(q, ws, n);
-        commit_stages(q, ws, n);
-        publish_batch(q, ws, n);
+        /* several nodes: a spool whose lease this process does not hold
+         * (any more) is not touched; its messages wait */
+        if (q->fence != NULL && !q->fence(q->fence_arg)) {
+            for (size_t i = 0; i < n; i++) {
+                ws[i].e->tempfail = true;
+                snprintf(ws[i].e->err, sizeof ws[i].e->err,
+                         "the lease on this spool is not held");
+            }
+        } else {
+            if (q->pass_begin != NULL && q->process != NULL)
+                q->pass_begin(q->pass_arg);
+            for (size_t i = 0; i < n; i++)
+                load(q, &ws[i]);
+            end_pass(q, ws, n);
+            commit_stages(q, ws, n);
+            publish_batch(q, ws, n);
+        }
         for (size_t i = 0; i < n; i++) {
             settle(q, &ws[i]);
             if (ws[i].loaded) {

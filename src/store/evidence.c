@@ -38,6 +38,7 @@
  * at EVIDENCE_FIELD_MAX bytes (longer values are cut, with a marker).
  */
 #include "store/evidence_int.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 
 #include <errno.h>
@@ -253,6 +254,22 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, s
 
 struct evidence *evidence_open(const char *path, char *err, size_t errlen)
 {
+    if (config_is_postgresql(path)) {
+        struct evidence *ev = calloc(1, sizeof *ev);
+        if (ev == NULL) {
+            ev_fail(err, errlen, "out of memory");
+            return NULL;
+        }
+        ev->tail = &ev->head;
+        pthread_mutex_init(&ev->db_lock, NULL);
+        pthread_mutex_init(&ev->q_lock, NULL);
+        pthread_cond_init(&ev->q_cond, NULL);
+        if ((ev->pg = evpg_open(err, errlen)) == NULL) {
+            evidence_close(ev);
+            return NULL;
+        }
+        return ev;
+    }
     char dir[4096];
     if (str_copy(dir, path, sizeof dir) >= sizeof dir) {
         ev_fail(err, errlen, "evidence log: path too long");
@@ -348,6 +365,7 @@ void evidence_close(struct evidence *ev)
 {
     if (ev == NULL)
         return;
+    evpg_close(ev->pg);
     sqlite3_finalize(ev->st_insert);
     sqlite3_finalize(ev->st_dedupe);
     sqlite3_finalize(ev->st_head);
@@ -401,7 +419,7 @@ static int read_head(struct evidence *ev, struct head *h, char *err, size_t errl
 }
 
 /* Binds a field, cut at EVIDENCE_FIELD_MAX; *tmp holds a cut copy (freed by caller). */
-static const char *capped(const char *s, char **tmp)
+const char *ev_capped(const char *s, char **tmp)
 {
     if (s == NULL || strlen(s) <= EVIDENCE_FIELD_MAX)
         return s;
@@ -437,7 +455,7 @@ static int insert_one(struct evidence *ev, struct head *h, const char *day, time
                                 e->queue_id,   e->dedupe_key};
     const char *f[NFIELDS];
     for (int i = 0; i < NFIELDS; i++)
-        f[i] = capped(raw[i], &tmp[i]);
+        f[i] = ev_capped(raw[i], &tmp[i]);
     long long seq = h->seq + 1;
     long long when = e->when != 0 ? (long long)e->when : (long long)now;
     unsigned char hash[32];
@@ -474,6 +492,26 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
     char err[256] = "";
     int rc = -1;
     pthread_mutex_lock(&ev->db_lock);
+    if (ev->pg != NULL) {
+        /* every commit of the server is durable: deferred or not is the same */
+        size_t total = 0, k = 0;
+        for (struct pending *p = batch; p != NULL; p = p->next)
+            total += p->n;
+        const struct evidence_event **v = calloc(total ? total : 1, sizeof *v);
+        for (struct pending *p = batch; v != NULL && p != NULL; p = p->next)
+            for (size_t i = 0; i < p->n; i++)
+                v[k++] = &p->e[i];
+        rc = v != NULL ? evpg_commit(ev, v, k, err, sizeof err)
+                       : ev_fail(err, sizeof err, "out of memory");
+        free(v);
+        pthread_mutex_unlock(&ev->db_lock);
+        for (struct pending *p = batch; p != NULL; p = p->next) {
+            p->rc = rc;
+            if (rc != 0)
+                str_copy(p->err, err, sizeof p->err);
+        }
+        return;
+    }
     /* FULL (the WAL fdatasync'ed at COMMIT) unless every append of the batch
      * is made durable by its caller's syncfs (evidence_append_deferred) */
     bool full = false;
@@ -649,6 +687,8 @@ void evidence_batch_rollback(struct evidence *ev, size_t mark)
 int evidence_lookup(struct evidence *ev, const char *dedupe_key, char *queue_id,
                     size_t queue_id_len, time_t *when)
 {
+    if (ev->pg != NULL)
+        return evpg_lookup(ev, dedupe_key, queue_id, queue_id_len, when);
     pthread_mutex_lock(&ev->db_lock);
     sqlite3_stmt *st = NULL;
     int rc = -1;
@@ -678,6 +718,8 @@ int evidence_stage_time(struct evidence *ev, const char *queue_id, time_t *out)
     if (queue_id == NULL || snprintf(lo, sizeof lo, "%s:", queue_id) >= (int)sizeof lo)
         return -1;
     snprintf(hi, sizeof hi, "%s;", queue_id);   /* ';' follows ':' */
+    if (ev->pg != NULL)
+        return evpg_stage_time(ev, queue_id, out);
     pthread_mutex_lock(&ev->db_lock);
     sqlite3_stmt *st = NULL;
     int rc = -1;
@@ -720,6 +762,8 @@ int evidence_append_deferred(struct evidence *ev, const struct evidence_event *e
 
 int evidence_stats(struct evidence *ev, long long *records, time_t *last_seal)
 {
+    if (ev->pg != NULL)
+        return evpg_stats(ev, records, last_seal);
     /* never waits behind a group commit or a seal: the scrape tries again */
     if (pthread_mutex_trylock(&ev->db_lock) != 0)
         return -1;

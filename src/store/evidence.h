@@ -6,6 +6,15 @@
  * every finished (UTC) day is signed with the provider key (CMS).  Format,
  * verification and retention: docs/evidence.md.
  *
+ * Two backends, one interface: the SQLite file above (evidence.c,
+ * evidence_seal.c, evidence_verify.c, evidence_extract.c: one node), or the
+ * PostgreSQL database the provider's nodes share ([state] database;
+ * evidence_pg.c, evidence_pg_read.c), where each node appends to a chain of
+ * its own (named after the node), each chain's days are sealed once, and
+ * retention drops whole monthly partitions (docs/evidence.md, "Several
+ * nodes").  Every function that takes a path takes the database's URI
+ * instead (state.h: state_evidence_at()).
+ *
  * Purpose: the roles append (src/provider), pecd's daily timer seals and
  * purges, pecctl log verify|search|extract|hold|export and trace read.
  * Threads: one struct evidence may be used from several threads at once;
@@ -17,7 +26,7 @@
  * them); a signer's *der is malloc'ed and freed by the log; evidence_row's
  * pointers are valid during the callback; evidence_seal_of's outputs are
  * g_free'd by the caller; evidence_close frees the log.
- * Errors: -1 with the reason in err ("evidence log: what: SQLite's message"),
+ * Errors: -1 with the reason in err ("evidence log: what: the database's message"),
  * NULL from evidence_open; a failed batch stores none of its events; verify
  * returns -1 tampered (first broken record or day in err and on out), -2
  * unreadable.
@@ -183,6 +192,7 @@ struct evidence_query {
 };
 /* One record as stored (pointers valid during the callback). */
 struct evidence_row {
+    const char *chain;        /* the node's chain in the shared log; NULL with SQLite */
     long long seq;
     const char *day;
     long long logged_at, event_time;
@@ -203,6 +213,10 @@ int evidence_report(const char *path, const char *from, const char *to,
  * 1 found, 0 not sealed yet, -1 error. */
 int evidence_seal_of(const char *path, const char *day, char **signed_text,
                      unsigned char **sig, size_t *siglen, char *err, size_t errlen);
+/* The same for one chain of the shared log (chain NULL: evidence_seal_of). */
+int evidence_seal_of_chain(const char *path, const char *chain, const char *day,
+                           char **signed_text, unsigned char **sig, size_t *siglen, char *err,
+                           size_t errlen);
 /* Writes the sealed day ("YYYY-MM-DD") of the log at path into out_path, a
  * new file (0600; an existing one is refused): an evidence log of its own
  * with the day's records, its seal and the previous day's seal, which

@@ -14,6 +14,7 @@
  */
 #include "store/evidence_int.h"
 #include "lib/lib.h"
+#include "lib/config.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -74,6 +75,14 @@ long long evidence_export_day(const char *path, const char *day, const char *out
 {
     if (!valid_day(day)) {
         ev_fail(err, errlen, "'%s' is not a day (YYYY-MM-DD)", day);
+        return -1;
+    }
+    if (config_is_postgresql(path)) {
+        /* the shared log has a chain per node: an export of one chain-day
+         * is not written yet (log extract works on it) */
+        ev_fail(err, errlen, "log export works on the embedded (SQLite) evidence log only; the "
+                             "shared log in the [state] database: pecctl log extract, or "
+                             "pg_dump (docs/backup.md)");
         return -1;
     }
     sqlite3 *probe = ev_open_ro(path, err, errlen);   /* checks the format */

@@ -13,6 +13,7 @@
  * evidence_hold_*) and ev_day_held (evidence_int.h, for the purge).
  */
 #include "store/evidence_int.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 
 #include <errno.h>
@@ -62,7 +63,7 @@ static bool plain_address(const char *a)
            strlen(a) <= 254;
 }
 
-static bool valid_day(const char *d)
+bool ev_valid_day(const char *d)
 {
     if (d == NULL)
         return true;
@@ -72,11 +73,11 @@ static bool valid_day(const char *d)
     return end != NULL && *end == '\0' && strlen(d) == 10;
 }
 
-static int check_query(const struct evidence_query *q, char *err, size_t errlen)
+int ev_check_query(const struct evidence_query *q, char *err, size_t errlen)
 {
     if (q->address != NULL && !plain_address(q->address))
         return ev_fail(err, errlen, "'%s' is not a mailbox address", q->address);
-    if (!valid_day(q->from) || !valid_day(q->to))
+    if (!ev_valid_day(q->from) || !ev_valid_day(q->to))
         return ev_fail(err, errlen, "a date is YYYY-MM-DD");
     if (q->subject != NULL && strlen(q->subject) > 500)
         return ev_fail(err, errlen, "the subject to look for is too long");
@@ -155,8 +156,10 @@ int evidence_search(const char *path, const struct evidence_query *q,
                     int (*fn)(void *ctx, const struct evidence_row *r), void *ctx, char *err,
                     size_t errlen)
 {
-    if (check_query(q, err, errlen) == -1)
+    if (ev_check_query(q, err, errlen) == -1)
         return -1;
+    if (config_is_postgresql(path))
+        return evpg_search(q, fn, ctx, err, errlen);
     sqlite3 *db = ev_open_ro(path, err, errlen);
     if (db == NULL)
         return -1;
@@ -184,8 +187,10 @@ int evidence_report(const char *path, const char *from, const char *to,
                     int (*fn)(void *ctx, const char *day, const char *type, long long n),
                     void *ctx, char *err, size_t errlen)
 {
-    if (!valid_day(from) || !valid_day(to))
+    if (!ev_valid_day(from) || !ev_valid_day(to))
         return ev_fail(err, errlen, "a date is YYYY-MM-DD");
+    if (config_is_postgresql(path))
+        return evpg_report(from, to, fn, ctx, err, errlen);
     sqlite3 *db = ev_open_ro(path, err, errlen);
     if (db == NULL)
         return -1;
@@ -208,6 +213,15 @@ int evidence_report(const char *path, const char *from, const char *to,
     sqlite3_finalize(st);
     sqlite3_close(db);
     return rc;
+}
+
+int evidence_seal_of_chain(const char *path, const char *chain, const char *day,
+                           char **signed_text, unsigned char **sig, size_t *siglen, char *err,
+                           size_t errlen)
+{
+    if (config_is_postgresql(path))
+        return evpg_seal_of(chain, day, signed_text, sig, siglen, err, errlen);
+    return evidence_seal_of(path, day, signed_text, sig, siglen, err, errlen);
 }
 
 int evidence_seal_of(const char *path, const char *day, char **signed_text,
@@ -264,8 +278,7 @@ static sqlite3 *open_rw(const char *path, char *err, size_t errlen)
     return db;
 }
 
-long long evidence_hold_add(const char *path, const char *kind, const char *value,
-                            const char *reason, char *err, size_t errlen)
+int ev_check_hold(const char *kind, const char *value, char *err, size_t errlen)
 {
     bool addr = strcmp(kind, "address") == 0;
     if (!addr && strcmp(kind, "pec_id") != 0)
@@ -274,6 +287,17 @@ long long evidence_hold_add(const char *path, const char *kind, const char *valu
                                         strpbrk(value, " \t\r\n<>") != NULL))
         return ev_fail(err, errlen, "'%s' is not %s", value ? value : "",
                        addr ? "a mailbox address" : "a PEC identifier (without < >)");
+    return 0;
+}
+
+long long evidence_hold_add(const char *path, const char *kind, const char *value,
+                            const char *reason, char *err, size_t errlen)
+{
+    if (ev_check_hold(kind, value, err, errlen) == -1)
+        return -1;
+    bool addr = strcmp(kind, "address") == 0;
+    if (config_is_postgresql(path))
+        return evpg_hold_add(addr ? "address" : "pec_id", value, reason, err, errlen);
     sqlite3 *db = open_rw(path, err, errlen);
     if (db == NULL)
         return -1;
@@ -297,6 +321,8 @@ long long evidence_hold_add(const char *path, const char *kind, const char *valu
 
 int evidence_hold_del(const char *path, long long id, char *err, size_t errlen)
 {
+    if (config_is_postgresql(path))
+        return evpg_hold_del(id, err, errlen);
     sqlite3 *db = open_rw(path, err, errlen);
     if (db == NULL)
         return -1;
@@ -321,6 +347,8 @@ int evidence_hold_list(const char *path,
                                  const char *reason, long long created),
                        void *ctx, char *err, size_t errlen)
 {
+    if (config_is_postgresql(path))
+        return evpg_hold_list(fn, ctx, err, errlen);
     sqlite3 *db = ev_open_ro(path, err, errlen);
     if (db == NULL)
         return -1;

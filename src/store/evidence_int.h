@@ -34,8 +34,10 @@
 #define NFIELDS 10
 
 struct pending;     /* an append waiting for the group commit (evidence.c) */
+struct evpg;        /* the PostgreSQL backend's side (evidence_pg.c) */
 
 struct evidence {
+    struct evpg *pg;             /* not NULL: the shared database, not the SQLite file */
     sqlite3 *db;
     pthread_mutex_t db_lock;     /* use of db: one committer, seal or purge at a time */
     pthread_mutex_t q_lock;      /* the queue and 'committing' */
@@ -85,5 +87,57 @@ const char *ev_schema_sql(void);
 /* The text a day seal signs (docs/evidence.md); -1 if it does not fit. */
 int ev_seal_text(char *out, size_t outlen, const char *day, long long count, long long first,
                  long long last, const unsigned char hash[32]);
+/* The same for one chain of the shared log (format 2, with the chain's name). */
+int ev_seal_text_chain(char *out, size_t outlen, const char *chain, const char *day,
+                       long long count, long long first, long long last,
+                       const unsigned char hash[32]);
+/* A field value as stored: s, or a copy cut at EVIDENCE_FIELD_MAX with a
+ * marker in *tmp (free it); NULL only when s is NULL or out of memory. */
+const char *ev_capped(const char *s, char **tmp);
+
+/* evidence_verify.c, for both backends: the provider certificates in a PEM
+ * file (the first, and later end-entity ones), and the check of a seal's
+ * detached CMS signature over text by one of them (allowed NULL: any; the
+ * signer's subject into signer).  0 ok, -1 with why. */
+struct stack_st_X509;
+struct stack_st_X509 *ev_load_certs(const char *file, char *err, size_t errlen);
+int ev_cms_check(struct stack_st_X509 *allowed, const unsigned char *sig, size_t siglen,
+                 const char *text, char *signer, size_t signerlen, char *why, size_t whylen);
+
+/* ---- the PostgreSQL backend (evidence_pg.c, evidence_pg_read.c) ----------------- */
+/* where is a postgresql:// URI registered with state_setup() */
+struct evpg *evpg_open(char *err, size_t errlen);
+void evpg_close(struct evpg *pg);
+/* Appends events[0..n) to this node's chain in one transaction (the group
+ * commit's batch); 0 or -1 with err.  Caller holds db_lock. */
+int evpg_commit(struct evidence *ev, const struct evidence_event *const *events, size_t n,
+                char *err, size_t errlen);
+int evpg_lookup(struct evidence *ev, const char *dedupe_key, char *queue_id,
+                size_t queue_id_len, time_t *when);
+int evpg_stage_time(struct evidence *ev, const char *queue_id, time_t *out);
+int evpg_stats(struct evidence *ev, long long *records, time_t *last_seal);
+int evpg_seal(struct evidence *ev, time_t now, char *err, size_t errlen);
+int evpg_purge(struct evidence *ev, time_t older_than, char *err, size_t errlen);
+int evpg_verify(const struct evidence_verify_opts *o, FILE *out, char *err, size_t errlen);
+int evpg_trace(const char *id, FILE *out);
+int evpg_trace_json(const char *id, FILE *out, char *err, size_t errlen);
+int evpg_search(const struct evidence_query *q,
+                int (*fn)(void *ctx, const struct evidence_row *r), void *ctx, char *err,
+                size_t errlen);
+int evpg_report(const char *from, const char *to,
+                int (*fn)(void *ctx, const char *day, const char *type, long long n), void *ctx,
+                char *err, size_t errlen);
+int evpg_seal_of(const char *chain, const char *day, char **signed_text, unsigned char **sig,
+                 size_t *siglen, char *err, size_t errlen);
+long long evpg_hold_add(const char *kind, const char *value, const char *reason, char *err,
+                        size_t errlen);
+int evpg_hold_del(long long id, char *err, size_t errlen);
+int evpg_hold_list(int (*fn)(void *ctx, long long id, const char *kind, const char *value,
+                             const char *reason, long long created),
+                   void *ctx, char *err, size_t errlen);
+/* evidence_extract.c: the checks of a query and of a hold, for both backends */
+int ev_check_query(const struct evidence_query *q, char *err, size_t errlen);
+bool ev_valid_day(const char *d);
+int ev_check_hold(const char *kind, const char *value, char *err, size_t errlen);
 
 #endif

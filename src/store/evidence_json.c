@@ -14,6 +14,7 @@
  */
 #include "store/evidence.h"
 #include "evidence_int.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 
 #include <stdio.h>
@@ -21,6 +22,8 @@
 
 int evidence_trace_json(const char *path, const char *id, FILE *out, char *err, size_t errlen)
 {
+    if (config_is_postgresql(path))
+        return evpg_trace_json(id, out, err, errlen);
     char key[1024];
     while (*id == ' ' || *id == '\t' || *id == '<')
         id++;

@@ -39,10 +39,24 @@ int ev_seal_text(char *out, size_t outlen, const char *day, long long count, lon
                    day, count, first, last, h);
 }
 
+int ev_seal_text_chain(char *out, size_t outlen, const char *chain, const char *day,
+                       long long count, long long first, long long last,
+                       const unsigned char hash[32])
+{
+    char h[65];
+    hex(hash, 32, h);
+    return str_fmt(out, outlen,
+                   "pecmail evidence seal 2\nchain: %s\nday: %s\nrecords: %lld\nfirst: %lld\n"
+                   "last: %lld\nlast-hash: %s\n",
+                   chain, day, count, first, last, h);
+}
+
 /* ---- seals ------------------------------------------------------------------------ */
 
 int evidence_seal(struct evidence *ev, time_t now, char *err, size_t errlen)
 {
+    if (ev->pg != NULL)
+        return evpg_seal(ev, now, err, errlen);
     char today[16];
     ev_utc_day(now, today);
     pthread_mutex_lock(&ev->db_lock);
@@ -137,6 +151,8 @@ out:
 
 int evidence_purge(struct evidence *ev, time_t older_than, char *err, size_t errlen)
 {
+    if (ev->pg != NULL)
+        return evpg_purge(ev, older_than, err, errlen);
     /* day D ends at D+1 00:00 UTC; it may go when that is <= older_than */
     char limit[16];
     ev_utc_day(older_than, limit);

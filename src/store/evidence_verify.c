@@ -8,6 +8,7 @@
  * Interface: evidence.h.  What is checked and why: docs/evidence.md.
  */
 #include "store/evidence_int.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 
 #include <errno.h>
@@ -97,7 +98,7 @@ static void vprint(struct verify *v, const char *fmt, ...)
     va_end(ap);
 }
 
-static STACK_OF(X509) *load_certs(const char *file, char *err, size_t errlen)
+STACK_OF(X509) *ev_load_certs(const char *file, char *err, size_t errlen)
 {
     FILE *f = fopen(file, "r");
     if (f == NULL) {
@@ -126,8 +127,15 @@ static STACK_OF(X509) *load_certs(const char *file, char *err, size_t errlen)
 static int check_signature(struct verify *v, const struct seal_row *s, const char *text,
                            char *why, size_t whylen)
 {
-    const unsigned char *p = s->sig;
-    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)s->siglen);
+    return ev_cms_check(v->allowed, s->sig, s->siglen, text, v->signer, sizeof v->signer, why,
+                        whylen);
+}
+
+int ev_cms_check(STACK_OF(X509) *allowed, const unsigned char *sig, size_t siglen,
+                 const char *text, char *signer_name, size_t signerlen, char *why, size_t whylen)
+{
+    const unsigned char *p = sig;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)siglen);
     if (cms == NULL) {
         ERR_clear_error();
         return ev_fail(why, whylen, "the signature is not a CMS structure");
@@ -139,12 +147,12 @@ static int check_signature(struct verify *v, const struct seal_row *s, const cha
      * after the certificate expires. */
     unsigned flags = CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY;
     int ok = content != NULL && CMS_verify(cms, NULL, NULL, content, NULL, flags) == 1;
-    if (!ok && content != NULL && v->allowed != NULL &&
+    if (!ok && content != NULL && allowed != NULL &&
         ERR_GET_REASON(ERR_peek_last_error()) == CMS_R_SIGNER_CERTIFICATE_NOT_FOUND) {
         /* a seal made without embedding the certificate */
         ERR_clear_error();
         ok = BIO_reset(content) == 1 &&
-             CMS_verify(cms, v->allowed, NULL, content, NULL, flags) == 1;
+             CMS_verify(cms, allowed, NULL, content, NULL, flags) == 1;
     }
     if (!ok) {
         unsigned long e = ERR_peek_last_error();
@@ -155,14 +163,14 @@ static int check_signature(struct verify *v, const struct seal_row *s, const cha
     STACK_OF(X509) *signers = CMS_get0_signers(cms);
     X509 *signer = signers != NULL && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
     if (signer != NULL)
-        X509_NAME_oneline(X509_get_subject_name(signer), v->signer, sizeof v->signer);
-    bool allowed = v->allowed == NULL;
-    for (int i = 0; signer != NULL && !allowed && i < sk_X509_num(v->allowed); i++)
-        allowed = X509_cmp(signer, sk_X509_value(v->allowed, i)) == 0;
+        X509_NAME_oneline(X509_get_subject_name(signer), signer_name, (int)signerlen);
+    bool ok_signer = allowed == NULL;
+    for (int i = 0; signer != NULL && !ok_signer && i < sk_X509_num(allowed); i++)
+        ok_signer = X509_cmp(signer, sk_X509_value(allowed, i)) == 0;
     sk_X509_free(signers);
-    if (!allowed) {
+    if (!ok_signer) {
         ev_fail(why, whylen, "signed by %s, which is not the provider's signing certificate",
-                v->signer);
+                signer_name);
         goto out;
     }
     rc = 0;
@@ -348,6 +356,8 @@ static const struct seal_row *find_seal(const struct verify *v, const char *day)
 int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, FILE *out,
                        char *err, size_t errlen)
 {
+    if (config_is_postgresql(path))
+        return evpg_verify(o, out, err, errlen);
     struct verify v = {.out = out};
     sqlite3_stmt *st0 = NULL;
     char why[512];
@@ -356,7 +366,7 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
     char today[16];
     ev_utc_day(now, today);
     if (o != NULL && o->cert_pem_file != NULL &&
-        (v.allowed = load_certs(o->cert_pem_file, err, errlen)) == NULL)
+        (v.allowed = ev_load_certs(o->cert_pem_file, err, errlen)) == NULL)
         goto out;   /* said as "cannot verify" */
     v.db = ev_open_ro(path, err, errlen);
     if (v.db == NULL)
@@ -603,6 +613,8 @@ static int trace_group(sqlite3 *db, FILE *out, const char *pec_id, const char *i
 
 int evidence_trace(const char *path, const char *id, FILE *out)
 {
+    if (config_is_postgresql(path))
+        return evpg_trace(id, out);
     char err[512];
     char key[1024];
     /* accept "<id>", "id" and surrounding blanks */

@@ -6,7 +6,8 @@
  * The name is derived from the queue id and the recipient's index, so a
  * delivery repeated after a crash finds its earlier copy (link() fails with
  * EEXIST in new/; for recovered messages new/ and cur/ are searched by the
- * name without its host part, which differs after a restore on another
+ * name without its host part, which differs when another node delivers
+ * again (it took a dead node's spool over) or after a restore on another
  * host) and is not stored twice.  CRLF line ends are kept as received: PEC signatures cover them.
  */
 #include "store.h"
@@ -76,7 +77,8 @@ static int ensure_maildir(const char *dir, char *err, size_t errlen)
 
 /* Is there an entry in DIR/sub whose name starts with the message's key,
  * "ARRIVAL.QqidRn." - the name without the host, which differs when a
- * restored queue is delivered on another host (cur/ adds ":2,FLAGS")? */
+ * restored queue, or a dead node's spool taken over, is delivered on another
+ * host (cur/ adds ":2,FLAGS")? */
 static bool delivered_as(const char *dir, const char *sub, const char *name)
 {
     const char *dot = strchr(name, '.');

@@ -2,8 +2,14 @@
  * quarantine.c - the quarantine store (quarantine.h).  Messages are files
  * written with fs_write_atomic() (temp file, fsync, rename, fsync of the
  * directory), so a message is in the store before the client hears 250.
+ * Their index is the .info file beside each one; with the shared database
+ * ([state] database) each is also a row of the quarantine table (node,
+ * queue id, day, path, reason, sender, recipients), written before the
+ * reply too, so that any node or the operator finds what every node holds;
+ * the daily purge removes the rows with the day directories.
  */
 #include "quarantine.h"
+#include "pg.h"
 #include "lib/lib.h"
 
 #include <ctype.h>
@@ -74,6 +80,31 @@ int quarantine_store(const char *dir, const struct quarantine_info *qi, const ch
         snprintf(err, errlen, "quarantine %s: %s", ipath, strerror(errno));
         return -1;
     }
+    if (pg_configured()) {
+        /* the shared index: without it the message is stored but unfindable
+         * from the other nodes, so the client tries again later */
+        GString *to = g_string_new(NULL);
+        for (size_t i = 0; i < qi->nrcpts; i++)
+            g_string_append_printf(to, "%s%s", i ? ", " : "", qi->rcpts[i]);
+        char at[32], e2[512];
+        snprintf(at, sizeof at, "%lld", (long long)now);
+        const char *p[] = {pg_node(), qi->qid, day, path, qi->reason, qi->sender, to->str,
+                           qi->client_ip, at};
+        PGconn *c = pg_get(e2, sizeof e2);
+        long rows = c ? pg_command(c, e2, sizeof e2, "quarantine index",
+                                "INSERT INTO quarantine (node, qid, day, path, reason, sender, "
+                                "recipients, client, stored_at) VALUES ($1, $2, $3::date, $4, "
+                                "$5, $6, $7, $8, $9::bigint) ON CONFLICT (node, qid) DO UPDATE "
+                                "SET path = excluded.path, reason = excluded.reason",
+                                9, p)
+                      : -1;
+        pg_put(c);
+        g_string_free(to, TRUE);
+        if (rows < 0) {
+            snprintf(err, errlen, "quarantine %s: %s", path, e2);
+            return -1;
+        }
+    }
     if (path_out != NULL)
         str_copy(path_out, path, pathlen);
     return 0;
@@ -122,5 +153,16 @@ int quarantine_purge(const char *dir, time_t older_than, char *err, size_t errle
     closedir(d);
     if (n > 0)
         fs_fsync_dir(dir);
+    if (pg_configured()) {
+        /* this node's rows of the days gone (a node's purge, its own files) */
+        char e2[512];
+        const char *p[] = {pg_node(), limit};
+        PGconn *c = pg_get(e2, sizeof e2);
+        if (c == NULL ||
+            pg_command(c, e2, sizeof e2, "quarantine index",
+                       "DELETE FROM quarantine WHERE node = $1 AND day < $2::date", 2, p) < 0)
+            log_warn("quarantine index: %s (tried again at the next purge)", e2);
+        pg_put(c);
+    }
     return n;
 }

@@ -167,7 +167,7 @@ def test_tracking_database_of_an_older_pecd_is_migrated(providers):
     assert msg["Message-ID"] == "<opec1.20250101120000.0123456789ABCDEF.3@pec.a.test>"
     assert daticert(msg).findtext("dati/identificativo") == pec_id
     assert msg["X-Riferimento-Message-ID"] is None    # never stored by the older pecd
-    assert "migrated from schema 0 to 2, 1 waiting recipient kept" in a.log(400)
+    assert "migrated from schema 0 to 3, 1 waiting recipient kept" in a.log(400)
     a.stop()   # pecd holds tracking.db exclusively while it runs
     db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
     try:

@@ -139,8 +139,9 @@ static void test_maildir(void **state)
     deliver(dir, name, hdr, data, true, 1);
     snprintf(p, sizeof p, "%s/new", dir);
     assert_int_equal(count_dir(p), 0);
-    /* a restored queue delivered on another host (its name in the file name):
-     * the copy the backup brought, in cur/ or new/, is recognised */
+    /* delivered again on another host (its name in the file name): a node
+     * that took the spool of the first over, or a restored queue; the copy
+     * is found all the same, in cur/ and new/ */
     char other[256];
     str_copy(other, name, sizeof other);
     char *host = strstr(other, "R1.") + 3;
@@ -150,7 +151,7 @@ static void test_maildir(void **state)
     assert_int_equal(rename(to, from), 0);
     deliver(dir, other, hdr, data, true, 1);
     assert_int_equal(rename(from, to), 0);
-    /* another recipient index is another message */
+    /* a copy for another recipient (R11, R1 as prefix) is not taken for it */
     char r2[256];
     maildir_name(r2, sizeof r2, 1700000000, "0123456789ABCDEF", 11,
                  sizeof hdr - 1 + sizeof data - 1);

@@ -360,9 +360,60 @@ static void test_migrates_schema_0(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    assert_int_equal(sqlite3_column_int(st, 0), 3);
     sqlite3_finalize(st);
     sqlite3_close(db);
+}
+
+/* Each notice is claimed by the batch (queue id) that carries it: a batch
+ * made again after a crash finds the notice claimed by another and does not
+ * send it; after the second notice the row stays (not due any more) until
+ * the duplicate window ends. */
+static void test_notice_claims(void **state)
+{
+    (void)state;
+    struct tracking *t = open_fresh("claims.db");
+    const char *rcpts[] = {"anna@pec.b.example"};
+    time_t sent = time(NULL) - 100;
+    assert_int_equal(expect(t, "opec1.c@pec.a.example", NULL, "mario@pec.a.example", "s", "anna",
+                            rcpts, 1, sent),
+                     0);
+    char q[64] = "x";
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 1, q, sizeof q),
+                     0);
+    struct tracking_due *d;
+    size_t n = tracking_due(t, time(NULL), 50, 24 * 50, &d);
+    assert_int_equal(n, 1);
+    assert_int_equal(d[0].which, 1);
+    assert_int_equal(tracking_claim(t, d, n, "BATCH1"), 0);
+    tracking_due_free(d, n);
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 1, q, sizeof q),
+                     1);
+    assert_string_equal(q, "BATCH1");
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 2, q, sizeof q),
+                     0);
+    /* the second notice (t24 = 60 s: due 55 s after sending) */
+    n = tracking_due(t, time(NULL), 50, 60, &d);
+    assert_int_equal(n, 1);
+    assert_int_equal(d[0].which, 2);
+    assert_int_equal(tracking_claim(t, d, n, "BATCH2"), 0);
+    tracking_due_free(d, n);
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 2, q, sizeof q),
+                     1);
+    assert_string_equal(q, "BATCH2");
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 1, q, sizeof q),
+                     1);
+    assert_string_equal(q, "BATCH1");
+    n = tracking_due(t, time(NULL) + 86400, 50, 60, &d);   /* ended: never due again */
+    assert_int_equal(n, 0);
+    tracking_due_free(d, n);
+    assert_true(tracking_purge_seen(t, sent - 1, 100) >= 0);   /* not old enough */
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 2, q, sizeof q),
+                     1);
+    assert_true(tracking_purge_seen(t, sent + 1, 100) >= 0);
+    assert_int_equal(tracking_notice_claim(t, "opec1.c@pec.a.example", rcpts[0], 2, q, sizeof q),
+                     0);
+    tracking_close(t);
 }
 
 int main(void)
@@ -374,6 +425,7 @@ int main(void)
                                        cmocka_unit_test(test_pass_transaction),
                                        cmocka_unit_test(test_pass_crash),
                                        cmocka_unit_test(test_seen_key),
-                                       cmocka_unit_test(test_seen_old_table_dropped)};
+                                       cmocka_unit_test(test_seen_old_table_dropped),
+                                       cmocka_unit_test(test_notice_claims)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

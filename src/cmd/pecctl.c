@@ -83,7 +83,7 @@ static void print_user(const char *addr, void *arg)
 static bool address_ok(const struct config *cfg, const char *a, char *why, size_t whylen)
 {
     char args[SMTP_PATH_MAX + 8];
-    struct smtp_path *p = calloc(1, sizeof *p);
+    struct smtp_path *p = xcalloc(1, sizeof *p);
     bool ok = false;
     if (p == NULL || strlen(a) > SMTP_PATH_MAX) {
         snprintf(why, whylen, "longer than %d octets (RFC 5321 §4.5.3.1.3)", SMTP_PATH_MAX);

@@ -155,7 +155,7 @@ static char *ldif_value(const char *after_colon)
     while (*v == ' ')
         v++;
     if (!b64)
-        return strdup(v);
+        return xstrdup(v);
     size_t n = strlen(v);
     unsigned char *raw = malloc(n / 4 * 3 + 4);
     if (raw == NULL)
@@ -163,7 +163,7 @@ static char *ldif_value(const char *after_colon)
     int got = n % 4 == 0 ? EVP_DecodeBlock(raw, (const unsigned char *)v, (int)n) : -1;
     if (got < 0) {
         free(raw);
-        return strdup("");
+        return xstrdup("");
     }
     if (n >= 1 && v[n - 1] == '=')
         got--;
@@ -195,7 +195,7 @@ static bool dn_is(const char *dn, const char *want)
 static int ldif_classify(struct ldif_rec *r, const char *dn_ours, const char *name,
                          const char *domain)
 {
-    char *copy = strdup(r->text);
+    char *copy = xstrdup(r->text);
     if (copy == NULL)
         return -1;
     /* unfold: "\n " joins lines (RFC 2849) */
@@ -239,12 +239,12 @@ static int ldif_classify(struct ldif_rec *r, const char *dn_ours, const char *na
             if (dn_is(v, dn_ours))
                 r->ours = true;
             if (r->dn == NULL)
-                r->dn = strdup(v);
+                r->dn = xstrdup(v);
         } else if (is_name) {
             if (strcasecmp(v, name) == 0)
                 r->ours = true;
             if (r->provider == NULL)
-                r->provider = strdup(v);
+                r->provider = xstrdup(v);
         } else if (strcasecmp(v, domain) == 0) {
             r->ours = true;
         }
@@ -289,7 +289,7 @@ static int ldif_split(const char *text, struct ldif_rec **recs_out, size_t *nrec
         if ((blank || end) && curlen > 0) {
             if (n == cap) {
                 cap = cap ? cap * 2 : 16;
-                struct ldif_rec *g = realloc(recs, cap * sizeof *recs);
+                struct ldif_rec *g = xrealloc(recs, cap * sizeof *recs);
                 if (g == NULL)
                     goto fail;
                 recs = g;
@@ -374,7 +374,7 @@ int init_directory_update(const char *path, const struct init_opts *o, const cha
             init_io_fail("read", path);
             goto out;
         }
-        text = strdup("");
+        text = xstrdup("");
     }
     errno = ENOMEM;
     if (text == NULL || ldif_split(text, &recs, &nrecs) < 0) {

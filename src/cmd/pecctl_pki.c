@@ -277,7 +277,7 @@ static int remake_crl(const char *cadir)
     pec_pki_pair ca;
     if (read_pair(cadir, "ca.key", "ca.pem", &ca) < 0)
         return 1;
-    pec_pki_revoked *revoked = calloc(MAX_REVOKED, sizeof *revoked);
+    pec_pki_revoked *revoked = xcalloc(MAX_REVOKED, sizeof *revoked);
     size_t n = revoked ? read_revoked(cadir, revoked) : 0;
     pec_buf crl;
     char err[256];

@@ -129,7 +129,7 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     env.arrival = time(NULL);
     env.sender = (char *)txn->sender;
     env.nrcpts = txn->nrcpts;
-    env.rcpts = calloc(txn->nrcpts, sizeof *env.rcpts);
+    env.rcpts = xcalloc(txn->nrcpts, sizeof *env.rcpts);
     for (size_t i = 0; i < txn->nrcpts; i++) {
         env.rcpts[i].addr = txn->rcpts[i].addr;
         env.rcpts[i].orig = txn->rcpts[i].orig;
@@ -159,7 +159,7 @@ static void *hook_msg_open(void *arg, const struct smtp_txn *txn, char *qid, siz
     free(env.rcpts);
     if (w == NULL)
         return NULL;
-    struct msg *m = calloc(1, sizeof *m);
+    struct msg *m = xcalloc(1, sizeof *m);
     m->d = d;
     m->w = w;
     str_copy(m->qid, env.qid, sizeof m->qid);

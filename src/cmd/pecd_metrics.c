@@ -256,7 +256,7 @@ int pecd_metrics_start(struct pecd *d, char *err, size_t errlen)
                               "127.0.0.1:9125 or [::1]:9125)", d->cfg->metrics_listen);
         return -1;
     }
-    struct pecd_metrics *m = calloc(1, sizeof *m);
+    struct pecd_metrics *m = xcalloc(1, sizeof *m);
     m->d = d;
     m->lev = evconnlistener_new_bind(d->base, on_accept, m,
                                      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |

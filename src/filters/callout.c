@@ -56,7 +56,7 @@ bool callout_consented(const struct config *cfg, const char *name, const char *s
 
 struct callouts *callouts_new(const struct config *cfg)
 {
-    struct callouts *c = calloc(1, sizeof *c);
+    struct callouts *c = xcalloc(1, sizeof *c);
     c->cfg = cfg;
     if (cfg->av_enabled)
         c->clamd = clamd_new(cfg->av_clamd, (unsigned)cfg->av_timeout * 1000,
@@ -209,8 +209,8 @@ static void facts_of(const struct callouts *c, const struct callout_msg *m,
 
 static void push(char ***v, size_t *n, const char *s)
 {
-    *v = realloc(*v, (*n + 1) * sizeof **v);
-    (*v)[(*n)++] = strdup(s);
+    *v = xrealloc(*v, (*n + 1) * sizeof **v);
+    (*v)[(*n)++] = xstrdup(s);
 }
 
 /* Envelope changes and refused recipients: honoured on ordinary mail only.
@@ -237,7 +237,7 @@ static int envelope_mods(const struct callout_msg *m, const char *name,
             push(&res->del_rcpts, &res->ndel, d->value);
         else {
             free(res->new_sender);
-            res->new_sender = strdup(d->value);
+            res->new_sender = xstrdup(d->value);
         }
     }
     for (size_t i = 0; i < mr->nrefused; i++) {
@@ -253,12 +253,12 @@ static int envelope_mods(const struct callout_msg *m, const char *name,
                 refuse(res, "%s", f->reply);
             continue;
         }
-        struct callout_refusal *g = realloc(res->refused, (res->nrefused + 1) * sizeof *g);
+        struct callout_refusal *g = xrealloc(res->refused, (res->nrefused + 1) * sizeof *g);
         if (g == NULL)
             continue;
         res->refused = g;
         g += res->nrefused++;
-        g->rcpt = strdup(m->rcpts[f->rcpt]);
+        g->rcpt = xstrdup(m->rcpts[f->rcpt]);
         str_copy(g->reply, f->reply, sizeof g->reply);
     }
     if (n == 0 && mr->nrefused == 0)

@@ -230,7 +230,7 @@ struct clamd {
 
 struct clamd *clamd_new(const char *addr, unsigned timeout_ms, unsigned pool_size)
 {
-    struct clamd *c = calloc(1, sizeof *c);
+    struct clamd *c = xcalloc(1, sizeof *c);
     str_copy(c->addr, addr, sizeof c->addr);
     c->timeout_ms = timeout_ms ? timeout_ms : 30000;
     c->n = pool_size < 1 ? 1 : pool_size > POOL_MAX ? POOL_MAX : pool_size;

@@ -180,7 +180,7 @@ static struct milter_mod *new_mod(struct conv *c, enum milter_mod_kind kind)
         return fail(c, "more than %u modifications", MILTER_MAX_MODS), NULL;
     if (r->nmods == c->modcap) {
         size_t cap = c->modcap ? c->modcap * 2 : 8;
-        struct milter_mod *m = realloc(r->mods, cap * sizeof *m);
+        struct milter_mod *m = xrealloc(r->mods, cap * sizeof *m);
         if (!m)
             return fail(c, "%s", "out of memory"), NULL;
         r->mods = m;
@@ -225,8 +225,8 @@ static enum step header_mod(struct conv *c, char cmd, const char *data, size_t l
     if (!m)
         return ST_FAIL;
     m->index = skip ? milter_get_u32(data) : 0;
-    m->name = strdup(s[0]);
-    m->value = strdup(s[1]);
+    m->name = xstrdup(s[0]);
+    m->value = xstrdup(s[1]);
     return m->name && m->value ? ST_CONTINUE : fail(c, "%s", "out of memory");
 }
 
@@ -275,7 +275,7 @@ static enum step addr_mod(struct conv *c, char cmd, const char *data, size_t len
     const char *a = s[0];
     if (n >= 2 && a[0] == '<' && a[n - 1] == '>')
         a++, n -= 2;
-    m->value = strndup(a, n);
+    m->value = xstrndup(a, n);
     return m->value ? ST_CONTINUE : fail(c, "%s", "out of memory");
 }
 
@@ -459,7 +459,7 @@ static enum step do_string(struct conv *c, char cmd, const char *s, bool angle, 
 static void record_refusal(struct conv *c, size_t i, enum step s)
 {
     struct milter_result *r = c->res;
-    struct milter_refusal *n = realloc(r->refused, (r->nrefused + 1) * sizeof *n);
+    struct milter_refusal *n = xrealloc(r->refused, (r->nrefused + 1) * sizeof *n);
     if (!n)
         return;
     r->refused = n;

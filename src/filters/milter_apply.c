@@ -36,7 +36,7 @@ static int fields_insert(struct fields *f, size_t at, struct field x)
 {
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 32;
-        struct field *v = realloc(f->v, cap * sizeof *v);
+        struct field *v = xrealloc(f->v, cap * sizeof *v);
         if (!v)
             return -1;
         f->v = v;

@@ -84,7 +84,7 @@ static void apply_envelope(struct queue_env *env, const struct callout_result *r
 {
     if (res->new_sender != NULL) {
         free(env->sender);
-        env->sender = strdup(res->new_sender);
+        env->sender = xstrdup(res->new_sender);
     }
     size_t k = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
@@ -100,18 +100,18 @@ static void apply_envelope(struct queue_env *env, const struct callout_result *r
     }
     env->nrcpts = k;
     for (size_t i = 0; i < res->nadd; i++) {
-        env->rcpts = realloc(env->rcpts, (env->nrcpts + 1) * sizeof *env->rcpts);
+        env->rcpts = xrealloc(env->rcpts, (env->nrcpts + 1) * sizeof *env->rcpts);
         struct queue_rcpt *r = &env->rcpts[env->nrcpts++];
         memset(r, 0, sizeof *r);
-        r->addr = strdup(res->add_rcpts[i]);
-        r->orig = strdup(res->add_rcpts[i]);
+        r->addr = xstrdup(res->add_rcpts[i]);
+        r->orig = xstrdup(res->add_rcpts[i]);
     }
 }
 
 static void quarantine(struct job *j, const struct queue_env *env, const char *data, size_t len,
                        const char *reason)
 {
-    const char **rc = calloc(env->nrcpts + 1, sizeof *rc);
+    const char **rc = xcalloc(env->nrcpts + 1, sizeof *rc);
     for (size_t i = 0; i < env->nrcpts; i++)
         rc[i] = env->rcpts[i].addr;
     struct quarantine_info qi = {.qid = env->qid, .reason = reason, .sender = env->sender,
@@ -134,8 +134,8 @@ static void rewrite(struct job *j, const char *path, struct queue_env *env, cons
                     size_t len, struct callout_result *res)
 {
     if (res->virus[0] != '\0')
-        env->virus = strdup(res->virus);
-    env->callouts = strdup(res->trace);
+        env->virus = xstrdup(res->virus);
+    env->callouts = xstrdup(res->trace);
     apply_envelope(env, res);
     if (env->nrcpts == 0) {   /* a filter removed every recipient */
         j->v = CALLOUT_DISCARD;
@@ -145,7 +145,7 @@ static void rewrite(struct job *j, const char *path, struct queue_env *env, cons
      * reply, the sender notified by the queue; every one refused: the
      * message is (the first refusal's reply) */
     size_t nref = 0;
-    const char **ref = calloc(env->nrcpts, sizeof *ref);
+    const char **ref = xcalloc(env->nrcpts, sizeof *ref);
     for (size_t i = 0; i < env->nrcpts; i++)
         for (size_t k = 0; k < res->nrefused && ref[i] == NULL; k++)
             if (strcasecmp(env->rcpts[i].addr, res->refused[k].rcpt) == 0) {
@@ -220,7 +220,7 @@ static void run_job(struct job *j)
         str_copy(j->reply, "451 4.3.0 Queue file read error, try again later", sizeof j->reply);
         return;
     }
-    const char **rc = calloc(env.nrcpts + 1, sizeof *rc);
+    const char **rc = xcalloc(env.nrcpts + 1, sizeof *rc);
     for (size_t i = 0; i < env.nrcpts; i++)
         rc[i] = env.rcpts[i].addr;
     struct callout_msg m = {.qid = env.qid, .listener = env.listener, .client_ip = env.client_ip,
@@ -292,7 +292,7 @@ static void on_results(evutil_socket_t fd, short what, void *arg)
 struct callout_stage *callout_stage_new(struct event_base *base, const struct config *cfg,
                                         struct evidence *ev)
 {
-    struct callout_stage *s = calloc(1, sizeof *s);
+    struct callout_stage *s = xcalloc(1, sizeof *s);
     s->base = base;
     s->cfg = cfg;
     s->evidence = cfg->pec ? ev : NULL;
@@ -333,7 +333,7 @@ bool callout_stage_active(const struct callout_stage *s)
 void callout_stage_submit(struct callout_stage *s, const char *spool_name,
                           callout_stage_done done, void *arg)
 {
-    struct job *j = calloc(1, sizeof *j);
+    struct job *j = xcalloc(1, sizeof *j);
     j->s = s;
     str_copy(j->name, spool_name, sizeof j->name);
     j->done = done;

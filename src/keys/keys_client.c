@@ -83,15 +83,15 @@ struct keys_client {
 
 static struct gen *gen_new(const struct keys_ctl_msg *m, const int *fds, size_t n)
 {
-    struct gen *g = calloc(1, sizeof *g);
+    struct gen *g = xcalloc(1, sizeof *g);
     if (g == NULL || n < 2)
         goto fail;
     g->id = m->generation;
     g->pid = m->pid;
     g->tls_fd = fds[0];
     g->nbulk = n - 1;
-    g->bulk = malloc(sizeof *g->bulk * g->nbulk);
-    g->free = malloc(sizeof *g->free * g->nbulk);
+    g->bulk = xmalloc(sizeof *g->bulk * g->nbulk);
+    g->free = xmalloc(sizeof *g->free * g->nbulk);
     if (g->bulk == NULL || g->free == NULL)
         goto fail;
     for (size_t i = 0; i < g->nbulk; i++) {
@@ -455,7 +455,7 @@ static void *ctl_thread(void *arg)
 
 struct keys_client *keys_start(const struct config *cfg, char *err, size_t errlen)
 {
-    struct keys_client *c = calloc(1, sizeof *c);
+    struct keys_client *c = xcalloc(1, sizeof *c);
     int sv[2];
     if (c == NULL || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
         snprintf(err, errlen, "cannot start the signer: %s", strerror(errno));
@@ -491,7 +491,7 @@ struct keys_client *keys_start(const struct config *cfg, char *err, size_t errle
     ssize_t n = recv_ctl(c->ctl, &m, fds, &nfds, clock_ms() + START_WAIT_MS);
     if (n > 0 && m.type == KCTL_SIGNER && install(c, &m, fds, nfds, err, errlen) == 0) {
         if (c->has_pec) {
-            c->pec = calloc(1, sizeof *c->pec);
+            c->pec = xcalloc(1, sizeof *c->pec);
             if (c->pec != NULL) {
                 c->pec->sign = remote_sign;
                 c->pec->ctx = c;

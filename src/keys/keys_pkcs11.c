@@ -62,7 +62,7 @@ void keys_hsm_close(struct keys_hsm *h)
 
 struct keys_hsm *keys_hsm_open(const char *module, char *err, size_t errlen)
 {
-    struct keys_hsm *h = calloc(1, sizeof *h);
+    struct keys_hsm *h = xcalloc(1, sizeof *h);
     char why[256];
     struct stat st;
     if (h == NULL) {
@@ -73,7 +73,7 @@ struct keys_hsm *keys_hsm_open(const char *module, char *err, size_t errlen)
         snprintf(err, errlen, "[pec] pkcs11_module %s: %s", module, strerror(errno));
         goto fail;
     }
-    h->module = strdup(module);
+    h->module = xstrdup(module);
     h->ctx = PKCS11_CTX_new();
     if (h->ctx == NULL || h->module == NULL) {
         snprintf(err, errlen, "out of memory");

@@ -101,7 +101,7 @@ static int answer_hello(int fd, struct signer *s)
     h.has_dir = s->dir_key != NULL;
     memcpy(h.dir_id, s->dir_id, sizeof h.dir_id);
     size_t n = s->tls_chain_len;
-    unsigned char *buf = malloc(sizeof h + n);
+    unsigned char *buf = xmalloc(sizeof h + n);
     if (buf != NULL) {
         memcpy(buf, &h, sizeof h);
         if (n)
@@ -419,7 +419,7 @@ int keys_signer_main(const struct config *cfg, const int *fds, size_t n, int sta
         }
     }
     status_write(status, "OK");
-    struct server *sv = calloc(n, sizeof *sv);
+    struct server *sv = xcalloc(n, sizeof *sv);
     if (sv == NULL)
         return 1;
     for (size_t i = 0; i < n; i++) {

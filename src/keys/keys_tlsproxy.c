@@ -149,7 +149,7 @@ EVP_PKEY *keys_tls_proxy_new(struct keys_client *c, EVP_PKEY *pub, const unsigne
                              char *err, size_t errlen)
 {
     pthread_once(&once, init);
-    struct proxy *p = calloc(1, sizeof *p);
+    struct proxy *p = xcalloc(1, sizeof *p);
     EVP_PKEY *pk = EVP_PKEY_new();
     if (p == NULL || pk == NULL || rsa_meth == NULL || ec_meth == NULL) {
         snprintf(err, errlen, "out of memory");

@@ -42,7 +42,7 @@ static void default_str(char **p, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    *p = strdup(buf);
+    *p = xstrdup(buf);
 }
 
 /* Each listener's connection limit.  [limits] max_connections is the total:
@@ -123,9 +123,9 @@ static int config_check_signed_directory(struct config *cfg, const char *path, c
 
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
-    struct config *cfg = calloc(1, sizeof *cfg);
+    struct config *cfg = xcalloc(1, sizeof *cfg);
     struct parse_ctx ctx = {.cfg = cfg};
-    cfg->path = strdup(path);
+    cfg->path = xstrdup(path);
     char absdir[PATH_MAX];
     {
         char tmp[PATH_MAX];
@@ -135,7 +135,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         if (realpath(d, absdir) == NULL)
             str_copy(absdir, d, sizeof absdir);
     }
-    cfg->dir = strdup(absdir);
+    cfg->dir = xstrdup(absdir);
     cfg->domains = domains_new();
 
     cfg->max_message_size = 60ULL * 1024 * 1024;   /* DESIGN: twice the legal 30 MB */
@@ -209,7 +209,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (cfg->hostname == NULL) {
         char host[256];
         if (gethostname(host, sizeof host) == 0 && strchr(host, '.') != NULL)
-            cfg->hostname = strdup(host);
+            cfg->hostname = xstrdup(host);
         else
             default_str(&cfg->hostname, "mx.%s", cfg->domain);
     }

@@ -103,7 +103,7 @@ static struct config_milter *milter_get(struct config *cfg, const char *name)
     if (cfg->nmilters >= CONFIG_MAX_MILTERS)
         return NULL;
     struct config_milter *m = &cfg->milters[cfg->nmilters++];
-    m->name = strdup(name);
+    m->name = xstrdup(name);
     m->phase = CONFIG_PHASE_INCOMING;
     m->dflt = CONFIG_FAIL_TEMPFAIL;
     m->timeout = 10;
@@ -176,9 +176,9 @@ static int callouts_key(struct config *cfg, const char *name, const char *value,
     if (cfg->ncallout_policies >= CONFIG_MAX_CALLOUT_POLICIES)
         return bad(err, errlen, "at most %d entries in [callouts]", CONFIG_MAX_CALLOUT_POLICIES);
     struct config_kv *kv = &cfg->callout_policies[cfg->ncallout_policies++];
-    kv->key = strdup(name);
+    kv->key = xstrdup(name);
     str_lower(kv->key);
-    kv->value = strdup(value);
+    kv->value = xstrdup(value);
     return 1;
 }
 
@@ -208,7 +208,7 @@ int config_callout_key(struct config *cfg, const char *section, const char *name
 static int check_list(const struct config *cfg, const char *key, const char *list, char *err,
                       size_t errlen)
 {
-    char *copy = strdup(list), *save = NULL;
+    char *copy = xstrdup(list), *save = NULL;
     int r = 0;
     for (char *t = strtok_r(copy, ", \t", &save); t && r == 0; t = strtok_r(NULL, ", \t", &save))
         if (strcmp(t, "antivirus") != 0 && strcmp(t, "none") != 0 && config_milter(cfg, t) == NULL) {
@@ -223,13 +223,13 @@ static int check_list(const struct config *cfg, const char *key, const char *lis
 int config_callout_finish(struct config *cfg, char *err, size_t errlen)
 {
     if (cfg->callouts_default == NULL)
-        cfg->callouts_default = strdup("antivirus");
+        cfg->callouts_default = xstrdup("antivirus");
     if (cfg->av_clamd == NULL)
         cfg->av_enabled = false;
     if (cfg->av_quarantine == NULL) {
         char buf[PATH_MAX];
         snprintf(buf, sizeof buf, "%s/quarantine", cfg->data_dir);
-        cfg->av_quarantine = strdup(buf);
+        cfg->av_quarantine = xstrdup(buf);
     } else if (cfg->av_quarantine[0] != '/') {
         char buf[PATH_MAX];
         snprintf(buf, sizeof buf, "%s/%s", cfg->dir, cfg->av_quarantine);

@@ -12,6 +12,7 @@
  * counters: two lock round trips per unit of work, nothing on each read.
  */
 #include "lib/config.h"
+#include "lib/lib.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -108,7 +109,7 @@ void config_hold_end(void)
 
 void config_retire(void (*fn)(void *), void *arg)
 {
-    struct retired *r = malloc(sizeof *r);
+    struct retired *r = xmalloc(sizeof *r);
     if (r == NULL)
         abort();
     pthread_mutex_lock(&gen_lock);

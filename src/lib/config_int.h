@@ -14,6 +14,7 @@
 #define PEC_CONFIG_INT_H
 
 #include "config.h"
+#include "lib.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ struct parse_ctx {
 static inline void set_str(char **dst, const char *v)
 {
     free(*dst);
-    *dst = strdup(v);
+    *dst = xstrdup(v);
 }
 
 /* inih handler for one key = value line of any section (config_sections.c). */

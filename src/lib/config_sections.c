@@ -39,14 +39,14 @@ static int fail(struct parse_ctx *ctx, const char *fmt, ...)
 /* Splits a comma/space separated list into dst (each strdup'ed). */
 static int split_list(const char *v, char **dst, size_t max, size_t *n, bool lower)
 {
-    char *copy = strdup(v);
+    char *copy = xstrdup(v);
     char *save = NULL;
     for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
         if (*n >= max) {
             free(copy);
             return -1;
         }
-        dst[*n] = strdup(tok);
+        dst[*n] = xstrdup(tok);
         if (lower)
             str_lower(dst[*n]);
         (*n)++;
@@ -194,8 +194,8 @@ static int handle_mailbox(struct parse_ctx *ctx, const char *value)
     if (strncmp(value, "lmtp:unix:", 10) == 0) {
         if (value[10] == '\0' || strlen(value + 10) >= 108)
             return fail(ctx, "mailbox: '%s': the socket path is empty or too long", value);
-        cfg->lmtp_host = strdup(value + 10);
-        cfg->lmtp_port = strdup("");
+        cfg->lmtp_host = xstrdup(value + 10);
+        cfg->lmtp_port = xstrdup("");
         return 1;
     }
     if (strncmp(value, "lmtp:", 5) != 0)
@@ -219,8 +219,8 @@ static int handle_mailbox(struct parse_ctx *ctx, const char *value)
     }
     if (strchr(host, '[') || strchr(host, ']') || strchr(host, '/'))
         return fail(ctx, "mailbox: '%s': bad host", value);
-    cfg->lmtp_host = strdup(host);
-    cfg->lmtp_port = strdup(colon + 1);
+    cfg->lmtp_host = xstrdup(host);
+    cfg->lmtp_port = xstrdup(colon + 1);
     return 1;
 }
 
@@ -273,7 +273,7 @@ static int handle_listener(struct parse_ctx *ctx, const char *section, const cha
     if (strcmp(name, "max_connections_per_ip") == 0)
         return handle_u64(ctx, name, value, &l->max_connections_per_ip, true, 1);
     if (strcmp(name, "relay_networks") == 0) {
-        char *copy = strdup(value), *save = NULL;
+        char *copy = xstrdup(value), *save = NULL;
         l->nnets = 0;
         for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
             if (l->nnets >= sizeof l->nets / sizeof l->nets[0]) {
@@ -673,9 +673,9 @@ int config_handler(void *user, const char *section, const char *name, const char
         } else if (!valid_policy(value)) {
             return fail(ctx, "%s: '%s' is not none, may, encrypt, verify or dane", name, value);
         }
-        kv[*n].key = strdup(name);
+        kv[*n].key = xstrdup(name);
         str_lower(kv[*n].key);
-        kv[*n].value = strdup(value);
+        kv[*n].value = xstrdup(value);
         (*n)++;
         return 1;
     }

@@ -3,7 +3,7 @@
  * sizes and durations, durable file-system operations.
  *
  * Purpose: the bottom layer every module and both programs use (log.c,
- * util.c, clock.c, fs.c, fs_copy.c, fs_sync.c, pkcs11_uri.c).
+ * util.c, xalloc.c, clock.c, fs.c, fs_copy.c, fs_sync.c, pkcs11_uri.c).
  * Threads: any thread.  Global state is only the logger's level, format and
  * program name (set at start and by a reload on the event loop), the cache of
  * fs_dir_stat (a mutex) and the shared syncfs state of fs_sync.c (a mutex per
@@ -13,7 +13,8 @@
  * string that must live as long as the process).
  * Errors: functions return 0 on success and -1 on failure, with errno (fs_*)
  * or, where a message is useful, a reason in a caller-supplied buffer;
- * str_copy and str_fmt report truncation; logging itself cannot fail.
+ * str_copy and str_fmt report truncation; logging itself cannot fail; the
+ * x-allocators abort with a log line (the allocation policy, below).
  */
 #ifndef PEC_LIB_H
 #define PEC_LIB_H
@@ -54,6 +55,21 @@ void log_tagged(enum log_level level, const struct log_fields *f, const char *fm
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
 #define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
+
+/* ---- allocation (xalloc.c) ----------------------------------------------------- */
+/* The allocation policy: small allocations (structures, strings, arrays of
+ * recipients or fields, growing by one) use these, which log "out of memory"
+ * with the size and abort when the memory cannot be had, as glib's g_malloc
+ * does.  pecd is then restarted (systemd), and nothing acknowledged is lost:
+ * the spool and the state are durable.  An allocation whose size follows a
+ * message's data (a body, a decoded attachment, a DER blob) keeps malloc and
+ * its NULL check, so that one large message is refused or deferred rather
+ * than crashing the process on every retry.  A size of 0 is allocated as 1. */
+void *xmalloc(size_t n) __attribute__((malloc, alloc_size(1), returns_nonnull));
+void *xcalloc(size_t n, size_t size) __attribute__((malloc, alloc_size(1, 2), returns_nonnull));
+void *xrealloc(void *p, size_t n) __attribute__((alloc_size(2), returns_nonnull));
+char *xstrdup(const char *s) __attribute__((malloc, returns_nonnull));
+char *xstrndup(const char *s, size_t n) __attribute__((malloc, returns_nonnull));
 
 /* ---- strings (util.c) --------------------------------------------------- */
 /* Copies like strlcpy: returns strlen(src); truncation when >= size. */

@@ -5,6 +5,7 @@
  * Assumes GMime 3.2.  Nothing here touches the disk or the network.
  */
 #include "mime/mime.h"
+#include "lib/lib.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -288,7 +289,7 @@ static void keep_first(void *ctx, const char *addr)
 {
     char **out = ctx;
     if (!*out)
-        *out = strdup(addr);
+        *out = xstrdup(addr);
 }
 
 char *mime_first_address(const char *value)

@@ -19,6 +19,7 @@
  * Interface: pec_build, pec_build_unsigned (pec.h).
  */
 #include "pec/pec_internal.h"
+#include "lib/lib.h"
 #include "pec/pec_header.h"
 
 #include <stdio.h>
@@ -71,7 +72,7 @@ static GPrivate facts_memo_key = G_PRIVATE_INIT(facts_memo_free);
 
 static char *dup_or_null(const char *s)
 {
-    return s ? strdup(s) : NULL;
+    return s ? xstrdup(s) : NULL;
 }
 
 static void orig_facts_copy(struct orig_facts *to, const struct orig_facts *from)
@@ -124,7 +125,7 @@ static int orig_facts_load(const pec_build_args *a, struct orig_facts *o, char *
     if (hlen > FACTS_MEMO_MAX)
         return 0;
     if (memo == NULL) {
-        memo = calloc(1, sizeof *memo);
+        memo = xcalloc(1, sizeof *memo);
         if (memo == NULL)
             return 0;
         g_private_set(&facts_memo_key, memo);
@@ -204,7 +205,7 @@ static int fill_daticert(const pec_identity *id, const pec_build_args *a,
     const char *subj = a->subject ? a->subject : o->subject;
     if (subj) {
         /* a decoded subject must not smuggle line breaks into headers or text */
-        o->clean_subject = strdup(subj);
+        o->clean_subject = xstrdup(subj);
         if (!o->clean_subject)
             return pec_err(err, errsz, "out of memory");
         for (char *q = o->clean_subject; *q; q++)

@@ -15,6 +15,7 @@
  * names decoded) and compared without case (DESIGN.md).
  */
 #include "pec/pec_internal.h"
+#include "lib/lib.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,11 +58,11 @@ struct addr_list {
 static void collect(void *ctx, const char *addr)
 {
     struct addr_list *l = ctx;
-    char **nv = realloc(l->v, (l->n + 1) * sizeof *nv);
+    char **nv = xrealloc(l->v, (l->n + 1) * sizeof *nv);
     if (!nv)
         return;
     l->v = nv;
-    if ((l->v[l->n] = strdup(addr)) != NULL)
+    if ((l->v[l->n] = xstrdup(addr)) != NULL)
         l->n++;
 }
 

@@ -23,6 +23,7 @@
  * disk or the network either.
  */
 #include "pec/pec_internal.h"
+#include "lib/lib.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -500,7 +501,7 @@ static void add_warning(pec_daticert *d, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    d->warning = strdup(buf);
+    d->warning = xstrdup(buf);
 }
 
 /* Text directly inside element-only content (DTD: no mixed content). */
@@ -563,7 +564,7 @@ static int parse_intestazione(pec_daticert *d, xmlNodePtr h)
         if (is_el(c, "mittente") && !d->mittente) {
             d->mittente = node_text(c);
         } else if (is_el(c, "destinatari")) {
-            pec_recipient *nr = realloc(d->destinatari, (d->n_destinatari + 1) * sizeof *nr);
+            pec_recipient *nr = xrealloc(d->destinatari, (d->n_destinatari + 1) * sizeof *nr);
             if (!nr)
                 return -1;
             d->destinatari = nr;
@@ -615,7 +616,7 @@ static int parse_dati(pec_daticert *d, xmlNodePtr dt)
         } else if (is_el(c, "consegna") && !d->consegna) {
             d->consegna = node_text(c);
         } else if (is_el(c, "ricezione")) {
-            char **nr = realloc(d->ricezione, (d->n_ricezione + 1) * sizeof *nr);
+            char **nr = xrealloc(d->ricezione, (d->n_ricezione + 1) * sizeof *nr);
             if (!nr)
                 return -1;
             d->ricezione = nr;

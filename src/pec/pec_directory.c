@@ -11,6 +11,7 @@
  * (attributes outside the RFC schema included).
  */
 #include "pec/pec.h"
+#include "lib/lib.h"
 #include "pec/pec_dirp7m.h"
 #include "pec_internal.h"
 #include "pec_ldif.h"
@@ -95,8 +96,8 @@ static void strv_add(char ***v, size_t *n, const char *s)
     for (size_t i = 0; i < *n; i++)
         if (strcmp((*v)[i], s) == 0)
             return;
-    *v = realloc(*v, (*n + 1) * sizeof **v);
-    (*v)[(*n)++] = strdup(s);
+    *v = xrealloc(*v, (*n + 1) * sizeof **v);
+    (*v)[(*n)++] = xstrdup(s);
 }
 
 static void provider_free(pec_provider *p)
@@ -149,7 +150,7 @@ char **pec_x509_crl_urls(const void *x509)
     char **v = NULL;
     size_t n = 0;
     cert_crl_urls((X509 *)x509, &v, &n);
-    v = realloc(v, (n + 1) * sizeof *v);
+    v = xrealloc(v, (n + 1) * sizeof *v);
     v[n] = NULL;
     return v;
 }
@@ -167,7 +168,7 @@ static int add_cert(pec_provider *p, const pec_ldif_attr *a)
     SHA1(a->val, a->len, md);
     pec_hex(md, sizeof md, hex);
     strv_add(&p->hashes, &p->n_hashes, hex);
-    p->certs = realloc(p->certs, (p->n_certs + 1) * sizeof *p->certs);
+    p->certs = xrealloc(p->certs, (p->n_certs + 1) * sizeof *p->certs);
     p->certs[p->n_certs].data = malloc(a->len);
     memcpy(p->certs[p->n_certs].data, a->val, a->len);
     p->certs[p->n_certs++].len = a->len;
@@ -186,7 +187,7 @@ static int set_single(char **slot, const pec_ldif_attr *a, const char **why)
         *why = "is empty or not UTF-8 text";
         return -1;
     }
-    *slot = g_strstrip(strdup((const char *)a->val));
+    *slot = g_strstrip(xstrdup((const char *)a->val));
     return 0;
 }
 
@@ -237,8 +238,8 @@ static int provider_attr(pec_provider *p, const pec_ldif_attr *a, const char **w
 
 static int provider_from(const pec_ldif_entry *e, pec_provider **out, char *err, size_t errsz)
 {
-    pec_provider *p = calloc(1, sizeof *p);
-    p->dn = strdup(e->dn);
+    pec_provider *p = xcalloc(1, sizeof *p);
+    p->dn = xstrdup(e->dn);
     p->line = e->line;
     const char *why = NULL;
     for (size_t i = 0; i < e->n_attrs; i++) {
@@ -309,7 +310,7 @@ static int build(pec_directory *d, char *err, size_t errsz)
         if (!prov) {
             const char *u = first_value(e, "LDIFLocationURL");
             if (u != NULL && d->root_url == NULL)
-                d->root_url = strdup(u);
+                d->root_url = xstrdup(u);
             continue;
         }
         pec_provider *p;
@@ -324,7 +325,7 @@ static int build(pec_directory *d, char *err, size_t errsz)
 
 pec_directory *pec_directory_parse(const void *ldif, size_t len, char *err, size_t errsz)
 {
-    pec_directory *d = calloc(1, sizeof *d);
+    pec_directory *d = xcalloc(1, sizeof *d);
     d->providers = g_ptr_array_new();
     d->by_domain = g_hash_table_new(g_str_hash, g_str_equal);
     d->by_hash = g_hash_table_new(g_str_hash, g_str_equal);
@@ -388,7 +389,7 @@ char **pec_directory_crl_urls(const pec_directory *d)
         for (size_t k = 0; k < p->n_crl_urls; k++)
             strv_add(&v, &n, p->crl_urls[k]);
     }
-    v = realloc(v, (n + 1) * sizeof *v);
+    v = xrealloc(v, (n + 1) * sizeof *v);
     v[n] = NULL;
     return v;
 }

@@ -22,6 +22,7 @@
  * Interface: pec_dirp7m.h.  No I/O.
  */
 #include "pec/pec_dirp7m.h"
+#include "lib/lib.h"
 #include "pec/pec_trust.h"
 
 #include <limits.h>
@@ -206,7 +207,7 @@ pec_p7m *pec_p7m_read(const void *data, size_t len, pec_p7m_info *info, char *er
     }
     if (outer_header(der, len, info, err, errsz) == -1)
         return NULL;
-    pec_p7m *p = calloc(1, sizeof *p);
+    pec_p7m *p = xcalloc(1, sizeof *p);
     if (p == NULL) {
         refuse(info, PEC_P7M_FORMAT, err, errsz, "out of memory");
         return NULL;

@@ -95,7 +95,7 @@ static pec_dirsnap *snap_build(struct pec_dirmgr *m, const pec_buf *ldif, bool f
         goto bad;
     }
     free(ca);
-    pec_dirsnap *s = calloc(1, sizeof *s);
+    pec_dirsnap *s = xcalloc(1, sizeof *s);
     s->dir = d;
     s->trust = t;
     s->loaded = time(NULL);
@@ -209,7 +209,7 @@ static void warn_stale(struct pec_dirmgr *m)
 struct pec_dirmgr *pec_dirmgr_new(const struct pec_dir_conf *c, char *err, size_t errsz)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);   /* once, before any thread uses libcurl */
-    struct pec_dirmgr *m = calloc(1, sizeof *m);
+    struct pec_dirmgr *m = xcalloc(1, sizeof *m);
     m->c = *c;
     if (c->cache_dir) {
         str_copy(m->cache_dir, c->cache_dir, sizeof m->cache_dir);

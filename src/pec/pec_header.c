@@ -8,6 +8,7 @@
  * pec_original_rewrite (pec.h).
  */
 #include "pec/pec_header.h"
+#include "lib/lib.h"
 #include "pec/pec_internal.h"
 
 #include <string.h>
@@ -100,7 +101,7 @@ int pec_original_rewrite(const void *orig, size_t len, const char *pec_id, pec_b
             continue;
         const unsigned char *v = p + f.start + f.name_len + 1;
         size_t vlen = f.end - (f.start + f.name_len + 1);
-        char *val = strndup((const char *)v, vlen);
+        char *val = xstrndup((const char *)v, vlen);
         char *t = val ? pec_strdup_trim(val) : NULL;
         if (t) {
             /* unfold: drop line ends inside the value */

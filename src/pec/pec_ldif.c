@@ -14,6 +14,7 @@
  * No I/O: callers pass and get text.
  */
 #include "pec_ldif.h"
+#include "lib/lib.h"
 #include "pec_internal.h"
 
 #include <ctype.h>
@@ -95,7 +96,7 @@ static int split_line(struct reader *r, char *l, int line, char **desc, unsigned
         *vlen = n;
     } else {
         *vlen = strlen(v);
-        *val = (unsigned char *)strdup(v);
+        *val = (unsigned char *)xstrdup(v);
     }
     *desc = l;
     return 0;
@@ -107,7 +108,7 @@ static int start_entry(struct reader *r, const unsigned char *dn, size_t len, in
         return bad(r, line, "too many records");
     if (r->n == r->cap) {
         r->cap = r->cap ? r->cap * 2 : 16;
-        r->entries = realloc(r->entries, r->cap * sizeof *r->entries);
+        r->entries = xrealloc(r->entries, r->cap * sizeof *r->entries);
     }
     r->cur = &r->entries[r->n++];
     memset(r->cur, 0, sizeof *r->cur);
@@ -126,11 +127,11 @@ static int add_attr(struct reader *r, char *desc, unsigned char *val, size_t len
         free(val);
         return bad(r, line, "too many values in one record");
     }
-    e->attrs = realloc(e->attrs, (e->n_attrs + 1) * sizeof *e->attrs);
+    e->attrs = xrealloc(e->attrs, (e->n_attrs + 1) * sizeof *e->attrs);
     pec_ldif_attr *a = &e->attrs[e->n_attrs++];
-    a->desc = strdup(desc);
+    a->desc = xstrdup(desc);
     char *semi = strchr(desc, ';');
-    a->name = semi ? g_strndup(desc, (gsize)(semi - desc)) : strdup(desc);
+    a->name = semi ? g_strndup(desc, (gsize)(semi - desc)) : xstrdup(desc);
     a->val = val;
     a->len = len;
     a->line = line;

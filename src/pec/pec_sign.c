@@ -17,6 +17,7 @@
  * and `openssl smime -verify` accept the output as is.
  */
 #include "pec/pec_internal.h"
+#include "lib/lib.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -147,8 +148,8 @@ void pec_cert_email(const void *x509, char *out, size_t size)
 static pec_signer *signer_new(EVP_PKEY *key, const char *chain_pem, size_t chain_len, char *err,
                               size_t errsz)
 {
-    struct pem_signer *ps = calloc(1, sizeof *ps);
-    pec_signer *s = calloc(1, sizeof *s);
+    struct pem_signer *ps = xcalloc(1, sizeof *ps);
+    pec_signer *s = xcalloc(1, sizeof *s);
     if (!ps || !s || chain_len > INT32_MAX) {
         free(ps);
         free(s);

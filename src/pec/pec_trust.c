@@ -11,6 +11,7 @@
  * Interface: pec_trust_* (pec.h), pec_trust_has_hash (pec_trust.h).
  */
 #include "pec/pec_trust.h"
+#include "lib/lib.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -26,7 +27,7 @@
 
 pec_trust *pec_trust_new(void)
 {
-    pec_trust *t = calloc(1, sizeof *t);
+    pec_trust *t = xcalloc(1, sizeof *t);
     if (!t)
         return NULL;
     t->store = X509_STORE_new();
@@ -106,7 +107,7 @@ int pec_trust_add_cert_hash(pec_trust *t, const char *sha1hex)
     h[40] = '\0';
     if (pec_trust_has_hash(t, h))
         return 0;
-    char(*nh)[41] = realloc(t->hashes, (t->n_hashes + 1) * sizeof *nh);
+    char(*nh)[41] = xrealloc(t->hashes, (t->n_hashes + 1) * sizeof *nh);
     if (!nh)
         return -1;
     t->hashes = nh;
@@ -154,7 +155,7 @@ static int ldif_attr(pec_trust *t, char *line)
     }
     int rc = 0;
     if (is_hash) {
-        char *s = raw ? strndup((char *)raw, rawlen) : strdup(val);
+        char *s = raw ? xstrndup((char *)raw, rawlen) : xstrdup(val);
         rc = s ? pec_trust_add_cert_hash(t, s) : -1;
         free(s);
         rc = rc < 0 ? -1 : 1;

@@ -7,6 +7,7 @@
  */
 #include <openssl/err.h>
 #include "pec/pec_internal.h"
+#include "lib/lib.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -153,7 +154,7 @@ char *pec_strdup_trim(const char *s)
     size_t n = strlen(s);
     while (n && isspace((unsigned char)s[n - 1]))
         n--;
-    return strndup(s, n);
+    return xstrndup(s, n);
 }
 
 char *pec_strip_brackets(const char *s)
@@ -166,8 +167,8 @@ char *pec_strip_brackets(const char *s)
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
         n--;
     if (n >= 2 && s[0] == '<' && s[n - 1] == '>')
-        return strndup(s + 1, n - 2);
-    return strndup(s, n);
+        return xstrndup(s + 1, n - 2);
+    return xstrndup(s, n);
 }
 
 void pec_hex(const unsigned char *in, size_t len, char *out)

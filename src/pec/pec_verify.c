@@ -21,6 +21,7 @@
  * (pec.h).
  */
 #include "pec/pec_classify.h"
+#include "lib/lib.h"
 #include "pec/pec_trust.h"
 
 #include <ctype.h>
@@ -516,7 +517,7 @@ static int read_daticert(GMimeMessage *m, pec_daticert **out, char *derr, size_t
         pec_err(derr, dsz, "daticert: its part is larger than %u bytes",
                 4 * PEC_DATICERT_MAX_BYTES);
     } else if (rc == 0) {
-        pec_daticert *d = calloc(1, sizeof *d);
+        pec_daticert *d = xcalloc(1, sizeof *d);
         if (!d || pec_daticert_parse(x.data, x.len, d, derr, dsz) < 0) {
             if (!d)
                 pec_err(derr, dsz, "daticert: out of memory");

@@ -29,7 +29,7 @@ struct admission {
 
 struct admission *admission_new(void)
 {
-    struct admission *a = calloc(1, sizeof *a);
+    struct admission *a = xcalloc(1, sizeof *a);
     if (a == NULL)
         return NULL;
     a->msgs = smtp_throttle_new(LIMIT_KEYS_MAX, LIMIT_WINDOW_MS);

@@ -144,7 +144,7 @@ static void install(struct cluster *cl, struct queue *q, struct spool *sp)
 
 struct cluster *cluster_join(const struct config *cfg, char *err, size_t errlen)
 {
-    struct cluster *cl = calloc(1, sizeof *cl);
+    struct cluster *cl = xcalloc(1, sizeof *cl);
     cl->cfg = cfg;
     cl->efd = -1;
     str_copy(cl->name, cfg->state_node, sizeof cl->name);
@@ -292,7 +292,7 @@ static void on_request(evutil_socket_t fd, short what, void *arg)
 
 static void ask_loop(struct cluster *cl, int kind, struct spool *sp)
 {
-    struct request *rq = calloc(1, sizeof *rq);
+    struct request *rq = xcalloc(1, sizeof *rq);
     rq->kind = kind;
     rq->sp = sp;
     g_async_queue_push(cl->to_loop, rq);
@@ -339,10 +339,10 @@ static void heartbeat(struct cluster *cl)
     unsigned lease = lease_of(cl);
     g_mutex_lock(&cl->lock);
     size_t n = 1 + cl->taken->len;
-    struct spool **v = calloc(n, sizeof *v);
-    const char **names = calloc(n, sizeof *names);
-    long long *epochs = calloc(n, sizeof *epochs);
-    bool *held = calloc(n, sizeof *held);
+    struct spool **v = xcalloc(n, sizeof *v);
+    const char **names = xcalloc(n, sizeof *names);
+    long long *epochs = xcalloc(n, sizeof *epochs);
+    bool *held = xcalloc(n, sizeof *held);
     v[0] = &cl->own;
     for (guint i = 0; i < cl->taken->len; i++)
         v[1 + i] = g_ptr_array_index(cl->taken, i);
@@ -417,7 +417,7 @@ static int take_over(struct cluster *cl, const struct state_node *n)
                  "(%s): not taken over", cl->name, n->name, err);
         return 0;
     }
-    struct spool *sp = calloc(1, sizeof *sp);
+    struct spool *sp = xcalloc(1, sizeof *sp);
     sp->cl = cl;
     str_copy(sp->name, n->name, sizeof sp->name);
     str_copy(sp->dir, n->queue_dir, sizeof sp->dir);

@@ -125,7 +125,7 @@ void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, c
     snprintf(mta, sizeof mta, "%s%s%s", cfg->lmtp_host, cfg->lmtp_port[0] ? ":" : "",
              cfg->lmtp_port);
     /* recipients stored by an earlier attempt are done */
-    size_t *todo = calloc(n ? n : 1, sizeof *todo);
+    size_t *todo = xcalloc(n ? n : 1, sizeof *todo);
     size_t nt = 0;
     for (size_t k = 0; k < n; k++) {
         if (marker_exists(cfg, env->qid, env->name_base + idx[k]))
@@ -149,7 +149,7 @@ void local_lmtp_deliver(const struct config *cfg, const struct queue_env *env, c
         c = smtp_client_open(cfg->lmtp_host, addr, cfg->lmtp_port[0] ? cfg->lmtp_port : "lmtp",
                              &o, &fail);
     }
-    struct smtp_client_rcpt *cr = calloc(nt, sizeof *cr);
+    struct smtp_client_rcpt *cr = xcalloc(nt, sizeof *cr);
     for (size_t k = 0; k < nt; k++)
         cr[k].addr = env->rcpts[todo[k]].addr;
     struct smtp_client_msg m = {.sender = env->sender, .size = len, .eightbit = env->body == 2,

@@ -230,7 +230,7 @@ void notices_set_config(struct notices *nt, const struct config *cfg)
 struct notices *notices_start(const struct config *cfg, struct roles *r, struct tracking *t,
                               struct queue *q, struct evidence *ev)
 {
-    struct notices *nt = calloc(1, sizeof *nt);
+    struct notices *nt = xcalloc(1, sizeof *nt);
     if (nt == NULL)
         return NULL;
     nt->cfg = cfg;

@@ -81,7 +81,7 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
         snprintf(err, errlen, "[pec] timezone: %s", tz);
         return NULL;
     }
-    struct roles *r = calloc(1, sizeof *r);
+    struct roles *r = xcalloc(1, sizeof *r);
     r->cfg = cfg;
     r->tracking = tracking;
     r->transport = t;
@@ -267,7 +267,7 @@ static int timeout_notice(struct roles *r, const struct queue_env *env,
      * the acceptance gave it (the providers' directory decides again) */
     gchar **all = g_strsplit(due->recipients ? due->recipients : "", ",", -1);
     size_t nall = 0;
-    pec_recipient *rc = calloc(g_strv_length(all) + 1, sizeof *rc);
+    pec_recipient *rc = xcalloc(g_strv_length(all) + 1, sizeof *rc);
     for (gchar **x = all; rc != NULL && *x != NULL; x++) {
         g_strstrip(*x);
         if (**x == '\0')

@@ -95,8 +95,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
                       size_t errlen)
 {
     time_t now = out->when;
-    const char **fwd = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
-    pec_recipient *rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rcpts);
+    const char **fwd = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *fwd);
+    pec_recipient *rcpts = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *rcpts);
     for (size_t i = 0; i < env->nrcpts; i++) {
         fwd[i] = env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr;
         rcpts[i].addr = (char *)fwd[i];
@@ -191,8 +191,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     const char *edata = tagged != NULL ? tagged : (const char *)m.data;
     /* SMTP paths unchanged (§3.1.5): MAIL FROM the sender, RCPT TO the
      * recipients; ours go through our incoming point (§3.4) */
-    const char **local = calloc(env->nrcpts, sizeof *local), **remote = calloc(env->nrcpts, sizeof *remote);
-    const char **remote_pec = calloc(env->nrcpts, sizeof *remote_pec);
+    const char **local = xcalloc(env->nrcpts, sizeof *local), **remote = xcalloc(env->nrcpts, sizeof *remote);
+    const char **remote_pec = xcalloc(env->nrcpts, sizeof *remote_pec);
     size_t nl = 0, nr = 0, np = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (config_is_local_domain(r->cfg, domain_of(env->rcpts[i].addr)))
@@ -203,7 +203,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
             remote[nr++] = env->rcpts[i].addr;
     }
     if (nl > 0) {
-        struct queue_rcpt *qr = calloc(nl, sizeof *qr);
+        struct queue_rcpt *qr = xcalloc(nl, sizeof *qr);
         for (size_t i = 0; i < nl; i++)
             qr[i].addr = qr[i].orig = (char *)local[i];
         struct queue_env e = {.sender = env->sender, .rcpts = qr, .nrcpts = nl,
@@ -228,7 +228,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     free(remote_pec);
     /* §3.1.6: receipts are expected from certificato recipients only */
     if (r->tracking != NULL) {
-        const char **cert = calloc(env->nrcpts, sizeof *cert);
+        const char **cert = xcalloc(env->nrcpts, sizeof *cert);
         size_t nc = 0;
         GString *all = g_string_new(NULL);
         for (size_t i = 0; i < env->nrcpts; i++) {

@@ -113,7 +113,7 @@ void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
                          const char *from, const char *const *to, size_t nto, const char *stage,
                          const void *data, size_t len)
 {
-    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
+    struct queue_rcpt *rc = xcalloc(nto ? nto : 1, sizeof *rc);
     for (size_t i = 0; i < nto; i++) {
         rc[i].addr = (char *)to[i];
         rc[i].orig = (char *)to[i];
@@ -154,7 +154,7 @@ int role_store_copies(struct roles *r, const struct queue_env *src, bool recover
                       const char *sender, const char *const *to, size_t nto, const void *data,
                       size_t len, struct queue_outputs *out, char *err, size_t errlen)
 {
-    struct queue_rcpt *rc = calloc(nto ? nto : 1, sizeof *rc);
+    struct queue_rcpt *rc = xcalloc(nto ? nto : 1, sizeof *rc);
     for (size_t i = 0; i < nto; i++)
         rc[i].addr = rc[i].orig = (char *)to[i];
     struct queue_env e = {.arrival = src->arrival, .sender = (char *)sender, .rcpts = rc,
@@ -182,8 +182,8 @@ void role_refuse_unknown(const struct queue_env *src, const size_t *idx, size_t 
 {
     if (n == 0)
         return;
-    struct queue_rcpt *rc = calloc(n, sizeof *rc);
-    char **texts = calloc(n, sizeof *texts);
+    struct queue_rcpt *rc = xcalloc(n, sizeof *rc);
+    char **texts = xcalloc(n, sizeof *texts);
     if (rc == NULL || texts == NULL) {
         free(rc);
         free(texts);

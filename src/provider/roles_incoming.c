@@ -154,7 +154,7 @@ static enum delivery_outcome outcome_of(const struct deliver_rcpt *x, bool past_
 static void deliver_later(const struct queue_env *env, const size_t *idx, size_t n,
                           const char *data, size_t len, struct queue_outputs *out)
 {
-    struct queue_rcpt *rc = calloc(n, sizeof *rc);
+    struct queue_rcpt *rc = xcalloc(n, sizeof *rc);
     if (rc == NULL) {
         log_err("%s: out of memory", env->qid);
         return;
@@ -195,8 +195,8 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
     bool past_deadline = retry_stage &&
                          (uint64_t)(out->when - env->arrival) >= r->cfg->timer_mancata_consegna;
     int rc = 0;
-    struct deliver_rcpt *st = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
-    size_t *later = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *later);
+    struct deliver_rcpt *st = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *st);
+    size_t *later = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *later);
     size_t nlater = 0;
     if (st == NULL || later == NULL) {
         free(st);
@@ -368,7 +368,7 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     time_t now = out->when;
     char pec_id[256];
     role_stage_id(r, env, out, pec_id, sizeof pec_id);
-    pec_recipient *rc = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
+    pec_recipient *rc = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *rc);
     for (size_t i = 0; i < env->nrcpts; i++) {
         rc[i].addr = env->rcpts[i].addr;
         rc[i].kind = PEC_RCPT_CERTIFICATO;
@@ -382,8 +382,8 @@ static int anomaly(struct roles *r, const struct queue_env *env, const char *dat
     free(rc);
     /* only to mailboxes that exist; the sender of the message hears of the
      * others (a non-delivery report), nothing is dropped without notice */
-    const char **keep = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
-    size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
+    const char **keep = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *keep);
+    size_t *unknown = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
     size_t nk = 0, nu = 0;
     for (size_t i = 0; i < env->nrcpts; i++) {
         if (role_mailbox(r, env->rcpts[i].addr) != USERS_NO)
@@ -555,7 +555,7 @@ static int incoming_checked(struct roles *r, const pec_dirsnap *snap,
         return rc;
     }
     metric_inc(&metric_pec_transactions, "incoming", "verified");
-    struct queue_rcpt *fresh = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *fresh);
+    struct queue_rcpt *fresh = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *fresh);
     struct queue_env envc;
     if (fresh == NULL || take_in_once(r, env, data, len, &v, &envc, fresh, err, errlen) == -1) {
         if (fresh == NULL)
@@ -590,7 +590,7 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
             rc = incoming_virus(r, env, recovered, &v, p, out, err, errlen);
             return rc;
         }
-        const char **ric = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
+        const char **ric = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *ric);
         for (size_t i = 0; i < env->nrcpts; i++)
             ric[i] = env->rcpts[i].addr;
         time_t now = out->when;
@@ -669,8 +669,8 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
             return -1;
         }
         g_string_free(to, TRUE);
-        const char **addrs = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *addrs);
-        size_t *unknown = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
+        const char **addrs = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *addrs);
+        size_t *unknown = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *unknown);
         size_t na = 0, nu = 0;
         for (size_t i = 0; i < env->nrcpts; i++) {
             if (role_mailbox(r, env->rcpts[i].addr) != USERS_NO)

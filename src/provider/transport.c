@@ -91,7 +91,7 @@ void transport_set_pec_domains(struct transport *t, bool (*is_pec)(void *arg, co
 
 struct transport *transport_new(const struct config *cfg, char *err, size_t errlen)
 {
-    struct transport *t = calloc(1, sizeof *t);
+    struct transport *t = xcalloc(1, sizeof *t);
     t->cfg = cfg;
     t->client_ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(t->client_ctx, TLS1_2_VERSION);
@@ -245,7 +245,7 @@ static void relay_group(struct transport *t, const struct queue_env *env, const 
         return;
     }
 
-    struct smtp_client_rcpt *cr = calloc(n, sizeof *cr);
+    struct smtp_client_rcpt *cr = xcalloc(n, sizeof *cr);
     for (size_t k = 0; k < n; k++) {
         const struct queue_rcpt *qr = &env->rcpts[idx[k]];
         cr[k].addr = qr->addr;
@@ -454,7 +454,7 @@ static int outgoing_callouts(struct transport *t, const struct queue_env *env, c
     struct callouts *co = t->callouts;   /* one load: a reload may swap it */
     if (co == NULL)
         return 0;
-    const char **rc = calloc(env->nrcpts + 1, sizeof *rc);
+    const char **rc = xcalloc(env->nrcpts + 1, sizeof *rc);
     size_t n = 0;
     for (size_t i = 0; i < env->nrcpts; i++)
         if (r[i].pending)
@@ -537,7 +537,7 @@ void transport_store_local_all(struct transport *t, const struct queue_env *env,
                                struct deliver_rcpt *r, struct queue_outputs *out)
 {
     if (t->cfg->lmtp_host != NULL) {
-        size_t *idx = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *idx);
+        size_t *idx = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *idx);
         size_t n = 0;
         for (size_t i = 0; i < env->nrcpts; i++)
             if (r[i].pending)
@@ -568,7 +568,7 @@ int transport_store_local(struct transport *t, const struct queue_env *env, size
     struct deliver_rcpt r = {.pending = true};
     if (t->cfg->lmtp_host != NULL) {
         /* through LMTP: stored (and marked done) when the server says 250 */
-        struct deliver_rcpt *rs = calloc(env->nrcpts, sizeof *rs);
+        struct deliver_rcpt *rs = xcalloc(env->nrcpts, sizeof *rs);
         rs[i].pending = true;
         local_lmtp_deliver(t->cfg, env, data, len, &i, 1, rs);
         int res = rs[i].result == DELIVER_OK ? 0 : -1;

@@ -284,7 +284,7 @@ struct smtp_client *tr_cache_take(struct transport *t, const char *key)
 
 void tr_cache_put(struct transport *t, const char *key, struct smtp_client *c)
 {
-    struct idle_conn *ic = malloc(sizeof *ic);
+    struct idle_conn *ic = xmalloc(sizeof *ic);
     ic->c = c;
     ic->since = g_get_monotonic_time();
     g_mutex_lock(&t->lock);

@@ -215,7 +215,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 struct committer *committer_new(struct event_base *base, const char *queue_dir, bool use_syncfs,
                                 uint64_t delay_us)
 {
-    struct committer *c = calloc(1, sizeof *c);
+    struct committer *c = xcalloc(1, sizeof *c);
     char path[4096];
     snprintf(path, sizeof path, "%s/incoming", queue_dir);
     c->incoming_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -248,7 +248,7 @@ struct committer *committer_new(struct event_base *base, const char *queue_dir, 
 
 void committer_submit(struct committer *c, struct spool_writer *w, commit_cb cb, void *arg)
 {
-    struct commit_req *r = calloc(1, sizeof *r);
+    struct commit_req *r = xcalloc(1, sizeof *r);
     r->w = w;
     r->cb = cb;
     r->arg = arg;

@@ -131,7 +131,7 @@ static struct qentry *entry_add(struct queue *q, const char *qid, time_t arrival
 {
     if (g_hash_table_contains(q->entries, qid))
         return NULL;
-    struct qentry *e = calloc(1, sizeof *e);
+    struct qentry *e = xcalloc(1, sizeof *e);
     str_copy(e->qid, qid, sizeof e->qid);
     e->q = q;
     e->arrival = arrival;
@@ -247,7 +247,7 @@ struct queue *queue_new_at(struct event_base *base, const struct config *cfg, co
         lock_fd = queue_lock_dir(dir, err, errlen);
     if (lock_fd == -1)
         return NULL;
-    struct queue *q = calloc(1, sizeof *q);
+    struct queue *q = xcalloc(1, sizeof *q);
     q->lock_fd = lock_fd;
     q->base = base;
     q->cfg = cfg;

@@ -51,7 +51,7 @@ static struct freelist *lookup(const char *queue_dir, bool create)
         registry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     struct freelist *f = g_hash_table_lookup(registry, queue_dir);
     if (f == NULL && create) {
-        f = calloc(1, sizeof *f);
+        f = xcalloc(1, sizeof *f);
         snprintf(f->dir, sizeof f->dir, "%s/free", queue_dir);
         g_mutex_init(&f->lock);
         f->names = g_ptr_array_new_with_free_func(g_free);

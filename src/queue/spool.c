@@ -109,7 +109,7 @@ static int put_opt(struct spool_writer *w, const char *key, const char *val)
 struct spool_writer *spool_writer_open(const char *queue_dir, int fd, const char *name,
                                        const struct queue_env *env)
 {
-    struct spool_writer *w = calloc(1, sizeof *w);
+    struct spool_writer *w = xcalloc(1, sizeof *w);
     str_copy(w->qid, env->qid, sizeof w->qid);
     str_copy(w->name, fd == -1 ? env->qid : name, sizeof w->name);
     str_copy(w->qdir, queue_dir, sizeof w->qdir);
@@ -326,7 +326,7 @@ static void set_opt(struct queue_env *env, const char *p, size_t n)
                                                    : NULL;
         if (dst != NULL) {
             free(*dst);
-            *dst = strdup(v);
+            *dst = xstrdup(v);
         }
     }
     free(kv);
@@ -402,7 +402,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
                                                          : NULL;
             if (dst != NULL) {
                 free(*dst);
-                *dst = strdup(kv + 6);
+                *dst = xstrdup(kv + 6);
             }
             free(kv);
             break;
@@ -427,7 +427,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
                 why = "bad recipient record";
                 break;
             }
-            env->rcpts = realloc(env->rcpts, (env->nrcpts + 1) * sizeof *env->rcpts);
+            env->rcpts = xrealloc(env->rcpts, (env->nrcpts + 1) * sizeof *env->rcpts);
             struct queue_rcpt *r = &env->rcpts[env->nrcpts++];
             r->addr = dupn(f[0], fl[0]);
             r->orig = dupn(f[1], fl[1]);
@@ -506,7 +506,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
             else if (idx < env->nrcpts) {
                 env->rcpts[idx].status = atoi(st);
                 free(env->rcpts[idx].status_text);
-                env->rcpts[idx].status_text = text ? strdup(text) : NULL;
+                env->rcpts[idx].status_text = text ? xstrdup(text) : NULL;
             }
         }
         free(rec);
@@ -622,24 +622,24 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
 {
     if (o->n == o->cap) {
         o->cap = o->cap ? o->cap * 2 : 4;
-        o->v = realloc(o->v, o->cap * sizeof *o->v);
+        o->v = xrealloc(o->v, o->cap * sizeof *o->v);
     }
     struct queue_output *x = &o->v[o->n++];
     memset(x, 0, sizeof *x);
     struct queue_env *e = &x->env;
     e->arrival = env->arrival;   /* 0: the queue stamps it when the stage commits */
-    e->sender = strdup(env->sender ? env->sender : "");
+    e->sender = xstrdup(env->sender ? env->sender : "");
     e->nrcpts = env->nrcpts;
-    e->rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof *e->rcpts);
+    e->rcpts = xcalloc(env->nrcpts ? env->nrcpts : 1, sizeof *e->rcpts);
     for (size_t i = 0; i < env->nrcpts; i++) {
-        e->rcpts[i].addr = strdup(env->rcpts[i].addr);
-        e->rcpts[i].orig = strdup(env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr);
+        e->rcpts[i].addr = xstrdup(env->rcpts[i].addr);
+        e->rcpts[i].orig = xstrdup(env->rcpts[i].orig ? env->rcpts[i].orig : env->rcpts[i].addr);
         e->rcpts[i].notify = env->rcpts[i].notify;
-        e->rcpts[i].orcpt = env->rcpts[i].orcpt ? strdup(env->rcpts[i].orcpt) : NULL;
+        e->rcpts[i].orcpt = env->rcpts[i].orcpt ? xstrdup(env->rcpts[i].orcpt) : NULL;
         if (env->rcpts[i].status == QR_REFUSED) {   /* spool_write_file records it */
             e->rcpts[i].status = QR_REFUSED;
             e->rcpts[i].status_text =
-                strdup(env->rcpts[i].status_text ? env->rcpts[i].status_text : "");
+                xstrdup(env->rcpts[i].status_text ? env->rcpts[i].status_text : "");
         }
     }
     e->body = env->body;
@@ -652,7 +652,7 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
     char **dst[] = {&e->envid, &e->stage, &e->listener, &e->proto};
     for (size_t i = 0; i < 4; i++)
         if (src[i] && *src[i])
-            *dst[i] = strdup(*src[i]);
+            *dst[i] = xstrdup(*src[i]);
     x->data = malloc(len + 1);
     memcpy(x->data, data, len);
     x->len = len;
@@ -662,7 +662,7 @@ void queue_outputs_add_pub(struct queue_outputs *o, const struct deliver_pending
 {
     if (o->npubs == o->pubcap) {
         o->pubcap = o->pubcap ? o->pubcap * 2 : 4;
-        o->pubs = realloc(o->pubs, o->pubcap * sizeof *o->pubs);
+        o->pubs = xrealloc(o->pubs, o->pubcap * sizeof *o->pubs);
     }
     o->pubs[o->npubs++] = *p;
 }

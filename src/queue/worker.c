@@ -155,7 +155,7 @@ static void notify(struct queue *q, struct work *w, enum dsn_action action, cons
 {
     if (n == 0)
         return;
-    struct dsn_rcpt *d = calloc(n, sizeof *d);
+    struct dsn_rcpt *d = xcalloc(n, sizeof *d);
     for (size_t k = 0; k < n; k++) {
         size_t i = idx[k];
         d[k].addr = w->env.rcpts[i].addr;
@@ -537,19 +537,19 @@ static void load(struct queue *q, struct work *w)
     }
     w->loaded = true;
     if (w->env.stage != NULL && q->process != NULL) {
-        w->r = calloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
+        w->r = xcalloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
         run_stage(q, w);
         return;
     }
     if (e->done == NULL) {
         e->nrcpts = w->env.nrcpts;
-        e->done = calloc(e->nrcpts ? e->nrcpts : 1, 1);
+        e->done = xcalloc(e->nrcpts ? e->nrcpts : 1, 1);
         for (size_t i = 0; i < e->nrcpts; i++)
             e->done[i] = w->env.rcpts[i].status == QR_DONE     ? 1
                          : w->env.rcpts[i].status == QR_FAILED ? 2
                                                                : 0;
     }
-    w->r = calloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
+    w->r = xcalloc(w->env.nrcpts ? w->env.nrcpts : 1, sizeof *w->r);
     bool any = false;
     size_t nrefused = 0;
     for (size_t i = 0; i < w->env.nrcpts && i < e->nrcpts; i++) {
@@ -626,10 +626,10 @@ static void settle(struct queue *q, struct work *w)
     char path[PATH_MAX];
     path_of(q, "queue", e->qid, path, sizeof path);
     size_t n = w->env.nrcpts;
-    size_t *failed = calloc(n + 1, sizeof *failed), nf = 0;
-    size_t *ok = calloc(n + 1, sizeof *ok), nok = 0;
-    size_t *late = calloc(n + 1, sizeof *late), nlate = 0;
-    bool *newly = calloc(n + 1, sizeof *newly);
+    size_t *failed = xcalloc(n + 1, sizeof *failed), nf = 0;
+    size_t *ok = xcalloc(n + 1, sizeof *ok), nok = 0;
+    size_t *late = xcalloc(n + 1, sizeof *late), nlate = 0;
+    bool *newly = xcalloc(n + 1, sizeof *newly);
     bool relayed_only = true;
     time_t now = time(NULL);
     for (size_t i = 0; i < n && i < e->nrcpts; i++) {

@@ -86,7 +86,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 struct auth_worker *auth_worker_new(struct event_base *base, struct users_db *db,
                                     unsigned nthreads)
 {
-    struct auth_worker *w = calloc(1, sizeof *w);
+    struct auth_worker *w = xcalloc(1, sizeof *w);
     w->db = db;
     w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (w->efd == -1) {
@@ -108,11 +108,11 @@ void auth_worker_submit(struct auth_worker *w, const char *user, const char *pas
                         void (*done)(void *cbarg, int result, const char *canonical),
                         void *cbarg)
 {
-    struct auth_req *r = calloc(1, sizeof *r);
+    struct auth_req *r = xcalloc(1, sizeof *r);
     if (client_ip != NULL)
         str_copy(r->ip, client_ip, sizeof r->ip);
-    r->user = strdup(user);
-    r->pass = strdup(pass);
+    r->user = xstrdup(user);
+    r->pass = xstrdup(pass);
     r->done = done;
     r->cbarg = cbarg;
     g_async_queue_push(w->in, r);

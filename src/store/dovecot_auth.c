@@ -330,7 +330,7 @@ int dovecot_auth_plain_fd(int fd, const char *user, const char *pass, const char
     int rl = snprintf(req, sizeof req, "AUTH\t%u\tPLAIN\tservice=smtp\tsecured\tnologin%s\t"
                                        "resp=%s\n", REQ_ID, rip, b64);
     explicit_bzero(b64, sizeof b64);
-    struct dovecot_parse *p = malloc(sizeof *p);
+    struct dovecot_parse *p = xmalloc(sizeof *p);
     dovecot_parse_init(p, DOVECOT_MODE_AUTH);
     bool sent = false;
     int r;
@@ -358,7 +358,7 @@ int dovecot_userdb_lookup_fd(int fd, const char *user, unsigned timeout_ms, char
     char hello[32], req[700];
     int hl = snprintf(hello, sizeof hello, "VERSION\t1\t0\n");
     int rl = snprintf(req, sizeof req, "USER\t%u\t%s\tservice=smtp\n", REQ_ID, user);
-    struct dovecot_parse *p = malloc(sizeof *p);
+    struct dovecot_parse *p = xmalloc(sizeof *p);
     dovecot_parse_init(p, DOVECOT_MODE_USERDB);
     bool sent = false;
     int r;

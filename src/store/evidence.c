@@ -255,7 +255,7 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, s
 struct evidence *evidence_open(const char *path, char *err, size_t errlen)
 {
     if (config_is_postgresql(path)) {
-        struct evidence *ev = calloc(1, sizeof *ev);
+        struct evidence *ev = xcalloc(1, sizeof *ev);
         if (ev == NULL) {
             ev_fail(err, errlen, "out of memory");
             return NULL;
@@ -283,7 +283,7 @@ struct evidence *evidence_open(const char *path, char *err, size_t errlen)
             return NULL;
         }
     }
-    struct evidence *ev = calloc(1, sizeof *ev);
+    struct evidence *ev = xcalloc(1, sizeof *ev);
     if (ev == NULL) {
         ev_fail(err, errlen, "out of memory");
         return NULL;
@@ -497,7 +497,7 @@ static void commit_batch(struct evidence *ev, struct pending *batch)
         size_t total = 0, k = 0;
         for (struct pending *p = batch; p != NULL; p = p->next)
             total += p->n;
-        const struct evidence_event **v = calloc(total ? total : 1, sizeof *v);
+        const struct evidence_event **v = xcalloc(total ? total : 1, sizeof *v);
         for (struct pending *p = batch; v != NULL && p != NULL; p = p->next)
             for (size_t i = 0; i < p->n; i++)
                 v[k++] = &p->e[i];
@@ -613,10 +613,10 @@ static int batch_add(struct batch *b, const struct evidence_event *e, bool synce
 {
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 16;
-        struct evidence_event *v = realloc(b->v, cap * sizeof *v);
+        struct evidence_event *v = xrealloc(b->v, cap * sizeof *v);
         if (v != NULL)
             b->v = v;
-        char **mem = v != NULL ? realloc(b->mem, cap * sizeof *mem) : NULL;
+        char **mem = v != NULL ? xrealloc(b->mem, cap * sizeof *mem) : NULL;
         if (mem != NULL)
             b->mem = mem;
         if (v == NULL || mem == NULL) {

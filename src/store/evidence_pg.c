@@ -68,7 +68,7 @@ struct evpg *evpg_open(char *err, size_t errlen)
         snprintf(err, errlen, "evidence log: the shared database needs [state] node");
         return NULL;
     }
-    struct evpg *pg = calloc(1, sizeof *pg);
+    struct evpg *pg = xcalloc(1, sizeof *pg);
     str_copy(pg->chain, pg_node(), sizeof pg->chain);
     PGconn *c = conn(pg, err, errlen);
     if (c == NULL) {

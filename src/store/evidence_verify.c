@@ -193,7 +193,7 @@ static int load_seals(struct verify *v, char *err, size_t errlen)
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
         if (v->nseals == cap) {
             cap = cap ? cap * 2 : 64;
-            struct seal_row *n = realloc(v->seals, cap * sizeof *n);
+            struct seal_row *n = xrealloc(v->seals, cap * sizeof *n);
             if (n == NULL)
                 break;
             v->seals = n;
@@ -207,7 +207,7 @@ static int load_seals(struct verify *v, char *err, size_t errlen)
         s->hash_ok = sqlite3_column_bytes(st, 4) == 32;
         if (s->hash_ok)
             memcpy(s->hash, sqlite3_column_blob(st, 4), 32);
-        s->signed_text = strdup(col_text(st, 5) ? col_text(st, 5) : "");
+        s->signed_text = xstrdup(col_text(st, 5) ? col_text(st, 5) : "");
         s->siglen = (size_t)sqlite3_column_bytes(st, 6);
         s->sig = malloc(s->siglen + 1);
         if (s->sig != NULL && s->siglen > 0)
@@ -239,7 +239,7 @@ static struct day_seen *day_add(struct verify *v, const char *day, long long seq
 {
     if (v->ndays == v->capdays) {
         size_t cap = v->capdays ? v->capdays * 2 : 64;
-        struct day_seen *n = realloc(v->days, cap * sizeof *n);
+        struct day_seen *n = xrealloc(v->days, cap * sizeof *n);
         if (n == NULL)
             return NULL;
         v->days = n;
@@ -652,7 +652,7 @@ int evidence_trace(const char *path, const char *id, FILE *out)
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        char *pec_id = strdup(col_text(st, 0));
+        char *pec_id = xstrdup(col_text(st, 0));
         int got = pec_id ? trace_group(db, out, pec_id, key) : -1;
         free(pec_id);
         if (got < 0) {

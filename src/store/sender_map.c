@@ -101,7 +101,7 @@ static void stat_of(const char *path, struct timespec *mt, off_t *size)
 
 struct sender_map *sender_map_open(const char *path, char *err, size_t errlen)
 {
-    struct sender_map *m = calloc(1, sizeof *m);
+    struct sender_map *m = xcalloc(1, sizeof *m);
     if (m == NULL)
         return NULL;
     stat_of(path, &m->mtime, &m->size);
@@ -110,7 +110,7 @@ struct sender_map *sender_map_open(const char *path, char *err, size_t errlen)
         free(m);
         return NULL;
     }
-    m->path = strdup(path);
+    m->path = xstrdup(path);
     m->checked = time(NULL);
     return m;
 }

@@ -6,6 +6,7 @@
  * are tracking_sqlite.c and tracking_pg.c (tracking_int.h).
  */
 #include "tracking_int.h"
+#include "lib/lib.h"
 #include "lib/config.h"
 
 #include <stdio.h>
@@ -22,7 +23,7 @@ struct tracking *tracking_open(const char *where, char *err, size_t errlen)
     void *b = pg ? tracking_pg_open(err, errlen) : tracking_sqlite_open(where, err, errlen);
     if (b == NULL)
         return NULL;
-    struct tracking *t = calloc(1, sizeof *t);
+    struct tracking *t = xcalloc(1, sizeof *t);
     if (t == NULL) {
         (pg ? &tracking_pg_ops : &tracking_sqlite_ops)->close(b);
         snprintf(err, errlen, "out of memory");

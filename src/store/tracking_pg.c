@@ -48,7 +48,7 @@ static void *open_pg(char *err, size_t errlen)
     if (c == NULL)
         return NULL;
     pg_put(c);
-    return calloc(1, sizeof(struct tpg));
+    return xcalloc(1, sizeof(struct tpg));
 }
 
 void *tracking_pg_open(char *err, size_t errlen) { return open_pg(err, errlen); }
@@ -301,7 +301,7 @@ static int o_claim(void *b, const struct tracking_due *d, size_t n, const char *
     }
     int rc = begun ? 0 : pg_exec(c, err, sizeof err, "BEGIN");
     for (int which = 1; which <= 2 && rc == 0; which++) {
-        const char **ids = calloc(n + 1, sizeof *ids), **rcpts = calloc(n + 1, sizeof *rcpts);
+        const char **ids = xcalloc(n + 1, sizeof *ids), **rcpts = xcalloc(n + 1, sizeof *rcpts);
         size_t k = 0;
         for (size_t i = 0; i < n; i++)
             if ((d[i].which >= 2 ? 2 : 1) == which) {

@@ -288,7 +288,7 @@ static int migrate(sqlite3 *db, const char *path, char **msg)
 
 static struct tsq * sq_open(const char *path, char *err, size_t errlen)
 {
-    struct tsq *t = calloc(1, sizeof *t);
+    struct tsq *t = xcalloc(1, sizeof *t);
     char *msg = NULL;
     if (sqlite3_open_v2(path, &t->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                           SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK ||

@@ -129,7 +129,7 @@ static bool quota_rule(const char *extra, uint64_t *out, char *why, size_t whyle
 
 struct users *users_load(const char *path, char *err, size_t errlen)
 {
-    struct users *u = calloc(1, sizeof *u);
+    struct users *u = xcalloc(1, sizeof *u);
     u->by_addr = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_free);
     u->order = g_ptr_array_new();
     char *buf;
@@ -264,7 +264,7 @@ static char *cost_alike(const struct users *u, const char *key)
  * same work against like and always fails. */
 static int verify_hash(const char *hash, const char *like, const char *password)
 {
-    struct crypt_data *cd = calloc(1, sizeof *cd);
+    struct crypt_data *cd = xcalloc(1, sizeof *cd);
     const char *out = crypt_r(password, hash ? hash : like, cd);
     int ok = -1;
     if (hash != NULL && out != NULL && out[0] != '*') {
@@ -349,7 +349,7 @@ int users_hash_password(const char *password, char *out, size_t outlen)
     char salt[CRYPT_GENSALT_OUTPUT_SIZE];
     if (crypt_gensalt_rn("$y$", 0, NULL, 0, salt, sizeof salt) == NULL)
         return -1;
-    struct crypt_data *cd = calloc(1, sizeof *cd);
+    struct crypt_data *cd = xcalloc(1, sizeof *cd);
     const char *h = crypt_r(password, salt, cd);
     int r = (h == NULL || h[0] == '*' || str_copy(out, h, outlen) >= outlen) ? -1 : 0;
     explicit_bzero(cd, sizeof *cd);

@@ -60,8 +60,8 @@ static void stat_of(const char *path, struct timespec *mt, ino_t *ino, off_t *si
 
 struct users_db *users_db_open(const char *path, char *err, size_t errlen)
 {
-    struct users_db *db = calloc(1, sizeof *db);
-    db->path = strdup(path);
+    struct users_db *db = xcalloc(1, sizeof *db);
+    db->path = xstrdup(path);
     stat_of(path, &db->mtime, &db->ino, &db->size);
     db->cur = users_load(path, err, errlen);
     if (db->cur == NULL) {
@@ -222,8 +222,8 @@ void users_db_use_dovecot(struct users_db *db, const char *auth_client, const ch
 {
     free(db->dovecot_auth);
     free(db->dovecot_userdb);
-    db->dovecot_auth = auth_client ? strdup(auth_client) : NULL;
-    db->dovecot_userdb = userdb ? strdup(userdb) : NULL;
+    db->dovecot_auth = auth_client ? xstrdup(auth_client) : NULL;
+    db->dovecot_userdb = userdb ? xstrdup(userdb) : NULL;
     db->dovecot_timeout = timeout_ms;
 }
 

@@ -134,7 +134,7 @@ static int edit(const char *path, const char *addr, enum edit_op op, const char 
             close(lfd);
             return -1;
         }
-        buf = strdup("");
+        buf = xstrdup("");
         len = 0;
     }
     GString *out = g_string_sized_new(len + 256);

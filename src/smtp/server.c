@@ -5,9 +5,10 @@
  * SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), DSN (RFC 3461),
  * CHUNKING (RFC 3030) and REQUIRETLS (RFC 8689).
  *
- * A session is an explicit state plus a command table: each row has a check
- * (state, syntax, limits) and the handler.  Capabilities are gated in one
- * place, ehlo_keywords() and the table's flags.  The server holds no queue or
+ * A session is an explicit state plus a command table (server_cmd.c): each
+ * row names its preconditions, a check (syntax, limits) and a proceed
+ * function.  Capabilities are gated in one place, the rows' preconditions,
+ * which decide the EHLO keywords as well.  The server holds no queue or
  * user logic: it calls struct smtp_hooks.  Replies are queued on the output
  * buffer; libevent flushes them, which gives PIPELINING its batching.
  *

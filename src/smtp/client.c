@@ -179,67 +179,34 @@ static int read_line(struct smtp_client *c, char *line, size_t max)
     }
 }
 
-static void parse_ehlo_keyword(struct smtp_client *c, const char *kw)
-{
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } table[] = {
-        {"PIPELINING", EXT_PIPELINING}, {"8BITMIME", EXT_8BITMIME}, {"SMTPUTF8", EXT_SMTPUTF8},
-        {"DSN", EXT_DSN}, {"STARTTLS", EXT_STARTTLS}, {"REQUIRETLS", EXT_REQUIRETLS},
-        {"CHUNKING", EXT_CHUNKING}, {"ENHANCEDSTATUSCODES", EXT_ENHANCED},
-    };
-    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
-        if (str_ieq(kw, table[i].name))
-            c->ext |= table[i].bit;
-    if (str_iprefix(kw, "SIZE")) {
-        c->ext |= EXT_SIZE;
-        c->max_size = strtoull(kw + 4, NULL, 10);
-    }
-    if (str_iprefix(kw, "AUTH ") || str_iprefix(kw, "AUTH=")) {
-        char buf[256];
-        str_copy(buf, kw + 5, sizeof buf);
-        char *save = NULL;
-        for (char *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
-            if (str_ieq(t, "PLAIN"))
-                c->ext |= EXT_AUTH_PLAIN;
-            if (str_ieq(t, "LOGIN"))
-                c->ext |= EXT_AUTH_LOGIN;
-        }
-    }
-}
-
-/* Reads a (multi-line) reply.  With ehlo, records the extensions. */
+/* Reads a (multi-line) reply (reply.c parses it).  With ehlo, records the
+ * extensions. */
 static int read_reply(struct smtp_client *c, struct smtp_reply *r, bool ehlo)
 {
     char line[1024];
-    bool first = true;
-    for (int lines = 0; lines < 100; lines++) {
+    struct smtp_reply_reader rr;
+    smtp_reply_start(&rr, r, ehlo);
+    for (;;) {
         if (read_line(c, line, sizeof line) == -1) {
             c->broken = true;
             fail_set(r, 451, "4.4.2 connection to %s lost: %s", c->host, strerror(errno));
             return -1;
         }
-        if (strlen(line) < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' ||
-            line[1] > '9' || line[2] < '0' || line[2] > '9' ||
-            (line[3] != '\0' && line[3] != ' ' && line[3] != '-')) {
-            c->broken = true;
-            fail_set(r, 451, "4.5.0 %s sent a malformed reply", c->host);
-            return -1;
+        enum smtp_reply_step step = smtp_reply_line(&rr, line);
+        if (ehlo) {
+            c->ext = rr.ext;
+            c->max_size = rr.max_size;
         }
-        if (first) {
-            r->code = atoi(line);
-            str_copy(r->text, line[3] ? line + 4 : "", sizeof r->text);
-            first = false;
-        } else if (ehlo) {
-            parse_ehlo_keyword(c, line + 4);
-        }
-        if (line[3] != '-')
+        if (step == SMTP_REPLY_MORE)
+            continue;
+        if (step == SMTP_REPLY_DONE)
             return 0;
+        c->broken = true;
+        fail_set(r, 451, step == SMTP_REPLY_MALFORMED ? "4.5.0 %s sent a malformed reply"
+                                                      : "4.5.0 %s sent an over-long reply",
+                 c->host);
+        return -1;
     }
-    c->broken = true;
-    fail_set(r, 451, "4.5.0 %s sent an over-long reply", c->host);
-    return -1;
 }
 
 static int command(struct smtp_client *c, struct smtp_reply *r, const char *fmt, ...)

@@ -67,6 +67,25 @@ struct smtp_reply {
     char text[512];              /* "5.1.1 <x>: no such user" (first line, no code) */
 };
 
+/* ---- a server's reply, line by line (reply.c) ------------------------------ */
+#define SMTP_REPLY_MAX_LINES 100     /* a longer reply is refused */
+struct smtp_reply_reader {
+    struct smtp_reply *r;        /* code and text of the first line */
+    bool ehlo;                   /* record the EHLO keywords of the lines after it */
+    unsigned ext;                /* EXT_* offered */
+    uint64_t max_size;           /* SIZE's value; 0 = none */
+    unsigned lines;
+};
+enum smtp_reply_step {
+    SMTP_REPLY_MORE,             /* a "ddd-" line: more follow */
+    SMTP_REPLY_DONE,             /* the last line: *r is set */
+    SMTP_REPLY_MALFORMED,        /* not "ddd", "ddd SP text" or "ddd-text" (2xx to 5xx) */
+    SMTP_REPLY_TOO_LONG,         /* SMTP_REPLY_MAX_LINES lines and no end */
+};
+void smtp_reply_start(struct smtp_reply_reader *rr, struct smtp_reply *r, bool ehlo);
+/* One line of the reply, without its line end. */
+enum smtp_reply_step smtp_reply_line(struct smtp_reply_reader *rr, const char *line);
+
 struct smtp_client_rcpt {
     const char *addr;
     unsigned notify;             /* SMTP_NOTIFY_* (smtp.h) */

@@ -5,9 +5,10 @@
  * SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), DSN (RFC 3461),
  * CHUNKING (RFC 3030) and REQUIRETLS (RFC 8689).
  *
- * A session is an explicit state plus a command table: each row has a check
- * (state, syntax, limits) and the handler.  Capabilities are gated in one
- * place, ehlo_keywords() and the table's flags.  The server holds no queue or
+ * A session is an explicit state plus a command table (server_cmd.c): each
+ * row names its preconditions, a check (syntax, limits) and a proceed
+ * function.  Capabilities are gated in one place, the rows' preconditions,
+ * which decide the EHLO keywords as well.  The server holds no queue or
  * user logic: it calls struct smtp_hooks.  Replies are queued on the output
  * buffer; libevent flushes them, which gives PIPELINING its batching.
  *
@@ -420,6 +421,73 @@ static void log_refusal(struct listener_state *ls, const char *ip, const char *w
     ls->unlogged = 0;
 }
 
+/* A session for the connected socket fd (owned from now on) of listener lc,
+ * counted in ls unless refusing; the 220 is queued (or, refusing on an
+ * implicit-TLS listener, the 421 once the handshake is done).  -1 when out of
+ * memory (fd closed). */
+static int session_start(struct smtp_server *srv, const struct config_listener *lc,
+                         struct listener_state *ls, int fd, const char *ip, bool refusing,
+                         bool refusing_ip)
+{
+    struct session *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        close(fd);
+        return -1;
+    }
+    s->srv = srv;
+    s->lst = lc;
+    s->refusing = refusing;
+    s->refusing_ip = refusing_ip;
+    str_copy(s->ip, ip, sizeof s->ip);
+    smtp_client_key(ip, s->ckey, sizeof s->ckey);
+    if (lc->tls == LTLS_IMPLICIT) {
+        SSL *ssl = SSL_new(srv->tls);
+        s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        s->state = ST_TLS;
+    } else {
+        s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        s->state = ST_CMD;
+    }
+    s->timer = s->bev ? evtimer_new(srv->base, on_deadline, s) : NULL;
+    if (s->bev == NULL || s->timer == NULL) {
+        if (s->bev)
+            bufferevent_free(s->bev);
+        else
+            close(fd);
+        free(s);
+        return -1;
+    }
+    srv->sessions = g_list_prepend(srv->sessions, s);
+    s->link = srv->sessions;
+    srv->nsessions++;
+    if (refusing) {
+        srv->nrefusing++;
+    } else {
+        uintptr_t per_ip = (uintptr_t)g_hash_table_lookup(ls->per_ip, s->ckey);
+        s->ls = ls;
+        ls->n++;
+        g_hash_table_insert(ls->per_ip, g_strdup(s->ckey), (gpointer)(per_ip + 1));
+    }
+    bufferevent_setcb(s->bev, sess_on_read, sess_on_write, sess_on_event, s);
+    if (s->state == ST_TLS) {
+        struct timeval tv = {.tv_sec = (time_t)srv->cfg->timeout_tls};
+        bufferevent_set_timeouts(s->bev, &tv, &tv);
+        sess_deadline(s, DL_TLS);
+    } else {
+        sess_command_timeouts(s);
+    }
+    /* Bound what one client can make us buffer. */
+    bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    if (refusing)
+        return 0;   /* the 421 goes out once the handshake is done */
+    sess_reply_nocount(s, "220 %s ESMTP pecmail", srv->cfg->hostname);
+    metric_inc(&metric_connections, lc->name, NULL);
+    log_debug("connection from %s on %s", ip, lc->name);
+    return 0;
+}
+
 static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -469,57 +537,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    struct session *s = calloc(1, sizeof *s);
-    s->srv = srv;
-    s->lst = l->cfg;
-    s->refusing = refusing;
-    s->refusing_ip = refusing && !full;
-    str_copy(s->ip, ip, sizeof s->ip);
-    str_copy(s->ckey, ckey, sizeof s->ckey);
-    if (l->cfg->tls == LTLS_IMPLICIT) {
-        SSL *ssl = SSL_new(srv->tls);
-        s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                BEV_OPT_CLOSE_ON_FREE);
-        s->state = ST_TLS;
-    } else {
-        s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-        s->state = ST_CMD;
-    }
-    s->timer = s->bev ? evtimer_new(srv->base, on_deadline, s) : NULL;
-    if (s->bev == NULL || s->timer == NULL) {
-        if (s->bev)
-            bufferevent_free(s->bev);
-        else
-            close(fd);
-        free(s);
-        return;
-    }
-    srv->sessions = g_list_prepend(srv->sessions, s);
-    s->link = srv->sessions;
-    srv->nsessions++;
-    if (refusing) {
-        srv->nrefusing++;
-    } else {
-        s->ls = ls;
-        ls->n++;
-        g_hash_table_insert(ls->per_ip, g_strdup(ckey), (gpointer)(per_ip + 1));
-    }
-    bufferevent_setcb(s->bev, sess_on_read, sess_on_write, sess_on_event, s);
-    if (s->state == ST_TLS) {
-        struct timeval tv = {.tv_sec = (time_t)srv->cfg->timeout_tls};
-        bufferevent_set_timeouts(s->bev, &tv, &tv);
-        sess_deadline(s, DL_TLS);
-    } else {
-        sess_command_timeouts(s);
-    }
-    /* Bound what one client can make us buffer. */
-    bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    if (refusing)
-        return;   /* the 421 goes out once the handshake is done */
-    sess_reply_nocount(s, "220 %s ESMTP pecmail", srv->cfg->hostname);
-    metric_inc(&metric_connections, l->cfg->name, NULL);
-    log_debug("connection from %s on %s", ip, l->cfg->name);
+    session_start(srv, l->cfg, ls, fd, ip, refusing, refusing && !full);
 }
 
 /* ---- server ------------------------------------------------------------- */
@@ -561,6 +579,17 @@ static struct listener_state *listener_state(struct smtp_server *srv,
     ls->cfg = l;
     ls->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     return ls;
+}
+
+int smtp_server_adopt(struct smtp_server *srv, const struct config_listener *l, int fd,
+                      const char *ip)
+{
+    struct listener_state *ls = listener_state(srv, l);
+    if (ls == NULL) {
+        close(fd);
+        return -1;
+    }
+    return session_start(srv, l, ls, fd, ip, false, false);
 }
 
 int smtp_listen_bind(const struct config_listener *l, int *fds, size_t *n, char *err,

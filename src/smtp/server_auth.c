@@ -21,20 +21,8 @@
 #include <string.h>
 #include <strings.h>
 
-void sess_cmd_starttls(struct session *s, const char *args)
+void sess_cmd_starttls(struct session *s)
 {
-    if (*args != '\0') {
-        sess_reply(s, "501 5.5.4 Syntax: STARTTLS");
-        return;
-    }
-    if (s->tls) {
-        sess_reply(s, "503 5.5.1 TLS already active");
-        return;
-    }
-    if (s->lst->tls != LTLS_STARTTLS || s->srv->tls == NULL) {
-        sess_reply(s, "502 5.5.1 STARTTLS not available");
-        return;
-    }
     sess_reply(s, "220 2.0.0 Ready to start TLS");
     /* RFC 3207 §6 and CVE-2011-0411: whatever the client pipelined after
      * STARTTLS arrived in plaintext; it is thrown away unread. */
@@ -291,26 +279,6 @@ void sess_auth_response(struct session *s, const char *line)
 
 void sess_cmd_auth(struct session *s, const char *args)
 {
-    if (!s->tls) {
-        sess_reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
-        return;
-    }
-    if (s->lst->auth == LAUTH_NO) {
-        sess_reply(s, "502 5.5.1 AUTH not available on this service");
-        return;
-    }
-    if (!s->greeted) {
-        sess_reply(s, "503 5.5.1 Send EHLO first");
-        return;
-    }
-    if (s->authed) {
-        sess_reply(s, "503 5.5.1 Already authenticated");
-        return;
-    }
-    if (s->in_mail) {
-        sess_reply(s, "503 5.5.1 AUTH not permitted during a mail transaction");
-        return;
-    }
     char mech[32];
     size_t ml = strcspn(args, " ");
     if (ml == 0 || ml >= sizeof mech) {

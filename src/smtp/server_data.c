@@ -67,20 +67,8 @@ static void data_timeouts(struct session *s)
     sess_deadline(s, DL_DATA);
 }
 
-void sess_cmd_data(struct session *s, const char *args)
+void sess_cmd_data(struct session *s)
 {
-    if (*args != '\0') {
-        sess_reply(s, "501 5.5.4 Syntax: DATA");
-        return;
-    }
-    if (s->bdat_used) {
-        sess_reply(s, "503 5.5.1 DATA not permitted after BDAT");
-        return;
-    }
-    if (!s->in_mail || s->txn.nrcpts == 0) {
-        sess_reply(s, "503 5.5.1 Need RCPT command first");
-        return;
-    }
     if (!msg_begin(s, false)) {
         sess_reply_nocount(s, "%s", "451 4.3.0 Queue file write error, try again later");
         sess_txn_reset(s);
@@ -92,33 +80,8 @@ void sess_cmd_data(struct session *s, const char *args)
     sess_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
-void sess_cmd_bdat(struct session *s, const char *args)
+void sess_cmd_bdat(struct session *s, uint64_t n, bool last)
 {
-    /* BDAT size [LAST] (RFC 3030 §2) */
-    char *end;
-    if (!g_ascii_isdigit(*args)) {
-        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
-        return;
-    }
-    errno = 0;
-    unsigned long long n = strtoull(args, &end, 10);
-    bool last = false;
-    if (errno != 0) {
-        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
-        return;
-    }
-    if (*end == ' ') {
-        while (*end == ' ')
-            end++;
-        if (strcasecmp(end, "LAST") != 0) {
-            sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
-            return;
-        }
-        last = true;
-    } else if (*end != '\0') {
-        sess_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
-        return;
-    }
     s->bdat_left = n;
     s->bdat_last = last;
     if (!s->in_mail || s->txn.nrcpts == 0) {

@@ -4,8 +4,10 @@
  *
  *   server.c       listeners, accept, session lifecycle (close, free), I/O
  *                  callbacks, replies, transaction reset, drain
- *   server_cmd.c   the command line reader, dispatch and the handlers of
- *                  EHLO/HELO, MAIL, RCPT, RSET, NOOP, VRFY, EXPN, HELP, QUIT
+ *   server_cmd.c   the command line reader, the command table (each command's
+ *                  preconditions, check and proceed; EHLO keywords and HELP)
+ *                  and the commands EHLO/HELO, MAIL, RCPT, RSET, NOOP, VRFY,
+ *                  EXPN, HELP, QUIT
  *   server_data.c  DATA and BDAT: spool file, Received:, streaming, msg_check,
  *                  the msg_filter callouts and the commit
  *   server_auth.c  STARTTLS and AUTH PLAIN/LOGIN (sync and asynchronous hook)
@@ -172,14 +174,20 @@ void session_process(struct session *s);
 
 /* ---- server_data.c ------------------------------------------------------- */
 
-void sess_cmd_data(struct session *s, const char *args);
-void sess_cmd_bdat(struct session *s, const char *args);
+/* The commands once the table's preconditions and checks passed (server_cmd.c):
+ * DATA; BDAT of a chunk of n octets (it answers a missing RCPT itself: the
+ * chunk is read all the same). */
+void sess_cmd_data(struct session *s);
+void sess_cmd_bdat(struct session *s, uint64_t n, bool last);
 /* DATA or BDAT text from the input; true when more may follow. */
 bool sess_feed_data(struct session *s, struct evbuffer *in);
 
 /* ---- server_auth.c ------------------------------------------------------- */
 
-void sess_cmd_starttls(struct session *s, const char *args);
+/* STARTTLS and AUTH once the table's preconditions passed (server_cmd.c):
+ * STARTTLS is offered and TLS is not on; AUTH is offered, TLS is on, the
+ * session greeted, not authenticated and outside a transaction. */
+void sess_cmd_starttls(struct session *s);
 void sess_cmd_auth(struct session *s, const char *args);
 /* A SASL response line (state ST_AUTH). */
 void sess_auth_response(struct session *s, const char *line);

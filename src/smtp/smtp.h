@@ -261,6 +261,11 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
 /* The same with the sockets smtp_listen_bind made (one per address of l). */
 int smtp_server_listen_fds(struct smtp_server *srv, const struct config_listener *l,
                            const int *fds, size_t n, char *err, size_t errlen);
+/* Serves the connected socket fd (owned from now on: closed on failure) as a
+ * session of l, outside its connection limits: tests/fuzz drive a whole
+ * session over a socketpair with it.  0, or -1 when out of memory. */
+int smtp_server_adopt(struct smtp_server *srv, const struct config_listener *l, int fd,
+                      const char *ip);
 /* Stops accepting; idle sessions get 421 now, busy ones after their transaction. */
 void smtp_server_drain(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);

@@ -268,17 +268,23 @@ static void test_recycle(void **state)
     assert_int_equal(recycle_count(top), 0);
 }
 
+static int id_cmp(const void *a, const void *b) { return strcmp(a, b); }
+
+/* 1000 new ids: each QUEUE_ID_LEN upper-case hex digits, no two alike (sorted,
+ * so that comparing neighbours compares every pair). */
 static void test_ids(void **state)
 {
     (void)state;
-    char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1];
-    queue_new_id(a);
-    for (int i = 0; i < 1000; i++) {
-        queue_new_id(b);
-        assert_int_equal(strlen(b), QUEUE_ID_LEN);
-        assert_string_not_equal(a, b);
-        assert_true(strspn(b, "0123456789ABCDEF") == QUEUE_ID_LEN);
+    enum { N = 1000 };
+    static char ids[N][QUEUE_ID_LEN + 1];
+    for (int i = 0; i < N; i++) {
+        queue_new_id(ids[i]);
+        assert_int_equal(strlen(ids[i]), QUEUE_ID_LEN);
+        assert_true(strspn(ids[i], "0123456789ABCDEF") == QUEUE_ID_LEN);
     }
+    qsort(ids, N, sizeof ids[0], id_cmp);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
 }
 
 int main(void)

@@ -349,8 +349,68 @@ static int sqlite_copy(const char *from, const char *to, char *err, size_t errle
     return rc;
 }
 
-static int copy_item(const char *from, const char *to, bool tree, struct fs_copy_stats *st,
-                     char *err, size_t errlen)
+/* pecctl may run as root, and the data directory is written by [pecd] user
+ * (and, for the Maildirs, by their owners): a source inside it is opened
+ * through directory descriptors from data_dir down, no link followed, so a
+ * directory swapped for a symbolic link cannot make root copy (or, for the
+ * staging directory, remove) something else.  Paths outside data_dir are the
+ * configuration's own and are taken as they are.  An fd, or -1 with err. */
+static const char *in_data_dir(const struct config *cfg, const char *path)
+{
+    size_t n = strlen(cfg->data_dir);
+    while (n > 1 && cfg->data_dir[n - 1] == '/')
+        n--;
+    return strncmp(path, cfg->data_dir, n) == 0 && path[n] == '/' ? path + n + 1 : NULL;
+}
+
+static int open_source_dir(const struct config *cfg, const char *path, char *err,
+                           size_t errlen)
+{
+    const char *rel = in_data_dir(cfg, path);
+    if (rel != NULL)
+        return fs_open_dir_beneath(cfg->data_dir, rel, false, err, errlen);
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return fd;
+}
+
+static int open_source_file(const struct config *cfg, const char *path, char *err,
+                            size_t errlen)
+{
+    const char *rel = in_data_dir(cfg, path);
+    if (rel != NULL)
+        return fs_open_file_beneath(cfg->data_dir, rel, err, errlen);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1)
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* The tree (a directory) or file at from, in the instance, into to: 0, 1
+ * when from is a link (not copied, counted), -1 with err. */
+static int copy_source(const struct config *cfg, const char *from, const char *to, bool tree,
+                       struct fs_copy_stats *st, char *err, size_t errlen)
+{
+    int fd = tree ? open_source_dir(cfg, from, err, errlen)
+                  : open_source_file(cfg, from, err, errlen);
+    if (fd == -1 && (errno == ELOOP || errno == ENOTDIR || (!tree && errno == EINVAL))) {
+        printf("not copied: %s\n", err);   /* a link where a directory or file belongs */
+        st->skipped++;
+        return 1;
+    }
+    if (fd == -1)
+        return -1;
+    int rc = tree ? fs_copy_tree_fd(fd, from, to, st, err, errlen)
+                  : fs_copy_file_fd(fd, from, to, 0600, &st->bytes, err, errlen);
+    close(fd);
+    if (rc == 0 && !tree)
+        st->files++;
+    return rc;
+}
+
+static int copy_item(const struct config *cfg, const char *from, const char *to, bool tree,
+                     struct fs_copy_stats *st, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
     str_copy(dir, to, sizeof dir);
@@ -362,12 +422,7 @@ static int copy_item(const char *from, const char *to, bool tree, struct fs_copy
             return -1;
         }
     }
-    if (tree)
-        return fs_copy_tree(from, to, NULL, st, err, errlen);
-    if (fs_copy_file(from, to, 0600, &st->bytes, err, errlen) == -1)
-        return -1;
-    st->files++;
-    return 0;
+    return copy_source(cfg, from, to, tree, st, err, errlen);
 }
 
 /* ---- pecctl backup ------------------------------------------------------------ */
@@ -428,16 +483,28 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             fprintf(stderr, "pecctl backup: pecd: %s\n", reply);
             goto out;
         }
+        /* the staging directory is ours to name, never the answer's: whoever
+         * holds the socket (pecd's user) must not choose what root copies
+         * and then removes */
         char *sp = strstr(reply, "staging=");
         char staging[PATH_MAX];
-        str_copy(staging, sp ? sp + 8 : "", sizeof staging);
+        snprintf(staging, sizeof staging, "%s/backup.staging", cfg->data_dir);
+        if (sp == NULL || strcmp(sp + 8, staging) != 0) {
+            fprintf(stderr, "pecctl backup: pecd's answer names a staging directory other "
+                            "than %s: refused\n", staging);
+            goto out;
+        }
         snprintf(path, sizeof path, "%s/queue", staging);
-        int r = fs_copy_tree(path, to, NULL, &st, err, sizeof err);
+        int r = copy_source(cfg, path, to, true, &st, err, sizeof err);
         snprintf(path, sizeof path, "%s/tracking.db", staging);
         if (r == 0 && access(path, F_OK) == 0) {
             snprintf(to, sizeof to, "%s/tracking.db", dir);
-            r = fs_copy_file(path, to, 0600, &st.bytes, err, sizeof err);
+            uint64_t files = st.files;
+            r = copy_source(cfg, path, to, false, &st, err, sizeof err);
+            st.files = files;
         }
+        if (r == 1)
+            r = -1;       /* pecd made them: a link there is no snapshot (err says where) */
         fs_remove_tree(staging);
         if (r == -1) {
             fprintf(stderr, "pecctl backup: %s\n", err);
@@ -463,7 +530,7 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             snprintf(sub, sizeof sub, "%s/%s", cfg->queue_dir, subs[i]);
             snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
             if (access(sub, F_OK) == 0 &&
-                fs_copy_tree(sub, dst, NULL, &st, err, sizeof err) == -1) {
+                copy_source(cfg, sub, dst, true, &st, err, sizeof err) == -1) {
                 fprintf(stderr, "pecctl backup: %s\n", err);
                 goto out;
             }
@@ -510,8 +577,9 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
         if (access(it->path, F_OK) == -1)
             continue;    /* a cache or a quarantine not made yet */
         snprintf(to, sizeof to, "%s/%s", dir, it->rel);
-        if (copy_item(it->path, to, it->tree, &st, err, sizeof err) == -1 ||
-            manifest_files(m, dir, it->role, it->rel, err, sizeof err) == -1)
+        int copied = copy_item(cfg, it->path, to, it->tree, &st, err, sizeof err);
+        if (copied == -1 ||
+            (copied == 0 && manifest_files(m, dir, it->role, it->rel, err, sizeof err) == -1))
             goto fail;
     }
     if (mroot[0] == '\0' && !no_mail)
@@ -537,6 +605,10 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
     printf("%s: backup of %s made %s: %llu queued message%s, %llu files, %llu bytes\n", dir,
            cfg->domain, when, (unsigned long long)messages, messages == 1 ? "" : "s",
            (unsigned long long)st.files, (unsigned long long)st.bytes);
+    if (st.skipped > 0)
+        printf("not copied: %llu symbolic link%s or special file%s (never followed; a spool "
+               "or a Maildir holds none)\n", (unsigned long long)st.skipped,
+               st.skipped == 1 ? "" : "s", st.skipped == 1 ? "" : "s");
     rc = 0;
     goto out;
 fail:

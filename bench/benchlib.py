@@ -407,6 +407,10 @@ class Pecd:
                 f"domain = {DOMAIN}\n"
                 f"hostname = mx.{DOMAIN}\n"
                 "log_level = warning\n"
+                # started as root, pecd gives its data to pecmail ([pecd] user): not the
+                # directory of pecd.conf (issue 20)
+                "data_dir = data\n"
+                "\n[users]\npasswd_file = users\n"
                 "\n[mx]\n"
                 f"listen = 127.0.0.1:{port}\n"
                 "tls = none\n"
@@ -419,7 +423,7 @@ class Pecd:
                    if os.environ.get("BENCH_PECD_SYNC") else ""))
 
     def maildir_new(self, local):
-        return os.path.join(self.dir, "mail", DOMAIN, local, "new")
+        return os.path.join(self.dir, "data", "mail", DOMAIN, local, "new")
 
     def add_user(self, local, timeout=30):
         addr = f"{local}@{DOMAIN}"

@@ -17,11 +17,14 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <openssl/rand.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Provided by src/cmd/pecctl_verify.c and pecctl_pki.c when built. */
@@ -187,6 +190,23 @@ static int user_show(struct config *cfg, const char *addr)
     return 0;
 }
 
+/* A users file root has just created is read by pecd's network-facing
+ * processes, which run as [pecd] user when pecd starts as root: its group
+ * gets read access (the file stays root's). */
+static void users_file_for_pecd(const struct config *cfg)
+{
+    struct stat st;
+    struct passwd *pw;
+    if (geteuid() != 0 || strcmp(cfg->pecd_user, "root") == 0 ||
+        (pw = getpwnam(cfg->pecd_user)) == NULL || stat(cfg->passwd_file, &st) == -1 ||
+        st.st_uid != 0 || st.st_gid != 0 || (st.st_mode & 077) != 0)
+        return;
+    if (chown(cfg->passwd_file, (uid_t)-1, pw->pw_gid) == -1 ||
+        chmod(cfg->passwd_file, 0640) == -1)
+        fprintf(stderr, "pecctl: %s: cannot make it readable by %s: %s\n", cfg->passwd_file,
+                cfg->pecd_user, strerror(errno));
+}
+
 static int cmd_user(struct config *cfg, int argc, char **argv)
 {
     char err[512];
@@ -232,6 +252,7 @@ static int cmd_user(struct config *cfg, int argc, char **argv)
             fprintf(stderr, "pecctl: %s\n", err);
             return 1;
         }
+        users_file_for_pecd(cfg);
         if (from_stdin)
             printf("user %s added\n", addr);
         else

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
+#include <pwd.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -725,9 +726,54 @@ static bool has_messages(const char *queue_dir)
     return false;
 }
 
+/* Restored as root, the state belongs to [pecd] user (pecd, started as
+ * root, gives its data directories to it but walks no mail tree); the
+ * configuration's files stay root's, the users file readable by its group. */
+struct owner {
+    bool set;
+    uid_t uid;
+    gid_t gid;
+};
+
+static struct owner pecd_owner(const struct config *cfg)
+{
+    struct owner o = {0};
+    struct passwd *pw;
+    if (geteuid() == 0 && cfg->pecd_user != NULL && strcmp(cfg->pecd_user, "root") != 0 &&
+        (pw = getpwnam(cfg->pecd_user)) != NULL)
+        o = (struct owner){true, pw->pw_uid, pw->pw_gid};
+    return o;
+}
+
+static bool is_state(const char *role)
+{
+    static const char *const roles[] = {"queue", "tracking", "evidence", "mail", "quarantine",
+                                        "directory_cache"};
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        if (strcmp(role, roles[i]) == 0)
+            return true;
+    return false;
+}
+
+/* dst and the directories made for it up to (not including) top */
+static void give(const struct owner *o, const char *dst, const char *top)
+{
+    char p[PATH_MAX];
+    str_copy(p, dst, sizeof p);
+    size_t n = strlen(top);
+    while (strncmp(p, top, n) == 0 && strlen(p) > n) {
+        if (lchown(p, o->uid, o->gid) == -1)
+            fprintf(stderr, "pecctl restore: %s: chown: %s\n", p, strerror(errno));
+        char *slash = strrchr(p, '/');
+        if (slash == NULL)
+            break;
+        *slash = '\0';
+    }
+}
+
 /* Where the file of role goes: the item's path + what follows its rel. */
 static bool destination(GArray *items, const struct config *cfg, const struct mfile *f,
-                        char *out, size_t outlen)
+                        char *out, size_t outlen, char *top, size_t toplen)
 {
     char tracking[PATH_MAX];
     snprintf(tracking, sizeof tracking, "%s/tracking.db", cfg->data_dir);
@@ -747,6 +793,11 @@ static bool destination(GArray *items, const struct config *cfg, const struct mf
     size_t n = strlen(rel0);
     if (strncmp(f->rel, rel0, n) != 0 || (f->rel[n] != '\0' && f->rel[n] != '/'))
         return false;
+    /* top: the directory the item is in (what is made below it is the item's) */
+    str_copy(top, base, toplen);
+    char *slash = strrchr(top, '/');
+    if (slash != NULL)
+        *slash = '\0';
     return str_fmt(out, outlen, "%s%s", base, f->rel + n) >= 0;
 }
 
@@ -839,13 +890,14 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
         }
     }
     /* every file where the configuration puts it */
+    struct owner own = pecd_owner(cfg);
     size_t restored = 0, kept = 0;
     for (guint i = 0; i < files->len; i++) {
         const struct mfile *f = &g_array_index(files, struct mfile, i);
-        char dst[PATH_MAX], src[PATH_MAX];
+        char dst[PATH_MAX], src[PATH_MAX], top[PATH_MAX];
         if (strcmp(f->role, "config") == 0)
             continue;    /* read above */
-        if (!destination(items, cfg, f, dst, sizeof dst)) {
+        if (!destination(items, cfg, f, dst, sizeof dst, top, sizeof top)) {
             printf("skipped %s (%s): this configuration has no place for it\n", f->rel,
                    f->role);
             continue;
@@ -855,6 +907,8 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
                 snprintf(err, sizeof err, "%s: %s", dst, strerror(errno));
                 goto fail;
             }
+            if (own.set && is_state(f->role))
+                give(&own, dst, top);
             continue;
         }
         bool state_file = strcmp(f->role, "queue") == 0 || strcmp(f->role, "tracking") == 0 ||
@@ -885,6 +939,11 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
                 snprintf(err, sizeof err, "%s: %s", pdir, strerror(errno));
             goto fail;
         }
+        if (own.set && is_state(f->role))
+            give(&own, dst, top);
+        else if (own.set && strcmp(f->role, "users") == 0 &&
+                 (chown(dst, 0, own.gid) == -1 || chmod(dst, 0640) == -1))
+            fprintf(stderr, "pecctl restore: %s: %s\n", dst, strerror(errno));
         restored++;
     }
     /* secrets are not in a backup made without --include-keys */

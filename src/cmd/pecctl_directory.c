@@ -27,6 +27,7 @@
  */
 #include "lib/config.h"
 #include "lib/domains.h"
+#include "keys/keys.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "pec/pec_dir.h"
@@ -456,30 +457,13 @@ static int first_cert(const char *path, pec_buf *der, time_t *not_after, char *e
     return 0;
 }
 
-/* The signer of PEC messages, through the one loader of src/pec. */
+/* The signer of PEC messages, through the one loader of src/keys (a PEM
+ * file or a hardware module's key); the module stays open until the end. */
+static struct keys_hsm *publish_hsm;
+
 static pec_signer *load_signer(const struct config *cfg, char *err, size_t errsz)
 {
-    char *key = NULL, *chain = NULL;
-    size_t keylen = 0, chainlen = 0;
-    if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) == -1) {
-        snprintf(err, errsz, "[pec] signing_key %s: %s", cfg->pec_signing_key, strerror(errno));
-        return NULL;
-    }
-    if (fs_read_file(cfg->pec_signing_cert, &chain, &chainlen, 1 << 20) == -1) {
-        snprintf(err, errsz, "[pec] signing_certificate %s: %s", cfg->pec_signing_cert,
-                 strerror(errno));
-        explicit_bzero(key, keylen);
-        free(key);
-        return NULL;
-    }
-    char e[512];
-    pec_signer *s = pec_signer_new_pem(key, keylen, chain, chainlen, e, sizeof e);
-    if (s == NULL)
-        snprintf(err, errsz, "[pec] signing key: %s", e);
-    explicit_bzero(key, keylen);
-    free(key);
-    free(chain);
-    return s;
+    return keys_load_pec_signer(cfg, &publish_hsm, err, errsz);
 }
 
 static int cmd_publish(const struct config *cfg, const char *out)
@@ -562,6 +546,8 @@ static int cmd_publish(const struct config *cfg, const char *out)
 out:
     g_free(names);
     pec_signer_free(s);
+    keys_hsm_close(publish_hsm);
+    publish_hsm = NULL;
     pec_buf_free(&ldif);
     pec_buf_free(&der);
     for (size_t i = 0; i < 2; i++)

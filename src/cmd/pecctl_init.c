@@ -4,7 +4,8 @@
  *   pecctl init DIR --domain DOMAIN [--name NAME] [--smtp PORT]
  *                   [--submission PORT] [--submissions PORT] [--ca CADIR]
  *                   [--directory FILE.ldif] [--route DOMAIN=HOST:PORT]...
- *                   [--force]
+ *                   [--signing-key pkcs11:URI] [--tls-key pkcs11:URI]
+ *                   [--pkcs11-module PATH] [--pkcs11-pin-file PATH] [--force]
  *
  * Writes, in this order (pecd.conf last, so that its presence means a
  * complete instance):
@@ -12,6 +13,8 @@
  *                                       (default CADIR: DIR/ca; ca.pem -> ca.crt
  *                                       for `pecctl pki`)
  *   DIR/pec/sign.key (0600), sign.crt   signing certificate (RFC 6109 §5.5), then the CA
+ *                                       (with --signing-key pkcs11:…, no sign.key: the key
+ *                                       is made inside the token, or the one there used)
  *   DIR/tls/key.pem (0600), cert.pem    TLS server certificate, then the CA
  *   DIR/ca.crt                          the CA: trust anchors (signatures, outbound TLS)
  *   DIR/users (0600)                    empty users file, kept if present
@@ -20,6 +23,9 @@
  *                                       added or replaced under an flock(2) lock
  *                                       (default: DIR/directory.ldif)
  *   DIR/pecd.conf                       refused if present unless --force
+ * Run as root, it also creates the system user pecmail when missing (pecd's
+ * network-facing processes run as it, [pecd] user) and gives DIR to its
+ * group (0750: it may enter, not change); pecd gives it DIR/data at start.
  *
  * The certificates come from src/pec/pec_pki.c (the TLS one gains an IP
  * address SAN in pecctl_init_pki.c).  Every file is written with
@@ -43,6 +49,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "keys/keys.h"
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "pec/pec_pki.h"
@@ -67,6 +74,11 @@ static void usage(FILE *f)
             "  --directory FILE      providers' directory shared with other local providers\n"
             "                        (default DIR/directory.ldif); the entry is added or replaced\n"
             "  --route D=HOST:PORT   static next hop for domain D (repeatable)\n"
+            "  --signing-key URI     the signing key in a hardware module (pkcs11:token=…;\n"
+            "                        object=…, RFC 7512): made there if absent; no PEM key\n"
+            "  --tls-key URI         the TLS key in the module, the same way\n"
+            "  --pkcs11-module PATH  the PKCS#11 module (.so) of those URIs\n"
+            "  --pkcs11-pin-file F   a file with the token's user PIN (mode 0600)\n"
             "  --force               replace an existing DIR/pecd.conf\n",
             DEFAULT_SMTP, DEFAULT_SUBMISSION);
 }
@@ -164,7 +176,7 @@ static int parse_route(const char *arg, struct route *r)
 static int parse_args(int argc, char **argv, struct init_opts *o)
 {
     enum { OPT_DOMAIN = 256, OPT_NAME, OPT_SMTP, OPT_SUB, OPT_SUBS, OPT_CA, OPT_DIRECTORY,
-           OPT_ROUTE, OPT_FORCE, OPT_HELP };
+           OPT_ROUTE, OPT_FORCE, OPT_HELP, OPT_SIGNING_KEY, OPT_TLS_KEY, OPT_MODULE, OPT_PIN };
     static const struct option opts[] = {
         {"domain", required_argument, NULL, OPT_DOMAIN},
         {"name", required_argument, NULL, OPT_NAME},
@@ -175,6 +187,10 @@ static int parse_args(int argc, char **argv, struct init_opts *o)
         {"directory", required_argument, NULL, OPT_DIRECTORY},
         {"route", required_argument, NULL, OPT_ROUTE},
         {"force", no_argument, NULL, OPT_FORCE},
+        {"signing-key", required_argument, NULL, OPT_SIGNING_KEY},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"pkcs11-module", required_argument, NULL, OPT_MODULE},
+        {"pkcs11-pin-file", required_argument, NULL, OPT_PIN},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0}};
     memset(o, 0, sizeof *o);
@@ -229,6 +245,31 @@ static int parse_args(int argc, char **argv, struct init_opts *o)
             o->nroutes++;
             break;
         case OPT_FORCE: o->force = true; break;
+        case OPT_SIGNING_KEY:
+        case OPT_TLS_KEY: {
+            struct pkcs11_uri u;
+            char why[256];
+            if (pkcs11_uri_parse(optarg, &u, why, sizeof why) == -1)
+                return bad_arg("%s: '%s': %s", c == OPT_TLS_KEY ? "--tls-key" : "--signing-key",
+                               optarg, why);
+            if (u.object[0] == '\0')
+                return bad_arg("%s: '%s': name the key with object=LABEL",
+                               c == OPT_TLS_KEY ? "--tls-key" : "--signing-key", optarg);
+            if (c == OPT_TLS_KEY)
+                o->tls_key_uri = optarg;
+            else
+                o->signing_key_uri = optarg;
+            break;
+        }
+        case OPT_MODULE:
+        case OPT_PIN: {
+            char *dst = c == OPT_MODULE ? o->pkcs11_module : o->pkcs11_pin_file;
+            if (realpath(optarg, dst) == NULL)
+                return bad_arg("%s: %s: %s", c == OPT_MODULE ? "--pkcs11-module"
+                                                             : "--pkcs11-pin-file",
+                               optarg, strerror(errno));
+            break;
+        }
         case OPT_HELP: usage(stdout); return 0;
         case ':': return bad_arg("%s needs a value", argv[optind - 1]);
         default: return bad_arg("unknown option '%s' (pecctl init --help)", argv[optind - 1]);
@@ -254,6 +295,8 @@ static int parse_args(int argc, char **argv, struct init_opts *o)
         for (size_t j = 0; j < i; j++)
             if (strcmp(o->routes[i].domain, o->routes[j].domain) == 0)
                 return bad_arg("--route: two routes for %s", o->routes[i].domain);
+    if ((o->signing_key_uri || o->tls_key_uri) && o->pkcs11_module[0] == '\0')
+        return bad_arg("--signing-key and --tls-key pkcs11: URIs need --pkcs11-module");
     if (o->name == NULL)
         o->name = o->domain;
     return -1;      /* go on */
@@ -320,13 +363,31 @@ int pecctl_init_main(int argc, char **argv)
         return 1;
     }
 
-    char err[256];
+    char err[1024];
     const char *tls_names[] = {"localhost"};
     char mx[300];
     str_fmt(mx, sizeof mx, "mx.%s", o.domain);
     pec_pki_req rs = {.kind = PEC_PKI_SIGNING, .domain = o.domain, .org = o.name};
     pec_pki_req rt = {.kind = PEC_PKI_TLS, .domain = mx, .org = o.name,
                       .dns_names = tls_names, .n_dns = 1};
+    /* keys in a hardware module: made inside the token (or the one there);
+     * the certificates are issued for their public halves */
+    EVP_PKEY *sig_pub = NULL, *tls_pub = NULL;
+    const char *pin = o.pkcs11_pin_file[0] ? o.pkcs11_pin_file : NULL;
+    if (o.signing_key_uri &&
+        keys_token_make_key(o.signing_key_uri, o.pkcs11_module, pin, 2048, true, &sig_pub, err,
+                            sizeof err) < 0) {
+        init_crypto_fail("the signing key in the token", err);
+        goto out;
+    }
+    if (o.tls_key_uri &&
+        keys_token_make_key(o.tls_key_uri, o.pkcs11_module, pin, 2048, true, &tls_pub, err,
+                            sizeof err) < 0) {
+        init_crypto_fail("the TLS key in the token", err);
+        goto out;
+    }
+    rs.public_key = sig_pub;
+    rt.public_key = tls_pub;
     if (pec_pki_issue(&ca, &rs, &sig, err, sizeof err) < 0) {
         init_crypto_fail("cannot issue the signing certificate (is the CA in place?)", err);
         goto out;
@@ -354,12 +415,12 @@ int pecctl_init_main(int argc, char **argv)
         goto out;
     if (init_path_join(p, sizeof p, dir, "tls") < 0 || init_make_dir(p, 0700) < 0)
         goto out;
-    if (init_path_join(p, sizeof p, dir, "pec/sign.key") < 0 ||
-        init_write_file(p, sig.key_pem.data, sig.key_pem.len, 0600) < 0 ||
+    if ((sig_pub == NULL && (init_path_join(p, sizeof p, dir, "pec/sign.key") < 0 ||
+                             init_write_file(p, sig.key_pem.data, sig.key_pem.len, 0600) < 0)) ||
         init_path_join(p, sizeof p, dir, "pec/sign.crt") < 0 ||
         init_write_chain(p, &sig.cert_pem, &ca.cert_pem) < 0 ||
-        init_path_join(p, sizeof p, dir, "tls/key.pem") < 0 ||
-        init_write_file(p, tls.key_pem.data, tls.key_pem.len, 0600) < 0 ||
+        (tls_pub == NULL && (init_path_join(p, sizeof p, dir, "tls/key.pem") < 0 ||
+                             init_write_file(p, tls.key_pem.data, tls.key_pem.len, 0600) < 0)) ||
         init_path_join(p, sizeof p, dir, "tls/cert.pem") < 0 ||
         init_write_chain(p, &tls.cert_pem, &ca.cert_pem) < 0 ||
         init_path_join(p, sizeof p, dir, "ca.crt") < 0 ||
@@ -378,10 +439,17 @@ int pecctl_init_main(int argc, char **argv)
         goto out;
     if (init_write_file(confp, conf, conflen, 0644) < 0)
         goto out;
+    if (init_for_pecd_user(dir, p) < 0)
+        goto out;
 
     printf("provider %s (%s) initialised in %s\n", o.domain, o.name, dir);
     printf("  test CA          %s/ca.crt (%s)\n", cadir, ca_created ? "created" : "reused");
     printf("  signing cert     %s/pec/sign.crt  posta-certificata@%s\n", dir, o.domain);
+    if (o.signing_key_uri)
+        printf("  signing key      %s (in the module %s)\n", o.signing_key_uri,
+               o.pkcs11_module);
+    if (o.tls_key_uri)
+        printf("  TLS key          %s (in the module %s)\n", o.tls_key_uri, o.pkcs11_module);
     printf("                   providerCertificateHash %s\n", sha1);
     printf("  TLS cert         %s/tls/cert.pem  %s, localhost, 127.0.0.1\n", dir, mx);
     printf("  trust anchors    %s/ca.crt\n", dir);
@@ -400,6 +468,8 @@ int pecctl_init_main(int argc, char **argv)
            confp, o.domain, confp);
     rc = 0;
 out:
+    EVP_PKEY_free(sig_pub);
+    EVP_PKEY_free(tls_pub);
     pec_pki_pair_free(&ca);
     pec_pki_pair_free(&sig);
     pec_pki_pair_free(&tls);

@@ -9,6 +9,8 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -453,6 +455,51 @@ out:
     return rc;
 }
 
+/* ---- the network-facing user --------------------------------------------- */
+
+#define PECD_USER "pecmail"   /* the [pecd] user init_conf_build writes */
+
+/* Creates the system user with useradd(8), as scripts/install-deps does. */
+static int make_system_user(const char *name)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("useradd", "useradd", "--system", "--user-group", "--home-dir", "/nonexistent",
+               "--no-create-home", "--shell", "/usr/sbin/nologin", "--comment",
+               "pecmail network-facing processes", name, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    if (pid == -1 || waitpid(pid, &status, 0) == -1 || !WIFEXITED(status) ||
+        WEXITSTATUS(status) != 0) {
+        fprintf(stderr, PROG ": cannot create the system user %s with useradd; create it, "
+                        "or set [pecd] user to an existing one\n", name);
+        return -1;
+    }
+    printf("  system user      %s created (pecd's network-facing processes)\n", name);
+    return 0;
+}
+
+int init_for_pecd_user(const char *dir, char *scratch)
+{
+    if (geteuid() != 0)
+        return 0;   /* pecd started by this user keeps it: nothing to give */
+    struct passwd *pw = getpwnam(PECD_USER);
+    if (pw == NULL && (make_system_user(PECD_USER) < 0 || (pw = getpwnam(PECD_USER)) == NULL))
+        return -1;
+    /* DIR: the user may enter (to reach DIR/data, which pecd gives it) but
+     * change nothing; the users file: read by the sessions (AUTH) */
+    if (chown(dir, 0, pw->pw_gid) == -1 || chmod(dir, 0750) == -1)
+        return init_io_fail("give to the group of " PECD_USER, dir);
+    struct stat st;
+    if (init_path_join(scratch, PATH_MAX, dir, "users") < 0)
+        return -1;
+    if (stat(scratch, &st) == 0 && st.st_uid == 0 && (st.st_mode & 077) == 0 &&
+        (chown(scratch, 0, pw->pw_gid) == -1 || chmod(scratch, 0640) == -1))
+        return init_io_fail("give read access to " PECD_USER " on", scratch);
+    return 0;
+}
+
 /* ---- pecd.conf ------------------------------------------------------------- */
 
 int init_conf_build(const struct init_opts *o, const char *directory, char **out, size_t *len)
@@ -467,16 +514,27 @@ int init_conf_build(const struct init_opts *o, const char *directory, char **out
             "# Every key: docs/configuration.md.  Relative paths are relative to this\n"
             "# file's directory.  Check with `pecd -t -c pecd.conf`.\n"
             "\n"
+            "[pecd]\n"
+            "# started as root, pecd runs its network-facing processes as this user; the\n"
+            "# keys stay with the signer process (docs/operator-guide.md, Process model)\n"
+            "user = pecmail\n"
+            "\n"
             "[provider]\n"
             "domain = %s\n"
             "hostname = mx.%s\n"
             "# providerName in the providers' directory (RFC 6109 4.5.3)\n"
             "name = %s\n"
+            "# what pecd writes (queue, mail, databases): a directory of its own, given\n"
+            "# to [pecd] user; keys and this file stay root's\n"
+            "data_dir = data\n"
+            "\n"
+            "[users]\n"
+            "passwd_file = users\n"
             "\n"
             "[tls]\n"
             "# server certificate (then the test CA) and its key, for every listener\n"
             "certificate = tls/cert.pem\n"
-            "key = tls/key.pem\n"
+            "key = %s\n"
             "\n"
             "[mx]\n"
             "# incoming point: mail from other providers.  STARTTLS is offered and\n"
@@ -487,7 +545,8 @@ int init_conf_build(const struct init_opts *o, const char *directory, char **out
             "[submission]\n"
             "# access point: users submit with STARTTLS and AUTH\n"
             "listen = 127.0.0.1:%u\n",
-            o->domain, date, o->domain, o->domain, o->name, o->smtp, o->submission);
+            o->domain, date, o->domain, o->domain, o->name,
+            o->tls_key_uri ? o->tls_key_uri : "tls/key.pem", o->smtp, o->submission);
     if (o->submissions)
         fprintf(f,
                 "\n"
@@ -501,7 +560,7 @@ int init_conf_build(const struct init_opts *o, const char *directory, char **out
             "enabled = yes\n"
             "# signs receipts and transport envelopes (RFC 6109 5.5); the certificate\n"
             "# file holds the signer certificate then the CA\n"
-            "signing_key = pec/sign.key\n"
+            "signing_key = %s\n"
             "signing_certificate = pec/sign.crt\n"
             "# trust anchors for the signatures of incoming PEC messages\n"
             "trust = ca.crt\n"
@@ -515,13 +574,22 @@ int init_conf_build(const struct init_opts *o, const char *directory, char **out
             "\n"
             "[evidence]\n"
             "# the evidence log (SQLite), kept 30 months\n"
-            "path = evidence.db\n"
+            "path = data/evidence.db\n"
             "\n"
             "[outbound]\n"
             "# trust anchors for the TLS certificates of the other providers\n"
             "ca_file = ca.crt\n"
             "\n",
-            directory);
+            o->signing_key_uri ? o->signing_key_uri : "pec/sign.key", directory);
+    if (o->signing_key_uri || o->tls_key_uri)
+        fprintf(f,
+                "[pec]\n"
+                "# the hardware module holding the keys above, and its user PIN\n"
+                "pkcs11_module = %s\n"
+                "%s%s\n"
+                "\n",
+                o->pkcs11_module, o->pkcs11_pin_file[0] ? "pkcs11_pin_file = " : "",
+                o->pkcs11_pin_file);
     if (o->nroutes == 0) {
         fputs("# [routes]\n"
               "# static next hops (tests on loopback); other domains use DNS MX\n"

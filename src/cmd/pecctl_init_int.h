@@ -6,6 +6,7 @@
 #ifndef PEC_PECCTL_INIT_INT_H
 #define PEC_PECCTL_INIT_INT_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -31,6 +32,9 @@ struct init_opts {
     struct route routes[CONFIG_MAX_ROUTES];
     size_t nroutes;
     bool force;
+    /* keys in a hardware module (issue 20): pkcs11: URIs instead of PEM files */
+    const char *signing_key_uri, *tls_key_uri;
+    char pkcs11_module[PATH_MAX], pkcs11_pin_file[PATH_MAX];   /* absolute; "" = none */
 };
 
 /* pecctl_init.c: "PROG: cannot WHAT PATH: strerror(errno)", "PROG: WHAT: DETAIL" */
@@ -48,6 +52,11 @@ int init_make_dir(const char *path, mode_t mode);
 int init_lock_file(const char *path);
 /* Absolute form of path, whose parent directory exists. */
 int init_absolute_path(const char *path, char *out, size_t size);
+
+/* pecctl_init_files.c: run as root, the system user of [pecd] user made
+ * when missing, DIR given to its group, the users file readable by it
+ * (scratch: PATH_MAX octets) */
+int init_for_pecd_user(const char *dir, char *scratch);
 
 /* pecctl_init_files.c: the providers' directory and pecd.conf */
 /* Adds or replaces this provider's entry in the LDIF file at path.

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "lib/config.h"
+#include "keys/keys.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
 #include "store/evidence.h"
@@ -114,27 +115,20 @@ static int sign_with_pec(void *ctx, const void *data, size_t len, unsigned char 
     return 0;
 }
 
+/* The signing key (a PEM file or a hardware module's, src/keys); the
+ * module stays open while the seals are made. */
+static struct keys_hsm *seal_hsm;
+
 static pec_signer *load_signer(struct config *cfg)
 {
-    char err[512];
-    char *key = NULL, *chain = NULL;
-    size_t keylen = 0, chainlen = 0;
+    char err[1024];
     if (cfg->pec_signing_key == NULL || cfg->pec_signing_cert == NULL) {
         fprintf(stderr, "pecctl: [pec] signing_key and signing_certificate are needed to seal\n");
         return NULL;
     }
-    if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) != 0 ||
-        fs_read_file(cfg->pec_signing_cert, &chain, &chainlen, 1 << 20) != 0) {
-        fprintf(stderr, "pecctl: cannot read the signing key or certificate\n");
-        free(key);
-        free(chain);
-        return NULL;
-    }
-    pec_signer *s = pec_signer_new_pem(key, keylen, chain, chainlen, err, sizeof err);
+    pec_signer *s = keys_load_pec_signer(cfg, &seal_hsm, err, sizeof err);
     if (s == NULL)
-        fprintf(stderr, "pecctl: signing key: %s\n", err);
-    free(key);
-    free(chain);
+        fprintf(stderr, "pecctl: %s\n", err);
     return s;
 }
 
@@ -169,6 +163,8 @@ static int log_maintain(struct config *cfg, bool purge)
         fprintf(stderr, "pecctl: %s\n", err);
     evidence_close(ev);
     pec_signer_free(signer);
+    keys_hsm_close(seal_hsm);
+    seal_hsm = NULL;
     return r < 0 ? 2 : 0;
 }
 

@@ -5,9 +5,13 @@
  *       DIR/ca.key (0600) and DIR/ca.pem; an existing CA is kept, so two
  *       providers can share one.
  *   pecctl pki issue --ca DIR --domain D --out DIR [--name ORG] [--days N]
- *                    [--tls-host HOST]...
+ *                    [--tls-host HOST]... [--signing-key pkcs11:URI]
+ *                    [--tls-key pkcs11:URI] [--pkcs11-module PATH]
+ *                    [--pkcs11-pin-file PATH]
  *       OUT/signing.key (0600), OUT/signing.pem (certificate then CA),
  *       OUT/tls.key (0600), OUT/tls.pem; prints the providerCertificateHash.
+ *       With a pkcs11: URI (RFC 7512) the key is made inside the token (or
+ *       the one there is used) and no .key file is written.
  *   pecctl pki revoke --ca DIR [--reason NAME] CERT.pem
  *       adds its serial, the time and the reason (RFC 5280 §5.3.1 name, e.g.
  *       keyCompromise) to DIR/revoked, remakes DIR/crl.pem
@@ -25,6 +29,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "keys/keys.h"
 #include "lib/lib.h"
 #include "pec/pec_pki.h"
 
@@ -35,6 +40,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: pecctl pki ca DIR [--name NAME] [--days N]\n"
                "       pecctl pki issue --ca DIR --domain DOMAIN --out DIR [--name ORG]\n"
                "                        [--days N] [--tls-host HOST]...\n"
+               "                        [--signing-key pkcs11:URI] [--tls-key pkcs11:URI]\n"
+               "                        [--pkcs11-module PATH] [--pkcs11-pin-file PATH]\n"
                "       pecctl pki revoke --ca DIR [--reason keyCompromise|...] CERT.pem\n"
                "       pecctl pki crl --ca DIR\n"
                "       pecctl pki hash CERT.pem\n");
@@ -149,14 +156,18 @@ static int cmd_issue(int argc, char **argv)
         {"ca", required_argument, NULL, 'c'},   {"domain", required_argument, NULL, 'D'},
         {"out", required_argument, NULL, 'o'},  {"name", required_argument, NULL, 'n'},
         {"days", required_argument, NULL, 'd'}, {"tls-host", required_argument, NULL, 'H'},
+        {"signing-key", required_argument, NULL, 'S'}, {"tls-key", required_argument, NULL, 'T'},
+        {"pkcs11-module", required_argument, NULL, 'M'},
+        {"pkcs11-pin-file", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
     const char *cadir = NULL, *domain = NULL, *out = NULL, *name = NULL;
+    const char *sig_uri = NULL, *tls_uri = NULL, *module = NULL, *pin = NULL;
     const char *hosts[16];
     size_t nhosts = 0;
     long days = 825;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:D:o:n:d:H:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:D:o:n:d:H:S:T:M:P:", opts, NULL)) != -1) {
         switch (c) {
         case 'c': cadir = optarg; break;
         case 'D': domain = optarg; break;
@@ -167,11 +178,19 @@ static int cmd_issue(int argc, char **argv)
             if (nhosts < sizeof hosts / sizeof hosts[0])
                 hosts[nhosts++] = optarg;
             break;
+        case 'S': sig_uri = optarg; break;
+        case 'T': tls_uri = optarg; break;
+        case 'M': module = optarg; break;
+        case 'P': pin = optarg; break;
         default: return usage(stderr), 2;
         }
     }
     if (!cadir || !domain || !out || optind != argc)
         return usage(stderr), 2;
+    if ((sig_uri || tls_uri) && module == NULL) {
+        fprintf(stderr, "pecctl pki: a pkcs11: key needs --pkcs11-module\n");
+        return 2;
+    }
     pec_pki_pair ca, sig = {{0}, {0}}, tls = {{0}, {0}};
     if (read_pair(cadir, "ca.key", "ca.pem", &ca) < 0)
         return 1;
@@ -180,19 +199,29 @@ static int cmd_issue(int argc, char **argv)
         pec_pki_pair_free(&ca);
         return 1;
     }
-    char err[256];
+    char err[1024];
     pec_pki_req rs = {.kind = PEC_PKI_SIGNING, .domain = domain, .org = name, .days = days};
     pec_pki_req rt = {.kind = PEC_PKI_TLS, .domain = domain, .org = name, .days = days,
                       .dns_names = hosts, .n_dns = nhosts};
     int rc = 1;
+    EVP_PKEY *sig_pub = NULL, *tls_pub = NULL;
+    if ((sig_uri && keys_token_make_key(sig_uri, module, pin, 2048, true, &sig_pub, err,
+                                        sizeof err) < 0) ||
+        (tls_uri && keys_token_make_key(tls_uri, module, pin, 2048, true, &tls_pub, err,
+                                        sizeof err) < 0)) {
+        fprintf(stderr, "pecctl pki: %s\n", err);
+        goto out;
+    }
+    rs.public_key = sig_pub;
+    rt.public_key = tls_pub;
     if (pec_pki_issue(&ca, &rs, &sig, err, sizeof err) < 0 ||
         pec_pki_issue(&ca, &rt, &tls, err, sizeof err) < 0) {
         fprintf(stderr, "pecctl pki: %s\n", err);
         goto out;
     }
-    if (write_file(out, "signing.key", sig.key_pem.data, sig.key_pem.len, 0600) ||
+    if ((!sig_pub && write_file(out, "signing.key", sig.key_pem.data, sig.key_pem.len, 0600)) ||
         write_chain(out, "signing.pem", &sig, &ca) ||
-        write_file(out, "tls.key", tls.key_pem.data, tls.key_pem.len, 0600) ||
+        (!tls_pub && write_file(out, "tls.key", tls.key_pem.data, tls.key_pem.len, 0600)) ||
         write_chain(out, "tls.pem", &tls, &ca))
         goto out;
     char sha1[41];
@@ -202,9 +231,15 @@ static int cmd_issue(int argc, char **argv)
     printf("signing certificate: %s/signing.pem (posta-certificata@%s, serial %lu)\n", out,
            domain, serial);
     printf("providerCertificateHash: %s\n", sha1);
+    if (sig_uri)
+        printf("signing key: %s (in the module %s)\n", sig_uri, module);
     printf("tls certificate: %s/tls.pem\n", out);
+    if (tls_uri)
+        printf("tls key: %s (in the module %s)\n", tls_uri, module);
     rc = 0;
 out:
+    EVP_PKEY_free(sig_pub);
+    EVP_PKEY_free(tls_pub);
     pec_pki_pair_free(&ca);
     pec_pki_pair_free(&sig);
     pec_pki_pair_free(&tls);

@@ -19,6 +19,7 @@
  * pecctl_log_hold (called from pecctl.c and pecctl_log.c).  Exit: 0 done,
  * 1 nothing found / refused, 2 usage or unreadable.
  */
+#include "keys/keys.h"
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "pec/pec.h"
@@ -435,28 +436,13 @@ static int extract_row(void *ctx, const struct evidence_row *r)
     return 0;
 }
 
+/* The extract is signed like the PEC messages: through the one loader of
+ * src/keys (a PEM file or a hardware module's key). */
+static struct keys_hsm *extract_hsm;
+
 static pec_signer *load_signer(const struct config *cfg, char *err, size_t errsz)
 {
-    char *key = NULL, *chain = NULL;
-    size_t keylen = 0, chainlen = 0;
-    if (cfg->pec_signing_key == NULL || cfg->pec_signing_cert == NULL) {
-        snprintf(err, errsz, "[pec] signing_key and signing_certificate are needed to sign");
-        return NULL;
-    }
-    if (fs_read_file(cfg->pec_signing_key, &key, &keylen, 1 << 20) == -1 ||
-        fs_read_file(cfg->pec_signing_cert, &chain, &chainlen, 1 << 20) == -1) {
-        snprintf(err, errsz, "[pec] signing key or certificate: %s", strerror(errno));
-        free(key);
-        return NULL;
-    }
-    char e[512];
-    pec_signer *s = pec_signer_new_pem(key, keylen, chain, chainlen, e, sizeof e);
-    if (s == NULL)
-        snprintf(err, errsz, "[pec] signing key: %s", e);
-    explicit_bzero(key, keylen);
-    free(key);
-    free(chain);
-    return s;
+    return keys_load_pec_signer(cfg, &extract_hsm, err, errsz);
 }
 
 int pecctl_log_extract(struct config *cfg, int argc, char **argv)
@@ -542,6 +528,7 @@ int pecctl_log_extract(struct config *cfg, int argc, char **argv)
         pec_buf_free(&der);
     }
     pec_signer_free(signer);
+    keys_hsm_close(extract_hsm);
     if (doc)
         g_string_free(doc, TRUE);
     g_string_free(x.records, TRUE);

@@ -9,7 +9,8 @@
  * what can change without a restart (pecd_reload.c), the users file, the
  * TLS certificate and (in a thread) the providers' directory and its CRLs.
  * systemd (Type=notify) and the watchdog: pecd_service.c; [metrics]
- * listen: pecd_metrics.c.
+ * listen: pecd_metrics.c.  The process model (the signer that holds the
+ * keys, the drop to [pecd] user) is in pecd_privsep.c.
  */
 #include "pecd_int.h"
 #include "lib/config.h"
@@ -25,6 +26,8 @@
 #include "store/evidence.h"
 #include "store/quarantine.h"
 #include "filters/callout.h"
+#include "keys/keys.h"
+#include "pecd_privsep.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -211,6 +214,12 @@ static int hook_msg_check(void *arg, const struct smtp_txn *txn, const char *hea
                           char *reply, size_t replylen)
 {
     struct pecd *d = arg;
+    /* every message a PEC provider takes in is signed for (a receipt, an
+     * envelope): while no signer answers, nothing is acknowledged */
+    if (d->cfg->pec && !keys_client_up(d->ps.keys)) {
+        snprintf(reply, replylen, "451 4.3.0 Signing service unavailable, try again later");
+        return -1;
+    }
     if (!d->cfg->pec || txn->auth_user != NULL)
         return 0;
     char v[64];
@@ -641,16 +650,20 @@ int main(int argc, char **argv)
         log_level_parse(d.cfg->log_level, &lvl);
     log_set_level(debug ? LOG_LVL_DEBUG : lvl);
 
-    if (d.cfg->tls_cert != NULL) {
-        d.tls = smtp_tls_server_ctx(d.cfg->tls_cert, d.cfg->tls_key, d.cfg->tls_min_version,
-                                    d.cfg->tls_ciphers, err, sizeof err);
-        if (d.tls == NULL) {
+    if (check) {
+        if (pecd_check_keys(d.cfg, err, sizeof err) == -1) {
             log_err("configuration error: %s: %s", conf, err);
             return 1;
         }
-        if (smtp_tls_sni(d.tls, d.cfg->domains, d.cfg->tls_min_version, d.cfg->tls_ciphers,
-                         err, sizeof err) == -1) {
-            log_err("configuration error: %s", err);
+    } else {
+        /* the keeper and the signer, the listeners, then [pecd] user */
+        if (pecd_privsep_start(d.cfg, &d.ps, err, sizeof err) == -1) {
+            log_err("configuration error: %s: %s", conf, err);
+            return 1;
+        }
+        if (d.cfg->tls_cert != NULL &&
+            (d.tls = pecd_privsep_tls(&d.ps, d.cfg, err, sizeof err)) == NULL) {
+            log_err("configuration error: %s: %s", conf, err);
             return 1;
         }
     }
@@ -719,7 +732,12 @@ int main(int argc, char **argv)
             log_err("tracking database %s: cannot set synchronous=FULL", tpath);
             return 1;
         }
-        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking, err, sizeof err);
+        if (pecd_privsep_dir_client_key(&d.ps, d.cfg, err, sizeof err) == -1) {
+            log_err("configuration error: %s", err);
+            return 1;
+        }
+        d.roles = roles_new(d.cfg, d.transport, d.users, d.tracking,
+                            keys_client_pec_signer(d.ps.keys), err, sizeof err);
         if (d.roles == NULL) {
             log_err("configuration error: %s", err);
             return 1;
@@ -761,7 +779,8 @@ int main(int argc, char **argv)
     d.sent_rcpts = smtp_throttle_new(100000, 3600 * 1000);
     d.smtp = smtp_server_new(d.base, d.cfg, &hooks, d.tls);
     for (size_t i = 0; i < d.cfg->nlisteners; i++) {
-        if (smtp_server_listen(d.smtp, &d.cfg->listeners[i], err, sizeof err) == -1) {
+        if (smtp_server_listen_fds(d.smtp, &d.cfg->listeners[i], d.ps.listen_fds[i],
+                                   d.ps.nfds[i], err, sizeof err) == -1) {
             log_err("%s", err);
             return 1;
         }
@@ -846,6 +865,7 @@ int main(int argc, char **argv)
     users_db_free(d.users);
     SSL_CTX_free(d.tls);
     pecd_reload_free(&d);     /* configurations replaced by reloads */
+    pecd_privsep_stop(&d.ps);
     config_free(d.cfg);
     log_info("stopped");
     return 0;

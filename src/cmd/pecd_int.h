@@ -14,6 +14,8 @@
 #ifndef PEC_PECD_INT_H
 #define PEC_PECD_INT_H
 
+#include "pecd_privsep.h"
+
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <time.h>
@@ -43,6 +45,7 @@ struct pecd {
     struct sender_map *senders;     /* [users] senders: other addresses a login owns */
     int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
+    struct pecd_privsep ps;         /* the signer process, the listeners, the user */
     struct event *drain_timer;
     time_t drain_started;
 

@@ -2,9 +2,12 @@
  * pecd_reload.c - SIGHUP (systemctl reload): read pecd.conf again and apply
  * every setting that can change without dropping a session.
  *
- * Order: the new file is read and checked whole (config_load), then the new
- * TLS context is built and the directory's settings prepared; any failure
- * stops there with the file, line and reason, and nothing has changed.
+ * Order: the new file is read and checked whole (config_load), then the
+ * signer loads the keys it names (signing, TLS, the domains' own: a
+ * renewal), the new TLS context is built and the directory's settings
+ * prepared; any failure stops there with the file, line and reason, and
+ * nothing has changed (but for the signer's keys when the directory's
+ * password file is the one that fails).
  * Then the settings that need a restart (the table below: addresses bound,
  * directories, thread counts, the signing identity...) are taken back from
  * the configuration in force - their strings are swapped, not copied, so a
@@ -20,6 +23,7 @@
 #include "lib/lib.h"
 #include "lib/metrics.h"
 #include "filters/callout.h"
+#include "keys/keys.h"
 #include "provider/notices.h"
 #include "provider/roles.h"
 #include "provider/transport.h"
@@ -57,13 +61,14 @@ static const struct restart_key {
     K("users", "timeout", users_timeout, K_U64),
     K("users", "senders", sender_map, K_STR),
     K("outbound", "ca_file", out_ca_file, K_STR),
+    K("pecd", "user", pecd_user, K_STR),
+    K("pec", "pkcs11_module", pec_pkcs11_module, K_STR),
+    K("pec", "pkcs11_pin_file", pec_pkcs11_pin_file, K_STR),
     K("outbound", "dns_server", dns_server, K_STR),
     K("outbound", "dns_trust_anchor", dns_trust_anchor, K_STR),
     K("limits", "auth_failure_window", auth_failure_window, K_U64),
     K("limits", "auth_track_max", auth_track_max, K_U64),
     K("pec", "enabled", pec, K_BOOL),
-    K("pec", "signing_key", pec_signing_key, K_STR),
-    K("pec", "signing_certificate", pec_signing_cert, K_STR),
     K("pec", "service_address", pec_service_address, K_STR),
     K("pec", "timezone", pec_timezone, K_STR),
     K("evidence", "path", evidence_path, K_STR),
@@ -180,23 +185,23 @@ void pecd_reload(struct pecd *d)
         pecd_service_ready(d);
         return;
     }
+    /* the signer reads pecd.conf again and loads the signing key and
+     * certificate, the TLS key and certificate and the local domains' own
+     * from it (a renewal): all of them, or none */
     SSL_CTX *tls = NULL;
-    if (n->tls_cert != NULL) {
-        tls = smtp_tls_server_ctx(n->tls_cert, n->tls_key, n->tls_min_version, n->tls_ciphers,
-                                  err, sizeof err);
-        if (tls != NULL &&
-            smtp_tls_sni(tls, n->domains, n->tls_min_version, n->tls_ciphers, err,
-                         sizeof err) == -1) {
-            SSL_CTX_free(tls);
-            tls = NULL;
-        }
-        if (tls == NULL) {
-            log_err("reload: %s: [tls]: %s; nothing changed", d->conf_path, err);
-            config_free(n);
-            metric_inc(&metric_reloads, "error", NULL);
-            pecd_service_ready(d);
-            return;
-        }
+    if (d->ps.keys != NULL && keys_client_reload(d->ps.keys, err, sizeof err) == -1) {
+        log_err("reload: %s: keys: %s; nothing changed", d->conf_path, err);
+        config_free(n);
+        metric_inc(&metric_reloads, "error", NULL);
+        pecd_service_ready(d);
+        return;
+    }
+    if (n->tls_cert != NULL && (tls = pecd_privsep_tls(&d->ps, n, err, sizeof err)) == NULL) {
+        log_err("reload: %s: [tls]: %s; nothing changed", d->conf_path, err);
+        config_free(n);
+        metric_inc(&metric_reloads, "error", NULL);
+        pecd_service_ready(d);
+        return;
     }
     GString *names = g_string_new(NULL);
     size_t kept = keep_restart_keys(d->cfg, n, true, names);
@@ -204,7 +209,9 @@ void pecd_reload(struct pecd *d)
      * any module has the new configuration */
     if (d->roles != NULL && roles_set_config(d->roles, n, true, err, sizeof err) == -1) {
         keep_restart_keys(d->cfg, n, false, NULL);   /* swapped back */
-        log_err("reload: %s: %s; nothing changed", d->conf_path, err);
+        /* the signer has read its keys again already: the same files */
+        log_err("reload: %s: %s; nothing changed but the keys read again by the signer",
+                d->conf_path, err);
         SSL_CTX_free(tls);
         config_free(n);
         g_string_free(names, TRUE);

@@ -219,8 +219,12 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     default_str(&cfg->pec_service_address, "posta-certificata@%s", cfg->domain);
     default_str(&cfg->pec_tls_policy, "%s", "verify");
     default_str(&cfg->pec_timezone, "%s", "Europe/Rome");
-    resolve(&cfg->pec_signing_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->pec_signing_key))
+        resolve(&cfg->pec_signing_key, cfg->dir);
     resolve(&cfg->pec_signing_cert, cfg->dir);
+    resolve(&cfg->pec_pkcs11_module, cfg->dir);
+    resolve(&cfg->pec_pkcs11_pin_file, cfg->dir);
+    default_str(&cfg->pecd_user, "%s", "pecmail");
     resolve(&cfg->pec_trust, cfg->dir);
     resolve(&cfg->pec_crl, cfg->dir);
     if (cfg->pec_directory && strstr(cfg->pec_directory, "://") == NULL)
@@ -228,7 +232,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     resolve(&cfg->pec_dir_password_file, cfg->dir);
     resolve(&cfg->pec_dir_ca_file, cfg->dir);
     resolve(&cfg->pec_dir_client_cert, cfg->dir);
-    resolve(&cfg->pec_dir_client_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->pec_dir_client_key))
+        resolve(&cfg->pec_dir_client_key, cfg->dir);
     resolve(&cfg->pec_dir_signer, cfg->dir);
     resolve(&cfg->pec_signing_cert_next, cfg->dir);
     resolve(&cfg->evidence_path, cfg->dir);
@@ -249,7 +254,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (cfg->lmtp_host != NULL && cfg->lmtp_port[0] == '\0')
         resolve(&cfg->lmtp_host, cfg->dir);
     resolve(&cfg->tls_cert, cfg->dir);
-    resolve(&cfg->tls_key, cfg->dir);
+    if (!pkcs11_uri_is(cfg->tls_key))
+        resolve(&cfg->tls_key, cfg->dir);
     if (cfg->tls_cert == NULL) {
         size_t n;
         const struct domain **all = domains_sorted(cfg->domains, &n);
@@ -262,6 +268,15 @@ struct config *config_load(const char *path, char *err, size_t errlen)
                 goto bad;
             }
         g_free(all);
+    }
+    if ((pkcs11_uri_is(cfg->pec_signing_key) || pkcs11_uri_is(cfg->tls_key) ||
+         pkcs11_uri_is(cfg->pec_dir_client_key)) && cfg->pec_pkcs11_module == NULL) {
+        snprintf(err, errlen, "%s: %s is a pkcs11: URI: [pec] pkcs11_module (the PKCS#11 "
+                 "module, a .so file) is required", path,
+                 pkcs11_uri_is(cfg->pec_signing_key) ? "[pec] signing_key"
+                 : pkcs11_uri_is(cfg->tls_key)        ? "[tls] key"
+                                                      : "[pec] directory_client_key");
+        goto bad;
     }
 
     /* PEC stages sign, verify and sync: more threads overlap that work
@@ -363,7 +378,8 @@ void config_free(struct config *cfg)
                      &cfg->pec_dir_ca_file, &cfg->pec_dir_client_cert, &cfg->pec_dir_client_key,
                      &cfg->pec_dir_signer, &cfg->pec_dir_location_url,
                      &cfg->pec_dir_description, &cfg->pec_signing_cert_next,
-                     &cfg->metrics_listen};
+                     &cfg->metrics_listen, &cfg->pecd_user, &cfg->pec_pkcs11_module,
+                     &cfg->pec_pkcs11_pin_file};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         free(*strs[i]);
     domains_free(cfg->domains);

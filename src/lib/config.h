@@ -56,6 +56,9 @@ struct config {
     char *data_dir;
     char *log_level;
 
+    /* [pecd]: the process model (src/cmd/pecd_privsep.c) */
+    char *pecd_user;                /* the network-facing processes' user when started as root */
+
     /* [tls] */
     char *tls_cert;
     char *tls_key;
@@ -126,8 +129,10 @@ struct config {
 
     /* [pec]: the provider roles (RFC 6109) */
     bool pec;                       /* enabled */
-    char *pec_signing_key;
+    char *pec_signing_key;          /* PEM file, or a pkcs11: URI (RFC 7512) */
     char *pec_signing_cert;         /* the signer certificate, then its chain */
+    char *pec_pkcs11_module;        /* the PKCS#11 module of pkcs11: keys */
+    char *pec_pkcs11_pin_file;      /* its user PIN (first line) */
     char *pec_trust;                /* CA bundle for incoming signatures */
     char *pec_crl;                  /* optional CRL file (PEM) */
     char *pec_directory;            /* providers' directory: LDIF path, ldap[s]://host:port/base,

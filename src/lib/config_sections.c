@@ -350,11 +350,28 @@ int config_handler(void *user, const char *section, const char *name, const char
             return fail(ctx, "unknown key '%s' in [provider]", name);
         return 1;
     }
+    if (strcmp(section, "pecd") == 0) {
+        if (strcmp(name, "user") == 0) {
+            /* a user name as useradd(8) takes it, or a number */
+            if (value[0] == '\0' || strlen(value) > 32 || value[0] == '-' ||
+                strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              "0123456789._-") != strlen(value))
+                return fail(ctx, "user: '%s' is not a user name", value);
+            set_str(&cfg->pecd_user, value);
+            return 1;
+        }
+        return fail(ctx, "unknown key '%s' in [pecd]", name);
+    }
     if (strcmp(section, "tls") == 0) {
         if (strcmp(name, "certificate") == 0)
             set_str(&cfg->tls_cert, value);
-        else if (strcmp(name, "key") == 0)
+        else if (strcmp(name, "key") == 0) {
+            char uerr[256];
+            struct pkcs11_uri u;
+            if (pkcs11_uri_is(value) && pkcs11_uri_parse(value, &u, uerr, sizeof uerr) == -1)
+                return fail(ctx, "key: %s: %s", value, uerr);
             set_str(&cfg->tls_key, value);
+        }
         else if (strcmp(name, "ciphers") == 0)
             set_str(&cfg->tls_ciphers, value);
         else if (strcmp(name, "min_version") == 0) {
@@ -554,7 +571,15 @@ int config_handler(void *user, const char *section, const char *name, const char
             {"trust", offsetof(struct config, pec_trust)},
             {"crl", offsetof(struct config, pec_crl)},
             {"service_address", offsetof(struct config, pec_service_address)},
+            {"pkcs11_module", offsetof(struct config, pec_pkcs11_module)},
+            {"pkcs11_pin_file", offsetof(struct config, pec_pkcs11_pin_file)},
         };
+        if (strcmp(name, "signing_key") == 0 && pkcs11_uri_is(value)) {
+            char uerr[256];
+            struct pkcs11_uri u;
+            if (pkcs11_uri_parse(value, &u, uerr, sizeof uerr) == -1)
+                return fail(ctx, "signing_key: %s: %s", value, uerr);
+        }
         for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
             if (strcmp(name, paths[i].key) == 0) {
                 set_str((char **)((char *)cfg + paths[i].off), value);

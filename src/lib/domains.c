@@ -127,6 +127,11 @@ static int set_setting(struct domain *d, const char *key, const char *value,
         d->callouts = strdup(value);   /* names checked with [callouts] (config_callout.c) */
         return 0;
     }
+    if (strcmp(key, "tls_key") == 0 && strncmp(value, "pkcs11:", 7) == 0) {
+        free(d->tls_key);          /* in a hardware module ([pec] pkcs11_module) */
+        d->tls_key = strdup(value);
+        return 0;
+    }
     if (strcmp(key, "tls_certificate") == 0 || strcmp(key, "tls_key") == 0) {
         char *path = value[0] == '/' ? g_strdup(value) : g_build_filename(base_dir, value, NULL);
         if (access(path, R_OK) == -1) {

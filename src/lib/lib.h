@@ -78,6 +78,25 @@ bool mail_header_value(const char *msg, size_t len, const char *name, char *out,
 /* Formats now (or t) as an RFC 5322 date-time in local time. */
 void rfc5322_date(char *buf, size_t size, time_t t);
 
+/* ---- PKCS#11 URIs, RFC 7512 (pkcs11_uri.c) ------------------------------ */
+/* A private key in a hardware module: which token (any of the four may be
+ * absent: a wildcard) and which object (label and/or CKA_ID). */
+struct pkcs11_uri {
+    char token[128];               /* CK_TOKEN_INFO label (32 octets, UTF-8, escaped) */
+    char manufacturer[128];
+    char serial[64];
+    char model[64];
+    char object[256];              /* CKA_LABEL */
+    unsigned char id[128];         /* CKA_ID */
+    size_t id_len;
+    char type[16];                 /* "" or "private" */
+};
+/* Whether s begins with the scheme "pkcs11:" (case-insensitive). */
+bool pkcs11_uri_is(const char *s);
+/* 0, or -1 with the reason in err (a URI names no key, carries a query, an
+ * attribute twice, a bad escape, ...). */
+int pkcs11_uri_parse(const char *s, struct pkcs11_uri *u, char *err, size_t errlen);
+
 /* ---- file system (fs.c) ------------------------------------------------- */
 int fs_mkdirs(const char *path, mode_t mode);
 int fs_fsync_dir(const char *path);

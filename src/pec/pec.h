@@ -146,9 +146,10 @@ void pec_daticert_free(pec_daticert *d);
 
 /*
  * A signer produces a detached CMS SignedData (DER) over exactly the bytes
- * given, with SHA-256 and the signer's chain embedded.  The PEM
- * implementation below holds the key in this process; an HSM (PKCS#11)
- * implementation can provide the same two callbacks without touching callers.
+ * given, with SHA-256 and the signer's chain embedded.  The implementation
+ * below holds the key (PEM, or a hardware module's key) in this process;
+ * pecd's network-facing process uses another one with the same callbacks,
+ * which asks the signer process over a socket (src/keys).
  */
 typedef struct pec_signer {
     int (*sign)(void *ctx, const void *data, size_t len, pec_buf *der, char *err, size_t errsz);
@@ -161,6 +162,15 @@ typedef struct pec_signer {
  * intermediates.  The key is checked against the certificate. */
 pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *chain_pem,
                                size_t chain_len, char *err, size_t errsz);
+/* The same for a key already loaded (an OpenSSL EVP_PKEY *, e.g. a hardware
+ * module's key through libp11); the signer takes its own reference. */
+pec_signer *pec_signer_new_key(void *evp_pkey, const char *chain_pem, size_t chain_len,
+                               char *err, size_t errsz);
+/* The detached CMS SignedData sign() makes, from the content's SHA-256 (md,
+ * 32 octets) instead of the content: what a signer process is asked.  Only
+ * for a signer made by pec_signer_new_pem or pec_signer_new_key. */
+int pec_signer_sign_digest(pec_signer *s, const unsigned char *md, size_t mdlen, pec_buf *der,
+                           char *err, size_t errsz);
 void pec_signer_free(pec_signer *s);
 
 /* Wraps content (a MIME entity, canonical CRLF) into multipart/signed

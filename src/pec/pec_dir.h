@@ -49,6 +49,8 @@ struct pec_dir_conf {
     /* issue 19: the signed directory (.p7m), from https:// or a file */
     const char *client_cert;       /* directory_client_cert (PEM): TLS client certificate */
     const char *client_key;        /* directory_client_key (PEM) */
+    void *client_pkey;             /* or the key as an EVP_PKEY (pecd: a stand-in whose
+                                      operations its signer process does, src/keys) */
     const char *signer_file;       /* directory_signer (PEM): who may sign the directory */
 };
 
@@ -61,6 +63,10 @@ struct pec_dir_conf {
 struct config;
 int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
                       char **password, char *err, size_t errsz);
+/* The EVP_PKEY that pec_dir_conf_init puts in client_pkey from now on (pecd:
+ * the TLS client key of the directory held by the signer process; a
+ * reference is kept); NULL: the directory_client_key file is read. */
+void pec_dir_use_client_key(void *evp_pkey);
 
 /* The directory's text (LDIF) from c->source (a signed source verified). */
 int pec_dir_fetch(const struct pec_dir_conf *c, pec_buf *ldif, char *err, size_t errsz);

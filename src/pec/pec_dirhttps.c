@@ -23,6 +23,7 @@
 #include "pec_internal.h"
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -88,6 +89,19 @@ static int fail_curl(const struct pec_dir_conf *c, CURLcode rc, char *cerr, char
     }
 }
 
+/* libcurl's OpenSSL context gets the client certificate and a key object
+ * (pecd's: its private operations are the signer process's). */
+static CURLcode client_ctx(CURL *h, void *sslctx, void *arg)
+{
+    (void)h;
+    const struct pec_dir_conf *c = arg;
+    SSL_CTX *ctx = sslctx;
+    if (SSL_CTX_use_certificate_chain_file(ctx, c->client_cert) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx, c->client_pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+        return CURLE_SSL_CERTPROBLEM;
+    return CURLE_OK;
+}
+
 int pec_dir_https_fetch(const struct pec_dir_conf *c, pec_buf *out, char *err, size_t errsz)
 {
     out->data = NULL;
@@ -117,7 +131,10 @@ int pec_dir_https_fetch(const struct pec_dir_conf *c, pec_buf *out, char *err, s
         curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
         curl_easy_setopt(h, CURLOPT_CAPATH, NULL);  /* that file only */
     }
-    if (c->client_cert) {
+    if (c->client_cert && c->client_pkey) {
+        curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, client_ctx);
+        curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, (void *)c);
+    } else if (c->client_cert) {
         curl_easy_setopt(h, CURLOPT_SSLCERT, c->client_cert);
         curl_easy_setopt(h, CURLOPT_SSLCERTTYPE, "PEM");
         curl_easy_setopt(h, CURLOPT_SSLKEY, c->client_key ? c->client_key : c->client_cert);

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <openssl/evp.h>
 
 bool pec_dir_is_ldap(const char *s)
 {
@@ -215,6 +216,16 @@ int pec_dir_fetch(const struct pec_dir_conf *c, pec_buf *ldif, char *err, size_t
     return file_fetch(c->source, ldif, err, errsz);
 }
 
+static EVP_PKEY *client_pkey;
+
+void pec_dir_use_client_key(void *evp_pkey)
+{
+    if (evp_pkey != NULL)
+        EVP_PKEY_up_ref(evp_pkey);
+    EVP_PKEY_free(client_pkey);
+    client_pkey = evp_pkey;
+}
+
 int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
                       char **password, char *err, size_t errsz)
 {
@@ -235,6 +246,7 @@ int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *ca
         .crl_file = cfg->pec_crl, .crl_urls = (const char *const *)cfg->pec_crl_urls,
         .n_crl_urls = cfg->pec_n_crl_urls, .cache_dir = cache,
         .refresh = (unsigned)cfg->pec_dir_refresh, .client_cert = cfg->pec_dir_client_cert,
-        .client_key = cfg->pec_dir_client_key, .signer_file = cfg->pec_dir_signer};
+        .client_key = cfg->pec_dir_client_key, .client_pkey = client_pkey,
+        .signer_file = cfg->pec_dir_signer};
     return 0;
 }

@@ -34,13 +34,15 @@ static int bio_to_buf(BIO *b, pec_buf *out)
     return 0;
 }
 
+/* The certificate and (key not NULL) the private key, in PEM. */
 static int pair_out(EVP_PKEY *key, X509 *x, pec_pki_pair *out)
 {
     BIO *kb = BIO_new(BIO_s_mem()), *cb = BIO_new(BIO_s_mem());
     int rc = -1;
-    if (kb && cb && PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) &&
-        PEM_write_bio_X509(cb, x) && bio_to_buf(kb, &out->key_pem) == 0 &&
-        bio_to_buf(cb, &out->cert_pem) == 0)
+    if (kb && cb && (key == NULL || (PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL,
+                                                              NULL) &&
+                                     bio_to_buf(kb, &out->key_pem) == 0)) &&
+        PEM_write_bio_X509(cb, x) && bio_to_buf(cb, &out->cert_pem) == 0)
         rc = 0;
     BIO_free(kb);
     BIO_free(cb);
@@ -161,7 +163,12 @@ int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *
     int rc = -1;
     if (load_ca(ca, &cakey, &cacert, err, errsz) < 0)
         return -1;
-    key = new_key(req->bits);
+    if (req->public_key != NULL) {
+        key = req->public_key;          /* a key that lives elsewhere (a token) */
+        EVP_PKEY_up_ref(key);
+    } else {
+        key = new_key(req->bits);
+    }
     x = X509_new();
     if (!key || !x) {
         pec_ossl_err(err, errsz, "key generation failed");
@@ -212,7 +219,7 @@ int pec_pki_issue(const pec_pki_pair *ca, const pec_pki_req *req, pec_pki_pair *
         pec_ossl_err(err, errsz, "certificate creation failed");
         goto out;
     }
-    rc = pair_out(key, x, out);
+    rc = pair_out(req->public_key != NULL ? NULL : key, x, out);
     if (rc < 0)
         pec_err(err, errsz, "out of memory");
 out:

@@ -31,6 +31,9 @@ typedef struct pec_pki_req {
     time_t not_before;             /* 0 = now - 1 h */
     long days;                     /* 0 = 825 */
     unsigned long serial;          /* 0 = random */
+    void *public_key;              /* an EVP_PKEY whose private half lives elsewhere (a
+                                      hardware module): the certificate is for it and the
+                                      pair gets no key_pem; NULL = a new RSA key */
 } pec_pki_req;
 
 /* A self-signed CA (basicConstraints CA:TRUE critical, keyCertSign+cRLSign). */

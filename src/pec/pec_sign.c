@@ -6,13 +6,19 @@
  * contentType, signingTime, messageDigest), and the assembly of the
  * multipart/signed entity around already canonical (CRLF) content.
  *
- * Interface: pec_signer_new_pem, pec_signer_free, pec_smime_sign (pec.h).
+ * The signature is made over the content's SHA-256 (key_sign_digest), so
+ * that the holder of the key may be another process that never sees the
+ * content (src/keys: the signer process of pecd, a hardware module).
+ *
+ * Interface: pec_signer_new_pem, pec_signer_new_key, pec_signer_sign_digest,
+ * pec_signer_free, pec_smime_sign (pec.h).
  * Assumes the content handed to pec_smime_sign is exactly what goes on the
  * wire: the signed bytes are embedded unchanged, so `openssl cms -verify`
  * and `openssl smime -verify` accept the output as is.
  */
 #include "pec/pec_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,26 +42,34 @@ struct pem_signer {
     STACK_OF(X509_ALGOR) *smimecap;
 };
 
-static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char *err,
-                    size_t errsz)
+#define SIGN_MD_LEN 32      /* SHA-256, the digest of every signature we make */
+
+/* The detached SignedData over content whose SHA-256 is md: the signed
+ * attributes CMS_final would add (contentType id-data, messageDigest,
+ * signingTime now, SMIMECapabilities), signed with the key.  The content
+ * itself is not needed, so a separate signer process is sent 32 octets
+ * instead of the message (src/keys). */
+static int key_sign_digest(struct pem_signer *ps, const unsigned char *md, size_t mdlen,
+                           pec_buf *der, char *err, size_t errsz)
 {
-    struct pem_signer *ps = ctx;
     der->data = NULL;
     der->len = 0;
-    BIO *in = BIO_new_mem_buf(data, (int)len);
-    if (!in || len > INT32_MAX) {
-        BIO_free(in);
-        return pec_err(err, errsz, "content too large to sign");
-    }
-    /* CMS_BINARY: the content is already canonical, sign it unchanged */
+    if (mdlen != SIGN_MD_LEN)
+        return pec_err(err, errsz, "a SHA-256 digest is 32 octets, not %zu", mdlen);
     unsigned flags = CMS_DETACHED | CMS_BINARY | CMS_PARTIAL;
     CMS_ContentInfo *cms = CMS_sign(NULL, NULL, ps->chain, NULL, flags);
     int rc = -1;
     CMS_SignerInfo *si = cms ? CMS_add1_signer(cms, ps->cert, ps->key, EVP_sha256(),
-                                               (flags & ~CMS_PARTIAL) | CMS_NOSMIMECAP)
+                                               flags | CMS_NOSMIMECAP)
                              : NULL;
+    /* RFC 5652 §5.3: contentType and messageDigest are required once there
+     * are signed attributes; CMS_SignerInfo_sign adds signingTime */
     if (!si || (ps->smimecap && CMS_add_smimecap(si, ps->smimecap) != 1) ||
-        !CMS_final(cms, in, NULL, flags)) {
+        !CMS_signed_add1_attr_by_NID(si, NID_pkcs9_messageDigest, V_ASN1_OCTET_STRING, md,
+                                     (int)mdlen) ||
+        !CMS_signed_add1_attr_by_NID(si, NID_pkcs9_contentType, V_ASN1_OBJECT,
+                                     OBJ_nid2obj(NID_pkcs7_data), -1) ||
+        CMS_SignerInfo_sign(si) != 1) {
         pec_ossl_err(err, errsz, "CMS signing failed");
         goto out;
     }
@@ -76,8 +90,20 @@ static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char 
     OPENSSL_free(buf);
 out:
     CMS_ContentInfo_free(cms);
-    BIO_free(in);
     return rc;
+}
+
+static int pem_sign(void *ctx, const void *data, size_t len, pec_buf *der, char *err,
+                    size_t errsz)
+{
+    unsigned char md[SIGN_MD_LEN];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != SIGN_MD_LEN) {
+        der->data = NULL;
+        der->len = 0;
+        return pec_ossl_err(err, errsz, "SHA-256 failed");
+    }
+    return key_sign_digest(ctx, md, mdlen, der, err, errsz);
 }
 
 static void pem_destroy(void *ctx)
@@ -117,24 +143,25 @@ void pec_cert_email(const void *x509, char *out, size_t size)
     cert_email((X509 *)x509, out, size);
 }
 
-pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *chain_pem,
-                               size_t chain_len, char *err, size_t errsz)
+/* A signer for key (a reference is taken) and the chain in chain_pem. */
+static pec_signer *signer_new(EVP_PKEY *key, const char *chain_pem, size_t chain_len, char *err,
+                              size_t errsz)
 {
     struct pem_signer *ps = calloc(1, sizeof *ps);
     pec_signer *s = calloc(1, sizeof *s);
-    if (!ps || !s) {
+    if (!ps || !s || chain_len > INT32_MAX) {
         free(ps);
         free(s);
-        pec_err(err, errsz, "out of memory");
+        pec_err(err, errsz, ps && s ? "certificate file too large" : "out of memory");
         return NULL;
     }
-    BIO *kb = BIO_new_mem_buf(key_pem, (int)key_len);
     BIO *cb = BIO_new_mem_buf(chain_pem, (int)chain_len);
-    ps->key = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+    if (EVP_PKEY_up_ref(key) == 1)
+        ps->key = key;
     ps->cert = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
     ps->chain = sk_X509_new_null();
-    if (!ps->key) {
-        pec_ossl_err(err, errsz, "cannot read the private key (PEM)");
+    if (!ps->key || !ps->chain) {
+        pec_err(err, errsz, "out of memory");
         goto fail;
     }
     if (!ps->cert) {
@@ -149,7 +176,6 @@ pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *
         pec_ossl_err(err, errsz, "the private key does not match the certificate");
         goto fail;
     }
-    BIO_free(kb);
     BIO_free(cb);
     cert_email(ps->cert, s->email, sizeof s->email);
     if (CMS_add_standard_smimecap(&ps->smimecap) != 1) {
@@ -161,11 +187,50 @@ pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *
     s->ctx = ps;
     return s;
 fail:
-    BIO_free(kb);
     BIO_free(cb);
     pem_destroy(ps);
     free(s);
     return NULL;
+}
+
+pec_signer *pec_signer_new_pem(const char *key_pem, size_t key_len, const char *chain_pem,
+                               size_t chain_len, char *err, size_t errsz)
+{
+    if (key_len > INT32_MAX) {
+        pec_err(err, errsz, "key file too large");
+        return NULL;
+    }
+    BIO *kb = BIO_new_mem_buf(key_pem, (int)key_len);
+    EVP_PKEY *key = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+    BIO_free(kb);
+    if (!key) {
+        pec_ossl_err(err, errsz, "cannot read the private key (PEM)");
+        return NULL;
+    }
+    pec_signer *s = signer_new(key, chain_pem, chain_len, err, errsz);
+    EVP_PKEY_free(key);
+    return s;
+}
+
+pec_signer *pec_signer_new_key(void *evp_pkey, const char *chain_pem, size_t chain_len, char *err,
+                               size_t errsz)
+{
+    if (evp_pkey == NULL) {
+        pec_err(err, errsz, "no private key");
+        return NULL;
+    }
+    return signer_new(evp_pkey, chain_pem, chain_len, err, errsz);
+}
+
+int pec_signer_sign_digest(pec_signer *s, const unsigned char *md, size_t mdlen, pec_buf *der,
+                           char *err, size_t errsz)
+{
+    if (s == NULL || s->sign != pem_sign) {
+        der->data = NULL;
+        der->len = 0;
+        return pec_err(err, errsz, "this signer holds no key");
+    }
+    return key_sign_digest(s->ctx, md, mdlen, der, err, errsz);
 }
 
 void pec_signer_free(pec_signer *s)

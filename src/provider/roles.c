@@ -15,7 +15,7 @@
  *                 errore-consegna; receipt: to the mailbox; anything else:
  *                 anomaly envelope (§3.2.2)
  *
- * This file: setting up (signing key, providers' directory), the evidence
+ * This file: setting up (the signer pecd gives, providers' directory), the evidence
  * log's events, the helpers the roles share (outputs inherit the source's
  * REQUIRETLS, RFC 8689 §6), the timeout notices (§3.1.6), the record of PEC
  * received without TLS (§5.3) and the dispatch by stage.  The access point
@@ -43,16 +43,6 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-
-static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
-{
-    char *buf;
-    if (fs_read_file(path, &buf, len, 16 * 1024 * 1024) == -1) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    return buf;
-}
 
 /* The providers' directory and the trust built from it (issue 7): loaded
  * now, then refreshed by pecdir's thread (period and SIGHUP). */
@@ -83,7 +73,8 @@ static int load_directory(struct roles *r, const struct config *cfg, char *err, 
 }
 
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
-                        struct tracking *tracking, char *err, size_t errlen)
+                        struct tracking *tracking, pec_signer *signer, char *err,
+                        size_t errlen)
 {
     char tz[256];
     if (pec_set_timezone(cfg->pec_timezone, tz, sizeof tz) == -1) {   /* §4.2 legal time */
@@ -95,19 +86,9 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
     r->tracking = tracking;
     r->transport = t;
     r->users = users;
-    size_t klen, clen;
-    char *key = read_all(cfg->pec_signing_key, &klen, err, errlen);
-    char *chain = key ? read_all(cfg->pec_signing_cert, &clen, err, errlen) : NULL;
-    char e2[256] = "";
-    if (chain != NULL) {
-        r->signer = pec_signer_new_pem(key, klen, chain, clen, e2, sizeof e2);
-        if (r->signer == NULL)
-            snprintf(err, errlen, "[pec] signing key/certificate: %s", e2);
-    }
-    if (key)
-        explicit_bzero(key, klen);
-    free(key);
-    free(chain);
+    r->signer = signer;
+    if (r->signer == NULL)
+        snprintf(err, errlen, "[pec] signing key: no signer");
     /* §2.1: what pecd signs has From posta-certificata@<domain> (the service
      * address), which must be the certificate's address: found at start, not
      * at the first message */
@@ -117,7 +98,6 @@ struct roles *roles_new(const struct config *cfg, struct transport *t, struct us
                               "e-mail address)",
                  cfg->pec_signing_cert, r->signer->email[0] ? r->signer->email : "no address",
                  cfg->pec_service_address);
-        pec_signer_free(r->signer);
         r->signer = NULL;
         roles_free(r);
         return NULL;
@@ -166,7 +146,6 @@ void roles_free(struct roles *r)
     if (r == NULL)
         return;
     pec_dirmgr_free(r->dirs);
-    pec_signer_free(r->signer);
     if (r->dir_password)
         explicit_bzero(r->dir_password, strlen(r->dir_password));
     free(r->dir_password);

@@ -12,11 +12,14 @@ struct transport;
 struct users_db;
 struct roles;
 
-/* Loads the signing key, trust anchors, CRL and providers' directory named
- * in [pec]; NULL with a reason naming the file on error. */
+/* Loads the trust anchors, CRL and providers' directory named in [pec];
+ * signs with signer (pecd's: the signer process, src/keys; not owned).  NULL
+ * with a reason naming the file on error. */
 struct tracking;
+typedef struct pec_signer pec_signer;
 struct roles *roles_new(const struct config *cfg, struct transport *t, struct users_db *users,
-                        struct tracking *tracking, char *err, size_t errlen);
+                        struct tracking *tracking, pec_signer *signer, char *err,
+                        size_t errlen);
 void roles_free(struct roles *r);
 /* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
  * done by a thread, the copy in use stays until a good one replaces it. */

@@ -563,19 +563,11 @@ static struct listener_state *listener_state(struct smtp_server *srv,
     return ls;
 }
 
-int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l, char *err,
-                       size_t errlen)
+int smtp_listen_bind(const struct config_listener *l, int *fds, size_t *n, char *err,
+                     size_t errlen)
 {
-    if (l->tls != LTLS_NONE && srv->tls == NULL) {
-        snprintf(err, errlen, "[%s] needs TLS but no certificate is configured", l->name);
-        return -1;
-    }
-    struct listener_state *state = listener_state(srv, l);
-    if (state == NULL) {
-        snprintf(err, errlen, "[%s]: too many listeners", l->name);
-        return -1;
-    }
-    for (size_t i = 0; i < l->naddrs; i++) {
+    *n = 0;
+    for (size_t i = 0; i < l->naddrs && i < CONFIG_MAX_ADDRS; i++) {
         char host[256];
         str_copy(host, l->addrs[i], sizeof host);
         char *colon = strrchr(host, ':');
@@ -594,17 +586,48 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
         int gr = getaddrinfo(*h ? h : NULL, port, &hints, &res);
         if (gr != 0) {
             snprintf(err, errlen, "[%s] listen %s: %s", l->name, l->addrs[i], gai_strerror(gr));
-            return -1;
+            goto fail;
         }
+        int one = 1;
+        int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd == -1 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+            bind(fd, res->ai_addr, res->ai_addrlen) == -1) {
+            snprintf(err, errlen, "[%s] listen %s: %s", l->name, l->addrs[i], strerror(errno));
+            if (fd != -1)
+                close(fd);
+            freeaddrinfo(res);
+            goto fail;
+        }
+        freeaddrinfo(res);
+        fds[(*n)++] = fd;
+    }
+    return 0;
+fail:
+    for (size_t i = 0; i < *n; i++)
+        close(fds[i]);
+    *n = 0;
+    return -1;
+}
+
+int smtp_server_listen_fds(struct smtp_server *srv, const struct config_listener *l,
+                           const int *fds, size_t n, char *err, size_t errlen)
+{
+    if (l->tls != LTLS_NONE && srv->tls == NULL) {
+        snprintf(err, errlen, "[%s] needs TLS but no certificate is configured", l->name);
+        return -1;
+    }
+    struct listener_state *state = listener_state(srv, l);
+    if (state == NULL) {
+        snprintf(err, errlen, "[%s]: too many listeners", l->name);
+        return -1;
+    }
+    for (size_t i = 0; i < n && i < l->naddrs; i++) {
         struct listener *lst = calloc(1, sizeof *lst);
         lst->srv = srv;
         lst->cfg = l;
         lst->state = state;
-        lst->ev = evconnlistener_new_bind(srv->base, on_accept, lst,
-                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                              LEV_OPT_CLOSE_ON_EXEC,
-                                          1024, res->ai_addr, (int)res->ai_addrlen);
-        freeaddrinfo(res);
+        lst->ev = evconnlistener_new(srv->base, on_accept, lst,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024, fds[i]);
         if (lst->ev == NULL) {
             snprintf(err, errlen, "[%s] listen %s: %s", l->name, l->addrs[i], strerror(errno));
             free(lst);
@@ -617,6 +640,21 @@ int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l,
                  l->tls == LTLS_NONE ? "none" : l->tls == LTLS_STARTTLS ? "starttls" : "implicit",
                  (unsigned long long)l->max_connections,
                  (unsigned long long)l->max_connections_per_ip);
+    }
+    return 0;
+}
+
+int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l, char *err,
+                       size_t errlen)
+{
+    int fds[CONFIG_MAX_ADDRS];
+    size_t n;
+    if (smtp_listen_bind(l, fds, &n, err, errlen) == -1)
+        return -1;
+    if (smtp_server_listen_fds(srv, l, fds, n, err, errlen) == -1) {
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+        return -1;
     }
     return 0;
 }

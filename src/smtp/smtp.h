@@ -141,6 +141,7 @@ struct event_base;
 struct config;
 struct config_listener;
 typedef struct ssl_ctx_st SSL_CTX;
+typedef struct evp_pkey_st EVP_PKEY;
 
 enum { SMTP_NOTIFY_SUCCESS = 1, SMTP_NOTIFY_FAILURE = 2, SMTP_NOTIFY_DELAY = 4,
        SMTP_NOTIFY_NEVER = 8 };
@@ -222,18 +223,32 @@ struct smtp_hooks {
 #define SMTP_HEAD_MAX 16384
 
 struct smtp_server;
-SSL_CTX *smtp_tls_server_ctx(const char *cert, const char *key, int min_version,
-                             const char *ciphers, char *err, size_t errlen);
+/* The server's TLS context for the certificate chain chain_pem (PEM, the
+ * server's certificate first) and its private key (a reference is taken). */
+SSL_CTX *smtp_tls_server_ctx_key(const char *chain_pem, size_t chain_len, EVP_PKEY *key,
+                                 int min_version, const char *ciphers, char *err, size_t errlen);
+/* Binds every address of listener l (as root, before the privileges are
+ * dropped): the sockets in fds (at most CONFIG_MAX_ADDRS), their number in *n.
+ * They listen once smtp_server_listen_fds adopts them: a client that can
+ * connect finds pecd ready. */
+int smtp_listen_bind(const struct config_listener *l, int *fds, size_t *n, char *err,
+                     size_t errlen);
 /* Attaches to ctx the certificates of the local domains that have one,
- * chosen by SNI (tls.c); -1 with "FILE:LINE: domain: reason" when one does
- * not load.  The contexts live as long as ctx. */
+ * chosen by SNI (tls.c): make(arg, cert, key, ...) builds each one's context
+ * (pecd: the signer holds the keys); -1 with "FILE:LINE: domain: reason"
+ * when one does not load.  The contexts live as long as ctx. */
 struct domains;
-int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, int min_version, const char *ciphers,
+typedef SSL_CTX *(*smtp_tls_ctx_fn)(void *arg, const char *cert, const char *key, char *err,
+                                    size_t errlen);
+int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, smtp_tls_ctx_fn make, void *arg,
                  char *err, size_t errlen);
 struct smtp_server *smtp_server_new(struct event_base *base, const struct config *cfg,
                                     const struct smtp_hooks *hooks, SSL_CTX *tls);
 int smtp_server_listen(struct smtp_server *srv, const struct config_listener *l, char *err,
                        size_t errlen);
+/* The same with the sockets smtp_listen_bind made (one per address of l). */
+int smtp_server_listen_fds(struct smtp_server *srv, const struct config_listener *l,
+                           const int *fds, size_t n, char *err, size_t errlen);
 /* Stops accepting; idle sessions get 421 now, busy ones after their transaction. */
 void smtp_server_drain(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);

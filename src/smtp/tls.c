@@ -1,75 +1,74 @@
 /*
  * tls.c - the server's TLS context: TLS 1.2 or later only, the certificate
- * chain and key from the configuration, and a refusal to use a private key
- * that other users can read (secure by default).  With local domains that
- * have their own certificate (local_domains_file tls_certificate=), the
- * name a client asks for (SNI, RFC 6066 §3) chooses it: the domain or the
- * closest parent domain that has one, else [tls]'s.
+ * chain and a private key given as objects (pecd's key is a stand-in whose
+ * operations the signer process does, src/keys/keys_tlsproxy.c; the file
+ * was read, and its mode checked, by whoever loaded it).  TLS 1.2's RSA key
+ * exchange (no forward secrecy, and a decryption the signer does not do)
+ * is never offered.  With local domains that have their own certificate
+ * (local_domains_file tls_certificate=), the name a client asks for (SNI,
+ * RFC 6066 §3) chooses it: the domain or the closest parent domain that has
+ * one, else [tls]'s.
  */
 #include "smtp.h"
 #include "lib/domains.h"
 #include "lib/lib.h"
 
-#include <errno.h>
 #include <glib.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
-static void ssl_err(char *err, size_t errlen, const char *what, const char *path)
+SSL_CTX *smtp_tls_server_ctx_key(const char *chain_pem, size_t chain_len, EVP_PKEY *key,
+                                 int min_version, const char *ciphers, char *err, size_t errlen)
 {
-    char buf[256];
-    ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
-    snprintf(err, errlen, "%s %s: %s", what, path, buf);
-}
-
-SSL_CTX *smtp_tls_server_ctx(const char *cert, const char *key, int min_version,
-                             const char *ciphers, char *err, size_t errlen)
-{
-    struct stat st;
-    if (stat(key, &st) == -1) {
-        snprintf(err, errlen, "TLS key %s: %s", key, strerror(errno));
-        return NULL;
-    }
-    if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        snprintf(err, errlen, "TLS key %s is readable by group or others (mode %04o); "
-                 "run chmod 600 on it", key, (unsigned)(st.st_mode & 07777));
-        return NULL;
-    }
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        snprintf(err, errlen, "SSL_CTX_new failed");
-        return NULL;
+    BIO *b = BIO_new_mem_buf(chain_pem, (int)chain_len);
+    X509 *leaf = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    if (ctx == NULL || leaf == NULL) {
+        snprintf(err, errlen, ctx ? "[tls] certificate: no PEM certificate" : "SSL_CTX_new failed");
+        goto fail;
     }
     SSL_CTX_set_min_proto_version(ctx, min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* Idle TLS sessions should cost little memory: release buffers. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        ssl_err(err, errlen, "cannot load TLS certificate", cert);
-        SSL_CTX_free(ctx);
-        return NULL;
+    if (SSL_CTX_use_certificate(ctx, leaf) != 1) {
+        snprintf(err, errlen, "[tls] certificate: OpenSSL refuses it");
+        goto fail;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-        ssl_err(err, errlen, "cannot load TLS key", key);
-        SSL_CTX_free(ctx);
-        return NULL;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
+            X509_free(x);
+            snprintf(err, errlen, "[tls] certificate: a chain certificate is refused");
+            goto fail;
+        }
     }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "TLS key %s does not match certificate %s", key, cert);
-        SSL_CTX_free(ctx);
-        return NULL;
+    ERR_clear_error();   /* the end of the PEM stream */
+    if (SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "[tls] key does not match [tls] certificate");
+        goto fail;
     }
-    if (ciphers != NULL && SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
-        snprintf(err, errlen, "[tls] ciphers: OpenSSL accepts none of '%s'", ciphers);
-        SSL_CTX_free(ctx);
-        return NULL;
+    char list[512];
+    if (str_fmt(list, sizeof list, "%s:!kRSA", ciphers ? ciphers : "DEFAULT") < 0 ||
+        SSL_CTX_set_cipher_list(ctx, list) != 1) {
+        snprintf(err, errlen, "[tls] ciphers: OpenSSL accepts none of '%s' (RSA key exchange "
+                              "excluded)", ciphers ? ciphers : "DEFAULT");
+        goto fail;
     }
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"pecd", 4);
+    X509_free(leaf);
+    BIO_free(b);
     return ctx;
+fail:
+    ERR_clear_error();
+    X509_free(leaf);
+    BIO_free(b);
+    SSL_CTX_free(ctx);
+    return NULL;
 }
 
 /* ---- SNI ------------------------------------------------------------------ */
@@ -113,7 +112,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, int min_version, const char *ciphers,
+int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, smtp_tls_ctx_fn make, void *arg,
                  char *err, size_t errlen)
 {
     size_t n;
@@ -131,8 +130,7 @@ int smtp_tls_sni(SSL_CTX *ctx, const struct domains *t, int min_version, const c
         SSL_CTX *c = g_hash_table_lookup(by_file, pair);
         if (c == NULL) {
             char why[512];
-            c = smtp_tls_server_ctx(d->tls_cert, d->tls_key, min_version, ciphers, why,
-                                    sizeof why);
+            c = make(arg, d->tls_cert, d->tls_key, why, sizeof why);
             if (c == NULL) {
                 snprintf(err, errlen, "%s:%u: %s: %s", d->file ? d->file : "?", d->line,
                          d->name, why);

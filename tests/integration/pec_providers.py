@@ -18,13 +18,20 @@ def pecctl(*args, input=None, check=True):
 
 
 class Provider:
-    def __init__(self, root, name, domain, ca, directory):
+    """privsep: pecd started as root runs its network-facing process as [pecd] user (the
+    default, pecmail), its data in DIR/data (pecd gives that to the user; the keys and
+    pecd.conf stay root's in DIR); root must be a directory that user can traverse.
+    issue_args: more `pecctl pki issue` options (keys in a hardware module)."""
+
+    def __init__(self, root, name, domain, ca, directory, privsep=False, issue_args=()):
         self.root, self.name, self.domain = root, name, domain
         self.dir = os.path.join(root, domain)
         os.makedirs(self.dir)
+        self.privsep = privsep
+        self.data = os.path.join(self.dir, "data") if privsep else self.dir
         self.ca, self.directory = ca, directory
         pecctl("pki", "issue", "--ca", ca, "--domain", domain, "--out", self.dir, "--name", name,
-               "--tls-host", "localhost", "--tls-host", f"mx.{domain}")
+               "--tls-host", "localhost", "--tls-host", f"mx.{domain}", *issue_args)
         out = pecctl("pki", "hash", os.path.join(self.dir, "signing.pem")).stdout.split()
         self.hash = out[-1]
         self.ports = {"mx": free_port(), "submission": free_port()}
@@ -39,8 +46,11 @@ class Provider:
 
     def write_config(self, routes, extra=None):
         conf = {
+            # the data beside pecd.conf: no change of user (privsep: the default user)
+            "pecd": {} if self.privsep else {"user": "root"},
             "provider": {"domain": self.domain, "hostname": f"mx.{self.domain}", "name": self.name,
-                         "log_level": "debug"},
+                         "log_level": "debug", **({"data_dir": "data"} if self.privsep else {})},
+            "users": {"passwd_file": "users"},
             "tls": {"certificate": "tls.pem", "key": "tls.key"},
             "mx": {"listen": f"127.0.0.1:{self.ports['mx']}"},
             "submission": {"listen": f"127.0.0.1:{self.ports['submission']}"},
@@ -106,7 +116,7 @@ class Provider:
             return s.sendmail(mail_from or addr, rcpts, msg, mail_options=list(mail_options))
 
     def maildir(self, local):
-        return os.path.join(self.dir, "mail", self.domain, local)
+        return os.path.join(self.data, "mail", self.domain, local)
 
     def mails(self, local):
         """Parsed messages in local's Maildir (new/ and cur/), oldest first, as (path, raw, msg)."""
@@ -161,15 +171,29 @@ def openssl_verify(raw, ca):
     return r.returncode, r.stderr.decode(errors="replace")
 
 
-def make_providers(tmp_path):
+def make_providers(tmp_path, privsep=False, issue_args=lambda domain: ()):
     """Provider A (pec.a.test) and B (pec.b.test) with one test CA and one directory;
     returns (a, b, ca, directory), not configured or started yet."""
     ca = str(tmp_path / "ca")
     pecctl("pki", "ca", ca, "--name", "Test PEC CA")
+    if privsep:
+        os.chmod(ca, 0o755)     # ca.pem: the trust anchors pecd's user reads
     directory = str(tmp_path / "directory.ldif")
-    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory)
-    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory)
+    a = Provider(str(tmp_path), "Provider A", "pec.a.test", ca, directory, privsep,
+                 issue_args("pec.a.test"))
+    b = Provider(str(tmp_path), "Provider B", "pec.b.test", ca, directory, privsep,
+                 issue_args("pec.b.test"))
     with open(directory, "w") as f:
         f.write("dn: o=postacert\nobjectclass: top\nobjectclass: organization\no: postacert\n\n")
         f.write(a.directory_entry() + b.directory_entry())
     return a, b, ca, directory
+
+
+def start_pair(a, b):
+    """A and B routed to each other (TLS verify), with users mario@A and anna@B, started."""
+    a.write_config({"pec.b.test": b.ports["mx"]})
+    b.write_config({"pec.a.test": a.ports["mx"]})
+    a.add_user("mario")
+    b.add_user("anna")
+    a.start()
+    b.start()

@@ -148,6 +148,30 @@ def tcp_nodelay_of(pid, local_port=None, remote_port=None):
     return found
 
 
+def sighup(p, expect="applied", timeout=20):
+    """SIGHUP to p (an Instance or a Provider: .proc and .log) and the log lines written
+    since, once a `reload:` line containing expect is among them."""
+    mark = len(p.log(100000))
+    p.proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        tail = p.log(100000)[mark:]
+        if "reload:" in tail and expect in tail:
+            return tail
+        time.sleep(0.1)
+    raise AssertionError(f"no '{expect}' after SIGHUP:\n{p.log(40)}")
+
+
+def reachable_dir(prefix):
+    """A new directory under /tmp that pecd's unprivileged user ([pecd] user, pecmail) can
+    traverse: pytest's own temporary directories are private to root (0700), and pecd
+    started as root refuses data its user cannot reach.  The caller removes it."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
 def require_binaries():
     for b in (PECD, PECCTL):
         if not os.access(b, os.X_OK):
@@ -162,8 +186,11 @@ def run_pecctl(conf, *args, input=None, timeout=30):
 # ----------------------------------------------------------------------------- config
 
 def default_config(ports):
-    """The configuration every instance starts from (section -> {key: value})."""
+    """The configuration every instance starts from (section -> {key: value}).
+    [pecd] user = root: these instances keep their data beside pecd.conf, which pecd refuses
+    to give to an unprivileged user (tests/integration/test_keys_*.py run the default)."""
     return {
+        "pecd": {"user": "root"},
         "provider": {
             "domain": DOMAIN,
             "hostname": HOST,

@@ -10,6 +10,7 @@ pecd starts with the generated configuration, and bad arguments exit 2.
 import base64
 import configparser
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -17,7 +18,7 @@ import subprocess
 
 import pytest
 
-from pecd_harness import PECCTL, PECD, free_port, require_binaries, wait_port
+from pecd_harness import PECCTL, PECD, free_port, reachable_dir, require_binaries, wait_port
 
 CA_SUBDIR = "ca"
 
@@ -117,10 +118,11 @@ def init_provider(p, ca, directory, *extra):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """Providers A and B, one test CA, one directory file, routes to each other."""
+def pair():
+    """Providers A and B, one test CA, one directory file, routes to each other; in a
+    directory pecd's unprivileged user can reach (pecd starts as root here)."""
     require_binaries()
-    base = str(tmp_path_factory.mktemp("init"))
+    base = reachable_dir("pec-init-")
     a = Provider(base, "a", "pec-a.test", "Provider A S.p.A.", free_port(), free_port())
     b = Provider(base, "b", "pec-b.test", "Provider B", free_port(), free_port())
     ca = os.path.join(base, "shared-ca")
@@ -129,14 +131,26 @@ def pair(tmp_path_factory):
                                "--submissions", str(free_port())).stdout
     b.init_out = init_provider(b, ca, directory, "--route",
                                f"{a.domain}=127.0.0.1:{a.smtp}").stdout
-    return {"a": a, "b": b, "ca": ca, "directory": directory, "base": base}
+    yield {"a": a, "b": b, "ca": ca, "directory": directory, "base": base}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- files
 
 def test_files_and_modes(pair):
+    # run as root, the users file is read by pecd's unprivileged user through its group,
+    # and the instance directory is that group's to enter, not to change (issue 20)
+    import grp
+    as_root = os.geteuid() == 0
     for p in (pair["a"], pair["b"]):
-        for f, mode in [("pec/sign.key", 0o600), ("tls/key.pem", 0o600), ("users", 0o600),
+        if as_root:
+            gid = grp.getgrnam("pecmail").gr_gid
+            st = os.stat(p.path("users"))
+            assert (st.st_uid, st.st_gid) == (0, gid), st
+            st = os.stat(p.dir)
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, gid, 0o750), st
+        for f, mode in [("pec/sign.key", 0o600), ("tls/key.pem", 0o600),
+                        ("users", 0o640 if as_root else 0o600),
                         ("pec/sign.crt", None), ("tls/cert.pem", None), ("ca.crt", None),
                         ("pecd.conf", None)]:
             st = os.stat(p.path(f))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pec_providers import make_providers, pecctl
+from pec_providers import make_providers, start_pair, pecctl
 from test_pec_providers import message
 
 N = 200
@@ -21,12 +21,7 @@ N = 200
 @pytest.fixture
 def pair(tmp_path):
     a, b, ca, directory = make_providers(tmp_path)
-    a.write_config({"pec.b.test": b.ports["mx"]})
-    b.write_config({"pec.a.test": a.ports["mx"]})
-    a.add_user("mario")
-    b.add_user("anna")
-    a.start()
-    b.start()
+    start_pair(a, b)
     yield a, b
     for p in (a, b):
         p.stop()

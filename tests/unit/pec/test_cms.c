@@ -14,6 +14,7 @@
 #include <openssl/bio.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -148,11 +149,67 @@ static void test_unreadable_and_other_types(void **state)
     ERR_clear_error();
 }
 
+/* The signature from a digest (what pecd's signer process is asked) is the
+ * one sign() makes over the content: the same signed attributes (contentType
+ * id-data, messageDigest, signingTime, SMIMECapabilities), detached, and it
+ * verifies over the content with OpenSSL's own reading; a digest of the
+ * wrong length is refused. */
+static void test_signature_from_the_digest(void **state)
+{
+    (void)state;
+    const struct tpki *p = tpki_get();
+    char err[256];
+    pec_signer *s = pec_signer_new_pem((const char *)p->signer.key_pem.data,
+                                       p->signer.key_pem.len,
+                                       (const char *)p->signer.cert_pem.data,
+                                       p->signer.cert_pem.len, err, sizeof err);
+    assert_non_null(s);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    assert_int_equal(EVP_Digest(content, strlen(content), md, &mdlen, EVP_sha256(), NULL), 1);
+    pec_buf der = {0}, whole = {0};
+    assert_int_equal(pec_signer_sign_digest(s, md, mdlen, &der, err, sizeof err), 0);
+    assert_int_equal(s->sign(s->ctx, content, strlen(content), &whole, err, sizeof err), 0);
+    pec_buf_free(&der);
+    assert_int_equal(pec_signer_sign_digest(s, md, 20, &der, err, sizeof err), -1);
+    assert_non_null(strstr(err, "32 octets"));
+    assert_null(der.data);
+    assert_int_equal(pec_signer_sign_digest(s, md, mdlen, &der, err, sizeof err), 0);
+
+    STACK_OF(X509) *none = sk_X509_new_null();
+    const pec_buf *both[] = {&der, &whole};
+    for (int i = 0; i < 2; i++) {
+        const unsigned char *q = both[i]->data;
+        CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &q, (long)both[i]->len);
+        assert_non_null(cms);
+        assert_non_null(CMS_get0_content(cms));
+        assert_null(*CMS_get0_content(cms));          /* detached */
+        CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+        assert_int_equal(CMS_signed_get_attr_count(si), 4);
+        static const int nids[] = {NID_pkcs9_contentType, NID_pkcs9_messageDigest,
+                                   NID_pkcs9_signingTime, NID_SMIMECapabilities};
+        for (size_t k = 0; k < sizeof nids / sizeof nids[0]; k++)
+            assert_true(CMS_signed_get_attr_by_NID(si, nids[k], -1) >= 0);
+        assert_int_equal(verify(cms, none, content), 1);
+        assert_int_equal(verify(cms, none, "Content-Type: text/plain\r\n\r\nother\r\n"), 0);
+        ERR_clear_error();
+        CMS_ContentInfo_free(cms);
+    }
+    sk_X509_free(none);
+    pec_buf_free(&der);
+    pec_buf_free(&whole);
+    /* a signer without a key of its own cannot be asked */
+    pec_signer other = {0};
+    assert_int_equal(pec_signer_sign_digest(&other, md, mdlen, &der, err, sizeof err), -1);
+    pec_signer_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_certificates_from_the_cache),
         cmocka_unit_test(test_unreadable_and_other_types),
+        cmocka_unit_test(test_signature_from_the_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -31,7 +32,10 @@ def stopped(tmp_path):
     r = run("-c", str(inst / "pecd.conf"), "user", "add", "anna@pec.r.test",
             "--password-stdin", input="una-password-lunga\n")
     assert r.returncode == 0, r.stderr
-    return str(inst / "pecd.conf"), inst
+    assert run("-c", str(inst / "pecd.conf"), "log", "seal").returncode == 0  # makes data_dir
+    data = inst / "data"          # pecctl init: data_dir = data
+    assert data.is_dir()
+    return str(inst / "pecd.conf"), data
 
 
 def outside_secret(tmp_path):
@@ -123,3 +127,65 @@ def test_backup_refuses_a_staging_directory_named_by_the_socket(stopped, tmp_pat
         "pecctl removed the directory the socket named"
     assert holds_secret(backup) is None
     assert r.returncode == 1 and "staging directory" in r.stderr, r.stdout + r.stderr
+
+
+# ---- restore of a hostile backup, or into a data directory someone prepared -------------
+
+def a_backup_with_mail(conf, inst, tmp_path):
+    """A backup holding one message in anna's Maildir."""
+    new = inst / "mail" / "pec.r.test" / "anna" / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    (new / "1700000000.M1P1.host").write_bytes(b"Subject: restored\r\n\r\nciao\r\n")
+    backup = tmp_path / "b"
+    r = run("-c", conf, "backup", str(backup))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return backup
+
+
+def test_restore_does_not_write_through_a_link_in_the_data_directory(stopped, tmp_path):
+    """Before the operator restores, pecd's user (or a previous tenant) left
+    data_dir/mail/DOMAIN as a link elsewhere: restore must not write the mailboxes, nor
+    give them to [pecd] user, there."""
+    conf, inst = stopped
+    backup = a_backup_with_mail(conf, inst, tmp_path)
+    out = tmp_path / "outside"
+    out.mkdir()
+    new = tmp_path / "new"
+    (new / "data" / "mail").mkdir(parents=True)
+    os.symlink(out, new / "data" / "mail" / "pec.r.test")
+    r = run("-c", str(new / "pecd.conf"), "restore", str(backup))
+    assert os.listdir(out) == [], "restore wrote through data_dir/mail/pec.r.test"
+    assert r.returncode == 1 and "not followed" in r.stderr, r.stdout + r.stderr
+
+
+def test_restore_refuses_links_and_fifos_inside_the_backup(stopped, tmp_path):
+    conf, inst = stopped
+    backup = a_backup_with_mail(conf, inst, tmp_path)
+    # a directory of the backup replaced by a link to an identical copy elsewhere: the
+    # hashes match, but restore (root) must read nothing through a link
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(backup / "files", elsewhere)
+    os.symlink(elsewhere, backup / "files")
+    r = run("-c", str(tmp_path / "n1" / "pecd.conf"), "restore", str(backup))
+    assert r.returncode == 1 and "not followed" in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "n1" / "pecd.conf").exists()
+    os.remove(backup / "files")
+    os.rename(elsewhere, backup / "files")
+    # a FIFO where a file belongs: refused at once (reading it would wait for a writer)
+    os.remove(backup / "files" / "users")
+    os.mkfifo(backup / "files" / "users")
+    r = run("-c", str(tmp_path / "n2" / "pecd.conf"), "restore", str(backup), timeout=20)
+    assert r.returncode == 1 and "not a regular file" in r.stderr, r.stdout + r.stderr
+
+
+def test_restore_checks_sizes_without_reading_a_huge_file_to_its_end(stopped, tmp_path):
+    conf, inst = stopped
+    backup = a_backup_with_mail(conf, inst, tmp_path)
+    users = backup / "files" / "users"
+    size = users.stat().st_size
+    with open(users, "ab") as f:     # sparse: 64 GiB past what MANIFEST says
+        f.truncate(size + (64 << 30))
+    t0 = time.monotonic()
+    r = run("-c", str(tmp_path / "n" / "pecd.conf"), "restore", str(backup), timeout=60)
+    assert r.returncode == 1 and "files/users: differs from" in r.stderr, r.stdout + r.stderr
+    assert time.monotonic() - t0 < 20

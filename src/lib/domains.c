@@ -6,16 +6,19 @@
  * whoever writes it), but a provider hosts thousands of customer domains in
  * it, so it is read line by line with a bound on each line, and each name and
  * setting is checked: a mistake names the file and the line, and nothing
- * starts (or a reload changes nothing).
+ * starts (or a reload changes nothing).  Only a regular file is read (a FIFO
+ * or a device would hold the event loop that reloads).
  */
 #include "domains.h"
 #include "lib.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define LINE_MAX_OCTETS 4096
@@ -191,31 +194,68 @@ static int load_line(struct domains *t, char *line, const char *file, unsigned l
     return 0;
 }
 
+/* One line of f into buf (at most LINE_MAX_OCTETS octets and its end):
+ * its length, -1 at the end of the file, -2 when it is longer (the rest of
+ * it is not read: a file without a line end, /dev/zero, must not grow a
+ * buffer without bound), -3 on a NUL byte. */
+static ssize_t read_line(FILE *f, char *buf, size_t size)
+{
+    size_t n = 0;
+    int c;
+    while ((c = getc(f)) != EOF) {
+        if (c == '\0')
+            return -3;
+        if (n + 1 >= size)
+            return -2;
+        buf[n++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    buf[n] = '\0';
+    return n == 0 && c == EOF ? -1 : (ssize_t)n;
+}
+
 int domains_load_file(struct domains *t, const char *path, const char *base_dir, char *err,
                       size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    /* a regular file only: a FIFO would stop pecd's event loop in open() or
+     * read() at a reload, a device would never end */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat st;
+    if (fd != -1 && fstat(fd, &st) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        fd = -1;
+    } else if (fd != -1 && !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "%s: not a regular file (a FIFO or a device?)", path);
         return -1;
     }
+    FILE *f = fd == -1 ? NULL : fdopen(fd, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd != -1)
+            close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     char *file = g_strdup(path);
     g_ptr_array_add(t->files, file);
-    char *line = NULL;
-    size_t cap = 0;
+    char line[LINE_MAX_OCTETS + 2];
     ssize_t n;
     unsigned lineno = 0;
     int rc = 0;
     char why[512];
-    while ((n = getline(&line, &cap, f)) != -1) {
+    while ((n = read_line(f, line, sizeof line)) != -1) {
         lineno++;
-        if ((size_t)n > LINE_MAX_OCTETS) {
+        if (n == -2) {
             snprintf(err, errlen, "%s:%u: line longer than %d octets", path, lineno,
                      LINE_MAX_OCTETS);
             rc = -1;
             break;
         }
-        if (memchr(line, '\0', (size_t)n) != NULL) {
+        if (n == -3) {
             snprintf(err, errlen, "%s:%u: a NUL byte", path, lineno);
             rc = -1;
             break;
@@ -234,7 +274,6 @@ int domains_load_file(struct domains *t, const char *path, const char *base_dir,
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         rc = -1;
     }
-    free(line);
     fclose(f);
     return rc;
 }

@@ -9,6 +9,7 @@ file can make `pecctl` (often run as root) do.
 (The walks themselves, with links swapped in while they run: tests/unit/test_fs_copy.c.)
 """
 import os
+import smtplib
 import socket
 import subprocess
 import threading
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from pecd_harness import PECCTL
+from pecd_harness import PECCTL, password, sighup
 
 
 def run(*args, input=None, timeout=120):
@@ -189,3 +190,38 @@ def test_restore_checks_sizes_without_reading_a_huge_file_to_its_end(stopped, tm
     r = run("-c", str(tmp_path / "n" / "pecd.conf"), "restore", str(backup), timeout=60)
     assert r.returncode == 1 and "files/users: differs from" in r.stderr, r.stdout + r.stderr
     assert time.monotonic() - t0 < 20
+
+
+# ---- the local domains file at a reload ---------------------------------------------------
+
+def rcpt_code(inst, rcpt, timeout=10):
+    with smtplib.SMTP("127.0.0.1", inst.ports["mx"], timeout=timeout) as s:
+        s.ehlo("client.test")
+        s.mail("sender@client.test")
+        return s.rcpt(rcpt)[0]
+
+
+def test_reload_with_a_domains_file_that_is_a_fifo_or_a_device(make_instance):
+    """local_domains_file replaced by a FIFO (nobody writes it) or a link to /dev/zero (a
+    line without end): the reload is refused naming the file, and pecd keeps serving (the
+    reload runs on the event loop: before, the FIFO's open() stopped it for good and
+    /dev/zero grew one line until memory ran out)."""
+    inst = make_instance(start=False)
+    path = os.path.join(inst.dir, "domains")
+    with open(path, "w") as f:
+        f.write("cliente.example\n")
+    inst.configure({"provider": {"local_domains_file": "domains"}})
+    r = inst.pecctl("user", "add", "anna@cliente.example", "--password-stdin",
+                    input=password("anna@cliente.example") + "\n")
+    assert r.returncode == 0, r.stderr
+    inst.start()
+    assert rcpt_code(inst, "anna@cliente.example") == 250
+    for kind in ("fifo", "zero"):
+        os.remove(path)
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink("/dev/zero", path)
+        tail = sighup(inst, "nothing changed", timeout=15)
+        assert "not a regular file" in tail, tail
+        assert rcpt_code(inst, "anna@cliente.example") == 250

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from pecd_harness import PECCTL, password, sighup
+from pecd_harness import DOMAIN, PECCTL, password, sighup
 
 
 def run(*args, input=None, timeout=120):
@@ -225,3 +225,71 @@ def test_reload_with_a_domains_file_that_is_a_fifo_or_a_device(make_instance):
         tail = sighup(inst, "nothing changed", timeout=15)
         assert "not a regular file" in tail, tail
         assert rcpt_code(inst, "anna@cliente.example") == 250
+
+
+# ---- the control socket ---------------------------------------------------------------------
+
+def control(inst):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(os.path.join(inst.dir, "control.sock"))   # blocking: waits while the backlog is full
+    s.settimeout(30)
+    return s
+
+
+def test_control_socket_slow_silent_and_oversized_clients(make_instance, tmp_path):
+    """One thread serves control.sock: a client that dribbles its request (a byte a
+    second) or never speaks must not hold it, and so the next backup, for long (before:
+    10 s a byte, over two minutes for a request line); oversized and unknown requests get
+    an error; fifty clients that connect and leave change nothing."""
+    inst = make_instance()
+    sock = os.path.join(inst.dir, "control.sock")
+    for _ in range(100):            # made just after the listeners
+        if os.path.exists(sock):
+            break
+        time.sleep(0.1)
+    st = os.stat(sock)
+    assert st.st_mode & 0o777 == 0o600
+    stop = threading.Event()
+
+    def dribble():
+        with control(inst) as s:
+            for _ in range(60):
+                if stop.is_set():
+                    return
+                try:
+                    s.sendall(b"s")
+                except OSError:
+                    return         # pecd hung up: what the fix does
+                time.sleep(1)
+
+    t = threading.Thread(target=dribble)
+    t.start()
+    silent = control(inst)          # connects and never speaks
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = run("-c", inst.conf_path, "backup", str(tmp_path / "b"), timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(timeout=70)
+        silent.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pecd's snapshot: messages=" in r.stdout, r.stdout
+    assert took < 20, f"the backup waited {took:.0f} s behind slow clients"
+
+    with control(inst) as s:
+        s.sendall(b"x" * 100000 + b"\n")
+        assert s.recv(200).startswith(b"error request too long")
+    with control(inst) as s:
+        s.sendall(b"status\n")
+        assert s.recv(200) == b"error unknown request\n"
+    for _ in range(50):
+        control(inst).close()
+    r = run("-c", inst.conf_path, "backup", str(tmp_path / "b2"), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the queue goes on: a message is delivered after all of this
+    with smtplib.SMTP("127.0.0.1", inst.ports["mx"], timeout=30) as s:
+        s.sendmail("sender@client.test", [f"alice@{DOMAIN}"],
+                   b"From: <sender@client.test>\r\nSubject: after\r\n\r\nx\r\n")
+    assert inst.wait_messages(f"alice@{DOMAIN}", 1)

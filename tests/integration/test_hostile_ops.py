@@ -293,3 +293,56 @@ def test_control_socket_slow_silent_and_oversized_clients(make_instance, tmp_pat
         s.sendmail("sender@client.test", [f"alice@{DOMAIN}"],
                    b"From: <sender@client.test>\r\nSubject: after\r\n\r\nx\r\n")
     assert inst.wait_messages(f"alice@{DOMAIN}", 1)
+
+
+# ---- `pecctl log verify FILE` on a file from elsewhere ---------------------------------------
+
+from test_evidence import provider, utc_day   # noqa: E402,F401 - the module's fixture
+
+
+def exported_day(provider, tmp_path):
+    conf, now = provider["conf"], provider["now"]
+    day = utc_day(now - 86400)
+    out = str(tmp_path / f"evidence-{day}.db")
+    r = run("-c", conf, "log", "export", "--day", day, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, os.path.join(os.path.dirname(conf), "pec", "sign.crt")
+
+
+def verify_file(path, cert, timeout=30):
+    return run("log", "verify", path, "--cert", cert, timeout=timeout)
+
+
+def test_log_verify_of_hostile_files(provider, tmp_path):
+    import shutil
+    import sqlite3
+    good, cert = exported_day(provider, tmp_path)
+    r = verify_file(good, cert)
+    assert r.returncode == 0, r.stdout + r.stderr
+    size = os.path.getsize(good)
+    # truncated
+    for cut in (0, 100, size // 2):   # (a last byte lost in free space: still intact)
+        bad = str(tmp_path / f"cut-{cut}.db")
+        with open(good, "rb") as f, open(bad, "wb") as g:
+            g.write(f.read(cut))
+        r = verify_file(bad, cert)
+        assert r.returncode in (1, 2), (cut, r.stdout + r.stderr)
+        assert "intact" not in r.stdout, (cut, r.stdout)
+    # a table replaced by a view that never ends: verify must not run forever
+    bad = str(tmp_path / "view.db")
+    shutil.copy(good, bad)
+    db = sqlite3.connect(bad)
+    db.executescript("ALTER TABLE events RENAME TO ev0;"
+                     "CREATE VIEW events AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                     "SELECT x + 1 FROM c) SELECT ev0.* FROM c, ev0;")
+    db.commit()
+    db.close()
+    t0 = time.monotonic()
+    r = verify_file(bad, cert, timeout=60)
+    assert r.returncode in (1, 2) and time.monotonic() - t0 < 20, r.stdout + r.stderr
+    assert "not an evidence log" in r.stdout + r.stderr, r.stdout + r.stderr
+    # a FIFO given as the file: refused, not waited on
+    fifo = str(tmp_path / "fifo.db")
+    os.mkfifo(fifo)
+    r = verify_file(fifo, cert, timeout=20)
+    assert r.returncode == 2, r.stdout + r.stderr

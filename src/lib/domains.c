@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,6 +195,32 @@ static int load_line(struct domains *t, char *line, const char *file, unsigned l
     return 0;
 }
 
+/* Whether someone other than root can change path: it, or a directory above
+ * it (renaming counts), owned by another user or writable by another group
+ * or by everyone (a sticky directory excepted).  The uid, or 0. */
+static uid_t changeable_by(const char *path)
+{
+    char real[PATH_MAX];
+    struct stat st;
+    if (realpath(path, real) == NULL)
+        return 0;
+    for (;;) {
+        if (stat(real[0] ? real : "/", &st) == -1)
+            return 0;
+        bool sticky_dir = S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX);
+        if (st.st_uid != 0)
+            return st.st_uid;
+        if ((st.st_mode & S_IWGRP) && st.st_gid != 0 && !sticky_dir)
+            return (uid_t)-1;
+        if ((st.st_mode & S_IWOTH) && !sticky_dir)
+            return (uid_t)-1;
+        char *slash = strrchr(real, '/');
+        if (slash == NULL || real[0] == '\0')
+            return 0;
+        *slash = '\0';
+    }
+}
+
 /* One line of f into buf (at most LINE_MAX_OCTETS octets and its end):
  * its length, -1 at the end of the file, -2 when it is longer (the rest of
  * it is not read: a file without a line end, /dev/zero, must not grow a
@@ -275,6 +302,27 @@ int domains_load_file(struct domains *t, const char *path, const char *base_dir,
         rc = -1;
     }
     fclose(f);
+    /* read by root (pecd's start, the signer's reload), a file that names
+     * private keys is as powerful as the keys: whoever could change it could
+     * have the signer load any key root can read and sign with it for the
+     * network-facing process.  So it must be root's alone. */
+    if (rc == 0 && geteuid() == 0) {
+        const struct domain *named = NULL;
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, t->by_name);
+        while (named == NULL && g_hash_table_iter_next(&it, NULL, &v))
+            if (((struct domain *)v)->file == file && ((struct domain *)v)->tls_key != NULL)
+                named = v;
+        uid_t who = named ? changeable_by(path) : 0;
+        if (who != 0) {
+            snprintf(err, errlen, "%s:%u: tls_key of %s: this file (or a directory above it) "
+                     "can be changed by %s other than root, who could name any key here: "
+                     "chown root:root and chmod go-w it and its directories", path,
+                     named->line, named->name, who == (uid_t)-1 ? "a group or everyone" : "a user");
+            rc = -1;
+        }
+    }
     return rc;
 }
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from pecd_harness import DOMAIN, PECCTL, password, sighup
+from pecd_harness import DOMAIN, PECCTL, PECD, password, sighup
 
 
 def run(*args, input=None, timeout=120):
@@ -346,3 +346,41 @@ def test_log_verify_of_hostile_files(provider, tmp_path):
     os.mkfifo(fifo)
     r = verify_file(fifo, cert, timeout=20)
     assert r.returncode == 2, r.stdout + r.stderr
+
+
+# ---- keys named by a file someone else can change --------------------------------------------
+
+def test_a_domains_file_naming_keys_must_be_roots_alone(make_instance):
+    """The signer (root) loads the tls_key a local_domains_file line names, at start and at
+    every SIGHUP, and then signs handshakes with it for the network-facing process.  If
+    another user can change that file, they can name any key root can read (another
+    service's) with its public certificate and have it used for them: refused."""
+    import pwd
+    from test_domains import make_cert, write_domains
+    inst = make_instance(start=False)
+    make_cert(inst.dir, "cliente", "smtp.cliente.example")
+    path = write_domains(inst, ["cliente.example tls_certificate=cliente.crt "
+                                "tls_key=cliente.key"])
+    inst.configure({"provider": {"local_domains_file": "domains"}})
+    r = subprocess.run([PECD, "-t", "-c", inst.conf_path], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    inst.start()
+    other = pwd.getpwnam("nobody")
+    # the file given to another user, or made writable by everyone: the reload is refused
+    for change in ("chown", "chmod"):
+        if change == "chown":
+            os.chown(path, other.pw_uid, other.pw_gid)
+        else:
+            os.chown(path, 0, 0)
+            os.chmod(path, 0o666)
+        tail = sighup(inst, "nothing changed")
+        assert "can be changed by" in tail, tail
+        r = subprocess.run([PECD, "-t", "-c", inst.conf_path], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 1 and "domains:2: tls_key of cliente.example" in r.stderr, \
+            r.stderr
+    # a domains file naming no key may be anyone's (it only lists names)
+    write_domains(inst, ["cliente.example"])
+    os.chmod(path, 0o666)
+    sighup(inst, "applied")

@@ -339,6 +339,9 @@ const struct domain *domains_tls_for(const struct domains *t, const char *host)
     char key[256];
     if (t == NULL || host == NULL || !lower_into(key, sizeof key, host))
         return NULL;
+    size_t n = strlen(key);
+    if (n > 1 && key[n - 1] == '.')
+        key[n - 1] = '\0';            /* the absolute form names the same host */
     for (const char *p = key; p != NULL && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
         const struct domain *d = g_hash_table_lookup(t->by_name, p);
         if (d != NULL && d->tls_cert != NULL)

@@ -466,3 +466,53 @@ def test_reload_storm_while_mail_flows(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+# ---- SNI: names a client chooses -------------------------------------------------------------
+
+def rss_kb(pid):
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def test_hostile_sni_names(make_instance):
+    """Names a client puts in SNI: long, upper-case, with a trailing dot, punycode, a
+    label of 63 octets, 255 octets, and 600 handshakes with names nobody serves: the right
+    certificate or the [tls] one, never a failure, no growth."""
+    import ssl
+    from test_domains import make_cert, peer_cert, write_domains
+    inst = make_instance(start=False)
+    cust = make_cert(inst.dir, "cliente", "smtp.cliente.example")
+    write_domains(inst, ["cliente.example tls_certificate=cliente.crt tls_key=cliente.key",
+                         "xn--caff-dsa.example tls_certificate=cliente.crt tls_key=cliente.key"])
+    inst.configure({"provider": {"local_domains_file": "domains"}})
+    with open(os.path.join(inst.dir, "tls.crt")) as f:
+        main = ssl.PEM_cert_to_DER_cert(f.read())
+    inst.start()
+    cases = {
+        "SMTP.CLIENTE.EXAMPLE": cust,
+        "a.b.c.d.smtp.cliente.example": cust,
+        "mail.xn--caff-dsa.example": cust,
+        "smtp.cliente.example.": cust,       # the absolute form: the same name
+        "x" * 63 + ".cliente.example": cust,
+        ".".join(["a" * 61] * 4): main,       # 247 octets, unknown
+        "cliente.example.evil.test": main,
+        "example": main,
+    }
+    for name, want in cases.items():
+        assert peer_cert(inst, "submissions", name) == want, name
+    rss0 = None
+    for i in range(600):
+        assert peer_cert(inst, "submissions", f"n{i}.unknown{i % 7}.test") == main
+        if i == 99:
+            rss0 = rss_kb(inst.proc.pid)
+    assert rss_kb(inst.proc.pid) < rss0 + 8 * 1024, (rss0, rss_kb(inst.proc.pid))

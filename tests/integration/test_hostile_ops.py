@@ -516,3 +516,42 @@ def test_hostile_sni_names(make_instance):
         if i == 99:
             rss0 = rss_kb(inst.proc.pid)
     assert rss_kb(inst.proc.pid) < rss0 + 8 * 1024, (rss0, rss_kb(inst.proc.pid))
+
+
+def test_reload_refuses_keys_the_network_user_can_change(tmp_path):
+    """At start pecd refuses key files (and pecd.conf) that [pecd] user could change or
+    read; a SIGHUP used to load whatever the file named then.  The network-facing process
+    can have the signer reload at will, so the signer checks the same way: a TLS key moved
+    into the data directory (pecmail's) is refused and the key in force kept."""
+    import pathlib
+    import pwd
+    import shutil
+    from pec_providers import make_providers
+    from pecd_harness import reachable_dir
+    root = reachable_dir("pec-hostile-reload-")
+    try:
+        a, b, _, _ = make_providers(pathlib.Path(root), privsep=True)
+        routes = {"pec.b.test": b.ports["mx"]}
+        a.write_config(routes)
+        a.add_user("mario")
+        a.start()
+        try:
+            pm = pwd.getpwnam("pecmail")
+            for name in ("tls.key", "tls.pem"):
+                dst = os.path.join(a.data, "x-" + name)
+                shutil.copy(os.path.join(a.dir, name), dst)
+                os.chown(dst, pm.pw_uid, pm.pw_gid)
+            a.write_config(routes, extra={"tls": {"certificate": "data/x-tls.pem",
+                                                  "key": "data/x-tls.key"}})
+            tail = sighup(a, "nothing changed")
+            assert "can be" in tail and "x-tls" in tail, tail
+            # the key in force still answers: a submission over STARTTLS works
+            a.submit("mario", ["mario@pec.a.test"],
+                     b"From: <mario@pec.a.test>\r\nTo: <mario@pec.a.test>\r\n"
+                     b"Subject: dopo\r\n\r\nx\r\n")
+            a.write_config(routes)
+            sighup(a, "applied")
+        finally:
+            a.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -20,6 +20,17 @@ import pytest
 from pecd_harness import DOMAIN, PECCTL, PECD, password, sighup
 
 
+def wait_ready(p, timeout=30):
+    """Until pecd logs 'ready' (its signal handlers are in place: a SIGHUP before that
+    would be lost), p an Instance or a Provider."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if " ready: domain " in p.log(100000):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pecd not ready:\n{p.log(40)}")
+
+
 def run(*args, input=None, timeout=120):
     return subprocess.run([PECCTL, *args], capture_output=True, text=True, timeout=timeout,
                           input=input)
@@ -215,6 +226,7 @@ def test_reload_with_a_domains_file_that_is_a_fifo_or_a_device(make_instance):
                     input=password("anna@cliente.example") + "\n")
     assert r.returncode == 0, r.stderr
     inst.start()
+    wait_ready(inst)
     assert rcpt_code(inst, "anna@cliente.example") == 250
     for kind in ("fifo", "zero"):
         os.remove(path)
@@ -366,6 +378,7 @@ def test_a_domains_file_naming_keys_must_be_roots_alone(make_instance):
                        timeout=30)
     assert r.returncode == 0, r.stderr
     inst.start()
+    wait_ready(inst)
     other = pwd.getpwnam("nobody")
     # the file given to another user, or made writable by everyone: the reload is refused
     for change in ("chown", "chmod"):
@@ -416,6 +429,8 @@ def test_reload_storm_while_mail_flows(tmp_path):
     a.start()
     b.start()
     try:
+        wait_ready(a)
+        wait_ready(b)
         time.sleep(1)
         fds0 = {p: tree_fds(p.proc.pid) for p in (a, b)}
         n, sent, errors = 30, [], []
@@ -536,6 +551,7 @@ def test_reload_refuses_keys_the_network_user_can_change(tmp_path):
         a.add_user("mario")
         a.start()
         try:
+            wait_ready(a)
             pm = pwd.getpwnam("pecmail")
             for name in ("tls.key", "tls.pem"):
                 dst = os.path.join(a.data, "x-" + name)

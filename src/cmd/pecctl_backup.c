@@ -167,21 +167,21 @@ static const struct item *find_role(GArray *items, const char *role)
 
 /* ---- MANIFEST ---------------------------------------------------------------- */
 
-static int sha256_file(const char *path, char hex[65], uint64_t *size)
+/* SHA-256 of what fd holds from its start, reading at most limit + 1 bytes
+ * (a file larger than its manifest says is not read to its end). */
+static int sha256_fd(int fd, uint64_t limit, char hex[65], uint64_t *size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd == -1)
+    if (lseek(fd, 0, SEEK_SET) == -1)
         return -1;
     GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
     char buf[65536];
-    ssize_t r;
+    ssize_t r = 0;
     *size = 0;
-    while ((r = read(fd, buf, sizeof buf)) > 0) {
+    while (*size <= limit && (r = read(fd, buf, sizeof buf)) > 0) {
         g_checksum_update(c, (const guchar *)buf, r);
         *size += (uint64_t)r;
     }
     int e = errno;
-    close(fd);
     if (r == -1) {
         g_checksum_free(c);
         errno = e;
@@ -190,6 +190,18 @@ static int sha256_file(const char *path, char hex[65], uint64_t *size)
     str_copy(hex, g_checksum_get_string(c), 65);
     g_checksum_free(c);
     return 0;
+}
+
+static int sha256_file(const char *path, char hex[65], uint64_t *size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1)
+        return -1;
+    int rc = sha256_fd(fd, UINT64_MAX - 1, hex, size);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
 }
 
 /* A name from MANIFEST that stays inside the backup: relative, no "..",
@@ -357,8 +369,68 @@ static int sqlite_copy(const char *from, const char *to, char *err, size_t errle
     return rc;
 }
 
-static int copy_item(const char *from, const char *to, bool tree, struct fs_copy_stats *st,
-                     char *err, size_t errlen)
+/* pecctl may run as root, and the data directory is written by [pecd] user
+ * (and, for the Maildirs, by their owners): a source inside it is opened
+ * through directory descriptors from data_dir down, no link followed, so a
+ * directory swapped for a symbolic link cannot make root copy (or, for the
+ * staging directory, remove) something else.  Paths outside data_dir are the
+ * configuration's own and are taken as they are.  An fd, or -1 with err. */
+static const char *in_data_dir(const struct config *cfg, const char *path)
+{
+    size_t n = strlen(cfg->data_dir);
+    while (n > 1 && cfg->data_dir[n - 1] == '/')
+        n--;
+    return strncmp(path, cfg->data_dir, n) == 0 && path[n] == '/' ? path + n + 1 : NULL;
+}
+
+static int open_source_dir(const struct config *cfg, const char *path, char *err,
+                           size_t errlen)
+{
+    const char *rel = in_data_dir(cfg, path);
+    if (rel != NULL)
+        return fs_open_dir_beneath(cfg->data_dir, rel, false, err, errlen);
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return fd;
+}
+
+static int open_source_file(const struct config *cfg, const char *path, char *err,
+                            size_t errlen)
+{
+    const char *rel = in_data_dir(cfg, path);
+    if (rel != NULL)
+        return fs_open_file_beneath(cfg->data_dir, rel, err, errlen);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1)
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* The tree (a directory) or file at from, in the instance, into to: 0, 1
+ * when from is a link (not copied, counted), -1 with err. */
+static int copy_source(const struct config *cfg, const char *from, const char *to, bool tree,
+                       struct fs_copy_stats *st, char *err, size_t errlen)
+{
+    int fd = tree ? open_source_dir(cfg, from, err, errlen)
+                  : open_source_file(cfg, from, err, errlen);
+    if (fd == -1 && (errno == ELOOP || errno == ENOTDIR || (!tree && errno == EINVAL))) {
+        printf("not copied: %s\n", err);   /* a link where a directory or file belongs */
+        st->skipped++;
+        return 1;
+    }
+    if (fd == -1)
+        return -1;
+    int rc = tree ? fs_copy_tree_fd(fd, from, to, st, err, errlen)
+                  : fs_copy_file_fd(fd, from, to, 0600, &st->bytes, err, errlen);
+    close(fd);
+    if (rc == 0 && !tree)
+        st->files++;
+    return rc;
+}
+
+static int copy_item(const struct config *cfg, const char *from, const char *to, bool tree,
+                     struct fs_copy_stats *st, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
     str_copy(dir, to, sizeof dir);
@@ -370,12 +442,7 @@ static int copy_item(const char *from, const char *to, bool tree, struct fs_copy
             return -1;
         }
     }
-    if (tree)
-        return fs_copy_tree(from, to, NULL, st, err, errlen);
-    if (fs_copy_file(from, to, 0600, &st->bytes, err, errlen) == -1)
-        return -1;
-    st->files++;
-    return 0;
+    return copy_source(cfg, from, to, tree, st, err, errlen);
 }
 
 /* ---- pecctl backup ------------------------------------------------------------ */
@@ -436,16 +503,28 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             fprintf(stderr, "pecctl backup: pecd: %s\n", reply);
             goto out;
         }
+        /* the staging directory is ours to name, never the answer's: whoever
+         * holds the socket (pecd's user) must not choose what root copies
+         * and then removes */
         char *sp = strstr(reply, "staging=");
         char staging[PATH_MAX];
-        str_copy(staging, sp ? sp + 8 : "", sizeof staging);
+        snprintf(staging, sizeof staging, "%s/backup.staging", cfg->data_dir);
+        if (sp == NULL || strcmp(sp + 8, staging) != 0) {
+            fprintf(stderr, "pecctl backup: pecd's answer names a staging directory other "
+                            "than %s: refused\n", staging);
+            goto out;
+        }
         snprintf(path, sizeof path, "%s/queue", staging);
-        int r = fs_copy_tree(path, to, NULL, &st, err, sizeof err);
+        int r = copy_source(cfg, path, to, true, &st, err, sizeof err);
         snprintf(path, sizeof path, "%s/tracking.db", staging);
         if (r == 0 && access(path, F_OK) == 0) {
             snprintf(to, sizeof to, "%s/tracking.db", dir);
-            r = fs_copy_file(path, to, 0600, &st.bytes, err, sizeof err);
+            uint64_t files = st.files;
+            r = copy_source(cfg, path, to, false, &st, err, sizeof err);
+            st.files = files;
         }
+        if (r == 1)
+            r = -1;       /* pecd made them: a link there is no snapshot (err says where) */
         fs_remove_tree(staging);
         if (r == -1) {
             fprintf(stderr, "pecctl backup: %s\n", err);
@@ -471,7 +550,7 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             snprintf(sub, sizeof sub, "%s/%s", cfg->queue_dir, subs[i]);
             snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
             if (access(sub, F_OK) == 0 &&
-                fs_copy_tree(sub, dst, NULL, &st, err, sizeof err) == -1) {
+                copy_source(cfg, sub, dst, true, &st, err, sizeof err) == -1) {
                 fprintf(stderr, "pecctl backup: %s\n", err);
                 goto out;
             }
@@ -520,8 +599,9 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
         if (access(it->path, F_OK) == -1)
             continue;    /* a cache or a quarantine not made yet */
         snprintf(to, sizeof to, "%s/%s", dir, it->rel);
-        if (copy_item(it->path, to, it->tree, &st, err, sizeof err) == -1 ||
-            manifest_files(m, dir, it->role, it->rel, err, sizeof err) == -1)
+        int copied = copy_item(cfg, it->path, to, it->tree, &st, err, sizeof err);
+        if (copied == -1 ||
+            (copied == 0 && manifest_files(m, dir, it->role, it->rel, err, sizeof err) == -1))
             goto fail;
     }
     if (mroot[0] == '\0' && !no_mail)
@@ -553,6 +633,10 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
     printf("%s: backup of %s made %s: %llu queued message%s, %llu files, %llu bytes\n", dir,
            cfg->domain, when, (unsigned long long)messages, messages == 1 ? "" : "s",
            (unsigned long long)st.files, (unsigned long long)st.bytes);
+    if (st.skipped > 0)
+        printf("not copied: %llu symbolic link%s or special file%s (never followed; a spool "
+               "or a Maildir holds none)\n", (unsigned long long)st.skipped,
+               st.skipped == 1 ? "" : "s", st.skipped == 1 ? "" : "s");
     rc = 0;
     goto out;
 fail:
@@ -604,13 +688,23 @@ static GArray *read_manifest(const char *dir, char *err, size_t errlen)
                  safe_rel(f.rel) && strlen(f.sha) == 64;
             f.size = strtoull(size, NULL, 10);
             if (ok) {
-                char fp[PATH_MAX], hex[65];
+                /* through descriptors, no link followed: a backup directory
+                 * may come from elsewhere, and restore runs as root */
+                char fp[PATH_MAX], hex[65], e2[512];
                 uint64_t got = 0;
                 snprintf(fp, sizeof fp, "%s/%s", dir, f.rel);
-                if (sha256_file(fp, hex, &got) == -1 || got != f.size ||
-                    strcmp(hex, f.sha) != 0) {
+                int fd = fs_open_file_beneath(dir, f.rel, e2, sizeof e2);
+                if (fd == -1 && errno != ENOENT) {
+                    snprintf(err, errlen, "%s (damaged or forged backup)", e2);
+                    ok = false;
+                    break;
+                }
+                int r = fd == -1 ? -1 : sha256_fd(fd, f.size, hex, &got);
+                if (fd != -1)
+                    close(fd);
+                if (r == -1 || got != f.size || strcmp(hex, f.sha) != 0) {
                     snprintf(err, errlen, "%s: %s the backup's manifest (damaged backup)", fp,
-                             access(fp, F_OK) == -1 ? "missing, named in" : "differs from");
+                             fd == -1 ? "missing, named in" : "differs from");
                     ok = false;
                     break;
                 }
@@ -714,6 +808,116 @@ static void give(const struct owner *o, const char *dst, const char *top)
     }
 }
 
+/* The directory path opened for restoring into, made 0700 where missing.
+ * Below data_dir (written by [pecd] user) every level is opened with
+ * O_NOFOLLOW from data_dir down and, when o is set, each one below top is
+ * given to o with fchown: a directory swapped for a link can neither send
+ * the restore's files elsewhere nor make root chown something else.  Other
+ * paths are the configuration's and are taken as they are. */
+static int open_dest_dir(const struct config *cfg, const char *path, const char *top,
+                         const struct owner *o, char *err, size_t errlen)
+{
+    const char *rel = in_data_dir(cfg, path);
+    if (rel == NULL) {
+        int fd = -1;
+        if (fs_mkdirs(path, 0700) == 0)
+            fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd == -1)
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        else if (o != NULL)
+            give(o, path, top);
+        return fd;
+    }
+    if (fs_mkdirs(cfg->data_dir, 0700) == -1) {
+        snprintf(err, errlen, "%s: %s", cfg->data_dir, strerror(errno));
+        return -1;
+    }
+    /* the levels of top inside data_dir keep their owner (give() stops there too) */
+    size_t keep = 0;
+    const char *trel = in_data_dir(cfg, top);
+    for (const char *p = trel; p != NULL && *p; p++)
+        keep += p == trel || p[-1] == '/';
+    int fd = open(cfg->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1) {
+        snprintf(err, errlen, "%s: %s", cfg->data_dir, strerror(errno));
+        return -1;
+    }
+    gchar **parts = g_strsplit(rel, "/", -1);
+    for (size_t i = 0; parts[i] != NULL && fd != -1; i++) {
+        const char *c = parts[i];
+        if (c[0] == '\0')
+            continue;
+        int next = -1;
+        if (strcmp(c, ".") != 0 && strcmp(c, "..") != 0) {
+            next = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (next == -1 && errno == ENOENT && (mkdirat(fd, c, 0700) == 0 || errno == EEXIST))
+                next = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        } else {
+            errno = EINVAL;
+        }
+        if (next == -1)
+            snprintf(err, errlen, "%s: %s", path,
+                     errno == ELOOP || errno == ENOTDIR
+                         ? "a symbolic link or a file where a directory belongs: not followed"
+                         : strerror(errno));
+        else if (o != NULL && i >= keep && fchown(next, o->uid, o->gid) == -1)
+            fprintf(stderr, "pecctl restore: %s: chown: %s\n", path, strerror(errno));
+        close(fd);
+        fd = next;
+    }
+    g_strfreev(parts);
+    return fd;
+}
+
+/* The regular file src (open) into name, a new file in dfd, checked while it
+ * is copied against the manifest's size and SHA-256 (the backup may have
+ * changed since read_manifest); mode and owner set on the descriptor. */
+static int restore_copy(int src, const struct mfile *f, int dfd, const char *name,
+                        const char *shown, mode_t mode, bool chown_it, uid_t uid, gid_t gid,
+                        char *err, size_t errlen)
+{
+    int out = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out == -1) {
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+        return -1;
+    }
+    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
+    char buf[65536];
+    uint64_t n = 0;
+    ssize_t r = 0;
+    int rc = 0;
+    if (lseek(src, 0, SEEK_SET) == -1)
+        rc = -1;
+    while (rc == 0 && n <= f->size && (r = read(src, buf, sizeof buf)) > 0) {
+        g_checksum_update(c, (const guchar *)buf, r);
+        n += (uint64_t)r;
+        if (n <= f->size && fs_write_all(out, buf, (size_t)r) == -1)
+            rc = -1;
+    }
+    if (r == -1)
+        rc = -1;
+    if (rc == -1)
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+    else if (n != f->size || strcmp(g_checksum_get_string(c), f->sha) != 0) {
+        snprintf(err, errlen, "%s: the backup's file changed since it was checked: not "
+                 "restored", f->rel);
+        rc = -1;
+    }
+    g_checksum_free(c);
+    if (rc == 0 && ((chown_it && fchown(out, uid, gid) == -1) || fchmod(out, mode) == -1 ||
+                    fsync(out) == -1)) {
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+        rc = -1;
+    }
+    if (close(out) == -1 && rc == 0) {
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+        rc = -1;
+    }
+    if (rc == -1)
+        unlinkat(dfd, name, 0);
+    return rc;
+}
+
 /* Where the file of role goes: the item's path + what follows its rel. */
 static bool destination(GArray *items, const struct config *cfg, const struct mfile *f,
                         char *out, size_t outlen, char *top, size_t toplen)
@@ -768,15 +972,37 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
     }
     /* pecd.conf first, when this host has none yet */
     if (access(conf, F_OK) == -1) {
-        snprintf(path, sizeof path, "%s/pecd.conf", dir);
+        const struct mfile *cf = NULL;
+        for (guint i = 0; i < files->len && cf == NULL; i++) {
+            const struct mfile *f = &g_array_index(files, struct mfile, i);
+            if (strcmp(f->role, "config") == 0 && strcmp(f->rel, "pecd.conf") == 0 && !f->dir)
+                cf = f;
+        }
         char cdir[PATH_MAX];
         str_copy(cdir, conf, sizeof cdir);
         char *slash = strrchr(cdir, '/');
+        const char *name = slash ? conf + (slash - cdir) + 1 : conf;
         if (slash != NULL)
             *slash = '\0';
-        if ((slash != NULL && fs_mkdirs(cdir, 0750) == -1) ||
-            fs_copy_file(path, conf, 0640, NULL, err, sizeof err) == -1) {
-            fprintf(stderr, "pecctl restore: %s\n", err[0] ? err : strerror(errno));
+        else
+            str_copy(cdir, ".", sizeof cdir);
+        int src = -1, dfd = -1, r = -1;
+        if (cf == NULL)
+            snprintf(err, sizeof err, "%s/MANIFEST names no pecd.conf and %s does not exist",
+                     dir, conf);
+        else if ((src = fs_open_file_beneath(dir, "pecd.conf", err, sizeof err)) == -1)
+            ;
+        else if (fs_mkdirs(cdir, 0750) == -1 ||
+                 (dfd = open(cdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+            snprintf(err, sizeof err, "%s: %s", cdir, strerror(errno));
+        else
+            r = restore_copy(src, cf, dfd, name, conf, 0640, false, 0, 0, err, sizeof err);
+        if (src != -1)
+            close(src);
+        if (dfd != -1)
+            close(dfd);
+        if (r == -1) {
+            fprintf(stderr, "pecctl restore: %s\n", err);
             g_array_free(files, TRUE);
             return 1;
         }
@@ -837,7 +1063,7 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
     size_t restored = 0, kept = 0;
     for (guint i = 0; i < files->len; i++) {
         const struct mfile *f = &g_array_index(files, struct mfile, i);
-        char dst[PATH_MAX], src[PATH_MAX], top[PATH_MAX];
+        char dst[PATH_MAX], top[PATH_MAX];
         if (strcmp(f->role, "config") == 0)
             continue;    /* read above */
         if (!destination(items, cfg, f, dst, sizeof dst, top, sizeof top)) {
@@ -845,48 +1071,69 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
                    f->role);
             continue;
         }
+        const struct owner *o = own.set && is_state(f->role) ? &own : NULL;
         if (f->dir) {
-            if (fs_mkdirs(dst, 0700) == -1) {
-                snprintf(err, sizeof err, "%s: %s", dst, strerror(errno));
+            int dfd = open_dest_dir(cfg, dst, top, o, err, sizeof err);
+            if (dfd == -1)
                 goto fail;
-            }
-            if (own.set && is_state(f->role))
-                give(&own, dst, top);
+            close(dfd);
             continue;
         }
         bool state_file = strcmp(f->role, "queue") == 0 || strcmp(f->role, "tracking") == 0 ||
                           strcmp(f->role, "evidence") == 0 || strcmp(f->role, "mail") == 0;
-        if (!state_file && access(dst, F_OK) == 0) {
-            char hex[65];
-            uint64_t size;
-            if (sha256_file(dst, hex, &size) == 0 && strcmp(hex, f->sha) == 0)
-                continue;      /* the same file is there */
-            if (!force) {
-                printf("kept %s (%s): it differs from the backup's (--force replaces it)\n",
-                       dst, f->role);
-                kept++;
-                continue;
-            }
-            if (move_aside(dst, stamp) == -1)
-                goto moved;
-        }
-        snprintf(src, sizeof src, "%s/%s", dir, f->rel);
         char pdir[PATH_MAX];
         str_copy(pdir, dst, sizeof pdir);
         char *slash = strrchr(pdir, '/');
-        if (slash != NULL)
-            *slash = '\0';
-        if (fs_mkdirs(pdir, 0700) == -1 ||
-            fs_copy_file(src, dst, 0600, NULL, err, sizeof err) == -1) {
-            if (err[0] == '\0')
-                snprintf(err, sizeof err, "%s: %s", pdir, strerror(errno));
+        if (slash == NULL || slash == pdir) {
+            snprintf(err, sizeof err, "%s: not a path this restore writes", dst);
             goto fail;
         }
-        if (own.set && is_state(f->role))
-            give(&own, dst, top);
-        else if (own.set && strcmp(f->role, "users") == 0 &&
-                 (chown(dst, 0, own.gid) == -1 || chmod(dst, 0640) == -1))
-            fprintf(stderr, "pecctl restore: %s: %s\n", dst, strerror(errno));
+        *slash = '\0';
+        const char *name = dst + (slash - pdir) + 1;
+        int src = fs_open_file_beneath(dir, f->rel, err, sizeof err);
+        if (src == -1)
+            goto fail;
+        int dfd = open_dest_dir(cfg, pdir, top, o, err, sizeof err);
+        if (dfd == -1) {
+            close(src);
+            goto fail;
+        }
+        struct stat ex;
+        if (fstatat(dfd, name, &ex, AT_SYMLINK_NOFOLLOW) == 0) {
+            char hex[65];
+            uint64_t size = 0;
+            int efd = S_ISREG(ex.st_mode)
+                          ? openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+                          : -1;
+            bool same = efd != -1 && sha256_fd(efd, f->size, hex, &size) == 0 &&
+                        size == f->size && strcmp(hex, f->sha) == 0;
+            if (efd != -1)
+                close(efd);
+            if (same || (!state_file && !force)) {
+                if (!same) {
+                    printf("kept %s (%s): it differs from the backup's (--force replaces it)\n",
+                           dst, f->role);
+                    kept++;
+                }
+                close(src), close(dfd);
+                continue;      /* the same file is there, or the operator's is kept */
+            }
+            /* renamed, never followed: what is there may be a link */
+            char aside[NAME_MAX + 1];
+            if (str_fmt(aside, sizeof aside, "%s.pre-restore-%s", name, stamp) < 0 ||
+                renameat(dfd, name, dfd, aside) == -1) {
+                close(src), close(dfd);
+                goto moved;
+            }
+            printf("moved aside: %s -> %s/%s\n", dst, pdir, aside);
+        }
+        bool users = own.set && strcmp(f->role, "users") == 0;
+        int r = restore_copy(src, f, dfd, name, dst, users ? 0640 : 0600, o != NULL || users,
+                             o ? o->uid : 0, users ? own.gid : o ? o->gid : 0, err, sizeof err);
+        close(src);
+        close(dfd);
+        if (r == -1)
+            goto fail;
         restored++;
     }
     /* secrets are not in a backup made without --include-keys */

@@ -3,7 +3,8 @@
  * stream socket for pecctl on the same host (mode 0600; a peer must be root
  * or pecd's own user, checked with SO_PEERCRED).
  *
- * One request a connection, one line each way:
+ * One request a connection, one line each way (the line within 5 s of the
+ * connection, at most 127 octets; the peer is checked before it is read):
  *
  *   snapshot   ->  ok messages=N files=F bytes=B staging=PATH
  *                  error REASON
@@ -29,6 +30,7 @@
 
 #include <errno.h>
 #include <glib.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,7 @@
 #include <unistd.h>
 
 #define PAUSE_TIMEOUT_MS 120000   /* the longest batch a snapshot waits for */
+#define REQUEST_TIMEOUT_MS 5000   /* a whole request line, from the connection on */
 
 struct pecd_control {
     int fd;
@@ -116,26 +119,54 @@ static bool peer_allowed(int fd)
     return cr.uid == 0 || cr.uid == geteuid();
 }
 
+/* The request line, within REQUEST_TIMEOUT_MS in all: one thread serves the
+ * socket, so a client that connects and never finishes its line (or sends a
+ * byte every few seconds) must not keep it, and the next backup, waiting.
+ * 0, or -1 with the reason in why. */
+static int read_request(int fd, char *line, size_t size, const char **why)
+{
+    gint64 end = g_get_monotonic_time() + REQUEST_TIMEOUT_MS * 1000;
+    size_t n = 0;
+    for (;;) {
+        gint64 left = (end - g_get_monotonic_time()) / 1000;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = left > 0 ? poll(&p, 1, (int)left) : 0;
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return *why = "no request in time", -1;
+        char ch;
+        ssize_t got = read(fd, &ch, 1);
+        if (got == -1 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return *why = "closed", -1;
+        if (ch == '\n')
+            break;
+        if (n + 1 >= size)
+            return *why = "request too long", -1;
+        line[n++] = ch;
+    }
+    line[n] = '\0';
+    return 0;
+}
+
 static void serve(struct pecd_control *c, int fd)
 {
     struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     char line[128], reply[PATH_MAX + 256];
-    size_t n = 0;
-    while (n < sizeof line - 1) {
-        ssize_t r = read(fd, line + n, 1);
-        if (r <= 0 || line[n] == '\n')
-            break;
-        n++;
-    }
-    line[n] = '\0';
-    if (!peer_allowed(fd))
+    const char *why = NULL;
+    if (!peer_allowed(fd))             /* before reading anything of it */
         snprintf(reply, sizeof reply, "error permission denied");
+    else if (read_request(fd, line, sizeof line, &why) == -1)
+        snprintf(reply, sizeof reply, "error %s", why);
     else if (strcmp(line, "snapshot") == 0)
         snapshot(c, reply, sizeof reply);
     else
         snprintf(reply, sizeof reply, "error unknown request");
+    if (why != NULL && strcmp(why, "closed") == 0)
+        return;
     str_copy(reply + strlen(reply), "\n", sizeof reply - strlen(reply));
     if (fs_write_all(fd, reply, strlen(reply)) == -1)
         log_warn("control socket: cannot answer: %s", strerror(errno));

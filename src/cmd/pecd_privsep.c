@@ -462,6 +462,15 @@ int pecd_check_keys(const struct config *cfg, char *err, size_t errlen)
     return rc;
 }
 
+/* The same check on every configuration the signer reads again: the user
+ * resolved at start (the signer does not look users up). */
+static struct who reload_who;
+
+static int reload_check(const struct config *cfg, char *err, size_t errlen)
+{
+    return check_all_protected(cfg, &reload_who, err, errlen);
+}
+
 int pecd_privsep_start(const struct config *cfg, struct pecd_privsep *ps, char *err,
                        size_t errlen)
 {
@@ -470,6 +479,10 @@ int pecd_privsep_start(const struct config *cfg, struct pecd_privsep *ps, char *
     int r = resolve_user(cfg, &w, err, errlen);
     if (r == -1 || (r == 1 && check_all_protected(cfg, &w, err, errlen) == -1))
         return -1;
+    if (r == 1) {
+        reload_who = w;
+        keys_set_config_check(reload_check);
+    }
     /* first: the keeper must inherit nothing but the configuration */
     if (has_keys(cfg) && (ps->keys = keys_start(cfg, err, errlen)) == NULL)
         return -1;

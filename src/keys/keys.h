@@ -98,6 +98,12 @@ struct keys_client;
  * first answer: NULL with the signer's reason (a wrong PIN, a key that does
  * not match, …) when it could not start.  Call before opening anything
  * else (the keeper inherits the process as it is) and before any thread. */
+/* A check of a configuration read again (SIGHUP) that the signer and the
+ * keeper run before they load any key it names: pecd_privsep.c refuses files
+ * the network-facing user could change, as it does at start (that user can
+ * ask for a reload at will).  Set before keys_start; NULL: none. */
+typedef int (*keys_config_check_fn)(const struct config *cfg, char *err, size_t errlen);
+void keys_set_config_check(keys_config_check_fn fn);
 struct keys_client *keys_start(const struct config *cfg, char *err, size_t errlen);
 /* Starts the thread that takes the later signers from the keeper (after the
  * privileges are dropped). */

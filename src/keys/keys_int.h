@@ -98,5 +98,7 @@ void keys_keeper_main(const struct config *cfg, int ctl, size_t nbulk) __attribu
  * status: where "OK" or the reason of a failure is written.  Returns the
  * process's exit status. */
 int keys_signer_main(const struct config *cfg, const int *fds, size_t n, int status);
+/* keys_set_config_check's check on cfg (keys_signer.c): 0, or -1 with err. */
+int keys_config_checked(const struct config *cfg, char *err, size_t errlen);
 
 #endif

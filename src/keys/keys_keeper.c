@@ -235,6 +235,10 @@ static const struct config *read_again(const struct config *cur, struct config *
 {
     char err[1024];
     struct config *n = config_load(cur->path, err, sizeof err);
+    if (n != NULL && keys_config_checked(n, err, sizeof err) == -1) {
+        config_free(n);
+        n = NULL;
+    }
     if (n == NULL) {
         log_warn("%s not read again (%s): a later signer loads the keys it named before",
                  cur->path, err);

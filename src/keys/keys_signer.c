@@ -211,12 +211,25 @@ static int load_all(struct signer *s, const struct config *n, struct loaded *l, 
  * renewal, a domain added).  All of them load, or the ones in force stay and
  * the reload says why.  The previous TLS key keeps answering for handshakes
  * under way; a signature under way finishes with the key it began with. */
+static keys_config_check_fn config_check;
+
+void keys_set_config_check(keys_config_check_fn fn)
+{
+    config_check = fn;
+}
+
+int keys_config_checked(const struct config *cfg, char *err, size_t errlen)
+{
+    return config_check != NULL ? config_check(cfg, err, errlen) : 0;
+}
+
 static int reload_keys(int fd, struct signer *s)
 {
     char err[1024];
     struct loaded l = {0};
     struct config *n = config_load(s->cfg->path, err, sizeof err);
-    if (n == NULL || load_all(s, n, &l, err, sizeof err) == -1) {
+    if (n == NULL || keys_config_checked(n, err, sizeof err) == -1 ||
+        load_all(s, n, &l, err, sizeof err) == -1) {
         log_err("signer: keys not reloaded: %s", err);
         loaded_free(&l);
         config_free(n);

@@ -6,16 +6,20 @@
  * whoever writes it), but a provider hosts thousands of customer domains in
  * it, so it is read line by line with a bound on each line, and each name and
  * setting is checked: a mistake names the file and the line, and nothing
- * starts (or a reload changes nothing).
+ * starts (or a reload changes nothing).  Only a regular file is read (a FIFO
+ * or a device would hold the event loop that reloads).
  */
 #include "domains.h"
 #include "lib.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define LINE_MAX_OCTETS 4096
@@ -191,31 +195,94 @@ static int load_line(struct domains *t, char *line, const char *file, unsigned l
     return 0;
 }
 
+/* Whether someone other than root can change path: it, or a directory above
+ * it (renaming counts), owned by another user or writable by another group
+ * or by everyone (a sticky directory excepted).  The uid, or 0. */
+static uid_t changeable_by(const char *path)
+{
+    char real[PATH_MAX];
+    struct stat st;
+    if (realpath(path, real) == NULL)
+        return 0;
+    for (;;) {
+        if (stat(real[0] ? real : "/", &st) == -1)
+            return 0;
+        bool sticky_dir = S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX);
+        if (st.st_uid != 0)
+            return st.st_uid;
+        if ((st.st_mode & S_IWGRP) && st.st_gid != 0 && !sticky_dir)
+            return (uid_t)-1;
+        if ((st.st_mode & S_IWOTH) && !sticky_dir)
+            return (uid_t)-1;
+        char *slash = strrchr(real, '/');
+        if (slash == NULL || real[0] == '\0')
+            return 0;
+        *slash = '\0';
+    }
+}
+
+/* One line of f into buf (at most LINE_MAX_OCTETS octets and its end):
+ * its length, -1 at the end of the file, -2 when it is longer (the rest of
+ * it is not read: a file without a line end, /dev/zero, must not grow a
+ * buffer without bound), -3 on a NUL byte. */
+static ssize_t read_line(FILE *f, char *buf, size_t size)
+{
+    size_t n = 0;
+    int c;
+    while ((c = getc(f)) != EOF) {
+        if (c == '\0')
+            return -3;
+        if (n + 1 >= size)
+            return -2;
+        buf[n++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    buf[n] = '\0';
+    return n == 0 && c == EOF ? -1 : (ssize_t)n;
+}
+
 int domains_load_file(struct domains *t, const char *path, const char *base_dir, char *err,
                       size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    /* a regular file only: a FIFO would stop pecd's event loop in open() or
+     * read() at a reload, a device would never end */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat st;
+    if (fd != -1 && fstat(fd, &st) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        fd = -1;
+    } else if (fd != -1 && !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "%s: not a regular file (a FIFO or a device?)", path);
         return -1;
     }
+    FILE *f = fd == -1 ? NULL : fdopen(fd, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd != -1)
+            close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     char *file = g_strdup(path);
     g_ptr_array_add(t->files, file);
-    char *line = NULL;
-    size_t cap = 0;
+    char line[LINE_MAX_OCTETS + 2];
     ssize_t n;
     unsigned lineno = 0;
     int rc = 0;
     char why[512];
-    while ((n = getline(&line, &cap, f)) != -1) {
+    while ((n = read_line(f, line, sizeof line)) != -1) {
         lineno++;
-        if ((size_t)n > LINE_MAX_OCTETS) {
+        if (n == -2) {
             snprintf(err, errlen, "%s:%u: line longer than %d octets", path, lineno,
                      LINE_MAX_OCTETS);
             rc = -1;
             break;
         }
-        if (memchr(line, '\0', (size_t)n) != NULL) {
+        if (n == -3) {
             snprintf(err, errlen, "%s:%u: a NUL byte", path, lineno);
             rc = -1;
             break;
@@ -234,8 +301,28 @@ int domains_load_file(struct domains *t, const char *path, const char *base_dir,
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         rc = -1;
     }
-    free(line);
     fclose(f);
+    /* read by root (pecd's start, the signer's reload), a file that names
+     * private keys is as powerful as the keys: whoever could change it could
+     * have the signer load any key root can read and sign with it for the
+     * network-facing process.  So it must be root's alone. */
+    if (rc == 0 && geteuid() == 0) {
+        const struct domain *named = NULL;
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, t->by_name);
+        while (named == NULL && g_hash_table_iter_next(&it, NULL, &v))
+            if (((struct domain *)v)->file == file && ((struct domain *)v)->tls_key != NULL)
+                named = v;
+        uid_t who = named ? changeable_by(path) : 0;
+        if (who != 0) {
+            snprintf(err, errlen, "%s:%u: tls_key of %s: this file (or a directory above it) "
+                     "can be changed by %s other than root, who could name any key here: "
+                     "chown root:root and chmod go-w it and its directories", path,
+                     named->line, named->name, who == (uid_t)-1 ? "a group or everyone" : "a user");
+            rc = -1;
+        }
+    }
     return rc;
 }
 
@@ -252,6 +339,9 @@ const struct domain *domains_tls_for(const struct domains *t, const char *host)
     char key[256];
     if (t == NULL || host == NULL || !lower_into(key, sizeof key, host))
         return NULL;
+    size_t n = strlen(key);
+    if (n > 1 && key[n - 1] == '.')
+        key[n - 1] = '\0';            /* the absolute form names the same host */
     for (const char *p = key; p != NULL && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
         const struct domain *d = g_hash_table_lookup(t->by_name, p);
         if (d != NULL && d->tls_cert != NULL)

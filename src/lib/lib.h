@@ -148,15 +148,34 @@ bool fs_same_fs(const char *a, const char *b);
 struct fs_copy_stats {
     uint64_t files, bytes, skipped;   /* skipped: links and special files */
 };
-/* from into to (created or replaced with mode), fsync'ed; adds to *bytes. */
+/* from (a regular file, not a link) into to, a new file (an entry already
+ * there is an error: O_EXCL) with mode, fsync'ed; adds to *bytes. */
 int fs_copy_file(const char *from, const char *to, mode_t mode, uint64_t *bytes, char *err,
                  size_t errlen);
+/* The same from in, a regular file already open (from names it). */
+int fs_copy_file_fd(int in, const char *from, const char *to, mode_t mode, uint64_t *bytes,
+                    char *err, size_t errlen);
 /* The tree from into to (created 0700 if absent): directories 0700, files
- * 0600, each fsync'ed; names in skip (NULL-terminated, top level only) left
- * out; a file that disappears meanwhile is not an error. */
+ * 0600 (new: O_EXCL), each fsync'ed; names in skip (NULL-terminated, top
+ * level only) left out; a file that disappears meanwhile is not an error.
+ * Below from, nothing is followed: links and special files are skipped
+ * (counted), also when swapped in during the walk. */
 int fs_copy_tree(const char *from, const char *to, const char *const *skip,
                  struct fs_copy_stats *st, char *err, size_t errlen);
-/* rm -r path without following links; 0 also when it does not exist. */
+/* The same from a directory already open (from names it in messages). */
+int fs_copy_tree_fd(int from_dfd, const char *from, const char *to,
+                    struct fs_copy_stats *st, char *err, size_t errlen);
+/* The directory base/rel, opened (O_DIRECTORY) without following any
+ * symbolic link below base (base itself, the configuration's, is taken as it
+ * is); missing directories are made 0700 when create.  rel may be "".  An fd,
+ * or -1 with err. */
+int fs_open_dir_beneath(const char *base, const char *rel, bool create, char *err,
+                        size_t errlen);
+/* The regular file base/rel opened for reading the same way (never a link,
+ * a FIFO or a device).  An fd, or -1 with err. */
+int fs_open_file_beneath(const char *base, const char *rel, char *err, size_t errlen);
+/* rm -r path through descriptors (a link is removed, never followed, also
+ * when swapped in during the walk); 0 also when it does not exist. */
 int fs_remove_tree(const char *path);
 
 /* ---- shared syncfs (fs_sync.c; process-wide state, thread-safe) ---------- */

@@ -102,6 +102,9 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
         return SSL_TLSEXT_ERR_NOACK;   /* [tls]'s certificate */
     str_copy(key, name, sizeof key);
     str_lower(key);
+    size_t n = strlen(key);
+    if (n > 1 && key[n - 1] == '.')
+        key[n - 1] = '\0';            /* the absolute form names the same host */
     for (const char *p = key; p != NULL && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
         SSL_CTX *c = g_hash_table_lookup(map, p);
         if (c != NULL) {

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/cms.h>
@@ -35,8 +36,13 @@ sqlite3 *ev_open_ro(const char *path, char *err, size_t errlen)
     sqlite3 *db = NULL;
     /* read-only: SQLite still maps the WAL index (-shm) of a live log, so
      * pecctl can read while pecd writes */
-    if (access(path, R_OK) != 0) {
+    struct stat sb;
+    if (access(path, R_OK) != 0 || stat(path, &sb) != 0) {
         ev_fail(err, errlen, "evidence log %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (!S_ISREG(sb.st_mode)) {   /* a FIFO would hold the open for ever */
+        ev_fail(err, errlen, "evidence log %s: not a regular file", path);
         return NULL;
     }
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
@@ -44,12 +50,25 @@ sqlite3 *ev_open_ro(const char *path, char *err, size_t errlen)
         sqlite3_close(db);
         return NULL;
     }
+    /* `log verify FILE` reads files from elsewhere: data only (SQLite's advice
+     * for a database from an untrusted source), and the log's tables must be
+     * tables - a view in their place (a recursive one never ends) or a
+     * virtual table is not an evidence log */
+    sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
     sqlite3_busy_timeout(db, 10000);
     sqlite3_stmt *st = NULL;
-    bool ok = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='format'", -1, &st,
-                                 NULL) == SQLITE_OK &&
-              sqlite3_step(st) == SQLITE_ROW && col_text(st, 0) != NULL &&
-              strcmp(col_text(st, 0), EVIDENCE_FORMAT) == 0;
+    bool ok = sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE type = 'view' "
+                                     "OR (type = 'table' AND sql NOT LIKE 'CREATE TABLE %')",
+                                 -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) == 0;
+    sqlite3_finalize(st);
+    st = NULL;
+    ok = ok &&
+         sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='format'", -1, &st, NULL) ==
+             SQLITE_OK &&
+         sqlite3_step(st) == SQLITE_ROW && col_text(st, 0) != NULL &&
+         strcmp(col_text(st, 0), EVIDENCE_FORMAT) == 0;
     sqlite3_finalize(st);
     if (!ok) {
         ev_fail(err, errlen, "evidence log %s: not an evidence log of format %s", path,

@@ -190,7 +190,7 @@ static gpointer control_main(gpointer arg)
 
 int pecd_control_start(struct pecd *d, char *err, size_t errlen)
 {
-    struct pecd_control *c = calloc(1, sizeof *c);
+    struct pecd_control *c = xcalloc(1, sizeof *c);
     if (c == NULL)
         return snprintf(err, errlen, "out of memory"), -1;
     c->queue = d->queue;

@@ -42,7 +42,7 @@ static void domain_free(gpointer p)
 
 struct domains *domains_new(void)
 {
-    struct domains *t = calloc(1, sizeof *t);
+    struct domains *t = xcalloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
     t->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, domain_free);
@@ -79,8 +79,8 @@ static struct domain *get_or_add(struct domains *t, const char *name, bool *adde
     *added = d == NULL;
     if (d != NULL)
         return d;
-    d = calloc(1, sizeof *d);
-    if (d == NULL || (d->name = strdup(key)) == NULL) {
+    d = xcalloc(1, sizeof *d);
+    if (d == NULL || (d->name = xstrdup(key)) == NULL) {
         free(d);
         return NULL;
     }
@@ -123,17 +123,17 @@ static int set_setting(struct domain *d, const char *key, const char *value,
             return -1;
         }
         free(d->receipt);
-        d->receipt = strdup(value);
+        d->receipt = xstrdup(value);
         return 0;
     }
     if (strcmp(key, "callouts") == 0) {
         free(d->callouts);
-        d->callouts = strdup(value);   /* names checked with [callouts] (config_callout.c) */
+        d->callouts = xstrdup(value);   /* names checked with [callouts] (config_callout.c) */
         return 0;
     }
     if (strcmp(key, "tls_key") == 0 && strncmp(value, "pkcs11:", 7) == 0) {
         free(d->tls_key);          /* in a hardware module ([pec] pkcs11_module) */
-        d->tls_key = strdup(value);
+        d->tls_key = xstrdup(value);
         return 0;
     }
     if (strcmp(key, "tls_certificate") == 0 || strcmp(key, "tls_key") == 0) {
@@ -145,7 +145,7 @@ static int set_setting(struct domain *d, const char *key, const char *value,
         }
         char **dst = strcmp(key, "tls_key") == 0 ? &d->tls_key : &d->tls_cert;
         free(*dst);
-        *dst = strdup(path);
+        *dst = xstrdup(path);
         g_free(path);
         return 0;
     }

@@ -344,7 +344,7 @@ struct smtp_client *smtp_client_open(const char *host, const char *addr, const c
         fail_set(fail, 451, "4.4.3 bad next-hop address %s:%s", addr, port);
         return NULL;
     }
-    struct smtp_client *c = calloc(1, sizeof *c);
+    struct smtp_client *c = xcalloc(1, sizeof *c);
     c->opts = *opts;
     if (c->opts.timeout == 0)
         c->opts.timeout = 300;

@@ -429,7 +429,7 @@ static int session_start(struct smtp_server *srv, const struct config_listener *
                          struct listener_state *ls, int fd, const char *ip, bool refusing,
                          bool refusing_ip)
 {
-    struct session *s = calloc(1, sizeof *s);
+    struct session *s = xcalloc(1, sizeof *s);
     if (s == NULL) {
         close(fd);
         return -1;
@@ -545,7 +545,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 struct smtp_server *smtp_server_new(struct event_base *base, const struct config *cfg,
                                     const struct smtp_hooks *hooks, SSL_CTX *tls)
 {
-    struct smtp_server *srv = calloc(1, sizeof *srv);
+    struct smtp_server *srv = xcalloc(1, sizeof *srv);
     srv->base = base;
     srv->cfg = cfg;
     srv->hooks = *hooks;
@@ -651,7 +651,7 @@ int smtp_server_listen_fds(struct smtp_server *srv, const struct config_listener
         return -1;
     }
     for (size_t i = 0; i < n && i < l->naddrs; i++) {
-        struct listener *lst = calloc(1, sizeof *lst);
+        struct listener *lst = xcalloc(1, sizeof *lst);
         lst->srv = srv;
         lst->cfg = l;
         lst->state = state;

@@ -388,10 +388,10 @@ static void proceed_rcpt(struct session *s, struct cmd *c)
         t->cap = t->cap ? t->cap * 2 : 4;
         t->rcpts = g_realloc(t->rcpts, t->cap * sizeof *t->rcpts);
     }
-    t->rcpts[t->nrcpts].addr = strdup(addr);
-    t->rcpts[t->nrcpts].orig = strdup(c->path->addr);
+    t->rcpts[t->nrcpts].addr = xstrdup(addr);
+    t->rcpts[t->nrcpts].orig = xstrdup(c->path->addr);
     t->rcpts[t->nrcpts].notify = c->notify;
-    t->rcpts[t->nrcpts].orcpt = c->orcpt ? strdup(c->orcpt) : NULL;
+    t->rcpts[t->nrcpts].orcpt = c->orcpt ? xstrdup(c->orcpt) : NULL;
     t->nrcpts++;
     sess_reply(s, "250 2.1.5 Recipient OK");
 }

@@ -30,6 +30,7 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <glib.h>
 #include <openssl/err.h>
@@ -39,7 +40,6 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <grp.h>
 #include <limits.h>
 #include <pwd.h>
@@ -148,17 +148,6 @@ static int check_all_protected(const struct config *cfg, const struct who *w, ch
 
 /* ---- the data the network-facing user writes ---------------------------------------- */
 
-static const struct who *chown_to;
-
-static int chown_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)flag;
-    (void)f;
-    if (st->st_uid == 0 && lchown(path, chown_to->uid, chown_to->gid) == -1)
-        log_warn("cannot give %s to %s: %s", path, chown_to->name, strerror(errno));
-    return 0;
-}
-
 /* A directory of pecd's data, made if missing (root's for now; parents
  * 0755: nothing secret in them).  A missing one whose parent w owns
  * already is left for pecd to make once it runs as w (root without
@@ -199,10 +188,11 @@ static int own_dir(const char *setting, const char *dir, bool deep, const struct
     struct stat st;
     if (stat(dir, &st) == -1)
         return 0;               /* left for pecd to make as w */
-    if (deep) {
-        chown_to = w;
-        nftw(dir, chown_entry, 16, FTW_PHYS | FTW_MOUNT);
-    }
+    /* below it, through descriptors: w may own directories there already,
+     * and w is what an attacker of a parser gets (fs_give_tree) */
+    if (deep && fs_give_tree(dir, 0, w->uid, w->gid) > 0)
+        log_warn("%s %s: some entries below it could not be given to %s", setting, dir,
+                 w->name);
     if (st.st_uid == 0 && w->uid != 0) {
         if (chown(dir, w->uid, w->gid) == -1) {
             snprintf(err, errlen, "%s %s: cannot give it to %s: %s", setting, dir, w->name,

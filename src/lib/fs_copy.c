@@ -10,6 +10,9 @@
  * skipped and counted: a spool or a Maildir holds neither.  Modes are kept
  * (at most 0700 for directories, 0600 for files: these copies hold mail).
  *
+ * fs_give_tree: root giving a tree's entries to another user (pecd's start,
+ * privilege separation), walked the same way.
+ *
  * Trees are walked through directory descriptors (openat with O_NOFOLLOW,
  * fdopendir, unlinkat), never by path: whoever can write inside a tree (the
  * user pecd runs as, a Maildir's owner) cannot swap a directory for a
@@ -445,4 +448,49 @@ int fs_remove_tree(const char *path)
     close(dfd);
     errno = e;
     return rc;
+}
+
+/* ---- ownership ------------------------------------------------------------------ */
+
+#define GIVE_DEPTH_MAX 32
+
+static int give_below(int dfd, dev_t dev, uid_t from, uid_t uid, gid_t gid, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (d == NULL) {
+        close(dfd);
+        return 1;
+    }
+    int failed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1 || st.st_dev != dev)
+            continue;
+        if (st.st_uid == from &&
+            fchownat(dirfd(d), e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) == -1)
+            failed++;
+        if (!S_ISDIR(st.st_mode) || depth >= GIVE_DEPTH_MAX)
+            continue;
+        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub != -1)
+            failed += give_below(sub, dev, from, uid, gid, depth + 1);
+    }
+    closedir(d);
+    return failed;
+}
+
+int fs_give_tree(const char *dir, uid_t from_uid, uid_t uid, gid_t gid)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);   /* the caller's, as it is */
+    if (dfd == -1)
+        return 1;
+    struct stat st;
+    if (fstat(dfd, &st) == -1) {
+        close(dfd);
+        return 1;
+    }
+    return give_below(dfd, st.st_dev, from_uid, uid, gid, 0);
 }

@@ -165,6 +165,14 @@ int fs_copy_tree(const char *from, const char *to, const char *const *skip,
 /* The same from a directory already open (from names it in messages). */
 int fs_copy_tree_fd(int from_dfd, const char *from, const char *to,
                     struct fs_copy_stats *st, char *err, size_t errlen);
+/* Gives (uid, gid) every entry below dir that from_uid owns (dir itself
+ * excepted), through directory descriptors: fstatat and fchownat with
+ * AT_SYMLINK_NOFOLLOW relative to the directory's descriptor, directories
+ * entered with openat(O_NOFOLLOW), other file systems not entered, at most
+ * 32 levels.  A directory swapped for a link during the walk (by a user who
+ * owns part of the tree) is never followed.  The number of entries that
+ * could not be changed (0: all). */
+int fs_give_tree(const char *dir, uid_t from_uid, uid_t uid, gid_t gid);
 /* The directory base/rel, opened (O_DIRECTORY) without following any
  * symbolic link below base (base itself, the configuration's, is taken as it
  * is); missing directories are made 0700 when create.  rel may be "".  An fd,

@@ -3,7 +3,8 @@
  * counted by a copy, unlinked (their targets kept) by a removal; and with a
  * thread swapping a directory of the tree for a symbolic link to another
  * directory and back (renameat2 RENAME_EXCHANGE) while they run, neither a
- * copy nor a removal ever reaches the link's target. */
+ * copy nor a removal ever reaches the link's target; nor does fs_give_tree
+ * (root giving a tree away) change the owner of anything outside it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE   /* renameat2 */
 #endif
@@ -254,12 +255,63 @@ static void a_removal_never_follows_a_link_swapped_in(void **state)
     assert_true(s.swaps > 0);
 }
 
+/* fs_give_tree as root (pecd's start, src/cmd/pecd_privsep.c): what root
+ * owns in the tree goes to nobody, while a thread swaps a directory of the
+ * tree for a link to a root-owned directory outside it and back; the files
+ * outside stay root's. */
+static void a_give_never_follows_a_link_swapped_in(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip();
+    const uid_t nobody = 65534;
+    char tree[PATH_MAX], hidden[PATH_MAX], out[PATH_MAX];
+    snprintf(tree, sizeof tree, "%s/race-give-tree", base);
+    snprintf(hidden, sizeof hidden, "%s/race-give-hidden", base);
+    snprintf(out, sizeof out, "%s/race-give-outside", base);
+    mkd(hidden);
+    outside(out);
+    arm(tree, hidden, out);
+    struct swapper s = {.swaps = 0};
+    snprintf(s.a, sizeof s.a, "%s/d", tree);
+    snprintf(s.b, sizeof s.b, "%s/d", hidden);
+    atomic_init(&s.stop, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, swap_main, &s), 0);
+    double t0 = now_s();
+    int runs = 0, leaked = 0, given_inside = 0;
+    for (; runs < SWAP_RUNS && now_s() - t0 < SWAP_SECONDS && leaked == 0; runs++) {
+        fs_give_tree(tree, 0, nobody, nobody);
+        for (int i = 0; i < 8; i++) {
+            char p[PATH_MAX];
+            struct stat st;
+            snprintf(p, sizeof p, "%s/f%d", out, i);
+            if (lstat(p, &st) == 0 && st.st_uid != 0)
+                leaked++;
+        }
+        char p[PATH_MAX];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/d/f", tree);
+        given_inside += lstat(p, &st) == 0 && st.st_uid == nobody;
+        fs_give_tree(tree, nobody, 0, 0);          /* back to root for the next walk */
+        fs_give_tree(hidden, nobody, 0, 0);
+    }
+    atomic_store(&s.stop, true);
+    pthread_join(th, NULL);
+    print_message("give: %d walks, %lu swaps, %d gave the directory's file\n", runs, s.swaps,
+                  given_inside);
+    assert_int_equal(leaked, 0);
+    assert_true(s.swaps > 0);
+    assert_true(given_inside > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(links_and_fifos_are_skipped_and_counted),
         cmocka_unit_test(a_copy_never_follows_a_link_swapped_in),
         cmocka_unit_test(a_removal_never_follows_a_link_swapped_in),
+        cmocka_unit_test(a_give_never_follows_a_link_swapped_in),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

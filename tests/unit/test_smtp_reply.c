@@ -15,7 +15,7 @@
 
 struct reply_case {
     const char *rfc;
-    const char *lines[6];          /* NULL-terminated */
+    const char *lines[8];          /* NULL-terminated: at most 7 lines */
     bool ehlo;
     enum smtp_reply_step step;     /* after the last line */
     int code;
@@ -78,7 +78,9 @@ static void test_reply_table(void **state)
         smtp_reply_start(&rr, &r, c->ehlo);
         enum smtp_reply_step step = SMTP_REPLY_MORE;
         size_t n = 0;
-        while (c->lines[n] != NULL) {
+        const size_t max = sizeof c->lines / sizeof c->lines[0] - 1;
+        assert_null(c->lines[max]);     /* every row ends with a NULL */
+        while (n < max && c->lines[n] != NULL) {
             step = smtp_reply_line(&rr, c->lines[n++]);
             /* a line before the last never ends the reply */
             if (c->lines[n] != NULL && step != SMTP_REPLY_MORE)

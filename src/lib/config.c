@@ -513,3 +513,12 @@ int config_mailbox_path(const struct config *cfg, const char *local, const char 
     out[o] = '\0';
     return 0;
 }
+
+int config_bad(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return 0;
+}

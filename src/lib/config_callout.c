@@ -20,25 +20,14 @@
 
 #define NAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
 static int duration(const char *name, const char *value, uint64_t *dst, uint64_t min,
                     char *err, size_t errlen)
 {
     uint64_t v;
     if (parse_duration(value, &v) == -1)
-        return bad(err, errlen, "%s: '%s' is not a duration (e.g. 30s, 5m, 12h)", name, value);
+        return config_bad(err, errlen, "%s: '%s' is not a duration (e.g. 30s, 5m, 12h)", name, value);
     if (v < min)
-        return bad(err, errlen, "%s: %s is below the minimum %llus", name, value,
+        return config_bad(err, errlen, "%s: %s is below the minimum %llus", name, value,
                    (unsigned long long)min);
     *dst = v;
     return 1;
@@ -47,7 +36,7 @@ static int duration(const char *name, const char *value, uint64_t *dst, uint64_t
 static int boolean(const char *name, const char *value, bool *dst, char *err, size_t errlen)
 {
     if (parse_bool(value, dst) == -1)
-        return bad(err, errlen, "%s: '%s' is not yes or no", name, value);
+        return config_bad(err, errlen, "%s: '%s' is not yes or no", name, value);
     return 1;
 }
 
@@ -69,7 +58,7 @@ static int antivirus_key(struct config *cfg, const char *name, const char *value
 {
     if (strcmp(name, "clamd") == 0) {
         if (!valid_clamd(value))
-            return bad(err, errlen, "clamd: '%s' is not unix:/PATH or tcp:HOST:PORT", value);
+            return config_bad(err, errlen, "clamd: '%s' is not unix:/PATH or tcp:HOST:PORT", value);
         set_str(&cfg->av_clamd, value);
         return 1;
     }
@@ -84,7 +73,7 @@ static int antivirus_key(struct config *cfg, const char *name, const char *value
     if (strcmp(name, "pool_size") == 0) {
         uint64_t v;
         if (parse_size(value, &v) == -1 || v < 1 || v > 64)
-            return bad(err, errlen, "pool_size: '%s' is not a number from 1 to 64", value);
+            return config_bad(err, errlen, "pool_size: '%s' is not a number from 1 to 64", value);
         cfg->av_pool_size = v;
         return 1;
     }
@@ -92,7 +81,7 @@ static int antivirus_key(struct config *cfg, const char *name, const char *value
         set_str(&cfg->av_quarantine, value);
         return 1;
     }
-    return bad(err, errlen, "unknown key '%s' in [antivirus]", name);
+    return config_bad(err, errlen, "unknown key '%s' in [antivirus]", name);
 }
 
 static struct config_milter *milter_get(struct config *cfg, const char *name)
@@ -115,17 +104,17 @@ static int milter_key(struct config *cfg, const char *mname, const char *name,
 {
     if (*mname == '\0' || strlen(mname) > 40 || strspn(mname, NAME_CHARS) != strlen(mname) ||
         strcmp(mname, "antivirus") == 0)
-        return bad(err, errlen, "[milter.%s]: a filter name is 1-40 letters, digits, '-' or "
+        return config_bad(err, errlen, "[milter.%s]: a filter name is 1-40 letters, digits, '-' or "
                    "'_' and not 'antivirus'", mname);
     struct config_milter *m = milter_get(cfg, mname);
     if (m == NULL)
-        return bad(err, errlen, "at most %d [milter.NAME] sections", CONFIG_MAX_MILTERS);
+        return config_bad(err, errlen, "at most %d [milter.NAME] sections", CONFIG_MAX_MILTERS);
     if (strcmp(name, "socket") == 0) {
         bool unix_ok = strncmp(value, "unix:/", 6) == 0 && strlen(value) < 108 + 5;
         bool inet_ok = strncmp(value, "inet:", 5) == 0 && strlen(value) > 5 &&
                        (strchr(value + 5, '@') != NULL || strchr(value + 5, ':') != NULL);
         if (!unix_ok && !inet_ok)
-            return bad(err, errlen, "socket: '%s' is not unix:/PATH, inet:PORT@HOST or "
+            return config_bad(err, errlen, "socket: '%s' is not unix:/PATH, inet:PORT@HOST or "
                        "inet:HOST:PORT", value);
         set_str(&m->socket, value);
         return 1;
@@ -136,7 +125,7 @@ static int milter_key(struct config *cfg, const char *mname, const char *name,
                    : strcmp(value, "both") == 0     ? CONFIG_PHASE_INCOMING | CONFIG_PHASE_OUTGOING
                                                     : 0;
         if (m->phase == 0)
-            return bad(err, errlen, "phase: '%s' is not incoming, outgoing or both", value);
+            return config_bad(err, errlen, "phase: '%s' is not incoming, outgoing or both", value);
         return 1;
     }
     if (strcmp(name, "default") == 0) {
@@ -145,12 +134,12 @@ static int milter_key(struct config *cfg, const char *mname, const char *name,
                   : strcmp(value, "reject") == 0 ? CONFIG_FAIL_REJECT
                                                  : -1;
         if (m->dflt == -1)
-            return bad(err, errlen, "default: '%s' is not tempfail, accept or reject", value);
+            return config_bad(err, errlen, "default: '%s' is not tempfail, accept or reject", value);
         return 1;
     }
     if (strcmp(name, "timeout") == 0)
         return duration(name, value, &m->timeout, 1, err, errlen);
-    return bad(err, errlen, "unknown key '%s' in [milter.%s]", name, mname);
+    return config_bad(err, errlen, "unknown key '%s' in [milter.%s]", name, mname);
 }
 
 static int callouts_key(struct config *cfg, const char *name, const char *value, char *err,
@@ -163,7 +152,7 @@ static int callouts_key(struct config *cfg, const char *name, const char *value,
     if (strcmp(name, "workers") == 0) {
         uint64_t v;
         if (parse_size(value, &v) == -1 || v < 1 || v > 64)
-            return bad(err, errlen, "workers: '%s' is not a number from 1 to 64", value);
+            return config_bad(err, errlen, "workers: '%s' is not a number from 1 to 64", value);
         cfg->callout_workers = v;
         return 1;
     }
@@ -171,10 +160,10 @@ static int callouts_key(struct config *cfg, const char *name, const char *value,
     const char *dom = strrchr(name, '@');
     dom = dom ? dom + 1 : name;
     if (*dom == '\0' || strchr(dom, '.') == NULL || strlen(name) > 254)
-        return bad(err, errlen, "[callouts] '%s' is not default, workers, a domain or an "
+        return config_bad(err, errlen, "[callouts] '%s' is not default, workers, a domain or an "
                    "address", name);
     if (cfg->ncallout_policies >= CONFIG_MAX_CALLOUT_POLICIES)
-        return bad(err, errlen, "at most %d entries in [callouts]", CONFIG_MAX_CALLOUT_POLICIES);
+        return config_bad(err, errlen, "at most %d entries in [callouts]", CONFIG_MAX_CALLOUT_POLICIES);
     struct config_kv *kv = &cfg->callout_policies[cfg->ncallout_policies++];
     kv->key = xstrdup(name);
     str_lower(kv->key);

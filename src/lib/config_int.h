@@ -34,5 +34,8 @@ static inline void set_str(char **dst, const char *v)
 
 /* inih handler for one key = value line of any section (config_sections.c). */
 int config_handler(void *user, const char *section, const char *name, const char *value);
+/* The handlers' refusal: the reason into err, and 0 (inih's "stop here"). */
+int config_bad(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -20,17 +20,6 @@
 #include <string.h>
 #include <strings.h>
 
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
 bool config_is_postgresql(const char *where)
 {
     return where != NULL && (strncasecmp(where, "postgresql://", 13) == 0 ||
@@ -63,7 +52,7 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
             return 1;
         }
         if (!config_is_postgresql(value))
-            return bad(err, errlen, "database: '%.100s' is not postgresql://[USER@]HOST"
+            return config_bad(err, errlen, "database: '%.100s' is not postgresql://[USER@]HOST"
                        "[:PORT]/DBNAME (or sqlite: for the embedded default)", value);
         char *perr = NULL;
         PQconninfoOption *o = PQconninfoParse(value, &perr);
@@ -76,7 +65,7 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
             }
             PQfreemem(perr);
             /* not the value: it may hold a password */
-            return bad(err, errlen, "database: not a valid PostgreSQL URI: %s", why);
+            return config_bad(err, errlen, "database: not a valid PostgreSQL URI: %s", why);
         }
         PQconninfoFree(o);
         set_str(&cfg->state_database, value);
@@ -84,7 +73,7 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
     }
     if (strcmp(name, "node") == 0) {
         if (!valid_node(value))
-            return bad(err, errlen, "node: '%.100s' is not a node name (1 to 64 of a-z 0-9 . - _)",
+            return config_bad(err, errlen, "node: '%.100s' is not a node name (1 to 64 of a-z 0-9 . - _)",
                        value);
         set_str(&cfg->state_node, value);
         return 1;
@@ -97,13 +86,13 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
         uint64_t v;
         bool lease = strcmp(name, "lease") == 0;
         if (parse_duration(value, &v) == -1)
-            return bad(err, errlen, "%s: '%s' is not a duration (e.g. 30s, 1m)", name, value);
+            return config_bad(err, errlen, "%s: '%s' is not a duration (e.g. 30s, 1m)", name, value);
         if (v < (lease ? 3 : 1) || v > 3600)
-            return bad(err, errlen, "%s: %s is outside %ds..1h", name, value, lease ? 3 : 1);
+            return config_bad(err, errlen, "%s: %s is outside %ds..1h", name, value, lease ? 3 : 1);
         *(lease ? &cfg->state_lease : &cfg->state_connect_timeout) = v;
         return 1;
     }
-    return bad(err, errlen, "unknown key '%s' in [state]", name);
+    return config_bad(err, errlen, "unknown key '%s' in [state]", name);
 }
 
 int config_state_finish(struct config *cfg, char *err, size_t errlen)

@@ -55,6 +55,19 @@ def send_and_check(a, b, ca, subject, want_cert, tmp):
     assert signer_cert_der(raw, tmp) == want_cert
 
 
+def issue(ca, out, domain="pec.a.test", name="Provider A"):
+    pecctl("pki", "issue", "--ca", ca, "--domain", domain, "--out", str(out), "--name", name,
+           "--tls-host", "localhost")
+    return out
+
+
+def sign_with(a, b, name):
+    """A's pecd.conf names the pair NAME.key / NAME.pem (in force at the next SIGHUP)."""
+    a.write_config({"pec.b.test": b.ports["mx"]},
+                   extra={"pec": {"signing_key": f"{name}.key",
+                                  "signing_certificate": f"{name}.pem"}})
+
+
 def install(src_dir, dst_dir, name):
     """src_dir's signing.key/signing.pem as dst_dir/name.key/.pem, root's, key 0600."""
     for ext in ("key", "pem"):
@@ -67,9 +80,7 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
     try:
         a, b, ca, directory = make_providers(pathlib.Path(root), privsep=True)
         # the new pair, issued ahead and listed in the directory beside the old one
-        new = tmp_path / "new"
-        pecctl("pki", "issue", "--ca", ca, "--domain", "pec.a.test", "--out", str(new),
-               "--name", "Provider A", "--tls-host", "localhost")
+        new = issue(ca, tmp_path / "new")
         new_hash = pecctl("pki", "hash", str(new / "signing.pem")).stdout.split()[-1]
         text = open(directory).read().replace(
             f"providerCertificateHash: {a.hash}\n",
@@ -84,9 +95,7 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         send_and_check(a, b, ca, "prima del rinnovo", old_cert, tmp_path)
 
         # the switch: pecd.conf names the new pair, SIGHUP
-        a.write_config({"pec.b.test": b.ports["mx"]},
-                       extra={"pec": {"signing_key": "signing-next.key",
-                                      "signing_certificate": "signing-next.pem"}})
+        sign_with(a, b, "signing-next")
         tail = sighup(a, "applied")
         assert "signing key and certificate read again" in tail, tail
         assert "need a restart" not in tail and "needs a restart" not in tail, tail
@@ -101,37 +110,25 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         install(new, a.dir, "signing-next")
 
         # a certificate for another address is another provider's: refused
-        other = tmp_path / "other"
-        pecctl("pki", "issue", "--ca", ca, "--domain", "pec.c.test", "--out", str(other),
-               "--name", "Provider C", "--tls-host", "localhost")
+        other = issue(ca, tmp_path / "other", "pec.c.test", "Provider C")
         install(other, a.dir, "signing-other")
-        a.write_config({"pec.b.test": b.ports["mx"]},
-                       extra={"pec": {"signing_key": "signing-other.key",
-                                      "signing_certificate": "signing-other.pem"}})
+        sign_with(a, b, "signing-other")
         tail = sighup(a, "nothing changed")
         assert "signing-other.pem is for <posta-certificata@pec.c.test>" in tail, tail
-        a.write_config({"pec.b.test": b.ports["mx"]},
-                       extra={"pec": {"signing_key": "signing-next.key",
-                                      "signing_certificate": "signing-next.pem"}})
+        sign_with(a, b, "signing-next")
         sighup(a, "applied")
 
         # a pair the directory does not list yet: taken, and the reload warns at once
-        unlisted = tmp_path / "unlisted"
-        pecctl("pki", "issue", "--ca", ca, "--domain", "pec.a.test", "--out", str(unlisted),
-               "--name", "Provider A", "--tls-host", "localhost")
+        unlisted = issue(ca, tmp_path / "unlisted")
         install(unlisted, a.dir, "signing-unlisted")
-        a.write_config({"pec.b.test": b.ports["mx"]},
-                       extra={"pec": {"signing_key": "signing-unlisted.key",
-                                      "signing_certificate": "signing-unlisted.pem"}})
+        sign_with(a, b, "signing-unlisted")
         mark = len(a.log(100000))
         sighup(a, "applied")
         end = time.time() + 10
         while "is not in the providers' directory" not in a.log(100000)[mark:]:
             assert time.time() < end, a.log(30)
             time.sleep(0.1)
-        a.write_config({"pec.b.test": b.ports["mx"]},
-                       extra={"pec": {"signing_key": "signing-next.key",
-                                      "signing_certificate": "signing-next.pem"}})
+        sign_with(a, b, "signing-next")
         sighup(a, "applied")
 
         # the signer killed: the keeper's next one loads the renewed pair, not the first

@@ -185,23 +185,43 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* A tree whose directory d a thread keeps swapping with a link to a
+ * directory outside it (files SECRET-OUTSIDE), under base/race-NAME-*. */
+struct race {
+    char tree[PATH_MAX], hidden[PATH_MAX], out[PATH_MAX];
+    struct swapper s;
+    pthread_t th;
+};
+
+static void race_start(struct race *r, const char *name)
+{
+    snprintf(r->tree, sizeof r->tree, "%s/race-%s-tree", base, name);
+    snprintf(r->hidden, sizeof r->hidden, "%s/race-%s-hidden", base, name);
+    snprintf(r->out, sizeof r->out, "%s/race-%s-outside", base, name);
+    mkd(r->hidden);
+    outside(r->out);
+    arm(r->tree, r->hidden, r->out);
+    r->s.swaps = 0;
+    snprintf(r->s.a, sizeof r->s.a, "%s/d", r->tree);
+    snprintf(r->s.b, sizeof r->s.b, "%s/d", r->hidden);
+    atomic_init(&r->s.stop, false);
+    assert_int_equal(pthread_create(&r->th, NULL, swap_main, &r->s), 0);
+}
+
+static void race_stop(struct race *r)
+{
+    atomic_store(&r->s.stop, true);
+    pthread_join(r->th, NULL);
+}
+
 static void a_copy_never_follows_a_link_swapped_in(void **state)
 {
     (void)state;
-    char tree[PATH_MAX], hidden[PATH_MAX], out[PATH_MAX], dst[PATH_MAX];
-    snprintf(tree, sizeof tree, "%s/race-copy-tree", base);
-    snprintf(hidden, sizeof hidden, "%s/race-copy-hidden", base);
-    snprintf(out, sizeof out, "%s/race-copy-outside", base);
+    struct race r;
+    race_start(&r, "copy");
+    const char *tree = r.tree;
+    char dst[PATH_MAX];
     snprintf(dst, sizeof dst, "%s/race-copy-dst", base);
-    mkd(hidden);
-    outside(out);
-    arm(tree, hidden, out);
-    struct swapper s = {.swaps = 0};
-    snprintf(s.a, sizeof s.a, "%s/d", tree);
-    snprintf(s.b, sizeof s.b, "%s/d", hidden);
-    atomic_init(&s.stop, false);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, swap_main, &s), 0);
     double t0 = now_s();
     int runs = 0, leaked = 0, copied_inside = 0;
     for (; runs < SWAP_RUNS && now_s() - t0 < SWAP_SECONDS && leaked == 0; runs++) {
@@ -216,30 +236,19 @@ static void a_copy_never_follows_a_link_swapped_in(void **state)
         snprintf(p, sizeof p, "%s/d/f", dst);
         copied_inside += access(p, F_OK) == 0;
     }
-    atomic_store(&s.stop, true);
-    pthread_join(th, NULL);
-    print_message("copy: %d walks, %lu swaps, %d copied the directory\n", runs, s.swaps,
+    race_stop(&r);
+    print_message("copy: %d walks, %lu swaps, %d copied the directory\n", runs, r.s.swaps,
                   copied_inside);
     assert_int_equal(leaked, 0);
-    assert_true(s.swaps > 0);
+    assert_true(r.s.swaps > 0);
 }
 
 static void a_removal_never_follows_a_link_swapped_in(void **state)
 {
     (void)state;
-    char tree[PATH_MAX], hidden[PATH_MAX], out[PATH_MAX];
-    snprintf(tree, sizeof tree, "%s/race-rm-tree", base);
-    snprintf(hidden, sizeof hidden, "%s/race-rm-hidden", base);
-    snprintf(out, sizeof out, "%s/race-rm-outside", base);
-    mkd(hidden);
-    outside(out);
-    arm(tree, hidden, out);
-    struct swapper s = {.swaps = 0};
-    snprintf(s.a, sizeof s.a, "%s/d", tree);
-    snprintf(s.b, sizeof s.b, "%s/d", hidden);
-    atomic_init(&s.stop, false);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, swap_main, &s), 0);
+    struct race r;
+    race_start(&r, "rm");
+    const char *tree = r.tree, *hidden = r.hidden, *out = r.out;
     double t0 = now_s();
     int runs = 0, lost = 0;
     for (; runs < SWAP_RUNS && now_s() - t0 < SWAP_SECONDS && lost == 0; runs++) {
@@ -248,11 +257,10 @@ static void a_removal_never_follows_a_link_swapped_in(void **state)
         if (count_files(out) != 8)
             lost++;
     }
-    atomic_store(&s.stop, true);
-    pthread_join(th, NULL);
-    print_message("removal: %d walks, %lu swaps\n", runs, s.swaps);
+    race_stop(&r);
+    print_message("removal: %d walks, %lu swaps\n", runs, r.s.swaps);
     assert_int_equal(lost, 0);
-    assert_true(s.swaps > 0);
+    assert_true(r.s.swaps > 0);
 }
 
 /* fs_give_tree as root (pecd's start, src/cmd/pecd_privsep.c): what root
@@ -265,19 +273,9 @@ static void a_give_never_follows_a_link_swapped_in(void **state)
     if (geteuid() != 0)
         skip();
     const uid_t nobody = 65534;
-    char tree[PATH_MAX], hidden[PATH_MAX], out[PATH_MAX];
-    snprintf(tree, sizeof tree, "%s/race-give-tree", base);
-    snprintf(hidden, sizeof hidden, "%s/race-give-hidden", base);
-    snprintf(out, sizeof out, "%s/race-give-outside", base);
-    mkd(hidden);
-    outside(out);
-    arm(tree, hidden, out);
-    struct swapper s = {.swaps = 0};
-    snprintf(s.a, sizeof s.a, "%s/d", tree);
-    snprintf(s.b, sizeof s.b, "%s/d", hidden);
-    atomic_init(&s.stop, false);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, swap_main, &s), 0);
+    struct race r;
+    race_start(&r, "give");
+    const char *tree = r.tree, *hidden = r.hidden, *out = r.out;
     double t0 = now_s();
     int runs = 0, leaked = 0, given_inside = 0;
     for (; runs < SWAP_RUNS && now_s() - t0 < SWAP_SECONDS && leaked == 0; runs++) {
@@ -296,12 +294,11 @@ static void a_give_never_follows_a_link_swapped_in(void **state)
         fs_give_tree(tree, nobody, 0, 0);          /* back to root for the next walk */
         fs_give_tree(hidden, nobody, 0, 0);
     }
-    atomic_store(&s.stop, true);
-    pthread_join(th, NULL);
-    print_message("give: %d walks, %lu swaps, %d gave the directory's file\n", runs, s.swaps,
+    race_stop(&r);
+    print_message("give: %d walks, %lu swaps, %d gave the directory's file\n", runs, r.s.swaps,
                   given_inside);
     assert_int_equal(leaked, 0);
-    assert_true(s.swaps > 0);
+    assert_true(r.s.swaps > 0);
     assert_true(given_inside > 0);
 }
 

@@ -729,6 +729,9 @@ void smtp_server_set_config(struct smtp_server *srv, const struct config *cfg)
     for (GList *it = srv->sessions; it; it = it->next) {
         struct session *s = it->data;
         s->lst = same_listener(srv, cfg, s->lst);
+        if (s->txn.listener != NULL)   /* the name lives in the configuration: the old
+                                        * one is freed once the reload retires it */
+            s->txn.listener = s->lst->name;
     }
     srv->cfg = cfg;
 }

@@ -148,6 +148,13 @@ def tcp_nodelay_of(pid, local_port=None, remote_port=None):
     return found
 
 
+def under_asan(pid):
+    """Whether process pid runs the AddressSanitizer build: its RSS then says nothing about
+    leaks or growth (the quarantine keeps freed memory)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def sighup(p, expect="applied", timeout=20):
     """SIGHUP to p (an Instance or a Provider: .proc and .log) and the log lines written
     since, once a `reload:` line containing expect is among them."""

@@ -171,7 +171,7 @@ def test_tracking_database_of_an_older_pecd_is_migrated(providers):
     a.stop()   # pecd holds tracking.db exclusively while it runs
     db = sqlite3.connect(os.path.join(a.dir, "tracking.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         cols = [r[1] for r in db.execute("PRAGMA table_info(expect)")]
         assert "orig_msgid" in cols and "slot" in cols, cols
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

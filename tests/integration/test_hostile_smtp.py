@@ -16,17 +16,15 @@ guessing and user enumeration by timing.
 Every loop is bounded in count and time; the limits are configured small so the tests are
 fast."""
 import base64
-import os
 import socket
 import ssl
 import statistics
-import threading
 import time
 
 import pytest
 
 from pecd_harness import (HOST, Client, client_tls_context, message, password, queued_qid,
-                          unique_id)
+                          under_asan, unique_id)
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -308,10 +306,9 @@ def test_client_that_reads_no_reply_cannot_grow_buffers(slow, mode):
     """NOOPs sent for up to 4 s without reading a reply: pecd stops reading them once
     SMTP_OUTPUT_MAX of replies wait, so its memory stays put (before: ~2.3 octets of
     reply buffered per octet sent, without bound)."""
-    with open(f"/proc/{slow.proc.pid}/maps") as f:
-        if "libasan" in f.read():
-            pytest.skip("RSS tells nothing under AddressSanitizer (its quarantine keeps "
-                        "freed memory)")
+    if under_asan(slow.proc.pid):
+        pytest.skip("RSS tells nothing under AddressSanitizer (its quarantine keeps "
+                    "freed memory)")
     before = rss_kib(slow.proc.pid)
     c = slow.connect("submissions" if mode == "implicit-tls" else "mx")
     if mode == "starttls":

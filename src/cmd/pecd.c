@@ -21,6 +21,7 @@
 #include "smtp/smtp.h"
 #include "store/store.h"
 #include "provider/admission.h"
+#include "provider/housekeeping.h"
 #include "provider/transport.h"
 #include "provider/roles.h"
 #include "provider/notices.h"
@@ -231,73 +232,6 @@ void pecd_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_done don
     m->fdone = done;
     m->fcbarg = cbarg;
     callout_stage_submit(m->d->callouts, spool_writer_name(m->w), filtered, m);
-}
-
-/* ---- PEC timeout notices (§3.1.6) ------------------------------------------ */
-
-/* Every second, the oldest of the messages taken in longer ago than
- * [timers] duplicate_window are forgotten, a few thousand at a time (each
- * call a few milliseconds): the record of them would otherwise grow with
- * every message received. */
-#define SEEN_PURGE_MAX 2000
-
-static void on_seen_purge(evutil_socket_t fd, short what, void *arg)
-{
-    struct pecd *d = arg;
-    (void)fd;
-    (void)what;
-    long n = tracking_purge_seen(d->tracking, time(NULL) - (time_t)d->cfg->duplicate_window,
-                                 SEEN_PURGE_MAX);
-    if (n > 0)
-        log_debug("tracking: %ld messages taken in before the duplicate window forgotten", n);
-}
-
-/* ---- housekeeping, on every instance ------------------------------------------ */
-
-/* The quarantine store is kept for its retention (infected messages: 30
- * months, RFC 6109 §3.2.3) and purged by whole days, PEC or not: ordinary
- * mail is quarantined too (filters, viruses). */
-static void purge_quarantine(const struct config *cfg)
-{
-    char err[256];
-    int days = quarantine_purge(cfg->av_quarantine,
-                                time(NULL) - (time_t)cfg->av_quarantine_retention, err,
-                                sizeof err);
-    if (days == -1)
-        log_err("quarantine: cannot purge: %s", err);
-    else if (days > 0)
-        log_info("quarantine: %d days past retention removed", days);
-}
-
-/* RFC 6109 §4.1: an accurate temporal reference.  Checked at start and every
- * ten minutes; an unsynchronised clock is an error in the log each time (the
- * provider keeps working: refusing mail would not make the clock right). */
-static void check_clock(struct pecd *d)
-{
-    char why[300];
-    enum clock_state s = clock_check(why, sizeof why);
-    if (s == CLOCK_UNSYNCED)
-        log_err("%s", why);
-    else if (s == CLOCK_UNKNOWN)
-        log_warn("%s", why);
-    else if (d->clock_state != CLOCK_SYNCED)
-        log_info("%s", why);
-    d->clock_state = (int)s;
-}
-
-static void on_clock(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    check_clock(arg);
-}
-
-static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
-{
-    struct pecd *d = arg;
-    (void)fd;
-    (void)what;
-    purge_quarantine(d->cfg);
 }
 
 /* ---- signals and shutdown ------------------------------------------------- */
@@ -578,10 +512,6 @@ int main(int argc, char **argv)
         transport_set_pec_domains(d.transport, roles_is_pec_domain_cb, d.roles);
         queue_set_processor(d.queue, roles_process, d.roles);
         queue_set_pass_hooks(d.queue, roles_pass_begin, roles_pass_end, d.roles);
-        if (!state_shared(d.cfg)) {   /* shared: the cluster's thread (no I/O here) */
-            d.seen_ev = event_new(d.base, -1, EV_PERSIST, on_seen_purge, &d);
-            event_add(d.seen_ev, &(struct timeval){.tv_sec = 1});
-        }
     }
     if (d.cluster != NULL &&
         cluster_start(d.cluster, d.base, d.queue, d.roles, d.transport, d.tracking, err,
@@ -635,13 +565,11 @@ int main(int argc, char **argv)
         log_err("%s", err);
         return 1;
     }
-    purge_quarantine(d.cfg);
-    d.housekeeping_ev = event_new(d.base, -1, EV_PERSIST, on_housekeeping, &d);
-    event_add(d.housekeeping_ev, &(struct timeval){.tv_sec = 3600});
-    d.clock_state = -1;
-    check_clock(&d);
-    d.clock_ev = event_new(d.base, -1, EV_PERSIST, on_clock, &d);
-    event_add(d.clock_ev, &(struct timeval){.tv_sec = 600});
+    /* the duplicate record's window: here with one node; with the state
+     * shared, the cluster's thread (no database I/O on the event loop) */
+    d.housekeeping = housekeeping_start(d.base, d.cfg,
+                                        d.tracking != NULL && !state_shared(d.cfg) ? d.tracking
+                                                                                   : NULL);
     struct event *sigs[4];
     sigs[0] = evsignal_new(d.base, SIGTERM, on_term, &d);
     sigs[1] = evsignal_new(d.base, SIGINT, on_term, &d);
@@ -667,17 +595,10 @@ int main(int argc, char **argv)
     pecd_control_stop(&d);
     notices_stop(d.notices);
     cluster_stop(d.cluster);
-    if (d.seen_ev)
-        event_free(d.seen_ev);
-    if (d.housekeeping_ev)
-        event_free(d.housekeeping_ev);
-    if (d.clock_ev)
-        event_free(d.clock_ev);
+    housekeeping_stop(d.housekeeping);
     queue_free(d.queue);
     if (d.evidence != NULL) {
-        char e2[256];
-        if (evidence_seal(d.evidence, time(NULL), e2, sizeof e2) == -1)
-            log_err("evidence log: cannot seal: %s", e2);
+        housekeeping_final_seal(d.evidence);   /* no stage runs any more */
         evidence_close(d.evidence);
     }
     callout_stage_free(d.callouts);

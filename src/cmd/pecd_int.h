@@ -50,12 +50,9 @@ struct pecd {
     struct callout_stage *callouts;
     struct notices *notices;     /* the timers of §3.1.6 and the evidence seals (a thread) */
     struct cluster *cluster;     /* several nodes ([state] database): NULL on one */
-    struct event *seen_ev;       /* forgets messages taken in before [timers] duplicate_window */
-    struct event *housekeeping_ev;  /* hourly: quarantine purge (every instance) */
-    struct event *clock_ev;         /* every 10 minutes: is the clock synchronised? */
+    struct housekeeping *housekeeping;  /* duplicate window, quarantine, clock (provider/) */
     struct admission *admission;    /* relay, senders, sending limits (provider/admission.c) */
     struct sender_map *senders;     /* [users] senders: other addresses a login owns */
-    int clock_state;                /* enum clock_state of the last check, -1 before */
     SSL_CTX *tls;
     struct pecd_privsep ps;         /* the signer process, the listeners, the user */
     struct event *drain_timer;

@@ -18,6 +18,7 @@
 #include "lib/config.h"
 #include "lib/lib.h"
 #include "lib/metrics.h"
+#include "provider/housekeeping.h"
 #include "provider/roles.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -141,7 +142,9 @@ static void collect(struct pecd *d, GString *o)
     gauge(o, "pecmail_clock_synchronised",
           "1 when the kernel clock is synchronised (RFC 6109 section 4.1), 0 when not, -1 "
           "when unknown",
-          d->clock_state == CLOCK_SYNCED ? 1 : d->clock_state == CLOCK_UNSYNCED ? 0 : -1);
+          housekeeping_clock(d->housekeeping) == CLOCK_SYNCED     ? 1
+          : housekeeping_clock(d->housekeeping) == CLOCK_UNSYNCED ? 0
+                                                                  : -1);
 }
 
 static void conn_close(struct bufferevent *bev, struct pecd_metrics *m)

@@ -24,6 +24,7 @@
 #include "lib/metrics.h"
 #include "filters/callout.h"
 #include "keys/keys.h"
+#include "provider/housekeeping.h"
 #include "provider/notices.h"
 #include "provider/cluster.h"
 #include "provider/roles.h"
@@ -239,6 +240,7 @@ void pecd_reload(struct pecd *d)
     bool filter = callout_stage_set_config(d->callouts, n);
     smtp_server_hooks(d->smtp)->msg_filter = filter ? pecd_msg_filter : NULL;
     notices_set_config(d->notices, n);
+    housekeeping_set_config(d->housekeeping, n);
     cluster_set_config(d->cluster, n);
     users_db_reload(d->users);
     queue_rescan(d->queue);      /* messages released from hold/ (pecctl queue release) */

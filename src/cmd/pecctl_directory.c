@@ -450,7 +450,7 @@ static int first_cert(const char *path, pec_buf *der, time_t *not_after, char *e
     ERR_clear_error();
     if (n <= 0)
         return snprintf(err, errsz, "%s: no PEM certificate", path), -1;
-    der->data = malloc((size_t)n);
+    der->data = xmalloc((size_t)n);
     memcpy(der->data, buf, (size_t)n);
     der->len = (size_t)n;
     OPENSSL_free(buf);

@@ -431,7 +431,7 @@ int callouts_outgoing(struct callouts *c, const struct callout_msg *m, const cha
         log_info("%s: outgoing callouts: %s", m->qid, res.trace);
         *out = callout_add_trace(c->cfg->hostname, res.trace, cur ? cur : data, curlen, outlen);
     } else {
-        *out = malloc(curlen + 1);
+        *out = xmalloc(curlen + 1);
         memcpy(*out, cur ? cur : data, curlen);
         (*out)[curlen] = '\0';
         *outlen = curlen;
@@ -449,7 +449,7 @@ char *callout_add_trace(const char *host, const char *trace, const char *data, s
                      trace);
     if (n < 0 || (size_t)n >= sizeof head)
         n = (int)strlen(head);
-    char *out = malloc((size_t)n + len + 1);
+    char *out = xmalloc((size_t)n + len + 1);
     memcpy(out, head, (size_t)n);
     memcpy(out + n, data, len);
     out[(size_t)n + len] = '\0';

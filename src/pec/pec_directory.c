@@ -169,7 +169,7 @@ static int add_cert(pec_provider *p, const pec_ldif_attr *a)
     pec_hex(md, sizeof md, hex);
     strv_add(&p->hashes, &p->n_hashes, hex);
     p->certs = xrealloc(p->certs, (p->n_certs + 1) * sizeof *p->certs);
-    p->certs[p->n_certs].data = malloc(a->len);
+    p->certs[p->n_certs].data = xmalloc(a->len);
     memcpy(p->certs[p->n_certs].data, a->val, a->len);
     p->certs[p->n_certs++].len = a->len;
     cert_crl_urls(x, &p->crl_urls, &p->n_crl_urls);

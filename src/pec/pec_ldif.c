@@ -88,7 +88,7 @@ static int split_line(struct reader *r, char *l, int line, char **desc, unsigned
             return bad(r, line, "bad base64 value after '::'");
         gsize n = 0;
         guchar *raw = *v ? g_base64_decode(v, &n) : NULL;
-        *val = malloc(n + 1);
+        *val = xmalloc(n + 1);
         if (n)
             memcpy(*val, raw, n);
         (*val)[n] = '\0';

@@ -275,7 +275,7 @@ void queue_env_free(struct queue_env *env)
 
 static char *dupn(const char *p, size_t n)
 {
-    char *s = malloc(n + 1);
+    char *s = xmalloc(n + 1);
     memcpy(s, p, n);
     s[n] = '\0';
     return s;
@@ -443,7 +443,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
             if (data != NULL) {
                 if (dlen + rl + 1 > cap) {
                     cap = (dlen + rl + 1) * 2;
-                    d = realloc(d, cap);
+                    d = xrealloc(d, cap);
                 }
                 memcpy(d + dlen, p, rl);
             }
@@ -524,7 +524,7 @@ int spool_parse(const char *buf, size_t len, struct queue_env *env, char **data,
     env->size = dlen;
     if (data != NULL) {
         if (d == NULL)
-            d = malloc(1);
+            d = xmalloc(1);
         d[dlen] = '\0';
         *data = d;
         *datalen = dlen;
@@ -653,7 +653,7 @@ void queue_outputs_add(struct queue_outputs *o, const struct queue_env *env, con
     for (size_t i = 0; i < 4; i++)
         if (src[i] && *src[i])
             *dst[i] = xstrdup(*src[i]);
-    x->data = malloc(len + 1);
+    x->data = xmalloc(len + 1);
     memcpy(x->data, data, len);
     x->len = len;
 }

@@ -474,7 +474,7 @@ static int send_body(struct smtp_client *c, const struct smtp_client_msg *m, boo
         free(one);
         return r;
     }
-    char *buf = malloc(65536 + 8);
+    char *buf = xmalloc(65536 + 8);
     size_t o = 0;
     bool bol = true;
     for (size_t i = 0; i < m->len; i++) {
@@ -552,7 +552,7 @@ int smtp_client_send(struct smtp_client *c, struct smtp_client_msg *m, struct sm
     }
     /* The commands of one transaction, written at once with PIPELINING. */
     size_t cap = 2048 + m->nrcpts * 1200, o = 0;
-    char *out = malloc(cap);
+    char *out = xmalloc(cap);
     o += (size_t)snprintf(out + o, cap - o, "%s\r\n", mail);
     for (size_t i = 0; i < m->nrcpts; i++) {
         struct smtp_client_rcpt *r = &m->rcpts[i];

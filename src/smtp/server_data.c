@@ -54,7 +54,7 @@ static bool msg_begin(struct session *s, bool raw)
     }
     smtp_data_init(&s->data, raw, s->srv->cfg->max_message_size, s->srv->cfg->max_line_length);
     if (s->outbuf == NULL)
-        s->outbuf = malloc(DATA_CHUNK + 1);   /* + a held-back CR */
+        s->outbuf = xmalloc(DATA_CHUNK + 1);   /* + a held-back CR */
     return true;
 }
 
@@ -177,7 +177,7 @@ static void filter_done(void *arg, enum smtp_filter_verdict verdict, const char 
 static bool keep_head(struct session *s, const char *p, size_t n)
 {
     if (s->head == NULL)
-        s->head = malloc(SMTP_HEAD_MAX);
+        s->head = xmalloc(SMTP_HEAD_MAX);
     size_t room = SMTP_HEAD_MAX - s->headlen;
     size_t take = n < room ? n : room;
     memcpy(s->head + s->headlen, p, take);

@@ -65,7 +65,7 @@ int quarantine_store(const char *dir, const struct quarantine_info *qi, const ch
     size_t cap = 512 + strlen(qi->reason) + strlen(qi->sender);
     for (size_t i = 0; i < qi->nrcpts; i++)
         cap += strlen(qi->rcpts[i]) + 2;
-    char *buf = malloc(cap);
+    char *buf = xmalloc(cap);
     int n = snprintf(buf, cap, "queue-id: %s\ndate: %s\nreason: %s\nclient: %s\nsender: %s\n"
                      "recipients:", qi->qid, date, qi->reason,
                      qi->client_ip ? qi->client_ip : "local", qi->sender);

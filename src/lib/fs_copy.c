@@ -269,10 +269,10 @@ static int open_top(const char *to, char *err, size_t errlen)
     return fd;
 }
 
-int fs_copy_tree(const char *from, const char *to, const char *const *skip,
-                 struct fs_copy_stats *st, char *err, size_t errlen)
+/* The tree below fd (ours, closed here) into to. */
+static int copy_tree_from(int fd, const char *from, const char *to, const char *const *skip,
+                          struct fs_copy_stats *st, char *err, size_t errlen)
 {
-    int fd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd == -1) {
         snprintf(err, errlen, "%s: %s", from, strerror(errno));
         return -1;
@@ -285,20 +285,17 @@ int fs_copy_tree(const char *from, const char *to, const char *const *skip,
     return copy_tree_at(fd, from, to_fd, to, skip, st, 0, err, errlen);
 }
 
+int fs_copy_tree(const char *from, const char *to, const char *const *skip,
+                 struct fs_copy_stats *st, char *err, size_t errlen)
+{
+    return copy_tree_from(open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC), from, to, skip, st,
+                          err, errlen);
+}
+
 int fs_copy_tree_fd(int from_dfd, const char *from, const char *to,
                     struct fs_copy_stats *st, char *err, size_t errlen)
 {
-    int fd = dup(from_dfd);
-    if (fd == -1) {
-        snprintf(err, errlen, "%s: %s", from, strerror(errno));
-        return -1;
-    }
-    int to_fd = open_top(to, err, errlen);
-    if (to_fd == -1) {
-        close(fd);
-        return -1;
-    }
-    return copy_tree_at(fd, from, to_fd, to, NULL, st, 0, err, errlen);
+    return copy_tree_from(dup(from_dfd), from, to, NULL, st, err, errlen);
 }
 
 int fs_open_dir_beneath(const char *base, const char *rel, bool create, char *err,

@@ -139,12 +139,11 @@ static void collect(struct pecd *d, GString *o)
                   "Time since the last day seal of the evidence log was made",
                   (double)(now - d->ev_last_seal));
     }
+    enum clock_state clock = housekeeping_clock(d->housekeeping);
     gauge(o, "pecmail_clock_synchronised",
           "1 when the kernel clock is synchronised (RFC 6109 section 4.1), 0 when not, -1 "
           "when unknown",
-          housekeeping_clock(d->housekeeping) == CLOCK_SYNCED     ? 1
-          : housekeeping_clock(d->housekeeping) == CLOCK_UNSYNCED ? 0
-                                                                  : -1);
+          clock == CLOCK_SYNCED ? 1 : clock == CLOCK_UNSYNCED ? 0 : -1);
 }
 
 static void conn_close(struct bufferevent *bev, struct pecd_metrics *m)

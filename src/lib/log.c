@@ -24,16 +24,17 @@
 
 static const char *log_prog = "pecmail";
 static atomic_bool log_json;
-static enum log_level log_min = LOG_LVL_INFO;
+/* written by a reload (SIGHUP) while other threads log: atomic, as log_json */
+static atomic_int log_min = LOG_LVL_INFO;
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
 
 void log_init(const char *progname, enum log_level level)
 {
     log_prog = progname;
-    log_min = level;
+    atomic_store(&log_min, (int)level);
 }
 
-void log_set_level(enum log_level level) { log_min = level; }
+void log_set_level(enum log_level level) { atomic_store(&log_min, (int)level); }
 
 void log_set_json(bool json) { atomic_store(&log_json, json); }
 
@@ -124,7 +125,7 @@ static void log_write(enum log_level level, const struct log_fields *f, const ch
 static void log_write(enum log_level level, const struct log_fields *f, const char *fmt,
                       va_list ap)
 {
-    if (level < log_min)
+    if ((int)level < atomic_load_explicit(&log_min, memory_order_relaxed))
         return;
     struct timespec ts;
     struct tm tm;

@@ -129,28 +129,25 @@ static bool same_listeners(const struct config *a, const struct config *b)
 }
 
 /* Gives the new configuration the values in force of the restart keys
- * (swapping, so calling it twice undoes it); logs each that differed when
- * log is set.  Returns how many differed. */
-static size_t keep_restart_keys(struct config *cur, struct config *n, bool log,
-                                GString *names)
+ * (swapping them), logs each that differed and names it in names.  Returns
+ * how many differed. */
+static size_t keep_restart_keys(struct config *cur, struct config *n, GString *names)
 {
     size_t changed = 0;
     for (size_t i = 0; i < sizeof restart_keys / sizeof restart_keys[0]; i++) {
         const struct restart_key *k = &restart_keys[i];
         if (differ(cur, n, k)) {
             changed++;
-            if (log) {
-                log_warn("reload: [%s] %s changed: it needs a restart (the value in force "
-                         "stays until then)", k->section, k->key);
-                g_string_append_printf(names, "%s[%s] %s", names->len ? ", " : "", k->section,
-                                       k->key);
-            }
+            log_warn("reload: [%s] %s changed: it needs a restart (the value in force "
+                     "stays until then)", k->section, k->key);
+            g_string_append_printf(names, "%s[%s] %s", names->len ? ", " : "", k->section,
+                                   k->key);
         }
         swap_key(cur, n, k);
     }
     if (!same_listeners(cur, n)) {
         changed++;
-        for (size_t i = 0; log && i < CONFIG_MAX_LISTENERS; i++) {
+        for (size_t i = 0; i < CONFIG_MAX_LISTENERS; i++) {
             const char *nm = i < cur->nlisteners ? cur->listeners[i].name
                              : i < n->nlisteners ? n->listeners[i].name
                                                  : NULL;
@@ -179,6 +176,18 @@ static size_t keep_restart_keys(struct config *cur, struct config *n, bool log,
 
 void pecd_msg_filter(void *msg, const struct smtp_txn *txn, smtp_filter_done done, void *cbarg);
 
+/* A reload refused before anything changed. */
+static void reload_refused(struct pecd *d, struct config *n, char *dir_password)
+{
+    if (dir_password != NULL) {
+        explicit_bzero(dir_password, strlen(dir_password));
+        free(dir_password);
+    }
+    config_free(n);
+    metric_inc(&metric_reloads, "error", NULL);
+    pecd_service_ready(d);
+}
+
 void pecd_reload(struct pecd *d)
 {
     pecd_service_reloading();
@@ -187,8 +196,15 @@ void pecd_reload(struct pecd *d)
     struct config *n = config_load(d->conf_path, err, sizeof err);
     if (n == NULL) {
         log_err("reload: %s; nothing changed", err);
-        metric_inc(&metric_reloads, "error", NULL);
-        pecd_service_ready(d);
+        reload_refused(d, NULL, NULL);
+        return;
+    }
+    /* every file the reload reads, before anything changes: the directory's
+     * password file first, as the signer's keys cannot be put back */
+    char *dir_password = NULL;
+    if (d->roles != NULL && roles_config_read(n, &dir_password, err, sizeof err) == -1) {
+        log_err("reload: %s: %s; nothing changed", d->conf_path, err);
+        reload_refused(d, n, NULL);
         return;
     }
     /* the signer reads pecd.conf again and loads the signing key and
@@ -197,34 +213,19 @@ void pecd_reload(struct pecd *d)
     SSL_CTX *tls = NULL;
     if (d->ps.keys != NULL && keys_client_reload(d->ps.keys, err, sizeof err) == -1) {
         log_err("reload: %s: keys: %s; nothing changed", d->conf_path, err);
-        config_free(n);
-        metric_inc(&metric_reloads, "error", NULL);
-        pecd_service_ready(d);
+        reload_refused(d, n, dir_password);
         return;
     }
     if (n->tls_cert != NULL && (tls = pecd_privsep_tls(&d->ps, n, err, sizeof err)) == NULL) {
-        log_err("reload: %s: [tls]: %s; nothing changed", d->conf_path, err);
-        config_free(n);
-        metric_inc(&metric_reloads, "error", NULL);
-        pecd_service_ready(d);
+        log_err("reload: %s: [tls]: %s; nothing changed but the keys read again by the "
+                "signer (the TLS key in force keeps answering)", d->conf_path, err);
+        reload_refused(d, n, dir_password);
         return;
     }
     GString *names = g_string_new(NULL);
-    size_t kept = keep_restart_keys(d->cfg, n, true, names);
-    /* the only step that can still fail (directory_password_file): before
-     * any module has the new configuration */
-    if (d->roles != NULL && roles_set_config(d->roles, n, true, err, sizeof err) == -1) {
-        keep_restart_keys(d->cfg, n, false, NULL);   /* swapped back */
-        /* the signer has read its keys again already: the same files */
-        log_err("reload: %s: %s; nothing changed but the keys read again by the signer",
-                d->conf_path, err);
-        SSL_CTX_free(tls);
-        config_free(n);
-        g_string_free(names, TRUE);
-        metric_inc(&metric_reloads, "error", NULL);
-        pecd_service_ready(d);
-        return;
-    }
+    size_t kept = keep_restart_keys(d->cfg, n, names);
+    if (d->roles != NULL)
+        roles_set_config(d->roles, n, true, dir_password);
     struct config *old = d->cfg;
     d->cfg = n;
     smtp_server_set_config(d->smtp, n);

@@ -77,6 +77,12 @@ struct pec_dir_conf {
 struct config;
 int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
                       char **password, char *err, size_t errsz);
+/* The two halves of pec_dir_conf_init, for a reload that must read every
+ * file before it changes anything: *password as above (NULL when the key is
+ * not set), then c filled from cfg with that password (borrowed). */
+int pec_dir_password_read(const struct config *cfg, char **password, char *err, size_t errsz);
+void pec_dir_conf_fill(struct pec_dir_conf *c, const struct config *cfg, char *cache,
+                       const char *password);
 /* The EVP_PKEY that pec_dir_conf_init puts in client_pkey from now on (pecd:
  * the TLS client key of the directory held by the signer process; a
  * reference is kept); NULL: the directory_client_key file is read. */

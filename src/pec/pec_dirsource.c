@@ -226,8 +226,7 @@ void pec_dir_use_client_key(void *evp_pkey)
     client_pkey = evp_pkey;
 }
 
-int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
-                      char **password, char *err, size_t errsz)
+int pec_dir_password_read(const struct config *cfg, char **password, char *err, size_t errsz)
 {
     *password = NULL;
     if (cfg->pec_dir_password_file != NULL) {
@@ -237,10 +236,16 @@ int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *ca
                            cfg->pec_dir_password_file, strerror(errno));
         (*password)[strcspn(*password, "\r\n")] = '\0';
     }
+    return 0;
+}
+
+void pec_dir_conf_fill(struct pec_dir_conf *c, const struct config *cfg, char *cache,
+                       const char *password)
+{
     snprintf(cache, 4096, "%s/directory", cfg->data_dir);
     *c = (struct pec_dir_conf){
         .source = cfg->pec_directory, .bind_dn = cfg->pec_dir_bind_dn,
-        .password = *password ? *password : cfg->pec_dir_password,
+        .password = password ? password : cfg->pec_dir_password,
         .starttls = cfg->pec_dir_starttls, .ca_file = cfg->pec_dir_ca_file,
         .timeout = (unsigned)cfg->pec_dir_timeout, .trust_file = cfg->pec_trust,
         .crl_file = cfg->pec_crl, .crl_urls = (const char *const *)cfg->pec_crl_urls,
@@ -248,5 +253,13 @@ int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *ca
         .refresh = (unsigned)cfg->pec_dir_refresh, .client_cert = cfg->pec_dir_client_cert,
         .client_key = cfg->pec_dir_client_key, .client_pkey = client_pkey,
         .signer_file = cfg->pec_dir_signer};
+}
+
+int pec_dir_conf_init(struct pec_dir_conf *c, const struct config *cfg, char *cache,
+                      char **password, char *err, size_t errsz)
+{
+    if (pec_dir_password_read(cfg, password, err, errsz) == -1)
+        return -1;
+    pec_dir_conf_fill(c, cfg, cache, *password);
     return 0;
 }

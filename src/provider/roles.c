@@ -119,21 +119,24 @@ static void password_free(void *p)
     free(p);
 }
 
-int roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
-                     char *err, size_t errlen)
+int roles_config_read(const struct config *cfg, char **password, char *err, size_t errlen)
 {
-    char cache[4096], *pw = NULL;
+    return pec_dir_password_read(cfg, password, err, errlen);
+}
+
+void roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
+                      char *password)
+{
+    char cache[4096];
     struct pec_dir_conf dc;
-    if (pec_dir_conf_init(&dc, cfg, cache, &pw, err, errlen) == -1)
-        return -1;
+    pec_dir_conf_fill(&dc, cfg, cache, password);
     char *old = r->dir_password;
-    r->dir_password = pw;
+    r->dir_password = password;
     atomic_store(&r->cfg, cfg);
     /* always: the refresh thread's strings must be the new configuration's */
     pec_dirmgr_reconfigure(r->dirs, &dc, directory_changed);
     if (old != NULL)
         config_retire(password_free, old);
-    return 0;
 }
 
 void roles_reload_directory(struct roles *r)

@@ -14,7 +14,7 @@
  * Ownership: the roles borrow transport, users, tracking, the signer and the
  * evidence log (not owned: they must outlive roles_free) and cfg until the
  * next roles_set_config; they own the directory manager.
- * Errors: roles_new NULL and roles_set_config -1 with a reason naming the
+ * Errors: roles_new NULL and roles_config_read -1 with a reason naming the
  * file; roles_process and roles_pass_end -1 with the reason in err (the
  * queue runs the stage again later); a message's own faults become PEC
  * receipts (non-acceptance, anomaly, errore-consegna), not errors.
@@ -41,12 +41,16 @@ void roles_free(struct roles *r);
 /* Asks for a refresh of the providers' directory and its CRLs (SIGHUP);
  * done by a thread, the copy in use stays until a good one replaces it. */
 void roles_reload_directory(struct roles *r);
-/* Reload: cfg in force from now on (the directory's source, bind, TLS
- * client certificate, CRLs... taken by its thread, which refreshes at once
- * when directory_changed).  -1 with err (nothing changed) when
- * directory_password_file cannot be read. */
-int roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
-                     char *err, size_t errlen);
+/* Reload, in two steps so that a file that cannot be read changes nothing
+ * (pecd_reload.c reads every file before the signer loads new keys):
+ * roles_config_read reads cfg's directory_password_file (*password NULL
+ * when none is set; -1 with err naming it); roles_set_config then puts cfg
+ * in force (the directory's source, bind, TLS client certificate, CRLs...
+ * taken by its thread, which refreshes at once when directory_changed) and
+ * takes password. */
+int roles_config_read(const struct config *cfg, char **password, char *err, size_t errlen);
+void roles_set_config(struct roles *r, const struct config *cfg, bool directory_changed,
+                      char *password);
 /* Events go to this evidence log (its day seals signed with our key).
  * stage_synced: the queue's delivery threads syncfs the log's file system
  * before they commit a stage ([queue] sync = syncfs, the log on the queue's

@@ -118,6 +118,19 @@ def test_signing_certificate_renewed_on_sighup(tmp_path):
         sign_with(a, b, "signing-next")
         sighup(a, "applied")
 
+        # a reload that fails on another file (the directory's password file) after the keys
+        # it names would load: refused before the signer reads them, so the pair in force
+        # still signs (the signer used to have loaded the other pair by then)
+        a.write_config({"pec.b.test": b.ports["mx"]},
+                       extra={"pec": {"signing_key": "signing.key",
+                                      "signing_certificate": "signing.pem",
+                                      "directory_password_file": "no-such-password-file"}})
+        tail = sighup(a, "nothing changed")
+        assert "directory_password_file" in tail and "read again" not in tail, tail
+        send_and_check(a, b, ca, "password illeggibile", new_cert, tmp_path)
+        sign_with(a, b, "signing-next")
+        sighup(a, "applied")
+
         # a pair the directory does not list yet: taken, and the reload warns at once
         unlisted = issue(ca, tmp_path / "unlisted")
         install(unlisted, a.dir, "signing-unlisted")

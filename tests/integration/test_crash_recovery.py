@@ -104,10 +104,11 @@ def test_kill9_under_load(make_instance):
     assert not load.problems, load.problems[:10]
     assert len(load.acked) >= 50, f"too little load got through: {len(load.acked)} acked"
 
-    # A final clean start; the queue drains (bounded).
+    # A final clean start; the queue drains (bounded: no 30 s without progress, 180 s in
+    # all; thousands of messages take longer than 30 s on a machine busy with other jobs)
     assert inst.stop() == 0
     inst.start()
-    inst.wait_queue_empty(timeout=30)
+    inst.wait_queue_empty(stall=30)
 
     got = delivered(inst)
     missing, dups, stray, altered = [], [], [], []

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -94,9 +95,13 @@ static struct gen *gen_new(const struct keys_ctl_msg *m, const int *fds, size_t 
     g->free = xmalloc(sizeof *g->free * g->nbulk);
     if (g->bulk == NULL || g->free == NULL)
         goto fail;
+    /* a signature's answer comes within ANSWER_MS, or the signer is stuck */
+    struct timeval tv = {.tv_sec = ANSWER_MS / 1000, .tv_usec = (ANSWER_MS % 1000) * 1000};
     for (size_t i = 0; i < g->nbulk; i++) {
         g->bulk[i] = fds[i + 1];
         g->free[i] = g->nbulk - 1 - i;
+        if (setsockopt(g->bulk[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == -1)
+            goto fail;
     }
     g->nfree = g->nbulk;
     g->refs = 1;
@@ -149,7 +154,11 @@ static void mark_down(struct keys_client *c, struct gen *g, bool stuck)
 
 /* One request on fd and its answer: 0 with the data (malloc'ed) in *ans,
  * 1 with the signer's reason in err, -1 when the socket broke (EOF, error)
- * or -2 when no answer came before the deadline. */
+ * or -2 when no answer came before the deadline (-1: the socket's own
+ * SO_RCVTIMEO, as the pool's sockets have: no poll before each answer).
+ * The answer is read on the stack and copied at its size: a 64 KB buffer
+ * malloc'ed and freed for each signature was given back to the system
+ * (and faulted in again) every time. */
 static int call(int fd, const struct keys_req *rq, pec_buf *ans, int64_t deadline, char *err,
                 size_t errlen)
 {
@@ -157,38 +166,31 @@ static int call(int fd, const struct keys_req *rq, pec_buf *ans, int64_t deadlin
     ans->len = 0;
     if (keys_send(fd, rq, offsetof(struct keys_req, data) + rq->len, NULL, 0) == -1)
         return -1;
-    unsigned char *buf = malloc(KEYS_MSG_MAX);
-    if (buf == NULL)
-        return -1;
-    ssize_t n = keys_recv(fd, buf, KEYS_MSG_MAX, deadline);
-    if (n <= 0) {
-        int timed_out = n < 0 && errno == ETIMEDOUT;
-        free(buf);
-        return timed_out ? -2 : -1;
-    }
+    unsigned char buf[KEYS_MSG_MAX];
+    ssize_t n = keys_recv(fd, buf, sizeof buf, deadline);
+    if (n <= 0)
+        return n < 0 && (errno == ETIMEDOUT || errno == EAGAIN || errno == EWOULDBLOCK) ? -2
+                                                                                        : -1;
     struct keys_ans_hdr h;
-    if ((size_t)n < sizeof h) {
-        free(buf);
+    if ((size_t)n < sizeof h)
         return -1;
-    }
     memcpy(&h, buf, sizeof h);
-    if (h.len != (size_t)n - sizeof h) {
-        free(buf);
+    if (h.len != (size_t)n - sizeof h)
         return -1;
-    }
     if (h.status != 0) {
         snprintf(err, errlen, "signer: %.*s", (int)h.len, buf + sizeof h);
-        free(buf);
         return 1;
     }
-    memmove(buf, buf + sizeof h, h.len);
-    ans->data = buf;
+    if ((ans->data = malloc(h.len ? h.len : 1)) == NULL)
+        return -1;
+    memcpy(ans->data, buf + sizeof h, h.len);
     ans->len = h.len;
     return 0;
 }
 
 /* A request on the pool of the current signer, sent again to the next one
- * when the signer dies under it. */
+ * when the signer dies under it: 0 with the answer, 1 when the signer
+ * refused it (err), -1 when no signer answered (err). */
 static int bulk_call(struct keys_client *c, const struct keys_req *rq, pec_buf *ans, char *err,
                      size_t errlen)
 {
@@ -219,7 +221,7 @@ static int bulk_call(struct keys_client *c, const struct keys_req *rq, pec_buf *
         size_t idx = g->free[--g->nfree];
         g->refs++;
         pthread_mutex_unlock(&c->lock);
-        int r = call(g->bulk[idx], rq, ans, clock_ms() + ANSWER_MS, err, errlen);
+        int r = call(g->bulk[idx], rq, ans, -1, err, errlen);   /* SO_RCVTIMEO: ANSWER_MS */
         pthread_mutex_lock(&c->lock);
         if (r >= 0)
             g->free[g->nfree++] = idx;
@@ -229,7 +231,7 @@ static int bulk_call(struct keys_client *c, const struct keys_req *rq, pec_buf *
         pthread_cond_broadcast(&c->changed);
         if (r >= 0) {
             pthread_mutex_unlock(&c->lock);
-            return r == 0 ? 0 : -1;
+            return r;          /* 0, or 1: the signer's refusal (err) */
         }
     }
 }
@@ -273,7 +275,67 @@ static int remote_sign(void *ctx, const void *data, size_t len, pec_buf *der, ch
         snprintf(err, errsz, "SHA-256 failed");
         return -1;
     }
-    return bulk_call(c, &rq, der, err, errsz);
+    return bulk_call(c, &rq, der, err, errsz) == 0 ? 0 : -1;
+}
+
+/* n signatures in one request (the messages a stage makes at once): the
+ * digests one after the other, the answer each signature's length (u32)
+ * and DER.  An answer that would not fit one message is refused by the
+ * signer: then one request each. */
+static int remote_sign_n(void *ctx, size_t n, const void *const *data, const size_t *len,
+                         pec_buf *der, char *err, size_t errsz)
+{
+    struct keys_client *c = ctx;
+    struct keys_req rq = {.op = KOP_PEC_SIGN, .len = (uint32_t)(32 * n)};
+    for (size_t i = 0; i < n; i++)
+        der[i] = (pec_buf){0};
+    if (n == 0 || 32 * n > sizeof rq.data) {
+        snprintf(err, errsz, "%zu signatures in one request", n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned int mdlen = 0;
+        if (EVP_Digest(data[i], len[i], rq.data + 32 * i, &mdlen, EVP_sha256(), NULL) != 1 ||
+            mdlen != 32) {
+            snprintf(err, errsz, "SHA-256 failed");
+            return -1;
+        }
+    }
+    pec_buf ans;
+    int r = bulk_call(c, &rq, &ans, err, errsz);
+    if (r == 1 && n > 1) {
+        for (size_t i = 0; i < n; i++) {
+            if (remote_sign(ctx, data[i], len[i], &der[i], err, errsz) == -1) {
+                while (i-- > 0)
+                    pec_buf_free(&der[i]);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (r != 0)
+        return -1;
+    size_t off = 0, i = 0;
+    for (; i < n; i++) {
+        uint32_t l;
+        if (ans.len - off < sizeof l)
+            break;
+        memcpy(&l, ans.data + off, sizeof l);
+        off += sizeof l;
+        if (l == 0 || l > ans.len - off || (der[i].data = malloc(l)) == NULL)
+            break;
+        memcpy(der[i].data, ans.data + off, l);
+        der[i].len = l;
+        off += l;
+    }
+    size_t total = ans.len;
+    pec_buf_free(&ans);
+    if (i == n && off == total)
+        return 0;
+    for (size_t k = 0; k < n; k++)
+        pec_buf_free(&der[k]);
+    snprintf(err, errsz, "the signer's answer to %zu signatures is malformed", n);
+    return -1;
 }
 
 /* ---- control messages from the keeper --------------------------------------------- */
@@ -494,6 +556,7 @@ struct keys_client *keys_start(const struct config *cfg, char *err, size_t errle
             c->pec = xcalloc(1, sizeof *c->pec);
             if (c->pec != NULL) {
                 c->pec->sign = remote_sign;
+                c->pec->sign_n = remote_sign_n;
                 c->pec->ctx = c;
                 str_copy(c->pec->email, c->pec_email, sizeof c->pec->email);
             }

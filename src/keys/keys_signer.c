@@ -329,27 +329,62 @@ static int tls_op(int fd, struct signer *s, const struct keys_req *rq)
     return answer(fd, 0, out, outlen);
 }
 
+/* One signature (a digest of 32 octets: the answer is its DER) or several
+ * (the digests one after the other, up to PEC_SIGN_N_MAX: the answer is
+ * each DER after its length, u32), all with the key in force when the
+ * request came. */
 static int pec_sign(int fd, struct signer *s, const struct keys_req *rq)
 {
-    if (rq->len != 32)
-        return answer_err(fd, "a SHA-256 digest is 32 octets");
-    pec_buf der;
+    size_t n = rq->len / 32;
+    if (rq->len % 32 != 0 || n == 0 || n > PEC_SIGN_N_MAX)
+        return answer_err(fd, "a SHA-256 digest is 32 octets (at most %d at once)",
+                          PEC_SIGN_N_MAX);
+    pec_buf der[PEC_SIGN_N_MAX];
     char err[256];
+    size_t done = 0;
+    int r = 0;
     pthread_rwlock_rdlock(&s->pec_lock);
     if (s->pec == NULL) {
         pthread_rwlock_unlock(&s->pec_lock);
         return answer_err(fd, "no [pec] signing key in this signer");
     }
-    int r = pec_signer_sign_digest(s->pec, rq->data, rq->len, &der, err, sizeof err);
+    for (; done < n && r == 0; done++)
+        r = pec_signer_sign_digest(s->pec, rq->data + 32 * done, 32, &der[done], err,
+                                   sizeof err);
     bool hardware = s->pec_hardware;
     pthread_rwlock_unlock(&s->pec_lock);
     if (r == -1) {
+        done--;                      /* the failed one holds nothing */
+        for (size_t i = 0; i < done; i++)
+            pec_buf_free(&der[i]);
         if (hardware)
             module_failed("a PEC signature");
         return answer_err(fd, "%s", err);
     }
-    r = answer(fd, 0, der.data, der.len);
-    pec_buf_free(&der);
+    if (n == 1) {
+        r = answer(fd, 0, der[0].data, der[0].len);
+        pec_buf_free(&der[0]);
+        return r;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += sizeof(uint32_t) + der[i].len;
+    unsigned char *buf = NULL;
+    if (total + sizeof(struct keys_ans_hdr) <= KEYS_MSG_MAX && (buf = malloc(total)) != NULL) {
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t l = (uint32_t)der[i].len;
+            memcpy(buf + off, &l, sizeof l);
+            memcpy(buf + off + sizeof l, der[i].data, der[i].len);
+            off += sizeof l + der[i].len;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        pec_buf_free(&der[i]);
+    if (buf == NULL)           /* the client asks again, one at a time */
+        return answer_err(fd, "%zu signatures do not fit one answer", n);
+    r = answer(fd, 0, buf, total);
+    free(buf);
     return r;
 }
 

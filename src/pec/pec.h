@@ -165,6 +165,10 @@ void pec_daticert_free(pec_daticert *d);
  */
 typedef struct pec_signer {
     int (*sign)(void *ctx, const void *data, size_t len, pec_buf *der, char *err, size_t errsz);
+    /* optional: n signatures at once (der[n]; all made or none), for a signer
+     * whose every request costs a round trip; NULL: sign() n times */
+    int (*sign_n)(void *ctx, size_t n, const void *const *data, const size_t *len, pec_buf *der,
+                  char *err, size_t errsz);
     void (*destroy)(void *ctx);
     void *ctx;
     char email[256];               /* SAN rfc822Name of the signing certificate */
@@ -190,6 +194,12 @@ void pec_signer_free(pec_signer *s);
  * CRLF header block without MIME-Version/Content-Type, may be NULL. */
 int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size_t len,
                    pec_buf *out, char *err, size_t errsz);
+/* The same for n contents at once (out[n], all or none; n at most
+ * PEC_SIGN_N_MAX): the signatures in one sign_n call when the signer has one. */
+#define PEC_SIGN_N_MAX 4
+int pec_smime_sign_n(pec_signer *s, size_t n, const char *const *headers,
+                     const void *const *content, const size_t *len, pec_buf *out, char *err,
+                     size_t errsz);
 
 /* ---- building envelopes and receipts (§3, §4.3) ---------------------------- */
 
@@ -242,6 +252,11 @@ typedef struct pec_build_args {
  * for SMTP (CRLF, no dot-stuffing). */
 int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, char *err,
               size_t errsz);
+/* n messages built and signed together (out[n]; all or none): one request
+ * to a signer process for the messages a stage makes at once (§3.1.4 and
+ * §3.1.5: the acceptance receipt and the transport envelope). */
+int pec_build_n(const pec_identity *id, const pec_build_args *a, size_t n, pec_buf *out,
+                char *err, size_t errsz);
 /* Builds the unsigned multipart/mixed body and the header block separately
  * (used by pec_build; exposed for tests and for signing elsewhere). */
 int pec_build_unsigned(const pec_identity *id, const pec_build_args *a, pec_buf *headers,

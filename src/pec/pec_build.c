@@ -16,7 +16,7 @@
  * Return-Path, Reply-To; Message-ID for the anomaly) are copied as raw
  * bytes for the same reason (pec_header.c).
  *
- * Interface: pec_build, pec_build_unsigned (pec.h).
+ * Interface: pec_build, pec_build_n, pec_build_unsigned (pec.h).
  */
 #include "pec/pec_internal.h"
 #include "lib/lib.h"
@@ -617,13 +617,15 @@ out:
     return rc;
 }
 
-int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, char *err,
-              size_t errsz)
+int pec_build_n(const pec_identity *id, const pec_build_args *a, size_t n, pec_buf *out,
+                char *err, size_t errsz)
 {
-    out->data = NULL;
-    out->len = 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (pec_buf){0};
     if (!id || !id->signer)
         return pec_err(err, errsz, "every PEC message is signed (§2.1): no signer");
+    if (n == 0 || n > PEC_SIGN_N_MAX)
+        return pec_err(err, errsz, "%zu messages at once (1 to %d)", n, PEC_SIGN_N_MAX);
     char service[300];
     snprintf(service, sizeof service, "posta-certificata@%s", id->domain ? id->domain : "");
     /* §2.1: the From address equals the certificate's e-mail address: one
@@ -634,11 +636,28 @@ int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, cha
     if (strcasecmp(id->signer->email, service) != 0)
         return pec_err(err, errsz, "the signing certificate is for %s, not %s (§2.1)",
                        id->signer->email, service);
-    pec_buf h, b;
-    if (pec_build_unsigned(id, a, &h, &b, err, errsz) < 0)
-        return -1;
-    int rc = pec_smime_sign(id->signer, (const char *)h.data, b.data, b.len, out, err, errsz);
-    pec_buf_free(&h);
-    pec_buf_free(&b);
+    pec_buf h[PEC_SIGN_N_MAX] = {{0}}, b[PEC_SIGN_N_MAX] = {{0}};
+    const char *hs[PEC_SIGN_N_MAX];
+    const void *bs[PEC_SIGN_N_MAX];
+    size_t bl[PEC_SIGN_N_MAX];
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc = pec_build_unsigned(id, &a[i], &h[i], &b[i], err, errsz);
+        hs[i] = (const char *)h[i].data;
+        bs[i] = b[i].data;
+        bl[i] = b[i].len;
+    }
+    if (rc == 0)
+        rc = pec_smime_sign_n(id->signer, n, hs, bs, bl, out, err, errsz);
+    for (size_t i = 0; i < n; i++) {
+        pec_buf_free(&h[i]);
+        pec_buf_free(&b[i]);
+    }
     return rc;
+}
+
+int pec_build(const pec_identity *id, const pec_build_args *a, pec_buf *out, char *err,
+              size_t errsz)
+{
+    return pec_build_n(id, a, 1, out, err, errsz);
 }

@@ -11,7 +11,7 @@
  * content (src/keys: the signer process of pecd, a hardware module).
  *
  * Interface: pec_signer_new_pem, pec_signer_new_key, pec_signer_sign_digest,
- * pec_signer_free, pec_smime_sign (pec.h).
+ * pec_signer_free, pec_smime_sign, pec_smime_sign_n (pec.h).
  * Assumes the content handed to pec_smime_sign is exactly what goes on the
  * wire: the signed bytes are embedded unchanged, so `openssl cms -verify`
  * and `openssl smime -verify` accept the output as is.
@@ -243,16 +243,29 @@ void pec_signer_free(pec_signer *s)
     free(s);
 }
 
-int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size_t len,
-                   pec_buf *out, char *err, size_t errsz)
+/* n signatures, through sign_n when the signer has it (one request to a
+ * signer process), else one by one; all made or none. */
+static int sign_all(pec_signer *s, size_t n, const void *const *content, const size_t *len,
+                    pec_buf *der, char *err, size_t errsz)
 {
-    out->data = NULL;
-    out->len = 0;
-    pec_buf der;
     if (!s || !s->sign)
         return pec_err(err, errsz, "no signer");
-    if (s->sign(s->ctx, content, len, &der, err, errsz) < 0)
-        return -1;
+    if (n > 1 && s->sign_n)
+        return s->sign_n(s->ctx, n, content, len, der, err, errsz);
+    for (size_t i = 0; i < n; i++) {
+        if (s->sign(s->ctx, content[i], len[i], &der[i], err, errsz) < 0) {
+            while (i-- > 0)
+                pec_buf_free(&der[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* headers + multipart/signed around content and its signature der. */
+static int smime_wrap(const char *headers, const void *content, size_t len, const pec_buf *der,
+                      pec_buf *out, char *err, size_t errsz)
+{
     unsigned char rnd[12];
     if (RAND_bytes(rnd, sizeof rnd) != 1)
         memset(rnd, 0x3c, sizeof rnd);
@@ -260,15 +273,11 @@ int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size
     pec_hex(rnd, sizeof rnd, hex);
     snprintf(b, sizeof b, "----%s", hex);
     /* a boundary is safe only when absent from the content (RFC 2046 §5.1.1) */
-    if (memmem(content, len, b, strlen(b))) {
-        pec_buf_free(&der);
+    if (memmem(content, len, b, strlen(b)))
         return pec_err(err, errsz, "boundary collision");
-    }
     mime_buf m = {0};
-    if (mime_buf_reserve(&m, len + der.len * 4 / 3 + 1024) < 0) {
-        pec_buf_free(&der);
+    if (mime_buf_reserve(&m, len + der->len * 4 / 3 + 1024) < 0)
         return pec_err(err, errsz, "out of memory");
-    }
     int rc = 0;
     if (headers)
         rc |= mime_buf_adds(&m, headers);
@@ -287,13 +296,40 @@ int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size
                         "Content-Transfer-Encoding: base64\r\n"
                         "Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n",
                         b);
-    rc |= mime_buf_add_base64(&m, der.data, der.len);
+    rc |= mime_buf_add_base64(&m, der->data, der->len);
     rc |= mime_buf_addf(&m, "\r\n--%s--\r\n", b);
-    pec_buf_free(&der);
     if (rc) {
         mime_buf_free(&m);
         return pec_err(err, errsz, "out of memory");
     }
     pec_buf_take(out, &m);
     return 0;
+}
+
+int pec_smime_sign_n(pec_signer *s, size_t n, const char *const *headers,
+                     const void *const *content, const size_t *len, pec_buf *out, char *err,
+                     size_t errsz)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (pec_buf){0};
+    if (n == 0 || n > PEC_SIGN_N_MAX)
+        return pec_err(err, errsz, "%zu signatures at once (1 to %d)", n, PEC_SIGN_N_MAX);
+    pec_buf der[PEC_SIGN_N_MAX];
+    if (sign_all(s, n, content, len, der, err, errsz) < 0)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = smime_wrap(headers[i], content[i], len[i], &der[i], &out[i], err, errsz);
+    for (size_t i = 0; i < n; i++) {
+        pec_buf_free(&der[i]);
+        if (rc < 0)
+            pec_buf_free(&out[i]);
+    }
+    return rc;
+}
+
+int pec_smime_sign(pec_signer *s, const char *headers, const void *content, size_t len,
+                   pec_buf *out, char *err, size_t errsz)
+{
+    return pec_smime_sign_n(s, 1, &headers, &content, &len, out, err, errsz);
 }

@@ -119,7 +119,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     pec_build_args a = {.original = data, .original_len = len, .sender = env->sender,
                         .recipients = rcpts, .n_recipients = env->nrcpts, .when = now,
                         .pec_id = pec_id, .message_id = receipt_id};
-    pec_buf m = {0};
+    pec_buf m = {0}, envelope = {0};
     int rc = -1;
     if (env->virus != NULL) {
         rc = access_virus(r, env, data, len, recovered, &a, out, err, errlen);
@@ -154,10 +154,17 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
         if (v != PEC_VARIANT_NONE)
             a.variant = v;
     }
-    /* §3.1.4: the acceptance receipt, then §3.1.5: the transport envelope */
-    a.type = PEC_TYPE_ACCETTAZIONE;
-    if (role_build(r, &a, &m, err, errlen) == -1)
+    /* §3.1.4: the acceptance receipt, and §3.1.5: the transport envelope,
+     * signed in one request to the signer process */
+    pec_build_args both[2] = {a, a};
+    both[0].type = PEC_TYPE_ACCETTAZIONE;
+    both[1].type = PEC_TYPE_POSTA_CERTIFICATA;
+    both[1].message_id = NULL;   /* the envelope's Message-ID is the PEC msgid (§2.2.1) */
+    pec_buf made[2];
+    if (role_build_n(r, both, 2, made, err, errlen) == -1)
         goto done;
+    m = made[0];
+    envelope = made[1];
     /* the original's Message-ID as the acceptance quotes it: the timeout
      * notices (§3.1.6) quote the same, from the tracking record */
     char ref[1000];
@@ -178,12 +185,8 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     if (role_send_to(r, env, recovered, out, env->sender, &m, err, errlen) == -1)
         goto done;
     pec_buf_free(&m);
-    a.type = PEC_TYPE_POSTA_CERTIFICATA;
-    a.message_id = NULL;   /* the envelope's Message-ID is the PEC msgid (§2.2.1) */
-    if (role_build(r, &a, &m, err, errlen) == -1) {
-        queue_outputs_free(out);
-        goto done;
-    }
+    m = envelope;
+    envelope = (pec_buf){0};
     /* her RFC 8689 tag follows her content: REQUIRETLS on the outputs,
      * TLS-Required: No in the envelope's header */
     size_t elen = m.len;
@@ -275,6 +278,7 @@ int role_access_point(struct roles *r, const struct queue_env *env, const char *
     rc = 0;
 done:
     pec_buf_free(&m);
+    pec_buf_free(&envelope);
     free(fwd);
     free(rcpts);
     return rc;

@@ -132,19 +132,27 @@ void role_add_output(struct queue_outputs *out, const char *from, const char *co
     role_add_output_for(out, NULL, from, to, nto, stage, msg->data, msg->len);
 }
 
-int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
+int role_build_n(struct roles *r, pec_build_args *a, size_t n, pec_buf *m, char *err,
+                 size_t errlen)
 {
     char e2[256];
     int64_t t0 = clock_us();
-    if (pec_build(&r->id, a, m, e2, sizeof e2) == -1) {
+    if (pec_build_n(&r->id, a, n, m, e2, sizeof e2) == -1) {
         metric_inc(&metric_signatures, "sign", "error");
-        snprintf(err, errlen, "cannot build %s: %s", pec_type_name(a->type), e2);
+        snprintf(err, errlen, "cannot build %s: %s", pec_type_name(a[0].type), e2);
         return -1;
     }
     metric_observe(&metric_signature_seconds, METRIC_OP_SIGN, clock_us() - t0);
-    metric_inc(&metric_signatures, "sign", "ok");
-    metric_inc(&metric_pec_made, pec_type_name(a->type), NULL);
+    for (size_t i = 0; i < n; i++) {
+        metric_inc(&metric_signatures, "sign", "ok");
+        metric_inc(&metric_pec_made, pec_type_name(a[i].type), NULL);
+    }
     return 0;
+}
+
+int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen)
+{
+    return role_build_n(r, a, 1, m, err, errlen);
 }
 
 /* Copies of data for our own mailboxes to[], stored by the stage itself and

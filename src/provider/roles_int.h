@@ -77,6 +77,9 @@ void role_add_output_for(struct queue_outputs *out, const struct queue_env *src,
                          const char *from, const char *const *to, size_t nto, const char *stage,
                          const void *data, size_t len);
 int role_build(struct roles *r, pec_build_args *a, pec_buf *m, char *err, size_t errlen);
+/* n messages a stage makes at once, signed in one request (pec_build_n). */
+int role_build_n(struct roles *r, pec_build_args *a, size_t n, pec_buf *m, char *err,
+                 size_t errlen);
 int role_store_copies(struct roles *r, const struct queue_env *src, bool recovered,
                       const char *sender, const char *const *to, size_t nto, const void *data,
                       size_t len, struct queue_outputs *out, char *err, size_t errlen);

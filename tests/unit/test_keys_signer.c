@@ -3,7 +3,8 @@
  * keys_signer.c) treats what pecd's network-facing process sends as
  * untrusted: a table of malformed and refused requests gets an error
  * answer and the signer goes on answering; good requests get signatures
- * that verify (a CMS SignedData over the digest, an RSA PKCS#1 and a raw
+ * that verify (a CMS SignedData over the digest, or several at once, an
+ * RSA PKCS#1 and a raw
  * block, an ECDSA signature), each with the right key only.  The signer
  * runs in a forked child on socketpairs, with test keys made here.
  */
@@ -179,6 +180,12 @@ static void test_bad_requests(void **state)
     rq.len = 20;
     assert_int_equal(ask_req(fds[1], &rq, buf, &n), 1);
     assert_non_null(memmem(buf, n, "32 octets", 9));
+    /* several digests: a length not a multiple of 32, more than PEC_SIGN_N_MAX */
+    rq.len = 32 * 2 + 1;
+    assert_int_equal(ask_req(fds[1], &rq, buf, &n), 1);
+    rq.len = 32 * (PEC_SIGN_N_MAX + 1);
+    assert_int_equal(ask_req(fds[1], &rq, buf, &n), 1);
+    assert_non_null(memmem(buf, n, "at most", 7));
     rq.op = 99;
     rq.len = 0;
     assert_int_equal(ask_req(fds[1], &rq, buf, &n), 1);
@@ -210,6 +217,24 @@ static void test_bad_requests(void **state)
     assert_null(memmem(buf, n, "PRIVATE", 7));
 }
 
+/* der (n octets) is a CMS signature of content by the signing certificate:
+ * 1 when it verifies. */
+static int cms_verifies(const unsigned char *der, size_t n, const char *content)
+{
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)n);
+    assert_non_null(cms);
+    BIO *dc = BIO_new_mem_buf(content, (int)strlen(content));
+    STACK_OF(X509) *certs = sk_X509_new_null();
+    sk_X509_push(certs, sign_cert);
+    int ok = CMS_verify(cms, certs, NULL, dc, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY);
+    sk_X509_free(certs);
+    BIO_free(dc);
+    CMS_ContentInfo_free(cms);
+    ERR_clear_error();
+    return ok;
+}
+
 static void test_good_requests(void **state)
 {
     (void)state;
@@ -222,18 +247,28 @@ static void test_good_requests(void **state)
     EVP_Digest(content, strlen(content), rq.data, &mdlen, EVP_sha256(), NULL);
     for (int i = 1; i <= 2; i++) {
         assert_int_equal(ask_req(fds[i], &rq, buf, &n), 0);
-        const unsigned char *p = buf;
-        CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)n);
-        assert_non_null(cms);
-        BIO *dc = BIO_new_mem_buf(content, (int)strlen(content));
-        STACK_OF(X509) *certs = sk_X509_new_null();
-        sk_X509_push(certs, sign_cert);
-        assert_int_equal(CMS_verify(cms, certs, NULL, dc, NULL,
-                                    CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY), 1);
-        sk_X509_free(certs);
-        BIO_free(dc);
-        CMS_ContentInfo_free(cms);
+        assert_int_equal(cms_verifies(buf, n, content), 1);
     }
+    /* two digests in one request (a stage's acceptance and envelope): each
+     * signature after its length, in the order asked, each over its own */
+    const char *two[2] = {"Content-Type: text/plain\r\n\r\nricevuta\r\n",
+                          "Content-Type: text/plain\r\n\r\nbusta\r\n"};
+    rq = (struct keys_req){.op = KOP_PEC_SIGN, .len = 64};
+    for (int i = 0; i < 2; i++)
+        EVP_Digest(two[i], strlen(two[i]), rq.data + 32 * i, &mdlen, EVP_sha256(), NULL);
+    assert_int_equal(ask_req(fds[1], &rq, buf, &n), 0);
+    size_t off = 0;
+    for (int i = 0; i < 2; i++) {
+        uint32_t l;
+        assert_true(n - off >= sizeof l);
+        memcpy(&l, buf + off, sizeof l);
+        off += sizeof l;
+        assert_true(l > 0 && l <= n - off);
+        assert_int_equal(cms_verifies(buf + off, l, two[i]), 1);
+        assert_int_not_equal(cms_verifies(buf + off, l, two[1 - i]), 1);
+        off += l;
+    }
+    assert_int_equal(off, n);
     /* an ECDSA signature over a digest, with the TLS key */
     rq = (struct keys_req){.op = KOP_TLS_ECDSA, .len = 32};
     memcpy(rq.id, tls_id, 32);

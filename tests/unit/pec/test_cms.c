@@ -1,6 +1,7 @@
 /*
  * test_cms.c - pec_cms_read: the certificates of a SignedData come from the
- * cache, the rest reads and verifies as OpenSSL's own reading does.
+ * cache, the rest reads and verifies as OpenSSL's own reading does; the
+ * signature from a digest; several messages signed at once (pec_smime_sign_n).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -204,12 +205,97 @@ static void test_signature_from_the_digest(void **state)
     pec_signer_free(s);
 }
 
+/* A signer whose sign_n counts its calls and signs through the PEM signer. */
+struct counting {
+    pec_signer *pem;
+    int calls_n, calls_one;
+    int fail;
+};
+
+static int count_sign(void *ctx, const void *d, size_t n, pec_buf *der, char *err, size_t errsz)
+{
+    struct counting *c = ctx;
+    c->calls_one++;
+    return c->pem->sign(c->pem->ctx, d, n, der, err, errsz);
+}
+
+static int count_sign_n(void *ctx, size_t n, const void *const *d, const size_t *len,
+                        pec_buf *der, char *err, size_t errsz)
+{
+    struct counting *c = ctx;
+    c->calls_n++;
+    if (c->fail) {
+        snprintf(err, errsz, "refused");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(c->pem->sign(c->pem->ctx, d[i], len[i], &der[i], err, errsz), 0);
+    return 0;
+}
+
+static void test_several_signed_at_once(void **state)
+{
+    (void)state;
+    const struct tpki *p = tpki_get();
+    char err[256];
+    struct counting c = {0};
+    c.pem = pec_signer_new_pem((const char *)p->signer.key_pem.data, p->signer.key_pem.len,
+                               (const char *)p->signer.cert_pem.data, p->signer.cert_pem.len,
+                               err, sizeof err);
+    assert_non_null(c.pem);
+    pec_signer s = {.sign = count_sign, .sign_n = count_sign_n, .ctx = &c};
+    const char *heads[2] = {"Subject: ricevuta\r\n", "Subject: busta\r\n"};
+    const void *bodies[2] = {"Content-Type: text/plain\r\n\r\nuno\r\n",
+                             "Content-Type: text/plain\r\n\r\ndue\r\n"};
+    size_t lens[2] = {strlen(bodies[0]), strlen(bodies[1])};
+    pec_buf out[PEC_SIGN_N_MAX + 1];
+    /* two at once: one sign_n call, each message its own headers, content, signature */
+    assert_int_equal(pec_smime_sign_n(&s, 2, heads, bodies, lens, out, err, sizeof err), 0);
+    assert_int_equal(c.calls_n, 1);
+    assert_int_equal(c.calls_one, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(memmem(out[i].data, out[i].len, heads[i], strlen(heads[i])));
+        assert_non_null(memmem(out[i].data, out[i].len, bodies[i], lens[i]));
+        assert_null(memmem(out[i].data, out[i].len, bodies[1 - i], lens[1 - i]));
+        assert_non_null(memmem(out[i].data, out[i].len, "smime.p7s", 9));
+        pec_buf_free(&out[i]);
+    }
+    /* one: sign(), not sign_n */
+    assert_int_equal(pec_smime_sign(&s, heads[0], bodies[0], lens[0], &out[0], err, sizeof err),
+                     0);
+    assert_int_equal(c.calls_one, 1);
+    pec_buf_free(&out[0]);
+    /* none, or more than PEC_SIGN_N_MAX, refused; a refusal of sign_n leaves nothing */
+    assert_int_equal(pec_smime_sign_n(&s, 0, heads, bodies, lens, out, err, sizeof err), -1);
+    const char *h5[PEC_SIGN_N_MAX + 1];
+    const void *b5[PEC_SIGN_N_MAX + 1];
+    size_t l5[PEC_SIGN_N_MAX + 1];
+    for (int i = 0; i <= PEC_SIGN_N_MAX; i++) {
+        h5[i] = heads[0];
+        b5[i] = bodies[0];
+        l5[i] = lens[0];
+    }
+    assert_int_equal(pec_smime_sign_n(&s, PEC_SIGN_N_MAX + 1, h5, b5, l5, out, err, sizeof err),
+                     -1);
+    c.fail = 1;
+    assert_int_equal(pec_smime_sign_n(&s, 2, heads, bodies, lens, out, err, sizeof err), -1);
+    assert_string_equal(err, "refused");
+    assert_null(out[0].data);
+    assert_null(out[1].data);
+    /* the PEM signer has no sign_n: n signatures one by one */
+    assert_int_equal(pec_smime_sign_n(c.pem, 2, heads, bodies, lens, out, err, sizeof err), 0);
+    pec_buf_free(&out[0]);
+    pec_buf_free(&out[1]);
+    pec_signer_free(c.pem);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_certificates_from_the_cache),
         cmocka_unit_test(test_unreadable_and_other_types),
         cmocka_unit_test(test_signature_from_the_digest),
+        cmocka_unit_test(test_several_signed_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -181,8 +181,72 @@ static void deliver_later(const struct queue_env *env, const size_t *idx, size_t
  * mancata_consegna after the envelope was taken in, when it becomes a
  * non-delivery (the sending provider's 24 h notice has told its user by
  * then; this makes our evidence final). */
+/* The presa in carico of an envelope taken in (§3.2.1), made with the first
+ * delivery receipt of the same stage so that both are signed in one request
+ * to the signer process; its event and its sending come first all the same. */
+struct presa {
+    pec_build_args a;              /* a.notify_to NULL: the sender provider is unknown */
+    const char *mid;
+    const char *const *ric;
+    size_t nric;
+    bool pending;
+};
+
+/* The presa's event and its message to the sender provider (m, when made). */
+static int presa_record(struct roles *r, const struct queue_env *env, bool recovered,
+                        const struct presa *p, const pec_buf *m, struct queue_outputs *out,
+                        char *err, size_t errlen)
+{
+    GString *to = g_string_new(NULL);
+    for (size_t i = 0; i < p->nric; i++)
+        g_string_append_printf(to, "%s%s", i ? ", " : "", p->ric[i]);
+    int rc = role_event(r, &(struct role_ev){.type = "presa-in-carico", .qid = env->qid,
+                                             .pec_id = p->a.pec_id, .orig_msgid = p->a.orig_msgid,
+                                             .message_id = p->mid, .sender = p->a.sender,
+                                             .rcpts = to->str, .subject = p->a.subject,
+                                             .outcome = p->a.notify_to ? p->a.notify_to
+                                                                       : "provider unknown"},
+                        err, errlen);
+    g_string_free(to, TRUE);
+    if (rc == 0 && p->a.notify_to)
+        rc = role_send_to(r, env, recovered, out, p->a.notify_to, m, err, errlen);
+    return rc;
+}
+
+/* A delivery receipt (a, into *m; NULL: none) and, the first time, the
+ * presa in carico p still pending: built together, the presa recorded
+ * first. */
+static int receipt_build(struct roles *r, const struct queue_env *env, bool recovered,
+                         struct presa *p, pec_build_args *a, pec_buf *m,
+                         struct queue_outputs *out, char *err, size_t errlen)
+{
+    if (p == NULL || !p->pending)
+        return a != NULL ? role_build(r, a, m, err, errlen) : 0;
+    p->pending = false;
+    pec_buf made[2] = {{0}};
+    int rc;
+    if (p->a.notify_to == NULL)
+        rc = 0;                    /* nothing to sign for the presa */
+    else if (a != NULL) {
+        pec_build_args both[2] = {p->a, *a};
+        rc = role_build_n(r, both, 2, made, err, errlen);
+    } else
+        rc = role_build(r, &p->a, &made[0], err, errlen);
+    if (rc == 0)
+        rc = presa_record(r, env, recovered, p, &made[0], out, err, errlen);
+    if (rc == 0 && a != NULL && p->a.notify_to == NULL)
+        rc = role_build(r, a, m, err, errlen);
+    else if (rc == 0 && a != NULL) {
+        *m = made[1];
+        made[1] = (pec_buf){0};
+    }
+    pec_buf_free(&made[0]);
+    pec_buf_free(&made[1]);
+    return rc;
+}
+
 static int delivery_point(struct roles *r, const struct queue_env *env, const char *data,
-                          size_t len, bool recovered, const pec_verdict *v,
+                          size_t len, bool recovered, const pec_verdict *v, struct presa *presa,
                           struct queue_outputs *out, char *err, size_t errlen)
 {
     const pec_daticert *d = v->daticert;
@@ -276,7 +340,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             metric_inc(&metric_pec_transactions, "delivery", "not-delivered");
             log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a.pec_id, .event = "consegna", .result = "not-delivered"},
                        "%s: PEC %s to <%s> not delivered: %s", env->qid, a.pec_id, addr, why);
-            rc = role_build(r, &a, &m, err, errlen);
+            rc = receipt_build(r, env, recovered, presa, &a, &m, out, err, errlen);
             if (rc == 0)
                 rc = role_event(r, &(struct role_ev){.type = "errore-consegna", .qid = env->qid,
                                                      .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
@@ -301,7 +365,7 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             log_tagged(LOG_LVL_INFO, &(struct log_fields){.qid = env->qid, .pec_id = a.pec_id, .event = "consegna", .result = "delivered"},
                        "%s: PEC %s delivered to <%s> (receipt %s)", env->qid, a.pec_id, addr,
                      pec_variant_name(a.variant));
-            rc = role_build(r, &a, &m, err, errlen);
+            rc = receipt_build(r, env, recovered, presa, &a, &m, out, err, errlen);
             if (rc == 0)
                 rc = role_event(r, &(struct role_ev){.type = "avvenuta-consegna", .qid = env->qid,
                                                      .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
@@ -314,6 +378,8 @@ static int delivery_point(struct roles *r, const struct queue_env *env, const ch
             rc = role_send_to(r, env, recovered, out, env->sender, &m, err, errlen);
         pec_buf_free(&m);
     }
+    if (rc == 0)                  /* no receipt made now: the presa alone */
+        rc = receipt_build(r, env, recovered, presa, NULL, NULL, out, err, errlen);
     if (rc == 0 && nlater > 0) {
         if (retry_stage && nlater == env->nrcpts) {
             /* nothing changed: this stage waits (the queue's back-off) */
@@ -350,7 +416,7 @@ int role_delivery_retry(struct roles *r, const struct queue_env *env, const char
         if (!v.valid)
             log_warn("%s: the envelope no longer verifies (%s: %s); it was taken in verified, "
                      "so its delivery goes on", env->qid, pec_reason_name(v.reason), v.detail);
-        rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
+        rc = delivery_point(r, env, data, len, recovered, &v, NULL, out, err, errlen);
     }
     pec_verdict_free(&v);
     pec_dirsnap_release(snap);
@@ -597,37 +663,20 @@ static int incoming_dispatch(struct roles *r, const struct queue_env *env, const
         char mid[256];
         role_stage_id(r, env, out, mid, sizeof mid);
         const pec_daticert *d = v.daticert;
-        pec_build_args a = {.type = PEC_TYPE_PRESA_IN_CARICO,
-                            .sender = d && d->mittente ? d->mittente : env->sender,
-                            .recipients = d ? d->destinatari : NULL,
-                            .n_recipients = d ? d->n_destinatari : 0, .when = now,
-                            .pec_id = d && d->identificativo ? d->identificativo : "",
-                            .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
-                            .notify_to = p && p->receipt ? p->receipt : NULL,
-                            .ricezione = ric, .n_ricezione = env->nrcpts,
-                            .subject = d ? d->oggetto : NULL,
-                            .reply_to = d ? d->risposte : NULL};
-        pec_buf m = {0};
-        rc = a.notify_to ? role_build(r, &a, &m, err, errlen) : 0;
-        if (rc == 0) {
-            GString *to = g_string_new(NULL);
-            for (size_t i = 0; i < env->nrcpts; i++)
-                g_string_append_printf(to, "%s%s", i ? ", " : "", ric[i]);
-            rc = role_event(r, &(struct role_ev){.type = "presa-in-carico", .qid = env->qid,
-                                                 .pec_id = a.pec_id, .orig_msgid = a.orig_msgid,
-                                                 .message_id = mid, .sender = a.sender,
-                                                 .rcpts = to->str, .subject = a.subject,
-                                                 .outcome = a.notify_to ? a.notify_to
-                                                                        : "provider unknown"},
-                            err, errlen);
-            g_string_free(to, TRUE);
-        }
-        if (rc == 0 && a.notify_to)
-            rc = role_send_to(r, env, recovered, out, a.notify_to, &m, err, errlen);
-        pec_buf_free(&m);
+        struct presa presa = {
+            .a = {.type = PEC_TYPE_PRESA_IN_CARICO,
+                  .sender = d && d->mittente ? d->mittente : env->sender,
+                  .recipients = d ? d->destinatari : NULL,
+                  .n_recipients = d ? d->n_destinatari : 0, .when = now,
+                  .pec_id = d && d->identificativo ? d->identificativo : "",
+                  .orig_msgid = d ? d->msgid : NULL, .message_id = mid,
+                  .notify_to = p && p->receipt ? p->receipt : NULL,
+                  .ricezione = ric, .n_ricezione = env->nrcpts,
+                  .subject = d ? d->oggetto : NULL, .reply_to = d ? d->risposte : NULL},
+            .mid = mid, .ric = ric, .nric = env->nrcpts, .pending = true};
+        /* made and sent with the first delivery receipt (receipt_build) */
+        rc = delivery_point(r, env, data, len, recovered, &v, &presa, out, err, errlen);
         free(ric);
-        if (rc == 0)
-            rc = delivery_point(r, env, data, len, recovered, &v, out, err, errlen);
     } else {
         /* a receipt for a message we sent: the tracking learns of it */
         const pec_daticert *d = v.daticert;

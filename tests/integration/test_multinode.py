@@ -804,3 +804,85 @@ def test_export_a_day_of_the_shared_log(tmp_path, pg):
     r = pecctl("-c", b.conf, "log", "export", "--day", today, "--out", part, check=False)
     assert r.returncode == 1 and "not sealed yet in chain b2" in r.stderr, r.stderr
     assert not os.path.exists(part)
+
+
+def test_backup_holds_the_spools_taken_over(tmp_path, pg):
+    """b2 dies with messages in its spool (for C, a provider that is down) and b1 takes the
+    spool over: b1's backup holds that spool too (pecd pauses and copies it as its own), as
+    no other backup made while b2 is down can; b2's backup says who holds its spool instead of
+    failing; restored after the spool is lost, the spool is back where the [state] database
+    says, and b1 takes it over again."""
+    import shutil
+    import smtplib
+    import ssl
+    from pec_providers import Provider
+    K = 5
+    a, b, nodes, ca, directory, db = make_cluster(tmp_path, pg, nodes=2)
+    c = Provider(str(tmp_path), "Provider C", "pec.c.test", ca, directory)
+    with open(directory, "a") as f:
+        f.write(c.directory_entry())
+    closed = free_port()
+    with open(b.conf) as f:
+        text = f.read()
+    text = text.replace("[routes]\n", f"[routes]\npec.c.test = localhost:{closed}\n")
+    text = text.replace("[tls_policy]\n", "[tls_policy]\npec.c.test = verify\n")
+    with open(b.conf, "w") as f:
+        f.write(text)
+    b1, b2 = nodes
+    pecctl("node", "add", b2.dir, "--from", b.dir, "--node", b2.name, "--force",
+           "--smtp", f"127.0.0.1:{b2.ports['mx']}",
+           "--submission", f"127.0.0.1:{b2.ports['submission']}")
+    b.add_user("m0")
+    for n in nodes:
+        n.start()
+    spool = os.path.join(b2.queue_dir, "queue")
+    try:
+        ctx = ssl.create_default_context(cafile=os.path.join(ca, "ca.pem"))
+        ctx.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", b2.ports["submission"], timeout=30) as s:
+            s.starttls(context=ctx)
+            s.login("m0@pec.b.test", "m0-password")
+            for k in range(K):
+                s.sendmail("m0@pec.b.test", [f"dest{k}@pec.c.test"],
+                           f"From: <m0@pec.b.test>\r\nTo: <dest{k}@pec.c.test>\r\nSubject: "
+                           f"spool {k}\r\nMessage-ID: <spool.{k}@client.test>\r\n\r\nciao\r\n"
+                           .encode())
+        # accepted; their transport envelopes wait in b2's spool for C, which is down
+        wait_until(lambda: len(b.mails("m0")) >= K, 30, what="the acceptances")
+        wait_until(lambda: len(os.listdir(spool)) >= K, 30, what="b2's spool")
+        b2.kill()
+        wait_until(lambda: "now delivering the spool of node b2" in b1.log(100000), 30,
+                   what="b1 taking b2's spool over")
+        out1 = str(tmp_path / "backup-b1")
+        r = pecctl("-c", b.conf, "backup", out1, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "spools=1 " in r.stdout and "the spool of node b2, which this node runs since " \
+            "it took it over" in r.stdout, r.stdout
+        copied = set(os.listdir(os.path.join(out1, "spools", "b2", "queue")))
+        assert len(copied) >= K and copied <= set(os.listdir(spool)), (copied, os.listdir(spool))
+        with open(os.path.join(out1, "MANIFEST")) as f:
+            assert "f spools spools/b2/queue/" in f.read()
+        # b2's own backup: its spool is in b1's
+        out2 = str(tmp_path / "backup-b2")
+        r = pecctl("-c", b2.conf, "backup", out2, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "is run by node b1, which took it over" in r.stdout, r.stdout
+        assert os.path.exists(os.path.join(out2, "MANIFEST"))
+        assert not os.path.exists(os.path.join(out2, "queue"))
+        # the spool lost while b1 is stopped (it gives the spool back when it stops)
+        b1.stop()
+        shutil.rmtree(spool)
+        r = pecctl("-c", b.conf, "restore", out1, "--force", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"restored the spool of node b2 into {b2.queue_dir}" in r.stdout, r.stdout
+        assert set(os.listdir(spool)) == copied
+        # b1 again: b2 still down, its restored spool is taken over and run again
+        b1.start()
+        wait_until(lambda: b1.log(100000).count("now delivering the spool of node b2") >= 2, 60,
+                   what="b1 taking the restored spool over")
+        (row,) = [x for x in json.loads(pecctl("-c", b.conf, "nodes", "--json").stdout)
+                  if x["node"] == "b2"]
+        assert row["spool_owner"] == "b1" and row["queued"] >= K, row
+        verify_log(b.conf)
+    finally:
+        stop_all(a, *nodes)

@@ -1072,7 +1072,8 @@ static bool spool_node_of(const struct mfile *f, char *node, size_t nodelen)
  * runs it meanwhile) and, when it holds messages, moved aside with --force
  * (refused without).  NULL with err. */
 static GArray *spools_prepare(const struct config *cfg, GArray *files, bool force,
-                              const char *stamp, char *err, size_t errlen)
+                              const char *stamp, const struct owner *own, char *err,
+                              size_t errlen)
 {
     GArray *spools = g_array_new(FALSE, TRUE, sizeof(struct spool_dest));
     struct state_node *nodes = NULL;
@@ -1118,15 +1119,27 @@ static GArray *spools_prepare(const struct config *cfg, GArray *files, bool forc
         str_copy(d.queue_dir, x->queue_dir, sizeof d.queue_dir);
         str_copy(d.data_dir, x->data_dir[0] == '/' ? x->data_dir : x->queue_dir,
                  sizeof d.data_dir);
-        /* the spool's own lock, as its node's pecd takes it */
-        char lock[PATH_MAX];
+        /* the spool's own lock, as its node's pecd takes it; the directory
+         * opened from that node's data directory down, no link followed */
+        char lock[PATH_MAX], top[PATH_MAX];
         snprintf(lock, sizeof lock, "%s/pecd.lock", d.queue_dir);
-        if (fs_mkdirs(d.queue_dir, 0700) == -1 ||
-            (d.lock = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600)) == -1) {
+        str_copy(top, d.queue_dir, sizeof top);
+        *strrchr(top, '/') = '\0';
+        struct config other = *cfg;
+        other.data_dir = d.data_dir;
+        int dfd = open_dest_dir(&other, d.queue_dir, top, own->set ? own : NULL, err, errlen);
+        if (dfd == -1)
+            goto fail;
+        d.lock = openat(dfd, "pecd.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        close(dfd);
+        if (d.lock == -1) {
             snprintf(err, errlen, "%s: %s", lock, strerror(errno));
             goto fail;
         }
         g_array_append_val(spools, d);
+        /* made here by root: the lock the spool's pecd (its user) takes next */
+        if (own->set && fchown(d.lock, own->uid, own->gid) == -1)
+            fprintf(stderr, "pecctl restore: %s: chown: %s\n", lock, strerror(errno));
         if (flock(d.lock, LOCK_EX | LOCK_NB) == -1) {
             snprintf(err, errlen, "the spool of node %s (%s) is run by a pecd (node %s or one "
                      "that took it over): stop it first", node, d.queue_dir, node);
@@ -1317,11 +1330,11 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
         }
     }
     /* spools of other nodes this node ran: where the database says */
-    spools = spools_prepare(cfg, files, force, stamp, err, sizeof err);
+    struct owner own = pecd_owner(cfg);
+    spools = spools_prepare(cfg, files, force, stamp, &own, err, sizeof err);
     if (spools == NULL)
         goto fail;
     /* every file where the configuration puts it */
-    struct owner own = pecd_owner(cfg);
     size_t restored = 0, kept = 0;
     for (guint i = 0; i < files->len; i++) {
         const struct mfile *f = &g_array_index(files, struct mfile, i);

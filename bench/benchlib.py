@@ -1,9 +1,12 @@
-"""Shared helpers for the pecmail benchmarks (bench/smtp-maildir, bench/idle-connections).
+"""Shared helpers for the pecmail benchmarks (bench/smtp-maildir, bench/idle-connections,
+bench/pec-exchange), and the private PostgreSQL cluster that bench/pec-exchange and the tests
+of several nodes (tests/integration/pg_fixture.py) both make.
 
 Everything here is bounded in time: every wait has a deadline and raises BenchError with a
 message instead of hanging.  Servers started here are stopped by their own pid (never by name).
 """
 
+import glob
 import grp
 import json
 import os
@@ -660,3 +663,152 @@ maillog_file_prefixes = {workdir}
                     except ProcessLookupError:
                         pass
         self.started = False
+
+
+# --------------------------------------------------------------------------------------------
+# A private PostgreSQL cluster (issue 24): bench/pec-exchange BENCH_STATE=postgresql, and
+# tests/integration/pg_fixture.py, which imports it from here
+
+PG_USER = "pecmail"
+PG_PASSWORD = "pg-test-secret"
+PG_RUN_AS = "nobody"
+
+
+def pg_bindir():
+    """Debian's postgresql server binaries: `pg_config --bindir`, else the highest
+    /usr/lib/postgresql/*/bin (never a fixed version).  None if there are none."""
+    try:
+        d = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+        if d and os.path.exists(os.path.join(d, "initdb")):
+            return d
+    except OSError:
+        pass
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: [int(x) if x.isdigit() else x for x in p.split("/")])
+    return os.path.dirname(found[-1]) if found else None
+
+
+class PostgresCluster:
+    """initdb on a temporary directory (under base, else the system's), the server on a
+    loopback high port, started and stopped here; everything removed by destroy().
+
+    PostgreSQL refuses to run as root, so started by root the server runs as `nobody`
+    (setpriv; otherwise as the caller) in a directory that user can traverse (0755, like the
+    Dovecot and Postfix instances: pytest's own temporary directories are private to root).
+    The superuser is `pecmail` with a password
+    (scram-sha-256), so that a test can give pecd a wrong one.
+
+    start(durable=False), for the tests: fsync and full_page_writes off (the tests stop the
+    server, fast or immediate, but never the machine, and the WAL in the page cache survives
+    that).  start(durable=True), for the benchmark: PostgreSQL's own defaults (fsync,
+    synchronous_commit and full_page_writes on), as in production, so that the comparison with
+    the embedded SQLite (which syncs) is fair.
+    Errors: RuntimeError with the command's output and the end of the server's log."""
+
+    def __init__(self, base=None):
+        self.bindir = pg_bindir()
+        if self.bindir is None:
+            raise RuntimeError("PostgreSQL server binaries not found (package postgresql)")
+        self.root = tempfile.mkdtemp(prefix="pec-pg-", dir=base)
+        os.chmod(self.root, 0o755)
+        self.data = os.path.join(self.root, "data")
+        self.run = os.path.join(self.root, "run")
+        self.log_path = os.path.join(self.run, "postgres.log")
+        self.port = free_port()
+        for d in (self.data, self.run):
+            os.makedirs(d)
+            if os.geteuid() == 0:
+                pw = pwd.getpwnam(PG_RUN_AS)
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        os.chmod(self.data, 0o700)
+        pwfile = os.path.join(self.root, "pw")
+        with open(pwfile, "w") as f:
+            f.write(PG_PASSWORD + "\n")
+        os.chmod(pwfile, 0o644)
+        self._as_user([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", PG_USER,
+                       "-A", "scram-sha-256", "--pwfile", pwfile, "-E", "UTF8", "--no-sync",
+                       "--locale", "C"], timeout=120)
+        os.unlink(pwfile)
+        self.started = False
+        self.dbs = 0
+
+    def _as_user(self, argv, timeout=60, check=True):
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(PG_RUN_AS)
+            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                    "--clear-groups"] + argv
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/")
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {r.returncode}\n{r.stdout}{r.stderr}\n"
+                               f"{self.log()}")
+        return r
+
+    def start(self, durable=False):
+        opts = (f"-p {self.port} -k {self.run} -c listen_addresses=127.0.0.1 "
+                f"-c max_connections=300 -c shared_buffers=64MB -c log_min_messages=warning")
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off"
+        self._as_user([os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", opts,
+                       "-l", self.log_path, "-w", "-t", "60", "start"], timeout=90)
+        self.started = True
+
+    def stop(self, mode="fast"):
+        if self.started:
+            self._as_user([os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", mode,
+                           "-w", "-t", "60", "stop"], timeout=90, check=False)
+            self.started = False
+
+    def destroy(self):
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self, tail=40):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-tail:])
+        except OSError:
+            return ""
+
+    def postmaster_pid(self):
+        """The server's pid (first line of postmaster.pid), or None."""
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_s(self):
+        """User + system CPU seconds of the server so far: the postmaster, every process it
+        runs (backends, checkpointer, WAL writer, autovacuum...) and those it has reaped (a
+        backend whose connection closed)."""
+        pid = self.postmaster_pid()
+        return tree_cpu_s(pid) if pid else 0.0
+
+    def uri(self, db="postgres", password=False):
+        auth = f"{PG_USER}:{PG_PASSWORD}@" if password else f"{PG_USER}@"
+        return f"postgresql://{auth}127.0.0.1:{self.port}/{db}"
+
+    def psql(self, sql, db="postgres"):
+        """Runs sql with psql as the superuser; returns its output (tuples only, unaligned)."""
+        env = dict(os.environ, PGPASSWORD=PG_PASSWORD, PGCONNECT_TIMEOUT="10")
+        r = subprocess.run([os.path.join(self.bindir, "psql"), "-X", "-q", "-A", "-t",
+                            "-v", "ON_ERROR_STOP=1", "-d", self.uri(db), "-c", sql],
+                           capture_output=True, text=True, env=env, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"psql: {sql}: {r.stderr}")
+        return r.stdout.strip()
+
+    def new_database(self):
+        """A fresh database (for one test, or one round); returns its name."""
+        self.dbs += 1
+        name = f"pec{self.dbs}"
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def password_file(self, directory, password=PG_PASSWORD):
+        path = os.path.join(directory, "state-password")
+        with open(path, "w") as f:
+            f.write(password + "\n")
+        os.chmod(path, 0o600)
+        return path

@@ -22,7 +22,11 @@
  * records, the evidence log and the quarantine index are in that database,
  * shared by the nodes: a backup holds this node's spool and files, says so,
  * and the database is backed up with pg_dump after the spools (docs/backup.md;
- * the same order: the log never older than a spool).
+ * the same order: the log never older than a spool).  It also holds the
+ * spool of each dead node this node runs (taken over, src/provider/
+ * cluster.c): pecd copies it too, into spools/NODE, since no backup of the
+ * dead node can; restore puts it where the database says that spool is.
+ * The dead node's own backup says which node runs its spool.
  *
  * restore checks every file against MANIFEST, refuses to run beside a pecd
  * or over an instance that has state (--force moves that state aside), and
@@ -445,6 +449,130 @@ static int copy_item(const struct config *cfg, const char *from, const char *to,
     return copy_source(cfg, from, to, tree, st, err, errlen);
 }
 
+/* ---- spools taken over (several nodes) ------------------------------------------- */
+
+/* A node's name as [state] node allows (1 to 64 of a-z 0-9 . - _): names
+ * read from a staging directory or a backup name nothing else. */
+static bool node_name(const char *s)
+{
+    size_t n = strlen(s);
+    return n >= 1 && n <= 64 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == n;
+}
+
+static uint64_t count_entries(const char *dir, const char *sub)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", dir, sub);
+    uint64_t n = 0;
+    GDir *d = g_dir_open(p, 0, NULL);
+    while (d != NULL && g_dir_read_name(d) != NULL)
+        n++;
+    if (d != NULL)
+        g_dir_close(d);
+    return n;
+}
+
+/* pecd's copies of the spools it runs for dead nodes (staging/spools/NODE)
+ * into DIR/spools/NODE.  The number of spools, -1 with err. */
+static int copy_taken(const struct config *cfg, const char *staging, const char *dir,
+                      struct fs_copy_stats *st, char *err, size_t errlen)
+{
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, "%s/spools", staging);
+    if (access(from, F_OK) == -1)
+        return 0;
+    GDir *d = g_dir_open(from, 0, NULL);
+    if (d == NULL) {
+        snprintf(err, errlen, "%s: cannot read", from);
+        return -1;
+    }
+    int n = 0;
+    const char *name;
+    while (n >= 0 && (name = g_dir_read_name(d)) != NULL) {
+        if (!node_name(name)) {
+            snprintf(err, errlen, "%s: an entry that names no node: not a snapshot of pecd's",
+                     from);
+            n = -1;
+            break;
+        }
+        snprintf(from, sizeof from, "%s/spools/%s", staging, name);
+        snprintf(to, sizeof to, "%s/spools/%s", dir, name);
+        if (fs_mkdirs(to, 0700) == -1) {
+            snprintf(err, errlen, "%s: %s", to, strerror(errno));
+            n = -1;
+        } else if (copy_source(cfg, from, to, true, st, err, errlen) != 0) {
+            n = -1;      /* a link: pecd made these, so no snapshot (err says where) */
+        } else {
+            printf("the spool of node %s, which this node runs since it took it over (that "
+                   "node is down): %llu queued and %llu held messages, in spools/%s\n",
+                   name, (unsigned long long)count_entries(to, "queue"),
+                   (unsigned long long)count_entries(to, "hold"), name);
+            n++;
+        }
+    }
+    g_dir_close(d);
+    return n;
+}
+
+/* Several nodes, pecd not answering here and its queue's lock held: by the
+ * node that took this node's spool over while it was down?  1 yes (said),
+ * 0 no. */
+static int spool_run_elsewhere(const struct config *cfg)
+{
+    if (!state_shared(cfg) || cfg->state_node == NULL)
+        return 0;
+    struct state_node *v = NULL;
+    size_t n = 0;
+    char err[512];
+    if (state_nodes_list(&v, &n, err, sizeof err) == -1)
+        return 0;
+    int r = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].name, cfg->state_node) == 0 && v[i].owner[0] &&
+            strcmp(v[i].owner, cfg->state_node) != 0) {
+            printf("not copied: the spool of this node (%s, %s) is run by node %s, which took "
+                   "it over while this node was down: that node's backup holds it "
+                   "(pecctl -c ITS-CONF backup, spools/%s)\n",
+                   cfg->state_node, cfg->queue_dir, v[i].owner, cfg->state_node);
+            r = 1;
+        }
+    g_free(v);
+    return r;
+}
+
+/* pecd not running: the spool (and the tracking database, embedded) copied
+ * under the queue's lock, which the caller holds.  0, or -1 (said). */
+static int copy_locked(const struct config *cfg, const char *dir, const char *tracking,
+                       struct fs_copy_stats *st)
+{
+    char err[1024], to[PATH_MAX];
+    snprintf(to, sizeof to, "%s/queue", dir);
+    static const char *const subs[] = {"queue", "hold", "staged"};
+    if (fs_mkdirs(to, 0700) == -1) {
+        fprintf(stderr, "pecctl backup: %s: %s\n", to, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < 3; i++) {
+        char sub[PATH_MAX], dst[PATH_MAX];
+        snprintf(sub, sizeof sub, "%s/%s", cfg->queue_dir, subs[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
+        if (access(sub, F_OK) == 0 && copy_source(cfg, sub, dst, true, st, err, sizeof err) == -1) {
+            fprintf(stderr, "pecctl backup: %s\n", err);
+            return -1;
+        }
+    }
+    char db[PATH_MAX];
+    snprintf(db, sizeof db, "%s/tracking.db", dir);
+    if (!state_shared(cfg) && access(tracking, F_OK) == 0 &&
+        sqlite_copy(tracking, db, err, sizeof err) == -1) {
+        fprintf(stderr, "pecctl backup: %s\n", err);
+        return -1;
+    }
+    printf("pecd is not running: spool%s copied under its lock\n",
+           state_shared(cfg) ? "" : " and tracking database");
+    return 0;
+}
+
 /* ---- pecctl backup ------------------------------------------------------------ */
 
 static void backup_usage(void)
@@ -525,44 +653,26 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
         }
         if (r == 1)
             r = -1;       /* pecd made them: a link there is no snapshot (err says where) */
+        if (r == 0)
+            printf("pecd's snapshot: %s\n", reply + 3);
+        if (r == 0)
+            r = copy_taken(cfg, staging, dir, &st, err, sizeof err) < 0 ? -1 : 0;
         fs_remove_tree(staging);
         if (r == -1) {
             fprintf(stderr, "pecctl backup: %s\n", err);
             goto out;
         }
-        printf("pecd's snapshot: %s\n", reply + 3);
     } else if (asked == 0) {
         bool running;
         qlock = lock_queue(cfg, &running, err, sizeof err);
-        if (qlock == -1) {
+        if (qlock == -1 && !(running && spool_run_elsewhere(cfg))) {
             fprintf(stderr, "pecctl backup: %s%s\n", err,
                     running ? " but does not answer on its control socket (an older pecd? "
                               "restart it)" : "");
             goto out;
         }
-        static const char *const subs[] = {"queue", "hold", "staged"};
-        if (fs_mkdirs(to, 0700) == -1) {
-            fprintf(stderr, "pecctl backup: %s: %s\n", to, strerror(errno));
+        if (qlock != -1 && copy_locked(cfg, dir, tracking, &st) == -1)
             goto out;
-        }
-        for (size_t i = 0; i < 3; i++) {
-            char sub[PATH_MAX], dst[PATH_MAX];
-            snprintf(sub, sizeof sub, "%s/%s", cfg->queue_dir, subs[i]);
-            snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
-            if (access(sub, F_OK) == 0 &&
-                copy_source(cfg, sub, dst, true, &st, err, sizeof err) == -1) {
-                fprintf(stderr, "pecctl backup: %s\n", err);
-                goto out;
-            }
-        }
-        snprintf(to, sizeof to, "%s/tracking.db", dir);
-        if (!state_shared(cfg) && access(tracking, F_OK) == 0 &&
-            sqlite_copy(tracking, to, err, sizeof err) == -1) {
-            fprintf(stderr, "pecctl backup: %s\n", err);
-            goto out;
-        }
-        printf("pecd is not running: spool%s copied under its lock\n",
-               state_shared(cfg) ? "" : " and tracking database");
     } else {
         fprintf(stderr, "pecctl backup: %s\n", reply);
         goto out;
@@ -578,7 +688,12 @@ int pecctl_backup_main(struct config *cfg, int argc, char **argv)
             g_dir_close(d);
     }
     g_string_append_printf(m, "messages %llu\n", (unsigned long long)messages);
-    if (manifest_files(m, dir, "queue", "queue", err, sizeof err) == -1)
+    snprintf(to, sizeof to, "%s/queue", dir);
+    if (access(to, F_OK) == 0 && manifest_files(m, dir, "queue", "queue", err, sizeof err) == -1)
+        goto fail;
+    snprintf(to, sizeof to, "%s/spools", dir);
+    if (access(to, F_OK) == 0 &&
+        manifest_files(m, dir, "spools", "spools", err, sizeof err) == -1)
         goto fail;
     snprintf(to, sizeof to, "%s/tracking.db", dir);
     if (access(to, F_OK) == 0 && manifest_files(m, dir, "tracking", "tracking.db", err,
@@ -785,7 +900,7 @@ static struct owner pecd_owner(const struct config *cfg)
 static bool is_state(const char *role)
 {
     static const char *const roles[] = {"queue", "tracking", "evidence", "mail", "quarantine",
-                                        "directory_cache"};
+                                        "directory_cache", "spools"};
     for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
         if (strcmp(role, roles[i]) == 0)
             return true;
@@ -918,14 +1033,168 @@ static int restore_copy(int src, const struct mfile *f, int dfd, const char *nam
     return rc;
 }
 
+/* A spool another node's backup holds (it ran it for this one, or for a
+ * third node, that was down): where that node's spool is, by the [state]
+ * database (the owner of record), and its lock while restore writes it. */
+struct spool_dest {
+    char node[72], rel0[96];
+    char queue_dir[PATH_MAX], data_dir[PATH_MAX];
+    int lock;
+};
+
+static void spools_free(GArray *spools)
+{
+    for (guint i = 0; spools != NULL && i < spools->len; i++) {
+        struct spool_dest *d = &g_array_index(spools, struct spool_dest, i);
+        if (d->lock != -1)
+            close(d->lock);
+    }
+    if (spools != NULL)
+        g_array_free(spools, TRUE);
+}
+
+/* The node a file of role "spools" belongs to (rel spools/NODE[/...]), into
+ * node; false for "spools" itself or a name that is no node's. */
+static bool spool_node_of(const struct mfile *f, char *node, size_t nodelen)
+{
+    if (strcmp(f->role, "spools") != 0 || strncmp(f->rel, "spools/", 7) != 0)
+        return false;
+    const char *n = f->rel + 7;
+    size_t len = strcspn(n, "/");
+    if (len == 0 || len >= nodelen)
+        return false;
+    memcpy(node, n, len);
+    node[len] = '\0';
+    return node_name(node);
+}
+
+/* The spools in the backup, each located in the database, locked (no pecd
+ * runs it meanwhile) and, when it holds messages, moved aside with --force
+ * (refused without).  NULL with err. */
+static GArray *spools_prepare(const struct config *cfg, GArray *files, bool force,
+                              const char *stamp, const struct owner *own, char *err,
+                              size_t errlen)
+{
+    GArray *spools = g_array_new(FALSE, TRUE, sizeof(struct spool_dest));
+    struct state_node *nodes = NULL;
+    size_t nn = 0;
+    bool listed = false;
+    for (guint i = 0; i < files->len; i++) {
+        const struct mfile *f = &g_array_index(files, struct mfile, i);
+        char node[72];
+        if (!spool_node_of(f, node, sizeof node))
+            continue;
+        bool known = false;
+        for (guint k = 0; k < spools->len && !known; k++)
+            known = strcmp(g_array_index(spools, struct spool_dest, k).node, node) == 0;
+        if (known)
+            continue;
+        if (!state_shared(cfg)) {
+            snprintf(err, errlen, "the backup holds the spool of node %s, and %s has no [state] "
+                     "database to say where it goes", node, cfg->path);
+            goto fail;
+        }
+        if (!listed && state_nodes_list(&nodes, &nn, err, errlen) == -1) {
+            char e2[512];
+            str_copy(e2, err, sizeof e2);
+            snprintf(err, errlen, "the spool of node %s: where it goes is in the [state] "
+                     "database, unreachable: %s (restore the database first: pg_restore)",
+                     node, e2);
+            goto fail;
+        }
+        listed = true;
+        const struct state_node *x = NULL;
+        for (size_t k = 0; k < nn && x == NULL; k++)
+            if (strcmp(nodes[k].name, node) == 0)
+                x = &nodes[k];
+        struct spool_dest d = {.lock = -1};
+        str_copy(d.node, node, sizeof d.node);
+        snprintf(d.rel0, sizeof d.rel0, "spools/%s", node);
+        if (x == NULL || strcmp(node, cfg->state_node ? cfg->state_node : "") == 0 ||
+            x->queue_dir[0] != '/' || strcmp(x->queue_dir, cfg->queue_dir) == 0) {
+            snprintf(err, errlen, "the backup holds the spool of node %s, which the [state] "
+                     "database %s", node, x == NULL ? "does not know" : "places here");
+            goto fail;
+        }
+        str_copy(d.queue_dir, x->queue_dir, sizeof d.queue_dir);
+        str_copy(d.data_dir, x->data_dir[0] == '/' ? x->data_dir : x->queue_dir,
+                 sizeof d.data_dir);
+        /* the spool's own lock, as its node's pecd takes it; the directory
+         * opened from that node's data directory down, no link followed */
+        char lock[PATH_MAX], top[PATH_MAX];
+        snprintf(lock, sizeof lock, "%s/pecd.lock", d.queue_dir);
+        str_copy(top, d.queue_dir, sizeof top);
+        *strrchr(top, '/') = '\0';
+        struct config other = *cfg;
+        other.data_dir = d.data_dir;
+        int dfd = open_dest_dir(&other, d.queue_dir, top, own->set ? own : NULL, err, errlen);
+        if (dfd == -1)
+            goto fail;
+        d.lock = openat(dfd, "pecd.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        close(dfd);
+        if (d.lock == -1) {
+            snprintf(err, errlen, "%s: %s", lock, strerror(errno));
+            goto fail;
+        }
+        g_array_append_val(spools, d);
+        /* made here by root: the lock the spool's pecd (its user) takes next */
+        if (own->set && fchown(d.lock, own->uid, own->gid) == -1)
+            fprintf(stderr, "pecctl restore: %s: chown: %s\n", lock, strerror(errno));
+        if (flock(d.lock, LOCK_EX | LOCK_NB) == -1) {
+            snprintf(err, errlen, "the spool of node %s (%s) is run by a pecd (node %s or one "
+                     "that took it over): stop it first", node, d.queue_dir, node);
+            goto fail;
+        }
+        if (has_messages(d.queue_dir)) {
+            if (!force) {
+                snprintf(err, errlen, "the spool of node %s (%s) holds messages; --force moves "
+                         "them aside first", node, d.queue_dir);
+                goto fail;
+            }
+            static const char *const subs[] = {"queue", "hold", "staged"};
+            for (size_t k = 0; k < 3; k++) {
+                char sub[PATH_MAX];
+                snprintf(sub, sizeof sub, "%s/%s", d.queue_dir, subs[k]);
+                if (move_aside(sub, stamp) == -1) {
+                    snprintf(err, errlen, "cannot move %s aside: %s", sub, strerror(errno));
+                    goto fail;
+                }
+            }
+        }
+    }
+    g_free(nodes);
+    return spools;
+fail:
+    g_free(nodes);
+    spools_free(spools);
+    return NULL;
+}
+
+static const struct spool_dest *spool_dest_of(GArray *spools, const struct mfile *f)
+{
+    char node[72];
+    if (spools == NULL || !spool_node_of(f, node, sizeof node))
+        return NULL;
+    for (guint i = 0; i < spools->len; i++)
+        if (strcmp(g_array_index(spools, struct spool_dest, i).node, node) == 0)
+            return &g_array_index(spools, struct spool_dest, i);
+    return NULL;
+}
+
 /* Where the file of role goes: the item's path + what follows its rel. */
-static bool destination(GArray *items, const struct config *cfg, const struct mfile *f,
-                        char *out, size_t outlen, char *top, size_t toplen)
+static bool destination(GArray *items, GArray *spools, const struct config *cfg,
+                        const struct mfile *f, char *out, size_t outlen, char *top,
+                        size_t toplen)
 {
     char tracking[PATH_MAX];
     snprintf(tracking, sizeof tracking, "%s/tracking.db", cfg->data_dir);
     const char *base = NULL, *rel0 = NULL;
-    if (strcmp(f->role, "queue") == 0)
+    const struct spool_dest *sd = spool_dest_of(spools, f);
+    if (sd != NULL)
+        base = sd->queue_dir, rel0 = sd->rel0;
+    else if (strcmp(f->role, "spools") == 0)
+        return false;
+    else if (strcmp(f->role, "queue") == 0)
         base = cfg->queue_dir, rel0 = "queue";
     else if (strcmp(f->role, "tracking") == 0)
         base = tracking, rel0 = "tracking.db";
@@ -1014,8 +1283,10 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
         g_array_free(files, TRUE);
         return 1;
     }
+    state_setup(cfg, "pecctl");   /* the configuration read here (it may be the backup's) */
     int rc = 1;
     bool running;
+    GArray *spools = NULL;
     GArray *items = config_items(cfg);
     char mroot[PATH_MAX];
     mail_root(cfg, mroot, sizeof mroot);
@@ -1058,29 +1329,45 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
             }
         }
     }
-    /* every file where the configuration puts it */
+    /* spools of other nodes this node ran: where the database says */
     struct owner own = pecd_owner(cfg);
+    spools = spools_prepare(cfg, files, force, stamp, &own, err, sizeof err);
+    if (spools == NULL)
+        goto fail;
+    /* every file where the configuration puts it */
     size_t restored = 0, kept = 0;
     for (guint i = 0; i < files->len; i++) {
         const struct mfile *f = &g_array_index(files, struct mfile, i);
         char dst[PATH_MAX], top[PATH_MAX];
         if (strcmp(f->role, "config") == 0)
             continue;    /* read above */
-        if (!destination(items, cfg, f, dst, sizeof dst, top, sizeof top)) {
+        if (strcmp(f->role, "spools") == 0 && strcmp(f->rel, "spools") == 0)
+            continue;    /* the directory of the spools, not one of them */
+        if (!destination(items, spools, cfg, f, dst, sizeof dst, top, sizeof top)) {
             printf("skipped %s (%s): this configuration has no place for it\n", f->rel,
                    f->role);
             continue;
         }
         const struct owner *o = own.set && is_state(f->role) ? &own : NULL;
+        /* a spool of another node: opened, no link followed, below its data directory */
+        const struct spool_dest *sd = spool_dest_of(spools, f);
+        struct config other;
+        const struct config *where = cfg;
+        if (sd != NULL) {
+            other = *cfg;
+            other.data_dir = (char *)sd->data_dir;
+            where = &other;
+        }
         if (f->dir) {
-            int dfd = open_dest_dir(cfg, dst, top, o, err, sizeof err);
+            int dfd = open_dest_dir(where, dst, top, o, err, sizeof err);
             if (dfd == -1)
                 goto fail;
             close(dfd);
             continue;
         }
         bool state_file = strcmp(f->role, "queue") == 0 || strcmp(f->role, "tracking") == 0 ||
-                          strcmp(f->role, "evidence") == 0 || strcmp(f->role, "mail") == 0;
+                          strcmp(f->role, "evidence") == 0 || strcmp(f->role, "mail") == 0 ||
+                          sd != NULL;
         char pdir[PATH_MAX];
         str_copy(pdir, dst, sizeof pdir);
         char *slash = strrchr(pdir, '/');
@@ -1093,7 +1380,7 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
         int src = fs_open_file_beneath(dir, f->rel, err, sizeof err);
         if (src == -1)
             goto fail;
-        int dfd = open_dest_dir(cfg, pdir, top, o, err, sizeof err);
+        int dfd = open_dest_dir(where, pdir, top, o, err, sizeof err);
         if (dfd == -1) {
             close(src);
             goto fail;
@@ -1143,6 +1430,12 @@ int pecctl_restore_main(const char *conf, int argc, char **argv)
             printf("missing: %s %s (not in the backup): put it there before starting pecd\n",
                    it->role, it->path);
     }
+    for (guint i = 0; i < spools->len; i++) {
+        const struct spool_dest *d = &g_array_index(spools, struct spool_dest, i);
+        printf("restored the spool of node %s into %s (this node ran it when the backup was "
+               "made): the node that runs it next - %s back, or a node that takes it over - "
+               "resumes it as after a crash\n", d->node, d->queue_dir, d->node);
+    }
     if (state_shared(cfg))
         printf("the [state] database %s (tracking, evidence log, quarantine index) is not in "
                "a backup: restore it with pg_restore before starting pecd (docs/backup.md)\n",
@@ -1158,6 +1451,7 @@ moved:
 fail:
     fprintf(stderr, "pecctl restore: %s\n", err);
 out:
+    spools_free(spools);
     if (qlock != -1)
         close(qlock);
     g_array_free(items, TRUE);

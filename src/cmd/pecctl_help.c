@@ -127,7 +127,8 @@ static const struct help helps[] = {
      "    except those under a legal hold; search: a user's transactions;\n"
      "    extract: their records in a file signed with the provider's key (CMS);\n"
      "    export: a sealed day as a file of its own (default evidence-DAY.db), for\n"
-     "    write-once storage; verify FILE checks such a file (or a copy of a log),\n"
+     "    write-once storage (the shared log: every node's chain of the day);\n"
+     "    verify FILE checks such a file (or a copy of a log),\n"
      "    without pecd.conf when --cert names the signing certificate\n"
      "    --json                verify: {\"path\", \"result\", \"valid\", \"report\", \"error\"}\n"},
     {"report",

@@ -169,7 +169,8 @@ static int log_maintain(struct config *cfg, bool purge)
     return r < 0 ? 2 : 0;
 }
 
-/* log export --day D [--out FILE]: a sealed day as a file of its own */
+/* log export --day D [--out FILE]: a sealed day as a file of its own (the
+ * shared log: every node's chain of that day, evidence_export_chains.c) */
 static int log_export(struct config *cfg, int argc, char **argv)
 {
     const char *day = NULL, *out = NULL;
@@ -196,9 +197,12 @@ static int log_export(struct config *cfg, int argc, char **argv)
         fprintf(stderr, "pecctl log export: %s\n", err);
         return 1;
     }
-    printf("%s: day %s, %lld record%s and the day's seal; check it with pecctl log verify "
+    printf("%s: day %s, %lld record%s and %s; check it with pecctl log verify "
            "%s --cert SIGNING-CERT.pem\n",
-           out, day, n, n == 1 ? "" : "s", out);
+           out, day, n, n == 1 ? "" : "s",
+           state_shared(cfg) ? "every node's chain's seal of the day (the shared log)"
+                             : "the day's seal",
+           out);
     return 0;
 }
 

@@ -6,7 +6,7 @@
  * One request a connection, one line each way (the line within 5 s of the
  * connection, at most 127 octets; the peer is checked before it is read):
  *
- *   snapshot   ->  ok messages=N files=F bytes=B staging=PATH
+ *   snapshot   ->  ok messages=N bytes=B paused_ms=P spools=K staging=PATH
  *                  error REASON
  *
  * snapshot is the part of `pecctl backup` only pecd can do (the tracking
@@ -17,7 +17,11 @@
  * threads go on.  Messages keep being accepted meanwhile.  pecctl copies the
  * staging directory, the evidence log (read-only, newer than the spool: the
  * order crash recovery expects) and the rest.  With the shared state
- * ([state] database, PostgreSQL) there is no tracking file: pg_dump.
+ * ([state] database, PostgreSQL) there is no tracking file: pg_dump.  A
+ * node of several also copies each spool it runs for a node that died (it
+ * took it over, src/provider/cluster.c), its queue paused in the same way,
+ * into backup.staging/spools/NODE: that node's acknowledged messages are in
+ * no other backup made while it is down (spools=K: how many).
  *
  * Runs on a thread of its own with blocking I/O and timeouts, not on the
  * event loop: a snapshot takes as long as the copy of the spool.
@@ -25,6 +29,7 @@
 #include "pecd_int.h"
 #include "lib/config.h"
 #include "lib/lib.h"
+#include "provider/cluster.h"
 #include "queue/queue.h"
 #include "store/tracking.h"
 
@@ -48,14 +53,94 @@ struct pecd_control {
     GThread *thread;
     struct queue *queue;
     struct tracking *tracking;
+    struct cluster *cluster;     /* several nodes: the spools taken over; else NULL */
     /* copies: [provider] data_dir and [queue] directory need a restart to
      * change, and this thread does not read the configuration a reload swaps */
     char data_dir[PATH_MAX], queue_dir[PATH_MAX];
 };
 
+/* A spool's queue/, hold/ and staged/ into to, its delivery threads kept
+ * between two batches meanwhile; tracking_to not NULL (pecd's own spool):
+ * the tracking database too, when it is a file of this node.  0, or -1
+ * with err. */
+static int copy_spool(struct pecd_control *c, struct queue *q, const char *dir, const char *to,
+                      const char *tracking_to, struct fs_copy_stats *st, gint64 *paused_ms,
+                      char *err, size_t errlen)
+{
+    gint64 t0 = g_get_monotonic_time();
+    if (queue_pause(q, PAUSE_TIMEOUT_MS) == -1) {
+        snprintf(err, errlen, "the delivery threads did not finish their batch in %u s; try "
+                 "again", PAUSE_TIMEOUT_MS / 1000);
+        return -1;
+    }
+    char sub[PATH_MAX], dst[PATH_MAX];
+    int rc = 0;
+    static const char *const subs[] = {"queue", "hold", "staged"};
+    for (size_t i = 0; i < 3 && rc == 0; i++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, subs[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to, subs[i]);
+        if (access(sub, F_OK) == 0)
+            rc = fs_copy_tree(sub, dst, NULL, st, err, errlen);
+    }
+    /* the shared state (PostgreSQL) is not this node's to copy: pg_dump */
+    if (rc == 0 && tracking_to != NULL && c->tracking != NULL &&
+        !tracking_is_shared(c->tracking))
+        rc = tracking_snapshot(c->tracking, tracking_to, err, errlen);
+    queue_resume(q);
+    *paused_ms += (g_get_monotonic_time() - t0) / 1000;
+    return rc;
+}
+
+/* The spools this node took over from dead nodes into staging/spools/NODE,
+ * each paused in turn.  The number copied, or -1 with err.  A spool whose
+ * lease moved to another node while it was copied is left out (logged). */
+static int copy_taken(struct pecd_control *c, const char *staging, struct fs_copy_stats *st,
+                      gint64 *paused_ms, char *err, size_t errlen)
+{
+    struct cluster_spool *v = NULL;
+    size_t n = cluster_spools_hold(c->cluster, &v);
+    if (n == 0) {
+        cluster_spools_release(c->cluster, v, 0, NULL);
+        return 0;
+    }
+    bool *still = xcalloc(n, sizeof *still);
+    char to[PATH_MAX];
+    int rc = 0;
+    snprintf(to, sizeof to, "%s/spools", staging);
+    if (mkdir(to, 0700) == -1) {
+        snprintf(err, errlen, "%s: %s", to, strerror(errno));
+        rc = -1;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        snprintf(to, sizeof to, "%s/spools/%s", staging, v[i].node);
+        if (mkdir(to, 0700) == -1) {
+            snprintf(err, errlen, "%s: %s", to, strerror(errno));
+            rc = -1;
+        } else {
+            rc = copy_spool(c, v[i].q, v[i].dir, to, NULL, st, paused_ms, err, errlen);
+        }
+    }
+    struct cluster_spool *names = rc == 0 ? g_memdup2(v, n * sizeof *v) : NULL;
+    cluster_spools_release(c->cluster, v, n, still);
+    int copied = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (still[i]) {
+            copied++;
+            continue;
+        }
+        snprintf(to, sizeof to, "%s/spools/%s", staging, names[i].node);
+        fs_remove_tree(to);
+        log_warn("backup snapshot: the spool of node %s went to another node while it was "
+                 "copied: not in this backup (that node's backup holds it)", names[i].node);
+    }
+    g_free(names);
+    free(still);
+    return rc == 0 ? copied : -1;
+}
+
 static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
 {
-    char staging[PATH_MAX], sub[PATH_MAX], to[PATH_MAX], err[1024];
+    char staging[PATH_MAX], to[PATH_MAX], err[1024];
     snprintf(staging, sizeof staging, "%s/backup.staging", c->data_dir);
     fs_remove_tree(staging);
     if (mkdir(staging, 0700) == -1) {
@@ -67,29 +152,18 @@ static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
         snprintf(reply, replylen, "error %s: %s", to, strerror(errno));
         return;
     }
-    gint64 t0 = g_get_monotonic_time();
-    if (queue_pause(c->queue, PAUSE_TIMEOUT_MS) == -1) {
-        snprintf(reply, replylen, "error the delivery threads did not finish their batch in "
-                                  "%u s; try again", PAUSE_TIMEOUT_MS / 1000);
-        return;
-    }
+    char tracking[PATH_MAX];
+    snprintf(tracking, sizeof tracking, "%s/tracking.db", staging);
     struct fs_copy_stats st = {0};
-    int rc = 0;
-    static const char *const subs[] = {"queue", "hold", "staged"};
-    for (size_t i = 0; i < 3 && rc == 0; i++) {
-        snprintf(sub, sizeof sub, "%s/%s", c->queue_dir, subs[i]);
-        snprintf(to, sizeof to, "%s/queue/%s", staging, subs[i]);
-        if (access(sub, F_OK) == 0)
-            rc = fs_copy_tree(sub, to, NULL, &st, err, sizeof err);
-    }
+    gint64 paused_ms = 0;
+    int rc = copy_spool(c, c->queue, c->queue_dir, to, tracking, &st, &paused_ms, err,
+                        sizeof err);
     uint64_t messages = st.files;
-    /* the shared state (PostgreSQL) is not this node's to copy: pg_dump */
-    if (rc == 0 && c->tracking != NULL && !tracking_is_shared(c->tracking)) {
-        snprintf(to, sizeof to, "%s/tracking.db", staging);
-        rc = tracking_snapshot(c->tracking, to, err, sizeof err);
+    int spools = 0;
+    if (rc == 0) {
+        spools = copy_taken(c, staging, &st, &paused_ms, err, sizeof err);
+        rc = spools < 0 ? -1 : 0;
     }
-    queue_resume(c->queue);
-    gint64 paused_ms = (g_get_monotonic_time() - t0) / 1000;
     if (rc == 0 && fs_fsync_dir(staging) == -1) {
         snprintf(err, sizeof err, "%s: %s", staging, strerror(errno));
         rc = -1;
@@ -101,13 +175,15 @@ static void snapshot(struct pecd_control *c, char *reply, size_t replylen)
         return;
     }
     bool shared = c->tracking != NULL && tracking_is_shared(c->tracking);
-    log_info("backup snapshot: %llu queued messages (%llu bytes)%s copied into %s; deliveries "
+    log_info("backup snapshot: %llu queued messages (%llu bytes)%s%s copied into %s; deliveries "
              "paused %lld ms",
              (unsigned long long)messages, (unsigned long long)st.bytes,
-             shared ? "" : " and the tracking database", staging, (long long)paused_ms);
-    snprintf(reply, replylen, "ok messages=%llu bytes=%llu paused_ms=%lld staging=%s",
+             shared ? "" : " and the tracking database",
+             spools > 0 ? ", and the spools taken over from other nodes," : "", staging,
+             (long long)paused_ms);
+    snprintf(reply, replylen, "ok messages=%llu bytes=%llu paused_ms=%lld spools=%d staging=%s",
              (unsigned long long)messages, (unsigned long long)st.bytes, (long long)paused_ms,
-             staging);
+             spools, staging);
 }
 
 static bool peer_allowed(int fd)
@@ -195,6 +271,7 @@ int pecd_control_start(struct pecd *d, char *err, size_t errlen)
         return snprintf(err, errlen, "out of memory"), -1;
     c->queue = d->queue;
     c->tracking = d->tracking;
+    c->cluster = d->cluster;
     str_copy(c->data_dir, d->cfg->data_dir, sizeof c->data_dir);
     str_copy(c->queue_dir, d->cfg->queue_dir, sizeof c->queue_dir);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};

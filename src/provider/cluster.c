@@ -29,6 +29,9 @@
  *   hand back   the owner comes back (heartbeat or want_back): its queue
  *               stops after its current batch, the flock goes, then the
  *               lease (owner NULL), and the owner takes it.
+ *   backup      the control socket holds the spools taken over while it
+ *               copies them (cluster_spools_hold): a stop asked meanwhile
+ *               waits for the release.
  *
  * Threads: the database is only touched by the cluster thread (and the
  * delivery threads' commits); queues are made and freed on the event loop,
@@ -66,6 +69,8 @@ struct spool {
     int lock_fd;                 /* until the queue takes it */
     struct queue *q;             /* the event loop's */
     enum { SP_STARTING, SP_RUNNING, SP_STOPPING, SP_LOST } state;
+    int holds;                   /* backups copying it (cluster_spools_hold) */
+    bool stop_deferred;          /* a stop asked while held: made at the release */
 };
 
 enum { REQ_START, REQ_STOP };
@@ -279,6 +284,15 @@ static void on_request(evutil_socket_t fd, short what, void *arg)
                          cl->name, sp->name, sp->dir, sp->epoch);
             }
         } else {
+            /* a backup is copying it: stopped when the backup lets it go */
+            g_mutex_lock(&cl->lock);
+            bool held = sp->holds > 0;
+            sp->stop_deferred = held;
+            g_mutex_unlock(&cl->lock);
+            if (held) {
+                free(rq);
+                continue;
+            }
             /* stops after the workers' current batch; the flock goes with it */
             queue_free(sp->q);
             g_mutex_lock(&cl->lock);
@@ -509,6 +523,53 @@ static gpointer cluster_main(gpointer arg)
         config_hold_end();
     }
     return NULL;
+}
+
+/* ---- the control socket's side: spools taken over, for a backup ----------------------- */
+
+size_t cluster_spools_hold(struct cluster *cl, struct cluster_spool **out)
+{
+    *out = NULL;
+    if (cl == NULL || cl->taken == NULL)
+        return 0;
+    g_mutex_lock(&cl->lock);
+    struct cluster_spool *v = xcalloc(cl->taken->len + 1, sizeof *v);
+    size_t n = 0;
+    for (guint i = 0; i < cl->taken->len; i++) {
+        struct spool *sp = g_ptr_array_index(cl->taken, i);
+        if (sp->state != SP_RUNNING || sp->q == NULL)
+            continue;    /* starting (recovering) or on its way out */
+        sp->holds++;
+        str_copy(v[n].node, sp->name, sizeof v[n].node);
+        str_copy(v[n].dir, sp->dir, sizeof v[n].dir);
+        v[n].q = sp->q;
+        v[n].epoch = sp->epoch;
+        v[n].sp = sp;
+        n++;
+    }
+    g_mutex_unlock(&cl->lock);
+    *out = v;
+    return n;
+}
+
+void cluster_spools_release(struct cluster *cl, struct cluster_spool *v, size_t n, bool *still)
+{
+    if (cl == NULL || v == NULL) {
+        free(v);
+        return;
+    }
+    g_mutex_lock(&cl->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct spool *sp = v[i].sp;
+        /* handed back meanwhile (STOPPING) is fine: it stayed ours, paused */
+        still[i] = sp->state != SP_LOST && sp->epoch == v[i].epoch;
+        if (--sp->holds == 0 && sp->stop_deferred) {
+            sp->stop_deferred = false;
+            ask_loop(cl, REQ_STOP, sp);
+        }
+    }
+    g_mutex_unlock(&cl->lock);
+    free(v);
 }
 
 int cluster_start(struct cluster *cl, struct event_base *base, struct queue *q,

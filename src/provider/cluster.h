@@ -11,9 +11,10 @@
  * back.  The lease's epoch fences every commit of a pass of stages.
  *
  * Purpose: pecd.c joins at start when [state] database is shared, asks
- * cluster_ready at MAIL, passes reloads, stops at exit.
+ * cluster_ready at MAIL, passes reloads, stops at exit; the control socket
+ * holds the spools taken over while a backup copies them.
  * Threads: join, start, set_config and stop on the event loop; cluster_ready
- * from the event loop (atomic reads); the heartbeat thread alone talks to
+ * from the event loop (atomic reads); spools_hold/release from any thread; the heartbeat thread alone talks to
  * the database for leases and asks the event loop, through an eventfd, to
  * make or free a queue taken over.
  * Ownership: the cluster borrows cfg (until the next set_config), q,
@@ -57,5 +58,22 @@ bool cluster_ready(const struct cluster *cl);
 void cluster_set_config(struct cluster *cl, const struct config *cfg);
 /* Stops the thread; spools taken over are stopped and given back. */
 void cluster_stop(struct cluster *cl);
+
+/* For a backup (pecd_control.c): the spools this node runs for nodes that
+ * died, each held - neither stopped nor handed back - until released, so
+ * that its queue can be paused and its directory copied. */
+struct cluster_spool {
+    char node[72];               /* whose spool */
+    char dir[4096];
+    struct queue *q;
+    long long epoch;
+    void *sp;                    /* the cluster's */
+};
+/* The running spools taken over, held (*out: release it).  cl NULL: 0. */
+size_t cluster_spools_hold(struct cluster *cl, struct cluster_spool **out);
+/* Lets them go (a hand-back asked meanwhile proceeds); still[i] false when
+ * spool i's lease went to another node while it was held (its copy is not
+ * a consistent one).  Frees v. */
+void cluster_spools_release(struct cluster *cl, struct cluster_spool *v, size_t n, bool *still);
 
 #endif

@@ -10,7 +10,12 @@
  * chain from the anchor, the day's records against its signed seal, and the
  * anchor against the previous day's signed seal (continuity with the log).
  *
- * Interface: evidence.h (evidence_export_day).
+ * The shared log of several nodes ([state] database, PostgreSQL) is
+ * exported by evidence_export_chains.c into a file of the same kind with a
+ * chain per node; the creation and the closing of the file are shared
+ * (ev_export_create, ev_export_finish).
+ *
+ * Interface: evidence.h (evidence_export_day); evidence_int.h.
  */
 #include "store/evidence_int.h"
 #include "lib/lib.h"
@@ -70,6 +75,61 @@ static int exec_bound(sqlite3 *db, const char *sql, const char *day, long long a
     return r == SQLITE_DONE ? 0 : ev_sql_fail(db, err, errlen, "export");
 }
 
+sqlite3 *ev_export_create(const char *out_path, char *err, size_t errlen)
+{
+    /* a new file, never an existing one: write-once storage is fed copies */
+    int fd = open(out_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        ev_fail(err, errlen, "%s: %s", out_path, strerror(errno));
+        return NULL;
+    }
+    close(fd);
+    sqlite3 *db = NULL;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI;
+    if (sqlite3_open_v2(out_path, &db, flags, NULL) != SQLITE_OK) {
+        ev_fail(err, errlen, "%s: %s", out_path, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        unlink(out_path);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    /* rollback journal (main only: the log stays in WAL): the file opens
+     * read-only on any host, with no -wal or -shm beside it */
+    if (ev_exec(db, "PRAGMA main.journal_mode=DELETE", err, errlen) != 0) {
+        sqlite3_close(db);
+        unlink(out_path);
+        return NULL;
+    }
+    return db;
+}
+
+long long ev_export_finish(sqlite3 *db, const char *out_path, long long n, char *err,
+                           size_t errlen)
+{
+    if (db != NULL) {
+        if (n < 0)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_exec(db, "DETACH DATABASE src", NULL, NULL, NULL);
+        if (sqlite3_close(db) != SQLITE_OK && n >= 0) {
+            ev_fail(err, errlen, "%s: cannot close", out_path);
+            n = -1;
+        }
+    }
+    if (n >= 0) {
+        /* durable before the caller copies it away */
+        int f = open(out_path, O_RDONLY | O_CLOEXEC);
+        if (f == -1 || fsync(f) != 0) {
+            ev_fail(err, errlen, "%s: %s", out_path, strerror(errno));
+            n = -1;
+        }
+        if (f != -1)
+            close(f);
+    }
+    if (n < 0)
+        unlink(out_path);
+    return n;
+}
+
 long long evidence_export_day(const char *path, const char *day, const char *out_path,
                               char *err, size_t errlen)
 {
@@ -77,37 +137,16 @@ long long evidence_export_day(const char *path, const char *day, const char *out
         ev_fail(err, errlen, "'%s' is not a day (YYYY-MM-DD)", day);
         return -1;
     }
-    if (config_is_postgresql(path)) {
-        /* the shared log has a chain per node: an export of one chain-day
-         * is not written yet (log extract works on it) */
-        ev_fail(err, errlen, "log export works on the embedded (SQLite) evidence log only; the "
-                             "shared log in the [state] database: pecctl log extract, or "
-                             "pg_dump (docs/backup.md)");
-        return -1;
-    }
+    if (config_is_postgresql(path))
+        return evpg_export_day(day, out_path, err, errlen);   /* every node's chain */
     sqlite3 *probe = ev_open_ro(path, err, errlen);   /* checks the format */
     if (probe == NULL)
         return -1;
     sqlite3_close(probe);
-    /* a new file, never an existing one: write-once storage is fed copies */
-    int fd = open(out_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd == -1) {
-        ev_fail(err, errlen, "%s: %s", out_path, strerror(errno));
-        return -1;
-    }
-    close(fd);
-    sqlite3 *db = NULL;
     long long n = -1, first = 0, last = 0;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI;
-    if (sqlite3_open_v2(out_path, &db, flags, NULL) != SQLITE_OK) {
-        ev_fail(err, errlen, "%s: %s", out_path, db ? sqlite3_errmsg(db) : "out of memory");
-        goto out;
-    }
-    sqlite3_busy_timeout(db, 10000);
-    /* rollback journal (main only: the log stays in WAL): the file opens
-     * read-only on any host, with no -wal or -shm beside it */
-    if (ev_exec(db, "PRAGMA main.journal_mode=DELETE", err, errlen) != 0)
-        goto out;
+    sqlite3 *db = ev_export_create(out_path, err, errlen);
+    if (db == NULL)
+        return -1;
     char *uri = sqlite3_mprintf("file:%s?mode=ro", path);
     char *attach = sqlite3_mprintf("ATTACH DATABASE %Q AS src", uri);
     int arc = uri && attach ? ev_exec(db, attach, err, errlen) : ev_fail(err, errlen, "no memory");
@@ -169,26 +208,5 @@ long long evidence_export_day(const char *path, const char *day, const char *out
         goto out;
     n = copied;
 out:
-    if (db != NULL) {
-        if (n < 0)
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        sqlite3_exec(db, "DETACH DATABASE src", NULL, NULL, NULL);
-        if (sqlite3_close(db) != SQLITE_OK && n >= 0) {
-            ev_fail(err, errlen, "%s: cannot close", out_path);
-            n = -1;
-        }
-    }
-    if (n >= 0) {
-        /* durable before the caller copies it away */
-        int f = open(out_path, O_RDONLY | O_CLOEXEC);
-        if (f == -1 || fsync(f) != 0) {
-            ev_fail(err, errlen, "%s: %s", out_path, strerror(errno));
-            n = -1;
-        }
-        if (f != -1)
-            close(f);
-    }
-    if (n < 0)
-        unlink(out_path);
-    return n;
+    return ev_export_finish(db, out_path, n, err, errlen);
 }

@@ -83,6 +83,12 @@ int ev_day_held(sqlite3 *db, long long first, long long last, long long *hold_id
 /* The statements that create the log's tables (evidence_export.c makes a
  * day's file with them). */
 const char *ev_schema_sql(void);
+/* evidence_export.c, for both exports: the new file (O_EXCL, 0600, rollback
+ * journal) opened, NULL with err; and its end: closed, fsync'ed, removed
+ * when n < 0 (a failed export leaves no file).  Returns n, or -1. */
+sqlite3 *ev_export_create(const char *out_path, char *err, size_t errlen);
+long long ev_export_finish(sqlite3 *db, const char *out_path, long long n, char *err,
+                           size_t errlen);
 
 /* The text a day seal signs (docs/evidence.md); -1 if it does not fit. */
 int ev_seal_text(char *out, size_t outlen, const char *day, long long count, long long first,
@@ -132,6 +138,14 @@ int evpg_seal_of(const char *chain, const char *day, char **signed_text, unsigne
 long long evpg_hold_add(const char *kind, const char *value, const char *reason, char *err,
                         size_t errlen);
 int evpg_hold_del(long long id, char *err, size_t errlen);
+/* evidence_export_chains.c: the sealed day of every chain of the shared log
+ * into a new file (the number of records, -1 with err); whether an opened
+ * file is such an export (its meta names its chains); and its check, as
+ * evidence_verify_ex's (0 intact, -1 tampered; the report on out). */
+long long evpg_export_day(const char *day, const char *out_path, char *err, size_t errlen);
+int ev_export_is_chains(sqlite3 *db);
+int ev_verify_chains_export(sqlite3 *db, const char *path, struct stack_st_X509 *allowed,
+                            FILE *out, char *err, size_t errlen);
 int evpg_hold_list(int (*fn)(void *ctx, long long id, const char *kind, const char *value,
                              const char *reason, long long created),
                    void *ctx, char *err, size_t errlen);

@@ -5,6 +5,9 @@
  * the file read-only, in one read transaction, so they run while pecd
  * appends.
  *
+ * An exported day of the shared log (a chain per node) is checked by
+ * evidence_export_chains.c.
+ *
  * Interface: evidence.h.  What is checked and why: docs/evidence.md.
  */
 #include "store/evidence_int.h"
@@ -391,7 +394,14 @@ int evidence_verify_ex(const char *path, const struct evidence_verify_opts *o, F
     if (v.db == NULL)
         goto out;
     /* one read transaction: a consistent snapshot while pecd appends */
-    if (ev_exec(v.db, "BEGIN", err, errlen) != 0 || load_seals(&v, err, errlen) != 0)
+    if (ev_exec(v.db, "BEGIN", err, errlen) != 0)
+        goto out;
+    if (ev_export_is_chains(v.db)) {
+        /* a day of the shared log of several nodes: a chain per node */
+        rc = ev_verify_chains_export(v.db, path, v.allowed, out, err, errlen);
+        goto out;
+    }
+    if (load_seals(&v, err, errlen) != 0)
         goto out;
     rc = -1;
 

@@ -12,7 +12,9 @@ and a route at A listing every node.  What is checked:
   notice exactly once;
 - PostgreSQL restarted under load: 4xx while it is down, nothing acknowledged lost, the
   nodes reconnect by themselves;
-- bad input at start: a wrong URI, a wrong password, no schema, an older schema.
+- bad input at start: a wrong URI, a wrong password, no schema, an older schema;
+- `pecctl log export --day` of the shared log: every chain of the day in one file that
+  `pecctl log verify FILE` checks alone.
 """
 import json
 import os
@@ -635,3 +637,252 @@ def test_backup_of_a_node_leaves_the_database_to_pg_dump(tmp_path, pg):
         verify_log(b.conf)
     finally:
         stop_all(a, b)
+
+
+# ---- an exported day of the shared log --------------------------------------------------
+# Records written here by an independent implementation of the record format of
+# docs/evidence.md (hashlib), in two chains, so that the export is checked against the format
+# as documented, not only against our own writer.
+
+EV_FIELDS = ["type", "pec_id", "orig_msgid", "message_id", "sender", "recipients", "subject",
+             "outcome", "queue_id", "dedupe_key"]
+
+
+def ev_field(v):
+    if v is None:
+        return b"\xff\xff\xff\xff"
+    b = str(v).encode()
+    return len(b).to_bytes(4, "big") + b
+
+
+def ev_hash(prev, seq, day, logged_at, event_time, values):
+    import hashlib
+    h = hashlib.sha256(prev + b"pecmail-evidence-1" + ev_field(seq) + ev_field(day)
+                       + ev_field(logged_at) + ev_field(event_time))
+    for name in EV_FIELDS:
+        h.update(ev_field(values.get(name)))
+    return h.digest()
+
+
+def sql_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, bytes):
+        return f"'\\x{v.hex()}'::bytea"
+    if isinstance(v, int):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def write_chain(pg, db, chain, days, start=(0, bytes(32))):
+    """Appends to chain one record per entry of days (a unix time each, its UTC day the
+    record's), from start = (last seq, last hash); returns the new (seq, hash, day)."""
+    import datetime
+    seq, prev = start
+    rows = []
+    day = None
+    for k, when in enumerate(days):
+        seq += 1
+        day = datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
+        values = dict(type="accettazione", pec_id=f"opec{chain}.{seq}@pec.b.test",
+                      orig_msgid=f"m{seq}@mua", sender=f"s{k}@pec.b.test",
+                      recipients="r@pec.a.test", subject=f"Fattura {chain} {seq}", outcome="ok",
+                      queue_id=f"Q{seq}")
+        h = ev_hash(prev, seq, day, when, when, values)
+        rows.append("(" + ", ".join(sql_literal(x) for x in
+                                    [chain, seq, day, when, when]
+                                    + [values.get(n) for n in EV_FIELDS] + [prev, h]) + ")")
+        prev = h
+    pg.psql("INSERT INTO evidence_events (chain, seq, day, logged_at, event_time, "
+            + ", ".join(EV_FIELDS) + ", prev_hash, hash) VALUES " + ", ".join(rows), db)
+    pg.psql(f"INSERT INTO evidence_chains (name, head_seq, head_hash, head_day) VALUES "
+            f"({sql_literal(chain)}, {seq}, {sql_literal(prev)}, '{day}') ON CONFLICT (name) DO "
+            f"UPDATE SET head_seq = excluded.head_seq, head_hash = excluded.head_hash, "
+            f"head_day = excluded.head_day", db)
+    return seq, prev, day
+
+
+def test_export_a_day_of_the_shared_log(tmp_path, pg):
+    """`pecctl log export --day D` on the shared log: one file with every node's chain of that
+    day (the day's records and seal of each chain, and the seal before it), that
+    `pecctl log verify FILE` checks alone, on a host without pecd.conf; an altered, cut or
+    unlinked copy is caught; a day that one chain has not sealed yet is refused."""
+    import shutil
+    import sqlite3
+    a, b, nodes, ca, directory, db = make_cluster(tmp_path, pg, nodes=1)
+    now = int(time.time())
+    noon = now // 86400 * 86400 - 86400 + 43200      # yesterday, 12:00 UTC
+    # b1: two records two days ago, three yesterday; b2: two yesterday (its first day)
+    s1 = write_chain(pg, db, "b1", [noon - 86400, noon - 86400 + 60])
+    s1 = write_chain(pg, db, "b1", [noon, noon + 1, noon + 2], s1[:2])
+    yesterday = s1[2]
+    s2 = write_chain(pg, db, "b2", [noon + 5, noon + 6])
+    r = pecctl("-c", b.conf, "log", "seal")
+    assert "3 day(s) sealed" in r.stdout, r.stdout + r.stderr
+    verify_log(b.conf)      # the records written here are a valid shared log
+    out = str(tmp_path / f"evidence-{yesterday}.db")
+    r = pecctl("-c", b.conf, "log", "export", "--day", yesterday, "--out", out, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"day {yesterday}, 5 records" in r.stdout and "every node's chain" in r.stdout, \
+        r.stdout
+    assert os.stat(out).st_mode & 0o777 == 0o600 and not os.path.exists(out + "-wal")
+    # an auditor's host: no pecd.conf, the provider's certificate given
+    cert = os.path.join(b.dir, "signing.pem")
+    from pecd_harness import PECCTL
+
+    def verify_file(path):
+        return subprocess.run([PECCTL, "log", "verify", path, "--cert", cert],
+                              capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    v = verify_file(out)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert f"evidence export of day {yesterday}" in v.stdout and "2 chains): intact" in v.stdout
+    assert "chain b1: records 3..5 (3), following record 2, the last of day" in v.stdout, v.stdout
+    assert "chain b2: records 1..2 (2), the start of the chain" in v.stdout, v.stdout
+    assert "5 records in 1 days; 3 day seals verified" in v.stdout, v.stdout
+    # the file, read as docs/evidence.md says: each chain's hashes and its signed seal
+    f = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    for chain, first, prev in (("b1", 3, None), ("b2", 1, bytes(32))):
+        if prev is None:
+            prev = f.execute("SELECT last_hash FROM chain_seals WHERE chain = ? AND last_seq = ?",
+                             (chain, first - 1)).fetchone()[0]
+        rows = f.execute("SELECT seq, day, logged_at, event_time, " + ", ".join(EV_FIELDS)
+                         + ", prev_hash, hash FROM chain_events WHERE chain = ? ORDER BY seq",
+                         (chain,)).fetchall()
+        assert rows[0][0] == first
+        for row in rows:
+            assert row[-2] == prev
+            assert ev_hash(prev, *row[:4], dict(zip(EV_FIELDS, row[4:14]))) == row[-1]
+            prev = row[-1]
+        signed, sig = f.execute("SELECT signed, signature FROM chain_seals WHERE chain = ? "
+                                "AND day = ?", (chain, yesterday)).fetchone()
+        assert f"chain: {chain}\n" in signed and f"last-hash: {prev.hex()}" in signed, signed
+        (tmp_path / "seal.txt").write_bytes(signed.encode())
+        (tmp_path / "seal.der").write_bytes(sig)
+        o = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER",
+                            "-in", str(tmp_path / "seal.der"), "-content",
+                            str(tmp_path / "seal.txt"), "-CAfile", os.path.join(ca, "ca.pem"),
+                            "-purpose", "any", "-out", "/dev/null"],
+                           capture_output=True, text=True)
+        assert o.returncode == 0, o.stderr
+    f.close()
+
+    def tampered(name, *sql):
+        bad = str(tmp_path / name)
+        shutil.copy(out, bad)
+        os.chmod(bad, 0o600)
+        t = sqlite3.connect(bad, isolation_level=None)
+        for q in sql:
+            t.execute(q)
+        t.close()
+        return verify_file(bad)
+    v = tampered("edit.db", "UPDATE chain_events SET subject = 'Fattura 43' "
+                 "WHERE chain = 'b2' AND seq = 2")
+    assert v.returncode == 1 and "TAMPERED" in v.stdout and "chain b2 record 2" in v.stdout \
+        and "altered" in v.stdout, v.stdout
+    v = tampered("gone.db", "DELETE FROM chain_events WHERE chain = 'b1' AND seq = 4")
+    assert v.returncode == 1 and "chain b1: record 4 is missing" in v.stdout, v.stdout
+    v = tampered("cut.db", "DELETE FROM chain_events WHERE chain = 'b2'",
+                 "DELETE FROM chain_seals WHERE chain = 'b2'")
+    assert v.returncode == 1 and "holds 2 chains, it holds 1" in v.stdout, v.stdout
+    v = tampered("unlinked.db", f"DELETE FROM chain_seals WHERE chain = 'b1' "
+                 f"AND day <> '{yesterday}'")
+    assert v.returncode == 1 and "chain b1 day" in v.stdout and "the seal before it" in v.stdout \
+        and "is missing" in v.stdout, v.stdout
+    v = tampered("moved.db", "UPDATE chain_seals SET chain = 'b9' WHERE chain = 'b2'")
+    assert v.returncode == 1 and "seal invalid" in v.stdout, v.stdout
+    # a name from the file is not printed unless it is a node's (no line of its own making)
+    v = tampered("name.db", "UPDATE chain_events SET chain = 'b2' || char(10) || 'intact' "
+                 "WHERE chain = 'b2'")
+    assert v.returncode == 1 and "a record names no node's chain" in v.stdout, v.stdout
+    # the same file is never written twice
+    r = pecctl("-c", b.conf, "log", "export", "--day", yesterday, "--out", out, check=False)
+    assert r.returncode == 1 and "File exists" in r.stderr, r.stderr
+    # a day one chain has not sealed: refused, no file left
+    write_chain(pg, db, "b2", [now], s2[:2])
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    part = str(tmp_path / "today.db")
+    r = pecctl("-c", b.conf, "log", "export", "--day", today, "--out", part, check=False)
+    assert r.returncode == 1 and "not sealed yet in chain b2" in r.stderr, r.stderr
+    assert not os.path.exists(part)
+
+
+def test_backup_holds_the_spools_taken_over(tmp_path, pg):
+    """b2 dies with messages in its spool (for C, a provider that is down) and b1 takes the
+    spool over: b1's backup holds that spool too (pecd pauses and copies it as its own), as
+    no other backup made while b2 is down can; b2's backup says who holds its spool instead of
+    failing; restored after the spool is lost, the spool is back where the [state] database
+    says, and b1 takes it over again."""
+    import shutil
+    import smtplib
+    import ssl
+    from pec_providers import Provider
+    K = 5
+    a, b, nodes, ca, directory, db = make_cluster(tmp_path, pg, nodes=2)
+    c = Provider(str(tmp_path), "Provider C", "pec.c.test", ca, directory)
+    with open(directory, "a") as f:
+        f.write(c.directory_entry())
+    closed = free_port()
+    with open(b.conf) as f:
+        text = f.read()
+    text = text.replace("[routes]\n", f"[routes]\npec.c.test = localhost:{closed}\n")
+    text = text.replace("[tls_policy]\n", "[tls_policy]\npec.c.test = verify\n")
+    with open(b.conf, "w") as f:
+        f.write(text)
+    b1, b2 = nodes
+    pecctl("node", "add", b2.dir, "--from", b.dir, "--node", b2.name, "--force",
+           "--smtp", f"127.0.0.1:{b2.ports['mx']}",
+           "--submission", f"127.0.0.1:{b2.ports['submission']}")
+    b.add_user("m0")
+    for n in nodes:
+        n.start()
+    spool = os.path.join(b2.queue_dir, "queue")
+    try:
+        ctx = ssl.create_default_context(cafile=os.path.join(ca, "ca.pem"))
+        ctx.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", b2.ports["submission"], timeout=30) as s:
+            s.starttls(context=ctx)
+            s.login("m0@pec.b.test", "m0-password")
+            for k in range(K):
+                s.sendmail("m0@pec.b.test", [f"dest{k}@pec.c.test"],
+                           f"From: <m0@pec.b.test>\r\nTo: <dest{k}@pec.c.test>\r\nSubject: "
+                           f"spool {k}\r\nMessage-ID: <spool.{k}@client.test>\r\n\r\nciao\r\n"
+                           .encode())
+        # accepted; their transport envelopes wait in b2's spool for C, which is down
+        wait_until(lambda: len(b.mails("m0")) >= K, 30, what="the acceptances")
+        wait_until(lambda: len(os.listdir(spool)) >= K, 30, what="b2's spool")
+        b2.kill()
+        wait_until(lambda: "now delivering the spool of node b2" in b1.log(100000), 30,
+                   what="b1 taking b2's spool over")
+        out1 = str(tmp_path / "backup-b1")
+        r = pecctl("-c", b.conf, "backup", out1, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "spools=1 " in r.stdout and "the spool of node b2, which this node runs since " \
+            "it took it over" in r.stdout, r.stdout
+        copied = set(os.listdir(os.path.join(out1, "spools", "b2", "queue")))
+        assert len(copied) >= K and copied <= set(os.listdir(spool)), (copied, os.listdir(spool))
+        with open(os.path.join(out1, "MANIFEST")) as f:
+            assert "f spools spools/b2/queue/" in f.read()
+        # b2's own backup: its spool is in b1's
+        out2 = str(tmp_path / "backup-b2")
+        r = pecctl("-c", b2.conf, "backup", out2, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "is run by node b1, which took it over" in r.stdout, r.stdout
+        assert os.path.exists(os.path.join(out2, "MANIFEST"))
+        assert not os.path.exists(os.path.join(out2, "queue"))
+        # the spool lost while b1 is stopped (it gives the spool back when it stops)
+        b1.stop()
+        shutil.rmtree(spool)
+        r = pecctl("-c", b.conf, "restore", out1, "--force", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"restored the spool of node b2 into {b2.queue_dir}" in r.stdout, r.stdout
+        assert set(os.listdir(spool)) == copied
+        # b1 again: b2 still down, its restored spool is taken over and run again
+        b1.start()
+        wait_until(lambda: b1.log(100000).count("now delivering the spool of node b2") >= 2, 60,
+                   what="b1 taking the restored spool over")
+        (row,) = [x for x in json.loads(pecctl("-c", b.conf, "nodes", "--json").stdout)
+                  if x["node"] == "b2"]
+        assert row["spool_owner"] == "b1" and row["queued"] >= K, row
+        verify_log(b.conf)
+    finally:
+        stop_all(a, *nodes)

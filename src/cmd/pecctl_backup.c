@@ -453,12 +453,6 @@ static int copy_item(const struct config *cfg, const char *from, const char *to,
 
 /* A node's name as [state] node allows (1 to 64 of a-z 0-9 . - _): names
  * read from a staging directory or a backup name nothing else. */
-static bool node_name(const char *s)
-{
-    size_t n = strlen(s);
-    return n >= 1 && n <= 64 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == n;
-}
-
 static uint64_t count_entries(const char *dir, const char *sub)
 {
     char p[PATH_MAX];
@@ -489,7 +483,7 @@ static int copy_taken(const struct config *cfg, const char *staging, const char 
     int n = 0;
     const char *name;
     while (n >= 0 && (name = g_dir_read_name(d)) != NULL) {
-        if (!node_name(name)) {
+        if (!config_node_name_ok(name)) {
             snprintf(err, errlen, "%s: an entry that names no node: not a snapshot of pecd's",
                      from);
             n = -1;
@@ -1065,7 +1059,7 @@ static bool spool_node_of(const struct mfile *f, char *node, size_t nodelen)
         return false;
     memcpy(node, n, len);
     node[len] = '\0';
-    return node_name(node);
+    return config_node_name_ok(node);
 }
 
 /* The spools in the backup, each located in the database, locked (no pecd

@@ -371,9 +371,7 @@ int pecctl_node_main(int argc, char **argv)
         pecctl_help(stderr, "node");
         return 2;
     }
-    size_t nl = strlen(o.node);
-    if (nl == 0 || nl > 64 || strspn(o.node, "abcdefghijklmnopqrstuvwxyz0123456789.-_") != nl ||
-        o.node[0] == '.' || o.node[0] == '-') {
+    if (!config_node_name_ok(o.node)) {
         fprintf(stderr, "pecctl node add: '%s' is not a node name (1 to 64 of a-z 0-9 . - _)\n",
                 o.node);
         return 2;

@@ -112,6 +112,13 @@ static int copy_taken(struct pecd_control *c, const char *staging, struct fs_cop
         rc = -1;
     }
     for (size_t i = 0; i < n && rc == 0; i++) {
+        /* the name comes from the shared database: a path component only when it
+         * is a node name as [state] node allows it */
+        if (!config_node_name_ok(v[i].node)) {
+            snprintf(err, errlen, "a spool taken over has a node name that is not one");
+            rc = -1;
+            break;
+        }
         snprintf(to, sizeof to, "%s/spools/%s", staging, v[i].node);
         if (mkdir(to, 0700) == -1) {
             snprintf(err, errlen, "%s: %s", to, strerror(errno));

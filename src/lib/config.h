@@ -230,6 +230,9 @@ enum { CONFIG_FAIL_TEMPFAIL, CONFIG_FAIL_ACCEPT, CONFIG_FAIL_REJECT };
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
 bool config_is_local_domain(const struct config *cfg, const char *domain);
+/* A [state] node name: 1 to 64 of a-z 0-9 . - _, not starting with . or - (it names
+ * files and directories: spools/NODE in a backup). */
+bool config_node_name_ok(const char *name);
 /* Path of the Maildir of address user@domain per the template (%u %n %d),
  * in lower case (one mailbox whatever the case of the address). */
 int config_mailbox_path(const struct config *cfg, const char *local, const char *domain,

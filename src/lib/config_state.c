@@ -33,7 +33,7 @@ void config_state_defaults(struct config *cfg)
 }
 
 /* A node's name: it names the node's row, its evidence chain and its logs. */
-static bool valid_node(const char *v)
+bool config_node_name_ok(const char *v)
 {
     size_t n = strlen(v);
     return n > 0 && n <= 64 && strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == n &&
@@ -72,7 +72,7 @@ int config_state_key(struct config *cfg, const char *section, const char *name,
         return 1;
     }
     if (strcmp(name, "node") == 0) {
-        if (!valid_node(value))
+        if (!config_node_name_ok(value))
             return config_bad(err, errlen, "node: '%.100s' is not a node name (1 to 64 of a-z 0-9 . - _)",
                        value);
         set_str(&cfg->state_node, value);

@@ -31,6 +31,7 @@
  */
 #include "store/evidence_int.h"
 #include "store/pg.h"
+#include "lib/config.h"
 #include "lib/lib.h"
 
 #include <glib.h>
@@ -299,15 +300,9 @@ struct cverify {
     size_t nseals;
 };
 
-/* A chain is named after its node ([state] node: 1 to 64 of a-z 0-9 . - _):
- * a file from elsewhere names nothing else, and its names go into the
- * report only once they are known to be such. */
-static bool node_name(const char *s)
-{
-    size_t n = strlen(s);
-    return n >= 1 && n <= 64 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == n;
-}
-
+/* A chain is named after its node ([state] node, config_node_name_ok): a
+ * file from elsewhere names nothing else, and its names go into the report
+ * only once they are known to be such. */
 static void say(FILE *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(FILE *out, const char *fmt, ...)
 {
@@ -340,7 +335,7 @@ static int check_seals(sqlite3 *db, struct cverify *v, char *err, size_t errlen)
         memset(s, 0, sizeof *s);
         const char *chain = col_text(st, 0) ? col_text(st, 0) : "";
         const char *day = col_text(st, 1) ? col_text(st, 1) : "";
-        if (!node_name(chain) || !ev_valid_day(day)) {
+        if (!config_node_name_ok(chain) || !ev_valid_day(day)) {
             rc = ev_fail(err, errlen, "a seal names no node's chain or no day");
             break;
         }
@@ -447,7 +442,7 @@ static long long check_records(sqlite3 *db, struct cverify *v, size_t *nchains, 
         const char *chain = col_text(st, 0) ? col_text(st, 0) : "";
         long long seq = sqlite3_column_int64(st, 1);
         const char *day = col_text(st, 2) ? col_text(st, 2) : "";
-        if (!node_name(chain)) {
+        if (!config_node_name_ok(chain)) {
             rc = ev_fail(err, errlen, "a record names no node's chain");
             break;
         }

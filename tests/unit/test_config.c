@@ -538,6 +538,20 @@ static void test_domains_file(void **state)
     assert_non_null(strstr(err, ":7: local_domains: 'b@d.it' is not a domain name"));
 }
 
+/* A node name names a directory (spools/NODE of a backup, a chain of the
+ * shared log): nothing that could climb out of it or be taken for an option. */
+static void test_node_names(void **state)
+{
+    (void)state;
+    static const char *const good[] = {"a", "node-1", "b2.pec_x", "0"};
+    static const char *const bad[] = {"", ".", "..", ".a", "-a", "a/b", "A", "a b", "a\n",
+                                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_true(config_node_name_ok(good[i]));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(config_node_name_ok(bad[i]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +559,7 @@ int main(void)
         cmocka_unit_test(test_errors), cmocka_unit_test(test_scalars), cmocka_unit_test(test_mx_accepts_cleartext),
         cmocka_unit_test(test_pec_directory_keys), cmocka_unit_test(test_pec_directory_errors),
         cmocka_unit_test(test_clock_judge), cmocka_unit_test(test_domains_file),
+        cmocka_unit_test(test_node_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -109,6 +109,16 @@ static const char SQL_INSERT[] =
 
 /* ---- small helpers ------------------------------------------------------------- */
 
+void ev_say(FILE *out, const char *fmt, ...)
+{
+    if (out == NULL)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(out, fmt, ap);
+    va_end(ap);
+}
+
 int ev_fail(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err != NULL && errlen > 0) {

@@ -36,7 +36,6 @@
 
 #include <glib.h>
 #include <openssl/x509.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,19 +299,6 @@ struct cverify {
     size_t nseals;
 };
 
-/* A chain is named after its node ([state] node, config_node_name_ok): a
- * file from elsewhere names nothing else, and its names go into the report
- * only once they are known to be such. */
-static void say(FILE *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(FILE *out, const char *fmt, ...)
-{
-    if (out == NULL)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(out, fmt, ap);
-    va_end(ap);
-}
 
 /* The seals: each one's text rebuilt from its columns (chain included) and
  * signed by the provider; per chain the day's seal and at most the one
@@ -335,6 +321,8 @@ static int check_seals(sqlite3 *db, struct cverify *v, char *err, size_t errlen)
         memset(s, 0, sizeof *s);
         const char *chain = col_text(st, 0) ? col_text(st, 0) : "";
         const char *day = col_text(st, 1) ? col_text(st, 1) : "";
+        /* a chain is named after its node ([state] node): a file from elsewhere
+         * names nothing else, and its names reach the report only once known */
         if (!config_node_name_ok(chain) || !ev_valid_day(day)) {
             rc = ev_fail(err, errlen, "a seal names no node's chain or no day");
             break;
@@ -557,25 +545,25 @@ int ev_verify_chains_export(sqlite3 *db, const char *path, struct stack_st_X509 
         goto report;
     }
     rc = 0;
-    say(out, "evidence export of day %s (%s; the shared log, %zu chain%s): intact\n", v.day, path,
+    ev_say(out, "evidence export of day %s (%s; the shared log, %zu chain%s): intact\n", v.day, path,
         nchains, nchains == 1 ? "" : "s");
     for (size_t i = 0; i < v.nseals; i++) {
         const struct cseal *s = &v.seals[i];
         if (strcmp(s->day, v.day) != 0)
             continue;
-        say(out, "  chain %s: records %lld..%lld (%lld)", s->chain, s->first, s->last, s->count);
+        ev_say(out, "  chain %s: records %lld..%lld (%lld)", s->chain, s->first, s->last, s->count);
         if (s->first > 1)
-            say(out, ", following record %lld, the last of day %s (its seal checked)\n",
+            ev_say(out, ", following record %lld, the last of day %s (its seal checked)\n",
                 s->first - 1, before_seal(&v, s)->day);
         else
-            say(out, ", the start of the chain\n");
+            ev_say(out, ", the start of the chain\n");
     }
-    say(out, "  %lld records in 1 days; %zu day seals verified%s%s%s\n", n, v.nseals,
+    ev_say(out, "  %lld records in 1 days; %zu day seals verified%s%s%s\n", n, v.nseals,
         v.signer[0] ? ", signer " : "", v.signer,
         allowed ? "" : " (signer identity not checked: no certificate given)");
     goto out;
 report:
-    say(out, "evidence log %s: TAMPERED\n  %s\n", path, err);
+    ev_say(out, "evidence log %s: TAMPERED\n  %s\n", path, err);
 out:
     g_free(v.seals);
     return rc;

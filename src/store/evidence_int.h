@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <time.h>
 
 #include <sqlite3.h>
@@ -57,6 +58,8 @@ static inline const char *col_text(sqlite3_stmt *st, int i)
     return (const char *)sqlite3_column_text(st, i);
 }
 
+/* A line of a verification's report to out, when there is one (NULL: quiet). */
+void ev_say(FILE *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Writes the message into err (when given); returns -1. */
 int ev_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* ev_fail with "evidence log: what: <SQLite's message>". */

@@ -19,7 +19,6 @@
 
 #include <glib.h>
 #include <openssl/x509.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,17 +26,6 @@
 #define COLS                                                                                 \
     "chain, seq, day::text, logged_at, event_time, type, pec_id, orig_msgid, message_id, "   \
     "sender, recipients, subject, outcome, queue_id, dedupe_key, prev_hash, hash"
-
-static void vprint(FILE *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void vprint(FILE *out, const char *fmt, ...)
-{
-    if (out == NULL)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(out, fmt, ap);
-    va_end(ap);
-}
 
 /* A row of COLS as an evidence_row (pointers into r). */
 static void row_of(const PGresult *r, int i, struct evidence_row *row)
@@ -151,7 +139,7 @@ static int close_day(struct chain_check *k, long long *unsealed, size_t *unseale
         (*unsealed_days)++;
         *unsealed += k->cur.count;
         if (strcmp(k->cur.day, today) < 0)
-            vprint(k->out, "warning: chain %s day %s (%lld records) is finished but not sealed "
+            ev_say(k->out, "warning: chain %s day %s (%lld records) is finished but not sealed "
                    "yet\n", k->name, k->cur.day, k->cur.count);
         return 0;
     }
@@ -414,18 +402,18 @@ static int verify_chain(PGconn *c, struct chain_check *k, const struct evidence_
         }
     }
     if (s == 0) {
-        vprint(k->out, "  chain %s: %lld records in %u days", k->name, k->records,
+        ev_say(k->out, "  chain %s: %lld records in %u days", k->name, k->records,
                k->days_seen->len);
         if (start_seq > 1)
-            vprint(k->out, ", starting after record %lld (days up to %s purged)", start_seq - 1,
+            ev_say(k->out, ", starting after record %lld (days up to %s purged)", start_seq - 1,
                    start_day);
-        vprint(k->out, "; %zu day seals verified", k->nseals);
+        ev_say(k->out, "; %zu day seals verified", k->nseals);
         if (held_days > 0)
-            vprint(k->out, "; %d purged day(s) kept under legal hold (%lld records) verified",
+            ev_say(k->out, "; %d purged day(s) kept under legal hold (%lld records) verified",
                    held_days, held);
-        vprint(k->out, "\n");
+        ev_say(k->out, "\n");
         if (unsealed > 0)
-            vprint(k->out, "    %lld records in %zu day(s) not sealed yet: protected by the "
+            ev_say(k->out, "    %lld records in %zu day(s) not sealed yet: protected by the "
                    "hash chain only until the next seal\n", unsealed, unsealed_days);
         *total += k->records;
     }
@@ -446,7 +434,7 @@ int evpg_verify(const struct evidence_verify_opts *o, FILE *out, char *err, size
     PGconn *c = pg_get(err, errlen);
     if (c == NULL) {
         sk_X509_pop_free(allowed, X509_free);
-        vprint(out, "evidence log: cannot verify: %s\n", err);
+        ev_say(out, "evidence log: cannot verify: %s\n", err);
         return -2;
     }
     int rc = -2;
@@ -465,7 +453,7 @@ int evpg_verify(const struct evidence_verify_opts *o, FILE *out, char *err, size
         ev_fail(err, errlen, "not an evidence log of format %s", EVIDENCE_FORMAT);
         goto out;
     }
-    vprint(out, "evidence log %s (shared, %d chain%s):\n", pg_uri_shown(), PQntuples(r),
+    ev_say(out, "evidence log %s (shared, %d chain%s):\n", pg_uri_shown(), PQntuples(r),
            PQntuples(r) == 1 ? "" : "s");
     long long total = 0;
     char signer[256] = "";
@@ -490,18 +478,18 @@ int evpg_verify(const struct evidence_verify_opts *o, FILE *out, char *err, size
         PQclear(t);
     }
     if (rc == 0) {
-        vprint(out, "evidence log %s: intact\n  %lld records%s%s%s\n", pg_uri_shown(), total,
+        ev_say(out, "evidence log %s: intact\n  %lld records%s%s%s\n", pg_uri_shown(), total,
                signer[0] ? ", seals signed by " : "", signer,
                allowed ? "" : " (signer identity not checked: no certificate given)");
     } else if (rc == -1) {
-        vprint(out, "evidence log %s: TAMPERED\n  %s\n", pg_uri_shown(), err);
+        ev_say(out, "evidence log %s: TAMPERED\n  %s\n", pg_uri_shown(), err);
     }
 out:
     PQclear(r);
     PQclear(PQexec(c, "COMMIT"));
     pg_put(c);
     if (rc == -2)
-        vprint(out, "evidence log: cannot verify: %s\n", err);
+        ev_say(out, "evidence log: cannot verify: %s\n", err);
     sk_X509_pop_free(allowed, X509_free);
     return rc;
 }
